@@ -1,0 +1,224 @@
+"""registry.yaml: pipelines that wire registered component names together.
+
+Validation runs in two passes. Pass one checks the shape of the file and of every reference
+``{type: <registered name>, ...params}``. Pass two checks each reference's parameters against the
+registering plugin's own pydantic model. Errors carry the file, line and dotted path, and list valid names.
+Nothing named in a config is ever imported: names resolve only through the component table.
+"""
+
+from __future__ import annotations
+
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mbp.components import ComponentTable, Kind
+from mbp.errors import ConfigError
+from mbp.yamlpos import line_of, load_with_lines
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Ref(BaseModel):
+    """A reference to a registered component; its parameters are checked in pass two."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str = Field(min_length=1)
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+class StageConfig(Strict):
+    backbone: Ref
+    dim: int = Field(gt=0)
+    layers: int = Field(ge=0)
+    seq_len: int | None = Field(default=None, gt=0)
+    """Stage 1: most patches (None: unbounded). Later stages: bytes (or sub-patches) per patch."""
+    checkpoint: bool = False
+
+
+class ModelConfig(Strict):
+    stages: list[StageConfig] = Field(min_length=1)
+    loss_chunk: int | None = Field(default=None, gt=0)
+
+    @field_validator("stages")
+    @classmethod
+    def _inner_stages_have_patches(cls, stages: list[StageConfig]) -> list[StageConfig]:
+        for index, stage in enumerate(stages[1:], start=2):
+            if stage.seq_len is None:
+                raise ValueError(f"stage {index} needs seq_len (its patch size)")
+        return stages
+
+    @property
+    def patch_len(self) -> int:
+        return math.prod(s.seq_len or 1 for s in self.stages[1:])
+
+
+class DataConfig(Strict):
+    train_shards: list[str] = Field(default_factory=list)
+    eval_shards: list[str] = Field(default_factory=list)
+    seq_len: int = Field(default=1024, gt=0)
+    batch_size: int = Field(default=8, gt=0)
+    shuffle_buffer: int = Field(default=0, ge=0)
+    max_eval_samples: int | None = Field(default=None, gt=0)
+
+
+class TrainConfig(Strict):
+    steps: int = Field(default=100, ge=0)
+    lr: float = Field(default=1e-3, gt=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    warmup_steps: int = Field(default=10, ge=0)
+    weight_decay: float = Field(default=0.1, ge=0)
+    grad_accum: int = Field(default=1, gt=0)
+    clip: float | None = Field(default=1.0, gt=0)
+    bf16: bool = False
+    eval_every: int = Field(default=50, gt=0)
+    checkpoint_every: int = Field(default=50, gt=0)
+    keep_checkpoints: int = Field(default=2, gt=0)
+    log_every: int = Field(default=10, gt=0)
+    seed: int = 0
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+
+
+class Pipeline(Strict):
+    description: str = ""
+    fields: dict[str, Ref] = Field(min_length=1)
+    head: Ref
+    model: ModelConfig
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+class RegistryFile(Strict):
+    default: str | None = None
+    pipelines: dict[str, Pipeline] = Field(min_length=1)
+
+
+class Registry:
+    """A validated registry file."""
+
+    def __init__(self, source: str, raw: dict[str, Any], parsed: RegistryFile, lines: dict[Any, int]):
+        self.source = source
+        self.raw = raw
+        self.parsed = parsed
+        self.lines = lines
+
+    @property
+    def default_pipeline(self) -> str:
+        return self.parsed.default or next(iter(self.parsed.pipelines))
+
+    def pipeline(self, name: str | None) -> Pipeline:
+        name = name or self.default_pipeline
+        if name not in self.parsed.pipelines:
+            valid = ", ".join(self.parsed.pipelines)
+            raise ConfigError(f"{self.source}: unknown pipeline '{name}' (valid: {valid})")
+        return self.parsed.pipelines[name]
+
+    def where(self, path: tuple[str | int, ...]) -> str:
+        line = line_of(self.lines, path)
+        return f"{self.source}:{line}" if line else self.source
+
+
+def default_registry_path() -> Path:
+    return Path(str(resources.files("mbp") / "registry.yaml"))
+
+
+def load_registry(path: str | Path | None = None) -> Registry:
+    """Read and validate pass one of a registry file (default: the one shipped with mbp)."""
+    file = Path(path) if path is not None else default_registry_path()
+    source = str(path) if path is not None else "registry.yaml (built-in)"
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: registry file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{source}: cannot read registry file: {error}") from None
+    raw, lines = load_with_lines(text, source)
+    if raw is None:
+        raise ConfigError(f"{source}: registry file is empty (expected a top-level 'pipelines:' mapping)")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}:1: expected a mapping with a top-level 'pipelines:' key")
+    return Registry(source, raw, parse_registry(raw, source, lines), lines)
+
+
+def parse_registry(raw: dict[str, Any], source: str, lines: dict[Any, int]) -> RegistryFile:
+    try:
+        parsed = RegistryFile.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(format_validation(error, source, lines)) from None
+    if parsed.default is not None and parsed.default not in parsed.pipelines:
+        raise ConfigError(
+            f"{source}:{line_of(lines, ('default',))}: default pipeline '{parsed.default}' is not defined "
+            f"(valid: {', '.join(parsed.pipelines)})"
+        )
+    return parsed
+
+
+def format_validation(error: ValidationError, source: str, lines: dict[Any, int], prefix: tuple = ()) -> str:
+    first = error.errors()[0]
+    path = (*prefix, *first["loc"])
+    line = line_of(lines, path)
+    where = f"{source}:{line}" if line else source
+    dotted = ".".join(str(p) for p in path) or "(top level)"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    more = f" (and {len(error.errors()) - 1} more)" if len(error.errors()) > 1 else ""
+    return f"{where}: {dotted}: {message}{more}"
+
+
+def refs_of(pipeline: Pipeline) -> list[tuple[Kind, tuple[str | int, ...], Ref]]:
+    """Every component reference in a pipeline, with its kind and path inside the pipeline."""
+    refs: list[tuple[Kind, tuple[str | int, ...], Ref]] = [
+        ("codecs", ("fields", field), ref) for field, ref in pipeline.fields.items()
+    ]
+    refs.append(("heads", ("head",), pipeline.head))
+    refs += [
+        ("backbones", ("model", "stages", i, "backbone"), stage.backbone)
+        for i, stage in enumerate(pipeline.model.stages)
+    ]
+    return refs
+
+
+def check_pipeline(registry: Registry, name: str, components: ComponentTable) -> None:
+    """Pass two: every reference names a registered component and its parameters fit that component."""
+    pipeline = registry.pipeline(name)
+    for kind, path, ref in refs_of(pipeline):
+        full = ("pipelines", name, *path)
+        check_ref(kind, ref, components, registry.where(full), ".".join(map(str, full)))
+
+
+def check_ref(kind: Kind, ref: Ref, components: ComponentTable, where: str, dotted: str) -> None:
+    names = components.names(kind)
+    if ref.type not in names:
+        from mbp.plugins import missing_plugin_hint
+
+        valid = ", ".join(names) or "none registered"
+        raise ConfigError(
+            f"{where}: {dotted}.type: unknown {kind[:-1]} '{ref.type}' (valid: {valid}); "
+            f"{missing_plugin_hint(kind, ref.type)}"
+        )
+    component = components.get(kind, ref.type)
+    params = {k: v for k, v in ref.as_dict().items() if k != "type"}
+    try:
+        component.params.model_validate(params)
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            valid = ", ".join(component.params.model_fields) or "none"
+            raise ConfigError(
+                f"{where}: {dotted}.{key}: unknown parameter of {kind[:-1]} '{ref.type}' (valid: {valid})"
+            ) from None
+        raise ConfigError(f"{where}: {dotted}.{key}: {first['msg']}") from None
+
+
+def check_registry(registry: Registry, components: ComponentTable) -> None:
+    for name in registry.parsed.pipelines:
+        check_pipeline(registry, name, components)

@@ -1,0 +1,46 @@
+"""Every error mbp raises on bad input derives from :class:`MbpError`.
+
+The CLI prints ``str(error)`` as one line and exits with ``error.exit_code``; a traceback is shown only
+with ``--debug``. Messages name the culprit (file, location, sample, field, plugin) and what was expected.
+"""
+
+from __future__ import annotations
+
+
+class MbpError(Exception):
+    """Base class of errors a user can act on."""
+
+    exit_code = 1
+
+
+class ConfigError(MbpError):
+    """A registry file, pipeline, reference or CLI override is wrong."""
+
+    exit_code = 2
+
+
+class PluginError(MbpError):
+    """A plugin failed to load, clashed with another, or a needed plugin is missing."""
+
+    exit_code = 2
+
+
+class ProtocolError(MbpError):
+    """A token stream cannot be cut into segments."""
+
+
+class CodecError(MbpError):
+    """A codec rejected a value or a segment."""
+
+
+class DataError(MbpError):
+    """A shard, sample or field is unusable."""
+
+
+class CheckpointError(MbpError):
+    """A checkpoint is missing, incomplete or does not match the model."""
+
+
+def located(where: str, error: Exception) -> str:
+    """Prefix an error message with where it happened: ``shard.tar:sample 0042:field png: ...``."""
+    return f"{where}: {error}"

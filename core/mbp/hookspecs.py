@@ -1,0 +1,34 @@
+"""The hooks a plugin implements. Each takes a ``register`` callback, as simonw/llm does.
+
+``register(name, factory, params=None)``: ``name`` is what registry.yaml refers to; ``factory`` builds the
+component from validated parameters; ``params`` is the pydantic model of those parameters
+(``extra="forbid"`` is enforced by the core).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pluggy
+
+PROJECT = "mbp"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+Register = Callable[..., Any]
+
+
+@hookspec
+def mbp_register_codecs(register: Register) -> None:
+    """Register modality codecs: ``factory(**params) -> Codec``."""
+
+
+@hookspec
+def mbp_register_backbones(register: Register) -> None:
+    """Register sequence blocks: ``factory(dim=..., layers=..., **params) -> Backbone``."""
+
+
+@hookspec
+def mbp_register_heads(register: Register) -> None:
+    """Register task heads: ``factory(**params) -> TaskHead``."""

@@ -1,0 +1,1 @@
+"""The multiscale byte model and its parts."""

@@ -1,0 +1,185 @@
+"""MultiscaleDecoder: MBLM's hierarchical decoder stack with any registered backbone per stage.
+
+Legend: B batch, L flat length, V vocabulary, n stages, P_s stage s's sequence length
+(P_1 patches, P_s>1 sub-units per unit), U_s bytes per stage-s unit (U_s = P_{s+1} * ... * P_n),
+D_s stage width, N_s rows stage s runs in parallel (B * P_1 * ... * P_{s-1}).
+
+The wiring is MBLM's (and MEGABYTE's): each stage embeds its units (bytes for the last stage; the
+concatenated byte embeddings of a patch, normed and projected, for earlier stages), prepends a learned
+start token, adds the previous stage's projected output to every position but the start, and projects
+its own outputs (all but the last) to ``P_{s+1} * D_{s+1}`` for the next stage. Logits come from the last
+stage, shifted right by one through the very first start token, so no output ever sees its own target.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from mbp.errors import ConfigError
+from mbp.protocol import PAD, VOCAB_SIZE
+
+
+@dataclass(frozen=True)
+class Stage:
+    backbone: nn.Module
+    dim: int
+    seq_len: int | None
+    checkpoint: bool = False
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    loss: torch.Tensor
+    """Weighted mean cross-entropy in nats (what to backpropagate)."""
+    nats: torch.Tensor
+    """Weighted sum of cross-entropy in nats."""
+    weight: torch.Tensor
+    """Sum of weights (tokens counted)."""
+
+    @property
+    def bits_per_byte(self) -> float:
+        return float(self.nats / self.weight.clamp_min(1e-12)) / math.log(2)
+
+
+class UnitEmbedding(nn.Module):
+    """Embeds each unit of ``U`` bytes: byte embeddings concatenated, normed and projected to ``dim``."""
+
+    def __init__(self, vocab: int, byte_dim: int, unit: int, dim: int) -> None:
+        super().__init__()
+        self.bytes = nn.Embedding(vocab, byte_dim, padding_idx=PAD)
+        self.norm_in = nn.LayerNorm(unit * byte_dim)
+        self.proj = nn.Linear(unit * byte_dim, dim)
+        self.norm_out = nn.LayerNorm(dim)
+
+    def forward(self, units: torch.Tensor) -> torch.Tensor:  # (..., U) -> (..., D)
+        x = self.bytes(units).flatten(-2)
+        return self.norm_out(self.proj(self.norm_in(x)))
+
+
+class MultiscaleDecoder(nn.Module):
+    def __init__(
+        self, stages: Sequence[Stage], *, vocab_size: int = VOCAB_SIZE, loss_chunk: int | None = None
+    ) -> None:
+        super().__init__()
+        if not stages:
+            raise ConfigError("a multiscale decoder needs at least one stage")
+        for index, stage in enumerate(stages[1:], start=2):
+            if not stage.seq_len:
+                raise ConfigError(f"stage {index} needs seq_len (its patch size)")
+        self.num_stages = len(stages)
+        self.seq_lens = [s.seq_len for s in stages]
+        self.dims = [s.dim for s in stages]
+        self.checkpointed = [s.checkpoint for s in stages]
+        self.vocab_size = vocab_size
+        self.loss_chunk = loss_chunk
+        self.units = [math.prod(int(p or 1) for p in self.seq_lens[s + 1 :]) for s in range(self.num_stages)]
+        local_dim = self.dims[-1]
+        self.backbones = nn.ModuleList(s.backbone for s in stages)
+        self.start_tokens = nn.ParameterList(nn.Parameter(torch.randn(d)) for d in self.dims)
+        self.embeddings = nn.ModuleList(
+            UnitEmbedding(vocab_size, local_dim, self.units[s], self.dims[s])
+            if s < self.num_stages - 1
+            else nn.Embedding(vocab_size, local_dim, padding_idx=PAD)
+            for s in range(self.num_stages)
+        )
+        self.projections = nn.ModuleList(
+            nn.Linear(self.dims[s], self.dims[s + 1] * int(self.seq_lens[s + 1] or 1))
+            for s in range(self.num_stages - 1)
+        )
+        self.to_logits = nn.Linear(local_dim, vocab_size)
+
+    @property
+    def patch_len(self) -> int:
+        """Bytes per stage-1 patch: inputs are padded to a multiple of it."""
+        return self.units[0]
+
+    @property
+    def max_len(self) -> int | None:
+        """The longest input in tokens, or None when stage 1 has no fixed length."""
+        return None if self.seq_lens[0] is None else int(self.seq_lens[0]) * self.patch_len
+
+    def pad_input(self, ids: torch.Tensor) -> torch.Tensor:
+        length = ids.shape[-1]
+        if self.max_len is not None and length > self.max_len:
+            raise ConfigError(
+                f"input of {length} tokens is longer than the model's limit of {self.max_len} "
+                f"(stage 1 seq_len {self.seq_lens[0]} x patch {self.patch_len})"
+            )
+        return F.pad(ids, (0, -length % self.patch_len), value=PAD)
+
+    def hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        """Last-stage states that predict each token: ``ids: (B, L) -> (B, L, D_n)``.
+
+        Position t's state has seen tokens < t only.
+        """
+        batch, length = ids.shape
+        if length == 0:
+            raise ConfigError("cannot run the model on an empty input")
+        padded = self.pad_input(ids)
+        out = self.stage_outputs(padded)  # (N_n, P_n + 1, D_n)
+        per_row = out.view(batch, -1, out.shape[-2], out.shape[-1])
+        first = per_row[:, 0, 0:1]  # the first start token predicts token 0
+        rest = per_row[:, :, 1:].reshape(batch, -1, out.shape[-1])
+        return torch.cat((first, rest[:, : length - 1]), dim=1)
+
+    def stage_outputs(self, padded: torch.Tensor) -> torch.Tensor:
+        batch = padded.shape[0]
+        previous: torch.Tensor | None = None
+        x = padded
+        for s in range(self.num_stages):
+            units = padded.view(-1, self.units[s])  # all stage-s units in order
+            seq = int(self.seq_lens[s]) if s > 0 else padded.shape[1] // self.units[0]
+            tokens = self.embeddings[s](units).view(-1, seq, self.dims[s])  # (N_s, P_s, D_s)
+            start = self.start_tokens[s].expand(tokens.shape[0], 1, -1)
+            if previous is not None:
+                tokens = tokens + previous
+            x = torch.cat((start, tokens), dim=1)
+            x = self._run(s, x)
+            if s < self.num_stages - 1:
+                nxt = int(self.seq_lens[s + 1])
+                previous = self.projections[s](x[:, :-1]).reshape(-1, nxt, self.dims[s + 1])
+        del batch
+        return x
+
+    def _run(self, s: int, x: torch.Tensor) -> torch.Tensor:
+        backbone = self.backbones[s]
+        if self.checkpointed[s] and self.training and torch.is_grad_enabled():
+            return checkpoint(backbone, x, use_reentrant=False)
+        return backbone(x)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, L, V)`` predicting each token from the tokens before it."""
+        return self.to_logits(self.hidden(ids))
+
+    def loss(self, ids: torch.Tensor, weights: torch.Tensor | None = None) -> LossOutput:
+        """Weighted cross-entropy of predicting ``ids`` (PAD targets never count).
+
+        With ``loss_chunk`` set, logits are made and dropped chunk by chunk (recomputed in backward),
+        so the full (B, L, V) logits never exist at once.
+        """
+        hidden = self.hidden(ids)
+        w = (ids != PAD).to(hidden.dtype)
+        if weights is not None:
+            w = w * weights.to(hidden.dtype)
+        chunk = self.loss_chunk or hidden.shape[1]
+        nats = hidden.new_zeros(())
+        for start in range(0, hidden.shape[1], chunk):
+            part = (hidden[:, start : start + chunk], ids[:, start : start + chunk], w[:, start : start + chunk])
+            if self.loss_chunk and torch.is_grad_enabled():
+                nats = nats + checkpoint(self._chunk_nats, *part, use_reentrant=False)
+            else:
+                nats = nats + self._chunk_nats(*part)
+        weight = w.sum()
+        return LossOutput(nats / weight.clamp_min(1e-12), nats.detach(), weight.detach())
+
+    def _chunk_nats(self, hidden: torch.Tensor, ids: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        logits = self.to_logits(hidden).float()
+        ce = F.cross_entropy(logits.transpose(1, 2), ids.long(), reduction="none")
+        return (ce * w.float()).sum()

@@ -1,0 +1,176 @@
+"""Loading plugins from the ``mbp`` entry-point group, each in isolation.
+
+A plugin that fails to import, or fails inside a hook, is reported on stderr in one line and skipped;
+everything else keeps working. ``MBP_STRICT_PLUGINS=1`` makes such a failure fatal and
+``MBP_DISABLE_PLUGINS=a,b`` skips plugins by entry-point name.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import pluggy
+
+from mbp import hookspecs
+from mbp.components import KINDS, ComponentTable, Kind
+from mbp.errors import MbpError, PluginError
+
+HOOKS: dict[Kind, str] = {
+    "codecs": "mbp_register_codecs",
+    "backbones": "mbp_register_backbones",
+    "heads": "mbp_register_heads",
+}
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    dist: str
+    version: str
+
+
+@dataclass
+class Platform:
+    """The plugin manager plus the component table its hooks filled."""
+
+    pm: pluggy.PluginManager
+    components: ComponentTable
+    plugins: dict[str, PluginInfo] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Each plugin with what it registered, read from the component table (never a hand-kept list)."""
+        rows = []
+        for name, info in sorted(self.plugins.items()):
+            row: dict[str, Any] = {"name": name, "dist": info.dist, "version": info.version}
+            for kind in KINDS:
+                row[kind] = self.components.names(kind, plugin=name)
+            rows.append(row)
+        return rows
+
+
+def _env_list(name: str) -> set[str]:
+    return {part.strip() for part in os.environ.get(name, "").split(",") if part.strip()}
+
+
+def strict() -> bool:
+    return os.environ.get("MBP_STRICT_PLUGINS", "") not in ("", "0", "false", "no")
+
+
+def _report(message: str) -> None:
+    if strict():
+        raise PluginError(message)
+    print(f"mbp: {message}", file=sys.stderr)
+
+
+def _entry_points() -> list[md.EntryPoint]:
+    seen: dict[str, md.EntryPoint] = {}
+    for ep in md.entry_points(group=hookspecs.PROJECT):
+        seen.setdefault(ep.name, ep)  # an editable and a regular install can list the same plugin twice
+    return sorted(seen.values(), key=lambda ep: ep.name)
+
+
+def _dist_of(ep: md.EntryPoint) -> tuple[str, str]:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return "unknown", "unknown"
+    return dist.metadata["Name"], dist.version
+
+
+def new_platform(extra_plugins: dict[str, object] | None = None, *, entry_points: bool = True) -> Platform:
+    """Build a platform: load entry points (unless disabled), register ``extra_plugins``, run the hooks.
+
+    Args:
+        extra_plugins: name -> plugin object (module or instance), registered directly; tests use this.
+        entry_points: whether to load the ``mbp`` entry-point group.
+    """
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    platform = Platform(pm, ComponentTable())
+    disabled = _env_list("MBP_DISABLE_PLUGINS")
+    candidates: list[tuple[str, Callable[[], object], PluginInfo]] = []
+    if entry_points:
+        for ep in _entry_points():
+            dist, version = _dist_of(ep)
+            candidates.append((ep.name, ep.load, PluginInfo(ep.name, dist, version)))
+    for name, obj in (extra_plugins or {}).items():
+        candidates.append((name, partial(lambda o: o, obj), PluginInfo(name, "local", "0")))
+    for name, load, info in candidates:
+        if name in disabled:
+            continue
+        try:
+            plugin = load()
+            pm.register(plugin, name=name)
+            pm.check_pending()
+        except Exception as error:  # a broken plugin must never take the platform down
+            if pm.has_plugin(name):
+                pm.unregister(name=name)
+            platform.failures[name] = str(error)
+            _report(f"plugin '{name}' ({info.dist} {info.version}) failed to load: {_one_line(error)}")
+            continue
+        platform.plugins[name] = info
+    for kind, hook_name in HOOKS.items():
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            _run_hook(platform, kind, impl)
+    return platform
+
+
+def _run_hook(platform: Platform, kind: Kind, impl: pluggy.HookImpl) -> None:
+    name = impl.plugin_name
+    if name in platform.failures:
+        return
+    staged = ComponentTable()
+
+    def register(comp_name: str, factory: Callable[..., Any], params: Any = None) -> None:
+        staged.register(kind, name, comp_name, factory, params)
+
+    try:
+        impl.function(register=register)
+        for comp in staged.entries[kind].values():
+            platform.components.register(kind, name, comp.name, comp.factory, comp.params)
+    except PluginError as error:
+        if "registered by two plugins" in str(error):
+            raise  # a name clash is ambiguous for every pipeline: always fatal
+        _fail(platform, name, error)
+    except Exception as error:
+        _fail(platform, name, error)
+
+
+def _fail(platform: Platform, name: str, error: Exception) -> None:
+    info = platform.plugins.pop(name, PluginInfo(name, "unknown", "unknown"))
+    platform.failures[name] = str(error)
+    for kind in KINDS:  # withdraw whatever the plugin registered before it failed
+        for comp_name in platform.components.names(kind, plugin=name):
+            del platform.components.entries[kind][comp_name]
+    _report(f"plugin '{name}' ({info.dist} {info.version}) failed to load: {_one_line(error)}")
+
+
+def _one_line(error: Exception) -> str:
+    text = f"{type(error).__name__}: {error}" if not isinstance(error, MbpError) else str(error)
+    return " ".join(text.split())
+
+
+_DEFAULT: Platform | None = None
+
+
+def get_platform() -> Platform:
+    """The process-wide platform, loaded from entry points on first use."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = new_platform()
+    return _DEFAULT
+
+
+def missing_plugin_hint(kind: Kind, name: str) -> str:
+    """Explain, for a name nobody registered, which plugin failed or what to install."""
+    platform = get_platform()
+    if platform.failures:
+        failed = ", ".join(sorted(platform.failures))
+        return f"no plugin registers {kind[:-1]} '{name}' (plugins that failed to load: {failed})"
+    return f"no plugin registers {kind[:-1]} '{name}': install a plugin that registers it"

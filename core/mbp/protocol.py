@@ -1,0 +1,162 @@
+"""The byte-stream protocol: how a mixed-modality sample becomes one token stream, and back.
+
+Tokens 0..255 are data bytes. Markers live above 255, so every byte value of a payload (128 and 255
+included) stays data and nothing needs escaping. A sample is ``BOS segment... EOS``; a segment is
+``SEG <ASCII header> HDR <payload bytes> END`` where the header is the codec name followed by
+``k=v`` metadata, e.g. ``pixels w=64 h=48 mode=RGB``. Any stream decodes without knowing the pipeline.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mbp.errors import ProtocolError
+
+PAD, BOS, EOS, SEG, HDR, END = 256, 257, 258, 259, 260, 261
+VOCAB_SIZE = 262
+MARKER_NAMES = {PAD: "PAD", BOS: "BOS", EOS: "EOS", SEG: "SEG", HDR: "HDR", END: "END"}
+TOKEN_DTYPE = np.int16
+
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_VALUE = re.compile(r"^[\x21-\x7e]*$")  # printable ASCII without spaces
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One field of a sample: the codec that made it, its metadata and its payload bytes."""
+
+    codec: str
+    payload: bytes
+    meta: dict[str, str] = field(default_factory=dict)
+
+    def header(self) -> bytes:
+        if not _NAME.match(self.codec):
+            raise ProtocolError(f"invalid codec name in header: {self.codec!r}")
+        parts = [self.codec]
+        for key, value in self.meta.items():
+            value = str(value)
+            if not _NAME.match(key) or "=" in key or not _VALUE.match(value):
+                raise ProtocolError(f"codec '{self.codec}': metadata {key}={value!r} is not header-safe")
+            parts.append(f"{key}={value}")
+        return " ".join(parts).encode("ascii")
+
+
+@dataclass(frozen=True)
+class DecodedStream:
+    """What a token stream holds. ``partial`` is a segment cut off before its END (e.g. by generation)."""
+
+    segments: list[Segment]
+    partial: Segment | None = None
+    ended: bool = False
+    """Whether EOS was reached."""
+
+
+def parse_header(raw: bytes) -> tuple[str, dict[str, str]]:
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise ProtocolError(f"segment header is not ASCII: {raw[:40]!r}") from None
+    name, *pairs = text.split(" ") if text else [""]
+    if not _NAME.match(name):
+        raise ProtocolError(f"segment header has no valid codec name: {text[:60]!r}")
+    meta: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not _NAME.match(key):
+            raise ProtocolError(f"segment header item {pair!r} is not k=v (header {text[:60]!r})")
+        meta[key] = value
+    return name, meta
+
+
+def encode_segment(segment: Segment) -> np.ndarray:
+    header = np.frombuffer(segment.header(), dtype=np.uint8)
+    payload = np.frombuffer(segment.payload, dtype=np.uint8)
+    return np.concatenate(
+        [[SEG], header.astype(TOKEN_DTYPE), [HDR], payload.astype(TOKEN_DTYPE), [END]]
+    ).astype(TOKEN_DTYPE)
+
+
+def encode_sample(segments: Iterable[Segment]) -> np.ndarray:
+    """``BOS segment... EOS`` as int16 token ids."""
+    parts = [np.array([BOS], TOKEN_DTYPE)]
+    parts += [encode_segment(s) for s in segments]
+    parts.append(np.array([EOS], TOKEN_DTYPE))
+    return np.concatenate(parts)
+
+
+def decode_stream(tokens: Sequence[int] | np.ndarray) -> DecodedStream:
+    """Cut a token stream back into segments.
+
+    A stream that stops mid-segment returns the complete segments plus the cut one as ``partial``;
+    that is never an error. A stream that breaks the grammar (a byte outside a segment, a marker inside
+    a header, a token outside the vocabulary) raises :class:`ProtocolError` naming the position.
+    Leading PAD tokens and everything after EOS are ignored.
+    """
+    array = np.asarray(tokens, dtype=np.int64).reshape(-1)
+    if array.size and (array.min() < 0 or array.max() >= VOCAB_SIZE):
+        bad = int(np.flatnonzero((array < 0) | (array >= VOCAB_SIZE))[0])
+        raise ProtocolError(f"token {int(array[bad])} at position {bad} is outside the vocabulary")
+    start = 0
+    while start < array.size and array[start] == PAD:
+        start += 1
+    if start < array.size and array[start] == BOS:
+        start += 1
+    segments: list[Segment] = []
+    pos = start
+    n = array.size
+    while pos < n:
+        token = int(array[pos])
+        if token == EOS:
+            return DecodedStream(segments, None, ended=True)
+        if token == PAD:
+            pos += 1
+            continue
+        if token != SEG:
+            raise ProtocolError(f"expected SEG or EOS at position {pos}, got {_name(token)}")
+        header_end = _find_marker(array, pos + 1)
+        if header_end is None:
+            return DecodedStream(segments, _partial(array[pos + 1 :], None))
+        if int(array[header_end]) != HDR:
+            raise ProtocolError(f"segment at position {pos}: expected HDR, got {_name(int(array[header_end]))}")
+        codec, meta = parse_header(array[pos + 1 : header_end].astype(np.uint8).tobytes())
+        payload_end = _find_marker(array, header_end + 1)
+        if payload_end is None:
+            payload = array[header_end + 1 :].astype(np.uint8).tobytes()
+            return DecodedStream(segments, Segment(codec, payload, meta))
+        if int(array[payload_end]) != END:
+            raise ProtocolError(
+                f"segment '{codec}' at position {pos}: expected END, got {_name(int(array[payload_end]))}"
+            )
+        segments.append(Segment(codec, array[header_end + 1 : payload_end].astype(np.uint8).tobytes(), meta))
+        pos = payload_end + 1
+    return DecodedStream(segments, None)
+
+
+def _find_marker(array: np.ndarray, start: int) -> int | None:
+    hits = np.flatnonzero(array[start:] > 255)
+    return start + int(hits[0]) if hits.size else None
+
+
+def _partial(header_tokens: np.ndarray, payload: bytes | None) -> Segment | None:
+    try:
+        codec, meta = parse_header(header_tokens.astype(np.uint8).tobytes())
+    except ProtocolError:
+        return Segment("", b"", {"header": header_tokens.astype(np.uint8).tobytes().decode("latin-1")})
+    return Segment(codec, payload or b"", meta)
+
+
+def _name(token: int) -> str:
+    return MARKER_NAMES.get(token, f"byte {token}")
+
+
+def render(tokens: Sequence[int] | np.ndarray, limit: int = 200) -> str:
+    """A readable view of a token stream for debugging: markers in angle brackets, bytes as latin-1."""
+    out = []
+    for token in list(np.asarray(tokens).reshape(-1)[:limit]):
+        token = int(token)
+        out.append(f"<{MARKER_NAMES[token]}>" if token in MARKER_NAMES else chr(token))
+    return "".join(out)

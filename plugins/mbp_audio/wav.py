@@ -1,0 +1,133 @@
+"""``wav``: audio through soundfile. The payload is interleaved little-endian PCM; the header carries
+rate, channels and sample format, so decoding writes a playable WAV file. ``payload: file`` keeps the
+file's bytes instead (byte-exact for any WAV, headers and extra chunks included).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Literal
+
+import numpy as np
+import soundfile as sf
+from pydantic import BaseModel, ConfigDict, Field
+
+from mbp.errors import CodecError
+from mbp.protocol import Segment
+
+# sample format -> (soundfile subtype, numpy dtype of the stored PCM)
+FORMATS = {"u8": ("PCM_U8", np.uint8), "s16": ("PCM_16", np.int16)}
+SUBTYPE_TO_FORMAT = {"PCM_U8": "u8", "PCM_16": "s16"}
+
+
+class WavParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    payload: Literal["pcm", "file"] = "pcm"
+    sample_rate: int | None = Field(default=None, gt=0, description="resample to this rate")
+    mono: bool = False
+    bits: Literal[8, 16] | None = Field(default=None, description="re-quantize to 8- or 16-bit PCM")
+    max_seconds: float = Field(default=600.0, gt=0)
+
+
+class WavCodec:
+    name = "wav"
+    extension = "wav"
+
+    def __init__(
+        self,
+        payload: str = "pcm",
+        sample_rate: int | None = None,
+        mono: bool = False,
+        bits: int | None = None,
+        max_seconds: float = 600.0,
+    ) -> None:
+        self.payload = payload
+        self.sample_rate = sample_rate
+        self.mono = mono
+        self.bits = bits
+        self.max_seconds = max_seconds
+
+    def encode(self, data: bytes) -> Segment:
+        try:
+            info = sf.info(io.BytesIO(data))
+        except Exception as error:
+            raise CodecError(f"not readable audio: {' '.join(str(error).split())}") from None
+        if info.format != "WAV":
+            raise CodecError(f"expected a WAV file, got {info.format}")
+        if info.frames > self.max_seconds * info.samplerate:
+            raise CodecError(f"audio is {info.duration:.1f} s, over the limit of {self.max_seconds} s")
+        if self.payload == "file":
+            return Segment(self.name, bytes(data), {"payload": "file"})
+        keep = info.subtype in SUBTYPE_TO_FORMAT and not (self.sample_rate or self.mono or self.bits)
+        if keep:
+            fmt = SUBTYPE_TO_FORMAT[info.subtype]
+            samples, rate = sf.read(io.BytesIO(data), dtype="int16", always_2d=True)
+            return self._segment(_from_int16(samples, fmt), rate, fmt)
+        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        if self.mono and samples.shape[1] > 1:
+            samples = samples.mean(axis=1, keepdims=True)
+        if self.sample_rate and self.sample_rate != rate:
+            import soxr
+
+            samples = np.asarray(soxr.resample(samples, rate, self.sample_rate), dtype=np.float32)
+            samples = samples.reshape(-1, 1) if samples.ndim == 1 else samples
+            rate = self.sample_rate
+        fmt = {8: "u8", 16: "s16"}.get(self.bits or 0) or SUBTYPE_TO_FORMAT.get(info.subtype, "s16")
+        return self._segment(_quantize(samples, fmt), rate, fmt)
+
+    def _segment(self, pcm: np.ndarray, rate: int, fmt: str) -> Segment:
+        meta = {"rate": str(rate), "ch": str(pcm.shape[1]), "fmt": fmt}
+        return Segment(self.name, pcm.astype(FORMATS[fmt][1]).astype(FORMATS[fmt][1]).tobytes(), meta)
+
+    def decode(self, segment: Segment) -> bytes:
+        """A playable WAV file."""
+        return self.to_file(segment)
+
+    def samples(self, segment: Segment) -> tuple[np.ndarray, int]:
+        """The PCM samples as an array (frames, channels) and the sample rate."""
+        if segment.meta.get("payload") == "file":
+            data, rate = sf.read(io.BytesIO(self.to_file(segment)), dtype="int16", always_2d=True)
+            return data, rate
+        try:
+            rate, channels, fmt = int(segment.meta["rate"]), int(segment.meta["ch"]), segment.meta["fmt"]
+            dtype = FORMATS[fmt][1]
+        except (KeyError, ValueError):
+            raise CodecError(f"wav header needs rate, ch and fmt in {sorted(FORMATS)}: {segment.meta}") from None
+        if rate <= 0 or not 0 < channels <= 64:
+            raise CodecError(f"wav header rate={rate} ch={channels} is out of range")
+        frame = channels * np.dtype(dtype).itemsize
+        if len(segment.payload) % frame:
+            raise CodecError(f"wav payload of {len(segment.payload)} bytes is not whole frames of {frame} bytes")
+        return np.frombuffer(segment.payload, dtype=dtype).reshape(-1, channels), rate
+
+    def to_file(self, segment: Segment) -> bytes:
+        if segment.meta.get("payload") == "file":
+            try:
+                sf.info(io.BytesIO(segment.payload))
+            except Exception as error:
+                raise CodecError(f"wav segment is not readable audio: {' '.join(str(error).split())}") from None
+            return segment.payload
+        pcm, rate = self.samples(segment)
+        fmt = segment.meta["fmt"]
+        buffer = io.BytesIO()
+        sf.write(buffer, _to_int16(pcm, fmt), rate, subtype=FORMATS[fmt][0], format="WAV")
+        return buffer.getvalue()
+
+
+def _from_int16(samples: np.ndarray, fmt: str) -> np.ndarray:
+    if fmt == "u8":  # soundfile maps u8 to int16 by a left shift of 8 bits around 128
+        return ((samples.astype(np.int32) >> 8) + 128).astype(np.uint8)
+    return samples
+
+
+def _to_int16(pcm: np.ndarray, fmt: str) -> np.ndarray:
+    if fmt == "u8":
+        return ((pcm.astype(np.int32) - 128) << 8).astype(np.int16)
+    return pcm.astype(np.int16)
+
+
+def _quantize(samples: np.ndarray, fmt: str) -> np.ndarray:
+    clipped = np.clip(samples, -1.0, 1.0 - 1.0 / 32768)
+    if fmt == "u8":
+        return np.round(clipped * 128 + 128).clip(0, 255).astype(np.uint8)
+    return np.round(clipped * 32768).astype(np.int16)

@@ -1,0 +1,46 @@
+"""Built-in plugin: the ``text`` codec (UTF-8, validated)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mbp.errors import CodecError
+from mbp.hookspecs import Register, hookimpl
+from mbp.protocol import Segment
+
+
+class TextParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    strip: bool = Field(default=False, description="strip surrounding whitespace (not lossless)")
+
+
+class TextCodec:
+    name = "text"
+    extension = "txt"
+
+    def __init__(self, strip: bool = False) -> None:
+        self.strip = strip
+
+    def encode(self, data: bytes) -> Segment:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise CodecError(f"not valid UTF-8 at byte {error.start}") from None
+        if self.strip:
+            data = text.strip().encode("utf-8")
+        return Segment(self.name, bytes(data))
+
+    def decode(self, segment: Segment) -> str:
+        try:
+            return segment.payload.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise CodecError(f"text segment is not valid UTF-8 at byte {error.start}") from None
+
+    def to_file(self, segment: Segment) -> bytes:
+        self.decode(segment)
+        return segment.payload
+
+
+@hookimpl
+def mbp_register_codecs(register: Register) -> None:
+    register("text", TextCodec, TextParams)

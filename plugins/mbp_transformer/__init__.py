@@ -1,0 +1,15 @@
+"""Built-in plugin: the ``transformer`` backbone (causal SDPA, RoPE, RMSNorm, SwiGLU or GELU MLP)."""
+
+from __future__ import annotations
+
+from mbp.hookspecs import Register, hookimpl
+from mbp_transformer.model import Transformer, TransformerParams
+
+
+def build(*, dim: int, layers: int, **params: object) -> Transformer:
+    return Transformer(dim=dim, layers=layers, **params)  # type: ignore[arg-type]
+
+
+@hookimpl
+def mbp_register_backbones(register: Register) -> None:
+    register("transformer", build, TransformerParams)

@@ -1,0 +1,164 @@
+"""A pre-norm causal Transformer with a KV cache whose rows advance independently.
+
+Legend: B batch, L length, D width, H heads, K head width, T cache capacity.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+
+class TransformerParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    heads: int = Field(default=4, gt=0)
+    mlp_ratio: float = Field(default=4.0, gt=0)
+    mlp: Literal["swiglu", "gelu"] = "swiglu"
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    rope_base: float = Field(default=10000.0, gt=0)
+
+
+def rotary(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
+    """Rotate pairs of ``x: (B, H, L, K)`` by angles of ``positions: (B, L)`` (split-half layout)."""
+    half = x.shape[-1] // 2
+    freqs = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    angles = positions.to(torch.float32)[:, None, :, None] * freqs  # (B, 1, L, K/2)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half : 2 * half]
+    rotated = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return torch.cat((rotated, x[..., 2 * half :]), dim=-1)
+
+
+class KVCache:
+    """Keys and values per layer, (B, H, T, K), with a fill length per row."""
+
+    def __init__(self, layers: int, batch: int, heads: int, capacity: int, head_dim: int, like: torch.Tensor):
+        shape = (batch, heads, capacity, head_dim)
+        self.keys = [like.new_zeros(shape) for _ in range(layers)]
+        self.values = [like.new_zeros(shape) for _ in range(layers)]
+        self.lengths = torch.zeros(batch, dtype=torch.long, device=like.device)
+        self.batch = batch
+        self.capacity = capacity
+
+    def reset(self, rows: torch.Tensor) -> None:
+        self.lengths = torch.where(rows, torch.zeros_like(self.lengths), self.lengths)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float, rope_base: float) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"transformer width {dim} is not divisible by heads={heads}")
+        self.heads, self.head_dim, self.dropout, self.rope_base = heads, dim // heads, dropout, rope_base
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+
+    def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, length, _ = x.shape
+        qkv = self.qkv(x).view(b, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return qkv[0], qkv[1], qkv[2]  # each (B, H, L, K)
+
+    def _merge(self, y: torch.Tensor) -> torch.Tensor:
+        b, _, length, _ = y.shape
+        return self.out(y.transpose(1, 2).reshape(b, length, -1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._split(x)
+        positions = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
+        q, k = rotary(q, positions, self.rope_base), rotary(k, positions, self.rope_base)
+        drop = self.dropout if self.training else 0.0
+        return self._merge(F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop))
+
+    def prefill(self, x: torch.Tensor, cache: KVCache, layer: int, row: int) -> torch.Tensor:
+        q, k, v = self._split(x)
+        positions = torch.arange(x.shape[1], device=x.device)[None]
+        q, k = rotary(q, positions, self.rope_base), rotary(k, positions, self.rope_base)
+        cache.keys[layer][row, :, : x.shape[1]] = k[0]
+        cache.values[layer][row, :, : x.shape[1]] = v[0]
+        return self._merge(F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+    def step(self, x: torch.Tensor, cache: KVCache, layer: int, active: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._split(x[:, None])  # (B, H, 1, K)
+        pos = cache.lengths  # (B,)
+        if int(pos[active].max(initial=0)) >= cache.capacity:
+            raise RuntimeError(f"KV cache capacity {cache.capacity} exceeded")
+        q, k = rotary(q, pos[:, None], self.rope_base), rotary(k, pos[:, None], self.rope_base)
+        slot = torch.clamp(pos, max=cache.capacity - 1)
+        rows = torch.arange(x.shape[0], device=x.device)
+        keys, values = cache.keys[layer], cache.values[layer]
+        keep_k, keep_v = keys[rows, :, slot], values[rows, :, slot]  # (B, H, K)
+        mask_k = active[:, None, None]
+        keys[rows, :, slot] = torch.where(mask_k, k[:, :, 0], keep_k)
+        values[rows, :, slot] = torch.where(mask_k, v[:, :, 0], keep_v)
+        span = int(pos.max()) + 1
+        visible = torch.arange(span, device=x.device)[None, :] <= pos[:, None]  # (B, span)
+        y = F.scaled_dot_product_attention(q, keys[:, :, :span], values[:, :, :span], attn_mask=visible[:, None, None])
+        return self._merge(y)[:, 0]
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, ratio: float, kind: str, dropout: float) -> None:
+        super().__init__()
+        hidden = int(dim * ratio)
+        self.gated = kind == "swiglu"
+        self.up = nn.Linear(dim, 2 * hidden if self.gated else hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.up(x)
+        if self.gated:
+            gate, value = h.chunk(2, dim=-1)
+            h = F.silu(gate) * value
+        else:
+            h = F.gelu(h)
+        return self.drop(self.down(h))
+
+
+class Layer(nn.Module):
+    def __init__(self, dim: int, params: TransformerParams) -> None:
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(dim)
+        self.attn = Attention(dim, params.heads, params.dropout, params.rope_base)
+        self.mlp_norm = nn.RMSNorm(dim)
+        self.mlp = MLP(dim, params.mlp_ratio, params.mlp, params.dropout)
+        self.drop = nn.Dropout(params.dropout)
+
+
+class Transformer(nn.Module):
+    """``layers`` pre-norm blocks and a final RMSNorm; see :mod:`mbp.model.backbone` for the protocol."""
+
+    def __init__(self, *, dim: int, layers: int, **params: object) -> None:
+        super().__init__()
+        self.params = TransformerParams.model_validate(params)
+        self.layers = nn.ModuleList(Layer(dim, self.params) for _ in range(layers))
+        self.norm = nn.RMSNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = x + layer.drop(layer.attn(layer.attn_norm(x)))
+            x = x + layer.mlp(layer.mlp_norm(x))
+        return self.norm(x)
+
+    def allocate_cache(self, batch: int, max_len: int) -> KVCache:
+        like = self.norm.weight
+        p = self.params
+        return KVCache(len(self.layers), batch, p.heads, max_len, like.shape[0] // p.heads, like.detach())
+
+    def prefill(self, x: torch.Tensor, cache: KVCache, row: int) -> torch.Tensor:
+        for index, layer in enumerate(self.layers):
+            x = x + layer.attn.prefill(layer.attn_norm(x), cache, index, row)
+            x = x + layer.mlp(layer.mlp_norm(x))
+        cache.lengths[row] = x.shape[1]
+        return self.norm(x)
+
+    def step(self, x: torch.Tensor, cache: KVCache, active: torch.Tensor) -> torch.Tensor:
+        for index, layer in enumerate(self.layers):
+            x = x + layer.attn.step(layer.attn_norm(x), cache, index, active)
+            x = x + layer.mlp(layer.mlp_norm(x))
+        cache.lengths = cache.lengths + active.long()
+        return self.norm(x)

@@ -1,0 +1,31 @@
+"""Opening untrusted image bytes with Pillow: known formats only, and a pixel budget checked first."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image
+
+from mbp.errors import CodecError
+
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
+
+
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Open and fully load an image; reject unknown formats and decompression bombs before decoding."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
+            width, height = image.size
+            if width * height > max_pixels:
+                raise CodecError(f"image is {width}x{height} = {width * height} pixels, over the limit {max_pixels}")
+            image.load()
+    except CodecError:
+        raise
+    except Image.DecompressionBombError as error:
+        raise CodecError(f"image rejected as a decompression bomb: {error}") from None
+    except Exception as error:
+        raise CodecError(f"not a readable image ({', '.join(FORMATS)}): {type(error).__name__}: {error}") from None
+    return image

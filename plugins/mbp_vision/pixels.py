@@ -1,0 +1,62 @@
+"""``pixels``: any image file decoded to raw row-major pixels; the header carries w, h and mode."""
+
+from __future__ import annotations
+
+import io
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from mbp.errors import CodecError
+from mbp.protocol import Segment
+from mbp_vision.pillow import open_image
+
+CHANNELS = {"L": 1, "RGB": 3}
+
+
+class PixelsParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["L", "RGB"] = "RGB"
+    size: tuple[int, int] | None = Field(default=None, description="resize to (width, height)")
+    max_pixels: int = Field(default=16_000_000, gt=0)
+
+
+class PixelsCodec:
+    name = "pixels"
+    extension = "png"
+
+    def __init__(
+        self, mode: str = "RGB", size: tuple[int, int] | None = None, max_pixels: int = 16_000_000
+    ) -> None:
+        self.mode = mode
+        self.size = tuple(size) if size else None
+        self.max_pixels = max_pixels
+
+    def encode(self, data: bytes) -> Segment:
+        image = open_image(data, self.max_pixels).convert(self.mode)
+        if self.size is not None and image.size != self.size:
+            image = image.resize(self.size, Image.Resampling.BILINEAR)
+        width, height = image.size
+        return Segment(self.name, image.tobytes(), {"w": str(width), "h": str(height), "mode": self.mode})
+
+    def decode(self, segment: Segment) -> np.ndarray:
+        """The pixels as an array of shape (h, w) for L or (h, w, 3) for RGB."""
+        try:
+            width, height, mode = int(segment.meta["w"]), int(segment.meta["h"]), segment.meta["mode"]
+            channels = CHANNELS[mode]
+        except (KeyError, ValueError):
+            raise CodecError(f"pixels header needs w, h and mode in {sorted(CHANNELS)}: {segment.meta}") from None
+        if width <= 0 or height <= 0 or width * height > self.max_pixels:
+            raise CodecError(f"pixels header size {width}x{height} is out of range")
+        expected = width * height * channels
+        if len(segment.payload) != expected:
+            raise CodecError(f"pixels payload has {len(segment.payload)} bytes, header says {expected}")
+        array = np.frombuffer(segment.payload, dtype=np.uint8)
+        return array.reshape((height, width) if channels == 1 else (height, width, channels))
+
+    def to_file(self, segment: Segment) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(self.decode(segment), mode=segment.meta["mode"]).save(buffer, format="PNG")
+        return buffer.getvalue()
