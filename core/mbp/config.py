@@ -66,6 +66,8 @@ class DataConfig(Strict):
     seq_len: int = Field(default=1024, gt=0)
     batch_size: int = Field(default=8, gt=0)
     shuffle_buffer: int = Field(default=0, ge=0)
+    pack: bool = False
+    """Training rows hold as many whole samples as fit (evaluation keeps one sample a row)."""
     max_eval_samples: int | None = Field(default=None, gt=0)
 
 
@@ -89,10 +91,23 @@ class TrainConfig(Strict):
 class Pipeline(Strict):
     description: str = ""
     fields: dict[str, Ref] = Field(min_length=1)
+    """Shard field -> codec, in stream order."""
+    optional: list[str] = Field(default_factory=list)
+    """Fields a sample may lack (e.g. a scene or a tone in a mixed-modality set)."""
     head: Ref
     model: ModelConfig
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+    @field_validator("optional")
+    @classmethod
+    def _optional_are_fields(cls, optional: list[str], info: Any) -> list[str]:
+        fields = info.data.get("fields") or {}
+        unknown = [name for name in optional if name not in fields]
+        if unknown:
+            raise ValueError(f"optional names unknown fields {unknown} (fields: {', '.join(fields)})")
+        return optional
 
 
 class RegistryFile(Strict):

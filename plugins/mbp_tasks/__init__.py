@@ -1,1 +1,14 @@
-"""placeholder"""
+"""Built-in plugin: the ``lm``, ``vqa`` and ``classify`` task heads."""
+
+from __future__ import annotations
+
+from mbp.hookspecs import Register, hookimpl
+from mbp_tasks.answer import AnswerParams, ClassifyHead, ClassifyParams, VqaHead
+from mbp_tasks.lm import LmHead, LmParams
+
+
+@hookimpl
+def mbp_register_heads(register: Register) -> None:
+    register("lm", LmHead, LmParams)
+    register("vqa", VqaHead, AnswerParams)
+    register("classify", ClassifyHead, ClassifyParams)

@@ -84,7 +84,7 @@ class Attention(nn.Module):
     def step(self, x: torch.Tensor, cache: KVCache, layer: int, active: torch.Tensor) -> torch.Tensor:
         q, k, v = self._split(x[:, None])  # (B, H, 1, K)
         pos = cache.lengths  # (B,)
-        if int(pos[active].max(initial=0)) >= cache.capacity:
+        if bool(active.any()) and int(pos[active].max()) >= cache.capacity:
             raise RuntimeError(f"KV cache capacity {cache.capacity} exceeded")
         q, k = rotary(q, pos[:, None], self.rope_base), rotary(k, pos[:, None], self.rope_base)
         slot = torch.clamp(pos, max=cache.capacity - 1)

@@ -1,1 +1,85 @@
-COMMANDS: list = []
+"""``mbp run`` and ``mbp eval``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mbp.cli.common import emit_json, json_option, registry_option, say
+from mbp.overrides import apply_overrides
+
+
+@click.command("run")
+@click.argument("pipeline", required=False)
+@click.argument("shards", nargs=-1)
+@registry_option
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder (default: mbp-runs/PIPELINE).")
+@click.option("--steps", type=click.IntRange(min=0), default=None, help="Override train.steps.")
+@click.option("--eval-shards", "eval_shards", multiple=True, help="Held-out shards (default: data.eval_shards).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a pipeline field by dotted path.")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
+@json_option
+def run_command(pipeline: str | None, shards: tuple[str, ...], registry_path: str | None, out_dir: Path | None,
+                steps: int | None, eval_shards: tuple[str, ...], overrides: tuple[str, ...], resume: bool,
+                as_json: bool) -> None:
+    """Train and evaluate PIPELINE (default: the registry's default) on SHARDS (default: data.train_shards)."""
+    from mbp.data.read import expand_shards
+    from mbp.errors import ConfigError
+    from mbp.session import resolve
+    from mbp.train.loop import run
+
+    base = resolve(registry_path, pipeline)
+    settings = list(overrides) + ([f"train.steps={steps}"] if steps is not None else [])
+    resolved = resolve(registry_path, base.name, apply_overrides(base, settings)) if settings else base
+    data = resolved.pipeline.data
+    train = expand_shards(list(shards) or data.train_shards)
+    if not train:
+        raise ConfigError(f"pipeline '{resolved.name}' names no train shards: pass SHARDS or set data.train_shards")
+    evals = expand_shards(list(eval_shards) or data.eval_shards)
+    out = out_dir or Path("mbp-runs") / resolved.name
+    summary = run(resolved, out, resume=resume, train_shards=train, eval_shards=evals)
+    if as_json:
+        emit_json(summary)
+        return
+    m = summary["metrics"]
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float))
+    say(f"done: {summary['steps']} steps, {summary['samples_seen']} samples seen, {summary['samples_skipped']} skipped")
+    if shown:
+        say(f"eval: {shown}")
+    say(f"metrics: {summary['metrics_file']}")
+    if summary["plot"]:
+        say(f"plot: {summary['plot']}")
+    say(f"checkpoint: {summary['checkpoint']}")
+
+
+@click.command("eval")
+@click.argument("pipeline")
+@click.argument("shards", nargs=-1, required=True)
+@click.option("--checkpoint", "checkpoint", required=True, type=click.Path(file_okay=False, path_type=Path))
+@registry_option
+@json_option
+def eval_command(pipeline: str, shards: tuple[str, ...], checkpoint: Path, registry_path: str | None, as_json: bool) -> None:
+    """Evaluate a checkpoint on SHARDS with PIPELINE's task head."""
+    from mbp.data.read import expand_shards
+    from mbp.data.skips import SkipLog
+    from mbp.model.io import load_model
+    from mbp.plugins import get_platform
+    from mbp.session import resolve
+    from mbp.train.evaluate import evaluate
+    from mbp.train.loop import eval_batches
+
+    resolved = resolve(registry_path, pipeline)
+    model, _ = load_model(checkpoint, get_platform().components)
+    log = SkipLog(quiet=as_json)
+    metrics = evaluate(model, eval_batches(resolved, expand_shards(shards), log), resolved.head)
+    document = {"pipeline": resolved.name, "checkpoint": str(checkpoint), "metrics": metrics, **log.summary()}
+    if as_json:
+        emit_json(document)
+    else:
+        for key, value in metrics.items():
+            click.echo(f"{key}: {value}")
+
+
+COMMANDS = [run_command, eval_command]

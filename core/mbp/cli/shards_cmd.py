@@ -1,1 +1,66 @@
-COMMANDS: list = []
+"""``mbp shards pack`` and ``mbp shards inspect``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mbp.cli.common import emit_json, json_option, registry_option, say
+from mbp.data.pack import pack, samples_from_folder, samples_from_manifest
+from mbp.data.read import expand_shards
+from mbp.data.skips import SkipLog
+from mbp.errors import ConfigError
+
+
+@click.group("shards")
+def shards_group() -> None:
+    """Make and look into WebDataset tar shards."""
+
+
+@shards_group.command("pack")
+@click.argument("src_dir", required=False, type=click.Path(path_type=Path))
+@click.argument("out_pattern")
+@click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), help="JSONL: field -> path or text.")
+@click.option("--maxcount", default=1000, show_default=True, type=click.IntRange(min=1), help="Samples per shard.")
+@json_option
+def pack_command(
+    src_dir: Path | None, out_pattern: str, manifest: Path | None, maxcount: int, as_json: bool
+) -> None:
+    """Pack SRC_DIR (files grouped by basename) or --manifest into shards named by OUT_PATTERN."""
+    if (src_dir is None) == (manifest is None):
+        raise ConfigError("give exactly one of SRC_DIR or --manifest")
+    samples = samples_from_manifest(manifest) if manifest else samples_from_folder(src_dir)  # type: ignore[arg-type]
+    written, count = pack(samples, out_pattern, maxcount)
+    if as_json:
+        emit_json({"shards": written, "samples": count})
+    else:
+        say(f"wrote {count} samples to {len(written)} shard(s): {', '.join(written)}")
+
+
+@shards_group.command("inspect")
+@click.argument("shards", nargs=-1, required=True)
+@click.option("--pipeline", default=None, help="Also report encoded lengths for this pipeline.")
+@registry_option
+@json_option
+def inspect_command(shards: tuple[str, ...], pipeline: str | None, registry_path: str | None, as_json: bool) -> None:
+    """Samples, fields (counts and sizes) and, with --pipeline, encoded lengths in tokens."""
+    from mbp.data.inspect import inspect_shards
+    from mbp.session import pipeline_encoder
+
+    encoder = pipeline_encoder(registry_path, pipeline) if pipeline else None
+    report = inspect_shards(expand_shards(shards), encoder, SkipLog(quiet=as_json))
+    if as_json:
+        emit_json(report)
+        return
+    for shard in report["shards"]:
+        click.echo(f"{shard['path']}: {shard['samples']} samples")
+    for name, stats in report["fields"].items():
+        click.echo(f"  field {name}: {stats['count']} x, {stats['bytes']} bytes")
+    if report.get("tokens"):
+        t = report["tokens"]
+        click.echo(f"  tokens per sample: min {t['min']}, median {t['median']:.0f}, max {t['max']}")
+    click.echo(f"  samples skipped: {report['samples_skipped']}, shards failed: {report['shards_failed']}")
+
+
+COMMANDS = [shards_group]

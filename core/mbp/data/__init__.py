@@ -1,0 +1,1 @@
+"""Shards in, token batches out: reading, encoding, batching, and the shard tools."""

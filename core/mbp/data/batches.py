@@ -1,0 +1,141 @@
+"""Encoded samples -> fixed-length padded batches, and the stream that makes them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mbp.data.encode import EncodedSample, SampleEncoder
+from mbp.data.read import read_samples
+from mbp.data.skips import SkipLog
+from mbp.errors import DataError
+from mbp.protocol import PAD
+
+
+@dataclass
+class Batch:
+    tokens: torch.Tensor  # (B, L) int64, PAD-padded
+    weights: torch.Tensor  # (B, L) float32, 0 on PAD
+    rows: list[list[EncodedSample]]
+    """The samples laid one after another in each row."""
+
+    @property
+    def samples(self) -> list[EncodedSample]:
+        return [sample for row in self.rows for sample in row]
+
+    @property
+    def num_tokens(self) -> int:
+        return int((self.tokens != PAD).sum())
+
+
+def collate(rows: list[list[EncodedSample]], seq_len: int) -> Batch:
+    tokens = np.full((len(rows), seq_len), PAD, dtype=np.int64)
+    weights = np.zeros((len(rows), seq_len), dtype=np.float32)
+    for index, row in enumerate(rows):
+        offset = 0
+        for sample in row:
+            end = offset + len(sample.tokens)
+            tokens[index, offset:end] = sample.tokens
+            weights[index, offset:end] = sample.weights
+            offset = end
+    return Batch(torch.from_numpy(tokens), torch.from_numpy(weights), rows)
+
+
+@dataclass
+class Position:
+    """Where a stream stands: the epoch and how many raw samples of it were consumed."""
+
+    epoch: int = 0
+    consumed: int = 0
+
+
+def encoded_stream(
+    shards: list[str],
+    encoder: SampleEncoder,
+    seq_len: int,
+    log: SkipLog,
+    *,
+    seed: int = 0,
+    shuffle_buffer: int = 0,
+    start: Position | None = None,
+    repeat: bool = True,
+    rank: int = 0,
+    world: int = 1,
+) -> Iterator[tuple[EncodedSample, Position]]:
+    """Encoded samples in a deterministic order (given the seed), with the position after each.
+
+    Resuming from a position replays the same order and skips what was already consumed, so a
+    resumed run sees exactly the samples an uninterrupted one would.
+    """
+    position = Position(start.epoch, start.consumed) if start else Position()
+    while True:
+        rng = np.random.default_rng([seed, position.epoch])
+        raw_iter = read_samples(
+            shards, log, seed=seed + position.epoch, shuffle_shards=shuffle_buffer > 0, rank=rank, world=world
+        )
+        index = 0
+        yielded_any = False
+        for raw in _shuffled(raw_iter, shuffle_buffer, rng):
+            index += 1
+            if index <= position.consumed:
+                continue
+            position = Position(position.epoch, index)
+            try:
+                sample = encoder.encode(raw)
+            except DataError as error:
+                log.sample(str(error), "missing field" if "missing field" in str(error) else "bad field")
+                continue
+            if len(sample.tokens) > seq_len:
+                log.sample(f"{raw.where}: {len(sample.tokens)} tokens, over data.seq_len {seq_len}", "too long")
+                continue
+            yielded_any = True
+            yield sample, position
+        if not repeat:
+            return
+        if not yielded_any and position.consumed == 0:
+            raise DataError(f"no usable sample in {len(shards)} shard(s): {', '.join(shards[:3])}")
+        position = Position(position.epoch + 1, 0)
+
+
+def _shuffled(items: Iterator, buffer: int, rng: np.random.Generator) -> Iterator:
+    if buffer <= 1:
+        yield from items
+        return
+    pool: list = []
+    for item in items:
+        pool.append(item)
+        if len(pool) >= buffer:
+            yield pool.pop(int(rng.integers(len(pool))))
+    while pool:
+        yield pool.pop(int(rng.integers(len(pool))))
+
+
+def batches(
+    stream: Iterator[tuple[EncodedSample, Position]], batch_size: int, seq_len: int, *, pack: bool = False
+) -> Iterator[tuple[Batch, Position]]:
+    """Rows of ``seq_len`` tokens, ``batch_size`` rows a batch. With ``pack``, consecutive samples share
+    a row while they fit (each keeps its BOS..EOS), which wastes far less compute on padding.
+
+    The position after a batch is that of its last sample, so a resumed stream starts with the next one.
+    """
+    rows: list[list[EncodedSample]] = []
+    row: list[EncodedSample] = []
+    used = 0
+    last = Position()
+    for sample, position in stream:
+        if row and (not pack or used + len(sample.tokens) > seq_len):
+            rows.append(row)
+            row, used = [], 0
+            if len(rows) == batch_size:
+                yield collate(rows, seq_len), last
+                rows = []
+        row.append(sample)
+        used += len(sample.tokens)
+        last = position
+    if row:
+        rows.append(row)
+    if rows:
+        yield collate(rows, seq_len), last

@@ -1,0 +1,88 @@
+"""One raw sample -> one token sequence, through the pipeline's field -> codec map."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mbp.codec import Codec
+from mbp.components import ComponentTable
+from mbp.config import Pipeline
+from mbp.data.read import RawSample
+from mbp.errors import CodecError, DataError, ProtocolError
+from mbp.protocol import BOS, EOS, TOKEN_DTYPE, Segment, encode_segment
+
+
+@dataclass(frozen=True)
+class Span:
+    """Tokens ``start:end`` (SEG to END inclusive) hold the segment of ``field`` made by ``codec``."""
+
+    field: str
+    codec: str
+    start: int
+    end: int
+
+
+@dataclass
+class EncodedSample:
+    shard: str
+    key: str
+    tokens: np.ndarray
+    spans: list[Span]
+    weights: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+
+    @property
+    def where(self) -> str:
+        from pathlib import Path
+
+        return f"{Path(self.shard).name}:sample {self.key}"
+
+    def span(self, field_name: str) -> Span:
+        return next(s for s in self.spans if s.field == field_name)
+
+
+def match_field(fields: dict[str, bytes], wanted: str) -> str | None:
+    """A pipeline field ``question`` matches a sample field ``question`` or ``question.<ext>``."""
+    if wanted in fields:
+        return wanted
+    matches = [name for name in fields if name.split(".", 1)[0] == wanted]
+    return matches[0] if len(matches) == 1 else None
+
+
+class SampleEncoder:
+    """Encodes samples for one pipeline; the head decides the loss weight of each token."""
+
+    def __init__(self, pipeline: Pipeline, components: ComponentTable, head: Any) -> None:
+        self.codecs: dict[str, Codec] = {
+            name: components.build("codecs", ref.as_dict()) for name, ref in pipeline.fields.items()
+        }
+        self.optional = set(pipeline.optional)
+        self.head = head
+
+    def encode(self, raw: RawSample) -> EncodedSample:
+        parts = [np.array([BOS], TOKEN_DTYPE)]
+        spans: list[Span] = []
+        offset = 1
+        for name, codec in self.codecs.items():
+            found = match_field(raw.fields, name)
+            if found is None and name in self.optional:
+                continue
+            if found is None:
+                have = ", ".join(sorted(raw.fields)) or "none"
+                raise DataError(f"{raw.where}: missing field '{name}' (sample has: {have})")
+            try:
+                segment: Segment = codec.encode(raw.fields[found])
+                tokens = encode_segment(segment)
+            except (CodecError, ProtocolError) as error:
+                raise DataError(f"{raw.where}:field {found}: {error}") from None
+            spans.append(Span(name, codec.name, offset, offset + len(tokens)))
+            parts.append(tokens)
+            offset += len(tokens)
+        if not spans:
+            raise DataError(f"{raw.where}: no field of the pipeline is present")
+        parts.append(np.array([EOS], TOKEN_DTYPE))
+        sample = EncodedSample(raw.shard, raw.key, np.concatenate(parts), spans)
+        sample.weights = self.head.token_weights(sample)
+        return sample

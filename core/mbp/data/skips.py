@@ -1,0 +1,43 @@
+"""Counting and naming what the data path had to skip."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SkipLog:
+    """Skipped samples and failed shards, each reported once on stderr as one line."""
+
+    quiet: bool = False
+    samples_skipped: int = 0
+    shards_failed: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    max_lines: int = 50
+
+    def sample(self, message: str, kind: str) -> None:
+        """Count a skipped sample; ``message`` names shard, sample and field."""
+        self.samples_skipped += 1
+        self.reasons[kind] += 1
+        self._say(f"skipped {message}")
+
+    def shard(self, where: str, reason: str) -> None:
+        self.shards_failed += 1
+        self.reasons["shard"] += 1
+        self._say(f"shard {where} failed: {reason}")
+
+    def _say(self, line: str) -> None:
+        total = self.samples_skipped + self.shards_failed
+        if self.quiet or total > self.max_lines:
+            return
+        suffix = " (further skips are counted, not printed)" if total == self.max_lines else ""
+        print(f"mbp: warning: {line}{suffix}", file=sys.stderr)
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "samples_skipped": self.samples_skipped,
+            "shards_failed": self.shards_failed,
+            "skip_reasons": dict(self.reasons),
+        }

@@ -1,0 +1,48 @@
+"""The contract a task head fulfils. Heads are registered by plugins.
+
+A head decides which tokens a sample is trained on (``token_weights``) and turns evaluation results into
+metrics. Evaluation hands each sample's per-token cross-entropy (nats) and whether greedy argmax got each
+token right. Exact match by teacher-forced argmax equals exact match of greedy generation: greedy decoding
+reproduces a target iff every target token is the argmax given the true prefix. Heads that need the
+generated text itself (a confusion matrix) say so with ``generate_field``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from mbp.data.encode import EncodedSample, Span
+from mbp.protocol import HDR
+
+
+@runtime_checkable
+class Metrics(Protocol):
+    def update(
+        self, sample: EncodedSample, nats: np.ndarray, correct: np.ndarray, generated: bytes | None = None
+    ) -> None: ...
+
+    def result(self) -> dict[str, object]: ...
+
+
+@runtime_checkable
+class TaskHead(Protocol):
+    name: str
+    generate_field: str | None
+
+    def token_weights(self, sample: EncodedSample) -> np.ndarray: ...
+
+    def metrics(self) -> Metrics: ...
+
+
+def payload_range(sample: EncodedSample, span: Span) -> tuple[int, int]:
+    """Token indices ``[first, last)`` of a segment's payload plus its END marker."""
+    window = sample.tokens[span.start : span.end]
+    hdr = span.start + int(np.flatnonzero(window == HDR)[0])
+    return hdr + 1, span.end
+
+
+def prompt_length(sample: EncodedSample, field: str) -> int:
+    """Tokens up to and including the HDR of ``field``: what a generator is given."""
+    return payload_range(sample, sample.span(field))[0]

@@ -1,0 +1,57 @@
+"""``--set key=value``: override any pipeline field by dotted path, validated like the file."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from mbp.config import Pipeline, format_validation
+from mbp.errors import ConfigError
+from mbp.session import Resolved
+
+
+def apply_overrides(resolved: Resolved, settings: list[str]) -> Pipeline:
+    document: dict[str, Any] = resolved.pipeline.model_dump(exclude_unset=False)
+    for setting in settings:
+        key, sep, text = setting.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {setting!r}: expected KEY=VALUE, e.g. train.steps=100")
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {key}: cannot parse value {text!r}") from None
+        _assign(document, key.split("."), value, key)
+    try:
+        return Pipeline.model_validate(document)
+    except ValidationError as error:
+        raise ConfigError(format_validation(error, "--set", {})) from None
+
+
+def _assign(node: Any, path: list[str], value: Any, dotted: str) -> None:
+    for index, part in enumerate(path[:-1]):
+        node = _child(node, part, dotted, path[: index + 1])
+    last = path[-1]
+    if isinstance(node, list):
+        node[_index(node, last, dotted)] = value
+    elif isinstance(node, dict):
+        node[last] = value  # unknown keys are caught by validation with extra="forbid"
+    else:
+        raise ConfigError(f"--set {dotted}: '{'.'.join(path[:-1])}' is not a mapping or list")
+
+
+def _child(node: Any, part: str, dotted: str, walked: list[str]) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, part, dotted)]
+    if isinstance(node, dict):
+        if part not in node or not isinstance(node[part], dict | list):
+            raise ConfigError(f"--set {dotted}: '{'.'.join(walked)}' is not a section of the pipeline")
+        return node[part]
+    raise ConfigError(f"--set {dotted}: '{'.'.join(walked)}' is not a mapping or list")
+
+
+def _index(node: list, part: str, dotted: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"--set {dotted}: '{part}' is not an index below {len(node)}")
+    return int(part)

@@ -1,0 +1,42 @@
+"""Resolving a pipeline into live objects: validated config, codecs, head, model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mbp.config import Pipeline, Registry, check_pipeline, load_registry
+from mbp.data.encode import SampleEncoder
+from mbp.errors import ConfigError
+from mbp.plugins import get_platform
+
+
+@dataclass
+class Resolved:
+    registry: Registry
+    name: str
+    pipeline: Pipeline
+    head: Any
+    encoder: SampleEncoder
+
+
+def resolve(registry_path: str | None, name: str | None, pipeline: Pipeline | None = None) -> Resolved:
+    """Load and fully validate a pipeline (both passes) and build its head and encoder."""
+    registry = load_registry(registry_path)
+    name = name or registry.default_pipeline
+    components = get_platform().components
+    check_pipeline(registry, name, components)
+    pipeline = pipeline or registry.pipeline(name)
+    head = components.build("heads", pipeline.head.as_dict())
+    for attr in ("field",):
+        target = getattr(head, attr, None)
+        if target is not None and target not in pipeline.fields:
+            raise ConfigError(
+                f"{registry.where(('pipelines', name, 'head'))}: head '{pipeline.head.type}' targets field "
+                f"'{target}', which is not among the pipeline's fields ({', '.join(pipeline.fields)})"
+            )
+    return Resolved(registry, name, pipeline, head, SampleEncoder(pipeline, components, head))
+
+
+def pipeline_encoder(registry_path: str | None, name: str) -> SampleEncoder:
+    return resolve(registry_path, name).encoder

@@ -1,0 +1,90 @@
+"""Metrics as JSON lines, a PNG plot, and progress on stderr (only when it is a terminal)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLog:
+    def __init__(self, path: Path, append: bool) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        if append and path.exists():
+            self.rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        self.handle = open(path, "a" if append else "w")  # noqa: SIM115 - lives as long as the run
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self.handle.write(json.dumps(row, default=float) + "\n")
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, forget rows logged after the checkpoint: they will be logged again."""
+        self.rows = [r for r in self.rows if r.get("step", 0) <= step]
+        self.handle.close()
+        self.path.write_text("".join(json.dumps(r, default=float) + "\n" for r in self.rows))
+        self.handle = open(self.path, "a")  # noqa: SIM115
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(r["step"], r["train_bpb"]) for r in rows if "train_bpb" in r]
+    evals = [r for r in rows if r.get("kind") == "eval"]
+    task_keys = sorted({k for r in evals for k, v in r.items() if k == "accuracy" or k.startswith("bpb_")})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    if train:
+        axes[0].plot(*zip(*train, strict=True), label="train bpb (weighted tokens)")
+    if evals:
+        axes[0].plot([r["step"] for r in evals], [r["eval_bpb"] for r in evals], "o-", label="eval bpb")
+    axes[0].set_xlabel("step")
+    axes[0].set_ylabel("bits per byte")
+    axes[0].legend()
+    for key in task_keys:
+        axes[1].plot([r["step"] for r in evals if key in r], [r[key] for r in evals if key in r], "o-", label=key)
+    if any("majority_baseline" in r for r in evals):
+        axes[1].axhline(evals[-1]["majority_baseline"], color="gray", ls="--", label="majority baseline")
+    axes[1].set_xlabel("step")
+    axes[1].set_title("task metrics (eval)")
+    if task_keys:
+        axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+class Progress:
+    """One updating line on stderr: step, loss, bytes/s, ETA. Silent when stderr is not a terminal."""
+
+    def __init__(self, total: int, start_step: int) -> None:
+        self.enabled = sys.stderr.isatty()
+        self.total = total
+        self.start_step = start_step
+        self.t0 = time.perf_counter()
+
+    def update(self, step: int, loss: float, tokens_per_s: float) -> None:
+        if not self.enabled:
+            return
+        done = step - self.start_step
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / max(done, 1) * (self.total - step)
+        sys.stderr.write(
+            f"\rstep {step}/{self.total}  loss {loss:.3f}  {tokens_per_s:,.0f} bytes/s  ETA {eta:,.0f}s   "
+        )
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")

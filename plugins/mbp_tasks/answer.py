@@ -1,0 +1,94 @@
+"""``vqa`` and ``classify``: the answer (or label) segment is generated from the context segments.
+
+Training weights only the answer segment by default (``context_weight: 0``). Accuracy is exact match.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from mbp.data.encode import EncodedSample
+from mbp.heads import payload_range
+from mbp_tasks.lm import BitsPerByte
+
+
+class AnswerParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    answer_field: str = "answer"
+    context_weight: float = Field(default=0.0, ge=0, le=1)
+
+
+class ClassifyParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label_field: str = "label"
+    context_weight: float = Field(default=0.0, ge=0, le=1)
+
+
+class AnswerMetrics:
+    def __init__(self, field: str, confusion: bool) -> None:
+        self.field = field
+        self.confusion = confusion
+        self.correct = 0
+        self.total = 0
+        self.answers: Counter[str] = Counter()
+        self.pairs: dict[str, Counter[str]] = defaultdict(Counter)
+        self.bpb = BitsPerByte()
+
+    def update(
+        self, sample: EncodedSample, nats: np.ndarray, correct: np.ndarray, generated: bytes | None = None
+    ) -> None:
+        first, last = payload_range(sample, sample.span(self.field))
+        truth = sample.tokens[first : last - 1].astype(np.uint8).tobytes().decode("utf-8", "replace")
+        hit = bool(correct[first:last].all())
+        self.correct += hit
+        self.total += 1
+        self.answers[truth] += 1
+        self.bpb.update(sample, nats, correct)
+        if self.confusion:
+            predicted = truth if hit else (generated or b"").decode("utf-8", "replace")
+            self.pairs[truth][predicted] += 1
+
+    def result(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "accuracy": self.correct / max(self.total, 1),
+            "majority_baseline": max(self.answers.values(), default=0) / max(self.total, 1),
+            "eval_samples": self.total,
+        }
+        out.update(self.bpb.result())
+        if self.confusion:
+            out["confusion"] = {truth: dict(row) for truth, row in sorted(self.pairs.items())}
+        return out
+
+
+class VqaHead:
+    name = "vqa"
+
+    def __init__(self, answer_field: str = "answer", context_weight: float = 0.0) -> None:
+        self.field = answer_field
+        self.context_weight = context_weight
+        self.generate_field: str | None = None
+
+    def token_weights(self, sample: EncodedSample) -> np.ndarray:
+        weights = np.full(len(sample.tokens), self.context_weight, dtype=np.float32)
+        span = sample.span(self.field)
+        weights[span.start : span.end] = 1.0
+        if span.end == len(sample.tokens) - 1:
+            weights[-1] = 1.0  # EOS right after the answer: knowing when to stop is part of answering
+        return weights
+
+    def metrics(self) -> AnswerMetrics:
+        return AnswerMetrics(self.field, confusion=False)
+
+
+class ClassifyHead(VqaHead):
+    name = "classify"
+
+    def __init__(self, label_field: str = "label", context_weight: float = 0.0) -> None:
+        super().__init__(label_field, context_weight)
+        self.generate_field = label_field
+
+    def metrics(self) -> AnswerMetrics:
+        return AnswerMetrics(self.field, confusion=True)

@@ -1,0 +1,50 @@
+"""``lm``: language modeling over the whole stream; bits per byte overall and per codec."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from mbp.data.encode import EncodedSample
+
+
+class LmParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BitsPerByte:
+    """Cross-entropy in bits per token (tokens are bytes plus the few markers), overall and per codec."""
+
+    def __init__(self) -> None:
+        self.nats: dict[str, float] = defaultdict(float)
+        self.count: dict[str, int] = defaultdict(int)
+
+    def update(
+        self, sample: EncodedSample, nats: np.ndarray, correct: np.ndarray, generated: bytes | None = None
+    ) -> None:
+        self.nats["all"] += float(nats.sum())
+        self.count["all"] += len(nats)
+        for span in sample.spans:
+            self.nats[span.codec] += float(nats[span.start : span.end].sum())
+            self.count[span.codec] += span.end - span.start
+
+    def result(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for key in sorted(self.nats):
+            name = "bpb" if key == "all" else f"bpb_{key}"
+            out[name] = self.nats[key] / max(self.count[key], 1) / math.log(2)
+        return out
+
+
+class LmHead:
+    name = "lm"
+    generate_field = None
+
+    def token_weights(self, sample: EncodedSample) -> np.ndarray:
+        return np.ones(len(sample.tokens), dtype=np.float32)
+
+    def metrics(self) -> BitsPerByte:
+        return BitsPerByte()
