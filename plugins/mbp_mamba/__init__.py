@@ -1,1 +1,15 @@
-"""placeholder"""
+"""Built-in plugin: the ``mamba`` backbone (Mamba-2; mamba-ssm kernels on CUDA, chunked SSD in PyTorch)."""
+
+from __future__ import annotations
+
+from mbp.hookspecs import Register, hookimpl
+from mbp_mamba.backbone import Mamba, MambaParams
+
+
+def build(*, dim: int, layers: int, **params: object) -> Mamba:
+    return Mamba(dim=dim, layers=layers, **params)
+
+
+@hookimpl
+def mbp_register_backbones(register: Register) -> None:
+    register("mamba", build, MambaParams)

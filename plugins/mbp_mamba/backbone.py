@@ -1,0 +1,91 @@
+"""The ``mamba`` backbone: pre-norm residual Mamba-2 layers and a recurrent cache for generation."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from mbp_mamba.kernels import announce, fused_scan
+from mbp_mamba.mixer import Mamba2
+
+
+class MambaParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    state: int = Field(default=64, gt=0, description="SSM state width N (mamba-ssm d_state)")
+    conv: int = Field(default=4, gt=0, description="depthwise conv kernel (d_conv)")
+    expand: int = Field(default=2, gt=0)
+    headdim: int = Field(default=32, gt=0)
+    groups: int = Field(default=1, gt=0, description="B/C groups (ngroups)")
+    chunk: int = Field(default=64, gt=0, description="chunk length of the PyTorch SSD scan")
+
+
+class MambaCache:
+    """Per layer: conv state (B, conv width, K) and SSM state (B, H, P, N)."""
+
+    def __init__(self, layers: list[Mamba2], batch: int, like: torch.Tensor) -> None:
+        self.batch = batch
+        self.conv = [like.new_zeros(batch, m.conv_width, m.conv1d.kernel_size[0]) for m in layers]
+        self.ssm = [like.new_zeros(batch, m.heads, m.headdim, m.state) for m in layers]
+
+    def reset(self, rows: torch.Tensor) -> None:
+        for states in (self.conv, self.ssm):
+            for index, state in enumerate(states):
+                mask = rows.view(-1, *([1] * (state.ndim - 1)))
+                states[index] = torch.where(mask, torch.zeros_like(state), state)
+
+
+class MambaLayer(nn.Module):
+    def __init__(self, dim: int, params: MambaParams) -> None:
+        super().__init__()
+        self.norm = nn.RMSNorm(dim, eps=1e-5)
+        self.mixer = Mamba2(dim, state=params.state, conv=params.conv, expand=params.expand,
+                            headdim=params.headdim, groups=params.groups, chunk=params.chunk)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm(x)
+        kernel = fused_scan() if h.is_cuda else None
+        if kernel is None:
+            announce("PyTorch chunked-SSD")
+            return x + self.mixer(h)  # type: ignore[operator]
+        announce("mamba-ssm fused CUDA")
+        m = self.mixer
+        out = kernel(
+            m.in_proj(h), m.conv1d.weight[:, 0], m.conv1d.bias, m.dt_bias, -torch.exp(m.A_log.float()), D=m.D,
+            chunk_size=256, activation="silu", rmsnorm_weight=m.norm.weight, rmsnorm_eps=m.norm.eps,
+            outproj_weight=m.out_proj.weight, outproj_bias=None, headdim=m.headdim, ngroups=m.groups,
+            norm_before_gate=False,
+        )
+        return x + out
+
+
+class Mamba(nn.Module):
+    def __init__(self, *, dim: int, layers: int, **params: object) -> None:
+        super().__init__()
+        self.params = MambaParams.model_validate(params)
+        self.layers = nn.ModuleList(MambaLayer(dim, self.params) for _ in range(layers))
+        self.norm = nn.RMSNorm(dim, eps=1e-5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return self.norm(x)
+
+    def allocate_cache(self, batch: int, max_len: int) -> MambaCache:
+        return MambaCache([layer.mixer for layer in self.layers], batch, self.norm.weight.detach())
+
+    def prefill(self, x: torch.Tensor, cache: MambaCache, row: int) -> torch.Tensor:
+        for index, layer in enumerate(self.layers):
+            out, conv_state, ssm_state = layer.mixer(layer.norm(x), return_state=True)
+            cache.conv[index][row] = conv_state[0]
+            cache.ssm[index][row] = ssm_state[0]
+            x = x + out
+        return self.norm(x)
+
+    def step(self, x: torch.Tensor, cache: MambaCache, active: torch.Tensor) -> torch.Tensor:
+        for index, layer in enumerate(self.layers):
+            out, conv_state, ssm_state = layer.mixer.step(layer.norm(x), cache.conv[index], cache.ssm[index])
+            cache.conv[index] = torch.where(active[:, None, None], conv_state, cache.conv[index])
+            cache.ssm[index] = torch.where(active[:, None, None, None], ssm_state, cache.ssm[index])
+            x = x + out
+        return self.norm(x)
