@@ -1,1 +1,119 @@
-COMMANDS: list = []
+"""``mbp generate``: continue a prompt with a trained checkpoint; text streams to stdout, other segments
+are written through their codecs with ``--out``."""
+
+from __future__ import annotations
+
+import codecs as textcodecs
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from mbp.cli.common import say
+from mbp.errors import ConfigError
+
+
+@click.command("generate")
+@click.option("--checkpoint", "checkpoint", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--prompt", default=None, help="Text the generated segment starts with.")
+@click.option("--prompt-file", type=click.Path(dir_okay=False, path_type=Path), help="Read the prompt text from a file.")
+@click.option("--field", "fields", multiple=True, metavar="NAME=VALUE",
+              help="A complete segment before the prompt, encoded by the checkpoint pipeline's codec for NAME; "
+                   "VALUE is text, or @PATH for a file. Repeatable, in order.")
+@click.option("--codec", "open_codec", default="text", show_default=True, help="Codec of the segment to generate.")
+@click.option("--max-bytes", default=256, show_default=True, type=click.IntRange(min=1))
+@click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0), help="0 is greedy.")
+@click.option("--top-k", default=None, type=click.IntRange(min=1))
+@click.option("--top-p", default=None, type=click.FloatRange(0, 1, min_open=True))
+@click.option("--seed", default=None, type=int)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write every generated segment as a file here (images, WAV, text).")
+def generate_command(checkpoint: Path, prompt: str | None, prompt_file: Path | None, fields: tuple[str, ...],
+                     open_codec: str, max_bytes: int, temperature: float, top_k: int | None, top_p: float | None,
+                     seed: int | None, out_dir: Path | None) -> None:
+    """Generate bytes from a checkpoint written by `mbp run`."""
+    import numpy as np
+    import torch
+
+    from mbp.config import Pipeline
+    from mbp.generate import Sampling, generate
+    from mbp.model.io import load_model
+    from mbp.plugins import get_platform
+    from mbp.protocol import BOS, END, EOS, HDR, SEG, Segment, encode_segment
+
+    if prompt is not None and prompt_file is not None:
+        raise ConfigError("give --prompt or --prompt-file, not both")
+    if prompt_file is not None:
+        try:
+            prompt = prompt_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"--prompt-file {prompt_file}: {error}") from None
+    components = get_platform().components
+    model, document = load_model(checkpoint, components)
+    pipeline = Pipeline.model_validate(document["pipeline"]) if "pipeline" in document else None
+    parts = [np.array([BOS])]
+    for setting in fields:
+        name, sep, value = setting.partition("=")
+        if not sep:
+            raise ConfigError(f"--field {setting!r}: expected NAME=VALUE")
+        ref = pipeline.fields.get(name) if pipeline else None
+        if ref is None:
+            known = ", ".join(pipeline.fields) if pipeline else "none (checkpoint has no pipeline)"
+            raise ConfigError(f"--field {name}: not a field of the checkpoint's pipeline (fields: {known})")
+        try:
+            data = Path(value[1:]).read_bytes() if value.startswith("@") else value.encode("utf-8")
+        except OSError as error:
+            raise ConfigError(f"--field {name}: cannot read {value[1:]}: {error.strerror}") from None
+        parts.append(encode_segment(components.build("codecs", ref.as_dict()).encode(data)))
+    head = Segment(open_codec, b"").header()
+    parts.append(np.array([SEG, *head, HDR]))
+    parts.append(np.frombuffer((prompt or "").encode("utf-8"), dtype=np.uint8))
+    tokens = torch.as_tensor(np.concatenate(parts).astype(np.int64))
+    decoder = textcodecs.getincrementaldecoder("utf-8")("replace")
+    streaming = out_dir is None and open_codec == "text"
+    if streaming and prompt:
+        sys.stdout.write(prompt)
+
+    def stream(row: int, token: int) -> None:
+        if streaming and token < 256:
+            sys.stdout.write(decoder.decode(bytes([token])))
+            sys.stdout.flush()
+
+    sampling = Sampling(temperature, top_k, top_p, seed)
+    stops = (END, EOS) if out_dir is None else (EOS,)
+    generated = generate(model, [tokens], max_new=max_bytes, sampling=sampling, stop_tokens=stops, callback=stream)[0]
+    if streaming:
+        sys.stdout.write(decoder.decode(b"", final=True) + "\n")
+    if out_dir is not None:
+        written = write_segments(tokens.tolist() + generated, len(fields), out_dir, components)
+        sys.stdout.write(json.dumps({"files": written}, indent=2) + "\n")
+    else:
+        say(f"generated {len(generated)} tokens")
+
+
+def write_segments(tokens: list[int], skip: int, out_dir: Path, components: object) -> list[str]:
+    """Decode a token stream and write every segment after the first ``skip`` through its codec."""
+    from mbp.errors import MbpError
+    from mbp.protocol import decode_stream
+
+    decoded = decode_stream(tokens)
+    segments = decoded.segments[skip:] + ([decoded.partial] if decoded.partial else [])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for index, segment in enumerate(segments):
+        partial = decoded.partial is segment
+        try:
+            codec = components.build("codecs", {"type": segment.codec})  # type: ignore[attr-defined]
+            data = codec.to_file(segment)
+            ext = codec.extension_of(segment) if hasattr(codec, "extension_of") else codec.extension
+        except MbpError as error:
+            say(f"segment {index} ({segment.codec or '?'}{', cut off' if partial else ''}) not decodable: {error}; raw payload kept")
+            data, ext = segment.payload, "bin"
+        path = out_dir / f"segment-{index:02d}{'-partial' if partial else ''}.{ext}"
+        path.write_bytes(data)
+        written.append(str(path))
+    return written
+
+
+COMMANDS = [generate_command]

@@ -42,23 +42,22 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
 
     train = [(r["step"], r["train_bpb"]) for r in rows if "train_bpb" in r]
     evals = [r for r in rows if r.get("kind") == "eval"]
-    task_keys = sorted({k for r in evals for k, v in r.items() if k == "accuracy" or k.startswith("bpb_")})
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    codecs = sorted({k for r in evals for k in r if k.startswith("bpb_")})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     if train:
-        axes[0].plot(*zip(*train, strict=True), label="train bpb (weighted tokens)")
+        left.plot(*zip(*train, strict=True), label="train (weighted tokens)")
     if evals:
-        axes[0].plot([r["step"] for r in evals], [r["eval_bpb"] for r in evals], "o-", label="eval bpb")
-    axes[0].set_xlabel("step")
-    axes[0].set_ylabel("bits per byte")
-    axes[0].legend()
-    for key in task_keys:
-        axes[1].plot([r["step"] for r in evals if key in r], [r[key] for r in evals if key in r], "o-", label=key)
-    if any("majority_baseline" in r for r in evals):
-        axes[1].axhline(evals[-1]["majority_baseline"], color="gray", ls="--", label="majority baseline")
-    axes[1].set_xlabel("step")
-    axes[1].set_title("task metrics (eval)")
-    if task_keys:
-        axes[1].legend()
+        left.plot([r["step"] for r in evals], [r["eval_bpb"] for r in evals], "o-", label="eval, all tokens")
+    for key in codecs:
+        left.plot([r["step"] for r in evals if key in r], [r[key] for r in evals if key in r], ".--", label=f"eval {key[4:]}")
+    left.set(xlabel="step", ylabel="bits per byte", title="bits per byte")
+    left.legend(fontsize=8)
+    if any("accuracy" in r for r in evals):
+        right.plot([r["step"] for r in evals], [r["accuracy"] for r in evals], "o-", label="eval accuracy")
+        right.axhline(evals[-1].get("majority_baseline", 0), color="gray", ls="--", label="majority baseline")
+        right.set_ylim(0, 1)
+        right.legend(fontsize=8)
+    right.set(xlabel="step", title="task metric (eval)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -1,0 +1,90 @@
+"""A reusable test harness for backbones and whole models; third-party plugin tests import it.
+
+Every check runs in eval mode and, unless told otherwise, in float64 so "unchanged" can mean exactly
+unchanged: a causal model's outputs before position t do not move at all when the input at t changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from mbp.model.backbone import prefill
+from mbp.model.decoder import MultiscaleDecoder
+from mbp.protocol import VOCAB_SIZE
+
+
+def _positions(length: int, chosen: Iterable[int] | None) -> list[int]:
+    return sorted(set(chosen)) if chosen is not None else sorted({0, 1, length // 2, length - 2, length - 1})
+
+
+@torch.no_grad()
+def assert_backbone_causal(
+    backbone: nn.Module, dim: int, *, length: int = 33, positions: Iterable[int] | None = None, atol: float = 0.0
+) -> None:
+    """Changing input t leaves outputs before t unchanged (within ``atol``) and changes output t."""
+    backbone = backbone.double().eval()
+    x = torch.randn(2, length, dim, dtype=torch.float64)
+    base = backbone(x)
+    for t in _positions(length, positions):
+        moved = x.clone()
+        moved[:, t] += torch.randn(2, dim, dtype=torch.float64)
+        out = backbone(moved)
+        before = (out[:, :t] - base[:, :t]).abs().max().item() if t else 0.0
+        assert before <= atol, f"output before position {t} moved by {before:.3g} when input {t} changed"
+        assert (out[:, t] - base[:, t]).abs().max().item() > 0, f"output {t} ignores input {t}"
+
+
+@torch.no_grad()
+def assert_step_matches_forward(
+    backbone: nn.Module, dim: int, *, length: int = 21, batch: int = 3, atol: float = 1e-9
+) -> None:
+    """``step`` position by position (and ``prefill`` when present) reproduce ``forward``."""
+    backbone = backbone.double().eval()
+    x = torch.randn(batch, length, dim, dtype=torch.float64)
+    full = backbone(x)
+    cache = backbone.allocate_cache(batch, length + 1)
+    active = torch.ones(batch, dtype=torch.bool)
+    stepped = torch.stack([backbone.step(x[:, t], cache, active) for t in range(length)], dim=1)
+    error = (stepped - full).abs().max().item()
+    assert error <= atol, f"step differs from forward by {error:.3g}"
+    # a row that sits out a step keeps its state; prefilling one row equals stepping it
+    cache = backbone.allocate_cache(batch, length + 1)
+    half = length // 2
+    prefill(backbone, x[1:2, :half], cache, row=1)
+    only = torch.zeros(batch, dtype=torch.bool)
+    only[1] = True
+    tail = torch.stack([backbone.step(x[:, t], cache, only)[1] for t in range(half, length)])
+    error = (tail - full[1, half:]).abs().max().item()
+    assert error <= atol, f"prefill + masked steps differ from forward by {error:.3g}"
+
+
+@torch.no_grad()
+def assert_model_causal(
+    model: MultiscaleDecoder, *, length: int | None = None, positions: Iterable[int] | None = None, atol: float = 0.0
+) -> None:
+    """Changing token t leaves every logit before position t+1 unchanged (logit t predicts token t from
+    tokens < t), for positions inside patches and on patch boundaries."""
+    model = model.double().eval()
+    length = length or 3 * model.patch_len + 5
+    ids = torch.randint(0, 256, (2, length))
+    base = model(ids)
+    patch = model.patch_len
+    chosen = positions if positions is not None else {0, patch - 1, patch, patch + 1, 2 * patch - 1, length - 1}
+    for t in _positions(length, [p for p in chosen if 0 <= p < length]):
+        moved = ids.clone()
+        moved[:, t] = (moved[:, t] + 1 + torch.randint(0, 254, (2,))) % 256
+        out = model(moved)
+        before = (out[:, : t + 1] - base[:, : t + 1]).abs().max().item()
+        assert before <= atol, f"logits up to position {t} moved by {before:.3g} when token {t} changed"
+        if t + 1 < length:
+            assert (out[:, t + 1 :] - base[:, t + 1 :]).abs().max().item() > 0, f"no logit after {t} saw token {t}"
+
+
+def random_tokens(batch: int, length: int, *, vocab: int = VOCAB_SIZE) -> torch.Tensor:
+    return torch.randint(0, min(vocab, 256), (batch, length))
+
+
+BackboneFactory = Callable[..., nn.Module]

@@ -1,0 +1,101 @@
+"""Issue 2: registry validation in two passes, with file and line in every error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mbp.config import check_registry, load_registry
+from mbp.errors import ConfigError
+from tests.conftest import ROOT, run_mbp
+
+GOOD = """\
+pipelines:
+  tiny:
+    fields:
+      txt: {type: text}
+    head: {type: lm}
+    model:
+      stages:
+        - {backbone: {type: transformer, heads: 2}, dim: 32, layers: 1}
+        - {backbone: {type: transformer, heads: 2}, dim: 16, layers: 1, seq_len: 4}
+"""
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "reg.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_shipped_registry_is_valid_and_top_level_copy_is_the_same(components) -> None:
+    check_registry(load_registry(), components)
+    assert (ROOT / "registry.yaml").read_text() == (ROOT / "core" / "mbp" / "registry.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "reg.yaml: registry file is empty"),
+        ("pipelines: [\n  oops", "reg.yaml:2: invalid YAML"),
+        ("- a\n- b\n", "reg.yaml:1: expected a mapping"),
+        ("pipelines: {}\n", "reg.yaml:1: pipelines: Dictionary should have at least 1 item"),
+        (GOOD.replace("dim: 32", "dim: thirty"), "reg.yaml:8: pipelines.tiny.model.stages.0.dim: Input should be a valid integer"),
+        (GOOD.replace("head: {type: lm}", "head: {type: lm}\n    heed: 1"), "reg.yaml:6: pipelines.tiny.heed: unknown key"),
+        (GOOD.replace("{type: text}", "{kind: text}"), "reg.yaml:4: pipelines.tiny.fields.txt.type: Field required"),
+    ],
+)
+def test_pass_one_errors_name_file_and_line(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_registry(write(tmp_path, text))
+    assert str(error.value).startswith(str(tmp_path / message.split(":")[0]) + message[len(message.split(":")[0]):])
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="nope.yaml: registry file not found"):
+        load_registry(str(tmp_path / "nope.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("{type: text}", "{type: txet}", ":4: pipelines.tiny.fields.txt.type: unknown codec 'txet' (valid: image, pixels, text, wav)"),
+        ("heads: 2}, dim: 32", "hedas: 2}, dim: 32", ":8: pipelines.tiny.model.stages.0.backbone.hedas: unknown parameter of backbone 'transformer' (valid: heads, mlp_ratio, mlp, dropout, rope_base)"),
+        ("{type: lm}", "{type: vqa, answer_field: 3}", ":5: pipelines.tiny.head.answer_field: Input should be a valid string"),
+    ],
+)
+def test_pass_two_checks_plugin_parameters(tmp_path: Path, components, old: str, new: str, message: str) -> None:
+    registry = load_registry(write(tmp_path, GOOD.replace(old, new, 1)))
+    with pytest.raises(ConfigError) as error:
+        check_registry(registry, components)
+    assert message in str(error.value)
+
+
+def test_unknown_pipeline_lists_valid_ones(tmp_path: Path) -> None:
+    registry = load_registry(write(tmp_path, GOOD))
+    with pytest.raises(ConfigError, match=r"unknown pipeline 'huge' \(valid: tiny\)"):
+        registry.pipeline("huge")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["validate", "MISSING"], "MISSING: registry file not found"),
+        (["run", "huge"], "unknown pipeline 'huge'"),
+        (["run", "--set", "train.stpes=3", "--steps", "1"], "--set: train.stpes: unknown key"),
+        (["run", "--set", "model.stages.5.dim=3"], "--set model.stages.5.dim: '5' is not an index below 2"),
+    ],
+)
+def test_cli_config_errors_exit_2_in_one_line(args: list[str], fragment: str, tmp_path: Path) -> None:
+    result = run_mbp(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in result.stderr
+
+
+def test_validate_command(tmp_path: Path) -> None:
+    ok = run_mbp("validate", write(tmp_path, GOOD))
+    assert ok.returncode == 0 and "ok (1 pipelines: tiny)" in ok.stderr
+    bad = run_mbp("validate", write(tmp_path, GOOD.replace("{type: lm}", "{type: lmm}")))
+    assert bad.returncode == 2 and "unknown head 'lmm' (valid: classify, lm, vqa)" in bad.stderr

@@ -1,0 +1,159 @@
+"""Issue 2: entry-point plugins, isolation, clashes, listings."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from mbp.errors import PluginError
+from mbp.hookspecs import hookimpl
+from mbp.plugins import new_platform
+from tests.conftest import run_mbp
+
+BUILTINS = {"text", "vision", "audio", "transformer", "mamba", "tasks"}
+
+
+class GoodPlugin:
+    @hookimpl
+    def mbp_register_codecs(self, register):
+        register("reverse", lambda: None)
+
+
+class HookFailsPlugin:
+    @hookimpl
+    def mbp_register_codecs(self, register):
+        register("half", lambda: None)
+        raise RuntimeError("boom inside the hook")
+
+
+class ClashPlugin:
+    @hookimpl
+    def mbp_register_codecs(self, register):
+        register("text", lambda: None)
+
+
+class TypoPlugin:
+    @hookimpl
+    def mbp_register_codec(self, register):  # misspelled: no such hook
+        register("x", lambda: None)
+
+
+class Params(BaseModel):
+    size: int = 1
+
+
+class ParamsPlugin:
+    @hookimpl
+    def mbp_register_heads(self, register):
+        register("sized", lambda size: size, Params)
+
+
+def test_builtins_load_through_entry_points() -> None:
+    platform = new_platform()
+    assert BUILTINS <= set(platform.plugins)
+    assert set(platform.components.names("codecs")) >= {"text", "pixels", "image", "wav"}
+    assert set(platform.components.names("backbones")) >= {"transformer", "mamba"}
+    assert set(platform.components.names("heads")) >= {"lm", "vqa", "classify"}
+    rows = {row["name"]: row for row in platform.describe()}
+    assert rows["vision"]["codecs"] == ["image", "pixels"]
+    assert rows["vision"]["dist"] == "mbp"
+
+
+def test_directly_registered_plugin_joins_the_table() -> None:
+    platform = new_platform({"good": GoodPlugin()}, entry_points=False)
+    assert platform.components.get("codecs", "reverse").plugin == "good"
+
+
+def test_failing_hook_is_reported_and_withdrawn(capsys: pytest.CaptureFixture[str]) -> None:
+    platform = new_platform({"good": GoodPlugin(), "bad": HookFailsPlugin()}, entry_points=False)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["mbp: plugin 'bad' (local 0) failed to load: RuntimeError: boom inside the hook"]
+    assert "half" not in platform.components.names("codecs")
+    assert "reverse" in platform.components.names("codecs")
+    assert "bad" not in platform.plugins
+
+
+def test_strict_mode_makes_failures_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MBP_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginError, match="plugin 'bad'"):
+        new_platform({"bad": HookFailsPlugin()}, entry_points=False)
+
+
+def test_disabled_plugins_are_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MBP_DISABLE_PLUGINS", "audio, mamba")
+    platform = new_platform()
+    assert "wav" not in platform.components.names("codecs")
+    assert "mamba" not in platform.components.names("backbones")
+    assert "text" in platform.components.names("codecs")
+
+
+def test_name_clash_names_both_plugins() -> None:
+    with pytest.raises(PluginError, match="codec 'text' is registered by two plugins: 'text' and 'clash'"):
+        new_platform({"clash": ClashPlugin()})
+
+
+def test_misspelled_hook_is_caught(capsys: pytest.CaptureFixture[str]) -> None:
+    platform = new_platform({"typo": TypoPlugin()}, entry_points=False)
+    assert "typo" not in platform.plugins
+    assert "mbp_register_codec" in capsys.readouterr().err
+
+
+def test_params_models_are_made_strict() -> None:
+    platform = new_platform({"p": ParamsPlugin()}, entry_points=False)
+    component = platform.components.get("heads", "sized")
+    assert component.params.model_validate({"size": 3}).size == 3  # type: ignore[attr-defined]
+    with pytest.raises(Exception, match="Extra inputs"):
+        component.params.model_validate({"sise": 3})
+
+
+def _broken_distribution(tmp_path: Path) -> Path:
+    """A distribution whose entry point names a module that does not exist."""
+    info = tmp_path / "brokenplug-1.2.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenplug\nVersion: 1.2\n")
+    (info / "entry_points.txt").write_text("[mbp]\nbroken = brokenplug_does_not_exist\n")
+    return tmp_path
+
+
+def test_cli_survives_a_broken_plugin(tmp_path: Path) -> None:
+    env = {"PYTHONPATH": str(_broken_distribution(tmp_path))}
+    result = run_mbp("plugins", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    names = {row["name"] for row in json.loads(result.stdout)}
+    assert BUILTINS <= names and "broken" not in names
+    assert result.stderr.strip() == (
+        "mbp: plugin 'broken' (brokenplug 1.2) failed to load: "
+        "ModuleNotFoundError: No module named 'brokenplug_does_not_exist'"
+    )
+    assert run_mbp("--help", env=env).returncode == 0
+    assert run_mbp("validate", env=env).returncode == 0
+    strict = run_mbp("plugins", env={**env, "MBP_STRICT_PLUGINS": "1"})
+    assert strict.returncode == 2
+    assert "Traceback" not in strict.stderr and "plugin 'broken'" in strict.stderr
+
+
+def test_plugins_json_is_pure_json() -> None:
+    result = run_mbp("plugins", "--json")
+    assert result.returncode == 0
+    rows = json.loads(result.stdout)
+    assert all(set(row) == {"name", "dist", "version", "codecs", "backbones", "heads"} for row in rows)
+    text = run_mbp("plugins")
+    assert "codecs: image, pixels" in text.stdout
+
+
+def test_schema_lists_every_component() -> None:
+    result = run_mbp("schema")
+    document = json.loads(result.stdout)
+    assert "heads" in document["backbones"]["transformer"]["params"]["properties"]
+    assert set(document["codecs"]) >= {"text", "pixels", "image", "wav"}
+
+
+def test_example_plugin_source_registers_a_codec() -> None:
+    source = Path(__file__).resolve().parents[1] / "examples" / "mbp-rot13"
+    text = (source / "pyproject.toml").read_text()
+    assert '[project.entry-points.mbp]' in text
+    assert textwrap.dedent("rot13") in (source / "mbp_rot13" / "__init__.py").read_text()
