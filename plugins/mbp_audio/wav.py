@@ -51,7 +51,7 @@ class WavCodec:
         try:
             info = sf.info(io.BytesIO(data))
         except Exception as error:
-            raise CodecError(f"not readable audio: {' '.join(str(error).split())}") from None
+            raise CodecError(f"not readable audio: {_reason(error)}") from None
         if info.format != "WAV":
             raise CodecError(f"expected a WAV file, got {info.format}")
         if info.frames > self.max_seconds * info.samplerate:
@@ -105,7 +105,7 @@ class WavCodec:
             try:
                 sf.info(io.BytesIO(segment.payload))
             except Exception as error:
-                raise CodecError(f"wav segment is not readable audio: {' '.join(str(error).split())}") from None
+                raise CodecError(f"wav segment is not readable audio: {_reason(error)}") from None
             return segment.payload
         pcm, rate = self.samples(segment)
         fmt = segment.meta["fmt"]
@@ -131,3 +131,8 @@ def _quantize(samples: np.ndarray, fmt: str) -> np.ndarray:
     if fmt == "u8":
         return np.round(clipped * 128 + 128).clip(0, 255).astype(np.uint8)
     return np.round(clipped * 32768).astype(np.int16)
+
+
+def _reason(error: Exception) -> str:
+    """soundfile's message without the in-memory file's repr."""
+    return " ".join(str(error).split(">: ")[-1].split())

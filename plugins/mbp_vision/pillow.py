@@ -26,6 +26,8 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
         raise
     except Image.DecompressionBombError as error:
         raise CodecError(f"image rejected as a decompression bomb: {error}") from None
+    except Image.UnidentifiedImageError:
+        raise CodecError(f"not a readable image (expected one of {', '.join(FORMATS)})") from None
     except Exception as error:
-        raise CodecError(f"not a readable image ({', '.join(FORMATS)}): {type(error).__name__}: {error}") from None
+        raise CodecError(f"not a readable image: {type(error).__name__}: {error}") from None
     return image

@@ -19,17 +19,15 @@ def shards_group() -> None:
 
 
 @shards_group.command("pack")
-@click.argument("src_dir", required=False, type=click.Path(path_type=Path))
-@click.argument("out_pattern")
+@click.argument("paths", nargs=-1, required=True, metavar="[SRC_DIR] OUT_PATTERN")
 @click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), help="JSONL: field -> path or text.")
 @click.option("--maxcount", default=1000, show_default=True, type=click.IntRange(min=1), help="Samples per shard.")
 @json_option
-def pack_command(
-    src_dir: Path | None, out_pattern: str, manifest: Path | None, maxcount: int, as_json: bool
-) -> None:
+def pack_command(paths: tuple[str, ...], manifest: Path | None, maxcount: int, as_json: bool) -> None:
     """Pack SRC_DIR (files grouped by basename) or --manifest into shards named by OUT_PATTERN."""
-    if (src_dir is None) == (manifest is None):
-        raise ConfigError("give exactly one of SRC_DIR or --manifest")
+    if len(paths) > 2 or (len(paths) == 2) == (manifest is not None):
+        raise ConfigError("give SRC_DIR OUT_PATTERN, or --manifest FILE OUT_PATTERN")
+    src_dir, out_pattern = (Path(paths[0]) if len(paths) == 2 else None), paths[-1]
     samples = samples_from_manifest(manifest) if manifest else samples_from_folder(src_dir)  # type: ignore[arg-type]
     written, count = pack(samples, out_pattern, maxcount)
     if as_json:

@@ -68,10 +68,16 @@ def read_samples(
     if shuffle_shards:
         random.Random(seed).shuffle(urls)
 
+    failed: set[str] = set()
+
     def handler(error: Exception) -> bool:
-        source = next((a for a in reversed(error.args) if isinstance(a, str) and a in urls), "?")
-        detail = error.args[0] if error.args and isinstance(error.args[0], str) else error
-        log.shard(Path(source).name, f"{type(error).__name__}: {detail}")
+        # webdataset reports one failure more than once, naming the shard in args or only in the text
+        text = " ".join(str(a) for a in (error, *error.args))
+        source = next((url for url in urls if url in text), "?")
+        if source not in failed:
+            failed.add(source)
+            detail = str(error.args[0]).split(" @ ")[0] if error.args else str(error)
+            log.shard(Path(source).name, f"{type(error).__name__}: {detail}")
         return True
 
     def by_rank(src: Any) -> Any:
@@ -87,4 +93,9 @@ def read_samples(
     )
     for sample in pipeline:
         fields = {k: v for k, v in sample.items() if not k.startswith("__")}
-        yield RawSample(str(sample.get("__url__", "?")), str(sample["__key__"]), fields)
+        raw = RawSample(str(sample.get("__url__", "?")), str(sample["__key__"]), fields)
+        if raw.shard in failed:
+            # the sample being read when its shard broke: some of its files may be lost or cut
+            log.sample(f"{raw.where}: cut short by the damaged shard (fields read: {', '.join(sorted(fields))})", "truncated")
+            continue
+        yield raw
