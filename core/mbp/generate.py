@@ -40,7 +40,8 @@ class CachedState:
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token (a sample starts with BOS)")
         self.model = model
-        self.device = next(model.parameters()).device
+        like = next(model.parameters())
+        self.device = like.device
         batch = len(prompts)
         n = model.num_stages
         longest = max(len(p) for p in prompts) + max_new + 1
@@ -51,7 +52,7 @@ class CachedState:
         capacities = [longest // model.units[0] + 2] + [int(model.seq_lens[s] or 1) + 1 for s in range(1, n)]
         self.caches = [model.backbones[s].allocate_cache(batch, capacities[s]) for s in range(n)]
         self.pending = [None] + [
-            torch.zeros(batch, int(model.seq_lens[s] or 1), model.dims[s], device=self.device) for s in range(1, n)
+            like.new_zeros(batch, int(model.seq_lens[s] or 1), model.dims[s]) for s in range(1, n)
         ]
         self.counts = [torch.zeros(batch, dtype=torch.long, device=self.device) for _ in range(n)]
         for row, prompt in enumerate(prompts):
