@@ -168,9 +168,15 @@ def get_platform() -> Platform:
 
 
 def missing_plugin_hint(kind: Kind, name: str) -> str:
-    """Explain, for a name nobody registered, which plugin failed or what to install."""
+    """Explain, for a name nobody registered, which plugins are disabled or failed, or what to install."""
     platform = get_platform()
+    notes = []
+    disabled = sorted(_env_list("MBP_DISABLE_PLUGINS") & {ep.name for ep in _entry_points()})
+    if disabled:
+        notes.append(f"disabled by MBP_DISABLE_PLUGINS: {', '.join(disabled)}")
     if platform.failures:
-        failed = ", ".join(sorted(platform.failures))
-        return f"no plugin registers {kind[:-1]} '{name}' (plugins that failed to load: {failed})"
-    return f"no plugin registers {kind[:-1]} '{name}': install a plugin that registers it"
+        notes.append(f"failed to load: {', '.join(sorted(platform.failures))}")
+    if name in {ep.name for ep in _entry_points()}:
+        notes.insert(0, f"plugin '{name}' is installed but did not register it")
+    where = f" ({'; '.join(notes)})" if notes else ""
+    return f"a plugin that registers {kind[:-1]} '{name}' is needed{where}; install or enable it"
