@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import torch
-
 from mbp.components import ComponentTable
 from mbp.model.build import build_model
 from mbp.model.decoder import MultiscaleDecoder
@@ -30,11 +29,20 @@ def components() -> ComponentTable:
 
 
 def stage(backbone: str, dim: int, layers: int, seq_len: int | None = None, **params: Any) -> dict[str, Any]:
-    defaults = {"transformer": {"heads": 2}, "mamba": {"state": 8, "headdim": 8, "chunk": 4}}.get(backbone, {})
-    return {"backbone": {"type": backbone, **defaults, **params}, "dim": dim, "layers": layers, "seq_len": seq_len}
+    defaults = {"transformer": {"heads": 2}, "mamba": {"state": 8, "headdim": 8, "chunk": 4}}.get(
+        backbone, {}
+    )
+    return {
+        "backbone": {"type": backbone, **defaults, **params},
+        "dim": dim,
+        "layers": layers,
+        "seq_len": seq_len,
+    }
 
 
-def tiny_model(components: ComponentTable, stages: int = 2, backbones: tuple[str, ...] | None = None) -> MultiscaleDecoder:
+def tiny_model(
+    components: ComponentTable, stages: int = 2, backbones: tuple[str, ...] | None = None
+) -> MultiscaleDecoder:
     """1, 2 or 3 stages with patch sizes 4 and 3; every stage a transformer unless ``backbones`` says."""
     names = backbones or ("transformer",) * stages
     dims, lens = [32, 16, 16][:stages], [None, 4, 3][:stages]
@@ -42,8 +50,15 @@ def tiny_model(components: ComponentTable, stages: int = 2, backbones: tuple[str
     return build_model(config, components)
 
 
-def run_mbp(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+def run_mbp(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "mbp.cli", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout
+        [sys.executable, "-m", "mbp.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=timeout,
     )

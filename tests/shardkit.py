@@ -61,13 +61,16 @@ def qa(key: str, **fields: bytes) -> dict[str, bytes]:
 
 
 def good_samples(prefix: str, count: int) -> list[dict[str, bytes]]:
-    return [qa(f"{prefix}{i:03d}", **{"scene.png": png()} if i % 2 else {"tone.wav": wav()}) for i in range(count)]
+    return [
+        qa(f"{prefix}{i:03d}", **{"scene.png": png()} if i % 2 else {"tone.wav": wav()}) for i in range(count)
+    ]
 
 
 def corrupt_set(folder: Path) -> list[str]:
     """Shards with known damage. Expected: 5 good samples, 4 skipped samples, 2 failed shards."""
     folder.mkdir(parents=True, exist_ok=True)
-    mixed = good_samples("g", 3) + [
+    mixed = [
+        *good_samples("g", 3),
         {"__key__": b"nofield", "scene.png": png(), "question.txt": b"q?"},  # missing answer
         qa("badimage", **{"scene.png": b"\x89PNG\r\n\x1a\n not really a png"}),  # undecodable image
         qa("badwav", **{"tone.wav": b"this is text, not audio"}),  # not audio

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from mbp.config import check_registry, load_registry
 from mbp.errors import ConfigError
+
 from tests.conftest import ROOT, run_mbp
 
 GOOD = """\
@@ -41,31 +41,57 @@ def test_shipped_registry_is_valid_and_top_level_copy_is_the_same(components) ->
         ("pipelines: [\n  oops", "reg.yaml:2: invalid YAML"),
         ("- a\n- b\n", "reg.yaml:1: expected a mapping"),
         ("pipelines: {}\n", "reg.yaml:1: pipelines: Dictionary should have at least 1 item"),
-        (GOOD.replace("dim: 32", "dim: thirty"), "reg.yaml:8: pipelines.tiny.model.stages.0.dim: Input should be a valid integer"),
-        (GOOD.replace("head: {type: lm}", "head: {type: lm}\n    heed: 1"), "reg.yaml:6: pipelines.tiny.heed: unknown key"),
-        (GOOD.replace("{type: text}", "{kind: text}"), "reg.yaml:4: pipelines.tiny.fields.txt.type: Field required"),
+        (
+            GOOD.replace("dim: 32", "dim: thirty"),
+            "reg.yaml:8: pipelines.tiny.model.stages.0.dim: Input should be a valid integer",
+        ),
+        (
+            GOOD.replace("head: {type: lm}", "head: {type: lm}\n    heed: 1"),
+            "reg.yaml:6: pipelines.tiny.heed: unknown key",
+        ),
+        (
+            GOOD.replace("{type: text}", "{kind: text}"),
+            "reg.yaml:4: pipelines.tiny.fields.txt.type: Field required",
+        ),
     ],
 )
 def test_pass_one_errors_name_file_and_line(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError) as error:
         load_registry(write(tmp_path, text))
-    assert str(error.value).startswith(str(tmp_path / message.split(":")[0]) + message[len(message.split(":")[0]):])
+    assert str(error.value).startswith(
+        str(tmp_path / message.split(":")[0]) + message[len(message.split(":")[0]) :]
+    )
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="nope.yaml: registry file not found"):
+    with pytest.raises(ConfigError, match=r"nope\.yaml: registry file not found"):
         load_registry(str(tmp_path / "nope.yaml"))
 
 
 @pytest.mark.parametrize(
     ("old", "new", "message"),
     [
-        ("{type: text}", "{type: txet}", ":4: pipelines.tiny.fields.txt.type: unknown codec 'txet' (valid: image, pixels, text, wav)"),
-        ("heads: 2}, dim: 32", "hedas: 2}, dim: 32", ":8: pipelines.tiny.model.stages.0.backbone.hedas: unknown parameter of backbone 'transformer' (valid: heads, mlp_ratio, mlp, dropout, rope_base)"),
-        ("{type: lm}", "{type: vqa, answer_field: 3}", ":5: pipelines.tiny.head.answer_field: Input should be a valid string"),
+        (
+            "{type: text}",
+            "{type: txet}",
+            ":4: pipelines.tiny.fields.txt.type: unknown codec 'txet' (valid: image, pixels, text, wav)",
+        ),
+        (
+            "heads: 2}, dim: 32",
+            "hedas: 2}, dim: 32",
+            ":8: pipelines.tiny.model.stages.0.backbone.hedas: unknown parameter of backbone 'transformer' "
+            "(valid: heads, mlp_ratio, mlp, dropout, rope_base)",
+        ),
+        (
+            "{type: lm}",
+            "{type: vqa, answer_field: 3}",
+            ":5: pipelines.tiny.head.answer_field: Input should be a valid string",
+        ),
     ],
 )
-def test_pass_two_checks_plugin_parameters(tmp_path: Path, components, old: str, new: str, message: str) -> None:
+def test_pass_two_checks_plugin_parameters(
+    tmp_path: Path, components, old: str, new: str, message: str
+) -> None:
     registry = load_registry(write(tmp_path, GOOD.replace(old, new, 1)))
     with pytest.raises(ConfigError) as error:
         check_registry(registry, components)

@@ -21,22 +21,43 @@ def test_third_party_plugin_installs_and_works(tmp_path: Path) -> None:
     python = env_dir / "bin" / "python"
     # mbp's heavy dependencies (torch...) come from this interpreter's site-packages; mbp itself and the
     # plugin are installed fresh, non-editable, into the new venv.
-    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     Path(purelib, "deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     for source in (ROOT, ROOT / "examples" / "mbp-rot13"):
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(source)],
-                       check=True, capture_output=True, text=True, cwd=tmp_path)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "--no-deps", str(source)],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
     mbp = [str(python), "-m", "mbp.cli"]
-    where = subprocess.run([*mbp[:1], "-c", "import mbp; print(mbp.__file__)"], capture_output=True, text=True, cwd=tmp_path)
+    where = subprocess.run(
+        [*mbp[:1], "-c", "import mbp; print(mbp.__file__)"], capture_output=True, text=True, cwd=tmp_path
+    )
     assert str(env_dir) in where.stdout, "mbp must come from the fresh venv, not the checkout"
     listed = subprocess.run([*mbp, "plugins", "--json"], capture_output=True, text=True, cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     rows = {row["name"]: row for row in json.loads(listed.stdout)}
-    assert rows["rot13"] == {"name": "rot13", "dist": "mbp-rot13", "version": "0.2.0", "codecs": ["rot13"],
-                             "backbones": [], "heads": []}
-    valid = subprocess.run([*mbp, "validate", str(ROOT / "examples" / "mbp-rot13" / "registry.yaml")],
-                           capture_output=True, text=True, cwd=tmp_path)
+    assert rows["rot13"] == {
+        "name": "rot13",
+        "dist": "mbp-rot13",
+        "version": "0.2.0",
+        "codecs": ["rot13"],
+        "backbones": [],
+        "heads": [],
+    }
+    valid = subprocess.run(
+        [*mbp, "validate", str(ROOT / "examples" / "mbp-rot13" / "registry.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert valid.returncode == 0, valid.stderr
     # the installed package carries its default registry and bundled data
     default = subprocess.run([*mbp, "validate"], capture_output=True, text=True, cwd=tmp_path)

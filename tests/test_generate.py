@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from mbp.generate import CachedState, Sampling, generate, generate_uncached, sample_next
 from mbp.protocol import END, EOS, PAD
+
 from tests.conftest import tiny_model
 
-STACKS = [("transformer",), ("mamba",), ("transformer", "transformer"), ("mamba", "transformer"),
-          ("transformer", "mamba"), ("transformer",) * 3, ("mamba", "transformer", "transformer")]
+STACKS = [
+    ("transformer",),
+    ("mamba",),
+    ("transformer", "transformer"),
+    ("mamba", "transformer"),
+    ("transformer", "mamba"),
+    ("transformer",) * 3,
+    ("mamba", "transformer", "transformer"),
+]
 
 
 @pytest.mark.parametrize("backbones", STACKS, ids=lambda b: "-".join(b))
@@ -64,8 +71,13 @@ def test_stops_at_stop_tokens_and_budget_and_streams(components) -> None:
         model.to_logits.bias.zero_()
         model.to_logits.bias[END] = 5.0
     seen: list[tuple[int, int]] = []
-    out = generate(model, [torch.tensor([1, 2, 3]), torch.tensor([4])], max_new=10, stop_tokens=(END, EOS),
-                   callback=lambda row, token: seen.append((row, token)))
+    out = generate(
+        model,
+        [torch.tensor([1, 2, 3]), torch.tensor([4])],
+        max_new=10,
+        stop_tokens=(END, EOS),
+        callback=lambda row, token: seen.append((row, token)),
+    )
     assert out == [[END], [END]] and seen == [(0, END), (1, END)]
     budget = generate(model, [torch.tensor([1])], max_new=4, stop_tokens=())
     assert budget == [[END] * 4]

@@ -4,19 +4,31 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from mbp_mamba.backbone import Mamba
 from mbp_mamba.ssd import ssd_chunked, ssd_sequential
 
-MAMBA_SSM_NAMES = {"in_proj.weight", "conv1d.weight", "conv1d.bias", "dt_bias", "A_log", "D", "norm.weight", "out_proj.weight"}
+MAMBA_SSM_NAMES = {
+    "in_proj.weight",
+    "conv1d.weight",
+    "conv1d.bias",
+    "dt_bias",
+    "A_log",
+    "D",
+    "norm.weight",
+    "out_proj.weight",
+}
 
 
 def random_inputs(length: int, batch: int = 2, heads: int = 3, width: int = 4, state: int = 5):
     g = torch.Generator().manual_seed(length)
     kw = {"dtype": torch.float64, "generator": g}
-    return (torch.randn(batch, length, heads, width, **kw), torch.rand(batch, length, heads, **kw) * 0.5 + 0.01,
-            -torch.rand(heads, **kw) * 2 - 0.1, torch.randn(batch, length, heads, state, **kw),
-            torch.randn(batch, length, heads, state, **kw))
+    return (
+        torch.randn(batch, length, heads, width, **kw),
+        torch.rand(batch, length, heads, **kw) * 0.5 + 0.01,
+        -torch.rand(heads, **kw) * 2 - 0.1,
+        torch.randn(batch, length, heads, state, **kw),
+        torch.randn(batch, length, heads, state, **kw),
+    )
 
 
 @pytest.mark.parametrize(("length", "chunk"), [(1, 4), (7, 4), (8, 4), (33, 8), (64, 16), (100, 32)])
@@ -36,7 +48,11 @@ def test_gradcheck_on_a_tiny_case() -> None:
 
 def test_parameter_names_and_shapes_follow_mamba_ssm() -> None:
     model = Mamba(dim=64, layers=1, state=16, headdim=16, expand=2, conv=4)
-    shapes = {name.removeprefix("layers.0.mixer."): tuple(p.shape) for name, p in model.named_parameters() if ".mixer." in name}
+    shapes = {
+        name.removeprefix("layers.0.mixer."): tuple(p.shape)
+        for name, p in model.named_parameters()
+        if ".mixer." in name
+    }
     assert set(shapes) == MAMBA_SSM_NAMES
     inner, heads, conv_width = 128, 8, 128 + 2 * 16
     assert shapes["in_proj.weight"] == (2 * inner + 2 * 16 + heads, 64)
@@ -53,7 +69,9 @@ def test_path_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("WARNING", logger="mbp.mamba"):
         model(torch.randn(1, 5, 16))
         model(torch.randn(1, 5, 16))
-    assert [r.getMessage() for r in caplog.records] == ["mbp: mamba backbone runs the PyTorch chunked-SSD path"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "mbp: mamba backbone runs the PyTorch chunked-SSD path"
+    ]
 
 
 def test_import_never_needs_mamba_ssm() -> None:

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from mbp.config import ModelConfig
 from mbp.errors import CheckpointError, ConfigError
 from mbp.model.build import build_model
 from mbp.model.io import load_model, save_model
 from mbp.protocol import PAD, VOCAB_SIZE
 from mbp.testing import assert_backbone_causal, assert_model_causal, assert_step_matches_forward
+
 from tests.conftest import stage, tiny_model
 
 BACKBONES = ["transformer", "mamba"]
@@ -32,7 +32,9 @@ def test_whole_models_are_causal(components, stages: int) -> None:
     assert_model_causal(tiny_model(components, stages))
 
 
-@pytest.mark.parametrize("backbones", [("mamba", "transformer"), ("mamba", "transformer", "transformer"), ("transformer", "mamba")])
+@pytest.mark.parametrize(
+    "backbones", [("mamba", "transformer"), ("mamba", "transformer", "transformer"), ("transformer", "mamba")]
+)
 def test_hybrid_stacks_are_causal(components, backbones: tuple[str, ...]) -> None:
     assert_model_causal(tiny_model(components, len(backbones), backbones))
 
@@ -100,8 +102,13 @@ def _loss_and_grads(model: torch.nn.Module, ids: torch.Tensor) -> tuple[float, l
 
 def test_checkpointing_and_chunked_loss_leave_loss_and_gradients_equal(components) -> None:
     plain = tiny_model(components, 3).train()
-    config = {"stages": [{**stage("transformer", [32, 16, 16][i], 1 if i else 2, [None, 4, 3][i]), "checkpoint": True}
-                         for i in range(3)], "loss_chunk": 7}
+    config = {
+        "stages": [
+            {**stage("transformer", [32, 16, 16][i], 1 if i else 2, [None, 4, 3][i]), "checkpoint": True}
+            for i in range(3)
+        ],
+        "loss_chunk": 7,
+    }
     checked = build_model(config, components).train()
     checked.load_state_dict(plain.state_dict())
     ids = torch.randint(0, 256, (2, 40))
@@ -139,7 +146,9 @@ def test_save_and_load_round_trip_without_pickle(components, tmp_path: Path) -> 
 
 def test_parameter_count_matches_mblm_layout(components) -> None:
     """The benchmark architecture; MBLM's embedding, projection and start-token layout, counted by hand."""
-    config = {"stages": [stage("transformer", 256, 4, 128, heads=4), stage("transformer", 128, 2, 64, heads=4)]}
+    config = {
+        "stages": [stage("transformer", 256, 4, 128, heads=4), stage("transformer", 128, 2, 64, heads=4)]
+    }
     model = build_model(config, components)
     v, d1, d2, p = VOCAB_SIZE, 256, 128, 64
     embeddings = v * d2 + (v * d2 + 2 * p * d2 + p * d2 * d1 + d1 + 2 * d1)

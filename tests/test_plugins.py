@@ -7,11 +7,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel
-
 from mbp.errors import PluginError
 from mbp.hookspecs import hookimpl
 from mbp.plugins import new_platform
+from pydantic import BaseModel
+
 from tests.conftest import run_mbp
 
 BUILTINS = {"text", "vision", "audio", "transformer", "mamba", "tasks"}
@@ -54,7 +54,7 @@ class ParamsPlugin:
 
 def test_builtins_load_through_entry_points() -> None:
     platform = new_platform()
-    assert BUILTINS <= set(platform.plugins)
+    assert set(platform.plugins) >= BUILTINS
     assert set(platform.components.names("codecs")) >= {"text", "pixels", "image", "wav"}
     assert set(platform.components.names("backbones")) >= {"transformer", "mamba"}
     assert set(platform.components.names("heads")) >= {"lm", "vqa", "classify"}
@@ -124,7 +124,7 @@ def test_cli_survives_a_broken_plugin(tmp_path: Path) -> None:
     result = run_mbp("plugins", "--json", env=env)
     assert result.returncode == 0, result.stderr
     names = {row["name"] for row in json.loads(result.stdout)}
-    assert BUILTINS <= names and "broken" not in names
+    assert names >= BUILTINS and "broken" not in names
     assert result.stderr.strip() == (
         "mbp: plugin 'broken' (brokenplug 1.2) failed to load: "
         "ModuleNotFoundError: No module named 'brokenplug_does_not_exist'"
@@ -155,5 +155,5 @@ def test_schema_lists_every_component() -> None:
 def test_example_plugin_source_registers_a_codec() -> None:
     source = Path(__file__).resolve().parents[1] / "examples" / "mbp-rot13"
     text = (source / "pyproject.toml").read_text()
-    assert '[project.entry-points.mbp]' in text
+    assert "[project.entry-points.mbp]" in text
     assert textwrap.dedent("rot13") in (source / "mbp_rot13" / "__init__.py").read_text()

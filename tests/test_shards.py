@@ -9,6 +9,7 @@ from mbp.data.batches import batches, encoded_stream
 from mbp.data.skips import SkipLog
 from mbp.protocol import PAD, decode_stream
 from mbp.session import resolve
+
 from tests.conftest import run_mbp
 from tests.shardkit import REGISTRY, corrupt_set, good_samples, png, write_tar
 
@@ -26,11 +27,15 @@ def test_pack_folder_groups_files_by_basename(tmp_path: Path) -> None:
         (src / f"{i:04d}.scene.png").write_bytes(png())
         (src / f"{i:04d}.question.txt").write_text("what colour?")
         (src / f"{i:04d}.answer.txt").write_text("red")
-    result = run_mbp("shards", "pack", str(src), str(tmp_path / "out" / "train-%06d.tar"), "--maxcount", "2", "--json")
+    result = run_mbp(
+        "shards", "pack", str(src), str(tmp_path / "out" / "train-%06d.tar"), "--maxcount", "2", "--json"
+    )
     assert result.returncode == 0, result.stderr
     packed = json.loads(result.stdout)
     assert packed["samples"] == 5 and len(packed["shards"]) == 3
-    inspected = run_mbp("shards", "inspect", *packed["shards"], "--pipeline", "qa", "--registry", registry(tmp_path), "--json")
+    inspected = run_mbp(
+        "shards", "inspect", *packed["shards"], "--pipeline", "qa", "--registry", registry(tmp_path), "--json"
+    )
     report = json.loads(inspected.stdout)
     assert report["samples"] == 5 and [s["samples"] for s in report["shards"]] == [2, 2, 1]
     assert report["fields"]["answer.txt"] == {"count": 5, "bytes": 15}
@@ -42,11 +47,16 @@ def test_pack_folder_groups_files_by_basename(tmp_path: Path) -> None:
 def test_pack_manifest_with_paths_and_inline_strings(tmp_path: Path) -> None:
     (tmp_path / "a.png").write_bytes(png())
     manifest = tmp_path / "m.jsonl"
-    manifest.write_text(json.dumps({"scene.png": "a.png", "question.txt": "what?", "answer.txt": "red"}) + "\n")
+    manifest.write_text(
+        json.dumps({"scene.png": "a.png", "question.txt": "what?", "answer.txt": "red"}) + "\n"
+    )
     result = run_mbp("shards", "pack", "--manifest", str(manifest), str(tmp_path / "s-%03d.tar"), "--json")
     shards = json.loads(result.stdout)["shards"]
     report = json.loads(run_mbp("shards", "inspect", *shards, "--json").stdout)
-    assert report["fields"]["scene.png"]["bytes"] == len(png()) and report["fields"]["question.txt"]["bytes"] == 5
+    assert (
+        report["fields"]["scene.png"]["bytes"] == len(png())
+        and report["fields"]["question.txt"]["bytes"] == 5
+    )
 
 
 def test_pack_errors_are_one_line(tmp_path: Path) -> None:
@@ -88,7 +98,10 @@ def test_corrupt_shards_are_skipped_named_and_counted(tmp_path: Path, capfd) -> 
     assert "skipped a-mixed.tar:sample badimage:field scene.png: not a readable image" in err
     assert "skipped a-mixed.tar:sample badwav:field tone.wav: not readable audio" in err
     assert "shard b-truncated.tar failed: ReadError: unexpected end of data" in err
-    assert "skipped b-truncated.tar:sample t002: cut short by the damaged shard (fields read: answer.txt, question.txt)" in err
+    assert (
+        "skipped b-truncated.tar:sample t002: cut short by the damaged shard "
+        "(fields read: answer.txt, question.txt)" in err
+    )
     assert "shard c-notatar.tar failed: ReadError: invalid header" in err
     assert "0x" not in err  # no object reprs in messages
     assert len(err.strip().splitlines()) == 6
@@ -96,7 +109,9 @@ def test_corrupt_shards_are_skipped_named_and_counted(tmp_path: Path, capfd) -> 
 
 def test_inspect_reports_skips_in_json(tmp_path: Path) -> None:
     shards = corrupt_set(tmp_path / "shards")
-    result = run_mbp("shards", "inspect", *shards, "--pipeline", "qa", "--registry", registry(tmp_path), "--json")
+    result = run_mbp(
+        "shards", "inspect", *shards, "--pipeline", "qa", "--registry", registry(tmp_path), "--json"
+    )
     report = json.loads(result.stdout)
     assert report["samples"] == 8 and report["shards_failed"] == 2
     assert report["samples_skipped"] == 4  # 3 broken samples + the one cut short by truncation

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from mbp.atomic import write_dir_atomically
 from safetensors.torch import load_file
 
-from mbp.atomic import write_dir_atomically
 from tests.conftest import run_mbp
 from tests.shardkit import REGISTRY, corrupt_set, good_samples, write_tar
 
@@ -26,7 +26,11 @@ def setup(tmp_path: Path) -> tuple[str, list[str], str]:
     write_tar(tmp_path / "train-0.tar", good_samples("a", 24))
     write_tar(tmp_path / "train-1.tar", good_samples("b", 24))
     write_tar(tmp_path / "eval-0.tar", good_samples("e", 8))
-    return str(registry), [str(tmp_path / "train-0.tar"), str(tmp_path / "train-1.tar")], str(tmp_path / "eval-0.tar")
+    return (
+        str(registry),
+        [str(tmp_path / "train-0.tar"), str(tmp_path / "train-1.tar")],
+        str(tmp_path / "eval-0.tar"),
+    )
 
 
 def run(registry: str, shards: list[str], out: Path, *extra: str, env: dict[str, str] | None = None):
@@ -45,7 +49,11 @@ def test_run_prints_one_summary_and_writes_metrics_plot_checkpoint(setup, tmp_pa
     assert {"eval_bpb", "accuracy", "majority_baseline"} <= set(summary["metrics"])
     checkpoint = Path(summary["checkpoint"])
     assert checkpoint.name == "step-00000006"
-    assert sorted(p.name for p in checkpoint.iterdir()) == ["config.json", "model.safetensors", "optimizer.safetensors"]
+    assert sorted(p.name for p in checkpoint.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "optimizer.safetensors",
+    ]
     assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["step-00000004", "step-00000006"]  # keep 2
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
@@ -56,12 +64,32 @@ def test_run_prints_one_summary_and_writes_metrics_plot_checkpoint(setup, tmp_pa
 
 def test_resume_after_kill_9_reaches_the_same_weights(setup, tmp_path: Path) -> None:
     registry, shards, _ = setup
-    settings = ["--set", "train.steps=12", "--set", "train.checkpoint_every=1", "--set", "train.keep_checkpoints=3",
-                "--set", "data.shuffle_buffer=8"]
+    settings = [
+        "--set",
+        "train.steps=12",
+        "--set",
+        "train.checkpoint_every=1",
+        "--set",
+        "train.keep_checkpoints=3",
+        "--set",
+        "data.shuffle_buffer=8",
+    ]
     straight = run(registry, shards, tmp_path / "straight", *settings)
     assert straight.returncode == 0, straight.stderr
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "mbp.cli", "run", "qa", *shards, "--registry", registry, "--out", str(out), *settings]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mbp.cli",
+        "run",
+        "qa",
+        *shards,
+        "--registry",
+        registry,
+        "--out",
+        str(out),
+        *settings,
+    ]
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not (out / "checkpoints" / "step-00000005").exists():
@@ -86,7 +114,9 @@ def test_unwritable_out_fails_clearly(setup, tmp_path: Path) -> None:
     blocker.write_text("x")
     result = run(registry, shards, blocker / "out")
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [f"mbp: error: --out {blocker / 'out'}: cannot write there (Not a directory)"]
+    assert result.stderr.strip().splitlines() == [
+        f"mbp: error: --out {blocker / 'out'}: cannot write there (Not a directory)"
+    ]
 
 
 def test_failed_checkpoint_write_keeps_the_last_good_one(tmp_path: Path) -> None:
@@ -105,13 +135,18 @@ def test_failed_checkpoint_write_keeps_the_last_good_one(tmp_path: Path) -> None
 
 def test_missing_plugin_fails_before_training(setup, tmp_path: Path) -> None:
     registry, shards, _ = setup
-    text = Path(registry).read_text().replace("{type: transformer, heads: 2}, dim: 32", "{type: mamba}, dim: 32")
+    text = (
+        Path(registry).read_text().replace("{type: transformer, heads: 2}, dim: 32", "{type: mamba}, dim: 32")
+    )
     Path(registry).write_text(text)
     result = run(registry, shards, tmp_path / "out", env={"MBP_DISABLE_PLUGINS": "mamba"})
     assert result.returncode == 2
     assert "unknown backbone 'mamba'" in result.stderr
     assert "a plugin that registers backbone 'mamba' is needed" in result.stderr
-    assert "plugin 'mamba' is installed but did not register it; disabled by MBP_DISABLE_PLUGINS: mamba" in result.stderr
+    assert (
+        "plugin 'mamba' is installed but did not register it; disabled by MBP_DISABLE_PLUGINS: mamba"
+        in result.stderr
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -129,9 +164,25 @@ def test_two_process_gloo_matches_one_process(setup, tmp_path: Path) -> None:
     assert single.returncode == 0, single.stderr
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     double = subprocess.run(
-        [torchrun, "--nproc_per_node=2", "--master_port=29533", "-m", "mbp.cli", "run", "qa", *shards, "--registry",
-         registry, "--out", str(tmp_path / "two"), "--json", *settings],
-        capture_output=True, text=True, timeout=600,
+        [
+            torchrun,
+            "--nproc_per_node=2",
+            "--master_port=29533",
+            "-m",
+            "mbp.cli",
+            "run",
+            "qa",
+            *shards,
+            "--registry",
+            registry,
+            "--out",
+            str(tmp_path / "two"),
+            "--json",
+            *settings,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert double.returncode == 0, double.stderr
     losses = {}

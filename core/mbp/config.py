@@ -99,7 +99,6 @@ class Pipeline(Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
-
     @field_validator("optional")
     @classmethod
     def _optional_are_fields(cls, optional: list[str], info: Any) -> list[str]:

@@ -49,10 +49,12 @@ class CachedState:
         self.lengths = torch.tensor([len(p) for p in prompts], device=self.device)
         for row, prompt in enumerate(prompts):
             self.history[row, : len(prompt)] = prompt.to(self.device)
-        capacities = [longest // model.units[0] + 2] + [int(model.seq_lens[s] or 1) + 1 for s in range(1, n)]
-        self.caches = [model.backbones[s].allocate_cache(batch, capacities[s]) for s in range(n)]
+        capacities = [longest // model.units[0] + 2] + [model.patch_sizes[s] + 1 for s in range(1, n)]
+        backbones: list[Any] = list(model.backbones)
+        self.backbones = backbones
+        self.caches = [backbones[s].allocate_cache(batch, capacities[s]) for s in range(n)]
         self.pending = [None] + [
-            like.new_zeros(batch, int(model.seq_lens[s] or 1), model.dims[s]) for s in range(1, n)
+            like.new_zeros(batch, model.patch_sizes[s], model.dims[s]) for s in range(1, n)
         ]
         self.counts = [torch.zeros(batch, dtype=torch.long, device=self.device) for _ in range(n)]
         for row, prompt in enumerate(prompts):
@@ -72,10 +74,10 @@ class CachedState:
             if s > 0:
                 inputs = inputs + self.pending[s][row, :done]  # type: ignore[index]
             x = torch.cat((model.start_tokens[s][None], inputs))[None]
-            out = prefill(model.backbones[s], x, self.caches[s], row)
+            out = prefill(self.backbones[s], x, self.caches[s], row)
             self.counts[s][row] = done
             if s < model.num_stages - 1:
-                nxt = int(model.seq_lens[s + 1])
+                nxt = model.patch_sizes[s + 1]
                 self.pending[s + 1][row] = model.projections[s](out[0, -1]).view(nxt, -1)  # type: ignore[index]
 
     def _unit_input(self, s: int, rows: torch.Tensor) -> torch.Tensor:
@@ -93,7 +95,7 @@ class CachedState:
     def _set_pending(self, s: int, out: torch.Tensor, rows: torch.Tensor) -> None:
         """Project stage s's outputs into stage s+1's pending inputs, for ``rows`` only."""
         model = self.model
-        nxt = int(model.seq_lens[s + 1])
+        nxt = model.patch_sizes[s + 1]
         fresh = model.projections[s](out).view(len(out), nxt, -1)
         self.pending[s + 1] = torch.where(rows[:, None, None], fresh, self.pending[s + 1])  # type: ignore[arg-type]
 
@@ -108,10 +110,10 @@ class CachedState:
         x = model.embeddings[last](tokens)
         if last > 0:
             x = x + self.pending[last][rows, self.counts[last]]  # type: ignore[index]
-        logits = model.to_logits(model.backbones[last].step(x, self.caches[last], everyone))
+        logits = model.to_logits(self.backbones[last].step(x, self.caches[last], everyone))
         self.counts[last] = self.counts[last] + 1
         completed = [torch.zeros_like(everyone) for _ in range(model.num_stages)]
-        completed[last] = self.counts[last] == int(model.seq_lens[last] or 1) if last > 0 else ~everyone
+        completed[last] = self.counts[last] == model.patch_sizes[last] if last > 0 else ~everyone
         for s in range(last, 0, -1):  # upwards: a completed unit is one more input for the stage above
             if not bool(completed[s].any()):
                 break
@@ -119,10 +121,10 @@ class CachedState:
             x = self._unit_input(above, completed[s])
             self.counts[above] = self.counts[above] + completed[s].long()
             if above > 0:
-                completed[above] = completed[s] & (self.counts[above] == int(model.seq_lens[above] or 1))
+                completed[above] = completed[s] & (self.counts[above] == model.patch_sizes[above])
             advance = completed[s] & ~completed[above]
             if bool(advance.any()):
-                out = model.backbones[above].step(x, self.caches[above], advance)
+                out = self.backbones[above].step(x, self.caches[above], advance)
                 self._set_pending(above, out, advance)
         for s in range(1, model.num_stages):  # downwards: fresh units start with their start token
             fresh = completed[s]
@@ -131,7 +133,7 @@ class CachedState:
             self.caches[s].reset(fresh)
             self.counts[s] = torch.where(fresh, torch.zeros_like(self.counts[s]), self.counts[s])
             start = model.start_tokens[s].expand(len(tokens), -1)
-            out = model.backbones[s].step(start, self.caches[s], fresh)
+            out = self.backbones[s].step(start, self.caches[s], fresh)
             if s < last:
                 self._set_pending(s, out, fresh)
         self.logits = logits

@@ -121,7 +121,9 @@ def decode_stream(tokens: Sequence[int] | np.ndarray) -> DecodedStream:
         if header_end is None:
             return DecodedStream(segments, _partial(array[pos + 1 :], None))
         if int(array[header_end]) != HDR:
-            raise ProtocolError(f"segment at position {pos}: expected HDR, got {_name(int(array[header_end]))}")
+            raise ProtocolError(
+                f"segment at position {pos}: expected HDR, got {_name(int(array[header_end]))}"
+            )
         codec, meta = parse_header(array[pos + 1 : header_end].astype(np.uint8).tobytes())
         payload_end = _find_marker(array, header_end + 1)
         if payload_end is None:

@@ -7,6 +7,7 @@ unchanged: a causal model's outputs before position t do not move at all when th
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,7 +23,12 @@ def _positions(length: int, chosen: Iterable[int] | None) -> list[int]:
 
 @torch.no_grad()
 def assert_backbone_causal(
-    backbone: nn.Module, dim: int, *, length: int = 33, positions: Iterable[int] | None = None, atol: float = 0.0
+    backbone: nn.Module,
+    dim: int,
+    *,
+    length: int = 33,
+    positions: Iterable[int] | None = None,
+    atol: float = 0.0,
 ) -> None:
     """Changing input t leaves outputs before t unchanged (within ``atol``) and changes output t."""
     backbone = backbone.double().eval()
@@ -39,7 +45,7 @@ def assert_backbone_causal(
 
 @torch.no_grad()
 def assert_step_matches_forward(
-    backbone: nn.Module, dim: int, *, length: int = 21, batch: int = 3, atol: float = 1e-9
+    backbone: Any, dim: int, *, length: int = 21, batch: int = 3, atol: float = 1e-9
 ) -> None:
     """``step`` position by position (and ``prefill`` when present) reproduce ``forward``."""
     backbone = backbone.double().eval()
@@ -63,7 +69,11 @@ def assert_step_matches_forward(
 
 @torch.no_grad()
 def assert_model_causal(
-    model: MultiscaleDecoder, *, length: int | None = None, positions: Iterable[int] | None = None, atol: float = 0.0
+    model: MultiscaleDecoder,
+    *,
+    length: int | None = None,
+    positions: Iterable[int] | None = None,
+    atol: float = 0.0,
 ) -> None:
     """Changing token t leaves every logit before position t+1 unchanged (logit t predicts token t from
     tokens < t), for positions inside patches and on patch boundaries."""
@@ -72,7 +82,9 @@ def assert_model_causal(
     ids = torch.randint(0, 256, (2, length))
     base = model(ids)
     patch = model.patch_len
-    chosen = positions if positions is not None else {0, patch - 1, patch, patch + 1, 2 * patch - 1, length - 1}
+    chosen = (
+        positions if positions is not None else {0, patch - 1, patch, patch + 1, 2 * patch - 1, length - 1}
+    )
     for t in _positions(length, [p for p in chosen if 0 <= p < length]):
         moved = ids.clone()
         moved[:, t] = (moved[:, t] + 1 + torch.randint(0, 254, (2,))) % 256
@@ -80,7 +92,9 @@ def assert_model_causal(
         before = (out[:, : t + 1] - base[:, : t + 1]).abs().max().item()
         assert before <= atol, f"logits up to position {t} moved by {before:.3g} when token {t} changed"
         if t + 1 < length:
-            assert (out[:, t + 1 :] - base[:, t + 1 :]).abs().max().item() > 0, f"no logit after {t} saw token {t}"
+            assert (out[:, t + 1 :] - base[:, t + 1 :]).abs().max().item() > 0, (
+                f"no logit after {t} saw token {t}"
+            )
 
 
 def random_tokens(batch: int, length: int, *, vocab: int = VOCAB_SIZE) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mbp.hookspecs import Register, hookimpl
+
 from mbp_audio.wav import WavCodec, WavParams
 
 

@@ -10,10 +10,9 @@ from typing import Literal
 
 import numpy as np
 import soundfile as sf
-from pydantic import BaseModel, ConfigDict, Field
-
 from mbp.errors import CodecError
 from mbp.protocol import Segment
+from pydantic import BaseModel, ConfigDict, Field
 
 # sample format -> (soundfile subtype, numpy dtype of the stored PCM)
 FORMATS = {"u8": ("PCM_U8", np.uint8), "s16": ("PCM_16", np.int16)}
@@ -92,12 +91,16 @@ class WavCodec:
             rate, channels, fmt = int(segment.meta["rate"]), int(segment.meta["ch"]), segment.meta["fmt"]
             dtype = FORMATS[fmt][1]
         except (KeyError, ValueError):
-            raise CodecError(f"wav header needs rate, ch and fmt in {sorted(FORMATS)}: {segment.meta}") from None
+            raise CodecError(
+                f"wav header needs rate, ch and fmt in {sorted(FORMATS)}: {segment.meta}"
+            ) from None
         if rate <= 0 or not 0 < channels <= 64:
             raise CodecError(f"wav header rate={rate} ch={channels} is out of range")
         frame = channels * np.dtype(dtype).itemsize
         if len(segment.payload) % frame:
-            raise CodecError(f"wav payload of {len(segment.payload)} bytes is not whole frames of {frame} bytes")
+            raise CodecError(
+                f"wav payload of {len(segment.payload)} bytes is not whole frames of {frame} bytes"
+            )
         return np.frombuffer(segment.payload, dtype=dtype).reshape(-1, channels), rate
 
     def to_file(self, segment: Segment) -> bytes:

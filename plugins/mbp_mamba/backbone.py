@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
@@ -39,21 +41,39 @@ class MambaLayer(nn.Module):
     def __init__(self, dim: int, params: MambaParams) -> None:
         super().__init__()
         self.norm = nn.RMSNorm(dim, eps=1e-5)
-        self.mixer = Mamba2(dim, state=params.state, conv=params.conv, expand=params.expand,
-                            headdim=params.headdim, groups=params.groups, chunk=params.chunk)
+        self.mixer: Mamba2 = Mamba2(
+            dim,
+            state=params.state,
+            conv=params.conv,
+            expand=params.expand,
+            headdim=params.headdim,
+            groups=params.groups,
+            chunk=params.chunk,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm(x)
         kernel = fused_scan() if h.is_cuda else None
         if kernel is None:
             announce("PyTorch chunked-SSD")
-            return x + self.mixer(h)  # type: ignore[operator]
+            return x + self.mixer(h)
         announce("mamba-ssm fused CUDA")
         m = self.mixer
         out = kernel(
-            m.in_proj(h), m.conv1d.weight[:, 0], m.conv1d.bias, m.dt_bias, -torch.exp(m.A_log.float()), D=m.D,
-            chunk_size=256, activation="silu", rmsnorm_weight=m.norm.weight, rmsnorm_eps=m.norm.eps,
-            outproj_weight=m.out_proj.weight, outproj_bias=None, headdim=m.headdim, ngroups=m.groups,
+            m.in_proj(h),
+            m.conv1d.weight[:, 0],
+            m.conv1d.bias,
+            m.dt_bias,
+            -torch.exp(m.A_log.float()),
+            D=m.D,
+            chunk_size=256,
+            activation="silu",
+            rmsnorm_weight=m.norm.weight,
+            rmsnorm_eps=m.norm.eps,
+            outproj_weight=m.out_proj.weight,
+            outproj_bias=None,
+            headdim=m.headdim,
+            ngroups=m.groups,
             norm_before_gate=False,
         )
         return x + out
@@ -66,16 +86,19 @@ class Mamba(nn.Module):
         self.layers = nn.ModuleList(MambaLayer(dim, self.params) for _ in range(layers))
         self.norm = nn.RMSNorm(dim, eps=1e-5)
 
+    def _blocks(self) -> list[MambaLayer]:
+        return cast(list[MambaLayer], list(self.layers))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
+        for layer in self._blocks():
             x = layer(x)
         return self.norm(x)
 
     def allocate_cache(self, batch: int, max_len: int) -> MambaCache:
-        return MambaCache([layer.mixer for layer in self.layers], batch, self.norm.weight.detach())
+        return MambaCache([layer.mixer for layer in self._blocks()], batch, self.norm.weight.detach())
 
     def prefill(self, x: torch.Tensor, cache: MambaCache, row: int) -> torch.Tensor:
-        for index, layer in enumerate(self.layers):
+        for index, layer in enumerate(self._blocks()):
             out, conv_state, ssm_state = layer.mixer(layer.norm(x), return_state=True)
             cache.conv[index][row] = conv_state[0]
             cache.ssm[index][row] = ssm_state[0]
@@ -83,7 +106,7 @@ class Mamba(nn.Module):
         return self.norm(x)
 
     def step(self, x: torch.Tensor, cache: MambaCache, active: torch.Tensor) -> torch.Tensor:
-        for index, layer in enumerate(self.layers):
+        for index, layer in enumerate(self._blocks()):
             out, conv_state, ssm_state = layer.mixer.step(layer.norm(x), cache.conv[index], cache.ssm[index])
             cache.conv[index] = torch.where(active[:, None, None], conv_state, cache.conv[index])
             cache.ssm[index] = torch.where(active[:, None, None, None], ssm_state, cache.ssm[index])

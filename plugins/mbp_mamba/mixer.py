@@ -30,16 +30,28 @@ class GatedRMSNorm(nn.Module):
 
 
 class Mamba2(nn.Module):
-    def __init__(self, dim: int, *, state: int, conv: int, expand: int, headdim: int, groups: int, chunk: int) -> None:
+    def __init__(
+        self, dim: int, *, state: int, conv: int, expand: int, headdim: int, groups: int, chunk: int
+    ) -> None:
         super().__init__()
         self.inner = expand * dim
         if self.inner % headdim:
             raise ValueError(f"mamba inner width {self.inner} is not divisible by headdim={headdim}")
-        self.heads, self.headdim, self.state, self.groups, self.chunk = self.inner // headdim, headdim, state, groups, chunk
+        self.heads, self.headdim, self.state, self.groups, self.chunk = (
+            self.inner // headdim,
+            headdim,
+            state,
+            groups,
+            chunk,
+        )
         self.conv_width = self.inner + 2 * groups * state
         self.in_proj = nn.Linear(dim, 2 * self.inner + 2 * groups * state + self.heads, bias=False)
-        self.conv1d = nn.Conv1d(self.conv_width, self.conv_width, conv, groups=self.conv_width, padding=conv - 1)
-        dt = torch.exp(torch.rand(self.heads) * (math.log(0.1) - math.log(0.001)) + math.log(0.001)).clamp_min(1e-4)
+        self.conv1d = nn.Conv1d(
+            self.conv_width, self.conv_width, conv, groups=self.conv_width, padding=conv - 1
+        )
+        dt = torch.exp(
+            torch.rand(self.heads) * (math.log(0.1) - math.log(0.001)) + math.log(0.001)
+        ).clamp_min(1e-4)
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
         self.A_log = nn.Parameter(torch.log(torch.empty(self.heads).uniform_(1, 16)))
         self.D = nn.Parameter(torch.ones(self.heads))
@@ -58,7 +70,9 @@ class Mamba2(nn.Module):
         c = c.reshape(*shape, self.groups, self.state).repeat_interleave(repeat, dim=-2)
         return x, F.softplus(dt + self.dt_bias), -torch.exp(self.A_log.float()), b, c
 
-    def forward(self, u: torch.Tensor, return_state: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, u: torch.Tensor, return_state: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         length = u.shape[1]
         z, xbc_raw, dt = self._split(self.in_proj(u))
         xbc = F.silu(self.conv1d(xbc_raw.transpose(1, 2))[..., :length].transpose(1, 2))
@@ -69,14 +83,22 @@ class Mamba2(nn.Module):
         if not return_state:
             return out
         kernel = self.conv1d.kernel_size[0]
-        conv_state = F.pad(xbc_raw.transpose(1, 2), (kernel - length, 0)) if length < kernel else xbc_raw.transpose(1, 2)[..., -kernel:]
+        conv_state = (
+            F.pad(xbc_raw.transpose(1, 2), (kernel - length, 0))
+            if length < kernel
+            else xbc_raw.transpose(1, 2)[..., -kernel:]
+        )
         return out, conv_state, final
 
-    def step(self, u: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def step(
+        self, u: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One position for every row: ``u: (B, D)``; returns output and the new states."""
         z, xbc, dt = self._split(self.in_proj(u))
         conv_state = torch.cat((conv_state[..., 1:], xbc[..., None]), dim=-1)  # (B, conv_width, K)
-        xbc = F.silu((conv_state * self.conv1d.weight[:, 0]).sum(-1) + self.conv1d.bias)
+        bias = self.conv1d.bias
+        assert bias is not None  # conv1d is built with a bias, as in mamba-ssm
+        xbc = F.silu((conv_state * self.conv1d.weight[:, 0]).sum(-1) + bias)
         x, dt, a, b, c = self._ssm_inputs(xbc, dt)
         decay = torch.exp(dt * a)  # (B, H)
         ssm_state = ssm_state * decay[..., None, None] + (dt[..., None] * x)[..., None] * b[:, :, None, :]

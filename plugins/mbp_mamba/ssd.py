@@ -72,7 +72,11 @@ def ssd_chunked(
 
 
 def ssd_sequential(
-    x: torch.Tensor, dt: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
     initial: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The recurrence one position at a time: the reference the chunked scan must equal."""
@@ -80,6 +84,9 @@ def ssd_sequential(
     state = initial if initial is not None else x.new_zeros(batch, heads, width, b.shape[-1])
     ys = []
     for t in range(length):
-        state = state * torch.exp(dt[:, t] * a)[..., None, None] + (dt[:, t, :, None] * x[:, t])[..., None] * b[:, t, :, None, :]
+        state = (
+            state * torch.exp(dt[:, t] * a)[..., None, None]
+            + (dt[:, t, :, None] * x[:, t])[..., None] * b[:, t, :, None, :]
+        )
         ys.append(torch.einsum("bhpn,bhn->bhp", state, c[:, t]))
     return torch.stack(ys, dim=1), state

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mbp.hookspecs import Register, hookimpl
+
 from mbp_tasks.answer import AnswerParams, ClassifyHead, ClassifyParams, VqaHead
 from mbp_tasks.lm import LmHead, LmParams
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
-
 from mbp.data.encode import EncodedSample
 from mbp.heads import payload_range
+from pydantic import BaseModel, ConfigDict, Field
+
 from mbp_tasks.lm import BitsPerByte
 
 

@@ -6,9 +6,8 @@ import math
 from collections import defaultdict
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
-
 from mbp.data.encode import EncodedSample
+from pydantic import BaseModel, ConfigDict
 
 
 class LmParams(BaseModel):

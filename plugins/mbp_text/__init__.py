@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from mbp.errors import CodecError
 from mbp.hookspecs import Register, hookimpl
 from mbp.protocol import Segment
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class TextParams(BaseModel):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from mbp.hookspecs import Register, hookimpl
+
 from mbp_transformer.model import Transformer, TransformerParams
 
 
 def build(*, dim: int, layers: int, **params: object) -> Transformer:
-    return Transformer(dim=dim, layers=layers, **params)  # type: ignore[arg-type]
+    return Transformer(dim=dim, layers=layers, **params)
 
 
 @hookimpl

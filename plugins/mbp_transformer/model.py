@@ -5,7 +5,7 @@ Legend: B batch, L length, D width, H heads, K head width, T cache capacity.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -96,7 +96,9 @@ class Attention(nn.Module):
         values[rows, :, slot] = torch.where(mask_k, v[:, :, 0], keep_v)
         span = int(pos.max()) + 1
         visible = torch.arange(span, device=x.device)[None, :] <= pos[:, None]  # (B, span)
-        y = F.scaled_dot_product_attention(q, keys[:, :, :span], values[:, :, :span], attn_mask=visible[:, None, None])
+        y = F.scaled_dot_product_attention(
+            q, keys[:, :, :span], values[:, :, :span], attn_mask=visible[:, None, None]
+        )
         return self._merge(y)[:, 0]
 
 
@@ -138,8 +140,11 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Layer(dim, self.params) for _ in range(layers))
         self.norm = nn.RMSNorm(dim)
 
+    def _blocks(self) -> list[Layer]:
+        return cast(list[Layer], list(self.layers))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
+        for layer in self._blocks():
             x = x + layer.drop(layer.attn(layer.attn_norm(x)))
             x = x + layer.mlp(layer.mlp_norm(x))
         return self.norm(x)
@@ -150,14 +155,14 @@ class Transformer(nn.Module):
         return KVCache(len(self.layers), batch, p.heads, max_len, like.shape[0] // p.heads, like.detach())
 
     def prefill(self, x: torch.Tensor, cache: KVCache, row: int) -> torch.Tensor:
-        for index, layer in enumerate(self.layers):
+        for index, layer in enumerate(self._blocks()):
             x = x + layer.attn.prefill(layer.attn_norm(x), cache, index, row)
             x = x + layer.mlp(layer.mlp_norm(x))
         cache.lengths[row] = x.shape[1]
         return self.norm(x)
 
     def step(self, x: torch.Tensor, cache: KVCache, active: torch.Tensor) -> torch.Tensor:
-        for index, layer in enumerate(self.layers):
+        for index, layer in enumerate(self._blocks()):
             x = x + layer.attn.step(layer.attn_norm(x), cache, index, active)
             x = x + layer.mlp(layer.mlp_norm(x))
         cache.lengths = cache.lengths + active.long()

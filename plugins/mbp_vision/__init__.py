@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mbp.hookspecs import Register, hookimpl
+
 from mbp_vision.image import ImageCodec, ImageParams
 from mbp_vision.pixels import PixelsCodec, PixelsParams
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import io
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from mbp.errors import CodecError
 from mbp.protocol import Segment
+from pydantic import BaseModel, ConfigDict, Field
+
 from mbp_vision.pillow import open_image
 
 SAVE_FORMAT = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}

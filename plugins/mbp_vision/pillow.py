@@ -5,9 +5,8 @@ from __future__ import annotations
 import io
 import warnings
 
-from PIL import Image
-
 from mbp.errors import CodecError
+from PIL import Image
 
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 
@@ -20,7 +19,9 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
             image = Image.open(io.BytesIO(data), formats=FORMATS)
             width, height = image.size
             if width * height > max_pixels:
-                raise CodecError(f"image is {width}x{height} = {width * height} pixels, over the limit {max_pixels}")
+                raise CodecError(
+                    f"image is {width}x{height} = {width * height} pixels, over the limit {max_pixels}"
+                )
             image.load()
     except CodecError:
         raise

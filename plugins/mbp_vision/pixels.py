@@ -6,11 +6,11 @@ import io
 from typing import Literal
 
 import numpy as np
+from mbp.errors import CodecError
+from mbp.protocol import Segment
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from mbp.errors import CodecError
-from mbp.protocol import Segment
 from mbp_vision.pillow import open_image
 
 CHANNELS = {"L": 1, "RGB": 3}
@@ -31,7 +31,7 @@ class PixelsCodec:
         self, mode: str = "RGB", size: tuple[int, int] | None = None, max_pixels: int = 16_000_000
     ) -> None:
         self.mode = mode
-        self.size = tuple(size) if size else None
+        self.size: tuple[int, int] | None = (int(size[0]), int(size[1])) if size else None
         self.max_pixels = max_pixels
 
     def encode(self, data: bytes) -> Segment:
@@ -47,7 +47,9 @@ class PixelsCodec:
             width, height, mode = int(segment.meta["w"]), int(segment.meta["h"]), segment.meta["mode"]
             channels = CHANNELS[mode]
         except (KeyError, ValueError):
-            raise CodecError(f"pixels header needs w, h and mode in {sorted(CHANNELS)}: {segment.meta}") from None
+            raise CodecError(
+                f"pixels header needs w, h and mode in {sorted(CHANNELS)}: {segment.meta}"
+            ) from None
         if width <= 0 or height <= 0 or width * height > self.max_pixels:
             raise CodecError(f"pixels header size {width}x{height} is out of range")
         expected = width * height * channels

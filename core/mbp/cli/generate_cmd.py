@@ -17,21 +17,46 @@ from mbp.errors import ConfigError
 @click.command("generate")
 @click.option("--checkpoint", "checkpoint", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--prompt", default=None, help="Text the generated segment starts with.")
-@click.option("--prompt-file", type=click.Path(dir_okay=False, path_type=Path), help="Read the prompt text from a file.")
-@click.option("--field", "fields", multiple=True, metavar="NAME=VALUE",
-              help="A complete segment before the prompt, encoded by the checkpoint pipeline's codec for NAME; "
-                   "VALUE is text, or @PATH for a file. Repeatable, in order.")
-@click.option("--codec", "open_codec", default="text", show_default=True, help="Codec of the segment to generate.")
+@click.option(
+    "--prompt-file", type=click.Path(dir_okay=False, path_type=Path), help="Read the prompt text from a file."
+)
+@click.option(
+    "--field",
+    "fields",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A complete segment before the prompt, encoded by the checkpoint pipeline's codec for NAME; "
+    "VALUE is text, or @PATH for a file. Repeatable, in order.",
+)
+@click.option(
+    "--codec", "open_codec", default="text", show_default=True, help="Codec of the segment to generate."
+)
 @click.option("--max-bytes", default=256, show_default=True, type=click.IntRange(min=1))
-@click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0), help="0 is greedy.")
+@click.option(
+    "--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0), help="0 is greedy."
+)
 @click.option("--top-k", default=None, type=click.IntRange(min=1))
 @click.option("--top-p", default=None, type=click.FloatRange(0, 1, min_open=True))
 @click.option("--seed", default=None, type=int)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Write every generated segment as a file here (images, WAV, text).")
-def generate_command(checkpoint: Path, prompt: str | None, prompt_file: Path | None, fields: tuple[str, ...],
-                     open_codec: str, max_bytes: int, temperature: float, top_k: int | None, top_p: float | None,
-                     seed: int | None, out_dir: Path | None) -> None:
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write every generated segment as a file here (images, WAV, text).",
+)
+def generate_command(
+    checkpoint: Path,
+    prompt: str | None,
+    prompt_file: Path | None,
+    fields: tuple[str, ...],
+    open_codec: str,
+    max_bytes: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    seed: int | None,
+    out_dir: Path | None,
+) -> None:
     """Generate bytes from a checkpoint written by `mbp run`."""
     import numpy as np
     import torch
@@ -82,7 +107,9 @@ def generate_command(checkpoint: Path, prompt: str | None, prompt_file: Path | N
 
     sampling = Sampling(temperature, top_k, top_p, seed)
     stops = (END, EOS) if out_dir is None else (EOS,)
-    generated = generate(model, [tokens], max_new=max_bytes, sampling=sampling, stop_tokens=stops, callback=stream)[0]
+    generated = generate(
+        model, [tokens], max_new=max_bytes, sampling=sampling, stop_tokens=stops, callback=stream
+    )[0]
     if streaming:
         sys.stdout.write(decoder.decode(b"", final=True) + "\n")
     if out_dir is not None:
@@ -108,7 +135,10 @@ def write_segments(tokens: list[int], skip: int, out_dir: Path, components: obje
             data = codec.to_file(segment)
             ext = codec.extension_of(segment) if hasattr(codec, "extension_of") else codec.extension
         except MbpError as error:
-            say(f"segment {index} ({segment.codec or '?'}{', cut off' if partial else ''}) not decodable: {error}; raw payload kept")
+            say(
+                f"segment {index} ({segment.codec or '?'}{', cut off' if partial else ''}) not decodable: "
+                f"{error}; raw payload kept"
+            )
             data, ext = segment.payload, "bin"
         path = out_dir / f"segment-{index:02d}{'-partial' if partial else ''}.{ext}"
         path.write_bytes(data)

@@ -14,17 +14,34 @@ from mbp.overrides import apply_overrides
 @click.argument("pipeline", required=False)
 @click.argument("shards", nargs=-1)
 @registry_option
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Output folder (default: mbp-runs/PIPELINE).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Output folder (default: mbp-runs/PIPELINE).",
+)
 @click.option("--steps", type=click.IntRange(min=0), default=None, help="Override train.steps.")
-@click.option("--eval-shards", "eval_shards", multiple=True, help="Held-out shards (default: data.eval_shards).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a pipeline field by dotted path.")
+@click.option(
+    "--eval-shards", "eval_shards", multiple=True, help="Held-out shards (default: data.eval_shards)."
+)
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a pipeline field by dotted path."
+)
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
 @json_option
-def run_command(pipeline: str | None, shards: tuple[str, ...], registry_path: str | None, out_dir: Path | None,
-                steps: int | None, eval_shards: tuple[str, ...], overrides: tuple[str, ...], resume: bool,
-                as_json: bool) -> None:
-    """Train and evaluate PIPELINE (default: the registry's default) on SHARDS (default: data.train_shards)."""
+def run_command(
+    pipeline: str | None,
+    shards: tuple[str, ...],
+    registry_path: str | None,
+    out_dir: Path | None,
+    steps: int | None,
+    eval_shards: tuple[str, ...],
+    overrides: tuple[str, ...],
+    resume: bool,
+    as_json: bool,
+) -> None:
+    """Train and evaluate PIPELINE (default: the registry's) on SHARDS (default: data.train_shards)."""
     from mbp.data.read import expand_shards
     from mbp.errors import ConfigError
     from mbp.session import resolve
@@ -36,7 +53,9 @@ def run_command(pipeline: str | None, shards: tuple[str, ...], registry_path: st
     data = resolved.pipeline.data
     train = expand_shards(list(shards) or data.train_shards)
     if not train:
-        raise ConfigError(f"pipeline '{resolved.name}' names no train shards: pass SHARDS or set data.train_shards")
+        raise ConfigError(
+            f"pipeline '{resolved.name}' names no train shards: pass SHARDS or set data.train_shards"
+        )
     evals = expand_shards(list(eval_shards) or data.eval_shards)
     out = out_dir or Path("mbp-runs") / resolved.name
     summary = run(resolved, out, resume=resume, train_shards=train, eval_shards=evals)
@@ -45,7 +64,10 @@ def run_command(pipeline: str | None, shards: tuple[str, ...], registry_path: st
         return
     m = summary["metrics"]
     shown = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float))
-    say(f"done: {summary['steps']} steps, {summary['samples_seen']} samples seen, {summary['samples_skipped']} skipped")
+    say(
+        f"done: {summary['steps']} steps, {summary['samples_seen']} samples seen, "
+        f"{summary['samples_skipped']} skipped"
+    )
     if shown:
         say(f"eval: {shown}")
     say(f"metrics: {summary['metrics_file']}")
@@ -60,7 +82,9 @@ def run_command(pipeline: str | None, shards: tuple[str, ...], registry_path: st
 @click.option("--checkpoint", "checkpoint", required=True, type=click.Path(file_okay=False, path_type=Path))
 @registry_option
 @json_option
-def eval_command(pipeline: str, shards: tuple[str, ...], checkpoint: Path, registry_path: str | None, as_json: bool) -> None:
+def eval_command(
+    pipeline: str, shards: tuple[str, ...], checkpoint: Path, registry_path: str | None, as_json: bool
+) -> None:
     """Evaluate a checkpoint on SHARDS with PIPELINE's task head."""
     from mbp.data.read import expand_shards
     from mbp.data.skips import SkipLog

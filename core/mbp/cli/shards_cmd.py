@@ -20,8 +20,12 @@ def shards_group() -> None:
 
 @shards_group.command("pack")
 @click.argument("paths", nargs=-1, required=True, metavar="[SRC_DIR] OUT_PATTERN")
-@click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), help="JSONL: field -> path or text.")
-@click.option("--maxcount", default=1000, show_default=True, type=click.IntRange(min=1), help="Samples per shard.")
+@click.option(
+    "--manifest", type=click.Path(dir_okay=False, path_type=Path), help="JSONL: field -> path or text."
+)
+@click.option(
+    "--maxcount", default=1000, show_default=True, type=click.IntRange(min=1), help="Samples per shard."
+)
 @json_option
 def pack_command(paths: tuple[str, ...], manifest: Path | None, maxcount: int, as_json: bool) -> None:
     """Pack SRC_DIR (files grouped by basename) or --manifest into shards named by OUT_PATTERN."""
@@ -41,7 +45,9 @@ def pack_command(paths: tuple[str, ...], manifest: Path | None, maxcount: int, a
 @click.option("--pipeline", default=None, help="Also report encoded lengths for this pipeline.")
 @registry_option
 @json_option
-def inspect_command(shards: tuple[str, ...], pipeline: str | None, registry_path: str | None, as_json: bool) -> None:
+def inspect_command(
+    shards: tuple[str, ...], pipeline: str | None, registry_path: str | None, as_json: bool
+) -> None:
     """Samples, fields (counts and sizes) and, with --pipeline, encoded lengths in tokens."""
     from mbp.data.inspect import inspect_shards
     from mbp.session import pipeline_encoder

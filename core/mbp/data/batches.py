@@ -89,7 +89,9 @@ def encoded_stream(
                 log.sample(str(error), "missing field" if "missing field" in str(error) else "bad field")
                 continue
             if len(sample.tokens) > seq_len:
-                log.sample(f"{raw.where}: {len(sample.tokens)} tokens, over data.seq_len {seq_len}", "too long")
+                log.sample(
+                    f"{raw.where}: {len(sample.tokens)} tokens, over data.seq_len {seq_len}", "too long"
+                )
                 continue
             yielded_any = True
             yield sample, position

@@ -96,6 +96,9 @@ def read_samples(
         raw = RawSample(str(sample.get("__url__", "?")), str(sample["__key__"]), fields)
         if raw.shard in failed:
             # the sample being read when its shard broke: some of its files may be lost or cut
-            log.sample(f"{raw.where}: cut short by the damaged shard (fields read: {', '.join(sorted(fields))})", "truncated")
+            log.sample(
+                f"{raw.where}: cut short by the damaged shard (fields read: {', '.join(sorted(fields))})",
+                "truncated",
+            )
             continue
         yield raw

@@ -13,7 +13,9 @@ from mbp.model.decoder import MultiscaleDecoder, Stage
 def build_model(config: ModelConfig | dict[str, Any], components: ComponentTable) -> MultiscaleDecoder:
     cfg = config if isinstance(config, ModelConfig) else ModelConfig.model_validate(config)
     stages = [
-        Stage(build_backbone(components, s.backbone.as_dict(), s.dim, s.layers), s.dim, s.seq_len, s.checkpoint)
+        Stage(
+            build_backbone(components, s.backbone.as_dict(), s.dim, s.layers), s.dim, s.seq_len, s.checkpoint
+        )
         for s in cfg.stages
     ]
     return MultiscaleDecoder(stages, loss_chunk=cfg.loss_chunk)

@@ -75,6 +75,8 @@ class MultiscaleDecoder(nn.Module):
                 raise ConfigError(f"stage {index} needs seq_len (its patch size)")
         self.num_stages = len(stages)
         self.seq_lens = [s.seq_len for s in stages]
+        self.patch_sizes = [int(s.seq_len or 1) for s in stages]
+        """Stage sequence lengths with stage 1's unbounded length read as 1 (only later ones are used)."""
         self.dims = [s.dim for s in stages]
         self.checkpointed = [s.checkpoint for s in stages]
         self.vocab_size = vocab_size
@@ -135,7 +137,7 @@ class MultiscaleDecoder(nn.Module):
         x = padded
         for s in range(self.num_stages):
             units = padded.view(-1, self.units[s])  # all stage-s units in order
-            seq = int(self.seq_lens[s]) if s > 0 else padded.shape[1] // self.units[0]
+            seq = self.patch_sizes[s] if s > 0 else padded.shape[1] // self.units[0]
             tokens = self.embeddings[s](units).view(-1, seq, self.dims[s])  # (N_s, P_s, D_s)
             start = self.start_tokens[s].expand(tokens.shape[0], 1, -1)
             if previous is not None:
@@ -143,7 +145,7 @@ class MultiscaleDecoder(nn.Module):
             x = torch.cat((start, tokens), dim=1)
             x = self._run(s, x)
             if s < self.num_stages - 1:
-                nxt = int(self.seq_lens[s + 1])
+                nxt = self.patch_sizes[s + 1]
                 previous = self.projections[s](x[:, :-1]).reshape(-1, nxt, self.dims[s + 1])
         del batch
         return x
@@ -171,7 +173,11 @@ class MultiscaleDecoder(nn.Module):
         chunk = self.loss_chunk or hidden.shape[1]
         nats = hidden.new_zeros(())
         for start in range(0, hidden.shape[1], chunk):
-            part = (hidden[:, start : start + chunk], ids[:, start : start + chunk], w[:, start : start + chunk])
+            part = (
+                hidden[:, start : start + chunk],
+                ids[:, start : start + chunk],
+                w[:, start : start + chunk],
+            )
             if self.loss_chunk and torch.is_grad_enabled():
                 nats = nats + checkpoint(self._chunk_nats, *part, use_reentrant=False)
             else:

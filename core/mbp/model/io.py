@@ -24,7 +24,9 @@ def state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
 
 
-def save_model(directory: Path, model: torch.nn.Module, config: ModelConfig, extra: dict[str, Any] | None = None) -> None:
+def save_model(
+    directory: Path, model: torch.nn.Module, config: ModelConfig, extra: dict[str, Any] | None = None
+) -> None:
     """Write ``model.safetensors`` and ``config.json`` into ``directory``, atomically."""
 
     def fill(tmp: Path) -> None:
@@ -66,5 +68,6 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise CheckpointError(
-            f"{path}: weights do not match the model (missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})"
+            f"{path}: weights do not match the model "
+            f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})"
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -14,7 +14,7 @@ from torch import nn
 class World:
     rank: int = 0
     size: int = 1
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def is_main(self) -> bool:
@@ -47,7 +47,9 @@ def wrap(model: nn.Module, world: World, strategy: str) -> nn.Module:
             fully_shard(backbone)
         fully_shard(model)
         return model
-    return nn.parallel.DistributedDataParallel(model, device_ids=[world.device.index] if world.device.type == "cuda" else None)
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[world.device.index] if world.device.type == "cuda" else None
+    )
 
 
 def all_reduce_sum(value: torch.Tensor, world: World) -> torch.Tensor:

@@ -13,7 +13,9 @@ from mbp.model.decoder import MultiscaleDecoder
 
 
 @torch.no_grad()
-def evaluate(model: MultiscaleDecoder, batches: Iterable[Batch], head: Any, *, bf16: bool = False) -> dict[str, Any]:
+def evaluate(
+    model: MultiscaleDecoder, batches: Iterable[Batch], head: Any, *, bf16: bool = False
+) -> dict[str, Any]:
     metrics = head.metrics()
     was_training = model.training
     model.eval()

@@ -54,7 +54,9 @@ def eval_batches(resolved: Resolved, shards: list[str], log: SkipLog) -> list[Ba
     return [b for b, _ in batches(stream, data.batch_size, data.seq_len)]
 
 
-def run(resolved: Resolved, out: Path, *, resume: bool, train_shards: list[str], eval_shards: list[str]) -> dict[str, Any]:
+def run(
+    resolved: Resolved, out: Path, *, resume: bool, train_shards: list[str], eval_shards: list[str]
+) -> dict[str, Any]:
     world = D.init_world()
     pipeline, cfg, data = resolved.pipeline, resolved.pipeline.train, resolved.pipeline.data
     if world.is_main:
@@ -64,7 +66,9 @@ def run(resolved: Resolved, out: Path, *, resume: bool, train_shards: list[str],
     torch.manual_seed(cfg.seed)
     model: MultiscaleDecoder = build_model(pipeline.model, get_platform().components).to(world.device)
     if data.seq_len % model.patch_len:
-        raise DataError(f"data.seq_len {data.seq_len} must be a multiple of the patch length {model.patch_len}")
+        raise DataError(
+            f"data.seq_len {data.seq_len} must be a multiple of the patch length {model.patch_len}"
+        )
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     state = TrainState(0, 0, 0, 0, 0)
     existing = list_checkpoints(out)
@@ -88,7 +92,9 @@ def run(resolved: Resolved, out: Path, *, resume: bool, train_shards: list[str],
         t0 = time.perf_counter()
         loss_sum, tokens = 0.0, 0
         for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * lr_factor(state.step, warmup=cfg.warmup_steps, total=cfg.steps, min_ratio=cfg.min_lr_ratio)
+            group["lr"] = cfg.lr * lr_factor(
+                state.step, warmup=cfg.warmup_steps, total=cfg.steps, min_ratio=cfg.min_lr_ratio
+            )
         optimizer.zero_grad(set_to_none=True)
         for _ in range(cfg.grad_accum):
             batch, position = next(train)
@@ -107,16 +113,32 @@ def run(resolved: Resolved, out: Path, *, resume: bool, train_shards: list[str],
         state.samples_skipped = log.samples_skipped
         progress.update(state.step, loss_sum, tokens * world.size / (time.perf_counter() - t0))
         if metrics and (state.step % cfg.log_every == 0 or state.step == cfg.steps):
-            metrics.write({"kind": "train", "step": state.step, "loss": loss_sum, "train_bpb": loss_sum / 0.6931471805599453,
-                           "lr": optimizer.param_groups[0]["lr"], "samples_seen": state.samples_seen})
+            metrics.write(
+                {
+                    "kind": "train",
+                    "step": state.step,
+                    "loss": loss_sum,
+                    "train_bpb": loss_sum / 0.6931471805599453,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "samples_seen": state.samples_seen,
+                }
+            )
         if evals and (state.step % cfg.eval_every == 0 or state.step == cfg.steps):
             last_eval = evaluate(model, evals, resolved.head, bf16=cfg.bf16)
             if metrics:
-                metrics.write({"kind": "eval", "step": state.step, "eval_bpb": last_eval.get("bpb"),
-                               **{k: v for k, v in last_eval.items() if k != "confusion"}})
+                metrics.write(
+                    {
+                        "kind": "eval",
+                        "step": state.step,
+                        "eval_bpb": last_eval.get("bpb"),
+                        **{k: v for k, v in last_eval.items() if k != "confusion"},
+                    }
+                )
         if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
             if world.is_main:
-                checkpoint = save_checkpoint(out, model, optimizer, state, resolved.name, pipeline, cfg.keep_checkpoints)
+                checkpoint = save_checkpoint(
+                    out, model, optimizer, state, resolved.name, pipeline, cfg.keep_checkpoints
+                )
             D.barrier(world)
     progress.done()
     summary = _summary(resolved, state, log, last_eval, checkpoint, out, metrics)
@@ -135,17 +157,33 @@ class LossStep(torch.nn.Module):
         return self.model.loss(ids, weights).loss
 
 
-def _train_batches(resolved: Resolved, shards: list[str], log: SkipLog, state: TrainState, world: D.World) -> Iterator[tuple[Batch, Position]]:
+def _train_batches(
+    resolved: Resolved, shards: list[str], log: SkipLog, state: TrainState, world: D.World
+) -> Iterator[tuple[Batch, Position]]:
     data, cfg = resolved.pipeline.data, resolved.pipeline.train
     stream = encoded_stream(
-        shards, resolved.encoder, data.seq_len, log, seed=cfg.seed, shuffle_buffer=data.shuffle_buffer,
-        start=Position(state.epoch, state.consumed), rank=world.rank, world=world.size,
+        shards,
+        resolved.encoder,
+        data.seq_len,
+        log,
+        seed=cfg.seed,
+        shuffle_buffer=data.shuffle_buffer,
+        start=Position(state.epoch, state.consumed),
+        rank=world.rank,
+        world=world.size,
     )
     return batches(stream, data.batch_size // world.size, data.seq_len, pack=data.pack)
 
 
-def _summary(resolved: Resolved, state: TrainState, log: SkipLog, last_eval: dict[str, Any],
-             checkpoint: Path | None, out: Path, metrics: MetricsLog | None) -> dict[str, Any]:
+def _summary(
+    resolved: Resolved,
+    state: TrainState,
+    log: SkipLog,
+    last_eval: dict[str, Any],
+    checkpoint: Path | None,
+    out: Path,
+    metrics: MetricsLog | None,
+) -> dict[str, Any]:
     plot_path = None
     if metrics:
         metrics.close()
@@ -163,4 +201,4 @@ def _summary(resolved: Resolved, state: TrainState, log: SkipLog, last_eval: dic
     }
 
 
-__all__ = ["OutputError", "run", "expand_shards"]
+__all__ = ["OutputError", "expand_shards", "run"]

@@ -49,7 +49,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     if evals:
         left.plot([r["step"] for r in evals], [r["eval_bpb"] for r in evals], "o-", label="eval, all tokens")
     for key in codecs:
-        left.plot([r["step"] for r in evals if key in r], [r[key] for r in evals if key in r], ".--", label=f"eval {key[4:]}")
+        left.plot(
+            [r["step"] for r in evals if key in r],
+            [r[key] for r in evals if key in r],
+            ".--",
+            label=f"eval {key[4:]}",
+        )
     left.set(xlabel="step", ylabel="bits per byte", title="bits per byte")
     left.legend(fontsize=8)
     if any("accuracy" in r for r in evals):

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import codecs
 
-from pydantic import BaseModel, ConfigDict
-
 from mbp.errors import CodecError
 from mbp.hookspecs import Register, hookimpl
 from mbp.protocol import Segment
+from pydantic import BaseModel, ConfigDict
 
 
 class Rot13Params(BaseModel):
