@@ -73,11 +73,14 @@ def parse_header(raw: bytes) -> tuple[str, dict[str, str]]:
 
 
 def encode_segment(segment: Segment) -> np.ndarray:
-    header = np.frombuffer(segment.header(), dtype=np.uint8)
-    payload = np.frombuffer(segment.payload, dtype=np.uint8)
-    return np.concatenate(
-        [[SEG], header.astype(TOKEN_DTYPE), [HDR], payload.astype(TOKEN_DTYPE), [END]]
-    ).astype(TOKEN_DTYPE)
+    header = segment.header()
+    out = np.empty(len(header) + len(segment.payload) + 3, dtype=TOKEN_DTYPE)
+    out[0] = SEG
+    out[1 : 1 + len(header)] = np.frombuffer(header, dtype=np.uint8)
+    out[1 + len(header)] = HDR
+    out[2 + len(header) : -1] = np.frombuffer(segment.payload, dtype=np.uint8)
+    out[-1] = END
+    return out
 
 
 def encode_sample(segments: Iterable[Segment]) -> np.ndarray:

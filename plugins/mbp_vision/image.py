@@ -31,7 +31,7 @@ class ImageCodec:
         self.max_pixels = max_pixels
 
     def encode(self, data: bytes) -> Segment:
-        image = open_image(data, self.max_pixels)
+        image = open_image(data, self.max_pixels, decode=self.reencode is not None)
         fmt = (image.format or "").lower()
         if self.reencode is None:
             return Segment(self.name, bytes(data), {"format": fmt})
@@ -42,7 +42,7 @@ class ImageCodec:
         return Segment(self.name, buffer.getvalue(), {"format": self.reencode})
 
     def decode(self, segment: Segment) -> bytes:
-        open_image(segment.payload, self.max_pixels)
+        open_image(segment.payload, self.max_pixels, decode=False)
         return segment.payload
 
     def to_file(self, segment: Segment) -> bytes:

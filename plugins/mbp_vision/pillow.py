@@ -11,8 +11,9 @@ from PIL import Image
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 
 
-def open_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Open and fully load an image; reject unknown formats and decompression bombs before decoding."""
+def open_image(data: bytes, max_pixels: int, *, decode: bool = True) -> Image.Image:
+    """Open an image and, with ``decode``, load its pixels (else run Pillow's cheaper integrity check);
+    reject unknown formats and decompression bombs before decoding."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -22,7 +23,10 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
                 raise CodecError(
                     f"image is {width}x{height} = {width * height} pixels, over the limit {max_pixels}"
                 )
-            image.load()
+            if decode:
+                image.load()
+            else:
+                image.verify()
     except CodecError:
         raise
     except Image.DecompressionBombError as error:

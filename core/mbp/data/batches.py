@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,30 +70,32 @@ def encoded_stream(
     """Encoded samples in a deterministic order (given the seed), with the position after each.
 
     Resuming from a position replays the same order and skips what was already consumed, so a
-    resumed run sees exactly the samples an uninterrupted one would.
+    resumed run sees exactly the samples an uninterrupted one would. Sample ``i`` of the stream goes to
+    rank ``i % world``.
     """
     position = Position(start.epoch, start.consumed) if start else Position()
     while True:
         rng = np.random.default_rng([seed, position.epoch])
-        raw_iter = read_samples(
-            shards, log, seed=seed + position.epoch, shuffle_shards=shuffle_buffer > 0, rank=rank, world=world
-        )
+        order = list(shards)
+        if shuffle_buffer > 0:
+            random.Random(seed + position.epoch).shuffle(order)
+        items = _encode_items(encoder, order, log)
         index = 0
         yielded_any = False
-        for raw in _shuffled(raw_iter, shuffle_buffer, rng):
+        for kind, payload in _shuffled(items, shuffle_buffer, rng):
             index += 1
             if index <= position.consumed:
                 continue
             position = Position(position.epoch, index)
-            try:
-                sample = encoder.encode(raw)
-            except DataError as error:
-                log.sample(str(error), "missing field" if "missing field" in str(error) else "bad field")
+            if (index - 1) % world != rank:
                 continue
+            if kind == "error":
+                log.sample(*payload)
+                continue
+            sample: EncodedSample = payload
             if len(sample.tokens) > seq_len:
-                log.sample(
-                    f"{raw.where}: {len(sample.tokens)} tokens, over data.seq_len {seq_len}", "too long"
-                )
+                message = f"{sample.where}: {len(sample.tokens)} tokens, over data.seq_len {seq_len}"
+                log.sample(message, "too long")
                 continue
             yielded_any = True
             yield sample, position
@@ -100,6 +104,15 @@ def encoded_stream(
         if not yielded_any and position.consumed == 0:
             raise DataError(f"no usable sample in {len(shards)} shard(s): {', '.join(shards[:3])}")
         position = Position(position.epoch + 1, 0)
+
+
+def _encode_items(encoder: SampleEncoder, shards: list[str], log: SkipLog) -> Iterator[tuple[str, Any]]:
+    """Every sample of ``shards`` in order: ("sample", EncodedSample) or ("error", (message, kind))."""
+    for raw in read_samples(shards, log):
+        try:
+            yield "sample", encoder.encode(raw)
+        except DataError as error:
+            yield "error", (str(error), "missing field" if "missing field" in str(error) else "bad field")
 
 
 def _shuffled(items: Iterator, buffer: int, rng: np.random.Generator) -> Iterator:
