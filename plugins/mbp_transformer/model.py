@@ -22,15 +22,20 @@ class TransformerParams(BaseModel):
     rope_base: float = Field(default=10000.0, gt=0)
 
 
-def rotary(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
-    """Rotate pairs of ``x: (B, H, L, K)`` by angles of ``positions: (B, L)`` (split-half layout)."""
-    half = x.shape[-1] // 2
-    freqs = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
-    angles = positions.to(torch.float32)[:, None, :, None] * freqs  # (B, 1, L, K/2)
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-    x1, x2 = x[..., :half], x[..., half : 2 * half]
-    rotated = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-    return torch.cat((rotated, x[..., 2 * half :]), dim=-1)
+def rotations(positions: torch.Tensor, head_dim: int, base: float, dtype: torch.dtype) -> torch.Tensor:
+    """Unit complex numbers ``exp(i * position * freq)``: (..., K/2) for ``positions: (...)``."""
+    half = head_dim // 2
+    freqs = base ** (-torch.arange(half, device=positions.device, dtype=torch.float64) / half)
+    angles = positions.to(torch.float64)[..., None] * freqs
+    turns = torch.polar(torch.ones_like(angles), angles)
+    return turns if dtype == torch.float64 else turns.to(torch.complex64)
+
+
+def rotary(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs of ``x: (B, L, H, K)`` by ``turns: (B or 1, L, 1, K/2)``: one complex product."""
+    real = torch.float64 if x.dtype == torch.float64 else torch.float32
+    pairs = torch.view_as_complex(x.to(real).unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * turns).flatten(-2).to(x.dtype)
 
 
 class KVCache:
@@ -54,39 +59,51 @@ class Attention(nn.Module):
         if dim % heads:
             raise ValueError(f"transformer width {dim} is not divisible by heads={heads}")
         self.heads, self.head_dim, self.dropout, self.rope_base = heads, dim // heads, dropout, rope_base
+        if self.head_dim % 2:
+            raise ValueError(f"rotary positions need an even head width, got {self.head_dim} (width {dim} / {heads} heads)")
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.out = nn.Linear(dim, dim, bias=False)
+        self._cache_key: tuple | None = None
+        self._cache = torch.empty(0)
 
-    def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _split(self, x: torch.Tensor, turns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries and keys rotated by ``turns``, and values; each (B, H, L, K)."""
         b, length, _ = x.shape
-        qkv = self.qkv(x).view(b, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return qkv[0], qkv[1], qkv[2]  # each (B, H, L, K)
+        # unbind, not indexing: indexing's backward zero-fills the whole fused tensor once per part
+        q, k, v = self.qkv(x).view(b, length, 3, self.heads, self.head_dim).unbind(2)
+        q, k = rotary(q, turns), rotary(k, turns)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def _turns(self, length: int, like: torch.Tensor) -> torch.Tensor:
+        """Rotations of positions 0..length-1, (1, L, 1, K/2), kept while length, device and dtype hold."""
+        key = (length, like.device, like.dtype)
+        if self._cache_key != key:
+            positions = torch.arange(length, device=like.device)[None]
+            self._cache_key = key
+            self._cache = rotations(positions, self.head_dim, self.rope_base, like.dtype)[:, :, None, :]
+        return self._cache
 
     def _merge(self, y: torch.Tensor) -> torch.Tensor:
         b, _, length, _ = y.shape
         return self.out(y.transpose(1, 2).reshape(b, length, -1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._split(x)
-        positions = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
-        q, k = rotary(q, positions, self.rope_base), rotary(k, positions, self.rope_base)
+        q, k, v = self._split(x, self._turns(x.shape[1], x))
         drop = self.dropout if self.training else 0.0
         return self._merge(F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop))
 
     def prefill(self, x: torch.Tensor, cache: KVCache, layer: int, row: int) -> torch.Tensor:
-        q, k, v = self._split(x)
-        positions = torch.arange(x.shape[1], device=x.device)[None]
-        q, k = rotary(q, positions, self.rope_base), rotary(k, positions, self.rope_base)
+        q, k, v = self._split(x, self._turns(x.shape[1], x))
         cache.keys[layer][row, :, : x.shape[1]] = k[0]
         cache.values[layer][row, :, : x.shape[1]] = v[0]
         return self._merge(F.scaled_dot_product_attention(q, k, v, is_causal=True))
 
     def step(self, x: torch.Tensor, cache: KVCache, layer: int, active: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._split(x[:, None])  # (B, H, 1, K)
         pos = cache.lengths  # (B,)
         if bool(active.any()) and int(pos[active].max()) >= cache.capacity:
             raise RuntimeError(f"KV cache capacity {cache.capacity} exceeded")
-        q, k = rotary(q, pos[:, None], self.rope_base), rotary(k, pos[:, None], self.rope_base)
+        turns = rotations(pos[:, None], self.head_dim, self.rope_base, x.dtype)[:, :, None, :]
+        q, k, v = self._split(x[:, None], turns)  # (B, H, 1, K)
         slot = torch.clamp(pos, max=cache.capacity - 1)
         rows = torch.arange(x.shape[0], device=x.device)
         keys, values = cache.keys[layer], cache.values[layer]

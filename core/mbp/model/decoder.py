@@ -26,6 +26,9 @@ from mbp.errors import ConfigError
 from mbp.protocol import PAD, VOCAB_SIZE
 
 
+CHECKPOINT_POSITIONS = 1 << 14
+
+
 @dataclass(frozen=True)
 class Stage:
     backbone: nn.Module
@@ -151,10 +154,15 @@ class MultiscaleDecoder(nn.Module):
         return x
 
     def _run(self, s: int, x: torch.Tensor) -> torch.Tensor:
+        """Stage s's backbone over ``x: (N_s, P_s + 1, D_s)``. A checkpointed stage keeps only its inputs
+        and recomputes in backward, in row chunks of about CHECKPOINT_POSITIONS positions, so a stage's
+        activations never exist all at once (rows are independent sequences: results are identical)."""
         backbone = self.backbones[s]
-        if self.checkpointed[s] and self.training and torch.is_grad_enabled():
-            return checkpoint(backbone, x, use_reentrant=False)
-        return backbone(x)
+        if not (self.checkpointed[s] and self.training and torch.is_grad_enabled()):
+            return backbone(x)
+        rows = max(1, CHECKPOINT_POSITIONS // x.shape[1])
+        parts = [checkpoint(backbone, part, use_reentrant=False) for part in x.split(rows)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, L, V)`` predicting each token from the tokens before it."""
@@ -187,5 +195,5 @@ class MultiscaleDecoder(nn.Module):
 
     def _chunk_nats(self, hidden: torch.Tensor, ids: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         logits = self.to_logits(hidden).float()
-        ce = F.cross_entropy(logits.transpose(1, 2), ids.long(), reduction="none")
-        return (ce * w.float()).sum()
+        ce = F.cross_entropy(logits.flatten(0, 1), ids.long().flatten(), reduction="none")
+        return (ce * w.float().flatten()).sum()
