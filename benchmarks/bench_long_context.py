@@ -17,9 +17,26 @@ from benchmarks.common import save
 
 CONFIG = {
     "stages": [
-        {"backbone": {"type": "mamba", "state": 32, "headdim": 32, "chunk": 64}, "dim": 128, "layers": 2, "checkpoint": True},
-        {"backbone": {"type": "transformer", "heads": 2}, "dim": 64, "layers": 1, "seq_len": 16, "checkpoint": True},
-        {"backbone": {"type": "transformer", "heads": 2}, "dim": 32, "layers": 1, "seq_len": 8, "checkpoint": True},
+        {
+            "backbone": {"type": "mamba", "state": 32, "headdim": 32, "chunk": 64},
+            "dim": 128,
+            "layers": 2,
+            "checkpoint": True,
+        },
+        {
+            "backbone": {"type": "transformer", "heads": 2},
+            "dim": 64,
+            "layers": 1,
+            "seq_len": 16,
+            "checkpoint": True,
+        },
+        {
+            "backbone": {"type": "transformer", "heads": 2},
+            "dim": 32,
+            "layers": 1,
+            "seq_len": 8,
+            "checkpoint": True,
+        },
     ],
     "loss_chunk": 1 << 16,
 }
@@ -27,7 +44,6 @@ CONFIG = {
 
 def one_step(length: int) -> dict:
     import torch
-
     from mbp.model.build import build_model
     from mbp.plugins import get_platform
 
@@ -39,18 +55,28 @@ def one_step(length: int) -> dict:
     loss = model.loss(ids).loss
     loss.backward()
     optimizer.step()
-    return {"bytes": length, "loss": float(loss), "step_s": round(time.perf_counter() - start, 1),
-            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-            "params": sum(p.numel() for p in model.parameters())}
+    return {
+        "bytes": length,
+        "loss": float(loss),
+        "step_s": round(time.perf_counter() - start, 1),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "params": sum(p.numel() for p in model.parameters()),
+    }
 
 
 def main(lengths: list[int]) -> None:
     rows = []
     for length in lengths:
-        done = subprocess.run([sys.executable, "-m", "benchmarks.bench_long_context", "--one", str(length)],
-                              capture_output=True, text=True)
-        rows.append(json.loads(done.stdout) if done.returncode == 0 else
-                    {"bytes": length, "failed": done.returncode, "stderr": done.stderr[-300:]})
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks.bench_long_context", "--one", str(length)],
+            capture_output=True,
+            text=True,
+        )
+        rows.append(
+            json.loads(done.stdout)
+            if done.returncode == 0
+            else {"bytes": length, "failed": done.returncode, "stderr": done.stderr[-300:]}
+        )
         print(json.dumps(rows[-1]), flush=True)
     save("long_context", {"machine": "2 cores, 24 GiB, CPU", "config": CONFIG, "runs": rows})
 

@@ -19,12 +19,25 @@ VOCAB, PAD = 262, 256
 
 def build(seq_lens: list[int]) -> MBLM:
     blocks = [
-        TransformerBlock(block_type="transformer", attn_head_dims=dim // 4, attn_num_heads=4,
-                         attn_use_rot_embs=True, use_flash_attn=True, ff_multiplier=2)
+        TransformerBlock(
+            block_type="transformer",
+            attn_head_dims=dim // 4,
+            attn_num_heads=4,
+            attn_use_rot_embs=True,
+            use_flash_attn=True,
+            ff_multiplier=2,
+        )
         for dim in (256, 128)
     ]
-    config = MBLMModelConfig(num_tokens=VOCAB, pad_token_id=PAD, hidden_dims=[256, 128], num_layers=[4, 2],
-                             seq_lens=seq_lens, train_checkpoint_chunks=None, block=blocks)
+    config = MBLMModelConfig(
+        num_tokens=VOCAB,
+        pad_token_id=PAD,
+        hidden_dims=[256, 128],
+        num_layers=[4, 2],
+        seq_lens=seq_lens,
+        train_checkpoint_chunks=None,
+        block=blocks,
+    )
     return MBLM(config)
 
 
@@ -70,5 +83,7 @@ def generate(prompt: int, new: int) -> dict:
 
 if __name__ == "__main__":
     task, *args = sys.argv[1:]
-    result = {"train_step": train_step, "peak_memory": peak_memory, "generate": generate}[task](*map(int, args))
+    result = {"train_step": train_step, "peak_memory": peak_memory, "generate": generate}[task](
+        *map(int, args)
+    )
     print(json.dumps(result))

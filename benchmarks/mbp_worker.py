@@ -8,7 +8,6 @@ import sys
 import time
 
 import torch
-
 from mbp.generate import generate as mbp_generate
 from mbp.model.build import build_model
 from mbp.plugins import get_platform
@@ -61,11 +60,17 @@ def generate(prompt: int, new: int, batch: int = 1) -> dict:
     out = mbp_generate(model, prompts, max_new=new, stop_tokens=())
     elapsed = time.perf_counter() - start
     produced = sum(len(row) for row in out)
-    return {"bytes_per_s": produced / elapsed, "seconds": elapsed, "prefill_s": prefill,
-            "decode_s_per_byte": (elapsed - prefill) / (new - 1)}
+    return {
+        "bytes_per_s": produced / elapsed,
+        "seconds": elapsed,
+        "prefill_s": prefill,
+        "decode_s_per_byte": (elapsed - prefill) / (new - 1),
+    }
 
 
 if __name__ == "__main__":
     task, *args = sys.argv[1:]
-    result = {"train_step": train_step, "peak_memory": peak_memory, "generate": generate}[task](*map(int, args))
+    result = {"train_step": train_step, "peak_memory": peak_memory, "generate": generate}[task](
+        *map(int, args)
+    )
     print(json.dumps(result))

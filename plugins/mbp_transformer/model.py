@@ -60,7 +60,9 @@ class Attention(nn.Module):
             raise ValueError(f"transformer width {dim} is not divisible by heads={heads}")
         self.heads, self.head_dim, self.dropout, self.rope_base = heads, dim // heads, dropout, rope_base
         if self.head_dim % 2:
-            raise ValueError(f"rotary positions need an even head width, got {self.head_dim} (width {dim} / {heads} heads)")
+            raise ValueError(
+                f"rotary positions need an even head width, got {self.head_dim} (width {dim} / {heads} heads)"
+            )
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.out = nn.Linear(dim, dim, bias=False)
         self._cache_key: tuple | None = None

@@ -25,7 +25,6 @@ from torch.utils.checkpoint import checkpoint
 from mbp.errors import ConfigError
 from mbp.protocol import PAD, VOCAB_SIZE
 
-
 CHECKPOINT_POSITIONS = 1 << 14
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,93 +59,151 @@ def eval_batches(resolved: Resolved, shards: list[str], log: SkipLog) -> list[Ba
 def run(
     resolved: Resolved, out: Path, *, resume: bool, train_shards: list[str], eval_shards: list[str]
 ) -> dict[str, Any]:
+    """Train and evaluate ``resolved`` as its pipeline says; return the summary ``mbp run --json`` prints."""
     world = D.init_world()
-    pipeline, cfg, data = resolved.pipeline, resolved.pipeline.train, resolved.pipeline.data
-    if world.is_main:
-        check_writable(out)
-    if data.batch_size % world.size:
-        raise DataError(f"data.batch_size {data.batch_size} must divide evenly over {world.size} processes")
-    torch.manual_seed(cfg.seed)
-    model: MultiscaleDecoder = build_model(pipeline.model, get_platform().components).to(world.device)
-    if data.seq_len % model.patch_len:
-        raise DataError(
-            f"data.seq_len {data.seq_len} must be a multiple of the patch length {model.patch_len}"
-        )
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    state = TrainState(0, 0, 0, 0, 0)
-    existing = list_checkpoints(out)
-    if resume and existing:
-        state, _ = load_checkpoint(existing[-1], model, optimizer)
-    elif resume:
-        raise CheckpointError(f"--resume: no checkpoint in {out / 'checkpoints'}")
-    wrapped = D.wrap(LossStep(model), world, cfg.strategy)
-    log = SkipLog(quiet=not world.is_main)
-    log.samples_skipped = state.samples_skipped
-    train = _train_batches(resolved, train_shards, log, state, world)
-    evals = eval_batches(resolved, eval_shards, SkipLog(quiet=True)) if eval_shards else []
-    metrics = MetricsLog(out / "metrics.jsonl", append=resume) if world.is_main else None
-    if metrics and resume:
-        metrics.truncate_after(state.step)
-    progress = Progress(cfg.steps, state.step)
-    last_eval: dict[str, Any] = {}
-    checkpoint: Path | None = existing[-1] if resume and existing else None
-    wrapped.train()
-    while state.step < cfg.steps:
-        t0 = time.perf_counter()
-        loss_sum, tokens = 0.0, 0
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * lr_factor(
-                state.step, warmup=cfg.warmup_steps, total=cfg.steps, min_ratio=cfg.min_lr_ratio
+    try:
+        return Trainer(
+            resolved, out, world, resume=resume, train_shards=train_shards, eval_shards=eval_shards
+        ).run()
+    finally:
+        D.shutdown(world)
+
+
+class Trainer:
+    """One training run: the model, its optimizer and data, and what gets logged and saved."""
+
+    def __init__(
+        self,
+        resolved: Resolved,
+        out: Path,
+        world: D.World,
+        *,
+        resume: bool,
+        train_shards: list[str],
+        eval_shards: list[str],
+    ) -> None:
+        self.resolved, self.out, self.world = resolved, out, world
+        self.cfg, data = resolved.pipeline.train, resolved.pipeline.data
+        if world.is_main:
+            check_writable(out)
+        if data.batch_size % world.size:
+            raise DataError(
+                f"data.batch_size {data.batch_size} must divide evenly over {world.size} processes"
             )
-        optimizer.zero_grad(set_to_none=True)
+        torch.manual_seed(self.cfg.seed)
+        self.model: MultiscaleDecoder = build_model(resolved.pipeline.model, get_platform().components)
+        self.model.to(world.device)
+        if data.seq_len % self.model.patch_len:
+            raise DataError(
+                f"data.seq_len {data.seq_len} must be a multiple of the patch length {self.model.patch_len}"
+            )
+        self.optimizer = make_optimizer(self.model, self.cfg.lr, self.cfg.weight_decay)
+        self.state = TrainState(0, 0, 0, 0, 0)
+        existing = list_checkpoints(out)
+        if resume and not existing:
+            raise CheckpointError(f"--resume: no checkpoint in {out / 'checkpoints'}")
+        if resume:
+            self.state, _ = load_checkpoint(existing[-1], self.model, self.optimizer)
+        self.checkpoint: Path | None = existing[-1] if resume else None
+        self.wrapped = D.wrap(LossStep(self.model), world, self.cfg.strategy)
+        self.log = SkipLog(quiet=not world.is_main)
+        self.log.samples_skipped = self.state.samples_skipped
+        self.train = _train_batches(resolved, train_shards, self.log, self.state, world)
+        self.evals = eval_batches(resolved, eval_shards, SkipLog(quiet=True)) if eval_shards else []
+        self.metrics = MetricsLog(out / "metrics.jsonl", append=resume) if world.is_main else None
+        if self.metrics and resume:
+            self.metrics.truncate_after(self.state.step)
+        self.last_eval: dict[str, Any] = {}
+        # throughput window: bytes trained since the last log line, over wall time minus eval and saving
+        self.window_start, self.window_tokens = time.perf_counter(), 0
+
+    def run(self) -> dict[str, Any]:
+        cfg, state = self.cfg, self.state
+        progress = Progress(cfg.steps, state.step)
+        self.wrapped.train()
+        while state.step < cfg.steps:
+            started = time.perf_counter()
+            loss, tokens = self.step()
+            progress.update(state.step, loss, tokens / (time.perf_counter() - started))
+            last = state.step == cfg.steps
+            if state.step % cfg.log_every == 0 or last:
+                self.log_train(loss)
+            if self.evals and (state.step % cfg.eval_every == 0 or last):
+                self.paused(self.evaluate)
+            if state.step % cfg.checkpoint_every == 0 or last:
+                self.paused(self.save)
+        progress.done()
+        return _summary(
+            self.resolved, state, self.log, self.last_eval, self.checkpoint, self.out, self.metrics
+        )
+
+    def step(self) -> tuple[float, int]:
+        """One optimizer step over ``grad_accum`` batches; returns the mean loss and the bytes trained."""
+        cfg, state, world = self.cfg, self.state, self.world
+        factor = lr_factor(state.step, warmup=cfg.warmup_steps, total=cfg.steps, min_ratio=cfg.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.lr * factor
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum, tokens = 0.0, 0
         for _ in range(cfg.grad_accum):
-            batch, position = next(train)
+            batch, position = next(self.train)
             ids, weights = batch.tokens.to(world.device), batch.weights.to(world.device)
             with torch.autocast(world.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                loss = wrapped(ids, weights)
+                loss = self.wrapped(ids, weights)
             (loss / cfg.grad_accum).backward()
             loss_sum += float(loss.detach()) / cfg.grad_accum
-            tokens += batch.num_tokens
+            tokens += batch.num_tokens * world.size
             state.samples_seen += len(batch.samples) * world.size
             state.epoch, state.consumed = position.epoch, position.consumed
         if cfg.clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        optimizer.step()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
+        self.optimizer.step()
         state.step += 1
-        state.samples_skipped = log.samples_skipped
-        progress.update(state.step, loss_sum, tokens * world.size / (time.perf_counter() - t0))
-        if metrics and (state.step % cfg.log_every == 0 or state.step == cfg.steps):
-            metrics.write(
+        state.samples_skipped = self.log.samples_skipped
+        self.window_tokens += tokens
+        return loss_sum, tokens
+
+    def log_train(self, loss: float) -> None:
+        if self.metrics:
+            self.metrics.write(
                 {
                     "kind": "train",
-                    "step": state.step,
-                    "loss": loss_sum,
-                    "train_bpb": loss_sum / 0.6931471805599453,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "samples_seen": state.samples_seen,
+                    "step": self.state.step,
+                    "loss": loss,
+                    "train_bpb": loss / math.log(2),
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "samples_seen": self.state.samples_seen,
+                    "bytes_per_s": self.window_tokens / (time.perf_counter() - self.window_start),
                 }
             )
-        if evals and (state.step % cfg.eval_every == 0 or state.step == cfg.steps):
-            last_eval = evaluate(model, evals, resolved.head, bf16=cfg.bf16)
-            if metrics:
-                metrics.write(
-                    {
-                        "kind": "eval",
-                        "step": state.step,
-                        "eval_bpb": last_eval.get("bpb"),
-                        **{k: v for k, v in last_eval.items() if k != "confusion"},
-                    }
-                )
-        if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
-            if world.is_main:
-                checkpoint = save_checkpoint(
-                    out, model, optimizer, state, resolved.name, pipeline, cfg.keep_checkpoints
-                )
-            D.barrier(world)
-    progress.done()
-    summary = _summary(resolved, state, log, last_eval, checkpoint, out, metrics)
-    D.shutdown(world)
-    return summary
+        self.window_start, self.window_tokens = time.perf_counter(), 0
+
+    def evaluate(self) -> None:
+        self.last_eval = evaluate(self.model, self.evals, self.resolved.head, bf16=self.cfg.bf16)
+        if self.metrics:
+            shown = {k: v for k, v in self.last_eval.items() if k != "confusion"}
+            self.metrics.write(
+                {"kind": "eval", "step": self.state.step, "eval_bpb": self.last_eval.get("bpb"), **shown}
+            )
+
+    def save(self) -> None:
+        if self.world.is_main:
+            self.checkpoint = save_checkpoint(
+                self.out,
+                self.model,
+                self.optimizer,
+                self.state,
+                self.resolved.name,
+                self.resolved.pipeline,
+                self.cfg.keep_checkpoints,
+            )
+        D.barrier(self.world)
+
+    def paused(self, work: Callable[[], None]) -> None:
+        """Run work that is not training and keep it out of the throughput window."""
+        started = time.perf_counter()
+        work()
+        self.window_start += time.perf_counter() - started
 
 
 class LossStep(torch.nn.Module):

@@ -1,0 +1,81 @@
+"""Issue 7: the Mamba backbone's PyTorch path against mambapy (forward + backward, L=4096,
+d_model=256, one layer), and per-byte generation time with a Mamba global stage for 64 KiB vs 1 KiB
+prompts. Side by side in one run; mambapy runs in benchmarks/.venv-ref (see bench_model.py).
+
+Run: python benchmarks/bench_mamba.py
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import torch
+from mbp.generate import generate
+from mbp.model.build import build_model
+from mbp.plugins import get_platform
+from mbp_mamba.backbone import Mamba
+
+from benchmarks.bench_model import HERE, REF_PYTHON, ensure_reference_venv
+from benchmarks.common import save
+
+
+def ours(length: int, dim: int, repeats: int) -> dict:
+    torch.manual_seed(0)
+    model = Mamba(dim=dim, layers=1, state=16, headdim=32, expand=2, chunk=64)
+    x = torch.randn(1, length, dim)
+    times = []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        model(x).sum().backward()
+        if i:
+            times.append(time.perf_counter() - start)
+    return {"fwd_bwd_s": sorted(times)[len(times) // 2], "params": sum(p.numel() for p in model.parameters())}
+
+
+def per_byte(prompt: int, new: int = 256) -> float:
+    torch.manual_seed(0)
+    config = {
+        "stages": [
+            {"backbone": {"type": "mamba", "state": 64, "headdim": 32}, "dim": 256, "layers": 4},
+            {"backbone": {"type": "transformer", "heads": 4}, "dim": 128, "layers": 2, "seq_len": 8},
+        ]
+    }
+    model = build_model(config, get_platform().components).eval()
+    prompts = [torch.randint(0, 256, (prompt,))]
+    start = time.perf_counter()
+    generate(model, prompts, max_new=1, stop_tokens=())
+    prefill = time.perf_counter() - start
+    start = time.perf_counter()
+    generate(model, prompts, max_new=new, stop_tokens=())
+    return (time.perf_counter() - start - prefill) / (new - 1)
+
+
+def main() -> None:
+    ensure_reference_venv()
+    length, dim, repeats = 4096, 256, 5
+    a = ours(length, dim, repeats)
+    done = subprocess.run(
+        [str(REF_PYTHON), str(HERE / "mamba_ref_worker.py"), str(length), str(dim), str(repeats)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    b = json.loads(done.stdout.strip().splitlines()[-1])
+    short, long = per_byte(1024), per_byte(65536)
+    save(
+        "mamba",
+        {
+            "fwd_bwd_L4096_d256": {
+                "mbp_mamba2_chunked": a,
+                "mambapy_mamba1": b,
+                "speedup": b["fwd_bwd_s"] / a["fwd_bwd_s"],
+            },
+            "generation_per_byte_s": {"1KiB": short, "64KiB": long, "ratio_64k_over_1k": long / short},
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
