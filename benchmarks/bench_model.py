@@ -64,8 +64,8 @@ def main(quick: bool) -> None:
         "mblm_16_bytes": b,
         "speed_ratio_mbp_over_mblm": a["bytes_per_s"] / b["bytes_per_s"],
     }
-    short = call(ours, "mbp_worker.py", "generate", 1024, 256)
-    long = call(ours, "mbp_worker.py", "generate", 65536, 256)
+    short = call(ours, "mbp_worker.py", "decode", 1024, 512)
+    long = call(ours, "mbp_worker.py", "decode", 65536, 512)
     results["per_byte_64k_vs_1k"] = {
         "1KiB": short,
         "64KiB": long,

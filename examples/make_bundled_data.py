@@ -15,11 +15,11 @@ import gzip
 import io
 import random
 import sys
+import tarfile
 import wave
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
 from PIL import Image, ImageDraw
 
 SIZE = 16
@@ -82,13 +82,13 @@ def passage(rng: random.Random) -> tuple[bytes, str, str]:
     return text.encode(), f"which shape is {colour}?", shape
 
 
-def sample(rng: random.Random, index: int) -> dict[str, bytes | str]:
+def sample(rng: random.Random, index: int) -> dict[str, bytes]:
     kind = rng.choice(("scene", "scene", "photo", "tone", "passage"))
     maker = {"scene": scene, "photo": scene, "tone": tone, "passage": passage}[kind]
     data, question, answer = maker(rng)
     ext = {"scene": "png", "photo": "png", "tone": "wav", "passage": "txt"}[kind]
     return {
-        "__key__": f"{index:06d}",
+        "__key__": f"{index:06d}".encode(),
         f"{kind}.{ext}": data,
         "question.txt": question.encode(),
         "answer.txt": answer.encode(),
@@ -96,10 +96,18 @@ def sample(rng: random.Random, index: int) -> dict[str, bytes | str]:
 
 
 def write(out: Path, split: str, count: int, seed: int, per_shard: int) -> None:
+    """Plain USTAR tars (webdataset reads any tar): without a PAX header per member, reading the
+    shards costs about half the header parsing."""
     rng = random.Random(seed)
-    with wds.ShardWriter(str(out / f"{split}-%06d.tar"), maxcount=per_shard, verbose=0) as sink:
-        for index in range(count):
-            sink.write(sample(rng, index))
+    for shard in range((count + per_shard - 1) // per_shard):
+        with tarfile.open(out / f"{split}-{shard:06d}.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
+            for index in range(shard * per_shard, min(count, (shard + 1) * per_shard)):
+                fields = sample(rng, index)
+                key = fields.pop("__key__").decode()
+                for name, data in fields.items():
+                    info = tarfile.TarInfo(f"{key}.{name}")
+                    info.size, info.mtime, info.mode = len(data), 0, 0o444
+                    tar.addfile(info, io.BytesIO(data))
 
 
 def compress(out: Path) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import queue
 import random
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -15,6 +17,8 @@ from mbp.data.read import read_samples
 from mbp.data.skips import SkipLog
 from mbp.errors import DataError
 from mbp.protocol import PAD
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -154,3 +158,39 @@ def batches(
         rows.append(row)
     if rows:
         yield collate(rows, seq_len), last
+
+
+def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """Produce ``items`` on a background thread, ``depth`` ahead, so data preparation overlaps the
+    model's step (decoders and torch's kernels release the GIL). Order and values are unchanged; an
+    error in the producer is raised in the consumer."""
+    box: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        box.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            box.put(("end", None))
+        except BaseException as error:  # handed to the consumer, which re-raises it
+            box.put(("error", error))
+
+    worker = threading.Thread(target=produce, name="mbp-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = box.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()

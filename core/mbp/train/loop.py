@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from mbp.data.batches import Batch, Position, batches, encoded_stream
+from mbp.data.batches import Batch, Position, batches, encoded_stream, prefetch
 from mbp.data.read import expand_shards
 from mbp.data.skips import SkipLog
 from mbp.errors import CheckpointError, DataError, MbpError
@@ -232,7 +232,7 @@ def _train_batches(
         rank=world.rank,
         world=world.size,
     )
-    return batches(stream, data.batch_size // world.size, data.seq_len, pack=data.pack)
+    return prefetch(batches(stream, data.batch_size // world.size, data.seq_len, pack=data.pack))
 
 
 def _summary(

@@ -1,0 +1,92 @@
+"""Issue 5: task heads: loss weights, bits per byte, exact match that equals greedy generation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mbp.data.encode import EncodedSample, Span
+from mbp.data.batches import collate
+from mbp.generate import generate
+from mbp.heads import payload_range, prompt_length
+from mbp.protocol import BOS, END, EOS, Segment, encode_segment
+from mbp.train.evaluate import evaluate
+from tests.conftest import tiny_model
+
+
+def sample(question: bytes, answer: bytes, key: str = "k") -> EncodedSample:
+    parts, spans, offset = [np.array([BOS], np.int16)], [], 1
+    for field, payload in (("question", question), ("answer", answer)):
+        tokens = encode_segment(Segment("text", payload))
+        spans.append(Span(field, "text", offset, offset + len(tokens)))
+        parts.append(tokens)
+        offset += len(tokens)
+    parts.append(np.array([EOS], np.int16))
+    return EncodedSample("shard.tar", key, np.concatenate(parts), spans)
+
+
+def head(components, name: str, **params):
+    return components.build("heads", {"type": name, **params})
+
+
+def test_vqa_weights_only_the_answer_and_eos(components) -> None:
+    s = sample(b"what colour?", b"red")
+    weights = head(components, "vqa", context_weight=0.25).token_weights(s)
+    answer = s.span("answer")
+    assert (weights[answer.start : answer.end] == 1).all() and weights[-1] == 1
+    assert (weights[: answer.start] == 0.25).all()
+    first, last = payload_range(s, answer)
+    assert bytes(s.tokens[first : last - 1].astype(np.uint8)) == b"red" and s.tokens[last - 1] == END
+    assert prompt_length(s, "answer") == first
+
+
+def test_lm_bits_per_byte_overall_and_per_codec(components) -> None:
+    s = sample(b"q", b"a")
+    metrics = head(components, "lm").metrics()
+    nats = np.full(len(s.tokens), math.log(2) * 3)  # 3 bits per token everywhere
+    metrics.update(s, nats, np.zeros(len(s.tokens), bool))
+    assert metrics.result() == {"bpb": pytest.approx(3.0), "bpb_text": pytest.approx(3.0)}
+
+
+def test_accuracy_majority_and_confusion(components) -> None:
+    metrics = head(components, "classify", label_field="answer").metrics()
+    for answer, right, generated in ((b"low", True, None), (b"low", False, b"high"), (b"high", True, None)):
+        s = sample(b"pitch?", answer)
+        correct = np.ones(len(s.tokens), bool)
+        if not right:
+            correct[payload_range(s, s.span("answer"))[0]] = False
+        metrics.update(s, np.zeros(len(s.tokens)), correct, generated)
+    result = metrics.result()
+    assert result["accuracy"] == pytest.approx(2 / 3) and result["majority_baseline"] == pytest.approx(2 / 3)
+    assert result["confusion"] == {"high": {"high": 1}, "low": {"low": 1, "high": 1}}
+
+
+def test_teacher_forced_exact_match_equals_greedy_generation(components) -> None:
+    """Accuracy is computed in one forward pass; it must agree with actually generating each answer."""
+    torch.manual_seed(3)
+    model = tiny_model(components, 2).eval()
+    samples = [sample(bytes([97 + i]) * 3, b"") for i in range(6)]
+    # make each sample's answer exactly the model's own greedy output for half of them, a wrong one otherwise
+    built = []
+    for index, s in enumerate(samples):
+        prompt = torch.as_tensor(s.tokens[: prompt_length(s, "answer")].astype(np.int64))
+        greedy = generate(model, [prompt], max_new=6, stop_tokens=(END, EOS))[0]
+        payload = bytes(t for t in greedy if t < 256)[:4]
+        if index % 2:
+            payload = bytes((b + 1) % 256 for b in payload) or b"x"
+        built.append(sample(s.tokens[2:5].astype(np.uint8).tobytes(), payload, key=str(index)))
+    vqa = head(components, "vqa")
+    for s in built:
+        s.weights = vqa.token_weights(s)
+    result = evaluate(model, [collate([[s] for s in built], 64)], vqa)
+    expected = []
+    for s in built:
+        prompt = torch.as_tensor(s.tokens[: prompt_length(s, "answer")].astype(np.int64))
+        out = generate(model, [prompt], max_new=16, stop_tokens=(END, EOS))[0]
+        first, last = payload_range(s, s.span("answer"))
+        expected.append(out[: last - first] == s.tokens[first:last].tolist())
+    assert result["accuracy"] == pytest.approx(sum(expected) / len(expected))
+    assert 0 < sum(expected) < len(expected), "the set must hold both hits and misses"
