@@ -7,13 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from mbp.data.encode import EncodedSample, Span
 from mbp.data.batches import collate
+from mbp.data.encode import EncodedSample, Span
 from mbp.generate import generate
 from mbp.heads import payload_range, prompt_length
 from mbp.protocol import BOS, END, EOS, Segment, encode_segment
 from mbp.train.evaluate import evaluate
+
 from tests.conftest import tiny_model
 
 
@@ -68,17 +68,19 @@ def test_teacher_forced_exact_match_equals_greedy_generation(components) -> None
     """Accuracy is computed in one forward pass; it must agree with actually generating each answer."""
     torch.manual_seed(3)
     model = tiny_model(components, 2).eval()
-    samples = [sample(bytes([97 + i]) * 3, b"") for i in range(6)]
-    # make each sample's answer exactly the model's own greedy output for half of them, a wrong one otherwise
-    built = []
-    for index, s in enumerate(samples):
-        prompt = torch.as_tensor(s.tokens[: prompt_length(s, "answer")].astype(np.int64))
-        greedy = generate(model, [prompt], max_new=6, stop_tokens=(END, EOS))[0]
-        payload = bytes(t for t in greedy if t < 256)[:4]
-        if index % 2:
-            payload = bytes((b + 1) % 256 for b in payload) or b"x"
-        built.append(sample(s.tokens[2:5].astype(np.uint8).tobytes(), payload, key=str(index)))
+    with torch.no_grad():
+        model.to_logits.bias[END] += 3.0  # so that greedy answers end within a few bytes
     vqa = head(components, "vqa")
+    built = []
+    for index in range(8):
+        question = bytes([97 + index]) * (index % 3 + 1)
+        probe = sample(question, b"")
+        prompt = torch.as_tensor(probe.tokens[: prompt_length(probe, "answer")].astype(np.int64))
+        greedy = generate(model, [prompt], max_new=8, stop_tokens=(END, EOS))[0]
+        payload = bytes(t for t in greedy if t < 256)
+        if index % 2 or END not in greedy:
+            payload = payload + b"!"  # one byte more than the model would say: a miss
+        built.append(sample(question, payload, key=str(index)))
     for s in built:
         s.weights = vqa.token_weights(s)
     result = evaluate(model, [collate([[s] for s in built], 64)], vqa)

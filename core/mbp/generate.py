@@ -99,7 +99,7 @@ class CachedState:
         fresh = model.projections[s](out).view(len(out), nxt, -1)
         self.pending[s + 1] = torch.where(rows[:, None, None], fresh, self.pending[s + 1])  # type: ignore[arg-type]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def feed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Consume one token per row; return next-token logits (B, V)."""
         model, last = self.model, self.model.num_stages - 1
@@ -158,7 +158,7 @@ def sample_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Gener
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(
     model: MultiscaleDecoder,
     prompts: Sequence[torch.Tensor],
@@ -197,7 +197,7 @@ def generate(
         model.train(was_training)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate_uncached(model: MultiscaleDecoder, prompt: torch.Tensor, max_new: int) -> list[int]:
     """Greedy decoding by a full forward at every step: the reference the cached path must match."""
     model.eval()

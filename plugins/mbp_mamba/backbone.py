@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import cast
 
 import torch
+from mbp.model.norm import RMSNorm
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
@@ -40,7 +41,7 @@ class MambaCache:
 class MambaLayer(nn.Module):
     def __init__(self, dim: int, params: MambaParams) -> None:
         super().__init__()
-        self.norm = nn.RMSNorm(dim, eps=1e-5)
+        self.norm = RMSNorm(dim, eps=1e-5)
         self.mixer: Mamba2 = Mamba2(
             dim,
             state=params.state,
@@ -84,7 +85,7 @@ class Mamba(nn.Module):
         super().__init__()
         self.params = MambaParams.model_validate(params)
         self.layers = nn.ModuleList(MambaLayer(dim, self.params) for _ in range(layers))
-        self.norm = nn.RMSNorm(dim, eps=1e-5)
+        self.norm = RMSNorm(dim, eps=1e-5)
 
     def _blocks(self) -> list[MambaLayer]:
         return cast(list[MambaLayer], list(self.layers))

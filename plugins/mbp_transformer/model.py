@@ -9,6 +9,7 @@ from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
+from mbp.model.norm import RMSNorm
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
@@ -41,13 +42,24 @@ def rotary(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
 class KVCache:
     """Keys and values per layer, (B, H, T, K), with a fill length per row."""
 
-    def __init__(self, layers: int, batch: int, heads: int, capacity: int, head_dim: int, like: torch.Tensor):
+    def __init__(
+        self,
+        layers: int,
+        batch: int,
+        heads: int,
+        capacity: int,
+        head_dim: int,
+        like: torch.Tensor,
+        rope_base: float,
+    ):
         shape = (batch, heads, capacity, head_dim)
         self.keys = [like.new_zeros(shape) for _ in range(layers)]
         self.values = [like.new_zeros(shape) for _ in range(layers)]
         self.lengths = torch.zeros(batch, dtype=torch.long, device=like.device)
         self.batch = batch
         self.capacity = capacity
+        # every position's rotation, looked up once per step for all layers
+        self.turns = rotations(torch.arange(capacity, device=like.device), head_dim, rope_base, like.dtype)
 
     def reset(self, rows: torch.Tensor) -> None:
         self.lengths = torch.where(rows, torch.zeros_like(self.lengths), self.lengths)
@@ -71,9 +83,11 @@ class Attention(nn.Module):
     def _split(self, x: torch.Tensor, turns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries and keys rotated by ``turns``, and values; each (B, H, L, K)."""
         b, length, _ = x.shape
-        # unbind, not indexing: indexing's backward zero-fills the whole fused tensor once per part
-        q, k, v = self.qkv(x).view(b, length, 3, self.heads, self.head_dim).unbind(2)
-        q, k = rotary(q, turns), rotary(k, turns)
+        qkv = self.qkv(x).view(b, length, 3, self.heads, self.head_dim)
+        # queries and keys rotate together; unbind, not indexing, whose backward zero-fills the whole
+        # fused tensor once per part
+        q, k = rotary(qkv[:, :, :2], turns[:, :, None]).unbind(2)
+        v = qkv[:, :, 2]
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     def _turns(self, length: int, like: torch.Tensor) -> torch.Tensor:
@@ -100,19 +114,28 @@ class Attention(nn.Module):
         cache.values[layer][row, :, : x.shape[1]] = v[0]
         return self._merge(F.scaled_dot_product_attention(q, k, v, is_causal=True))
 
-    def step(self, x: torch.Tensor, cache: KVCache, layer: int, active: torch.Tensor) -> torch.Tensor:
+    def step(
+        self,
+        x: torch.Tensor,
+        cache: KVCache,
+        layer: int,
+        active: torch.Tensor,
+        turns: torch.Tensor,
+        everyone: bool,
+    ) -> torch.Tensor:
+        """One position per row: ``x: (B, D)``, ``turns: (B, 1, 1, K/2)`` at each row's position."""
         pos = cache.lengths  # (B,)
-        if bool(active.any()) and int(pos[active].max()) >= cache.capacity:
-            raise RuntimeError(f"KV cache capacity {cache.capacity} exceeded")
-        turns = rotations(pos[:, None], self.head_dim, self.rope_base, x.dtype)[:, :, None, :]
         q, k, v = self._split(x[:, None], turns)  # (B, H, 1, K)
         slot = torch.clamp(pos, max=cache.capacity - 1)
         rows = torch.arange(x.shape[0], device=x.device)
         keys, values = cache.keys[layer], cache.values[layer]
-        keep_k, keep_v = keys[rows, :, slot], values[rows, :, slot]  # (B, H, K)
-        mask_k = active[:, None, None]
-        keys[rows, :, slot] = torch.where(mask_k, k[:, :, 0], keep_k)
-        values[rows, :, slot] = torch.where(mask_k, v[:, :, 0], keep_v)
+        if everyone:
+            keys[rows, :, slot] = k[:, :, 0]
+            values[rows, :, slot] = v[:, :, 0]
+        else:  # rows sitting this step out keep what their slot holds
+            mask = active[:, None, None]
+            keys[rows, :, slot] = torch.where(mask, k[:, :, 0], keys[rows, :, slot])
+            values[rows, :, slot] = torch.where(mask, v[:, :, 0], values[rows, :, slot])
         span = int(pos.max()) + 1
         visible = torch.arange(span, device=x.device)[None, :] <= pos[:, None]  # (B, span)
         y = F.scaled_dot_product_attention(
@@ -143,9 +166,9 @@ class MLP(nn.Module):
 class Layer(nn.Module):
     def __init__(self, dim: int, params: TransformerParams) -> None:
         super().__init__()
-        self.attn_norm = nn.RMSNorm(dim)
+        self.attn_norm = RMSNorm(dim)
         self.attn = Attention(dim, params.heads, params.dropout, params.rope_base)
-        self.mlp_norm = nn.RMSNorm(dim)
+        self.mlp_norm = RMSNorm(dim)
         self.mlp = MLP(dim, params.mlp_ratio, params.mlp, params.dropout)
         self.drop = nn.Dropout(params.dropout)
 
@@ -157,7 +180,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.params = TransformerParams.model_validate(params)
         self.layers = nn.ModuleList(Layer(dim, self.params) for _ in range(layers))
-        self.norm = nn.RMSNorm(dim)
+        self.norm = RMSNorm(dim)
 
     def _blocks(self) -> list[Layer]:
         return cast(list[Layer], list(self.layers))
@@ -171,7 +194,9 @@ class Transformer(nn.Module):
     def allocate_cache(self, batch: int, max_len: int) -> KVCache:
         like = self.norm.weight
         p = self.params
-        return KVCache(len(self.layers), batch, p.heads, max_len, like.shape[0] // p.heads, like.detach())
+        return KVCache(
+            len(self.layers), batch, p.heads, max_len, like.shape[0] // p.heads, like.detach(), p.rope_base
+        )
 
     def prefill(self, x: torch.Tensor, cache: KVCache, row: int) -> torch.Tensor:
         for index, layer in enumerate(self._blocks()):
@@ -181,8 +206,12 @@ class Transformer(nn.Module):
         return self.norm(x)
 
     def step(self, x: torch.Tensor, cache: KVCache, active: torch.Tensor) -> torch.Tensor:
+        everyone = bool(active.all())
+        if int(cache.lengths.max() if everyone else cache.lengths[active].max(0).values) >= cache.capacity:
+            raise RuntimeError(f"KV cache capacity {cache.capacity} exceeded")
+        turns = cache.turns[cache.lengths.clamp(max=cache.capacity - 1)][:, None, None, :]
         for index, layer in enumerate(self._blocks()):
-            x = x + layer.attn.step(layer.attn_norm(x), cache, index, active)
+            x = x + layer.attn.step(layer.attn_norm(x), cache, index, active, turns, everyone)
             x = x + layer.mlp(layer.mlp_norm(x))
         cache.lengths = cache.lengths + active.long()
         return self.norm(x)
