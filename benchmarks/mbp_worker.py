@@ -84,7 +84,5 @@ def decode(prompt: int, new: int, batch: int = 1) -> dict:
 
 if __name__ == "__main__":
     task, *args = sys.argv[1:]
-    result = {"train_step": train_step, "peak_memory": peak_memory, "generate": generate}[task](
-        *map(int, args)
-    )
-    print(json.dumps(result))
+    tasks = {"train_step": train_step, "peak_memory": peak_memory, "generate": generate, "decode": decode}
+    print(json.dumps(tasks[task](*map(int, args))))

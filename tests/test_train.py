@@ -33,8 +33,13 @@ def setup(tmp_path: Path) -> tuple[str, list[str], str]:
     )
 
 
+def run_args(registry: str, shards: list[str], out: Path, *extra: str) -> list[str]:
+    """``mbp.cli run qa SHARDS --registry R --out OUT --json EXTRA``, for python -m or torchrun -m."""
+    return ["mbp.cli", "run", "qa", *shards, "--registry", registry, "--out", str(out), "--json", *extra]
+
+
 def run(registry: str, shards: list[str], out: Path, *extra: str, env: dict[str, str] | None = None):
-    return run_mbp("run", "qa", *shards, "--registry", registry, "--out", str(out), "--json", *extra, env=env)
+    return run_mbp(*run_args(registry, shards, out, *extra)[1:], env=env)
 
 
 def test_run_prints_one_summary_and_writes_metrics_plot_checkpoint(setup, tmp_path: Path) -> None:
@@ -77,19 +82,7 @@ def test_resume_after_kill_9_reaches_the_same_weights(setup, tmp_path: Path) -> 
     straight = run(registry, shards, tmp_path / "straight", *settings)
     assert straight.returncode == 0, straight.stderr
     out = tmp_path / "killed"
-    cmd = [
-        sys.executable,
-        "-m",
-        "mbp.cli",
-        "run",
-        "qa",
-        *shards,
-        "--registry",
-        registry,
-        "--out",
-        str(out),
-        *settings,
-    ]
+    cmd = [sys.executable, "-m", *run_args(registry, shards, out, *settings)]
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not (out / "checkpoints" / "step-00000005").exists():
@@ -157,9 +150,17 @@ def test_resume_without_checkpoint_is_an_error(setup, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_two_process_gloo_matches_one_process(setup, tmp_path: Path) -> None:
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_process_gloo_matches_one_process(setup, tmp_path: Path, strategy: str) -> None:
     registry, shards, _ = setup
-    settings = ["--set", "train.steps=4", "--set", "train.warmup_steps=0"]
+    settings = [
+        "--set",
+        "train.steps=4",
+        "--set",
+        "train.warmup_steps=0",
+        "--set",
+        f"train.strategy={strategy}",
+    ]
     single = run(registry, shards, tmp_path / "one", *settings)
     assert single.returncode == 0, single.stderr
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
@@ -169,22 +170,14 @@ def test_two_process_gloo_matches_one_process(setup, tmp_path: Path) -> None:
             "--nproc_per_node=2",
             "--master_port=29533",
             "-m",
-            "mbp.cli",
-            "run",
-            "qa",
-            *shards,
-            "--registry",
-            registry,
-            "--out",
-            str(tmp_path / "two"),
-            "--json",
-            *settings,
+            *run_args(registry, shards, tmp_path / "two", *settings),
         ],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert double.returncode == 0, double.stderr
+    assert json.loads(double.stdout)["steps"] == 4  # one summary: rank 0 speaks for the run
     losses = {}
     for name in ("one", "two"):
         rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
@@ -194,3 +187,40 @@ def test_two_process_gloo_matches_one_process(setup, tmp_path: Path) -> None:
     assert losses["one"][0] == pytest.approx(losses["two"][0], rel=0.02)
     for one, two in zip(losses["one"], losses["two"], strict=True):
         assert one == pytest.approx(two, rel=0.05)
+
+
+def test_eval_and_generate_from_a_checkpoint(setup, tmp_path: Path) -> None:
+    registry, shards, evals = setup
+    trained = run(registry, shards, tmp_path / "out", "--steps", "2")
+    checkpoint = json.loads(trained.stdout)["checkpoint"]
+    scored = run_mbp("eval", "qa", evals, "--checkpoint", checkpoint, "--registry", registry, "--json")
+    assert scored.returncode == 0, scored.stderr
+    document = json.loads(scored.stdout)
+    assert document["metrics"]["eval_samples"] == 8 and 0 <= document["metrics"]["accuracy"] <= 1
+    text = run_mbp(
+        "generate", "--checkpoint", checkpoint, "--field", "question=what colour?", "--max-bytes", "5"
+    )
+    assert text.returncode == 0, text.stderr
+    assert "generated" in text.stderr and text.stdout.endswith("\n")
+    files = run_mbp(
+        "generate",
+        "--checkpoint",
+        checkpoint,
+        "--field",
+        "question=q",
+        "--max-bytes",
+        "12",
+        "--seed",
+        "1",
+        "--temperature",
+        "1.0",
+        "--out",
+        str(tmp_path / "gen"),
+    )
+    assert files.returncode == 0, files.stderr
+    written = json.loads(files.stdout)["files"]
+    assert written and all(Path(f).exists() for f in written)
+    missing = run_mbp("generate", "--checkpoint", checkpoint, "--field", "scene=@/nonexistent.png")
+    assert missing.returncode == 2 and "cannot read /nonexistent.png" in missing.stderr
+    bad = run_mbp("generate", "--checkpoint", str(tmp_path))
+    assert bad.returncode == 1 and "not a checkpoint" in bad.stderr and "Traceback" not in bad.stderr

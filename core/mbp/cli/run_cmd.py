@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -59,6 +60,8 @@ def run_command(
     evals = expand_shards(list(eval_shards) or data.eval_shards)
     out = out_dir or Path("mbp-runs") / resolved.name
     summary = run(resolved, out, resume=resume, train_shards=train, eval_shards=evals)
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun, rank 0 speaks for the run
     if as_json:
         emit_json(summary)
         return

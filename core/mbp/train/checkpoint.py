@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from mbp.atomic import write_dir_atomically
 from mbp.config import Pipeline
 from mbp.errors import CheckpointError
-from mbp.model.io import CONFIG, WEIGHTS, load_weights, state_tensors
+from mbp.model.io import CONFIG, WEIGHTS, load_weights
 
 OPTIMIZER = "optimizer.safetensors"
 STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -32,31 +32,32 @@ class TrainState:
     samples_skipped: int
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    state = optimizer.state_dict()
+def _optimizer_tensors(optim_state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors: dict[str, torch.Tensor] = {}
-    for index, entry in state["state"].items():
+    for index, entry in optim_state["state"].items():
         for key, value in entry.items():
             tensor = value if isinstance(value, torch.Tensor) else torch.tensor(value)
             tensors[f"state.{index}.{key}"] = tensor.detach().contiguous().cpu()
     tensors["rng.torch"] = torch.get_rng_state()
-    return tensors, {"param_groups": state["param_groups"]}
+    return tensors, {"param_groups": optim_state["param_groups"]}
 
 
 def save_checkpoint(
     out: Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    model_state: dict[str, torch.Tensor],
+    optim_state: dict[str, Any],
     state: TrainState,
     pipeline_name: str,
     pipeline: Pipeline,
     keep: int,
 ) -> Path:
+    """Write ``out/checkpoints/step-N`` atomically and keep the last ``keep``. The states are full
+    (unsharded) state dicts; the optimizer's is keyed by parameter index, as torch's own."""
     target = out / "checkpoints" / f"step-{state.step:08d}"
 
     def fill(tmp: Path) -> None:
-        save_file(state_tensors(model), str(tmp / WEIGHTS))
-        tensors, groups = _optimizer_tensors(optimizer)
+        save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()}, str(tmp / WEIGHTS))
+        tensors, groups = _optimizer_tensors(optim_state)
         save_file(tensors, str(tmp / OPTIMIZER))
         document = {
             "model": pipeline.model.model_dump(),
@@ -80,20 +81,19 @@ def list_checkpoints(out: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and STEP_DIR.match(p.name))
 
 
-def load_checkpoint(
-    directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
-) -> tuple[TrainState, dict[str, Any]]:
+def load_checkpoint(directory: Path, model: torch.nn.Module) -> tuple[TrainState, dict[str, Any]]:
+    """Load weights into ``model``; return the train state and the optimizer state (index-keyed) to give
+    the optimizer once it exists. Restores torch's RNG."""
     load_weights(model, directory / WEIGHTS)
     try:
         document = json.loads((directory / CONFIG).read_text())
         tensors = load_file(str(directory / OPTIMIZER))
-    except (OSError, json.JSONDecodeError, Exception) as error:
+    except Exception as error:
         raise CheckpointError(f"{directory}: incomplete or unreadable checkpoint: {error}") from None
-    state: dict[str, Any] = {"state": {}, "param_groups": document["optimizer"]["param_groups"]}
+    optim_state: dict[str, Any] = {"state": {}, "param_groups": document["optimizer"]["param_groups"]}
     for name, tensor in tensors.items():
         if name.startswith("state."):
             _, index, key = name.split(".", 2)
-            state["state"].setdefault(int(index), {})[key] = tensor
-    optimizer.load_state_dict(state)
+            optim_state["state"].setdefault(int(index), {})[key] = tensor
     torch.set_rng_state(tensors["rng.torch"])
-    return TrainState(**document["train_state"]), document
+    return TrainState(**document["train_state"]), optim_state

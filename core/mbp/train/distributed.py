@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -38,12 +39,15 @@ def init_world() -> World:
 
 
 def wrap(model: nn.Module, world: World, strategy: str) -> nn.Module:
+    """DDP, or FSDP2 sharding each stage's backbone and then the rest. FSDP2 replaces parameters, so
+    optimizers must be made after this."""
     if world.size == 1:
         return model
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        for backbone in getattr(model, "backbones", []):
+        inner = getattr(model, "model", model)
+        for backbone in getattr(inner, "backbones", []):
             fully_shard(backbone)
         fully_shard(model)
         return model
@@ -66,3 +70,61 @@ def barrier(world: World) -> None:
 def shutdown(world: World) -> None:
     if world.size > 1 and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def sharded(world: World, strategy: str) -> bool:
+    return world.size > 1 and strategy == "fsdp"
+
+
+def full_states(
+    model: nn.Module, optimizer: torch.optim.Optimizer, world: World, strategy: str
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Unsharded model and optimizer state dicts (a collective under FSDP: every rank calls it). The
+    optimizer's comes keyed by parameter index, as in a single process, so checkpoints move freely
+    between 1-process, DDP and FSDP runs."""
+    if not sharded(world, strategy):
+        return model.state_dict(), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_state: dict[str, Any] = dict(get_model_state_dict(model, options=options))
+    by_name: dict[str, Any] = dict(get_optimizer_state_dict(model, optimizer, options=options))
+    if not by_name:  # with cpu_offload only rank 0 receives the full states; the others write nothing
+        return model_state, {}
+    order = [name for group in by_name["param_groups"] for name in group["params"]]
+    index = {name: i for i, name in enumerate(order)}
+    groups, start = [], 0
+    for group in by_name["param_groups"]:
+        groups.append({**group, "params": list(range(start, start + len(group["params"])))})
+        start += len(group["params"])
+    return model_state, {"state": {index[n]: v for n, v in by_name["state"].items()}, "param_groups": groups}
+
+
+def load_optimizer(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    optim_state: dict[str, Any],
+    world: World,
+    strategy: str,
+) -> None:
+    if not sharded(world, strategy):
+        optimizer.load_state_dict(optim_state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    # torch numbers parameters in the order of the optimizer's groups
+    name_of = {id(p): name for name, p in model.named_parameters()}
+    names = [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    by_name: dict[str, Any] = {
+        "state": {names[i]: v for i, v in optim_state["state"].items()},
+        "param_groups": [
+            {**group, "params": [names[i] for i in group["params"]]} for group in optim_state["param_groups"]
+        ],
+    }
+    set_optimizer_state_dict(
+        model, optimizer, optim_state_dict=by_name, options=StateDictOptions(full_state_dict=True)
+    )

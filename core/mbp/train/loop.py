@@ -97,15 +97,18 @@ class Trainer:
             raise DataError(
                 f"data.seq_len {data.seq_len} must be a multiple of the patch length {self.model.patch_len}"
             )
-        self.optimizer = make_optimizer(self.model, self.cfg.lr, self.cfg.weight_decay)
         self.state = TrainState(0, 0, 0, 0, 0)
         existing = list_checkpoints(out)
         if resume and not existing:
             raise CheckpointError(f"--resume: no checkpoint in {out / 'checkpoints'}")
+        optim_state = None
         if resume:
-            self.state, _ = load_checkpoint(existing[-1], self.model, self.optimizer)
+            self.state, optim_state = load_checkpoint(existing[-1], self.model)
         self.checkpoint: Path | None = existing[-1] if resume else None
         self.wrapped = D.wrap(LossStep(self.model), world, self.cfg.strategy)
+        self.optimizer = make_optimizer(self.model, self.cfg.lr, self.cfg.weight_decay)
+        if optim_state is not None:
+            D.load_optimizer(self.model, self.optimizer, optim_state, world, self.cfg.strategy)
         self.log = SkipLog(quiet=not world.is_main)
         self.log.samples_skipped = self.state.samples_skipped
         self.train = _train_batches(resolved, train_shards, self.log, self.state, world)
@@ -187,11 +190,12 @@ class Trainer:
             )
 
     def save(self) -> None:
+        model_state, optim_state = D.full_states(self.model, self.optimizer, self.world, self.cfg.strategy)
         if self.world.is_main:
             self.checkpoint = save_checkpoint(
                 self.out,
-                self.model,
-                self.optimizer,
+                model_state,
+                optim_state,
                 self.state,
                 self.resolved.name,
                 self.resolved.pipeline,
