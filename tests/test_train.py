@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -12,11 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from mbp.atomic import write_dir_atomically
+from mbp.model.build import build_model
+from mbp.session import resolve
 from safetensors.torch import load_file
 
 from tests.conftest import run_mbp
-from tests.shardkit import REGISTRY, corrupt_set, good_samples, write_tar
+from tests.shardkit import REGISTRY, corrupt_set, good_samples, png, qa, write_tar
 
 
 @pytest.fixture()
@@ -224,3 +228,57 @@ def test_eval_and_generate_from_a_checkpoint(setup, tmp_path: Path) -> None:
     assert missing.returncode == 2 and "cannot read /nonexistent.png" in missing.stderr
     bad = run_mbp("generate", "--checkpoint", str(tmp_path))
     assert bad.returncode == 1 and "not a checkpoint" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_grad_accumulation_and_bf16_runs(setup, tmp_path: Path, components) -> None:
+    registry, _, _ = setup
+
+    def distinct(name: str, offset: int) -> str:
+        """A shard of four samples that all differ (colour, question, answer)."""
+        words = ["red", "green", "blue", "yellow", "cyan", "pink", "grey", "brown"]
+        samples = []
+        for i in range(4):
+            k = i + offset
+            fields = {
+                "scene.png": png((30 * k, 250 - 30 * k, 60)),
+                "question.txt": f"question {k}?".encode(),
+                "answer.txt": words[k].encode(),
+            }
+            samples.append(qa(f"{name}{i}", **fields))
+        write_tar(tmp_path / f"{name}.tar", samples)
+        return str(tmp_path / f"{name}.tar")
+
+    same, other = [distinct("same", 0)], [distinct("other", 4)]
+    one_step = ["--steps", "1", "--set", "train.warmup_steps=0", "--set", "train.clip=null"]
+    halves_args = ["--set", "data.batch_size=2"]
+    runs = {
+        "whole": run(registry, same, tmp_path / "whole", *one_step),
+        "halves": run(
+            registry, same, tmp_path / "halves", *one_step, *halves_args, "--set", "train.grad_accum=2"
+        ),
+        "first half": run(registry, same, tmp_path / "first half", *one_step, *halves_args),
+        "other": run(registry, other, tmp_path / "other", *one_step),
+    }
+    assert all(r.returncode == 0 for r in runs.values()), [r.stderr for r in runs.values()]
+    torch.manual_seed(0)  # the trainer's seed: the same initial weights
+    initial = build_model(resolve(registry, "qa").pipeline.model, components).state_dict()
+
+    def update(name: str) -> torch.Tensor:
+        weights = load_file(str(tmp_path / name / "checkpoints" / "step-00000001" / "model.safetensors"))
+        return torch.cat([(weights[k] - initial[k]).flatten() for k in sorted(weights)])
+
+    def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+        moved = (a != 0) | (b != 0)
+        return float((a.sign() == b.sign())[moved].float().mean())
+
+    # Adam's first step is nearly sign(gradient): two accumulated halves must point where one batch of
+    # the same four samples points, more closely than either half alone or a batch of other samples
+    whole = update("whole")
+    halves = agreement(whole, update("halves"))
+    assert halves > 0.9
+    assert agreement(whole, update("first half")) < halves - 0.05
+    assert agreement(whole, update("other")) < halves - 0.15
+    half = run(registry, same, tmp_path / "bf16", "--steps", "2", "--set", "train.bf16=true")
+    assert half.returncode == 0, half.stderr
+    rows = [json.loads(line) for line in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss"]) for r in rows if r["kind"] == "train")
