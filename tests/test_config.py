@@ -125,3 +125,12 @@ def test_validate_command(tmp_path: Path) -> None:
     assert ok.returncode == 0 and "ok (1 pipelines: tiny)" in ok.stderr
     bad = run_mbp("validate", write(tmp_path, GOOD.replace("{type: lm}", "{type: lmm}")))
     assert bad.returncode == 2 and "unknown head 'lmm' (valid: classify, lm, vqa)" in bad.stderr
+
+
+def test_head_must_target_a_pipeline_field(tmp_path: Path) -> None:
+    from mbp.session import resolve
+
+    path = write(tmp_path, GOOD.replace("{type: lm}", "{type: vqa, answer_field: reply}"))
+    message = r"reg\.yaml:5: head 'vqa' targets field 'reply', which is not among"
+    with pytest.raises(ConfigError, match=message):
+        resolve(path, "tiny")

@@ -28,13 +28,12 @@ def resolve(registry_path: str | None, name: str | None, pipeline: Pipeline | No
     check_pipeline(registry, name, components)
     pipeline = pipeline or registry.pipeline(name)
     head = components.build("heads", pipeline.head.as_dict())
-    for attr in ("field",):
-        target = getattr(head, attr, None)
-        if target is not None and target not in pipeline.fields:
-            raise ConfigError(
-                f"{registry.where(('pipelines', name, 'head'))}: head '{pipeline.head.type}' targets field "
-                f"'{target}', which is not among the pipeline's fields ({', '.join(pipeline.fields)})"
-            )
+    target = getattr(head, "field", None)  # the segment a vqa/classify head answers
+    if target is not None and target not in pipeline.fields:
+        raise ConfigError(
+            f"{registry.where(('pipelines', name, 'head'))}: head '{pipeline.head.type}' targets field "
+            f"'{target}', which is not among the pipeline's fields ({', '.join(pipeline.fields)})"
+        )
     return Resolved(registry, name, pipeline, head, SampleEncoder(pipeline, components, head))
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -53,20 +52,17 @@ def read_samples(
     shards: Sequence[str],
     log: SkipLog,
     *,
-    seed: int = 0,
-    shuffle_shards: bool = False,
     rank: int = 0,
     world: int = 1,
 ) -> Iterator[RawSample]:
-    """Yield samples shard by shard. A shard that is missing, not a tar or truncated is reported and
-    left; the samples read before the damage still arrive.
+    """Yield samples shard by shard, in the order given. A shard that is missing, not a tar or
+    truncated is reported and left; the samples read before the damage still arrive.
 
-    Shards are split across ranks (``rank`` of ``world``) and DataLoader workers; ``shuffle_shards``
-    permutes shard order with ``seed``.
+    Shards can be split across nodes (``rank`` of ``world``: shard i to rank i % world) and DataLoader
+    workers. Training splits by sample instead (see ``encoded_stream``) so that every world size sees
+    the same global batches.
     """
     urls = list(shards)
-    if shuffle_shards:
-        random.Random(seed).shuffle(urls)
 
     failed: set[str] = set()
 

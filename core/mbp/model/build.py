@@ -4,10 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from mbp.backbones import build_backbone
+from torch import nn
+
 from mbp.components import ComponentTable
 from mbp.config import ModelConfig
+from mbp.model.backbone import Identity
 from mbp.model.decoder import MultiscaleDecoder, Stage
+
+
+def build_backbone(components: ComponentTable, ref: dict[str, Any], dim: int, layers: int) -> nn.Module:
+    """A registered backbone, or the identity for a stage of zero layers (whose name is still checked)."""
+    if layers == 0:
+        components.get("backbones", ref["type"])
+        return Identity()
+    module = components.build("backbones", ref, dim=dim, layers=layers)
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"backbone '{ref['type']}' did not build a torch.nn.Module")
+    return module
 
 
 def build_model(config: ModelConfig | dict[str, Any], components: ComponentTable) -> MultiscaleDecoder:
