@@ -282,3 +282,22 @@ def test_grad_accumulation_and_bf16_runs(setup, tmp_path: Path, components) -> N
     assert half.returncode == 0, half.stderr
     rows = [json.loads(line) for line in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["loss"]) for r in rows if r["kind"] == "train")
+
+
+def test_no_usable_sample_stops_instead_of_looping(setup, tmp_path: Path) -> None:
+    registry, shards, _ = setup
+    result = run_mbp(
+        *run_args(registry, shards, tmp_path / "out", "--set", "data.seq_len=8")[1:], timeout=120
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].endswith("48 too long")
+
+
+def test_component_that_cannot_be_built_is_a_config_error(setup, tmp_path: Path) -> None:
+    registry, shards, _ = setup
+    result = run(registry, shards, tmp_path / "out", "--set", "model.stages.0.backbone.heads=3")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "mbp: error: backbone 'transformer' (heads=3, dim=32, layers=1) cannot be built: "
+        "transformer width 32 is not divisible by heads=3"
+    )

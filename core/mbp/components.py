@@ -68,5 +68,10 @@ class ComponentTable:
         """Build a component from a validated reference ``{type: name, **params}``."""
         params = {k: v for k, v in ref.items() if k != "type"}
         component = self.get(kind, ref["type"])
-        validated = component.params.model_validate(params)
-        return component.factory(**validated.model_dump(), **extra)
+        try:
+            validated = component.params.model_validate(params)
+            return component.factory(**validated.model_dump(), **extra)
+        except (ValueError, TypeError) as error:  # pydantic's errors are ValueErrors too
+            shown = ", ".join(f"{k}={v}" for k, v in {**params, **extra}.items())
+            message = " ".join(str(error).split())
+            raise ConfigError(f"{kind[:-1]} '{ref['type']}' ({shown}) cannot be built: {message}") from None

@@ -79,6 +79,7 @@ def encoded_stream(
     """
     position = Position(start.epoch, start.consumed) if start else Position()
     while True:
+        whole_epoch = position.consumed == 0  # a resumed epoch may legitimately have nothing left
         rng = np.random.default_rng([seed, position.epoch])
         order = list(shards)
         if shuffle_buffer > 0:
@@ -105,8 +106,11 @@ def encoded_stream(
             yield sample, position
         if not repeat:
             return
-        if not yielded_any and position.consumed == 0:
-            raise DataError(f"no usable sample in {len(shards)} shard(s): {', '.join(shards[:3])}")
+        if not yielded_any and whole_epoch:
+            reasons = ", ".join(f"{n} {kind}" for kind, n in log.reasons.items()) or "none read"
+            raise DataError(
+                f"no usable sample in {len(shards)} shard(s) ({', '.join(shards[:3])}): {reasons}"
+            )
         position = Position(position.epoch + 1, 0)
 
 

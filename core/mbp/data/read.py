@@ -72,7 +72,10 @@ def read_samples(
         source = next((url for url in urls if url in text), "?")
         if source not in failed:
             failed.add(source)
-            detail = str(error.args[0]).split(" @ ")[0] if error.args else str(error)
+            if isinstance(error, OSError) and error.strerror:
+                detail = error.strerror
+            else:
+                detail = str(error.args[0]).split(" @ ")[0] if error.args else str(error)
             log.shard(Path(source).name, f"{type(error).__name__}: {detail}")
         return True
 

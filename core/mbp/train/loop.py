@@ -14,7 +14,7 @@ import torch
 from mbp.data.batches import Batch, Position, batches, encoded_stream, prefetch
 from mbp.data.read import expand_shards
 from mbp.data.skips import SkipLog
-from mbp.errors import CheckpointError, DataError, MbpError
+from mbp.errors import CheckpointError, ConfigError, MbpError
 from mbp.model.build import build_model
 from mbp.model.decoder import MultiscaleDecoder
 from mbp.plugins import get_platform
@@ -87,14 +87,14 @@ class Trainer:
         if world.is_main:
             check_writable(out)
         if data.batch_size % world.size:
-            raise DataError(
+            raise ConfigError(
                 f"data.batch_size {data.batch_size} must divide evenly over {world.size} processes"
             )
         torch.manual_seed(self.cfg.seed)
         self.model: MultiscaleDecoder = build_model(resolved.pipeline.model, get_platform().components)
         self.model.to(world.device)
         if data.seq_len % self.model.patch_len:
-            raise DataError(
+            raise ConfigError(
                 f"data.seq_len {data.seq_len} must be a multiple of the patch length {self.model.patch_len}"
             )
         self.state = TrainState(0, 0, 0, 0, 0)
