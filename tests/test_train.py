@@ -301,3 +301,27 @@ def test_component_that_cannot_be_built_is_a_config_error(setup, tmp_path: Path)
         "mbp: error: backbone 'transformer' (heads=3, dim=32, layers=1) cannot be built: "
         "transformer width 32 is not divisible by heads=3"
     )
+
+
+def test_progress_shows_on_a_terminal(setup, tmp_path: Path) -> None:
+    import pty
+
+    registry, shards, _ = setup
+    leader, follower = pty.openpty()
+    args = [sys.executable, "-m", *run_args(registry, shards, tmp_path / "out", "--steps", "3")]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=follower)
+    os.close(follower)
+    stdout, _ = process.communicate(timeout=300)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    err = b"".join(chunks).decode()
+    assert process.returncode == 0 and json.loads(stdout)["steps"] == 3
+    assert "\rstep 3/3  loss " in err and "bytes/s  ETA " in err
