@@ -81,3 +81,18 @@ def test_import_never_needs_mamba_ssm() -> None:
 
     if importlib.util.find_spec("mamba_ssm") is None:
         assert fused_scan() is None
+
+
+def test_gated_norm_normalizes_each_group_like_mamba_ssm() -> None:
+    from mbp_mamba.mixer import GatedRMSNorm
+
+    x, z = torch.randn(2, 3, 8, dtype=torch.float64), torch.randn(2, 3, 8, dtype=torch.float64)
+    norm = GatedRMSNorm(8, groups=2).double()
+    gated = x * torch.nn.functional.silu(z)
+    halves = [h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5) for h in gated.split(4, dim=-1)]
+    torch.testing.assert_close(norm(x, z), torch.cat(halves, dim=-1))
+    model = Mamba(dim=16, layers=1, state=4, headdim=8, groups=2, chunk=4)
+    from mbp.testing import assert_backbone_causal, assert_step_matches_forward
+
+    assert_backbone_causal(model, 16)
+    assert_step_matches_forward(Mamba(dim=16, layers=1, state=4, headdim=8, groups=2, chunk=4), 16)

@@ -17,16 +17,18 @@ from mbp_mamba.ssd import ssd_chunked
 
 
 class GatedRMSNorm(nn.Module):
-    """rmsnorm(x * silu(z)) * weight, as mamba-ssm's RMSNormGated with norm_before_gate=False."""
+    """rmsnorm(x * silu(z)) * weight over each of ``groups`` equal parts of the width, as mamba-ssm's
+    RMSNormGated (norm_before_gate=False, group_size = width / groups) and its fused kernel do."""
 
-    def __init__(self, width: int, eps: float = 1e-5) -> None:
+    def __init__(self, width: int, groups: int = 1, eps: float = 1e-5) -> None:
         super().__init__()
-        self.eps = eps
+        self.eps, self.groups = eps, groups
         self.weight = nn.Parameter(torch.ones(width))
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        x = x * F.silu(z)
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        x = (x * F.silu(z)).unflatten(-1, (self.groups, -1))
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return x.flatten(-2) * self.weight
 
 
 class Mamba2(nn.Module):
@@ -55,7 +57,7 @@ class Mamba2(nn.Module):
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
         self.A_log = nn.Parameter(torch.log(torch.empty(self.heads).uniform_(1, 16)))
         self.D = nn.Parameter(torch.ones(self.heads))
-        self.norm = GatedRMSNorm(self.inner)
+        self.norm = GatedRMSNorm(self.inner, groups)
         self.out_proj = nn.Linear(self.inner, dim, bias=False)
 
     def _split(self, zxbcdt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
