@@ -102,6 +102,14 @@ def test_malformed_streams_name_the_position(tokens: list[int], message: str) ->
         decode_stream(tokens)
 
 
+def test_stream_cut_inside_a_header_has_no_codec() -> None:
+    stream = encode_sample([Segment("text", b"hi"), Segment("pixels", b"\x00", {"w": "1"})])
+    cut = stream[: 1 + 1 + 4 + 1 + 2 + 1 + 1 + 3]  # BOS, the text segment, SEG and "pix"
+    decoded = decode_stream(cut)
+    assert decoded.segments == [Segment("text", b"hi")]
+    assert decoded.partial == Segment("", b"", {"header": "pix"})
+
+
 def test_header_metadata_must_be_header_safe() -> None:
     with pytest.raises(ProtocolError, match="not header-safe"):
         encode_sample([Segment("text", b"", {"note": "two words"})])

@@ -121,8 +121,9 @@ def decode_stream(tokens: Sequence[int] | np.ndarray) -> DecodedStream:
         if token != SEG:
             raise ProtocolError(f"expected SEG or EOS at position {pos}, got {_name(token)}")
         header_end = _find_marker(array, pos + 1)
-        if header_end is None:
-            return DecodedStream(segments, _partial(array[pos + 1 :], None))
+        if header_end is None:  # cut inside the header: the codec name itself may be cut short
+            header = array[pos + 1 :].astype(np.uint8).tobytes().decode("latin-1")
+            return DecodedStream(segments, Segment("", b"", {"header": header}))
         if int(array[header_end]) != HDR:
             raise ProtocolError(
                 f"segment at position {pos}: expected HDR, got {_name(int(array[header_end]))}"
@@ -144,14 +145,6 @@ def decode_stream(tokens: Sequence[int] | np.ndarray) -> DecodedStream:
 def _find_marker(array: np.ndarray, start: int) -> int | None:
     hits = np.flatnonzero(array[start:] > 255)
     return start + int(hits[0]) if hits.size else None
-
-
-def _partial(header_tokens: np.ndarray, payload: bytes | None) -> Segment | None:
-    try:
-        codec, meta = parse_header(header_tokens.astype(np.uint8).tobytes())
-    except ProtocolError:
-        return Segment("", b"", {"header": header_tokens.astype(np.uint8).tobytes().decode("latin-1")})
-    return Segment(codec, payload or b"", meta)
 
 
 def _name(token: int) -> str:
