@@ -99,7 +99,7 @@ class WavCodec:
                 if width not in (1, 2) or frames > self.max_seconds * rate or rate <= 0:
                     return None
                 pcm = reader.readframes(frames)
-        except (wave.Error, EOFError, ValueError, OSError):
+        except Exception:  # anything odd goes the soundfile way, which reports it properly
             return None
         if len(pcm) != frames * width * channels:
             return None
