@@ -37,6 +37,15 @@ class DataError(MbpError):
     """A shard, sample or field is unusable."""
 
 
+class MissingFieldError(DataError):
+    """A sample lacks a field its pipeline needs."""
+
+
+def skip_kind(error: DataError) -> str:
+    """How a skipped sample is counted in summaries."""
+    return "missing field" if isinstance(error, MissingFieldError) else "bad field"
+
+
 class CheckpointError(MbpError):
     """A checkpoint is missing, incomplete or does not match the model."""
 

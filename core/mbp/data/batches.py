@@ -15,7 +15,7 @@ import torch
 from mbp.data.encode import EncodedSample, SampleEncoder
 from mbp.data.read import read_samples
 from mbp.data.skips import SkipLog
-from mbp.errors import DataError
+from mbp.errors import DataError, skip_kind
 from mbp.protocol import PAD
 
 T = TypeVar("T")
@@ -84,20 +84,21 @@ def encoded_stream(
         order = list(shards)
         if shuffle_buffer > 0:
             random.Random(seed + position.epoch).shuffle(order)
-        items = _encode_items(encoder, order, log)
         index = 0
         yielded_any = False
-        for kind, payload in _shuffled(items, shuffle_buffer, rng):
+        for raw in _shuffled(read_samples(order, log), shuffle_buffer, rng):
             index += 1
             if index <= position.consumed:
                 continue
             position = Position(position.epoch, index)
             if (index - 1) % world != rank:
                 continue
-            if kind == "error":
-                log.sample(*payload)
+            # encoded only here: samples already consumed, or another rank's, cost a read, not a decode
+            try:
+                sample = encoder.encode(raw)
+            except DataError as error:
+                log.sample(str(error), skip_kind(error))
                 continue
-            sample: EncodedSample = payload
             if len(sample.tokens) > seq_len:
                 message = f"{sample.where}: {len(sample.tokens)} tokens, over data.seq_len {seq_len}"
                 log.sample(message, "too long")
@@ -112,15 +113,6 @@ def encoded_stream(
                 f"no usable sample in {len(shards)} shard(s) ({', '.join(shards[:3])}): {reasons}"
             )
         position = Position(position.epoch + 1, 0)
-
-
-def _encode_items(encoder: SampleEncoder, shards: list[str], log: SkipLog) -> Iterator[tuple[str, Any]]:
-    """Every sample of ``shards`` in order: ("sample", EncodedSample) or ("error", (message, kind))."""
-    for raw in read_samples(shards, log):
-        try:
-            yield "sample", encoder.encode(raw)
-        except DataError as error:
-            yield "error", (str(error), "missing field" if "missing field" in str(error) else "bad field")
 
 
 def _shuffled(items: Iterator, buffer: int, rng: np.random.Generator) -> Iterator:

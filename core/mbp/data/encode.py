@@ -11,7 +11,7 @@ from mbp.codec import Codec
 from mbp.components import ComponentTable
 from mbp.config import Pipeline
 from mbp.data.read import RawSample
-from mbp.errors import CodecError, DataError, ProtocolError
+from mbp.errors import CodecError, DataError, MissingFieldError, ProtocolError
 from mbp.protocol import BOS, EOS, TOKEN_DTYPE, Segment, encode_segment
 
 
@@ -71,7 +71,7 @@ class SampleEncoder:
                 continue
             if found is None:
                 have = ", ".join(sorted(raw.fields)) or "none"
-                raise DataError(f"{raw.where}: missing field '{name}' (sample has: {have})")
+                raise MissingFieldError(f"{raw.where}: missing field '{name}' (sample has: {have})")
             try:
                 segment: Segment = codec.encode(raw.fields[found])
                 tokens = encode_segment(segment)

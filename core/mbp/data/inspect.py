@@ -11,7 +11,7 @@ import numpy as np
 from mbp.data.encode import SampleEncoder
 from mbp.data.read import read_samples
 from mbp.data.skips import SkipLog
-from mbp.errors import DataError
+from mbp.errors import DataError, skip_kind
 
 
 def inspect_shards(shards: list[str], encoder: SampleEncoder | None, log: SkipLog) -> dict[str, Any]:
@@ -29,7 +29,7 @@ def inspect_shards(shards: list[str], encoder: SampleEncoder | None, log: SkipLo
                 try:
                     lengths.append(len(encoder.encode(raw).tokens))
                 except DataError as error:
-                    log.sample(str(error), "bad field")
+                    log.sample(str(error), skip_kind(error))
         report["shards"].append({"path": shard, "name": Path(shard).name, "samples": count})
         report["samples"] += count
     report["fields"] = dict(sorted(fields.items()))
