@@ -115,3 +115,29 @@ def test_inspect_reports_skips_in_json(tmp_path: Path) -> None:
     report = json.loads(result.stdout)
     assert report["samples"] == 8 and report["shards_failed"] == 2
     assert report["samples_skipped"] == 4  # 3 broken samples + the one cut short by truncation
+
+
+def test_prefetch_keeps_order_stops_its_thread_and_passes_errors() -> None:
+    import threading
+    import time
+
+    import pytest
+    from mbp.data.batches import prefetch
+
+    def slow(n: int):
+        for i in range(n):
+            time.sleep(0.01)
+            yield i
+
+    assert list(prefetch(slow(20))) == list(range(20))
+    early = prefetch(slow(1000))
+    assert [next(early) for _ in range(3)] == [0, 1, 2]
+    early.close()  # the consumer stops early, as a finished training run does
+    assert not any(t.name == "mbp-prefetch" and t.is_alive() for t in threading.enumerate())
+
+    def broken():
+        yield 1
+        raise ValueError("shard went away")
+
+    with pytest.raises(ValueError, match="shard went away"):
+        list(prefetch(broken()))

@@ -103,6 +103,8 @@ def test_resume_after_kill_9_reaches_the_same_weights(setup, tmp_path: Path) -> 
     for name in a:
         assert (a[name] == b[name]).all(), name
     assert json.loads(resumed.stdout)["samples_seen"] == json.loads(straight.stdout)["samples_seen"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == list(range(1, 13))  # no step twice
 
 
 def test_unwritable_out_fails_clearly(setup, tmp_path: Path) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -156,7 +157,7 @@ def batches(
         yield collate(rows, seq_len), last
 
 
-def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+def prefetch(items: Iterator[T], depth: int = 2) -> Generator[T, None, None]:
     """Produce ``items`` on a background thread, ``depth`` ahead, so data preparation overlaps the
     model's step (decoders and torch's kernels release the GIL). Order and values are unchanged; an
     error in the producer is raised in the consumer."""
@@ -189,4 +190,10 @@ def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
                 raise value
             yield value
     finally:
+        # The producer must be done before the interpreter exits: a thread still inside native code
+        # (inflate, torch) at shutdown aborts the process. It finishes the item in hand, then stops.
         stop.set()
+        while worker.is_alive():
+            with contextlib.suppress(queue.Empty):
+                box.get(timeout=0.1)
+        worker.join()

@@ -134,9 +134,8 @@ class MultiscaleDecoder(nn.Module):
         return torch.cat((first, rest[:, : length - 1]), dim=1)
 
     def stage_outputs(self, padded: torch.Tensor) -> torch.Tensor:
-        batch = padded.shape[0]
+        """The last stage's outputs (N_n, P_n + 1, D_n) for ``padded: (B, L)`` (L a multiple of the patch)."""
         previous: torch.Tensor | None = None
-        x = padded
         for s in range(self.num_stages):
             units = padded.view(-1, self.units[s])  # all stage-s units in order
             seq = self.patch_sizes[s] if s > 0 else padded.shape[1] // self.units[0]
@@ -149,7 +148,6 @@ class MultiscaleDecoder(nn.Module):
             if s < self.num_stages - 1:
                 nxt = self.patch_sizes[s + 1]
                 previous = self.projections[s](x[:, :-1]).reshape(-1, nxt, self.dims[s + 1])
-        del batch
         return x
 
     def _run(self, s: int, x: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -113,9 +113,8 @@ class Trainer:
         self.log.samples_skipped = self.state.samples_skipped
         self.train = _train_batches(resolved, train_shards, self.log, self.state, world)
         self.evals = eval_batches(resolved, eval_shards, SkipLog(quiet=True)) if eval_shards else []
-        self.metrics = MetricsLog(out / "metrics.jsonl", append=resume) if world.is_main else None
-        if self.metrics and resume:
-            self.metrics.truncate_after(self.state.step)
+        resume_step = self.state.step if resume else None
+        self.metrics = MetricsLog(out / "metrics.jsonl", resume_step) if world.is_main else None
         self.last_eval: dict[str, Any] = {}
         # throughput window: bytes trained since the last log line, over wall time minus eval and saving
         self.window_start, self.window_tokens = time.perf_counter(), 0
@@ -124,17 +123,20 @@ class Trainer:
         cfg, state = self.cfg, self.state
         progress = Progress(cfg.steps, state.step)
         self.wrapped.train()
-        while state.step < cfg.steps:
-            started = time.perf_counter()
-            loss, tokens = self.step()
-            progress.update(state.step, loss, tokens / (time.perf_counter() - started))
-            last = state.step == cfg.steps
-            if state.step % cfg.log_every == 0 or last:
-                self.log_train(loss)
-            if self.evals and (state.step % cfg.eval_every == 0 or last):
-                self.paused(self.evaluate)
-            if state.step % cfg.checkpoint_every == 0 or last:
-                self.paused(self.save)
+        try:
+            while state.step < cfg.steps:
+                started = time.perf_counter()
+                loss, tokens = self.step()
+                progress.update(state.step, loss, tokens / (time.perf_counter() - started))
+                last = state.step == cfg.steps
+                if state.step % cfg.log_every == 0 or last:
+                    self.log_train(loss)
+                if self.evals and (state.step % cfg.eval_every == 0 or last):
+                    self.paused(self.evaluate)
+                if state.step % cfg.checkpoint_every == 0 or last:
+                    self.paused(self.save)
+        finally:
+            self.train.close()  # stops the prefetch thread before anything else shuts down
         progress.done()
         return _summary(
             self.resolved, state, self.log, self.last_eval, self.checkpoint, self.out, self.metrics
@@ -223,7 +225,7 @@ class LossStep(torch.nn.Module):
 
 def _train_batches(
     resolved: Resolved, shards: list[str], log: SkipLog, state: TrainState, world: D.World
-) -> Iterator[tuple[Batch, Position]]:
+) -> Generator[tuple[Batch, Position], None, None]:
     data, cfg = resolved.pipeline.data, resolved.pipeline.train
     stream = encoded_stream(
         shards,

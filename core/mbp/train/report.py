@@ -10,13 +10,15 @@ from typing import Any
 
 
 class MetricsLog:
-    def __init__(self, path: Path, append: bool) -> None:
+    def __init__(self, path: Path, resume_step: int | None = None) -> None:
+        """A fresh log, or with ``resume_step`` the rows up to that step: later ones are logged again."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
         self.rows: list[dict[str, Any]] = []
-        if append and path.exists():
-            self.rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        self.handle = open(path, "a" if append else "w")  # noqa: SIM115 - lives as long as the run
+        if resume_step is not None and path.exists():
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            self.rows = [r for r in rows if r.get("step", 0) <= resume_step]
+        path.write_text("".join(json.dumps(r, default=float) + "\n" for r in self.rows))
+        self.handle = open(path, "a")  # noqa: SIM115 - lives as long as the run
 
     def write(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
@@ -25,13 +27,6 @@ class MetricsLog:
 
     def close(self) -> None:
         self.handle.close()
-
-    def truncate_after(self, step: int) -> None:
-        """On resume, forget rows logged after the checkpoint: they will be logged again."""
-        self.rows = [r for r in self.rows if r.get("step", 0) <= step]
-        self.handle.close()
-        self.path.write_text("".join(json.dumps(r, default=float) + "\n" for r in self.rows))
-        self.handle = open(self.path, "a")  # noqa: SIM115
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> Path:
