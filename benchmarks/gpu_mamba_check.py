@@ -2,8 +2,8 @@
 
 One script: the same Mamba weights through the fused mamba-ssm kernel path and through mbp's PyTorch
 chunked-SSD path, on the GPU; prints the largest output and gradient differences and both paths'
-forward+backward throughput as one JSON document. Not run in CI (CI has no GPU); it has not yet run
-anywhere, since no device was lent when it was written.
+forward+backward throughput as one JSON document. Not run in CI (CI has no GPU). benchmarks/gpu_check.sh
+runs it on a lent device machine, where mamba-ssm is built from source (gpu_mamba_bootstrap.py).
 
 Run: python benchmarks/gpu_mamba_check.py
 """
@@ -38,15 +38,15 @@ def main() -> None:
     x = torch.randn(2, 4096, 256, device="cuda", requires_grad=True)
     fused_out = model(x)
     fused_out.sum().backward()
-    fused_grads = [p.grad.clone() for p in model.parameters()]
+    fused_grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
     model.zero_grad()
     x.grad = None
     original = backbone.fused_scan
-    backbone.fused_scan = lambda: None  # type: ignore[assignment]  # force the PyTorch path
+    backbone.fused_scan = lambda: None  # force the PyTorch path
     try:
         torch_out = model(x)
         torch_out.sum().backward()
-        torch_grads = [p.grad.clone() for p in model.parameters()]
+        torch_grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
         torch_s = timed(model, x)
     finally:
         backbone.fused_scan = original

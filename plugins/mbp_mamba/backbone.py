@@ -12,6 +12,9 @@ from torch import nn
 from mbp_mamba.kernels import announce, fused_scan
 from mbp_mamba.mixer import Mamba2
 
+# causal-conv1d's kernels take these alone; float64 (exact tests, say) runs the PyTorch path.
+FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
 
 class MambaParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -54,7 +57,7 @@ class MambaLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm(x)
-        kernel = fused_scan() if h.is_cuda else None
+        kernel = fused_scan() if h.is_cuda and h.dtype in FUSED_DTYPES else None
         if kernel is None:
             announce("PyTorch chunked-SSD")
             return x + self.mixer(h)
