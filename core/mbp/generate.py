@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import torch
@@ -45,10 +46,14 @@ class CachedState:
         batch = len(prompts)
         n = model.num_stages
         longest = max(len(p) for p in prompts) + max_new + 1
+        # Prefill all but each prompt's last token, then feed that one as a step: the step returns the
+        # next-token logits directly, also where a prompt ends on a patch boundary (whose predicting
+        # state lies in the previous patch), so no full forward over the prompt is needed.
+        heads = [p[:-1].to(self.device) for p in prompts]
         self.history = torch.full((batch, longest), PAD, dtype=torch.long, device=self.device)
-        self.lengths = torch.tensor([len(p) for p in prompts], device=self.device)
-        for row, prompt in enumerate(prompts):
-            self.history[row, : len(prompt)] = prompt.to(self.device)
+        self.lengths = torch.tensor([len(h) for h in heads], device=self.device)
+        for row, head in enumerate(heads):
+            self.history[row, : len(head)] = head
         capacities = [longest // model.units[0] + 2] + [model.patch_sizes[s] + 1 for s in range(1, n)]
         backbones: list[Any] = list(model.backbones)
         self.backbones = backbones
@@ -57,12 +62,14 @@ class CachedState:
             like.new_zeros(batch, model.patch_sizes[s], model.dims[s]) for s in range(1, n)
         ]
         self.counts = [torch.zeros(batch, dtype=torch.long, device=self.device) for _ in range(n)]
-        for row, prompt in enumerate(prompts):
-            self._prefill_row(row, prompt.to(self.device))
-        padded = [torch.cat((p.to(self.device), p.new_full((1,), PAD).to(self.device))) for p in prompts]
-        self.logits = torch.stack([model.to_logits(model.hidden(p[None])[0, -1]) for p in padded])
+        self.rows = torch.arange(batch, device=self.device)
+        self.everyone = torch.ones(batch, dtype=torch.bool, device=self.device)
+        for row, head in enumerate(heads):
+            self._prefill_row(row, head)
+        self.logits = self.feed(torch.stack([p[-1] for p in prompts]).to(self.device))
 
     def _prefill_row(self, row: int, prompt: torch.Tensor) -> None:
+        """Fill every stage's cache with one (possibly empty) prompt."""
         model, length = self.model, len(prompt)
         for s in range(model.num_stages):
             unit = model.units[s]
@@ -103,17 +110,25 @@ class CachedState:
     def feed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Consume one token per row; return next-token logits (B, V)."""
         model, last = self.model, self.model.num_stages - 1
-        rows = torch.arange(len(tokens), device=self.device)
-        self.history[rows, self.lengths] = tokens
+        self.history[self.rows, self.lengths] = tokens
         self.lengths = self.lengths + 1
-        everyone = torch.ones(len(tokens), dtype=torch.bool, device=self.device)
         x = model.embeddings[last](tokens)
         if last > 0:
-            x = x + self.pending[last][rows, self.counts[last]]  # type: ignore[index]
-        logits = model.to_logits(self.backbones[last].step(x, self.caches[last], everyone))
-        self.counts[last] = self.counts[last] + 1
-        completed = [torch.zeros_like(everyone) for _ in range(model.num_stages)]
-        completed[last] = self.counts[last] == model.patch_sizes[last] if last > 0 else ~everyone
+            x = x + self.pending[last][self.rows, self.counts[last]]  # type: ignore[index]
+        out = self.backbones[last].step(x, self.caches[last], self.everyone)
+        head = model.to_logits
+        self.logits = torch.addmm(head.bias, out, head.weight.t())  # 2-D: cheaper than a Linear call
+        if last > 0:
+            self.counts[last] = self.counts[last] + 1
+            completed = self.counts[last] == model.patch_sizes[last]
+            if bool(completed.any()):  # most steps end here: no row finished a patch
+                self._advance_coarse_stages(completed)
+        return self.logits
+
+    def _advance_coarse_stages(self, completed_last: torch.Tensor) -> None:
+        model, last = self.model, self.model.num_stages - 1
+        completed = [torch.zeros_like(completed_last) for _ in range(model.num_stages)]
+        completed[last] = completed_last
         for s in range(last, 0, -1):  # upwards: a completed unit is one more input for the stage above
             if not bool(completed[s].any()):
                 break
@@ -132,18 +147,23 @@ class CachedState:
                 continue
             self.caches[s].reset(fresh)
             self.counts[s] = torch.where(fresh, torch.zeros_like(self.counts[s]), self.counts[s])
-            start = model.start_tokens[s].expand(len(tokens), -1)
+            start = model.start_tokens[s].expand(len(fresh), -1)
             out = self.backbones[s].step(start, self.caches[s], fresh)
             if s < last:
                 self._set_pending(s, out, fresh)
-        self.logits = logits
-        return logits
+
+
+@cache
+def _never_sampled(vocab: int, device: torch.device) -> torch.Tensor:
+    """Added to logits: -inf at PAD and BOS, which generation must never emit."""
+    with torch.inference_mode(False):
+        banned = torch.zeros(vocab, device=device)
+        banned[[PAD, BOS]] = float("-inf")
+        return banned
 
 
 def sample_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
-    logits = logits.float().clone()
-    logits[:, PAD] = float("-inf")
-    logits[:, BOS] = float("-inf")
+    logits = logits.float() + _never_sampled(logits.shape[-1], logits.device)
     if not sampling.temperature:
         return logits.argmax(-1)
     logits = logits / sampling.temperature
@@ -180,15 +200,16 @@ def generate(
         logits = state.logits
         out: list[list[int]] = [[] for _ in prompts]
         done = [False] * len(prompts)
-        stops = torch.tensor(list(stop_tokens), device=state.device)
+        stops = set(stop_tokens)
         for step in range(max_new):
             tokens = sample_next(logits, sampling, generator)
-            for row, token in enumerate(tokens.tolist()):
+            chosen = tokens.tolist()
+            for row, token in enumerate(chosen):
                 if not done[row]:
                     out[row].append(token)
                     if callback:
                         callback(row, token)
-            done = [d or bool((t == stops).any()) for d, t in zip(done, tokens, strict=True)]
+            done = [d or t in stops for d, t in zip(done, chosen, strict=True)]
             if all(done) or step == max_new - 1:
                 break
             logits = state.feed(tokens)

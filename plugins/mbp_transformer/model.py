@@ -5,13 +5,18 @@ Legend: B batch, L length, D width, H heads, K head width, T cache capacity.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
+from mbp.model import small
 from mbp.model.norm import RMSNorm
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
+
+SMALL_ATTENTION = 1 << 16
+"""Cache sizes (B x S x H x K) up to which one step's attention runs as a broadcast product."""
 
 
 class TransformerParams(BaseModel):
@@ -39,6 +44,18 @@ def rotary(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(pairs * turns).flatten(-2).to(x.dtype)
 
 
+@dataclass(frozen=True)
+class StepPlan:
+    """What every layer of one generation step shares: computed once per step, not once per layer."""
+
+    rows: torch.Tensor  # (B,) row indices
+    slot: torch.Tensor  # (B,) cache slot each row writes
+    turns: torch.Tensor  # (B, 1, 1, K/2) rotation at each row's position
+    span: int  # cache slots any row can see
+    visible: torch.Tensor | None  # (B, span), None when every row sits at the same position
+    active: torch.Tensor | None  # (B,) rows that advance, None when all do
+
+
 class KVCache:
     """Keys and values per layer, (B, H, T, K), with a fill length per row."""
 
@@ -60,6 +77,21 @@ class KVCache:
         self.capacity = capacity
         # every position's rotation, looked up once per step for all layers
         self.turns = rotations(torch.arange(capacity, device=like.device), head_dim, rope_base, like.dtype)
+        self.rows = torch.arange(batch, device=like.device)
+        self.positions = torch.arange(capacity, device=like.device)
+
+    def plan(self, active: torch.Tensor) -> StepPlan:
+        everyone = bool(active.all())
+        pos = self.lengths
+        top = int(pos.max() if everyone else pos[active].max())
+        if top >= self.capacity:
+            raise RuntimeError(f"KV cache capacity {self.capacity} exceeded")
+        slot = pos.clamp(max=self.capacity - 1)  # rows sitting out may be full; they write nothing
+        span = int(slot.max()) + 1
+        # rows at different positions must not see the stale slots beyond their own
+        visible = None if int(slot.min()) + 1 == span else self.positions[:span] <= pos[:, None]
+        turns = self.turns[slot][:, None, None, :]
+        return StepPlan(self.rows, slot, turns, span, visible, None if everyone else active)
 
     def reset(self, rows: torch.Tensor) -> None:
         self.lengths = torch.where(rows, torch.zeros_like(self.lengths), self.lengths)
@@ -114,34 +146,34 @@ class Attention(nn.Module):
         cache.values[layer][row, :, : x.shape[1]] = v[0]
         return self._merge(F.scaled_dot_product_attention(q, k, v, is_causal=True))
 
-    def step(
-        self,
-        x: torch.Tensor,
-        cache: KVCache,
-        layer: int,
-        active: torch.Tensor,
-        turns: torch.Tensor,
-        everyone: bool,
-    ) -> torch.Tensor:
-        """One position per row: ``x: (B, D)``, ``turns: (B, 1, 1, K/2)`` at each row's position."""
-        pos = cache.lengths  # (B,)
-        q, k, v = self._split(x[:, None], turns)  # (B, H, 1, K)
-        slot = torch.clamp(pos, max=cache.capacity - 1)
-        rows = torch.arange(x.shape[0], device=x.device)
+    def step(self, x: torch.Tensor, cache: KVCache, layer: int, plan: StepPlan) -> torch.Tensor:
+        """One position per row, ``x: (B, D)``.
+
+        Written for (B, D) tensors, where fixed per-op costs dominate: 2-D products instead of 3-D
+        ``Linear`` calls, and attention over a short cache as a broadcast product instead of SDPA.
+        """
+        b = x.shape[0]
+        qkv = torch.mm(x, self.qkv.weight.t()).view(b, 3, self.heads, self.head_dim)
+        q, k = rotary(qkv[:, :2], plan.turns).unbind(1)  # (B, H, K)
+        v = qkv[:, 2]
         keys, values = cache.keys[layer], cache.values[layer]
-        if everyone:
-            keys[rows, :, slot] = k[:, :, 0]
-            values[rows, :, slot] = v[:, :, 0]
+        if plan.active is None:
+            keys[plan.rows, :, plan.slot] = k
+            values[plan.rows, :, plan.slot] = v
         else:  # rows sitting this step out keep what their slot holds
-            mask = active[:, None, None]
-            keys[rows, :, slot] = torch.where(mask, k[:, :, 0], keys[rows, :, slot])
-            values[rows, :, slot] = torch.where(mask, v[:, :, 0], values[rows, :, slot])
-        span = int(pos.max()) + 1
-        visible = torch.arange(span, device=x.device)[None, :] <= pos[:, None]  # (B, span)
-        y = F.scaled_dot_product_attention(
-            q, keys[:, :, :span], values[:, :, :span], attn_mask=visible[:, None, None]
-        )
-        return self._merge(y)[:, 0]
+            keep = plan.active[:, None, None]
+            keys[plan.rows, :, plan.slot] = torch.where(keep, k, keys[plan.rows, :, plan.slot])
+            values[plan.rows, :, plan.slot] = torch.where(keep, v, values[plan.rows, :, plan.slot])
+        keys, values = keys[:, :, : plan.span], values[:, :, : plan.span]
+        if b * plan.span * x.shape[1] <= SMALL_ATTENTION:
+            scores = (q[:, :, None] * keys).sum(-1) * self.head_dim**-0.5  # (B, H, S)
+            if plan.visible is not None:
+                scores = scores.masked_fill(~plan.visible[:, None], float("-inf"))
+            y = (torch.softmax(scores, -1)[..., None] * values).sum(-2)
+        else:
+            mask = None if plan.visible is None else plan.visible[:, None, None]
+            y = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=mask)[:, :, 0]
+        return torch.mm(y.reshape(b, -1), self.out.weight.t())
 
 
 class MLP(nn.Module):
@@ -161,6 +193,14 @@ class MLP(nn.Module):
         else:
             h = F.gelu(h)
         return self.drop(self.down(h))
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """``x: (B, D)``: the forward pass with 2-D products (no dropout: generation runs in eval)."""
+        h = torch.mm(x, self.up.weight.t())
+        if self.gated:
+            gate, value = h.chunk(2, dim=-1)
+            return torch.mm(F.silu(gate) * value, self.down.weight.t())
+        return torch.mm(small.gelu(h) if h.numel() <= small.SMALL else F.gelu(h), self.down.weight.t())
 
 
 class Layer(nn.Module):
@@ -206,12 +246,9 @@ class Transformer(nn.Module):
         return self.norm(x)
 
     def step(self, x: torch.Tensor, cache: KVCache, active: torch.Tensor) -> torch.Tensor:
-        everyone = bool(active.all())
-        if int(cache.lengths.max() if everyone else cache.lengths[active].max(0).values) >= cache.capacity:
-            raise RuntimeError(f"KV cache capacity {cache.capacity} exceeded")
-        turns = cache.turns[cache.lengths.clamp(max=cache.capacity - 1)][:, None, None, :]
+        plan = cache.plan(active)
         for index, layer in enumerate(self._blocks()):
-            x = x + layer.attn.step(layer.attn_norm(x), cache, index, active, turns, everyone)
-            x = x + layer.mlp(layer.mlp_norm(x))
+            x = x + layer.attn.step(layer.attn_norm(x), cache, index, plan)
+            x = x + layer.mlp.step(layer.mlp_norm(x))
         cache.lengths = cache.lengths + active.long()
         return self.norm(x)
