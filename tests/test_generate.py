@@ -6,6 +6,7 @@ import pytest
 import torch
 from mbp.generate import CachedState, Sampling, generate, generate_uncached, sample_next
 from mbp.protocol import END, EOS, PAD
+from mbp_transformer import model as transformer_model
 
 from tests.conftest import tiny_model
 
@@ -28,6 +29,16 @@ def test_cached_greedy_equals_uncached(components, backbones: tuple[str, ...]) -
     for prompt, tokens in zip(prompts, cached, strict=True):
         assert tokens == generate_uncached(model, prompt, 30)
     assert len({t for row in cached for t in row}) > 5, "a degenerate model would make this test vacuous"
+
+
+def test_long_cache_attention_path_matches_too(components, monkeypatch: pytest.MonkeyPatch) -> None:
+    # steps attend by a broadcast product on short caches and by SDPA on long ones: check the SDPA path
+    monkeypatch.setattr(transformer_model, "SMALL_ATTENTION", 0)
+    model = tiny_model(components, 2).eval()
+    prompts = [torch.randint(0, 256, (n,)) for n in (3, 12, 17)]
+    cached = generate(model, prompts, max_new=20, stop_tokens=())
+    for prompt, tokens in zip(prompts, cached, strict=True):
+        assert tokens == generate_uncached(model, prompt, 20)
 
 
 @pytest.mark.parametrize("stages", [1, 2, 3])

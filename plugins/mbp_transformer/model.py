@@ -50,7 +50,7 @@ class StepPlan:
 
     rows: torch.Tensor  # (B,) row indices
     slot: torch.Tensor  # (B,) cache slot each row writes
-    turns: torch.Tensor  # (B, 1, 1, K/2) rotation at each row's position
+    turns: torch.Tensor  # (B, 2, 1, K/2) query (scaled) and key rotations at each row's position
     span: int  # cache slots any row can see
     visible: torch.Tensor | None  # (B, span), None when every row sits at the same position
     active: torch.Tensor | None  # (B,) rows that advance, None when all do
@@ -75,8 +75,10 @@ class KVCache:
         self.lengths = torch.zeros(batch, dtype=torch.long, device=like.device)
         self.batch = batch
         self.capacity = capacity
-        # every position's rotation, looked up once per step for all layers
-        self.turns = rotations(torch.arange(capacity, device=like.device), head_dim, rope_base, like.dtype)
+        # every position's rotation, looked up once per step for all layers: (T, 2, K/2), the query's
+        # pre-multiplied by attention's 1/sqrt(K) so that steps need not scale the scores
+        turns = rotations(torch.arange(capacity, device=like.device), head_dim, rope_base, like.dtype)
+        self.turns = torch.stack((turns * head_dim**-0.5, turns), dim=1)
         self.rows = torch.arange(batch, device=like.device)
         self.positions = torch.arange(capacity, device=like.device)
 
@@ -86,12 +88,13 @@ class KVCache:
         top = int(pos.max() if everyone else pos[active].max())
         if top >= self.capacity:
             raise RuntimeError(f"KV cache capacity {self.capacity} exceeded")
-        slot = pos.clamp(max=self.capacity - 1)  # rows sitting out may be full; they write nothing
-        span = int(slot.max()) + 1
+        # rows sitting out may be full; they write nothing
+        slot = pos if everyone else pos.clamp(max=self.capacity - 1)
+        low, high = (int(v) for v in torch.aminmax(slot))
         # rows at different positions must not see the stale slots beyond their own
-        visible = None if int(slot.min()) + 1 == span else self.positions[:span] <= pos[:, None]
-        turns = self.turns[slot][:, None, None, :]
-        return StepPlan(self.rows, slot, turns, span, visible, None if everyone else active)
+        visible = None if low == high else self.positions[: high + 1] <= pos[:, None]
+        turns = self.turns[slot][:, :, None, :]
+        return StepPlan(self.rows, slot, turns, high + 1, visible, None if everyone else active)
 
     def reset(self, rows: torch.Tensor) -> None:
         self.lengths = torch.where(rows, torch.zeros_like(self.lengths), self.lengths)
@@ -153,8 +156,8 @@ class Attention(nn.Module):
         ``Linear`` calls, and attention over a short cache as a broadcast product instead of SDPA.
         """
         b = x.shape[0]
-        qkv = torch.mm(x, self.qkv.weight.t()).view(b, 3, self.heads, self.head_dim)
-        q, k = rotary(qkv[:, :2], plan.turns).unbind(1)  # (B, H, K)
+        qkv = F.linear(x, self.qkv.weight).view(b, 3, self.heads, self.head_dim)
+        q, k = rotary(qkv[:, :2], plan.turns).unbind(1)  # (B, H, K), q already scaled by 1/sqrt(K)
         v = qkv[:, 2]
         keys, values = cache.keys[layer], cache.values[layer]
         if plan.active is None:
@@ -166,14 +169,14 @@ class Attention(nn.Module):
             values[plan.rows, :, plan.slot] = torch.where(keep, v, values[plan.rows, :, plan.slot])
         keys, values = keys[:, :, : plan.span], values[:, :, : plan.span]
         if b * plan.span * x.shape[1] <= SMALL_ATTENTION:
-            scores = (q[:, :, None] * keys).sum(-1) * self.head_dim**-0.5  # (B, H, S)
+            scores = (q[:, :, None] * keys).sum(-1)  # (B, H, S)
             if plan.visible is not None:
                 scores = scores.masked_fill(~plan.visible[:, None], float("-inf"))
             y = (torch.softmax(scores, -1)[..., None] * values).sum(-2)
         else:
             mask = None if plan.visible is None else plan.visible[:, None, None]
-            y = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=mask)[:, :, 0]
-        return torch.mm(y.reshape(b, -1), self.out.weight.t())
+            y = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=mask, scale=1.0)[:, :, 0]
+        return F.linear(y.reshape(b, -1), self.out.weight)
 
 
 class MLP(nn.Module):
@@ -196,11 +199,11 @@ class MLP(nn.Module):
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         """``x: (B, D)``: the forward pass with 2-D products (no dropout: generation runs in eval)."""
-        h = torch.mm(x, self.up.weight.t())
+        h = F.linear(x, self.up.weight)
         if self.gated:
             gate, value = h.chunk(2, dim=-1)
-            return torch.mm(F.silu(gate) * value, self.down.weight.t())
-        return torch.mm(small.gelu(h) if h.numel() <= small.SMALL else F.gelu(h), self.down.weight.t())
+            return F.linear(F.silu(gate) * value, self.down.weight)
+        return F.linear(small.gelu(h) if h.numel() <= small.SMALL else F.gelu(h), self.down.weight)
 
 
 class Layer(nn.Module):
