@@ -119,10 +119,11 @@ class Attention(nn.Module):
         """Queries and keys rotated by ``turns``, and values; each (B, H, L, K)."""
         b, length, _ = x.shape
         qkv = self.qkv(x).view(b, length, 3, self.heads, self.head_dim)
-        # queries and keys rotate together; unbind, not indexing, whose backward zero-fills the whole
-        # fused tensor once per part
-        q, k = rotary(qkv[:, :, :2], turns[:, :, None]).unbind(2)
-        v = qkv[:, :, 2]
+        # queries and keys rotate together; split and unbind, not indexing, whose backward zero-fills
+        # the whole fused tensor once per part
+        qk, v = qkv.split([2, 1], dim=2)
+        q, k = rotary(qk, turns[:, :, None]).unbind(2)
+        v = v.squeeze(2)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     def _turns(self, length: int, like: torch.Tensor) -> torch.Tensor:
