@@ -24,7 +24,8 @@ STACKS = [
 @pytest.mark.parametrize("backbones", STACKS, ids=lambda b: "-".join(b))
 def test_cached_greedy_equals_uncached(components, backbones: tuple[str, ...]) -> None:
     model = tiny_model(components, len(backbones), backbones).eval()
-    prompts = [torch.randint(0, 256, (n,)) for n in (1, 4, 11, 12, 13, 25)]  # phases across patch boundaries
+    # phases across patch boundaries; repeated lengths prefill as one group
+    prompts = [torch.randint(0, 256, (n,)) for n in (1, 4, 4, 11, 12, 13, 13, 25)]
     cached = generate(model, prompts, max_new=30, stop_tokens=())
     for prompt, tokens in zip(prompts, cached, strict=True):
         assert tokens == generate_uncached(model, prompt, 30)

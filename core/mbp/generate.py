@@ -64,28 +64,33 @@ class CachedState:
         self.counts = [torch.zeros(batch, dtype=torch.long, device=self.device) for _ in range(n)]
         self.rows = torch.arange(batch, device=self.device)
         self.everyone = torch.ones(batch, dtype=torch.bool, device=self.device)
-        for row, head in enumerate(heads):
-            self._prefill_row(row, head)
+        sizes = [len(h) for h in heads]
+        for size in sorted(set(sizes)):  # rows of one prompt length prefill together
+            rows = [row for row, other in enumerate(sizes) if other == size]
+            self._prefill_rows(torch.tensor(rows, device=self.device), torch.stack([heads[r] for r in rows]))
         self.logits = self.feed(torch.stack([p[-1] for p in prompts]).to(self.device))
 
-    def _prefill_row(self, row: int, prompt: torch.Tensor) -> None:
-        """Fill every stage's cache with one (possibly empty) prompt."""
-        model, length = self.model, len(prompt)
+    def _prefill_rows(self, rows: torch.Tensor, prompts: torch.Tensor) -> None:
+        """Fill every stage's cache for ``rows`` from their (possibly empty) prompts, (R, L) of one L."""
+        model, (count, length) = self.model, prompts.shape
         for s in range(model.num_stages):
             unit = model.units[s]
             begin = 0 if s == 0 else length - length % model.units[s - 1]
             done = (length - begin) // unit
-            units = prompt[begin : begin + done * unit]
+            units = prompts[:, begin : begin + done * unit]
             # the last stage embeds single bytes; earlier stages embed units of U_s bytes
-            inputs = model.embeddings[s](units if s == model.num_stages - 1 else units.view(done, unit))
+            if s < model.num_stages - 1:
+                units = units.reshape(count, done, unit)
+            inputs = model.embeddings[s](units)
             if s > 0:
-                inputs = inputs + self.pending[s][row, :done]  # type: ignore[index]
-            x = torch.cat((model.start_tokens[s][None], inputs))[None]
-            out = prefill(self.backbones[s], x, self.caches[s], row)
-            self.counts[s][row] = done
+                inputs = inputs + self.pending[s][rows, :done]  # type: ignore[index]
+            x = torch.cat((model.start_tokens[s].expand(count, 1, -1), inputs), dim=1)
+            out = prefill(self.backbones[s], x, self.caches[s], rows)
+            self.counts[s][rows] = done
             if s < model.num_stages - 1:
                 nxt = model.patch_sizes[s + 1]
-                self.pending[s + 1][row] = model.projections[s](out[0, -1]).view(nxt, -1)  # type: ignore[index]
+                fresh = model.projections[s](out[:, -1]).view(count, nxt, -1)
+                self.pending[s + 1][rows] = fresh  # type: ignore[index]
 
     def _unit_input(self, s: int, rows: torch.Tensor) -> torch.Tensor:
         """Stage s's input for the unit that just completed in each row (rows not in ``rows``: ignored)."""

@@ -56,14 +56,15 @@ def assert_step_matches_forward(
     stepped = torch.stack([backbone.step(x[:, t], cache, active) for t in range(length)], dim=1)
     error = (stepped - full).abs().max().item()
     assert error <= atol, f"step differs from forward by {error:.3g}"
-    # a row that sits out a step keeps its state; prefilling one row equals stepping it
+    # rows that sit out a step keep their state; prefilling some rows equals stepping them
     cache = backbone.allocate_cache(batch, length + 1)
     half = length // 2
-    prefill(backbone, x[1:2, :half], cache, row=1)
+    rows = torch.tensor([0, batch - 1])
+    prefill(backbone, x[rows, :half], cache, rows)
     only = torch.zeros(batch, dtype=torch.bool)
-    only[1] = True
-    tail = torch.stack([backbone.step(x[:, t], cache, only)[1] for t in range(half, length)])
-    error = (tail - full[1, half:]).abs().max().item()
+    only[rows] = True
+    tail = torch.stack([backbone.step(x[:, t], cache, only)[rows] for t in range(half, length)], dim=1)
+    error = (tail - full[rows, half:]).abs().max().item()
     assert error <= atol, f"prefill + masked steps differ from forward by {error:.3g}"
 
 

@@ -101,11 +101,11 @@ class Mamba(nn.Module):
     def allocate_cache(self, batch: int, max_len: int) -> MambaCache:
         return MambaCache([layer.mixer for layer in self._blocks()], batch, self.norm.weight.detach())
 
-    def prefill(self, x: torch.Tensor, cache: MambaCache, row: int) -> torch.Tensor:
+    def prefill(self, x: torch.Tensor, cache: MambaCache, rows: torch.Tensor) -> torch.Tensor:
         for index, layer in enumerate(self._blocks()):
             out, conv_state, ssm_state = layer.mixer(layer.norm(x), return_state=True)
-            cache.conv[index][row] = conv_state[0]
-            cache.ssm[index][row] = ssm_state[0]
+            cache.conv[index][rows] = conv_state
+            cache.ssm[index][rows] = ssm_state
             x = x + out
         return self.norm(x)
 

@@ -144,10 +144,10 @@ class Attention(nn.Module):
         drop = self.dropout if self.training else 0.0
         return self._merge(F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop))
 
-    def prefill(self, x: torch.Tensor, cache: KVCache, layer: int, row: int) -> torch.Tensor:
+    def prefill(self, x: torch.Tensor, cache: KVCache, layer: int, rows: torch.Tensor) -> torch.Tensor:
         q, k, v = self._split(x, self._turns(x.shape[1], x))
-        cache.keys[layer][row, :, : x.shape[1]] = k[0]
-        cache.values[layer][row, :, : x.shape[1]] = v[0]
+        cache.keys[layer][rows, :, : x.shape[1]] = k
+        cache.values[layer][rows, :, : x.shape[1]] = v
         return self._merge(F.scaled_dot_product_attention(q, k, v, is_causal=True))
 
     def step(self, x: torch.Tensor, cache: KVCache, layer: int, plan: StepPlan) -> torch.Tensor:
@@ -176,7 +176,8 @@ class Attention(nn.Module):
             y = (torch.softmax(scores, -1)[..., None] * values).sum(-2)
         else:
             mask = None if plan.visible is None else plan.visible[:, None, None]
-            y = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=mask, scale=1.0)[:, :, 0]
+            y = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=mask, scale=1.0)
+            y = y[:, :, 0]
         return F.linear(y.reshape(b, -1), self.out.weight)
 
 
@@ -242,11 +243,11 @@ class Transformer(nn.Module):
             len(self.layers), batch, p.heads, max_len, like.shape[0] // p.heads, like.detach(), p.rope_base
         )
 
-    def prefill(self, x: torch.Tensor, cache: KVCache, row: int) -> torch.Tensor:
+    def prefill(self, x: torch.Tensor, cache: KVCache, rows: torch.Tensor) -> torch.Tensor:
         for index, layer in enumerate(self._blocks()):
-            x = x + layer.attn.prefill(layer.attn_norm(x), cache, index, row)
+            x = x + layer.attn.prefill(layer.attn_norm(x), cache, index, rows)
             x = x + layer.mlp(layer.mlp_norm(x))
-        cache.lengths[row] = x.shape[1]
+        cache.lengths[rows] = x.shape[1]
         return self.norm(x)
 
     def step(self, x: torch.Tensor, cache: KVCache, active: torch.Tensor) -> torch.Tensor:

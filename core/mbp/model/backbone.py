@@ -7,8 +7,9 @@ Shapes: B batch, L length, D width.
   empties the rows selected by a bool mask (B,).
 - ``step(x: (B, D), cache, active: (B,) bool) -> (B, D)``: advance only the ``active`` rows by one
   position; other rows keep their state (their outputs are meaningless).
-- optional ``prefill(x: (1, L, D), cache, row) -> (1, L, D)``: fill one row's state from a whole
-  sequence at once; without it the core steps the row position by position.
+- optional ``prefill(x: (R, L, D), cache, rows: (R,) long) -> (R, L, D)``: fill the state of the rows
+  ``rows`` from whole sequences of one length at once; without it the core steps them position by
+  position.
 """
 
 from __future__ import annotations
@@ -32,18 +33,19 @@ class Backbone(Protocol):
     def step(self, x: torch.Tensor, cache: Any, active: torch.Tensor) -> torch.Tensor: ...
 
 
-def prefill(backbone: Any, x: torch.Tensor, cache: Any, row: int) -> torch.Tensor:
-    """Fill ``row`` of ``cache`` with the sequence ``x: (1, L, D)``; returns the outputs (1, L, D)."""
+def prefill(backbone: Any, x: torch.Tensor, cache: Any, rows: torch.Tensor) -> torch.Tensor:
+    """Fill ``rows: (R,)`` of ``cache`` with the sequences ``x: (R, L, D)``; returns the outputs."""
     if hasattr(backbone, "prefill"):
-        return backbone.prefill(x, cache, row)
+        return backbone.prefill(x, cache, rows)
     batch = _cache_batch(cache)
     active = torch.zeros(batch, dtype=torch.bool, device=x.device)
-    active[row] = True
+    active[rows] = True
     outputs = []
     for t in range(x.shape[1]):
-        wide = x[:, t].expand(batch, -1)
-        outputs.append(backbone.step(wide, cache, active)[row])
-    return torch.stack(outputs).unsqueeze(0) if outputs else x[:, :0]
+        wide = x.new_zeros(batch, x.shape[-1])
+        wide[rows] = x[:, t]
+        outputs.append(backbone.step(wide, cache, active)[rows])
+    return torch.stack(outputs, dim=1) if outputs else x[:, :0]
 
 
 def _cache_batch(cache: Any) -> int:
@@ -65,7 +67,7 @@ class Identity(torch.nn.Module):
     def step(self, x: torch.Tensor, cache: Any, active: torch.Tensor) -> torch.Tensor:
         return x
 
-    def prefill(self, x: torch.Tensor, cache: Any, row: int) -> torch.Tensor:
+    def prefill(self, x: torch.Tensor, cache: Any, rows: torch.Tensor) -> torch.Tensor:
         return x
 
 
