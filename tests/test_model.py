@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -25,6 +26,31 @@ def test_every_registered_backbone_is_causal_and_steps_like_forward(components, 
     ref = stage(name, 16, 2)["backbone"]
     assert_backbone_causal(components.build("backbones", ref, dim=16, layers=2), 16)
     assert_step_matches_forward(components.build("backbones", ref, dim=16, layers=2), 16)
+
+
+class StepOnly(torch.nn.Module):
+    """A backbone without ``prefill``: the core fills its cache by stepping the rows one by one."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+    def allocate_cache(self, batch: int, max_len: int) -> Any:
+        return self.inner.allocate_cache(batch, max_len)
+
+    def step(self, x: torch.Tensor, cache: Any, active: torch.Tensor) -> torch.Tensor:
+        return self.inner.step(x, cache, active)
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_backbones_without_prefill_are_stepped_by_the_core(components, name: str) -> None:
+    ref = stage(name, 16, 2)["backbone"]
+    backbone = StepOnly(components.build("backbones", ref, dim=16, layers=2))
+    assert not hasattr(backbone, "prefill")
+    assert_step_matches_forward(backbone, 16)
 
 
 @pytest.mark.parametrize("stages", [1, 2, 3])
