@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import mbp.generate as mbp_generate
 import numpy as np
 import pytest
 import torch
@@ -92,3 +93,40 @@ def test_teacher_forced_exact_match_equals_greedy_generation(components) -> None
         expected.append(out[: last - first] == s.tokens[first:last].tolist())
     assert result["accuracy"] == pytest.approx(sum(expected) / len(expected))
     assert 0 < sum(expected) < len(expected), "the set must hold both hits and misses"
+
+
+def test_classify_generates_labels_only_for_misses(components, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hits are predicted as their truth (greedy would write it); misses get a real generation run."""
+    torch.manual_seed(3)
+    model = tiny_model(components, 2).eval()
+    with torch.no_grad():
+        model.to_logits.bias[END] += 3.0
+    classify = head(components, "classify", label_field="answer")
+    built, predicted = [], []
+    for index in range(6):
+        question = bytes([97 + index]) * (index % 3 + 1)
+        probe = sample(question, b"")
+        prompt = torch.as_tensor(probe.tokens[: prompt_length(probe, "answer")].astype(np.int64))
+        tokens = generate(model, [prompt], max_new=64, stop_tokens=(END, EOS))[0]
+        assert tokens[-1] == END
+        greedy = bytes(t for t in tokens if t < 256)
+        label = greedy if index % 2 else greedy + b"!"  # even indices miss by one extra byte
+        built.append(sample(question, label, key=str(index)))
+        predicted.append(greedy)
+    for s in built:
+        s.weights = classify.token_weights(s)
+    runs = []
+    real = mbp_generate.generate_segment_payload
+    monkeypatch.setattr(
+        mbp_generate, "generate_segment_payload", lambda *a, **k: runs.append(1) or real(*a, **k)
+    )
+    result = evaluate(model, [collate([[s] for s in built], 64)], classify)
+    assert len(runs) == 3  # the three misses
+    expected: dict[str, dict[str, int]] = {}
+    for s, guess in zip(built, predicted, strict=True):
+        first, last = payload_range(s, s.span("answer"))
+        truth = s.tokens[first : last - 1].astype(np.uint8).tobytes().decode("utf-8", "replace")
+        row = expected.setdefault(truth, {})
+        row[guess.decode("utf-8", "replace")] = row.get(guess.decode("utf-8", "replace"), 0) + 1
+    assert result["confusion"] == expected
+    assert result["accuracy"] == pytest.approx(0.5)
