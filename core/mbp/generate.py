@@ -50,8 +50,9 @@ class CachedState:
         # next-token logits directly, also where a prompt ends on a patch boundary (whose predicting
         # state lies in the previous patch), so no full forward over the prompt is needed.
         heads = [p[:-1].to(self.device) for p in prompts]
+        sizes = [len(h) for h in heads]
         self.history = torch.full((batch, longest), PAD, dtype=torch.long, device=self.device)
-        self.lengths = torch.tensor([len(h) for h in heads], device=self.device)
+        self.lengths = torch.tensor(sizes, device=self.device)
         for row, head in enumerate(heads):
             self.history[row, : len(head)] = head
         capacities = [longest // model.units[0] + 2] + [model.patch_sizes[s] + 1 for s in range(1, n)]
@@ -64,7 +65,6 @@ class CachedState:
         self.counts = [torch.zeros(batch, dtype=torch.long, device=self.device) for _ in range(n)]
         self.rows = torch.arange(batch, device=self.device)
         self.everyone = torch.ones(batch, dtype=torch.bool, device=self.device)
-        sizes = [len(h) for h in heads]
         for size in sorted(set(sizes)):  # rows of one prompt length prefill together
             rows = [row for row, other in enumerate(sizes) if other == size]
             self._prefill_rows(torch.tensor(rows, device=self.device), torch.stack([heads[r] for r in rows]))

@@ -43,6 +43,12 @@ def payload_range(sample: EncodedSample, span: Span) -> tuple[int, int]:
     return hdr + 1, span.end
 
 
+def payload_bytes(sample: EncodedSample, field: str) -> bytes:
+    """The payload of ``field``'s segment as it stands in the sample (its END marker left out)."""
+    first, last = payload_range(sample, sample.span(field))
+    return sample.tokens[first : last - 1].astype(np.uint8).tobytes()
+
+
 def prompt_length(sample: EncodedSample, field: str) -> int:
     """Tokens up to and including the HDR of ``field``: what a generator is given."""
     return payload_range(sample, sample.span(field))[0]

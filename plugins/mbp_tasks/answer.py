@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 from mbp.data.encode import EncodedSample
-from mbp.heads import payload_range
+from mbp.heads import payload_bytes, payload_range
 from pydantic import BaseModel, ConfigDict, Field
 
 from mbp_tasks.lm import BitsPerByte
@@ -41,7 +41,7 @@ class AnswerMetrics:
         self, sample: EncodedSample, nats: np.ndarray, correct: np.ndarray, generated: bytes | None = None
     ) -> None:
         first, last = payload_range(sample, sample.span(self.field))
-        truth = sample.tokens[first : last - 1].astype(np.uint8).tobytes().decode("utf-8", "replace")
+        truth = payload_bytes(sample, self.field).decode("utf-8", "replace")
         hit = bool(correct[first:last].all())
         self.correct += hit
         self.total += 1

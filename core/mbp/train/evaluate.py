@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mbp.data.batches import Batch
-from mbp.heads import payload_range
+from mbp.heads import payload_bytes, payload_range
 from mbp.model.decoder import MultiscaleDecoder
 
 
@@ -50,7 +50,7 @@ def _generate_for(model: MultiscaleDecoder, head: Any, sample: Any, correct: np.
     if correct[first:last].all():
         # every payload byte and the END are the argmax given the truth before them: greedy decoding
         # writes exactly the payload, so only the misses need a generation run
-        return sample.tokens[first : last - 1].astype(np.uint8).tobytes()
+        return payload_bytes(sample, field)
     from mbp.generate import generate_segment_payload
 
     return generate_segment_payload(model, sample, field)
