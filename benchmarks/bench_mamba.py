@@ -18,20 +18,15 @@ from mbp.plugins import get_platform
 from mbp_mamba.backbone import Mamba
 
 from benchmarks.bench_model import HERE, REF_PYTHON, ensure_reference_venv
-from benchmarks.common import save
+from benchmarks.common import median_seconds, save
 
 
 def ours(length: int, dim: int, repeats: int) -> dict:
     torch.manual_seed(0)
     model = Mamba(dim=dim, layers=1, state=16, headdim=32, expand=2, chunk=64)
     x = torch.randn(1, length, dim)
-    times = []
-    for i in range(repeats + 1):
-        start = time.perf_counter()
-        model(x).sum().backward()
-        if i:
-            times.append(time.perf_counter() - start)
-    return {"fwd_bwd_s": sorted(times)[len(times) // 2], "params": sum(p.numel() for p in model.parameters())}
+    seconds = median_seconds(lambda: model(x).sum().backward(), repeats)
+    return {"fwd_bwd_s": seconds, "params": sum(p.numel() for p in model.parameters())}
 
 
 def per_byte(prompt: int, new: int = 256) -> float:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import torch
+from common import median_seconds  # this script's folder is on sys.path
 from mambapy.mamba import Mamba, MambaConfig
 
 
@@ -14,20 +14,8 @@ def main(length: int, dim: int, repeats: int) -> None:
     torch.manual_seed(0)
     model = Mamba(MambaConfig(d_model=dim, n_layers=1))
     x = torch.randn(1, length, dim)
-    times = []
-    for i in range(repeats + 1):
-        start = time.perf_counter()
-        model(x).sum().backward()
-        if i:
-            times.append(time.perf_counter() - start)
-    print(
-        json.dumps(
-            {
-                "fwd_bwd_s": sorted(times)[len(times) // 2],
-                "params": sum(p.numel() for p in model.parameters()),
-            }
-        )
-    )
+    seconds = median_seconds(lambda: model(x).sum().backward(), repeats)
+    print(json.dumps({"fwd_bwd_s": seconds, "params": sum(p.numel() for p in model.parameters())}))
 
 
 if __name__ == "__main__":

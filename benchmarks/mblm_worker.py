@@ -12,6 +12,7 @@ import sys
 import time
 
 import torch
+from common import median_seconds  # this script's folder is on sys.path
 from mblm import MBLM, MBLMModelConfig, MBLMReturnType, TransformerBlock
 
 VOCAB, PAD = 262, 256
@@ -46,16 +47,13 @@ def train_step(length: int, batch: int, repeats: int) -> dict:
     model = build([length // 64, 64])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(0, 256, (batch, length))
-    times = []
-    for i in range(repeats + 1):
-        start = time.perf_counter()
-        loss = model(ids, return_type=MBLMReturnType.LOSS)
-        loss.backward()
+
+    def step() -> None:
+        model(ids, return_type=MBLMReturnType.LOSS).backward()
         optimizer.step()
         optimizer.zero_grad()
-        if i:
-            times.append(time.perf_counter() - start)
-    return {"step_s": sorted(times)[len(times) // 2], "params": sum(p.numel() for p in model.parameters())}
+
+    return {"step_s": median_seconds(step, repeats), "params": sum(p.numel() for p in model.parameters())}
 
 
 def peak_memory(length: int) -> dict:

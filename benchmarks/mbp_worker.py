@@ -8,6 +8,7 @@ import sys
 import time
 
 import torch
+from common import median_seconds  # this script's folder is on sys.path
 from mbp.generate import CachedState, Sampling, sample_next
 from mbp.generate import generate as mbp_generate
 from mbp.model.build import build_model
@@ -28,15 +29,13 @@ def train_step(length: int, batch: int, repeats: int) -> dict:
     model = build_model(config(length), get_platform().components)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     ids = torch.randint(0, 256, (batch, length))
-    times = []
-    for i in range(repeats + 1):
-        start = time.perf_counter()
+
+    def step() -> None:
         model.loss(ids).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-        if i:
-            times.append(time.perf_counter() - start)
-    return {"step_s": sorted(times)[len(times) // 2], "params": sum(p.numel() for p in model.parameters())}
+
+    return {"step_s": median_seconds(step, repeats), "params": sum(p.numel() for p in model.parameters())}
 
 
 def peak_memory(length: int, lean: int = 1) -> dict:
