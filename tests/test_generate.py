@@ -101,3 +101,17 @@ def test_batched_rows_are_independent(components) -> None:
     together = generate(model, prompts, max_new=20, stop_tokens=())
     alone = [generate(model, [p], max_new=20, stop_tokens=())[0] for p in prompts]
     assert together == alone
+
+
+def test_a_full_kv_cache_is_an_error_not_a_silent_overwrite(components) -> None:
+    backbone = tiny_model(components, 1).backbones[0].eval()
+    cache = backbone.allocate_cache(2, 2)
+    everyone = torch.ones(2, dtype=torch.bool)
+    with torch.no_grad():
+        for _ in range(2):
+            backbone.step(torch.randn(2, 32), cache, everyone)
+        with pytest.raises(RuntimeError, match="KV cache capacity 2 exceeded"):
+            backbone.step(torch.randn(2, 32), cache, everyone)
+        only_first = torch.tensor([True, False])
+        with pytest.raises(RuntimeError, match="KV cache capacity 2 exceeded"):
+            backbone.step(torch.randn(2, 32), cache, only_first)

@@ -68,7 +68,7 @@ class CachedState:
         for size in sorted(set(sizes)):  # rows of one prompt length prefill together
             rows = [row for row, other in enumerate(sizes) if other == size]
             self._prefill_rows(torch.tensor(rows, device=self.device), torch.stack([heads[r] for r in rows]))
-        self.logits = self.feed(torch.stack([p[-1] for p in prompts]).to(self.device))
+        self.feed(torch.stack([p[-1] for p in prompts]).to(self.device))  # sets self.logits
 
     def _prefill_rows(self, rows: torch.Tensor, prompts: torch.Tensor) -> None:
         """Fill every stage's cache for ``rows`` from their (possibly empty) prompts, (R, L) of one L."""

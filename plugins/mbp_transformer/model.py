@@ -85,12 +85,12 @@ class KVCache:
     def plan(self, active: torch.Tensor) -> StepPlan:
         everyone = bool(active.all())
         pos = self.lengths
-        top = int(pos.max() if everyone else pos[active].max())
-        if top >= self.capacity:
-            raise RuntimeError(f"KV cache capacity {self.capacity} exceeded")
         # rows sitting out may be full; they write nothing
         slot = pos if everyone else pos.clamp(max=self.capacity - 1)
         low, high = (int(v) for v in torch.aminmax(slot))
+        top = high if everyone else int(pos[active].max())
+        if top >= self.capacity:
+            raise RuntimeError(f"KV cache capacity {self.capacity} exceeded")
         # rows at different positions must not see the stale slots beyond their own
         visible = None if low == high else self.positions[: high + 1] <= pos[:, None]
         turns = self.turns[slot][:, :, None, :]
