@@ -63,7 +63,8 @@ def test_run_prints_one_summary_and_writes_metrics_plot_checkpoint(setup, tmp_pa
         "model.safetensors",
         "optimizer.safetensors",
     ]
-    assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["step-00000004", "step-00000006"]  # keep 2
+    # keep 2, plus the best by held-out accuracy
+    assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["best", "step-00000004", "step-00000006"]
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
     assert [r["step"] for r in rows if r["kind"] == "eval"] == [3, 6]

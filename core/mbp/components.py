@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict
 
 from mbp.errors import ConfigError, PluginError
 
-Kind = Literal["codecs", "backbones", "heads"]
-KINDS: tuple[Kind, ...] = ("codecs", "backbones", "heads")
+Kind = Literal["codecs", "backbones", "heads", "sinks"]
+KINDS: tuple[Kind, ...] = ("codecs", "backbones", "heads", "sinks")
 
 
 class NoParams(BaseModel):

@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mbp.components import ComponentTable, Kind
 from mbp.errors import ConfigError
@@ -66,8 +66,9 @@ class DataConfig(Strict):
     seq_len: int = Field(default=1024, gt=0)
     batch_size: int = Field(default=8, gt=0)
     shuffle_buffer: int = Field(default=0, ge=0)
-    pack: bool = False
-    """Training rows hold as many whole samples as fit (evaluation keeps one sample a row)."""
+    pack: bool = True
+    """Rows hold as many whole samples as fit, each starting on a patch boundary (evaluation always packs);
+    ``false`` gives every sample a row of its own, mostly padding when samples are short."""
     max_eval_samples: int | None = Field(default=None, gt=0)
 
 
@@ -79,13 +80,26 @@ class TrainConfig(Strict):
     weight_decay: float = Field(default=0.1, ge=0)
     grad_accum: int = Field(default=1, gt=0)
     clip: float | None = Field(default=1.0, gt=0)
-    bf16: bool = False
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """bf16 autocast where the hardware multiplies bf16 fast (``auto``), or forced either way."""
+    bf16: bool | None = None
+    """Deprecated: ``bf16: true`` is ``precision: bf16``, ``false`` is ``fp32``."""
     eval_every: int = Field(default=50, gt=0)
     checkpoint_every: int = Field(default=50, gt=0)
     keep_checkpoints: int = Field(default=2, gt=0)
     log_every: int = Field(default=10, gt=0)
     seed: int = 0
     strategy: Literal["ddp", "fsdp"] = "ddp"
+    sinks: list[Ref] | None = None
+    """Metrics sinks registered by plugins (e.g. ``{type: tensorboard}``); None: every available one."""
+
+
+    @model_validator(mode="after")
+    def _bf16_is_a_precision(self) -> TrainConfig:
+        if self.bf16 is not None:
+            self.precision = "bf16" if self.bf16 else "fp32"
+            self.bf16 = None
+        return self
 
 
 class Pipeline(Strict):
@@ -197,6 +211,7 @@ def refs_of(pipeline: Pipeline) -> list[tuple[Kind, tuple[str | int, ...], Ref]]
         ("backbones", ("model", "stages", i, "backbone"), stage.backbone)
         for i, stage in enumerate(pipeline.model.stages)
     ]
+    refs += [("sinks", ("train", "sinks", i), ref) for i, ref in enumerate(pipeline.train.sinks or [])]
     return refs
 
 

@@ -32,3 +32,12 @@ def mbp_register_backbones(register: Register) -> None:
 @hookspec
 def mbp_register_heads(register: Register) -> None:
     """Register task heads: ``factory(**params) -> TaskHead``."""
+
+
+@hookspec
+def mbp_register_sinks(register: Register) -> None:
+    """Register metrics sinks (trackers): ``factory(out=..., resume_step=..., **params) -> MetricsSink``.
+
+    A factory whose library is missing raises ``mbp.sinks.SinkUnavailableError``: the sink is then left out of
+    runs that did not ask for it by name.
+    """

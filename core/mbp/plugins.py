@@ -25,6 +25,7 @@ HOOKS: dict[Kind, str] = {
     "codecs": "mbp_register_codecs",
     "backbones": "mbp_register_backbones",
     "heads": "mbp_register_heads",
+    "sinks": "mbp_register_sinks",
 }
 
 

@@ -100,7 +100,8 @@ def eval_command(
     resolved = resolve(registry_path, pipeline)
     model, _ = load_model(checkpoint, get_platform().components)
     log = SkipLog(quiet=as_json)
-    metrics = evaluate(model, eval_batches(resolved, expand_shards(shards), log), resolved.head)
+    rows = eval_batches(resolved, expand_shards(shards), log, model.patch_len)
+    metrics = evaluate(model, rows, resolved.head)
     document = {"pipeline": resolved.name, "checkpoint": str(checkpoint), "metrics": metrics, **log.summary()}
     if as_json:
         emit_json(document)

@@ -28,6 +28,8 @@ class Batch:
     weights: torch.Tensor  # (B, L) float32, 0 on PAD
     rows: list[list[EncodedSample]]
     """The samples laid one after another in each row."""
+    starts: list[list[int]]
+    """Where each sample of each row starts."""
 
     @property
     def samples(self) -> list[EncodedSample]:
@@ -38,17 +40,26 @@ class Batch:
         return int((self.tokens != PAD).sum())
 
 
-def collate(rows: list[list[EncodedSample]], seq_len: int) -> Batch:
+def aligned(length: int, align: int) -> int:
+    """``length`` rounded up to a multiple of ``align``."""
+    return -(-length // align) * align
+
+
+def collate(rows: list[list[EncodedSample]], seq_len: int, align: int = 1) -> Batch:
+    """Rows of samples laid one after another, each starting at a multiple of ``align`` tokens."""
     tokens = np.full((len(rows), seq_len), PAD, dtype=np.int64)
     weights = np.zeros((len(rows), seq_len), dtype=np.float32)
+    starts: list[list[int]] = []
     for index, row in enumerate(rows):
         offset = 0
+        starts.append([])
         for sample in row:
             end = offset + len(sample.tokens)
             tokens[index, offset:end] = sample.tokens
             weights[index, offset:end] = sample.weights
-            offset = end
-    return Batch(torch.from_numpy(tokens), torch.from_numpy(weights), rows)
+            starts[-1].append(offset)
+            offset = aligned(end, align)
+    return Batch(torch.from_numpy(tokens), torch.from_numpy(weights), rows, starts)
 
 
 @dataclass
@@ -100,6 +111,7 @@ def encoded_stream(
             except DataError as error:
                 log.sample(str(error), skip_kind(error))
                 continue
+            log.encoded(len(sample.tokens))
             if len(sample.tokens) > seq_len:
                 message = f"{sample.where}: {len(sample.tokens)} tokens, over data.seq_len {seq_len}"
                 log.sample(message, "too long")
@@ -130,10 +142,20 @@ def _shuffled(items: Iterator, buffer: int, rng: np.random.Generator) -> Iterato
 
 
 def batches(
-    stream: Iterator[tuple[EncodedSample, Position]], batch_size: int, seq_len: int, *, pack: bool = False
+    stream: Iterator[tuple[EncodedSample, Position]],
+    batch_size: int,
+    seq_len: int,
+    *,
+    pack: bool = False,
+    align: int = 1,
 ) -> Iterator[tuple[Batch, Position]]:
     """Rows of ``seq_len`` tokens, ``batch_size`` rows a batch. With ``pack``, consecutive samples share
     a row while they fit (each keeps its BOS..EOS), which wastes far less compute on padding.
+
+    Packed samples start at multiples of ``align`` (the model's patch length): a sample's bytes then
+    fall into patches the same way wherever it lands in a row, as they do when it is generated from
+    position 0. Unaligned, an image's rows or a WAV's 16-bit samples straddle patches differently in
+    every row, and the model must learn each phase separately.
 
     The position after a batch is that of its last sample, so a resumed stream starts with the next one.
     """
@@ -142,19 +164,20 @@ def batches(
     used = 0
     last = Position()
     for sample, position in stream:
-        if row and (not pack or used + len(sample.tokens) > seq_len):
+        start = aligned(used, align)
+        if row and (not pack or start + len(sample.tokens) > seq_len):
             rows.append(row)
-            row, used = [], 0
+            row, start = [], 0
             if len(rows) == batch_size:
-                yield collate(rows, seq_len), last
+                yield collate(rows, seq_len, align), last
                 rows = []
         row.append(sample)
-        used += len(sample.tokens)
+        used = start + len(sample.tokens)
         last = position
     if row:
         rows.append(row)
     if rows:
-        yield collate(rows, seq_len), last
+        yield collate(rows, seq_len, align), last
 
 
 def prefetch(items: Iterator[T], depth: int = 2) -> Generator[T, None, None]:

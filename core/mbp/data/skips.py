@@ -16,6 +16,13 @@ class SkipLog:
     shards_failed: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
     max_lines: int = 50
+    lengths: list[int] = field(default_factory=list)
+    """Token lengths of the samples encoded (the first ``max_lengths``): what length advice is drawn from."""
+    max_lengths: int = 50_000
+
+    def encoded(self, length: int) -> None:
+        if len(self.lengths) < self.max_lengths:
+            self.lengths.append(length)
 
     def sample(self, message: str, kind: str) -> None:
         """Count a skipped sample; ``message`` names shard, sample and field."""

@@ -19,11 +19,14 @@ from mbp.model.build import build_model
 from mbp.model.decoder import MultiscaleDecoder
 from mbp.plugins import get_platform
 from mbp.session import Resolved
+from mbp.sinks import open_sinks
 from mbp.train import distributed as D
 from mbp.train.checkpoint import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
 from mbp.train.evaluate import evaluate
+from mbp.train.precision import choose_precision
 from mbp.train.report import MetricsLog, Progress, plot
 from mbp.train.schedule import lr_factor
+from mbp.train.watch import BestKeeper, LearningWatch, PaddingWatch, length_advice, note, selection_of, warn
 
 
 class OutputError(MbpError):
@@ -48,12 +51,13 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=True)
 
 
-def eval_batches(resolved: Resolved, shards: list[str], log: SkipLog) -> list[Batch]:
+def eval_batches(resolved: Resolved, shards: list[str], log: SkipLog, align: int = 1) -> list[Batch]:
     data = resolved.pipeline.data
     stream = encoded_stream(shards, resolved.encoder, data.seq_len, log, repeat=False)
     if data.max_eval_samples:
         stream = itertools.islice(stream, data.max_eval_samples)
-    return [b for b, _ in batches(stream, data.batch_size, data.seq_len)]
+    # packed like training: one short sample per row would spend most of the work on padding
+    return [b for b, _ in batches(stream, data.batch_size, data.seq_len, pack=True, align=align)]
 
 
 def run(
@@ -91,11 +95,18 @@ class Trainer:
                 f"data.batch_size {data.batch_size} must divide evenly over {world.size} processes"
             )
         torch.manual_seed(self.cfg.seed)
-        self.model: MultiscaleDecoder = build_model(resolved.pipeline.model, get_platform().components)
+        components = get_platform().components
+        self.model: MultiscaleDecoder = build_model(resolved.pipeline.model, components)
         self.model.to(world.device)
         if data.seq_len % self.model.patch_len:
             raise ConfigError(
                 f"data.seq_len {data.seq_len} must be a multiple of the patch length {self.model.patch_len}"
+            )
+        self.precision = choose_precision(self.cfg.precision, world.device)
+        if world.is_main:
+            note(
+                f"training {resolved.name}: precision {self.precision.describe()}, {world.device.type}, "
+                f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters"
             )
         self.state = TrainState(0, 0, 0, 0, 0)
         existing = list_checkpoints(out)
@@ -111,10 +122,16 @@ class Trainer:
             D.load_optimizer(self.model, self.optimizer, optim_state, world, self.cfg.strategy)
         self.log = SkipLog(quiet=not world.is_main)
         self.log.samples_skipped = self.state.samples_skipped
-        self.train = _train_batches(resolved, train_shards, self.log, self.state, world)
-        self.evals = eval_batches(resolved, eval_shards, SkipLog(quiet=True)) if eval_shards else []
+        align = self.model.patch_len
+        self.train = _train_batches(resolved, train_shards, self.log, self.state, world, align)
+        self.evals = eval_batches(resolved, eval_shards, SkipLog(quiet=True), align) if eval_shards else []
         resume_step = self.state.step if resume else None
         self.metrics = MetricsLog(out / "metrics.jsonl", resume_step) if world.is_main else None
+        self.sinks = open_sinks(self.cfg.sinks, components, out, resume_step) if world.is_main else []
+        self.best = BestKeeper(out, *selection_of(resolved.head))
+        self.learning = LearningWatch(self.best.path)
+        self.padding = PaddingWatch(data.seq_len, data.pack)
+        self.last_train_bpb: float | None = None
         self.last_eval: dict[str, Any] = {}
         # throughput window: bytes trained since the last log line, over wall time minus eval and saving
         self.window_start, self.window_tokens = time.perf_counter(), 0
@@ -137,10 +154,20 @@ class Trainer:
                     self.paused(self.save)
         finally:
             self.train.close()  # stops the prefetch thread before anything else shuts down
+            for sink in self.sinks:
+                sink.close()
         progress.done()
-        return _summary(
+        data = self.resolved.pipeline.data
+        skipped = self.log.reasons["too long"]
+        advice = length_advice(self.log.lengths, data.seq_len, self.model.patch_len, skipped)
+        if advice and self.world.is_main:
+            warn(advice)
+        summary = _summary(
             self.resolved, state, self.log, self.last_eval, self.checkpoint, self.out, self.metrics
         )
+        summary["precision"] = self.precision.precision
+        summary["best"] = self.best.describe()
+        return summary
 
     def step(self) -> tuple[float, int]:
         """One optimizer step over ``grad_accum`` batches; returns the mean loss and the bytes trained."""
@@ -153,11 +180,13 @@ class Trainer:
         for _ in range(cfg.grad_accum):
             batch, position = next(self.train)
             ids, weights = batch.tokens.to(world.device), batch.weights.to(world.device)
-            with torch.autocast(world.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            with self.precision.autocast(world.device):
                 loss = self.wrapped(ids, weights)
             (loss / cfg.grad_accum).backward()
             loss_sum += float(loss.detach()) / cfg.grad_accum
             tokens += batch.num_tokens * world.size
+            if world.is_main:
+                self.padding.observe(batch.num_tokens, batch.tokens.numel())
             state.samples_seen += len(batch.samples) * world.size
             state.epoch, state.consumed = position.epoch, position.consumed
         if cfg.clip:
@@ -169,27 +198,34 @@ class Trainer:
         return loss_sum, tokens
 
     def log_train(self, loss: float) -> None:
-        if self.metrics:
-            self.metrics.write(
-                {
-                    "kind": "train",
-                    "step": self.state.step,
-                    "loss": loss,
-                    "train_bpb": loss / math.log(2),
-                    "lr": self.optimizer.param_groups[0]["lr"],
-                    "samples_seen": self.state.samples_seen,
-                    "bytes_per_s": self.window_tokens / (time.perf_counter() - self.window_start),
-                }
-            )
+        self.last_train_bpb = loss / math.log(2)
+        self.write(
+            {
+                "kind": "train",
+                "step": self.state.step,
+                "loss": loss,
+                "train_bpb": self.last_train_bpb,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "samples_seen": self.state.samples_seen,
+                "bytes_per_s": self.window_tokens / (time.perf_counter() - self.window_start),
+            }
+        )
         self.window_start, self.window_tokens = time.perf_counter(), 0
 
-    def evaluate(self) -> None:
-        self.last_eval = evaluate(self.model, self.evals, self.resolved.head, bf16=self.cfg.bf16)
+    def write(self, row: dict[str, Any]) -> None:
         if self.metrics:
-            shown = {k: v for k, v in self.last_eval.items() if k != "confusion"}
-            self.metrics.write(
-                {"kind": "eval", "step": self.state.step, "eval_bpb": self.last_eval.get("bpb"), **shown}
-            )
+            self.metrics.write(row)
+        for sink in self.sinks:
+            sink.write(row)
+
+    def evaluate(self) -> None:
+        self.last_eval = evaluate(self.model, self.evals, self.resolved.head, precision=self.precision)
+        shown = {k: v for k, v in self.last_eval.items() if k != "confusion"}
+        self.write({"kind": "eval", "step": self.state.step, "eval_bpb": self.last_eval.get("bpb"), **shown})
+        if self.world.is_main:
+            resolved = self.resolved
+            self.best.offer(self.state.step, self.last_eval, self.model, resolved.name, resolved.pipeline)
+            self.learning.observe(self.state.step, self.last_eval.get("loss_bpb"), self.last_train_bpb)
 
     def save(self) -> None:
         model_state, optim_state = D.full_states(self.model, self.optimizer, self.world, self.cfg.strategy)
@@ -224,7 +260,7 @@ class LossStep(torch.nn.Module):
 
 
 def _train_batches(
-    resolved: Resolved, shards: list[str], log: SkipLog, state: TrainState, world: D.World
+    resolved: Resolved, shards: list[str], log: SkipLog, state: TrainState, world: D.World, align: int
 ) -> Generator[tuple[Batch, Position], None, None]:
     data, cfg = resolved.pipeline.data, resolved.pipeline.train
     stream = encoded_stream(
@@ -238,7 +274,8 @@ def _train_batches(
         rank=world.rank,
         world=world.size,
     )
-    return prefetch(batches(stream, data.batch_size // world.size, data.seq_len, pack=data.pack))
+    rows = batches(stream, data.batch_size // world.size, data.seq_len, pack=data.pack, align=align)
+    return prefetch(rows)
 
 
 def _summary(
