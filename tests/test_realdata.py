@@ -91,3 +91,13 @@ def test_compressor_baseline_is_bits_per_byte() -> None:
     for key in ("gzip_bpb", "xz_bpb"):
         assert 0 < float(result[key]) < 8  # type: ignore[arg-type]
     assert float(result["target_bpb_0.8xz"]) == pytest.approx(0.8 * float(result["xz_bpb"]), abs=1e-3)  # type: ignore[arg-type]
+
+
+def test_long_chapters_become_whole_verse_passages_that_fit() -> None:
+    verses = [f"{n} " + "And it came to pass " * (3 + n % 7) for n in range(1, 80)]
+    docs = text.passages("Genesis", 5, verses)
+    assert len(docs) > 1 and all(len(d.encode()) <= text.MAX_DOC_BYTES for d in docs)
+    assert docs[0].startswith("Genesis 5:1-")
+    body = [line for d in docs for line in d.split("\n\n", 1)[1].splitlines()]
+    assert body == verses
+    assert min(len(d) for d in docs) > 0.5 * max(len(d) for d in docs)  # no one-verse tail
