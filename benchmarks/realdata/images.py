@@ -130,6 +130,7 @@ def build_glyphs() -> BuiltSet:
     feats: dict[bool, list[np.ndarray]] = {True: [], False: []}
     labels: dict[bool, list[str]] = {True: [], False: []}
     groups: dict[bool, set[str]] = {True: set(), False: set()}
+    used: list[str] = []
     for path in files:
         try:
             font = ImageFont.truetype(str(path), 64)
@@ -144,6 +145,7 @@ def build_glyphs() -> BuiltSet:
             continue  # missing digits render as one .notdef box
         group = design_group(family)
         held_out = group in HELD_OUT_GROUPS
+        used.append(f"{path} ({family}: {group}, {'held out' if held_out else 'train'})")
         groups[held_out].add(group)
         for digit, glyph in enumerate(glyphs):
             assert glyph is not None
@@ -167,5 +169,9 @@ def build_glyphs() -> BuiltSet:
         features_held_out=np.stack(feats[True]),
         labels_train=[labels[False][i] for i in order],
         labels_held_out=labels[True],
-        extra={"train_groups": sorted(groups[False]), "held_out_groups": sorted(groups[True])},
+        extra={
+            "train_groups": sorted(groups[False]),
+            "held_out_groups": sorted(groups[True]),
+            "fonts": used,  # the glyph set depends on the fonts installed: this is what was used
+        },
     )
