@@ -1,0 +1,109 @@
+"""Classical baselines, computed in the same run as the shards:
+
+- images and speech: multinomial logistic regression (scikit-learn) on standardized features, fit on
+  the training split and scored on the held-out split (accuracy, and the majority-class rate);
+- text: ``gzip -9`` and ``xz -9e`` bits per byte of the held-out text (the compressed size of the
+  held-out documents joined as one file, times 8, over its bytes).
+"""
+
+from __future__ import annotations
+
+import lzma
+import subprocess
+import zlib
+from collections import Counter
+
+import numpy as np
+
+from benchmarks.realdata.shards import BuiltSet, MissingPrerequisiteError, require_command
+
+MEL_BANDS = 32
+FRAME, HOP, NFFT = 200, 80, 256  # 25 ms frames, 10 ms hop at 8 kHz
+TIME_CHUNKS = 10
+
+
+def mel_filterbank(rate: int, bands: int = MEL_BANDS, nfft: int = NFFT) -> np.ndarray:
+    def mel(f: np.ndarray) -> np.ndarray:
+        return 2595.0 * np.log10(1.0 + f / 700.0)
+
+    edges_mel = np.linspace(0.0, float(mel(np.array(rate / 2.0))), bands + 2)
+    edges_hz = 700.0 * (10.0 ** (edges_mel / 2595.0) - 1.0)
+    bins = np.fft.rfftfreq(nfft, 1.0 / rate)
+    bank = np.zeros((bands, len(bins)), dtype=np.float32)
+    for b in range(bands):
+        lo, mid, hi = edges_hz[b : b + 3]
+        bank[b] = np.clip(np.minimum((bins - lo) / (mid - lo), (hi - bins) / (hi - mid)), 0.0, None)
+    return bank
+
+
+def log_mel_features(clips: list[np.ndarray], rate: int = 8000, seconds: float = 1.0) -> np.ndarray:
+    """Per clip: log-mel energies (32 bands) of the clip zero-padded to ``seconds``, averaged over 10
+    equal time chunks, plus each band's mean and deviation over the voiced frames: 384 numbers."""
+    bank = mel_filterbank(rate)
+    window = np.hanning(FRAME).astype(np.float32)
+    length = int(rate * seconds)
+    rows = []
+    for clip in clips:
+        padded = np.zeros(length, dtype=np.float32)
+        padded[: min(length, len(clip))] = clip[:length]
+        frames = np.lib.stride_tricks.sliding_window_view(padded, FRAME)[::HOP] * window
+        power = np.abs(np.fft.rfft(frames, NFFT)) ** 2
+        logmel = np.log(power @ bank.T + 1e-6)
+        chunks = np.array_split(logmel, TIME_CHUNKS)
+        voiced = logmel[: max(1, min(len(logmel), len(clip) // HOP))]
+        rows.append(
+            np.concatenate([*(c.mean(axis=0) for c in chunks), voiced.mean(axis=0), voiced.std(axis=0)])
+        )
+    return np.stack(rows).astype(np.float32)
+
+
+def logistic_regression(built: BuiltSet) -> dict[str, object]:
+    try:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+    except ImportError:
+        raise MissingPrerequisiteError("scikit-learn not installed: pip install -e '.[bench]'") from None
+    assert built.features_train is not None and built.features_held_out is not None
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=3000))
+    model.fit(built.features_train, built.labels_train)
+    predicted = model.predict(built.features_held_out)
+    accuracy = float(np.mean(predicted == np.array(built.labels_held_out)))
+    majority = Counter(built.labels_held_out).most_common(1)[0][1] / len(built.labels_held_out)
+    return {
+        "baseline": "logistic regression (scikit-learn, StandardScaler, C=1)",
+        "features": f"{built.features_train.shape[1]} per sample",
+        "accuracy": round(accuracy, 4),
+        "majority_baseline": round(majority, 4),
+    }
+
+
+def compressor_bpb(text: bytes) -> dict[str, object]:
+    """Bits per byte of ``gzip -9`` and ``xz -9e`` (the command-line tools when installed, else the
+    same settings through zlib/lzma, which the JSON says)."""
+    out: dict[str, object] = {"baseline": "compressors on the held-out text", "held_out_bytes": len(text)}
+    try:
+        gz = subprocess.run(
+            [require_command("gzip", "gzip"), "-9", "-n", "-c"], input=text, capture_output=True, check=True
+        ).stdout
+        xz = subprocess.run(
+            [require_command("xz", "xz-utils"), "-9e", "-c", "--format=xz"],
+            input=text,
+            capture_output=True,
+            check=True,
+        ).stdout
+        out["tool"] = "gzip -9 -n, xz -9e"
+    except MissingPrerequisiteError:
+        gz = zlib.compress(text, 9)
+        xz = lzma.compress(text, preset=9 | lzma.PRESET_EXTREME)
+        out["tool"] = "python zlib level 9, lzma preset 9e (gzip/xz commands not found)"
+    out["gzip_bpb"] = round(8.0 * len(gz) / len(text), 4)
+    out["xz_bpb"] = round(8.0 * len(xz) / len(text), 4)
+    out["target_bpb_0.8xz"] = round(0.8 * 8.0 * len(xz) / len(text), 4)
+    return out
+
+
+def baseline(built: BuiltSet) -> dict[str, object]:
+    if built.task == "text":
+        return compressor_bpb(built.text_held_out)
+    return logistic_regression(built)

@@ -1,0 +1,103 @@
+"""The real-data suite's builders (benchmarks/realdata) on data made here: no Debian package needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mbp.data.read import read_samples
+from mbp.data.skips import SkipLog
+
+from benchmarks.realdata import baselines, build, images, speech, text
+from benchmarks.realdata.shards import MissingPrerequisiteError, Sample, stable_hash, write_split
+
+
+def test_shards_are_byte_identical_and_readable(tmp_path: Path) -> None:
+    samples = [Sample(f"k{i:03d}", {"txt": f"document {i}\n".encode()}) for i in range(5)]
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    paths_a = write_split(first, "train", samples, per_shard=2)
+    paths_b = write_split(second, "train", samples, per_shard=2)
+    assert [p.read_bytes() for p in paths_a] == [p.read_bytes() for p in paths_b]
+    read = list(read_samples([str(p) for p in paths_a], SkipLog()))
+    assert [r.key for r in read] == [s.key for s in samples]
+    assert read[3].fields["txt"] == b"document 3\n"
+
+
+def test_stable_hash_does_not_depend_on_the_process() -> None:
+    assert stable_hash("m3", "espeak-variant") == stable_hash("m3", "espeak-variant")
+    assert stable_hash("m3", "a") != stable_hash("m3", "b")
+
+
+def test_metric_clones_of_one_design_share_a_group() -> None:
+    groups = {images.design_group(f) for f in ("Arimo", "Liberation Sans", "Nimbus Sans", "FreeSans")}
+    assert groups == {"helvetica"}
+    assert images.design_group("Tinos") == images.design_group("TeX Gyre Termes") == "times"
+    assert images.design_group("Cantarell") == "cantarell"
+
+
+def test_fortunes_are_deduplicated_and_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lines = [f"Fortune number {i}, which is\nsaid twice." for i in range(60)]
+    (tmp_path / "a").write_text("\n%\n".join(lines) + "\n%\n")
+    (tmp_path / "b").write_text("\n%\n".join(line.replace("\n", " ") for line in lines[:20]) + "\n")
+    (tmp_path / "a.dat").write_bytes(b"\0\1")
+    monkeypatch.setattr(text, "FORTUNE_DIR", tmp_path)
+    built = text.build_fortunes()
+    train = {s.fields["txt"] for s in built.train}
+    held = {s.fields["txt"] for s in built.held_out}
+    assert len(train) + len(held) == 60 and not train & held and held
+    assert built.text_held_out == b"".join(s.fields["txt"] for s in built.held_out)
+
+
+def test_missing_fortunes_names_the_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(text, "FORTUNE_DIR", tmp_path / "absent")
+    with pytest.raises(MissingPrerequisiteError, match="apt-get install fortunes"):
+        text.build_fortunes()
+
+
+def test_missing_commands_are_all_named_before_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    missing = build.check_prerequisites(["speech-commands", "text-kjv"])
+    assert any("espeak-ng" in m for m in missing)
+    assert any("apt-get install flite" in m for m in missing)
+    assert any("bible-kjv" in m for m in missing)
+
+
+def test_clips_are_trimmed_resampled_and_capped() -> None:
+    rate = 22050
+    tone = np.sin(np.arange(int(1.5 * rate)) * 0.2).astype(np.float32)
+    signal = np.concatenate([np.zeros(rate // 2, np.float32), tone, np.zeros(rate // 2, np.float32)])
+    clip, cut = speech.clean(signal, rate, level=0.5)
+    assert cut and len(clip) == speech.RATE
+    assert abs(float(np.abs(clip).max()) - 0.5) < 1e-3
+    short, cut = speech.clean(signal[:rate], rate, level=0.5)
+    assert not cut and len(short) < 0.6 * speech.RATE
+    samples, read_rate = speech.read_wav(speech.wav_bytes(short))
+    assert read_rate == speech.RATE and len(samples) == len(short)
+
+
+def test_log_mel_features_have_a_fixed_size() -> None:
+    clips = [np.random.default_rng(0).standard_normal(n).astype(np.float32) for n in (800, 8000, 9000)]
+    features = baselines.log_mel_features(clips)
+    assert features.shape == (3, baselines.MEL_BANDS * (baselines.TIME_CHUNKS + 2))
+    assert np.isfinite(features).all()
+
+
+def test_compressor_baseline_is_bits_per_byte() -> None:
+    words = [f"word{i % 97} " for i in range(0, 30_000, 7)]
+    result = baselines.compressor_bpb("".join(words).encode())
+    for key in ("gzip_bpb", "xz_bpb"):
+        assert 0 < float(result[key]) < 8  # type: ignore[arg-type]
+    assert float(result["target_bpb_0.8xz"]) == pytest.approx(0.8 * float(result["xz_bpb"]), abs=1e-3)  # type: ignore[arg-type]
+
+
+def test_long_chapters_become_whole_verse_passages_that_fit() -> None:
+    verses = [f"{n} " + "And it came to pass " * (3 + n % 7) for n in range(1, 80)]
+    docs = text.passages("Genesis", 5, verses)
+    assert len(docs) > 1 and all(len(d.encode()) <= text.MAX_DOC_BYTES for d in docs)
+    assert docs[0].startswith("Genesis 5:1-")
+    body = [line for d in docs for line in d.split("\n\n", 1)[1].splitlines()]
+    assert body == verses
+    assert min(len(d) for d in docs) > 0.5 * max(len(d) for d in docs)  # no one-verse tail
