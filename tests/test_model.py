@@ -119,6 +119,35 @@ def test_fractional_weights_kept_and_pad_never_counted(components) -> None:
     assert result.weight.item() == pytest.approx(keep.sum().item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("stages", [2, 3])
+def test_loss_skips_unweighted_rows_exactly(components, stages: int) -> None:
+    """Answer-only weights: the last stage runs on the weighted rows alone, with the same loss and grads."""
+    model = tiny_model(components, stages).train()
+    ids = torch.randint(0, 256, (3, 50))
+    ids[2, 41:] = PAD
+    weights = torch.zeros(3, 50)
+    weights[0, 30:33] = 1.0  # an answer straddling a patch boundary
+    weights[1, 0] = 1.0  # token 0: predicted by the first start token
+    weights[2, 38:41] = 0.5
+    assert model._weighted_rows(ids, weights * (ids != PAD)) is not None  # the skipping path runs
+    model.zero_grad()
+    sparse = model.loss(ids, weights)
+    sparse.loss.backward()
+    sparse_grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    logits = model(ids)  # the full forward: every row of every stage
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids, reduction="none")
+    keep = weights * (ids != PAD)
+    full = (ce * keep).sum() / keep.sum()
+    full.backward()
+    full_grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    assert sparse.loss.item() == pytest.approx(full.item(), rel=1e-5)
+    assert sparse.weight.item() == pytest.approx(keep.sum().item())
+    assert len(sparse_grads) == len(full_grads)
+    for a, b in zip(sparse_grads, full_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def _loss_and_grads(model: torch.nn.Module, ids: torch.Tensor) -> tuple[float, list[torch.Tensor]]:
     model.zero_grad()
     loss = model.loss(ids).loss

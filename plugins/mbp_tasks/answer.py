@@ -65,6 +65,8 @@ class AnswerMetrics:
 
 class VqaHead:
     name = "vqa"
+    selection = ("accuracy", "max")
+    """The held-out metric the best checkpoint is kept by."""
 
     def __init__(self, answer_field: str = "answer", context_weight: float = 0.0) -> None:
         self.field = answer_field

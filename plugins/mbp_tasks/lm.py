@@ -41,6 +41,8 @@ class BitsPerByte:
 class LmHead:
     name = "lm"
     generate_field = None
+    selection = ("bpb", "min")
+    """The held-out metric the best checkpoint is kept by."""
 
     def token_weights(self, sample: EncodedSample) -> np.ndarray:
         return np.ones(len(sample.tokens), dtype=np.float32)

@@ -133,12 +133,20 @@ class MultiscaleDecoder(nn.Module):
         rest = per_row[:, :, 1:].reshape(batch, -1, out.shape[-1])
         return torch.cat((first, rest[:, : length - 1]), dim=1)
 
-    def stage_outputs(self, padded: torch.Tensor) -> torch.Tensor:
-        """The last stage's outputs (N_n, P_n + 1, D_n) for ``padded: (B, L)`` (L a multiple of the patch)."""
+    def stage_outputs(self, padded: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """The last stage's outputs (N_n, P_n + 1, D_n) for ``padded: (B, L)`` (L a multiple of the patch).
+
+        With ``keep: (N_n,)`` bool, the last stage runs only on those rows (its rows are independent
+        sequences, so they come out exactly as in the full run).
+        """
         previous: torch.Tensor | None = None
+        last = self.num_stages - 1
         for s in range(self.num_stages):
             units = padded.view(-1, self.units[s])  # all stage-s units in order
             seq = self.patch_sizes[s] if s > 0 else padded.shape[1] // self.units[0]
+            if s == last and keep is not None and s > 0:
+                units = units.view(-1, seq, self.units[s])[keep].flatten(0, 1)
+                previous = previous[keep] if previous is not None else None
             tokens = self.embeddings[s](units).view(-1, seq, self.dims[s])  # (N_s, P_s, D_s)
             start = self.start_tokens[s].expand(tokens.shape[0], 1, -1)
             if previous is not None:
@@ -171,10 +179,15 @@ class MultiscaleDecoder(nn.Module):
         With ``loss_chunk`` set, logits are made and dropped chunk by chunk (recomputed in backward),
         so the full (B, L, V) logits never exist at once.
         """
-        hidden = self.hidden(ids)
-        w = (ids != PAD).to(hidden.dtype)
+        w = (ids != PAD).float()
         if weights is not None:
-            w = w * weights.to(hidden.dtype)
+            w = w * weights.float()
+        sparse = self._weighted_rows(ids, w)
+        if sparse is not None:
+            hidden, ids, w = sparse
+        else:
+            hidden = self.hidden(ids)
+        w = w.to(hidden.dtype)
         chunk = self.loss_chunk or hidden.shape[1]
         nats = hidden.new_zeros(())
         for start in range(0, hidden.shape[1], chunk):
@@ -189,6 +202,38 @@ class MultiscaleDecoder(nn.Module):
                 nats = nats + self._chunk_nats(*part)
         weight = w.sum()
         return LossOutput(nats / weight.clamp_min(1e-12), nats.detach(), weight.detach())
+
+    def _weighted_rows(
+        self, ids: torch.Tensor, w: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The states, targets and weights of only the last-stage rows whose targets carry weight, as
+        (1, K * P_n + B, ...) sequences; None when every row does (or the model has a single stage).
+
+        A task head that trains on answers alone leaves most bytes at weight 0: their last-stage rows
+        would be computed and multiplied by zero. Skipping them is exact and saves most of the byte-level
+        work on long contexts (a WAV clip, an image file) with a short answer.
+        """
+        if self.num_stages == 1:
+            return None
+        batch, length = ids.shape
+        padded = self.pad_input(ids)
+        size = self.patch_sizes[-1]
+        tail = padded.shape[1] - length
+        # the output at (row r, position 1 + j) predicts token r * P + j + 1; the start position of a batch
+        # row's first last-stage row predicts its token 0
+        targets = F.pad(padded[:, 1:], (0, 1), value=PAD).reshape(-1, size)
+        target_w = F.pad(w[:, 1:], (0, 1 + tail)).reshape(-1, size)
+        keep = target_w.sum(-1) > 0
+        first_rows = torch.arange(batch, device=ids.device) * (padded.shape[1] // size)
+        keep[first_rows] = True
+        if bool(keep.all()):
+            return None
+        out = self.stage_outputs(padded, keep)  # (K, P + 1, D)
+        first_at = torch.cumsum(keep, 0)[first_rows] - 1  # where each first row landed among the kept
+        hidden = torch.cat((out[first_at, 0], out[:, 1:].flatten(0, 1)))[None]
+        kept_ids = torch.cat((padded[:, 0], targets[keep].flatten()))[None]
+        kept_w = torch.cat((w[:, 0], target_w[keep].flatten()))[None]
+        return hidden, kept_ids, kept_w
 
     def _chunk_nats(self, hidden: torch.Tensor, ids: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         logits = self.to_logits(hidden).float()
