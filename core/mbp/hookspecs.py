@@ -32,3 +32,9 @@ def mbp_register_backbones(register: Register) -> None:
 @hookspec
 def mbp_register_heads(register: Register) -> None:
     """Register task heads: ``factory(**params) -> TaskHead``."""
+
+
+@hookspec
+def mbp_register_importers(register: Register) -> None:
+    """Register ``mbp import NAME`` commands that turn another tool's checkpoints into mbp checkpoints:
+    ``register(name, command)`` with a ``click.Command``."""
