@@ -9,8 +9,8 @@ Runs inside the reference venv (benchmarks/.venv-ref, see bench_model.py):
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,7 @@ def corpus() -> torch.Tensor:
     return torch.tensor(list((ROOT / "README.md").read_bytes()), dtype=torch.long)
 
 
-def train(model: MBLM, data: torch.Tensor, length: int, steps: int = 250) -> float:
+def train(model: MBLM, data: torch.Tensor, length: int, steps: int) -> float:
     """A few steps, so greedy generation emits plausible bytes rather than a random model's pad token."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     generator = torch.Generator().manual_seed(1)
@@ -88,7 +88,7 @@ def train(model: MBLM, data: torch.Tensor, length: int, steps: int = 250) -> flo
 
 
 @torch.no_grad()
-def make(name: str, spec: dict[str, Any], out: Path) -> dict[str, Any]:
+def make(name: str, spec: dict[str, Any], out: Path, steps: int) -> dict[str, Any]:
     torch.manual_seed(0)
     params = {"num_tokens": 257, "pad_token_id": 256, **spec}
     model = MBLM(MBLMModelConfig.model_validate(params))
@@ -96,7 +96,7 @@ def make(name: str, spec: dict[str, Any], out: Path) -> dict[str, Any]:
     for s in spec["seq_lens"]:
         length *= s
     with torch.enable_grad():
-        loss = float(train(model, corpus(), length))
+        loss = float(train(model, corpus(), length, steps))
     model.eval()
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -118,6 +118,9 @@ def make(name: str, spec: dict[str, Any], out: Path) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "tests" / "fixtures" / "mblm"
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", type=Path, default=ROOT / "tests" / "fixtures" / "mblm")
+    parser.add_argument("--steps", type=int, default=250, help="training steps per model")
+    args = parser.parse_args()
     for model_name, model_spec in MODELS.items():
-        print(json.dumps(make(model_name, model_spec, target)))
+        print(json.dumps(make(model_name, model_spec, args.out, args.steps)))
