@@ -23,7 +23,7 @@ from mbp.session import resolve
 from mbp_mblm.cli import convert
 from safetensors.torch import load_file
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_mbp
 
 FIXTURES = ROOT / "tests" / "fixtures" / "mblm"
 NAMES = ["one-stage", "two-stage", "three-stage"]
@@ -197,3 +197,124 @@ def test_import_writes_a_checkpoint_and_pipeline_entry(tmp_path: Path) -> None:
     converted, _, _ = convert(folder / "config.yaml", folder / "weights.pth")
     for (name, a), b in zip(model.state_dict().items(), converted.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def mamba_ssm_stage(dim: int, layers: int, state: int, headdim: int, expand: int = 2, conv: int = 4) -> dict:
+    """Random tensors with the names and shapes mamba-ssm gives mblm's Mamba2Mixer (create_block with
+    rms_norm, no MLP; Mamba2 with ngroups 1, no biases but conv1d's; RMSNorm norm_f), written out from
+    mamba_ssm/modules/mamba2.py rather than taken from mbp, so a layout drift would show."""
+    inner = expand * dim
+    heads = inner // headdim
+    shapes = {"norm_f.weight": (dim,)}
+    for i in range(layers):
+        shapes |= {
+            f"layers.{i}.norm.weight": (dim,),
+            f"layers.{i}.mixer.in_proj.weight": (2 * inner + 2 * state + heads, dim),  # [z, x, B, C, dt]
+            f"layers.{i}.mixer.conv1d.weight": (inner + 2 * state, 1, conv),
+            f"layers.{i}.mixer.conv1d.bias": (inner + 2 * state,),
+            f"layers.{i}.mixer.dt_bias": (heads,),
+            f"layers.{i}.mixer.A_log": (heads,),
+            f"layers.{i}.mixer.D": (heads,),
+            f"layers.{i}.mixer.norm.weight": (inner,),
+            f"layers.{i}.mixer.out_proj.weight": (dim, inner),
+        }
+    generator = torch.Generator().manual_seed(0)
+    return {f"stage_models.0.{k}": torch.randn(s, generator=generator) * 0.2 for k, s in shapes.items()}
+
+
+def mamba_checkpoint(tmp_path: Path, block_type: str, stage: dict) -> tuple[Path, Path]:
+    block = {"block_type": block_type, "d_state": 8, "d_conv": 4, "expand": 2, "headdim": 8, "dropout": 0.0}
+    config = edited(tmp_path, {"block.0": block})
+    state = torch.load(FIXTURES / "two-stage" / "weights.pth", weights_only=True)["MODEL"]
+    state = {k: v for k, v in state.items() if not k.startswith("stage_models.0.")} | stage
+    torch.save({"MODEL": state, "LOSS": 0.0}, tmp_path / "mamba.pth")
+    return config, tmp_path / "mamba.pth"
+
+
+def test_mamba2_stages_map_to_the_mamba_backbone(tmp_path: Path) -> None:
+    stage = mamba_ssm_stage(48, 2, 8, 8)
+    config, weights = mamba_checkpoint(tmp_path, "mamba2", stage)
+    model, cfg, _ = convert(config, weights)
+    assert cfg.stages[0].backbone.as_dict() == {
+        "type": "mamba",
+        "state": 8,
+        "conv": 4,
+        "expand": 2,
+        "headdim": 8,
+    }
+    ours = model.state_dict()
+    for name, tensor in stage.items():
+        target = name.replace("stage_models.0.", "backbones.0.").replace("norm_f.", "norm.")
+        assert torch.equal(ours[target], tensor), name
+    # mamba-ssm's Block runs residual = h + residual; h = mixer(norm(residual)), and norm_f(h + residual)
+    # at the end: the same sums as mbp's x = x + mixer(norm(x)); norm(x)
+    backbone = model.backbones[0].double().eval()
+    x = torch.randn(2, 9, 48, dtype=torch.float64)
+    hidden, residual = x, None
+    for layer in backbone.layers:
+        residual = hidden if residual is None else hidden + residual
+        hidden = layer.mixer(layer.norm(residual))
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(x), backbone.norm(hidden + residual), rtol=0, atol=1e-12)
+
+
+def test_mamba1_cpu_fallback_weights_are_refused(tmp_path: Path) -> None:
+    stage = mamba_ssm_stage(48, 1, 8, 8)
+    stage["stage_models.0.layers.0.mixer.x_proj.weight"] = torch.zeros(2, 2)
+    stage["stage_models.0.layers.0.mixer.A_log"] = torch.zeros(96, 8)  # Mamba-1's (E, N) matrix
+    config, weights = mamba_checkpoint(tmp_path, "mamba2", stage)
+    code, output = invoke("import", "mblm", str(config), str(weights), str(tmp_path / "o"))
+    assert code == 1 and "Mamba-1 (mambapy) stage" in output and "x_proj" in output, output
+
+
+def text_shard(path: Path, count: int = 12) -> str:
+    from tests.shardkit import write_tar
+
+    text = (ROOT / "README.md").read_bytes()
+    samples = [
+        {"__key__": f"t{i:03d}".encode(), "text.txt": text[i * 90 : i * 90 + 90]} for i in range(count)
+    ]
+    write_tar(path, samples)
+    return str(path)
+
+
+def test_imported_checkpoint_generates_evaluates_and_fine_tunes(tmp_path: Path) -> None:
+    folder, out = FIXTURES / "two-stage", tmp_path / "imported"
+    done = run_mbp("import", "mblm", str(folder / "config.yaml"), str(folder / "weights.pth"), str(out))
+    assert done.returncode == 0, done.stderr
+    generated = run_mbp("generate", "--checkpoint", str(out), "--prompt", "the pipeline", "--max-bytes", "24")
+    assert generated.returncode == 0 and generated.stdout.startswith("the pipeline"), generated.stderr
+    assert "generated 24 tokens" in generated.stderr  # bytes all the way: no marker ended it early
+    shard = text_shard(tmp_path / "text-000000.tar")
+    registry = str(out / "registry.yaml")
+    evaluated = run_mbp("eval", "mblm", shard, "--registry", registry, "--checkpoint", str(out), "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    imported_bpb = json.loads(evaluated.stdout)["metrics"]["bpb"]
+    # one step at a negligible learning rate: the run's evaluation is the imported model's
+    tune = [
+        "--registry",
+        registry,
+        "--eval-shards",
+        shard,
+        "--steps",
+        "1",
+        "--set",
+        "train.lr=1e-12",
+        "--json",
+    ]
+    started = run_mbp("run", "mblm", shard, "--out", str(tmp_path / "tuned"), "--init-from", str(out), *tune)
+    assert started.returncode == 0, started.stderr
+    tuned_bpb = json.loads(started.stdout)["metrics"]["eval_bpb"]
+    assert abs(tuned_bpb - imported_bpb) < 1e-4
+    fresh = run_mbp("run", "mblm", shard, "--out", str(tmp_path / "fresh"), *tune)
+    assert json.loads(fresh.stdout)["metrics"]["eval_bpb"] > imported_bpb + 1.0, "random weights do worse"
+    both = run_mbp(
+        "run", "mblm", shard, "--out", str(tmp_path / "x"), "--init-from", str(out), "--resume", *tune
+    )
+    assert both.returncode == 2 and "not both" in both.stderr
+    other = run_mbp("run", "--out", str(tmp_path / "y"), "--init-from", str(out), "--steps", "1")
+    assert (
+        other.returncode == 2
+        and "the checkpoint's model differs from the pipeline's: model.stages" in other.stderr
+    )
+    assert "Traceback" not in other.stderr
