@@ -18,6 +18,7 @@ from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
+from mbp.model import small
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
@@ -115,8 +116,8 @@ class Attention(nn.Module):
     def qkv(self, x: torch.Tensor, angles: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         """``x: (B, L, D)`` -> q, k, v each (B, H, L, K); q and k rotated by ``angles: (L or B, K)``."""
         x = self.norm(x)
-        q, k, v = (self.to_q(x), *self.to_kv(x).chunk(2, dim=-1))
-        q, k, v = (t.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2) for t in (q, k, v))
+        k, v = self.to_kv(x).chunk(2, dim=-1)
+        q, k, v = (t.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2) for t in (self.to_q(x), k, v))
         if angles is not None:
             cos, sin = angles.cos(), angles.sin()
             q, k = (t * cos + rotate_half(t) * sin for t in (q, k))
@@ -238,46 +239,68 @@ class MblmTransformer(nn.Module):
         return torch.where((pos > 0)[:, None], moved, x)
 
     def step(self, x: torch.Tensor, cache: MblmCache, active: torch.Tensor) -> torch.Tensor:
+        """One position per row, ``x: (B, D)``. Written for (B, D) tensors, where fixed per-op costs
+        dominate: 2-D products on the weights instead of module calls, plain writes when every row
+        advances, and attention over a short cache as a broadcast product."""
         pos = cache.lengths
-        top = int(pos[active].max()) if bool(active.any()) else 0
+        everyone = bool(active.all())
+        slot = pos if everyone else pos.clamp(max=cache.capacity - 1)  # idle rows may be full
+        low, high = (int(v) for v in torch.aminmax(slot))
+        top = high if everyone else int(pos[active].max()) if bool(active.any()) else 0
         if top >= cache.capacity:
             raise RuntimeError(f"cache capacity {cache.capacity} exceeded")
-        slot = pos.clamp(max=cache.capacity - 1)  # rows sitting out may be full; they write nothing
-        span = int(slot.max()) + 1
-        visible = torch.arange(span, device=x.device) <= slot[:, None]  # (B, S)
+        span = high + 1
+        # rows at different positions must not see the stale slots beyond their own
+        visible = None if low == high else torch.arange(span, device=x.device) <= slot[:, None]
         rows = torch.arange(x.shape[0], device=x.device)
         x = self._position_step(x, pos)
         angles = self._angles(slot)
-        keep = active[:, None]
+        turns = None if angles is None else (angles.cos().to(x.dtype), angles.sin().to(x.dtype))
         for index, layer in enumerate(self._blocks()):
-            shifted = shift_step(x, cache.shift_attn[index])
-            cache.shift_attn[index] = torch.where(
-                keep, x[:, x.shape[-1] - cache.shift_attn[index].shape[-1] :], cache.shift_attn[index]
-            )
-            q, k, v = layer.attn.qkv(
-                shifted[:, None], None if angles is None else angles[:, None, None].to(x.dtype)
-            )
+            attn, ff = layer.attn, layer.ff
+            shifted = self._shift(x, cache.shift_attn, index, active, everyone)
+            h = attn.norm(shifted)
+            q = F.linear(h, attn.to_q.weight).view(len(h), attn.heads, attn.head_dim)
+            k, v = F.linear(h, attn.to_kv.weight).view(len(h), 2, attn.heads, attn.head_dim).unbind(1)
+            if turns is not None:
+                cos, sin = turns[0][:, None], turns[1][:, None]
+                q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
             keys, values = cache.keys[index], cache.values[index]
-            on = active[:, None, None]
-            keys[rows, :, slot] = torch.where(on, k[:, :, 0], keys[rows, :, slot])
-            values[rows, :, slot] = torch.where(on, v[:, :, 0], values[rows, :, slot])
+            if everyone:
+                keys[rows, :, slot], values[rows, :, slot] = k, v
+            else:  # rows sitting this step out keep what their slot holds
+                on = active[:, None, None]
+                keys[rows, :, slot] = torch.where(on, k, keys[rows, :, slot])
+                values[rows, :, slot] = torch.where(on, v, values[rows, :, slot])
             y = self._attend(q, keys[:, :, :span], values[:, :, :span], visible)
-            x = layer.attn.merge(y)[:, 0] + x
-            shifted = shift_step(x, cache.shift_ff[index])
-            cache.shift_ff[index] = torch.where(
-                keep, x[:, x.shape[-1] - cache.shift_ff[index].shape[-1] :], cache.shift_ff[index]
-            )
-            x = layer.ff(shifted) + x
+            x = F.linear(y.flatten(1), attn.to_out.weight) + x
+            h = ff.norm(self._shift(x, cache.shift_ff, index, active, everyone))
+            h = F.linear(h, ff.up.weight, ff.up.bias)
+            h = small.gelu(h) if h.numel() <= small.SMALL else F.gelu(h)
+            x = F.linear(h, ff.down.weight, ff.down.bias) + x
         cache.lengths = cache.lengths + active.long()
         return self.norm(x)
 
     @staticmethod
-    def _attend(
-        q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible: torch.Tensor
+    def _shift(
+        x: torch.Tensor, states: list[torch.Tensor], index: int, active: torch.Tensor, everyone: bool
     ) -> torch.Tensor:
-        """One query per row, ``q: (B, H, 1, K)``, over ``keys/values: (B, H, S, K)`` where ``visible``."""
+        """``token_shift`` for one position, keeping this position's second half for the next."""
+        previous = states[index]
+        current = x[:, x.shape[-1] - previous.shape[-1] :]
+        states[index] = current if everyone else torch.where(active[:, None], current, previous)
+        return shift_step(x, previous)
+
+    @staticmethod
+    def _attend(
+        q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible: torch.Tensor | None
+    ) -> torch.Tensor:
+        """One query per row, ``q: (B, H, K)``, over ``keys/values: (B, H, S, K)``; returns (B, H, K)."""
+        scale = q.shape[-1] ** -0.5
         if keys.numel() <= SMALL_ATTENTION:
-            scores = (q * keys).sum(-1, keepdim=True).transpose(-1, -2) * q.shape[-1] ** -0.5  # (B, H, 1, S)
-            scores = scores.masked_fill(~visible[:, None, None], float("-inf"))
-            return torch.softmax(scores, -1) @ values
-        return F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None, None])
+            scores = (q[:, :, None] * keys).sum(-1) * scale  # (B, H, S)
+            if visible is not None:
+                scores = scores.masked_fill(~visible[:, None], float("-inf"))
+            return (torch.softmax(scores, -1)[..., None] * values).sum(-2)
+        mask = None if visible is None else visible[:, None, None]
+        return F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=mask)[:, :, 0]

@@ -80,10 +80,10 @@ def _int(params: dict[str, Any], key: str, where: str, minimum: int = 0) -> int:
 
 def stage_blocks(params: dict[str, Any], stages: int, where: str) -> list[dict[str, Any]]:
     block = params.get("block")
-    blocks = block if isinstance(block, list) else [block] * stages
+    blocks: list[Any] = block if isinstance(block, list) else [block] * stages
     if len(blocks) != stages or not all(isinstance(b, dict) for b in blocks):
         raise ConfigError(f"{where}: params.block: expected one block mapping, or a list of {stages}")
-    return blocks
+    return [dict(b) for b in blocks]
 
 
 def _backbone(block: dict[str, Any], s: int, seq_len: int, where: str) -> dict[str, Any]:
