@@ -48,7 +48,7 @@ class ImportGroup(click.Group):
 
 @click.group("import", cls=ImportGroup)
 def import_command() -> None:
-    """Convert another tool's checkpoint into an mbp checkpoint (see `mbp import --help` for sources)."""
+    """Convert another tool's checkpoint into an mbp checkpoint: one command per source."""
 
 
 COMMANDS = [import_command]
