@@ -141,7 +141,7 @@ class Payload:
 def test_weights_that_need_code_are_refused_unexecuted(tmp_path: Path) -> None:
     marker = tmp_path / "executed"
     weights = tmp_path / "evil.pth"
-    weights.write_bytes(pickle.dumps({"MODEL": Payload(marker)}))
+    weights.write_bytes(pickle.dumps({"MODEL": Payload(marker)}, protocol=2))
     config = FIXTURES / "two-stage" / "config.yaml"
     code, output = invoke("import", "mblm", str(config), str(weights), str(tmp_path / "o"))
     assert code == 1 and "not a loadable mblm state dict (weights_only load" in output, output
