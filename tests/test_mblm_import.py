@@ -110,6 +110,20 @@ CONFIG_ERRORS = {
         {"block.0": {"block_type": "mamba1", "d_state": 8, "d_conv": 4, "expand": 2, "headdim": 8}},
         "Mamba-1 (mambapy) stage",
     ),
+    "mamba-positions": (
+        {
+            "block.0": {
+                "block_type": "mamba2",
+                "d_state": 8,
+                "d_conv": 4,
+                "expand": 2,
+                "headdim": 8,
+                "pos_emb_type": "fixed",
+            }
+        },
+        "params.block[0].pos_emb_type: mbp's mamba backbone takes no positional embedding",
+    ),
+    "missing-heads": ({"block.1.attn_num_heads": None}, "params.block[1].attn_num_heads: required key"),
     "vocabulary": ({"num_tokens": 300}, "params.num_tokens: 300 tokens"),
     "lengths": ({"seq_lens": [16]}, "params.seq_lens: hidden_dims, num_layers and seq_lens differ"),
 }
