@@ -41,3 +41,9 @@ def mbp_register_sinks(register: Register) -> None:
     A factory whose library is missing raises ``mbp.sinks.SinkUnavailableError``: the sink is then left out of
     runs that did not ask for it by name.
     """
+
+
+@hookspec
+def mbp_register_importers(register: Register) -> None:
+    """Register ``mbp import NAME`` commands that turn another tool's checkpoints into mbp checkpoints:
+    ``register(name, command)`` with a ``click.Command``."""

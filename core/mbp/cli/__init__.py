@@ -50,9 +50,9 @@ def cli(debug: bool) -> None:
 
 
 def _register_commands() -> None:
-    from mbp.cli import generate_cmd, plugins_cmd, run_cmd, shards_cmd, validate_cmd
+    from mbp.cli import generate_cmd, import_cmd, plugins_cmd, run_cmd, shards_cmd, validate_cmd
 
-    for module in (plugins_cmd, validate_cmd, shards_cmd, run_cmd, generate_cmd):
+    for module in (plugins_cmd, validate_cmd, shards_cmd, run_cmd, generate_cmd, import_cmd):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -30,6 +30,13 @@ from mbp.overrides import apply_overrides
     "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a pipeline field by dotted path."
 )
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
+@click.option(
+    "--init-from",
+    "init_from",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Start from this checkpoint's weights (fresh optimizer, schedule and data position).",
+)
 @json_option
 def run_command(
     pipeline: str | None,
@@ -40,6 +47,7 @@ def run_command(
     eval_shards: tuple[str, ...],
     overrides: tuple[str, ...],
     resume: bool,
+    init_from: Path | None,
     as_json: bool,
 ) -> None:
     """Train and evaluate PIPELINE (default: the registry's) on SHARDS (default: data.train_shards)."""
@@ -48,6 +56,8 @@ def run_command(
     from mbp.session import resolve
     from mbp.train.loop import run
 
+    if init_from is not None and resume:
+        raise ConfigError("give --init-from (start from a checkpoint's weights) or --resume, not both")
     base = resolve(registry_path, pipeline)
     settings = list(overrides) + ([f"train.steps={steps}"] if steps is not None else [])
     resolved = resolve(registry_path, base.name, apply_overrides(base, settings)) if settings else base
@@ -59,7 +69,9 @@ def run_command(
         )
     evals = expand_shards(list(eval_shards) or data.eval_shards)
     out = out_dir or Path("mbp-runs") / resolved.name
-    summary = run(resolved, out, resume=resume, train_shards=train, eval_shards=evals)
+    summary = run(
+        resolved, out, resume=resume, train_shards=train, eval_shards=evals, init_from=init_from
+    )
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 speaks for the run
     if as_json:

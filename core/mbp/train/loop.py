@@ -23,6 +23,7 @@ from mbp.sinks import open_sinks
 from mbp.train import distributed as D
 from mbp.train.checkpoint import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
 from mbp.train.evaluate import evaluate
+from mbp.train.init import init_from as load_initial_weights
 from mbp.train.precision import choose_precision
 from mbp.train.report import MetricsLog, Progress, plot
 from mbp.train.schedule import lr_factor
@@ -61,13 +62,26 @@ def eval_batches(resolved: Resolved, shards: list[str], log: SkipLog, align: int
 
 
 def run(
-    resolved: Resolved, out: Path, *, resume: bool, train_shards: list[str], eval_shards: list[str]
+    resolved: Resolved,
+    out: Path,
+    *,
+    resume: bool,
+    train_shards: list[str],
+    eval_shards: list[str],
+    init_from: Path | None = None,
 ) -> dict[str, Any]:
-    """Train and evaluate ``resolved`` as its pipeline says; return the summary ``mbp run --json`` prints."""
+    """Train and evaluate ``resolved`` as its pipeline says; return the summary ``mbp run --json`` prints.
+    ``init_from``: a checkpoint whose weights the model starts from (ignored when resuming)."""
     world = D.init_world()
     try:
         return Trainer(
-            resolved, out, world, resume=resume, train_shards=train_shards, eval_shards=eval_shards
+            resolved,
+            out,
+            world,
+            resume=resume,
+            train_shards=train_shards,
+            eval_shards=eval_shards,
+            init_from=init_from,
         ).run()
     finally:
         D.shutdown(world)
@@ -85,6 +99,7 @@ class Trainer:
         resume: bool,
         train_shards: list[str],
         eval_shards: list[str],
+        init_from: Path | None = None,
     ) -> None:
         self.resolved, self.out, self.world = resolved, out, world
         self.cfg, data = resolved.pipeline.train, resolved.pipeline.data
@@ -97,6 +112,8 @@ class Trainer:
         torch.manual_seed(self.cfg.seed)
         components = get_platform().components
         self.model: MultiscaleDecoder = build_model(resolved.pipeline.model, components)
+        if init_from is not None and not resume:
+            load_initial_weights(init_from, self.model, resolved.pipeline.model)
         self.model.to(world.device)
         if data.seq_len % self.model.patch_len:
             raise ConfigError(

@@ -1,0 +1,24 @@
+"""Built-in plugin for people coming from the public ``mblm`` package: the ``mblm-transformer`` backbone
+(mblm's TransformerBlock, exactly) and ``mbp import mblm`` (its checkpoints become mbp checkpoints)."""
+
+from __future__ import annotations
+
+from mbp.hookspecs import Register, hookimpl
+
+from mbp_mblm.block import MblmTransformer, MblmTransformerParams
+
+
+def build(*, dim: int, layers: int, **params: object) -> MblmTransformer:
+    return MblmTransformer(dim=dim, layers=layers, **params)
+
+
+@hookimpl
+def mbp_register_backbones(register: Register) -> None:
+    register("mblm-transformer", build, MblmTransformerParams)
+
+
+@hookimpl
+def mbp_register_importers(register: Register) -> None:
+    from mbp_mblm.cli import import_mblm
+
+    register("mblm", import_mblm)
