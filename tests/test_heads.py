@@ -116,13 +116,11 @@ def test_classify_generates_labels_only_for_misses(components, monkeypatch: pyte
         predicted.append(greedy)
     for s in built:
         s.weights = classify.token_weights(s)
-    runs = []
-    real = mbp_generate.generate_segment_payload
-    monkeypatch.setattr(
-        mbp_generate, "generate_segment_payload", lambda *a, **k: runs.append(1) or real(*a, **k)
-    )
+    prompts: list[int] = []
+    real = mbp_generate.generate
+    monkeypatch.setattr(mbp_generate, "generate", lambda m, p, **k: prompts.append(len(p)) or real(m, p, **k))
     result = evaluate(model, [collate([[s] for s in built], 64)], classify)
-    assert len(runs) == 3  # the three misses
+    assert sum(prompts) == 3  # the three misses, and only they, are generated
     expected: dict[str, dict[str, int]] = {}
     for label, guess in zip(labels, predicted, strict=True):
         row = expected.setdefault(label.decode("utf-8", "replace"), {})
