@@ -114,12 +114,14 @@ def main() -> None:
     summary = json.loads((args.data / "summary.json").read_text())
     names = args.pipelines or [p for entry in summary.values() for p in entry["pipelines"]]
     path = RESULTS / "realdata.json"
-    results: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.exists() else {}
     for name in names:
         print(f"run_suite: {name} ...", file=sys.stderr, flush=True)
-        results[name] = run_one(args.data, args.out, name)
+        result = run_one(args.data, args.out, name)
+        # re-read before writing: another runner may have added its pipelines meanwhile
+        results: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.exists() else {}
+        results[name] = result
         path.write_text(json.dumps(results, indent=2) + "\n")  # after each run: nothing lost on a kill
-    print(table(results))
+    print(table(json.loads(path.read_text())))
 
 
 if __name__ == "__main__":
