@@ -130,9 +130,13 @@ class Attention(nn.Module):
         """Rotations of positions 0..length-1, (1, L, 1, K/2), kept while length, device and dtype hold."""
         key = (length, like.device, like.dtype)
         if self._cache_key != key:
-            positions = torch.arange(length, device=like.device)[None]
+            # made outside inference mode even when generation asks first: an inference tensor, once
+            # kept, could never be saved for backward by a later training forward at this length
+            with torch.inference_mode(False):
+                positions = torch.arange(length, device=like.device)[None]
+                turns = rotations(positions, self.head_dim, self.rope_base, like.dtype)[:, :, None, :]
             self._cache_key = key
-            self._cache = rotations(positions, self.head_dim, self.rope_base, like.dtype)[:, :, None, :]
+            self._cache = turns
         return self._cache
 
     def _merge(self, y: torch.Tensor) -> torch.Tensor:
