@@ -12,7 +12,7 @@ import subprocess
 import time
 
 import torch
-from mbp.generate import CachedState, Sampling, sample_next
+from mbp.generate import Sampling, prime, sample_next
 from mbp.model.build import build_model
 from mbp.plugins import get_platform
 from mbp_mamba.backbone import Mamba
@@ -39,11 +39,10 @@ def per_byte(prompt: int, new: int = 256) -> float:
     }
     model = build_model(config, get_platform().components).eval()
     with torch.no_grad():
-        state = CachedState(model, [torch.randint(0, 256, (prompt,))], new)  # prefill, not timed
-        logits = state.logits
+        state, logits = prime(model, [torch.randint(0, 256, (prompt,))], new)  # prefill, not timed
         start = time.perf_counter()
         for _ in range(new):
-            logits = state.feed(sample_next(logits, Sampling(), None))
+            logits = model.step(sample_next(logits, Sampling(), None), state)
     return (time.perf_counter() - start) / new
 
 
