@@ -161,7 +161,7 @@ class Attention(nn.Module):
         ``Linear`` calls, and attention over a short cache as a broadcast product instead of SDPA.
         """
         b = x.shape[0]
-        qkv = F.linear(x, self.qkv.weight).view(b, 3, self.heads, self.head_dim)
+        qkv = F.linear(x, self.qkv.weight, self.qkv.bias).view(b, 3, self.heads, self.head_dim)
         q, k = rotary(qkv[:, :2], plan.turns).unbind(1)  # (B, H, K), q already scaled by 1/sqrt(K)
         v = qkv[:, 2]
         keys, values = cache.keys[layer], cache.values[layer]
@@ -182,7 +182,7 @@ class Attention(nn.Module):
             mask = None if plan.visible is None else plan.visible[:, None, None]
             y = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=mask, scale=1.0)
             y = y[:, :, 0]
-        return F.linear(y.reshape(b, -1), self.out.weight)
+        return F.linear(y.reshape(b, -1), self.out.weight, self.out.bias)
 
 
 class MLP(nn.Module):
@@ -204,12 +204,15 @@ class MLP(nn.Module):
         return self.drop(self.down(h))
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
-        """``x: (B, D)``: the forward pass with 2-D products (no dropout: generation runs in eval)."""
-        h = F.linear(x, self.up.weight)
+        """``x: (B, D)``: the forward pass with 2-D products (no dropout: generation runs in eval).
+        Biases pass through (None today) so that a step can never drift from ``forward``."""
+        h = F.linear(x, self.up.weight, self.up.bias)
         if self.gated:
             gate, value = h.chunk(2, dim=-1)
-            return F.linear(F.silu(gate) * value, self.down.weight)
-        return F.linear(small.gelu(h) if h.numel() <= small.SMALL else F.gelu(h), self.down.weight)
+            h = F.silu(gate) * value
+        else:
+            h = small.gelu(h) if h.numel() <= small.SMALL else F.gelu(h)
+        return F.linear(h, self.down.weight, self.down.bias)
 
 
 class Layer(nn.Module):
@@ -220,6 +223,20 @@ class Layer(nn.Module):
         self.mlp_norm = RMSNorm(dim)
         self.mlp = MLP(dim, params.mlp_ratio, params.mlp, params.dropout)
         self.drop = nn.Dropout(params.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.attn_norm(x)))
+        return x + self.mlp(self.mlp_norm(x))
+
+    def prefill(self, x: torch.Tensor, cache: KVCache, index: int, rows: torch.Tensor) -> torch.Tensor:
+        """``forward`` over ``x: (R, L, D)``, also writing layer ``index``'s keys and values of ``rows``."""
+        x = x + self.attn.prefill(self.attn_norm(x), cache, index, rows)
+        return x + self.mlp(self.mlp_norm(x))
+
+    def step(self, x: torch.Tensor, cache: KVCache, index: int, plan: StepPlan) -> torch.Tensor:
+        """``forward`` for one position per row, ``x: (B, D)``."""
+        x = x + self.attn.step(self.attn_norm(x), cache, index, plan)
+        return x + self.mlp.step(self.mlp_norm(x))
 
 
 class Transformer(nn.Module):
@@ -236,8 +253,7 @@ class Transformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self._blocks():
-            x = x + layer.drop(layer.attn(layer.attn_norm(x)))
-            x = x + layer.mlp(layer.mlp_norm(x))
+            x = layer(x)
         return self.norm(x)
 
     def allocate_cache(self, batch: int, max_len: int) -> KVCache:
@@ -249,15 +265,13 @@ class Transformer(nn.Module):
 
     def prefill(self, x: torch.Tensor, cache: KVCache, rows: torch.Tensor) -> torch.Tensor:
         for index, layer in enumerate(self._blocks()):
-            x = x + layer.attn.prefill(layer.attn_norm(x), cache, index, rows)
-            x = x + layer.mlp(layer.mlp_norm(x))
+            x = layer.prefill(x, cache, index, rows)
         cache.lengths[rows] = x.shape[1]
         return self.norm(x)
 
     def step(self, x: torch.Tensor, cache: KVCache, active: torch.Tensor) -> torch.Tensor:
         plan = cache.plan(active)
         for index, layer in enumerate(self._blocks()):
-            x = x + layer.attn.step(layer.attn_norm(x), cache, index, plan)
-            x = x + layer.mlp.step(layer.mlp_norm(x))
+            x = layer.step(x, cache, index, plan)
         cache.lengths = cache.lengths + active.long()
         return self.norm(x)
