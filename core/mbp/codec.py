@@ -29,3 +29,13 @@ class Codec(Protocol):
     def to_file(self, segment: Segment) -> bytes:
         """The segment as file bytes that a user can open; raise CodecError on bad input."""
         ...
+
+
+@runtime_checkable
+class SegmentExtension(Protocol):
+    """Optional for a codec: a file extension that depends on the segment (``png`` or ``jpg`` for an
+    image); without it ``to_file`` output is named with ``Codec.extension``."""
+
+    def extension_of(self, segment: Segment) -> str:
+        """The extension (without dot) for ``segment``; raise CodecError when the segment names none."""
+        ...

@@ -9,13 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from mbp.model.decoder import MultiscaleDecoder
 from mbp.model.decoder_cache import DecoderCache
 from mbp.protocol import BOS, END, EOS, PAD
+
+if TYPE_CHECKING:
+    from mbp.data.encode import EncodedSample
 
 Callback = Callable[[int, int], None]
 """Called with (row, token) for every generated token."""
@@ -126,7 +129,9 @@ def generate_uncached(model: MultiscaleDecoder, prompt: torch.Tensor, max_new: i
     return out
 
 
-def generate_segment_payload(model: MultiscaleDecoder, sample: Any, field: str, max_bytes: int = 64) -> bytes:
+def generate_segment_payload(
+    model: MultiscaleDecoder, sample: EncodedSample, field: str, max_bytes: int = 64
+) -> bytes:
     """Greedy payload of ``field``'s segment given everything before it (used for predicted labels)."""
     from mbp.heads import prompt_length
 

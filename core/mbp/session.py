@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from mbp.config import Pipeline, Registry, check_pipeline, load_registry
 from mbp.data.encode import SampleEncoder
 from mbp.errors import ConfigError
+from mbp.heads import FieldHead, TaskHead
 from mbp.plugins import get_platform
 
 
@@ -16,7 +16,7 @@ class Resolved:
     registry: Registry
     name: str
     pipeline: Pipeline
-    head: Any
+    head: TaskHead
     encoder: SampleEncoder
 
 
@@ -27,8 +27,8 @@ def resolve(registry_path: str | None, name: str | None, pipeline: Pipeline | No
     components = get_platform().components
     check_pipeline(registry, name, components)
     pipeline = pipeline or registry.pipeline(name)
-    head = components.build("heads", pipeline.head.as_dict())
-    target = getattr(head, "field", None)  # the segment a vqa/classify head answers
+    head: TaskHead = components.build("heads", pipeline.head.as_dict())
+    target = head.field if isinstance(head, FieldHead) else None  # the segment a vqa/classify head answers
     if target is not None and target not in pipeline.fields:
         raise ConfigError(
             f"{registry.where(('pipelines', name, 'head'))}: head '{pipeline.head.type}' targets field "

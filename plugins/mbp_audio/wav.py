@@ -11,8 +11,7 @@ from typing import Literal
 
 import numpy as np
 import soundfile as sf
-from mbp.errors import CodecError
-from mbp.protocol import Segment
+from mbp.api import CodecError, Segment
 from pydantic import BaseModel, ConfigDict, Field
 
 # sample format -> (soundfile subtype, numpy dtype of the stored PCM)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mbp.hookspecs import Register, hookimpl
+from mbp.api import Backbone, Register, hookimpl
 
 from mbp_mamba.backbone import Mamba, MambaParams
 
@@ -12,5 +12,5 @@ def build(*, dim: int, layers: int, **params: object) -> Mamba:
 
 
 @hookimpl
-def mbp_register_backbones(register: Register) -> None:
+def mbp_register_backbones(register: Register[Backbone]) -> None:
     register("mamba", build, MambaParams)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import cast
 
 import torch
-from mbp.model.norm import RMSNorm
+from mbp.api import RMSNorm
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 

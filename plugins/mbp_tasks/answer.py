@@ -8,8 +8,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 import numpy as np
-from mbp.data.encode import EncodedSample
-from mbp.heads import payload_bytes, payload_range
+from mbp.api import EncodedSample, payload_bytes, payload_range
 from pydantic import BaseModel, ConfigDict, Field
 
 from mbp_tasks.lm import BitsPerByte

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mbp.hookspecs import Register, hookimpl
+from mbp.api import Backbone, Register, hookimpl
 
 from mbp_transformer.model import Transformer, TransformerParams
 
@@ -12,5 +12,5 @@ def build(*, dim: int, layers: int, **params: object) -> Transformer:
 
 
 @hookimpl
-def mbp_register_backbones(register: Register) -> None:
+def mbp_register_backbones(register: Register[Backbone]) -> None:
     register("transformer", build, TransformerParams)

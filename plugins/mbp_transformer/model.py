@@ -10,8 +10,7 @@ from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
-from mbp.model import small
-from mbp.model.norm import RMSNorm
+from mbp.api import RMSNorm, small
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import io
 from typing import Literal
 
-from mbp.errors import CodecError
-from mbp.protocol import Segment
+from mbp.api import CodecError, Segment
 from pydantic import BaseModel, ConfigDict, Field
 
 from mbp_vision.pillow import open_image

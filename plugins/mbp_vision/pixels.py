@@ -6,8 +6,7 @@ import io
 from typing import Literal
 
 import numpy as np
-from mbp.errors import CodecError
-from mbp.protocol import Segment
+from mbp.api import CodecError, Segment
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 

@@ -121,6 +121,7 @@ def generate_command(
 
 def write_segments(tokens: list[int], skip: int, out_dir: Path, components: object) -> list[str]:
     """Decode a token stream and write every segment after the first ``skip`` through its codec."""
+    from mbp.codec import SegmentExtension
     from mbp.errors import MbpError
     from mbp.protocol import decode_stream
 
@@ -133,7 +134,7 @@ def write_segments(tokens: list[int], skip: int, out_dir: Path, components: obje
         try:
             codec = components.build("codecs", {"type": segment.codec})  # type: ignore[attr-defined]
             data = codec.to_file(segment)
-            ext = codec.extension_of(segment) if hasattr(codec, "extension_of") else codec.extension
+            ext = codec.extension_of(segment) if isinstance(codec, SegmentExtension) else codec.extension
         except MbpError as error:
             say(
                 f"segment {index} ({segment.codec or '?'}{', cut off' if partial else ''}) not decodable: "

@@ -10,13 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from mbp.data.batches import Batch
-from mbp.heads import payload_bytes, payload_range
+from mbp.data.encode import EncodedSample
+from mbp.heads import TaskHead, payload_bytes, payload_range
 from mbp.model.decoder import MultiscaleDecoder
 
 
 @torch.no_grad()
 def evaluate(
-    model: MultiscaleDecoder, batches: Iterable[Batch], head: Any, *, bf16: bool = False
+    model: MultiscaleDecoder, batches: Iterable[Batch], head: TaskHead, *, bf16: bool = False
 ) -> dict[str, Any]:
     metrics = head.metrics()
     was_training = model.training
@@ -42,8 +43,10 @@ def evaluate(
     return metrics.result()
 
 
-def _generate_for(model: MultiscaleDecoder, head: Any, sample: Any, correct: np.ndarray) -> bytes | None:
-    field = getattr(head, "generate_field", None)
+def _generate_for(
+    model: MultiscaleDecoder, head: TaskHead, sample: EncodedSample, correct: np.ndarray
+) -> bytes | None:
+    field = head.generate_field
     if not field:
         return None
     first, last = payload_range(sample, sample.span(field))

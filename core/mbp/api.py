@@ -1,0 +1,53 @@
+"""Everything a plugin author needs from mbp, in one import; the rest of core is internal and may move.
+
+- Hooks: ``hookimpl`` and ``Register``; a plugin implements ``mbp_register_codecs(register:
+  Register[Codec])``, ``mbp_register_backbones(register: Register[Backbone])`` or
+  ``mbp_register_heads(register: Register[TaskHead])`` (see :mod:`mbp.hookspecs`), and mypy then checks
+  what it registers against the protocols below.
+- Codecs: ``Codec`` (optionally ``SegmentExtension``) turning field bytes into a ``Segment`` and back.
+- Backbones: ``Backbone`` (optionally ``PrefillBackbone``) and its ``Cache``; test one with
+  :mod:`mbp.testing`. ``RMSNorm`` and :mod:`mbp.model.small` are the norm and the ops for the tiny
+  tensors of generation steps that the built-in backbones use.
+- Task heads: ``TaskHead`` (optionally ``FieldHead``) and its ``Metrics``, reading ``EncodedSample``s;
+  ``payload_range``, ``payload_bytes`` and ``prompt_length`` find a field's payload in a sample.
+- Errors a plugin raises: ``CodecError`` for a bad value or segment (the sample is skipped and counted),
+  ``ConfigError`` for parameters that cannot work together, ``DataError`` for an unusable sample.
+"""
+
+from __future__ import annotations
+
+from mbp.codec import Codec, SegmentExtension
+from mbp.data.encode import EncodedSample, Span
+from mbp.errors import CodecError, ConfigError, DataError, MbpError, PluginError
+from mbp.heads import FieldHead, Metrics, TaskHead, payload_bytes, payload_range, prompt_length
+from mbp.hookspecs import Register, hookimpl
+from mbp.model import small
+from mbp.model.backbone import Backbone, Cache, PrefillBackbone
+from mbp.model.norm import RMSNorm
+from mbp.protocol import Segment
+
+__all__ = [
+    "Backbone",
+    "Cache",
+    "Codec",
+    "CodecError",
+    "ConfigError",
+    "DataError",
+    "EncodedSample",
+    "FieldHead",
+    "MbpError",
+    "Metrics",
+    "PluginError",
+    "PrefillBackbone",
+    "RMSNorm",
+    "Register",
+    "Segment",
+    "SegmentExtension",
+    "Span",
+    "TaskHead",
+    "hookimpl",
+    "payload_bytes",
+    "payload_range",
+    "prompt_length",
+    "small",
+]
