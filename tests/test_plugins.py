@@ -7,7 +7,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from mbp.errors import PluginError
+from mbp.components import ComponentTable
+from mbp.config import check_pipeline, load_registry
+from mbp.errors import ConfigError, PluginError
 from mbp.hookspecs import hookimpl
 from mbp.plugins import new_platform
 from pydantic import BaseModel
@@ -157,3 +159,17 @@ def test_example_plugin_source_registers_a_codec() -> None:
     text = (source / "pyproject.toml").read_text()
     assert "[project.entry-points.mbp]" in text
     assert textwrap.dedent("rot13") in (source / "mbp_rot13" / "__init__.py").read_text()
+
+
+def test_validation_explains_a_missing_name_from_the_table_it_was_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # no process-wide platform behind the scenes: the table passed in knows why 'wav' is absent
+    monkeypatch.setenv("MBP_DISABLE_PLUGINS", "audio")
+    table = new_platform().components
+    registry = load_registry()
+    with pytest.raises(ConfigError, match=r"unknown codec 'wav' .*disabled by MBP_DISABLE_PLUGINS: audio"):
+        check_pipeline(registry, "vqa-mixed", table)
+    with pytest.raises(ConfigError, match="unknown codec") as plain:
+        check_pipeline(registry, "vqa-mixed", ComponentTable())
+    assert "disabled" not in str(plain.value)

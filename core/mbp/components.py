@@ -32,9 +32,16 @@ class Component:
     plugin: str
 
 
+def _needed(kind: Kind, name: str) -> str:
+    return f"a plugin that registers {kind[:-1]} '{name}' is needed; install or enable it"
+
+
 @dataclass
 class ComponentTable:
     entries: dict[Kind, dict[str, Component]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    explain_missing: Callable[[Kind, str], str] = field(default=_needed, repr=False, compare=False)
+    """Why nobody registered a name: the platform that filled the table knows which plugins are
+    disabled or failed, so the table carries that knowledge instead of a process-wide lookup."""
 
     def register(
         self, kind: Kind, plugin: str, name: str, factory: Callable[..., Any], params: type[BaseModel] | None

@@ -211,12 +211,10 @@ def check_pipeline(registry: Registry, name: str, components: ComponentTable) ->
 def check_ref(kind: Kind, ref: Ref, components: ComponentTable, where: str, dotted: str) -> None:
     names = components.names(kind)
     if ref.type not in names:
-        from mbp.plugins import missing_plugin_hint
-
         valid = ", ".join(names) or "none registered"
         raise ConfigError(
             f"{where}: {dotted}.type: unknown {kind[:-1]} '{ref.type}' (valid: {valid}); "
-            f"{missing_plugin_hint(kind, ref.type)}"
+            f"{components.explain_missing(kind, ref.type)}"
         )
     component = components.get(kind, ref.type)
     params = {k: v for k, v in ref.as_dict().items() if k != "type"}

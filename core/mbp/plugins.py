@@ -93,6 +93,7 @@ def new_platform(extra_plugins: dict[str, object] | None = None, *, entry_points
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     platform = Platform(pm, ComponentTable())
+    platform.components.explain_missing = partial(missing_plugin_hint, platform)
     disabled = _env_list("MBP_DISABLE_PLUGINS")
     candidates: list[tuple[str, Callable[[], object], PluginInfo]] = []
     if entry_points:
@@ -167,9 +168,8 @@ def get_platform() -> Platform:
     return _DEFAULT
 
 
-def missing_plugin_hint(kind: Kind, name: str) -> str:
+def missing_plugin_hint(platform: Platform, kind: Kind, name: str) -> str:
     """Explain, for a name nobody registered, which plugins are disabled or failed, or what to install."""
-    platform = get_platform()
     notes = []
     disabled = sorted(_env_list("MBP_DISABLE_PLUGINS") & {ep.name for ep in _entry_points()})
     if disabled:

@@ -45,12 +45,17 @@ def run_command(
     """Train and evaluate PIPELINE (default: the registry's) on SHARDS (default: data.train_shards)."""
     from mbp.data.read import expand_shards
     from mbp.errors import ConfigError
+    from mbp.plugins import get_platform
     from mbp.session import resolve
     from mbp.train.loop import run
 
-    base = resolve(registry_path, pipeline)
+    components = get_platform().components
+    base = resolve(registry_path, pipeline, components=components)
     settings = list(overrides) + ([f"train.steps={steps}"] if steps is not None else [])
-    resolved = resolve(registry_path, base.name, apply_overrides(base, settings)) if settings else base
+    if settings:
+        resolved = resolve(registry_path, base.name, apply_overrides(base, settings), components=components)
+    else:
+        resolved = base
     data = resolved.pipeline.data
     train = expand_shards(list(shards) or data.train_shards)
     if not train:
@@ -97,8 +102,8 @@ def eval_command(
     from mbp.train.evaluate import evaluate
     from mbp.train.loop import eval_batches
 
-    resolved = resolve(registry_path, pipeline)
-    model, _ = load_model(checkpoint, get_platform().components)
+    resolved = resolve(registry_path, pipeline, components=get_platform().components)
+    model, _ = load_model(checkpoint, resolved.components)
     log = SkipLog(quiet=as_json)
     metrics = evaluate(model, eval_batches(resolved, expand_shards(shards), log), resolved.head)
     document = {"pipeline": resolved.name, "checkpoint": str(checkpoint), "metrics": metrics, **log.summary()}

@@ -50,9 +50,12 @@ def inspect_command(
 ) -> None:
     """Samples, fields (counts and sizes) and, with --pipeline, encoded lengths in tokens."""
     from mbp.data.inspect import inspect_shards
+    from mbp.plugins import get_platform
     from mbp.session import pipeline_encoder
 
-    encoder = pipeline_encoder(registry_path, pipeline) if pipeline else None
+    encoder = (
+        pipeline_encoder(registry_path, pipeline, components=get_platform().components) if pipeline else None
+    )
     report = inspect_shards(expand_shards(shards), encoder, SkipLog(quiet=as_json))
     if as_json:
         emit_json(report)

@@ -17,7 +17,6 @@ from mbp.data.skips import SkipLog
 from mbp.errors import CheckpointError, ConfigError, MbpError
 from mbp.model.build import build_model
 from mbp.model.decoder import MultiscaleDecoder
-from mbp.plugins import get_platform
 from mbp.session import Resolved
 from mbp.train import distributed as D
 from mbp.train.checkpoint import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
@@ -91,7 +90,7 @@ class Trainer:
                 f"data.batch_size {data.batch_size} must divide evenly over {world.size} processes"
             )
         torch.manual_seed(self.cfg.seed)
-        self.model: MultiscaleDecoder = build_model(resolved.pipeline.model, get_platform().components)
+        self.model: MultiscaleDecoder = build_model(resolved.pipeline.model, resolved.components)
         self.model.to(world.device)
         if data.seq_len % self.model.patch_len:
             raise ConfigError(
