@@ -64,3 +64,13 @@ def test_built_in_components_satisfy_the_protocols_at_run_time(components: Compo
         assert isinstance(backbone, api.PrefillBackbone) and isinstance(cache, api.Cache)
         assert cache.batch == 3
         cache.reset(torch.tensor([True, False, True]))
+
+
+def test_only_the_cli_loads_the_process_wide_platform() -> None:
+    # everything below the CLI receives its component table (Resolved.components, function arguments)
+    loaders = sorted(
+        str(path.relative_to(ROOT / "core" / "mbp"))
+        for path in (ROOT / "core" / "mbp").rglob("*.py")
+        if "mbp.plugins" in imports_of(path) and path.name != "plugins.py"
+    )
+    assert loaders and all(path.startswith("cli/") for path in loaders), loaders
