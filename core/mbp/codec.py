@@ -7,9 +7,12 @@ segment back into a value (``decode``) or a file (``to_file``). Lossless setting
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from mbp.protocol import Segment
+from mbp.errors import MbpError
+from mbp.protocol import Segment, decode_stream
 
 
 @runtime_checkable
@@ -39,3 +42,34 @@ class SegmentExtension(Protocol):
     def extension_of(self, segment: Segment) -> str:
         """The extension (without dot) for ``segment``; raise CodecError when the segment names none."""
         ...
+
+
+def write_segments(
+    tokens: list[int],
+    skip: int,
+    out_dir: Path,
+    codec_for: Callable[[str], Codec],
+    warn: Callable[[str], None],
+) -> list[str]:
+    """Write every segment of a token stream after the first ``skip`` as a file through its codec (a
+    cut-off last one too, named ``-partial``); a segment its codec rejects keeps its raw payload."""
+    decoded = decode_stream(tokens)
+    segments = decoded.segments[skip:] + ([decoded.partial] if decoded.partial else [])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for index, segment in enumerate(segments):
+        partial = decoded.partial is segment
+        try:
+            codec = codec_for(segment.codec)
+            data = codec.to_file(segment)
+            ext = codec.extension_of(segment) if isinstance(codec, SegmentExtension) else codec.extension
+        except MbpError as error:
+            warn(
+                f"segment {index} ({segment.codec or '?'}{', cut off' if partial else ''}) not decodable: "
+                f"{error}; raw payload kept"
+            )
+            data, ext = segment.payload, "bin"
+        path = out_dir / f"segment-{index:02d}{'-partial' if partial else ''}.{ext}"
+        path.write_bytes(data)
+        written.append(str(path))
+    return written
