@@ -15,7 +15,7 @@ import torch
 from mbp.generate import Sampling, prime, sample_next
 from mbp.model.build import build_model
 from mbp.plugins import get_platform
-from mbp_mamba.backbone import Mamba
+from mbp_mamba.backbone import Mamba, MambaParams
 
 from benchmarks.bench_model import HERE, REF_PYTHON, ensure_reference_venv
 from benchmarks.common import median_seconds, save
@@ -23,7 +23,7 @@ from benchmarks.common import median_seconds, save
 
 def ours(length: int, dim: int, repeats: int) -> dict:
     torch.manual_seed(0)
-    model = Mamba(dim=dim, layers=1, state=16, headdim=32, expand=2, chunk=64)
+    model = Mamba(MambaParams(state=16, headdim=32, expand=2, chunk=64), dim=dim, layers=1)
     x = torch.randn(1, length, dim)
     seconds = median_seconds(lambda: model(x).sum().backward(), repeats)
     return {"fwd_bwd_s": seconds, "params": sum(p.numel() for p in model.parameters())}

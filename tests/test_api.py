@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import inspect
 from pathlib import Path
 
 import torch
@@ -74,3 +75,17 @@ def test_only_the_cli_loads_the_process_wide_platform() -> None:
         if "mbp.plugins" in imports_of(path) and path.name != "plugins.py"
     )
     assert loaders and all(path.startswith("cli/") for path in loaders), loaders
+
+
+def test_factories_receive_the_validated_params_model(components: ComponentTable) -> None:
+    # defaults live in the params model only: no factory takes (and so defaults) a parameter by name
+    shapes = {
+        (kind, name): list(inspect.signature(components.get(kind, name).factory).parameters)
+        for kind in ("codecs", "heads", "backbones")
+        for name in components.names(kind)
+    }
+    expected = {key: ["params", "dim", "layers"] if key[0] == "backbones" else ["params"] for key in shapes}
+    assert len(shapes) >= 9 and shapes == expected
+    backbone = components.build("backbones", {"type": "transformer", "heads": 2}, dim=16, layers=1)
+    assert backbone.params == components.get("backbones", "transformer").params(heads=2)
+    assert components.build("codecs", {"type": "pixels", "size": [4, 3]}).size == (4, 3)

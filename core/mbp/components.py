@@ -77,7 +77,7 @@ class ComponentTable:
         component = self.get(kind, ref["type"])
         try:
             validated = component.params.model_validate(params)
-            return component.factory(**validated.model_dump(), **extra)
+            return component.factory(validated, **extra)
         except (ValueError, TypeError) as error:  # pydantic's errors are ValueErrors too
             shown = ", ".join(f"{k}={v}" for k, v in {**params, **extra}.items())
             message = " ".join(str(error).split())

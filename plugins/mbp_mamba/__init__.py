@@ -7,10 +7,6 @@ from mbp.api import Backbone, Register, hookimpl
 from mbp_mamba.backbone import Mamba, MambaParams
 
 
-def build(*, dim: int, layers: int, **params: object) -> Mamba:
-    return Mamba(dim=dim, layers=layers, **params)
-
-
 @hookimpl
 def mbp_register_backbones(register: Register[Backbone]) -> None:
-    register("mamba", build, MambaParams)
+    register("mamba", Mamba, MambaParams)

@@ -98,10 +98,10 @@ class MambaLayer(nn.Module):
 
 
 class Mamba(nn.Module):
-    def __init__(self, *, dim: int, layers: int, **params: object) -> None:
+    def __init__(self, params: MambaParams, *, dim: int, layers: int) -> None:
         super().__init__()
-        self.params = MambaParams.model_validate(params)
-        self.layers = nn.ModuleList(MambaLayer(dim, self.params) for _ in range(layers))
+        self.params = params
+        self.layers = nn.ModuleList(MambaLayer(dim, params) for _ in range(layers))
         self.norm = RMSNorm(dim, eps=1e-5)
 
     def _blocks(self) -> list[MambaLayer]:

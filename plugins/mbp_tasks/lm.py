@@ -42,6 +42,9 @@ class LmHead:
     name = "lm"
     generate_field: str | None = None
 
+    def __init__(self, params: LmParams) -> None:
+        pass
+
     def token_weights(self, sample: EncodedSample) -> np.ndarray:
         return np.ones(len(sample.tokens), dtype=np.float32)
 

@@ -15,8 +15,8 @@ class TextCodec:
     name = "text"
     extension = "txt"
 
-    def __init__(self, strip: bool = False) -> None:
-        self.strip = strip
+    def __init__(self, params: TextParams) -> None:
+        self.strip = params.strip
 
     def encode(self, data: bytes) -> Segment:
         try:

@@ -7,10 +7,6 @@ from mbp.api import Backbone, Register, hookimpl
 from mbp_transformer.model import Transformer, TransformerParams
 
 
-def build(*, dim: int, layers: int, **params: object) -> Transformer:
-    return Transformer(dim=dim, layers=layers, **params)
-
-
 @hookimpl
 def mbp_register_backbones(register: Register[Backbone]) -> None:
-    register("transformer", build, TransformerParams)
+    register("transformer", Transformer, TransformerParams)

@@ -241,10 +241,10 @@ class Layer(nn.Module):
 class Transformer(nn.Module):
     """``layers`` pre-norm blocks and a final RMSNorm; see :mod:`mbp.model.backbone` for the protocol."""
 
-    def __init__(self, *, dim: int, layers: int, **params: object) -> None:
+    def __init__(self, params: TransformerParams, *, dim: int, layers: int) -> None:
         super().__init__()
-        self.params = TransformerParams.model_validate(params)
-        self.layers = nn.ModuleList(Layer(dim, self.params) for _ in range(layers))
+        self.params = params
+        self.layers = nn.ModuleList(Layer(dim, params) for _ in range(layers))
         self.norm = RMSNorm(dim)
 
     def _blocks(self) -> list[Layer]:

@@ -21,8 +21,8 @@ class Rot13Codec:
     name = "rot13"
     extension = "txt"
 
-    def __init__(self, rounds: int = 1) -> None:
-        self.rounds = rounds
+    def __init__(self, params: Rot13Params) -> None:
+        self.rounds = params.rounds
 
     def _rotate(self, text: str) -> str:
         for _ in range(self.rounds):
