@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from mbp.components import ComponentTable
 from mbp.config import check_pipeline, load_registry
-from mbp.errors import ConfigError, PluginError
+from mbp.errors import ConfigError, NameClashError, PluginError
 from mbp.hookspecs import hookimpl
 from mbp.plugins import new_platform
 from pydantic import BaseModel
@@ -94,8 +94,20 @@ def test_disabled_plugins_are_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_name_clash_names_both_plugins() -> None:
-    with pytest.raises(PluginError, match="codec 'text' is registered by two plugins: 'text' and 'clash'"):
+    with pytest.raises(NameClashError, match="codec 'text' is registered by two plugins: 'text' and 'clash'"):
         new_platform({"clash": ClashPlugin()})
+
+
+class WordyPlugin:
+    @hookimpl
+    def mbp_register_codecs(self, register):
+        raise PluginError("my codec is registered by two plugins in my head")
+
+
+def test_only_a_real_name_clash_is_fatal_whatever_a_message_says(capsys: pytest.CaptureFixture[str]) -> None:
+    platform = new_platform({"good": GoodPlugin(), "wordy": WordyPlugin()}, entry_points=False)
+    assert "wordy" in platform.failures and "reverse" in platform.components.names("codecs")
+    assert "plugin 'wordy' (local 0) failed to load" in capsys.readouterr().err
 
 
 def test_misspelled_hook_is_caught(capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from mbp.errors import ConfigError, PluginError
+from mbp.errors import ConfigError, NameClashError, PluginError
 
 Kind = Literal["codecs", "backbones", "heads"]
 KINDS: tuple[Kind, ...] = ("codecs", "backbones", "heads")
@@ -56,7 +56,7 @@ class ComponentTable:
             params = type(params.__name__, (params,), {"model_config": ConfigDict(extra="forbid")})
         taken = self.entries[kind].get(name)
         if taken is not None:
-            raise PluginError(
+            raise NameClashError(
                 f"{kind[:-1]} '{name}' is registered by two plugins: '{taken.plugin}' and '{plugin}'"
             )
         self.entries[kind][name] = Component(kind, name, factory, params, plugin)

@@ -19,7 +19,7 @@ import pluggy
 
 from mbp import hookspecs
 from mbp.components import KINDS, ComponentTable, Kind
-from mbp.errors import MbpError, PluginError
+from mbp.errors import MbpError, NameClashError, PluginError
 
 HOOKS: dict[Kind, str] = {
     "codecs": "mbp_register_codecs",
@@ -135,10 +135,8 @@ def _run_hook(platform: Platform, kind: Kind, impl: pluggy.HookImpl) -> None:
         impl.function(register=register)
         for comp in staged.entries[kind].values():
             platform.components.register(kind, name, comp.name, comp.factory, comp.params)
-    except PluginError as error:
-        if "registered by two plugins" in str(error):
-            raise  # a name clash is ambiguous for every pipeline: always fatal
-        _fail(platform, name, error)
+    except NameClashError:
+        raise  # a name clash is ambiguous for every pipeline: always fatal
     except Exception as error:
         _fail(platform, name, error)
 

@@ -159,12 +159,3 @@ def _find_marker(array: np.ndarray, start: int) -> int | None:
 
 def _name(token: int) -> str:
     return MARKER_NAMES.get(token, f"byte {token}")
-
-
-def render(tokens: Sequence[int] | np.ndarray, limit: int = 200) -> str:
-    """A readable view of a token stream for debugging: markers in angle brackets, bytes as latin-1."""
-    out = []
-    for token in list(np.asarray(tokens).reshape(-1)[:limit]):
-        token = int(token)
-        out.append(f"<{MARKER_NAMES[token]}>" if token in MARKER_NAMES else chr(token))
-    return "".join(out)

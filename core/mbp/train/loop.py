@@ -12,7 +12,6 @@ from typing import Any
 import torch
 
 from mbp.data.batches import Batch, Position, batches, encoded_stream, prefetch
-from mbp.data.read import expand_shards
 from mbp.data.skips import SkipLog
 from mbp.errors import CheckpointError, ConfigError, MbpError
 from mbp.model.build import build_model
@@ -264,6 +263,3 @@ def _summary(
         "metrics_file": str(out / "metrics.jsonl"),
         "plot": str(plot_path) if plot_path else None,
     }
-
-
-__all__ = ["OutputError", "expand_shards", "run"]
