@@ -77,7 +77,7 @@ class MultiscaleDecoder(nn.Module):
             raise ConfigError("a multiscale decoder needs at least one stage")
         for index, stage in enumerate(stages[1:], start=2):
             if not stage.seq_len:
-                raise ConfigError(f"stage {index} needs seq_len (its patch size)")
+                raise ConfigError(f"stage {index} needs a patch size")
         self.num_stages = len(stages)
         self.seq_lens = [s.seq_len for s in stages]
         self.patch_sizes = [int(s.seq_len or 1) for s in stages]
