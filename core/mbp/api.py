@@ -6,8 +6,8 @@
   what it registers against the protocols below.
 - Codecs: ``Codec`` (optionally ``SegmentExtension``) turning field bytes into a ``Segment`` and back.
 - Backbones: ``Backbone`` (optionally ``PrefillBackbone``) and its ``Cache``; test one with
-  :mod:`mbp.testing`. ``RMSNorm`` and :mod:`mbp.model.small` are the norm and the ops for the tiny
-  tensors of generation steps that the built-in backbones use.
+  :mod:`mbp.testing`. ``RMSNorm`` and :mod:`small_tensor_ops` are the norm and the ops for the
+  tiny tensors of generation steps that the built-in backbones use.
 - Task heads: ``TaskHead`` (optionally ``FieldHead``) and its ``Metrics``, reading ``EncodedSample``s;
   ``payload_range``, ``payload_bytes`` and ``prompt_length`` find a field's payload in a sample.
 - Errors a plugin raises: ``CodecError`` for a bad value or segment (the sample is skipped and counted),
@@ -21,7 +21,7 @@ from mbp.data.encode import EncodedSample, Span
 from mbp.errors import CodecError, ConfigError, DataError, MbpError, PluginError
 from mbp.heads import FieldHead, Metrics, TaskHead, payload_bytes, payload_range, prompt_length
 from mbp.hookspecs import Register, hookimpl
-from mbp.model import small
+from mbp.model import small_tensor_ops
 from mbp.model.backbone import Backbone, Cache, PrefillBackbone
 from mbp.model.norm import RMSNorm
 from mbp.protocol import Segment
@@ -49,5 +49,5 @@ __all__ = [
     "payload_bytes",
     "payload_range",
     "prompt_length",
-    "small",
+    "small_tensor_ops",
 ]

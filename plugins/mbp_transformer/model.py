@@ -10,7 +10,7 @@ from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
-from mbp.api import RMSNorm, small
+from mbp.api import RMSNorm, small_tensor_ops
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
@@ -210,7 +210,7 @@ class MLP(nn.Module):
             gate, value = h.chunk(2, dim=-1)
             h = F.silu(gate) * value
         else:
-            h = small.gelu(h) if h.numel() <= small.SMALL else F.gelu(h)
+            h = small_tensor_ops.gelu(h) if h.numel() <= small_tensor_ops.SMALL else F.gelu(h)
         return F.linear(h, self.down.weight, self.down.bias)
 
 
