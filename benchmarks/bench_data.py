@@ -20,7 +20,7 @@ from mbp.data.encode import SampleEncoder, match_field
 from mbp.data.read import read_samples
 from mbp.data.skips import SkipLog
 from mbp.plugins import get_platform
-from mbp.session import resolve
+from mbp.resolve import resolve
 from PIL import Image
 
 from benchmarks.common import median_seconds, save

@@ -19,7 +19,7 @@ from mbp.data.skips import SkipLog
 from mbp.model.build import build_model
 from mbp.overrides import apply_overrides
 from mbp.plugins import get_platform
-from mbp.session import resolve
+from mbp.resolve import resolve
 from mbp.train.loop import make_optimizer, run
 
 from benchmarks.common import save

@@ -129,7 +129,7 @@ def test_validate_command(tmp_path: Path) -> None:
 
 def test_head_must_target_a_pipeline_field(tmp_path: Path) -> None:
     from mbp.plugins import get_platform
-    from mbp.session import resolve
+    from mbp.resolve import resolve
 
     path = write(tmp_path, GOOD.replace("{type: lm}", "{type: vqa, answer_field: reply}"))
     message = r"reg\.yaml:5: head 'vqa' targets field 'reply', which is not among"

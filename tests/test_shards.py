@@ -8,7 +8,7 @@ from pathlib import Path
 from mbp.data.batches import batches, encoded_stream
 from mbp.data.skips import SkipLog
 from mbp.protocol import PAD, decode_stream
-from mbp.session import resolve
+from mbp.resolve import resolve
 
 from tests.conftest import run_mbp
 from tests.shardkit import REGISTRY, corrupt_set, good_samples, png, write_tar

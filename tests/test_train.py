@@ -16,7 +16,7 @@ import pytest
 import torch
 from mbp.atomic import write_dir_atomically
 from mbp.model.build import build_model
-from mbp.session import resolve
+from mbp.resolve import resolve
 from safetensors.torch import load_file
 
 from tests.conftest import run_mbp

@@ -46,7 +46,7 @@ def run_command(
     from mbp.data.read import expand_shards
     from mbp.errors import ConfigError
     from mbp.plugins import get_platform
-    from mbp.session import resolve
+    from mbp.resolve import resolve
     from mbp.train.loop import run
 
     components = get_platform().components
@@ -98,7 +98,7 @@ def eval_command(
     from mbp.data.skips import SkipLog
     from mbp.model.io import load_model
     from mbp.plugins import get_platform
-    from mbp.session import resolve
+    from mbp.resolve import resolve
     from mbp.train.evaluate import evaluate
     from mbp.train.loop import eval_batches
 

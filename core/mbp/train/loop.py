@@ -16,7 +16,7 @@ from mbp.data.skips import SkipLog
 from mbp.errors import CheckpointError, ConfigError, MbpError
 from mbp.model.build import build_model
 from mbp.model.decoder import MultiscaleDecoder
-from mbp.session import Resolved
+from mbp.resolve import Resolved
 from mbp.train import distributed as D
 from mbp.train.checkpoint import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
 from mbp.train.evaluate import evaluate
