@@ -3,6 +3,7 @@
 A codec turns the bytes of one shard field (a file) into a :class:`~mbp.protocol.Segment`, and a
 segment back into a value (``decode``) or a file (``to_file``). Lossless settings must round-trip:
 ``to_file(encode(data)) == data`` for ``text``, ``image`` and ``wav``; pixel for pixel for ``pixels``.
+``write_segments`` is the core's one use of ``to_file``: generated segments become files.
 """
 
 from __future__ import annotations
