@@ -19,7 +19,8 @@ from mbp.data.batches import batches, encoded_stream
 from mbp.data.encode import SampleEncoder, match_field
 from mbp.data.read import read_samples
 from mbp.data.skips import SkipLog
-from mbp.session import resolve
+from mbp.plugins import get_platform
+from mbp.resolve import resolve
 from PIL import Image
 
 from benchmarks.common import median_seconds, save
@@ -73,7 +74,7 @@ def make_shards(folder: Path, samples: int = 800, per_shard: int = 200, scale: i
 def measure(folder: Path, scale: int, samples: int) -> dict[str, object]:
     shards = make_shards(folder, samples=samples, per_shard=samples // 4, scale=scale)
     size_mb = sum(Path(s).stat().st_size for s in shards) / 1e6
-    resolved = resolve(str(folder / "registry.yaml"), "mixed")
+    resolved = resolve(str(folder / "registry.yaml"), "mixed", components=get_platform().components)
 
     def plain() -> None:
         for shard in shards:

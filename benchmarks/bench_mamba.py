@@ -12,10 +12,10 @@ import subprocess
 import time
 
 import torch
-from mbp.generate import CachedState, Sampling, sample_next
+from mbp.generate import Sampling, prime, sample_next
 from mbp.model.build import build_model
 from mbp.plugins import get_platform
-from mbp_mamba.backbone import Mamba
+from mbp_mamba.backbone import Mamba, MambaParams
 
 from benchmarks.bench_model import HERE, REF_PYTHON, ensure_reference_venv
 from benchmarks.common import median_seconds, save
@@ -23,7 +23,7 @@ from benchmarks.common import median_seconds, save
 
 def ours(length: int, dim: int, repeats: int) -> dict:
     torch.manual_seed(0)
-    model = Mamba(dim=dim, layers=1, state=16, headdim=32, expand=2, chunk=64)
+    model = Mamba(MambaParams(state=16, headdim=32, expand=2, chunk=64), dim=dim, layers=1)
     x = torch.randn(1, length, dim)
     seconds = median_seconds(lambda: model(x).sum().backward(), repeats)
     return {"fwd_bwd_s": seconds, "params": sum(p.numel() for p in model.parameters())}
@@ -39,11 +39,10 @@ def per_byte(prompt: int, new: int = 256) -> float:
     }
     model = build_model(config, get_platform().components).eval()
     with torch.no_grad():
-        state = CachedState(model, [torch.randint(0, 256, (prompt,))], new)  # prefill, not timed
-        logits = state.logits
+        state, logits = prime(model, [torch.randint(0, 256, (prompt,))], new)  # prefill, not timed
         start = time.perf_counter()
         for _ in range(new):
-            logits = state.feed(sample_next(logits, Sampling(), None))
+            logits = model.step(sample_next(logits, Sampling(), None), state)
     return (time.perf_counter() - start) / new
 
 

@@ -19,7 +19,7 @@ from mbp.data.skips import SkipLog
 from mbp.model.build import build_model
 from mbp.overrides import apply_overrides
 from mbp.plugins import get_platform
-from mbp.session import resolve
+from mbp.resolve import resolve
 from mbp.train.loop import make_optimizer, run
 
 from benchmarks.common import save
@@ -28,14 +28,14 @@ STEPS = 60
 
 
 def one_round() -> dict[str, float]:
-    base = resolve(None, None)
+    base = resolve(None, None, components=get_platform().components)
     settings = [
         f"train.steps={STEPS}",
         "train.eval_every=100000",
         "train.checkpoint_every=100000",
         "train.log_every=10",
     ]
-    resolved = resolve(None, base.name, apply_overrides(base, settings))
+    resolved = resolve(None, base.name, apply_overrides(base, settings), components=base.components)
     data, shards = resolved.pipeline.data, expand_shards(resolved.pipeline.data.train_shards)
     with tempfile.TemporaryDirectory() as out:
         run(resolved, Path(out), resume=False, train_shards=shards, eval_shards=[])
@@ -43,7 +43,7 @@ def one_round() -> dict[str, float]:
     end_to_end = statistics.median(r["bytes_per_s"] for r in rows if r["kind"] == "train" and r["step"] > 10)
 
     torch.manual_seed(resolved.pipeline.train.seed)
-    model = build_model(resolved.pipeline.model, get_platform().components).train()
+    model = build_model(resolved.pipeline.model, resolved.components).train()
     optimizer = make_optimizer(model, 1e-3, 0.1)
     stream = encoded_stream(
         shards,

@@ -15,7 +15,7 @@ import time
 
 import mbp_mamba.backbone as backbone
 import torch
-from mbp_mamba.backbone import Mamba
+from mbp_mamba.backbone import Mamba, MambaParams
 from mbp_mamba.kernels import fused_scan
 
 
@@ -34,7 +34,7 @@ def main() -> None:
     assert torch.cuda.is_available(), "needs a CUDA device"
     assert fused_scan() is not None, "needs mamba-ssm: pip install -e '.[mamba]'"
     torch.manual_seed(0)
-    model = Mamba(dim=256, layers=2, state=64, headdim=64, chunk=64).cuda()
+    model = Mamba(MambaParams(state=64, headdim=64, chunk=64), dim=256, layers=2).cuda()
     x = torch.randn(2, 4096, 256, device="cuda", requires_grad=True)
     fused_out = model(x)
     fused_out.sum().backward()

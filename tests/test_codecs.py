@@ -139,3 +139,24 @@ def test_random_input_raises_only_project_errors(
     ):
         with contextlib.suppress(MbpError):
             call()
+
+
+def test_generated_segments_are_written_as_files_through_their_codecs(components, tmp_path) -> None:
+    from mbp.codec import write_segments
+    from mbp.protocol import END, HDR, SEG, prompt_stream
+
+    from tests.shardkit import png
+
+    picture = png()
+    opened = prompt_stream([Segment("text", b"draw")], "text", b"a red").tolist()
+    tokens = [*opened, *b" square", END, SEG, *b"image format=png", HDR, *picture, END]
+    tokens += [SEG, *b"image", HDR, *picture, END, SEG, *b"text", HDR, *b"cut sho"]
+    warnings: list[str] = []
+    written = write_segments(tokens, 1, tmp_path, lambda name: codec(components, name), warnings.append)
+    names = ["segment-00.txt", "segment-01.png", "segment-02.bin", "segment-03-partial.txt"]
+    assert written == [str(tmp_path / name) for name in names]
+    contents = [(tmp_path / name).read_bytes() for name in names]
+    assert contents == [b"a red square", picture, picture, b"cut sho"]
+    assert warnings == [
+        "segment 2 (image) not decodable: image segment header has no format; raw payload kept"
+    ]

@@ -128,9 +128,30 @@ def test_validate_command(tmp_path: Path) -> None:
 
 
 def test_head_must_target_a_pipeline_field(tmp_path: Path) -> None:
-    from mbp.session import resolve
+    from mbp.plugins import get_platform
+    from mbp.resolve import resolve
 
     path = write(tmp_path, GOOD.replace("{type: lm}", "{type: vqa, answer_field: reply}"))
     message = r"reg\.yaml:5: head 'vqa' targets field 'reply', which is not among"
     with pytest.raises(ConfigError, match=message):
-        resolve(path, "tiny")
+        resolve(path, "tiny", components=get_platform().components)
+
+
+def test_later_stages_take_patch_and_still_accept_seq_len(components) -> None:
+    from mbp.config import ModelConfig
+    from mbp.model.build import build_model
+    from pydantic import ValidationError
+
+    def config(**second: int) -> ModelConfig:
+        first = {"backbone": {"type": "transformer", "heads": 2}, "dim": 16, "layers": 1, "seq_len": 3}
+        inner = {"backbone": {"type": "transformer", "heads": 2}, "dim": 16, "layers": 1}
+        return ModelConfig.model_validate({"stages": [first, {**inner, **second}, {**inner, "patch": 2}]})
+
+    new, old = config(patch=4), config(seq_len=4)  # seq_len: the deprecated name, read as patch
+    assert new == old and new.stages[1].patch == 4 and new.stages[1].seq_len is None
+    assert new.patch_len == 8 and build_model(new, components).max_len == 3 * 8
+    assert ModelConfig.model_validate(new.model_dump()) == new  # checkpoints store the new name
+    with pytest.raises(ValidationError, match="stage 2: patch 4 and seq_len 5 disagree"):
+        config(patch=4, seq_len=5)
+    with pytest.raises(ValidationError, match="stage 2 needs patch"):
+        config()

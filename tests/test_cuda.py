@@ -8,7 +8,7 @@ import pytest
 import torch
 from mbp.generate import generate, generate_uncached
 from mbp_mamba import backbone
-from mbp_mamba.backbone import Mamba
+from mbp_mamba.backbone import Mamba, MambaParams
 from mbp_mamba.kernels import fused_scan
 
 from tests.conftest import tiny_model
@@ -45,7 +45,7 @@ def test_fused_mamba_kernel_matches_the_pytorch_scan(monkeypatch: pytest.MonkeyP
     if fused_scan() is None:
         pytest.skip("mamba-ssm is not installed")
     torch.manual_seed(0)
-    model = Mamba(dim=128, layers=2, state=32, headdim=32, groups=2, chunk=32).cuda()
+    model = Mamba(MambaParams(state=32, headdim=32, groups=2, chunk=32), dim=128, layers=2).cuda()
     x = torch.randn(2, 1000, 128, device="cuda")  # not a multiple of either chunk length
     fused, fused_grads = _outputs_and_grads(model, x)
     monkeypatch.setattr(backbone, "fused_scan", lambda: None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mbp.generate import CachedState, Sampling, generate, generate_uncached, sample_next
+from mbp.generate import Sampling, generate, generate_uncached, prime, sample_next
 from mbp.protocol import END, EOS, PAD
 from mbp_transformer import model as transformer_model
 
@@ -46,9 +46,9 @@ def test_long_cache_attention_path_matches_too(components, monkeypatch: pytest.M
 def test_cached_logits_track_the_full_forward(components, stages: int) -> None:
     model = tiny_model(components, stages).double().eval()
     ids = torch.randint(0, 256, (1, 30))
-    state = CachedState(model, [ids[0, :7]], max_new=30)
+    state, logits = prime(model, [ids[0, :7]], max_new=30)
     full = model(torch.cat((ids, ids.new_full((1, 1), PAD)), dim=1))[0]
-    steps = [state.logits[0]] + [state.feed(ids[0, t : t + 1])[0] for t in range(7, 30)]
+    steps = [logits[0]] + [model.step(ids[0, t : t + 1], state)[0] for t in range(7, 30)]
     torch.testing.assert_close(torch.stack(steps), full[7:31], rtol=0, atol=1e-10)
 
 
@@ -115,3 +115,51 @@ def test_a_full_kv_cache_is_an_error_not_a_silent_overwrite(components) -> None:
         only_first = torch.tensor([True, False])
         with pytest.raises(RuntimeError, match="KV cache capacity 2 exceeded"):
             backbone.step(torch.randn(2, 32), cache, only_first)
+
+
+@pytest.mark.parametrize("generator", ["uncached", "cached"])
+def test_training_after_generation_gets_the_same_gradients(components, generator: str) -> None:
+    # tables that generation builds under inference mode and layers keep (rotations) must stay usable
+    # by autograd: the same length trains afterwards exactly as on a model that never generated
+    model = tiny_model(components, 2)
+    fresh = tiny_model(components, 2)
+    fresh.load_state_dict(model.state_dict())
+    if generator == "uncached":
+        generate_uncached(model, torch.tensor([257, 1, 2]), 1)  # hidden() runs at length 4
+    else:
+        generate(model, [torch.randint(0, 256, (8,))], max_new=3)
+    ids = torch.randint(0, 256, (2, 64))
+    grads = []
+    for m in (model, fresh):
+        m.train()
+        m.loss(ids[:, :4]).loss.backward()
+        m.loss(ids).loss.backward()
+        grads.append([p.grad for p in m.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+class Watched:
+    """Passes everything through to a model and records which of its attributes were asked for."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model, self.used = model, set[str]()
+
+    def __getattr__(self, name: str) -> object:
+        self.used.add(name)
+        return getattr(self.model, name)
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        self.used.add("forward")
+        return self.model(ids)
+
+
+def test_generation_reaches_the_decoder_only_through_its_public_methods(components) -> None:
+    model = tiny_model(components, 3).eval()
+    prompts = [torch.randint(0, 256, (n,)) for n in (2, 13)]
+    watched = Watched(model)
+    sampled = generate(watched, prompts, max_new=15, sampling=Sampling(1.0, seed=1), stop_tokens=())  # type: ignore[arg-type]
+    assert sampled == generate(model, prompts, max_new=15, sampling=Sampling(1.0, seed=1), stop_tokens=())
+    assert generate_uncached(watched, prompts[0], 3) == generate_uncached(model, prompts[0], 3)  # type: ignore[arg-type]
+    modes = {"parameters", "training", "train", "eval"}
+    assert watched.used == modes | {"allocate_cache", "prefill", "step", "forward"}

@@ -108,7 +108,7 @@ def test_best_keeper_keeps_the_best_and_survives_a_resume(components, tmp_path: 
 
 
 class RecordingSink:
-    def __init__(self, *, out: Path, resume_step: int | None) -> None:
+    def __init__(self, params: object, *, out: Path, resume_step: int | None) -> None:
         self.rows: list[dict[str, Any]] = []
 
     def write(self, row: dict[str, Any]) -> None:

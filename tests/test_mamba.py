@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mbp_mamba.backbone import Mamba
+from mbp_mamba.backbone import Mamba, MambaParams
 from mbp_mamba.ssd import ssd_chunked, ssd_sequential
 
 MAMBA_SSM_NAMES = {
@@ -47,7 +47,7 @@ def test_gradcheck_on_a_tiny_case() -> None:
 
 
 def test_parameter_names_and_shapes_follow_mamba_ssm() -> None:
-    model = Mamba(dim=64, layers=1, state=16, headdim=16, expand=2, conv=4)
+    model = Mamba(MambaParams(state=16, headdim=16, expand=2, conv=4), dim=64, layers=1)
     shapes = {
         name.removeprefix("layers.0.mixer."): tuple(p.shape)
         for name, p in model.named_parameters()
@@ -65,7 +65,7 @@ def test_path_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     import mbp_mamba.kernels as kernels
 
     kernels._announced.clear()
-    model = Mamba(dim=16, layers=2, state=4, headdim=8, chunk=4)
+    model = Mamba(MambaParams(state=4, headdim=8, chunk=4), dim=16, layers=2)
     with caplog.at_level("WARNING", logger="mbp.mamba"):
         model(torch.randn(1, 5, 16))
         model(torch.randn(1, 5, 16))
@@ -91,8 +91,10 @@ def test_gated_norm_normalizes_each_group_like_mamba_ssm() -> None:
     gated = x * torch.nn.functional.silu(z)
     halves = [h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5) for h in gated.split(4, dim=-1)]
     torch.testing.assert_close(norm(x, z), torch.cat(halves, dim=-1))
-    model = Mamba(dim=16, layers=1, state=4, headdim=8, groups=2, chunk=4)
+    model = Mamba(MambaParams(state=4, headdim=8, groups=2, chunk=4), dim=16, layers=1)
     from mbp.testing import assert_backbone_causal, assert_step_matches_forward
 
     assert_backbone_causal(model, 16)
-    assert_step_matches_forward(Mamba(dim=16, layers=1, state=4, headdim=8, groups=2, chunk=4), 16)
+    assert_step_matches_forward(
+        Mamba(MambaParams(state=4, headdim=8, groups=2, chunk=4), dim=16, layers=1), 16
+    )

@@ -9,7 +9,7 @@ from mbp.generate import generate, generate_uncached
 from mbp.model.build import build_model
 from mbp.testing import assert_backbone_causal, assert_model_causal, assert_step_matches_forward
 from mbp_mblm import block as mblm_block
-from mbp_mblm.block import MblmTransformer, token_shift
+from mbp_mblm.block import MblmTransformer, MblmTransformerParams, token_shift
 
 VARIANTS = {
     "rotary": {"heads": 2, "head_dim": 8},
@@ -24,8 +24,12 @@ VARIANTS = {
 def test_harness_causal_and_step_equals_forward(params: dict, dim: int) -> None:
     if params.get("pos_emb") == "rope" and dim % 2:
         pytest.skip("mblm's RoPE positions pair channels: an odd width has none in mblm either")
-    assert_backbone_causal(MblmTransformer(dim=dim, layers=2, **params), dim)
-    assert_step_matches_forward(MblmTransformer(dim=dim, layers=2, **params), dim)
+    assert_backbone_causal(MblmTransformer(MblmTransformerParams(**params), dim=dim, layers=2), dim)
+    assert_step_matches_forward(MblmTransformer(MblmTransformerParams(**params), dim=dim, layers=2), dim)
+
+
+def params(**values: object) -> MblmTransformerParams:
+    return MblmTransformerParams.model_validate(values)
 
 
 def test_token_shift_moves_the_second_half_one_position() -> None:
@@ -38,7 +42,8 @@ def test_token_shift_moves_the_second_half_one_position() -> None:
 
 
 def test_fixed_positions_skip_the_start_token() -> None:
-    model = MblmTransformer(dim=8, layers=0, heads=1, head_dim=8, pos_emb="fixed", max_positions=4).double()
+    fixed = params(heads=1, head_dim=8, pos_emb="fixed", max_positions=4)
+    model = MblmTransformer(fixed, dim=8, layers=0).double()
     x = torch.zeros(1, 3, 8, dtype=torch.float64)
     positioned = model._positioned(x)
     assert positioned[0, 0].abs().sum().item() == 0
@@ -49,9 +54,9 @@ def test_fixed_positions_skip_the_start_token() -> None:
 
 def test_params_are_checked() -> None:
     with pytest.raises(ValueError, match="needs max_positions"):
-        MblmTransformer(dim=8, layers=1, pos_emb="fixed")
+        params(pos_emb="fixed")
     with pytest.raises(ValueError, match="even head_dim"):
-        MblmTransformer(dim=8, layers=1, head_dim=5)
+        params(head_dim=5)
 
 
 def model_config(stages: int) -> dict:

@@ -28,6 +28,22 @@ def test_every_registered_backbone_is_causal_and_steps_like_forward(components, 
     assert_step_matches_forward(components.build("backbones", ref, dim=16, layers=2), 16)
 
 
+BIASED = {
+    "swiglu": stage("transformer", 16, 2)["backbone"],
+    "gelu": {**stage("transformer", 16, 2)["backbone"], "mlp": "gelu"},
+    "mamba": stage("mamba", 16, 2)["backbone"],
+}
+
+
+@pytest.mark.parametrize("ref", BIASED.values(), ids=BIASED.keys())
+def test_steps_pass_linear_biases_as_forward_does(components, ref: dict[str, Any]) -> None:
+    backbone = components.build("backbones", ref, dim=16, layers=2)
+    for module in backbone.modules():
+        if isinstance(module, torch.nn.Linear):  # built without biases: give every one a bias
+            module.bias = torch.nn.Parameter(torch.randn(module.out_features))
+    assert_step_matches_forward(backbone, 16)
+
+
 class StepOnly(torch.nn.Module):
     """A backbone without ``prefill``: the core fills its cache by stepping the rows one by one."""
 

@@ -7,7 +7,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from mbp.errors import PluginError
+from mbp.components import ComponentTable
+from mbp.config import check_pipeline, load_registry
+from mbp.errors import ConfigError, NameClashError, PluginError
 from mbp.hookspecs import hookimpl
 from mbp.plugins import new_platform
 from pydantic import BaseModel
@@ -92,8 +94,20 @@ def test_disabled_plugins_are_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_name_clash_names_both_plugins() -> None:
-    with pytest.raises(PluginError, match="codec 'text' is registered by two plugins: 'text' and 'clash'"):
+    with pytest.raises(NameClashError, match="codec 'text' is registered by two plugins: 'text' and 'clash'"):
         new_platform({"clash": ClashPlugin()})
+
+
+class WordyPlugin:
+    @hookimpl
+    def mbp_register_codecs(self, register):
+        raise PluginError("my codec is registered by two plugins in my head")
+
+
+def test_only_a_real_name_clash_is_fatal_whatever_a_message_says(capsys: pytest.CaptureFixture[str]) -> None:
+    platform = new_platform({"good": GoodPlugin(), "wordy": WordyPlugin()}, entry_points=False)
+    assert "wordy" in platform.failures and "reverse" in platform.components.names("codecs")
+    assert "plugin 'wordy' (local 0) failed to load" in capsys.readouterr().err
 
 
 def test_misspelled_hook_is_caught(capsys: pytest.CaptureFixture[str]) -> None:
@@ -157,3 +171,17 @@ def test_example_plugin_source_registers_a_codec() -> None:
     text = (source / "pyproject.toml").read_text()
     assert "[project.entry-points.mbp]" in text
     assert textwrap.dedent("rot13") in (source / "mbp_rot13" / "__init__.py").read_text()
+
+
+def test_validation_explains_a_missing_name_from_the_table_it_was_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # no process-wide platform behind the scenes: the table passed in knows why 'wav' is absent
+    monkeypatch.setenv("MBP_DISABLE_PLUGINS", "audio")
+    table = new_platform().components
+    registry = load_registry()
+    with pytest.raises(ConfigError, match=r"unknown codec 'wav' .*disabled by MBP_DISABLE_PLUGINS: audio"):
+        check_pipeline(registry, "vqa-mixed", table)
+    with pytest.raises(ConfigError, match="unknown codec") as plain:
+        check_pipeline(registry, "vqa-mixed", ComponentTable())
+    assert "disabled" not in str(plain.value)

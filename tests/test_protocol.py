@@ -20,7 +20,9 @@ from mbp.protocol import (
     Segment,
     decode_stream,
     encode_sample,
+    encode_segment,
     parse_header,
+    prompt_stream,
 )
 
 segments = st.lists(
@@ -114,3 +116,12 @@ def test_header_metadata_must_be_header_safe() -> None:
     with pytest.raises(ProtocolError, match="not header-safe"):
         encode_sample([Segment("text", b"", {"note": "two words"})])
     assert parse_header(b"pixels w=3 h=4 mode=RGB") == ("pixels", {"w": "3", "h": "4", "mode": "RGB"})
+
+
+def test_prompt_stream_opens_a_segment_for_the_generator_to_continue() -> None:
+    context = Segment("text", b"what colour?", {"lang": "en"})
+    stream = prompt_stream([context], "text", b"re")
+    expected = [BOS, *encode_segment(context).tolist(), SEG, *b"text", HDR, *b"re"]
+    assert stream.tolist() == expected
+    decoded = decode_stream([*stream.tolist(), *b"d", END, EOS])
+    assert decoded.segments == [context, Segment("text", b"red")] and decoded.ended

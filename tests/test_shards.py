@@ -8,7 +8,7 @@ from pathlib import Path
 from mbp.data.batches import batches, encoded_stream
 from mbp.data.skips import SkipLog
 from mbp.protocol import PAD, decode_stream
-from mbp.session import resolve
+from mbp.resolve import resolve
 
 from tests.conftest import run_mbp
 from tests.shardkit import REGISTRY, corrupt_set, good_samples, png, write_tar
@@ -67,9 +67,9 @@ def test_pack_errors_are_one_line(tmp_path: Path) -> None:
     assert "bad.jsonl:1: invalid JSON" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_loader_encodes_and_batches(tmp_path: Path) -> None:
+def test_loader_encodes_and_batches(tmp_path: Path, components) -> None:
     write_tar(tmp_path / "s.tar", good_samples("k", 6))
-    resolved = resolve(registry(tmp_path), "qa")
+    resolved = resolve(registry(tmp_path), "qa", components=components)
     log = SkipLog()
     stream = encoded_stream([str(tmp_path / "s.tar")], resolved.encoder, 256, log, repeat=False)
     batch, position = next(batches(stream, 4, 256))
@@ -85,9 +85,9 @@ def test_loader_encodes_and_batches(tmp_path: Path) -> None:
     assert weights[batch.tokens[0] == PAD].eq(0).all()
 
 
-def test_corrupt_shards_are_skipped_named_and_counted(tmp_path: Path, capfd) -> None:
+def test_corrupt_shards_are_skipped_named_and_counted(tmp_path: Path, capfd, components) -> None:
     shards = corrupt_set(tmp_path / "shards")
-    resolved = resolve(registry(tmp_path), "qa")
+    resolved = resolve(registry(tmp_path), "qa", components=components)
     log = SkipLog()
     samples = [s for s, _ in encoded_stream(shards, resolved.encoder, 256, log, repeat=False)]
     assert sorted(s.key for s in samples) == ["g000", "g001", "g002", "t000", "t001"]

@@ -16,7 +16,7 @@ import pytest
 import torch
 from mbp.atomic import write_dir_atomically
 from mbp.model.build import build_model
-from mbp.session import resolve
+from mbp.resolve import resolve
 from safetensors.torch import load_file
 
 from tests.conftest import run_mbp
@@ -264,7 +264,8 @@ def test_grad_accumulation_and_bf16_runs(setup, tmp_path: Path, components) -> N
     }
     assert all(r.returncode == 0 for r in runs.values()), [r.stderr for r in runs.values()]
     torch.manual_seed(0)  # the trainer's seed: the same initial weights
-    initial = build_model(resolve(registry, "qa").pipeline.model, components).state_dict()
+    resolved = resolve(registry, "qa", components=components)
+    initial = build_model(resolved.pipeline.model, components).state_dict()
 
     def update(name: str) -> torch.Tensor:
         weights = load_file(str(tmp_path / name / "checkpoints" / "step-00000001" / "model.safetensors"))

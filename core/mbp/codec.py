@@ -3,13 +3,17 @@
 A codec turns the bytes of one shard field (a file) into a :class:`~mbp.protocol.Segment`, and a
 segment back into a value (``decode``) or a file (``to_file``). Lossless settings must round-trip:
 ``to_file(encode(data)) == data`` for ``text``, ``image`` and ``wav``; pixel for pixel for ``pixels``.
+``write_segments`` is the core's one use of ``to_file``: generated segments become files.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from mbp.protocol import Segment
+from mbp.errors import MbpError
+from mbp.protocol import Segment, decode_stream
 
 
 @runtime_checkable
@@ -29,3 +33,44 @@ class Codec(Protocol):
     def to_file(self, segment: Segment) -> bytes:
         """The segment as file bytes that a user can open; raise CodecError on bad input."""
         ...
+
+
+@runtime_checkable
+class SegmentExtension(Protocol):
+    """Optional for a codec: a file extension that depends on the segment (``png`` or ``jpg`` for an
+    image); without it ``to_file`` output is named with ``Codec.extension``."""
+
+    def extension_of(self, segment: Segment) -> str:
+        """The extension (without dot) for ``segment``; raise CodecError when the segment names none."""
+        ...
+
+
+def write_segments(
+    tokens: list[int],
+    skip: int,
+    out_dir: Path,
+    codec_for: Callable[[str], Codec],
+    warn: Callable[[str], None],
+) -> list[str]:
+    """Write every segment of a token stream after the first ``skip`` as a file through its codec (a
+    cut-off last one too, named ``-partial``); a segment its codec rejects keeps its raw payload."""
+    decoded = decode_stream(tokens)
+    segments = decoded.segments[skip:] + ([decoded.partial] if decoded.partial else [])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for index, segment in enumerate(segments):
+        partial = decoded.partial is segment
+        try:
+            codec = codec_for(segment.codec)
+            data = codec.to_file(segment)
+            ext = codec.extension_of(segment) if isinstance(codec, SegmentExtension) else codec.extension
+        except MbpError as error:
+            warn(
+                f"segment {index} ({segment.codec or '?'}{', cut off' if partial else ''}) not decodable: "
+                f"{error}; raw payload kept"
+            )
+            data, ext = segment.payload, "bin"
+        path = out_dir / f"segment-{index:02d}{'-partial' if partial else ''}.{ext}"
+        path.write_bytes(data)
+        written.append(str(path))
+    return written

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from mbp.errors import ConfigError, PluginError
+from mbp.errors import ConfigError, NameClashError, PluginError
 
 Kind = Literal["codecs", "backbones", "heads", "sinks"]
 KINDS: tuple[Kind, ...] = ("codecs", "backbones", "heads", "sinks")
@@ -32,9 +32,16 @@ class Component:
     plugin: str
 
 
+def _needed(kind: Kind, name: str) -> str:
+    return f"a plugin that registers {kind[:-1]} '{name}' is needed; install or enable it"
+
+
 @dataclass
 class ComponentTable:
     entries: dict[Kind, dict[str, Component]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    explain_missing: Callable[[Kind, str], str] = field(default=_needed, repr=False, compare=False)
+    """Why nobody registered a name: the platform that filled the table knows which plugins are
+    disabled or failed, so the table carries that knowledge instead of a process-wide lookup."""
 
     def register(
         self, kind: Kind, plugin: str, name: str, factory: Callable[..., Any], params: type[BaseModel] | None
@@ -49,7 +56,7 @@ class ComponentTable:
             params = type(params.__name__, (params,), {"model_config": ConfigDict(extra="forbid")})
         taken = self.entries[kind].get(name)
         if taken is not None:
-            raise PluginError(
+            raise NameClashError(
                 f"{kind[:-1]} '{name}' is registered by two plugins: '{taken.plugin}' and '{plugin}'"
             )
         self.entries[kind][name] = Component(kind, name, factory, params, plugin)
@@ -70,7 +77,7 @@ class ComponentTable:
         component = self.get(kind, ref["type"])
         try:
             validated = component.params.model_validate(params)
-            return component.factory(**validated.model_dump(), **extra)
+            return component.factory(validated, **extra)
         except (ValueError, TypeError) as error:  # pydantic's errors are ValueErrors too
             shown = ", ".join(f"{k}={v}" for k, v in {**params, **extra}.items())
             message = " ".join(str(error).split())

@@ -38,8 +38,14 @@ class StageConfig(Strict):
     backbone: Ref
     dim: int = Field(gt=0)
     layers: int = Field(ge=0)
-    seq_len: int | None = Field(default=None, gt=0)
-    """Stage 1: most patches (None: unbounded). Later stages: bytes (or sub-patches) per patch."""
+    seq_len: int | None = Field(
+        default=None, gt=0, description="stage 1: most patches (unset: unbounded); later: old name of patch"
+    )
+    """Stage 1: most patches (None: unbounded). Later stages: deprecated alias of ``patch``."""
+    patch: int | None = Field(
+        default=None, gt=0, description="later stages: units of the stage below (bytes at the last) per unit"
+    )
+    """Later stages: units of the stage below (bytes for the last stage) per unit of the stage above."""
     checkpoint: bool = False
 
 
@@ -50,14 +56,25 @@ class ModelConfig(Strict):
     @field_validator("stages")
     @classmethod
     def _inner_stages_have_patches(cls, stages: list[StageConfig]) -> list[StageConfig]:
+        """Later stages read ``seq_len`` as ``patch`` (its old name), stored as ``patch``."""
+        if stages[0].patch is not None:
+            raise ValueError("stage 1 has no patch: its seq_len is the most patches it takes")
+        out = [stages[0]]
         for index, stage in enumerate(stages[1:], start=2):
-            if stage.seq_len is None:
-                raise ValueError(f"stage {index} needs seq_len (its patch size)")
-        return stages
+            if stage.patch is not None and stage.seq_len not in (None, stage.patch):
+                raise ValueError(
+                    f"stage {index}: patch {stage.patch} and seq_len {stage.seq_len} disagree "
+                    "(seq_len is the deprecated name of patch: give patch only)"
+                )
+            size = stage.patch or stage.seq_len
+            if size is None:
+                raise ValueError(f"stage {index} needs patch (its patch size)")
+            out.append(stage.model_copy(update={"patch": size, "seq_len": None}))
+        return out
 
     @property
     def patch_len(self) -> int:
-        return math.prod(s.seq_len or 1 for s in self.stages[1:])
+        return math.prod(s.patch or 1 for s in self.stages[1:])
 
 
 class DataConfig(Strict):
@@ -92,7 +109,6 @@ class TrainConfig(Strict):
     strategy: Literal["ddp", "fsdp"] = "ddp"
     sinks: list[Ref] | None = None
     """Metrics sinks registered by plugins (e.g. ``{type: tensorboard}``); None: every available one."""
-
 
     @model_validator(mode="after")
     def _bf16_is_a_precision(self) -> TrainConfig:
@@ -226,12 +242,10 @@ def check_pipeline(registry: Registry, name: str, components: ComponentTable) ->
 def check_ref(kind: Kind, ref: Ref, components: ComponentTable, where: str, dotted: str) -> None:
     names = components.names(kind)
     if ref.type not in names:
-        from mbp.plugins import missing_plugin_hint
-
         valid = ", ".join(names) or "none registered"
         raise ConfigError(
             f"{where}: {dotted}.type: unknown {kind[:-1]} '{ref.type}' (valid: {valid}); "
-            f"{missing_plugin_hint(kind, ref.type)}"
+            f"{components.explain_missing(kind, ref.type)}"
         )
     component = components.get(kind, ref.type)
     params = {k: v for k, v in ref.as_dict().items() if k != "type"}

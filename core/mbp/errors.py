@@ -25,6 +25,10 @@ class PluginError(MbpError):
     exit_code = 2
 
 
+class NameClashError(PluginError):
+    """Two plugins registered one name: ambiguous for every pipeline, so never just skipped."""
+
+
 class ProtocolError(MbpError):
     """A token stream cannot be cut into segments."""
 
@@ -48,8 +52,3 @@ def skip_kind(error: DataError) -> str:
 
 class CheckpointError(MbpError):
     """A checkpoint is missing, incomplete or does not match the model."""
-
-
-def located(where: str, error: Exception) -> str:
-    """Prefix an error message with where it happened: ``shard.tar:sample 0042:field png: ...``."""
-    return f"{where}: {error}"

@@ -30,10 +30,23 @@ class Metrics(Protocol):
 class TaskHead(Protocol):
     name: str
     generate_field: str | None
+    """The field whose generated payload ``Metrics.update`` receives; None: nothing is generated."""
 
-    def token_weights(self, sample: EncodedSample) -> np.ndarray: ...
+    def token_weights(self, sample: EncodedSample) -> np.ndarray:
+        """Loss weight of each of ``sample.tokens`` (float32, same length)."""
+        ...
 
-    def metrics(self) -> Metrics: ...
+    def metrics(self) -> Metrics:
+        """A fresh accumulator for one evaluation."""
+        ...
+
+
+@runtime_checkable
+class FieldHead(Protocol):
+    """Optional for a head: the one field it answers (``vqa``, ``classify``); the core checks that the
+    pipeline has that field before anything is trained."""
+
+    field: str
 
 
 def payload_range(sample: EncodedSample, span: Span) -> tuple[int, int]:

@@ -8,35 +8,50 @@ component from validated parameters; ``params`` is the pydantic model of those p
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import pluggy
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from mbp.codec import Codec
+    from mbp.heads import TaskHead
+    from mbp.model.backbone import Backbone
 
 PROJECT = "mbp"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-Register = Callable[..., Any]
+Component = TypeVar("Component", contravariant=True)
+
+
+class Register(Protocol[Component]):
+    """The callback a hook receives: ``Register[Codec]`` takes factories that build codecs, and so on,
+    so that mypy checks a plugin's components against the protocols."""
+
+    def __call__(
+        self, name: str, factory: Callable[..., Component], /, params: type[BaseModel] | None = None
+    ) -> None: ...
 
 
 @hookspec
-def mbp_register_codecs(register: Register) -> None:
+def mbp_register_codecs(register: Register[Codec]) -> None:
     """Register modality codecs: ``factory(**params) -> Codec``."""
 
 
 @hookspec
-def mbp_register_backbones(register: Register) -> None:
+def mbp_register_backbones(register: Register[Backbone]) -> None:
     """Register sequence blocks: ``factory(dim=..., layers=..., **params) -> Backbone``."""
 
 
 @hookspec
-def mbp_register_heads(register: Register) -> None:
+def mbp_register_heads(register: Register[TaskHead]) -> None:
     """Register task heads: ``factory(**params) -> TaskHead``."""
 
 
 @hookspec
 def mbp_register_sinks(register: Register) -> None:
-    """Register metrics sinks (trackers): ``factory(out=..., resume_step=..., **params) -> MetricsSink``.
+    """Register metrics sinks (trackers): ``factory(params, out=..., resume_step=...) -> MetricsSink``.
 
     A factory whose library is missing raises ``mbp.sinks.SinkUnavailableError``: the sink is then left out of
     runs that did not ask for it by name.

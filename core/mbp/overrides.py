@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from mbp.config import Pipeline, format_validation
 from mbp.errors import ConfigError
-from mbp.session import Resolved
+from mbp.resolve import Resolved
 
 
 def apply_overrides(resolved: Resolved, settings: list[str]) -> Pipeline:

@@ -19,7 +19,7 @@ import pluggy
 
 from mbp import hookspecs
 from mbp.components import KINDS, ComponentTable, Kind
-from mbp.errors import MbpError, PluginError
+from mbp.errors import MbpError, NameClashError, PluginError
 
 HOOKS: dict[Kind, str] = {
     "codecs": "mbp_register_codecs",
@@ -94,6 +94,7 @@ def new_platform(extra_plugins: dict[str, object] | None = None, *, entry_points
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     platform = Platform(pm, ComponentTable())
+    platform.components.explain_missing = partial(missing_plugin_hint, platform)
     disabled = _env_list("MBP_DISABLE_PLUGINS")
     candidates: list[tuple[str, Callable[[], object], PluginInfo]] = []
     if entry_points:
@@ -135,10 +136,8 @@ def _run_hook(platform: Platform, kind: Kind, impl: pluggy.HookImpl) -> None:
         impl.function(register=register)
         for comp in staged.entries[kind].values():
             platform.components.register(kind, name, comp.name, comp.factory, comp.params)
-    except PluginError as error:
-        if "registered by two plugins" in str(error):
-            raise  # a name clash is ambiguous for every pipeline: always fatal
-        _fail(platform, name, error)
+    except NameClashError:
+        raise  # a name clash is ambiguous for every pipeline: always fatal
     except Exception as error:
         _fail(platform, name, error)
 
@@ -168,9 +167,8 @@ def get_platform() -> Platform:
     return _DEFAULT
 
 
-def missing_plugin_hint(kind: Kind, name: str) -> str:
+def missing_plugin_hint(platform: Platform, kind: Kind, name: str) -> str:
     """Explain, for a name nobody registered, which plugins are disabled or failed, or what to install."""
-    platform = get_platform()
     notes = []
     disabled = sorted(_env_list("MBP_DISABLE_PLUGINS") & {ep.name for ep in _entry_points()})
     if disabled:

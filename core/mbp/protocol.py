@@ -91,6 +91,16 @@ def encode_sample(segments: Iterable[Segment]) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def prompt_stream(segments: Iterable[Segment], codec: str, start: bytes = b"") -> np.ndarray:
+    """``BOS segment...`` and then a ``codec`` segment opened (``SEG header HDR``) and begun with
+    ``start``: a prompt whose continuation is the rest of that segment's payload."""
+    parts = [np.array([BOS], TOKEN_DTYPE)]
+    parts += [encode_segment(s) for s in segments]
+    parts.append(np.array([SEG, *Segment(codec, b"").header(), HDR], TOKEN_DTYPE))
+    parts.append(np.frombuffer(start, dtype=np.uint8).astype(TOKEN_DTYPE))
+    return np.concatenate(parts)
+
+
 def decode_stream(tokens: Sequence[int] | np.ndarray) -> DecodedStream:
     """Cut a token stream back into segments.
 
@@ -149,12 +159,3 @@ def _find_marker(array: np.ndarray, start: int) -> int | None:
 
 def _name(token: int) -> str:
     return MARKER_NAMES.get(token, f"byte {token}")
-
-
-def render(tokens: Sequence[int] | np.ndarray, limit: int = 200) -> str:
-    """A readable view of a token stream for debugging: markers in angle brackets, bytes as latin-1."""
-    out = []
-    for token in list(np.asarray(tokens).reshape(-1)[:limit]):
-        token = int(token)
-        out.append(f"<{MARKER_NAMES[token]}>" if token in MARKER_NAMES else chr(token))
-    return "".join(out)

@@ -6,7 +6,7 @@ unchanged: a causal model's outputs before position t do not move at all when th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -14,7 +14,6 @@ from torch import nn
 
 from mbp.model.backbone import prefill
 from mbp.model.decoder import MultiscaleDecoder
-from mbp.protocol import VOCAB_SIZE
 
 
 def _positions(length: int, chosen: Iterable[int] | None) -> list[int]:
@@ -96,10 +95,3 @@ def assert_model_causal(
             assert (out[:, t + 1 :] - base[:, t + 1 :]).abs().max().item() > 0, (
                 f"no logit after {t} saw token {t}"
             )
-
-
-def random_tokens(batch: int, length: int, *, vocab: int = VOCAB_SIZE) -> torch.Tensor:
-    return torch.randint(0, min(vocab, 256), (batch, length))
-
-
-BackboneFactory = Callable[..., nn.Module]

@@ -11,8 +11,7 @@ from typing import Literal
 
 import numpy as np
 import soundfile as sf
-from mbp.errors import CodecError
-from mbp.protocol import Segment
+from mbp.api import CodecError, Segment
 from pydantic import BaseModel, ConfigDict, Field
 
 # sample format -> (soundfile subtype, numpy dtype of the stored PCM)
@@ -33,19 +32,12 @@ class WavCodec:
     name = "wav"
     extension = "wav"
 
-    def __init__(
-        self,
-        payload: str = "pcm",
-        sample_rate: int | None = None,
-        mono: bool = False,
-        bits: int | None = None,
-        max_seconds: float = 600.0,
-    ) -> None:
-        self.payload = payload
-        self.sample_rate = sample_rate
-        self.mono = mono
-        self.bits = bits
-        self.max_seconds = max_seconds
+    def __init__(self, params: WavParams) -> None:
+        self.payload = params.payload
+        self.sample_rate = params.sample_rate
+        self.mono = params.mono
+        self.bits = params.bits
+        self.max_seconds = params.max_seconds
 
     def encode(self, data: bytes) -> Segment:
         fast = self._plain_pcm(data)

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from mbp.hookspecs import Register, hookimpl
+from mbp.api import Backbone, Register, hookimpl
 
 from mbp_mamba.backbone import Mamba, MambaParams
 
 
-def build(*, dim: int, layers: int, **params: object) -> Mamba:
-    return Mamba(dim=dim, layers=layers, **params)
-
-
 @hookimpl
-def mbp_register_backbones(register: Register) -> None:
-    register("mamba", build, MambaParams)
+def mbp_register_backbones(register: Register[Backbone]) -> None:
+    register("mamba", Mamba, MambaParams)

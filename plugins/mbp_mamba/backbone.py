@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import cast
 
 import torch
-from mbp.model.norm import RMSNorm
+from mbp.api import RMSNorm
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
@@ -82,12 +82,26 @@ class MambaLayer(nn.Module):
         )
         return x + out
 
+    def prefill(self, x: torch.Tensor, cache: MambaCache, index: int, rows: torch.Tensor) -> torch.Tensor:
+        """``forward`` over ``x: (R, L, D)`` that also sets layer ``index``'s states of ``rows``."""
+        out, conv_state, ssm_state = self.mixer(self.norm(x), return_state=True)
+        cache.conv[index][rows] = conv_state
+        cache.ssm[index][rows] = ssm_state
+        return x + out
+
+    def step(self, x: torch.Tensor, cache: MambaCache, index: int, active: torch.Tensor) -> torch.Tensor:
+        """``forward`` for one position per row, ``x: (B, D)``; rows not ``active`` keep their states."""
+        out, conv_state, ssm_state = self.mixer.step(self.norm(x), cache.conv[index], cache.ssm[index])
+        cache.conv[index] = torch.where(active[:, None, None], conv_state, cache.conv[index])
+        cache.ssm[index] = torch.where(active[:, None, None, None], ssm_state, cache.ssm[index])
+        return x + out
+
 
 class Mamba(nn.Module):
-    def __init__(self, *, dim: int, layers: int, **params: object) -> None:
+    def __init__(self, params: MambaParams, *, dim: int, layers: int) -> None:
         super().__init__()
-        self.params = MambaParams.model_validate(params)
-        self.layers = nn.ModuleList(MambaLayer(dim, self.params) for _ in range(layers))
+        self.params = params
+        self.layers = nn.ModuleList(MambaLayer(dim, params) for _ in range(layers))
         self.norm = RMSNorm(dim, eps=1e-5)
 
     def _blocks(self) -> list[MambaLayer]:
@@ -103,16 +117,10 @@ class Mamba(nn.Module):
 
     def prefill(self, x: torch.Tensor, cache: MambaCache, rows: torch.Tensor) -> torch.Tensor:
         for index, layer in enumerate(self._blocks()):
-            out, conv_state, ssm_state = layer.mixer(layer.norm(x), return_state=True)
-            cache.conv[index][rows] = conv_state
-            cache.ssm[index][rows] = ssm_state
-            x = x + out
+            x = layer.prefill(x, cache, index, rows)
         return self.norm(x)
 
     def step(self, x: torch.Tensor, cache: MambaCache, active: torch.Tensor) -> torch.Tensor:
         for index, layer in enumerate(self._blocks()):
-            out, conv_state, ssm_state = layer.mixer.step(layer.norm(x), cache.conv[index], cache.ssm[index])
-            cache.conv[index] = torch.where(active[:, None, None], conv_state, cache.conv[index])
-            cache.ssm[index] = torch.where(active[:, None, None, None], ssm_state, cache.ssm[index])
-            x = x + out
+            x = layer.step(x, cache, index, active)
         return self.norm(x)

@@ -3,18 +3,14 @@
 
 from __future__ import annotations
 
-from mbp.hookspecs import Register, hookimpl
+from mbp.api import Backbone, Register, hookimpl
 
 from mbp_mblm.block import MblmTransformer, MblmTransformerParams
 
 
-def build(*, dim: int, layers: int, **params: object) -> MblmTransformer:
-    return MblmTransformer(dim=dim, layers=layers, **params)
-
-
 @hookimpl
-def mbp_register_backbones(register: Register) -> None:
-    register("mblm-transformer", build, MblmTransformerParams)
+def mbp_register_backbones(register: Register[Backbone]) -> None:
+    register("mblm-transformer", MblmTransformer, MblmTransformerParams)
 
 
 @hookimpl

@@ -18,7 +18,7 @@ from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
-from mbp.model import small
+from mbp.api import small_tensor_ops as small
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
@@ -162,9 +162,9 @@ class MblmTransformer(nn.Module):
 
     inv_freq: torch.Tensor
 
-    def __init__(self, *, dim: int, layers: int, **params: object) -> None:
+    def __init__(self, params: MblmTransformerParams, *, dim: int, layers: int) -> None:
         super().__init__()
-        self.params = p = MblmTransformerParams.model_validate(params)
+        self.params = p = params
         self.layers = nn.ModuleList(Layer(dim, p) for _ in range(layers))
         self.norm = MegabyteRMSNorm(dim)
         self.pos = nn.Embedding(p.max_positions, dim) if p.pos_emb == "fixed" and p.max_positions else None

@@ -10,12 +10,16 @@ from typing import Any
 
 import click
 import yaml
-from mbp.config import ModelConfig, Pipeline
-from mbp.errors import CheckpointError, ConfigError
-from mbp.model.build import build_model
-from mbp.model.decoder import MultiscaleDecoder
-from mbp.model.io import save_model
-from mbp.plugins import get_platform
+from mbp.api import (
+    CheckpointError,
+    ConfigError,
+    ModelConfig,
+    MultiscaleDecoder,
+    Pipeline,
+    build_model,
+    load_components,
+    save_model,
+)
 
 from mbp_mblm.convert import data_seq_len, load_state, map_state, model_config, read_params
 
@@ -26,7 +30,7 @@ def convert(config: Path, weights: Path) -> tuple[MultiscaleDecoder, ModelConfig
     """The mbp model (weights loaded) and its config for an mblm checkpoint, and mblm's ``params``."""
     params = read_params(config)
     cfg = ModelConfig.model_validate(model_config(params, str(config)))
-    model = build_model(cfg, get_platform().components)
+    model = build_model(cfg, load_components())
     mapped = map_state(load_state(weights), params, cfg.model_dump(), weights)
     expected = model.state_dict()
     for name, tensor in mapped.items():

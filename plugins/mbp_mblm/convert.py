@@ -22,8 +22,7 @@ from typing import Any
 
 import torch
 import yaml
-from mbp.errors import CheckpointError, ConfigError
-from mbp.protocol import PAD, VOCAB_SIZE
+from mbp.api import PAD, VOCAB_SIZE, CheckpointError, ConfigError
 
 PARAMS_KEYS = {
     "num_tokens",

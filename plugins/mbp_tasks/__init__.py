@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from mbp.hookspecs import Register, hookimpl
+from mbp.api import Register, TaskHead, hookimpl
 
 from mbp_tasks.answer import AnswerParams, ClassifyHead, ClassifyParams, VqaHead
 from mbp_tasks.lm import LmHead, LmParams
 
 
 @hookimpl
-def mbp_register_heads(register: Register) -> None:
+def mbp_register_heads(register: Register[TaskHead]) -> None:
     register("lm", LmHead, LmParams)
     register("vqa", VqaHead, AnswerParams)
     register("classify", ClassifyHead, ClassifyParams)

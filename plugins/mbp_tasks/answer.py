@@ -8,8 +8,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 import numpy as np
-from mbp.data.encode import EncodedSample
-from mbp.heads import payload_bytes, payload_range
+from mbp.api import EncodedSample, payload_bytes, payload_range
 from pydantic import BaseModel, ConfigDict, Field
 
 from mbp_tasks.lm import BitsPerByte
@@ -68,9 +67,9 @@ class VqaHead:
     selection = ("accuracy", "max")
     """The held-out metric the best checkpoint is kept by."""
 
-    def __init__(self, answer_field: str = "answer", context_weight: float = 0.0) -> None:
-        self.field = answer_field
-        self.context_weight = context_weight
+    def __init__(self, params: AnswerParams) -> None:
+        self.field = params.answer_field
+        self.context_weight = params.context_weight
         self.generate_field: str | None = None
 
     def token_weights(self, sample: EncodedSample) -> np.ndarray:
@@ -88,9 +87,10 @@ class VqaHead:
 class ClassifyHead(VqaHead):
     name = "classify"
 
-    def __init__(self, label_field: str = "label", context_weight: float = 0.0) -> None:
-        super().__init__(label_field, context_weight)
-        self.generate_field = label_field
+    def __init__(self, params: ClassifyParams) -> None:
+        self.field = params.label_field
+        self.context_weight = params.context_weight
+        self.generate_field = params.label_field
 
     def metrics(self) -> AnswerMetrics:
         return AnswerMetrics(self.field, confusion=True)

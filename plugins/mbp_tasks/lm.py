@@ -6,7 +6,7 @@ import math
 from collections import defaultdict
 
 import numpy as np
-from mbp.data.encode import EncodedSample
+from mbp.api import EncodedSample
 from pydantic import BaseModel, ConfigDict
 
 
@@ -40,9 +40,12 @@ class BitsPerByte:
 
 class LmHead:
     name = "lm"
-    generate_field = None
+    generate_field: str | None = None
     selection = ("bpb", "min")
     """The held-out metric the best checkpoint is kept by."""
+
+    def __init__(self, params: LmParams) -> None:
+        pass
 
     def token_weights(self, sample: EncodedSample) -> np.ndarray:
         return np.ones(len(sample.tokens), dtype=np.float32)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from mbp.errors import CodecError
-from mbp.hookspecs import Register, hookimpl
-from mbp.protocol import Segment
+from mbp.api import Codec, CodecError, Register, Segment, hookimpl
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -17,8 +15,8 @@ class TextCodec:
     name = "text"
     extension = "txt"
 
-    def __init__(self, strip: bool = False) -> None:
-        self.strip = strip
+    def __init__(self, params: TextParams) -> None:
+        self.strip = params.strip
 
     def encode(self, data: bytes) -> Segment:
         try:
@@ -41,5 +39,5 @@ class TextCodec:
 
 
 @hookimpl
-def mbp_register_codecs(register: Register) -> None:
+def mbp_register_codecs(register: Register[Codec]) -> None:
     register("text", TextCodec, TextParams)

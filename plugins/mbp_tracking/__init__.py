@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mbp.hookspecs import Register, hookimpl
+from mbp.api import Register, hookimpl
 
 from mbp_tracking.tensorboard import TensorBoardParams, TensorBoardSink
 

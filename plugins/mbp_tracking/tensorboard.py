@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mbp.sinks import SinkUnavailableError
+from mbp.api import SinkUnavailableError
 from pydantic import BaseModel, ConfigDict
 
 
@@ -15,14 +15,14 @@ class TensorBoardParams(BaseModel):
 
 
 class TensorBoardSink:
-    def __init__(self, *, out: Path, resume_step: int | None, subdir: str = "tensorboard") -> None:
+    def __init__(self, params: TensorBoardParams, *, out: Path, resume_step: int | None) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # torch ships the writer, the tensorboard package the event format
             missing = "package tensorboard is not installed (pip install tensorboard)"
             raise SinkUnavailableError(missing) from None
         # a resumed run continues the same event stream: TensorBoard shows the later of duplicate steps
-        self.writer = SummaryWriter(log_dir=str(out / subdir), purge_step=resume_step)
+        self.writer = SummaryWriter(log_dir=str(out / params.subdir), purge_step=resume_step)
 
     def write(self, row: dict[str, Any]) -> None:
         kind, step = row.get("kind", "train"), int(row.get("step", 0))

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from mbp.hookspecs import Register, hookimpl
+from mbp.api import Backbone, Register, hookimpl
 
 from mbp_transformer.model import Transformer, TransformerParams
 
 
-def build(*, dim: int, layers: int, **params: object) -> Transformer:
-    return Transformer(dim=dim, layers=layers, **params)
-
-
 @hookimpl
-def mbp_register_backbones(register: Register) -> None:
-    register("transformer", build, TransformerParams)
+def mbp_register_backbones(register: Register[Backbone]) -> None:
+    register("transformer", Transformer, TransformerParams)

@@ -10,8 +10,7 @@ from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
-from mbp.model import small
-from mbp.model.norm import RMSNorm
+from mbp.api import RMSNorm, small_tensor_ops
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
@@ -130,9 +129,13 @@ class Attention(nn.Module):
         """Rotations of positions 0..length-1, (1, L, 1, K/2), kept while length, device and dtype hold."""
         key = (length, like.device, like.dtype)
         if self._cache_key != key:
-            positions = torch.arange(length, device=like.device)[None]
+            # made outside inference mode even when generation asks first: an inference tensor, once
+            # kept, could never be saved for backward by a later training forward at this length
+            with torch.inference_mode(False):
+                positions = torch.arange(length, device=like.device)[None]
+                turns = rotations(positions, self.head_dim, self.rope_base, like.dtype)[:, :, None, :]
             self._cache_key = key
-            self._cache = rotations(positions, self.head_dim, self.rope_base, like.dtype)[:, :, None, :]
+            self._cache = turns
         return self._cache
 
     def _merge(self, y: torch.Tensor) -> torch.Tensor:
@@ -157,7 +160,7 @@ class Attention(nn.Module):
         ``Linear`` calls, and attention over a short cache as a broadcast product instead of SDPA.
         """
         b = x.shape[0]
-        qkv = F.linear(x, self.qkv.weight).view(b, 3, self.heads, self.head_dim)
+        qkv = F.linear(x, self.qkv.weight, self.qkv.bias).view(b, 3, self.heads, self.head_dim)
         q, k = rotary(qkv[:, :2], plan.turns).unbind(1)  # (B, H, K), q already scaled by 1/sqrt(K)
         v = qkv[:, 2]
         keys, values = cache.keys[layer], cache.values[layer]
@@ -178,7 +181,7 @@ class Attention(nn.Module):
             mask = None if plan.visible is None else plan.visible[:, None, None]
             y = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=mask, scale=1.0)
             y = y[:, :, 0]
-        return F.linear(y.reshape(b, -1), self.out.weight)
+        return F.linear(y.reshape(b, -1), self.out.weight, self.out.bias)
 
 
 class MLP(nn.Module):
@@ -200,12 +203,15 @@ class MLP(nn.Module):
         return self.drop(self.down(h))
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
-        """``x: (B, D)``: the forward pass with 2-D products (no dropout: generation runs in eval)."""
-        h = F.linear(x, self.up.weight)
+        """``x: (B, D)``: the forward pass with 2-D products (no dropout: generation runs in eval).
+        Biases pass through (None today) so that a step can never drift from ``forward``."""
+        h = F.linear(x, self.up.weight, self.up.bias)
         if self.gated:
             gate, value = h.chunk(2, dim=-1)
-            return F.linear(F.silu(gate) * value, self.down.weight)
-        return F.linear(small.gelu(h) if h.numel() <= small.SMALL else F.gelu(h), self.down.weight)
+            h = F.silu(gate) * value
+        else:
+            h = small_tensor_ops.gelu(h) if h.numel() <= small_tensor_ops.SMALL else F.gelu(h)
+        return F.linear(h, self.down.weight, self.down.bias)
 
 
 class Layer(nn.Module):
@@ -217,14 +223,28 @@ class Layer(nn.Module):
         self.mlp = MLP(dim, params.mlp_ratio, params.mlp, params.dropout)
         self.drop = nn.Dropout(params.dropout)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.attn_norm(x)))
+        return x + self.mlp(self.mlp_norm(x))
+
+    def prefill(self, x: torch.Tensor, cache: KVCache, index: int, rows: torch.Tensor) -> torch.Tensor:
+        """``forward`` over ``x: (R, L, D)``, also writing layer ``index``'s keys and values of ``rows``."""
+        x = x + self.attn.prefill(self.attn_norm(x), cache, index, rows)
+        return x + self.mlp(self.mlp_norm(x))
+
+    def step(self, x: torch.Tensor, cache: KVCache, index: int, plan: StepPlan) -> torch.Tensor:
+        """``forward`` for one position per row, ``x: (B, D)``."""
+        x = x + self.attn.step(self.attn_norm(x), cache, index, plan)
+        return x + self.mlp.step(self.mlp_norm(x))
+
 
 class Transformer(nn.Module):
     """``layers`` pre-norm blocks and a final RMSNorm; see :mod:`mbp.model.backbone` for the protocol."""
 
-    def __init__(self, *, dim: int, layers: int, **params: object) -> None:
+    def __init__(self, params: TransformerParams, *, dim: int, layers: int) -> None:
         super().__init__()
-        self.params = TransformerParams.model_validate(params)
-        self.layers = nn.ModuleList(Layer(dim, self.params) for _ in range(layers))
+        self.params = params
+        self.layers = nn.ModuleList(Layer(dim, params) for _ in range(layers))
         self.norm = RMSNorm(dim)
 
     def _blocks(self) -> list[Layer]:
@@ -232,8 +252,7 @@ class Transformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self._blocks():
-            x = x + layer.drop(layer.attn(layer.attn_norm(x)))
-            x = x + layer.mlp(layer.mlp_norm(x))
+            x = layer(x)
         return self.norm(x)
 
     def allocate_cache(self, batch: int, max_len: int) -> KVCache:
@@ -245,15 +264,13 @@ class Transformer(nn.Module):
 
     def prefill(self, x: torch.Tensor, cache: KVCache, rows: torch.Tensor) -> torch.Tensor:
         for index, layer in enumerate(self._blocks()):
-            x = x + layer.attn.prefill(layer.attn_norm(x), cache, index, rows)
-            x = x + layer.mlp(layer.mlp_norm(x))
+            x = layer.prefill(x, cache, index, rows)
         cache.lengths[rows] = x.shape[1]
         return self.norm(x)
 
     def step(self, x: torch.Tensor, cache: KVCache, active: torch.Tensor) -> torch.Tensor:
         plan = cache.plan(active)
         for index, layer in enumerate(self._blocks()):
-            x = x + layer.attn.step(layer.attn_norm(x), cache, index, plan)
-            x = x + layer.mlp.step(layer.mlp_norm(x))
+            x = layer.step(x, cache, index, plan)
         cache.lengths = cache.lengths + active.long()
         return self.norm(x)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import io
 from typing import Literal
 
-from mbp.errors import CodecError
-from mbp.protocol import Segment
+from mbp.api import CodecError, Segment
 from pydantic import BaseModel, ConfigDict, Field
 
 from mbp_vision.pillow import open_image
@@ -25,10 +24,10 @@ class ImageCodec:
     name = "image"
     extension = "img"
 
-    def __init__(self, reencode: str | None = None, quality: int = 85, max_pixels: int = 16_000_000) -> None:
-        self.reencode = reencode
-        self.quality = quality
-        self.max_pixels = max_pixels
+    def __init__(self, params: ImageParams) -> None:
+        self.reencode = params.reencode
+        self.quality = params.quality
+        self.max_pixels = params.max_pixels
 
     def encode(self, data: bytes) -> Segment:
         image = open_image(data, self.max_pixels, decode=self.reencode is not None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import warnings
 
-from mbp.errors import CodecError
+from mbp.api import CodecError
 from PIL import Image
 
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")

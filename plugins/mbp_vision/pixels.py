@@ -6,8 +6,7 @@ import io
 from typing import Literal
 
 import numpy as np
-from mbp.errors import CodecError
-from mbp.protocol import Segment
+from mbp.api import CodecError, Segment
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,12 +26,10 @@ class PixelsCodec:
     name = "pixels"
     extension = "png"
 
-    def __init__(
-        self, mode: str = "RGB", size: tuple[int, int] | None = None, max_pixels: int = 16_000_000
-    ) -> None:
-        self.mode = mode
-        self.size: tuple[int, int] | None = (int(size[0]), int(size[1])) if size else None
-        self.max_pixels = max_pixels
+    def __init__(self, params: PixelsParams) -> None:
+        self.mode = params.mode
+        self.size = params.size
+        self.max_pixels = params.max_pixels
 
     def encode(self, data: bytes) -> Segment:
         image = open_image(data, self.max_pixels).convert(self.mode)

@@ -58,14 +58,14 @@ def generate_command(
     out_dir: Path | None,
 ) -> None:
     """Generate bytes from a checkpoint written by `mbp run`."""
-    import numpy as np
     import torch
 
+    from mbp.codec import Codec, write_segments
     from mbp.config import Pipeline
     from mbp.generate import Sampling, generate
     from mbp.model.io import load_model
     from mbp.plugins import get_platform
-    from mbp.protocol import BOS, END, EOS, HDR, SEG, Segment, encode_segment
+    from mbp.protocol import END, EOS, Segment, prompt_stream
 
     if prompt is not None and prompt_file is not None:
         raise ConfigError("give --prompt or --prompt-file, not both")
@@ -77,7 +77,7 @@ def generate_command(
     components = get_platform().components
     model, document = load_model(checkpoint, components)
     pipeline = Pipeline.model_validate(document["pipeline"]) if "pipeline" in document else None
-    parts = [np.array([BOS])]
+    segments: list[Segment] = []
     for setting in fields:
         name, sep, value = setting.partition("=")
         if not sep:
@@ -90,11 +90,10 @@ def generate_command(
             data = Path(value[1:]).read_bytes() if value.startswith("@") else value.encode("utf-8")
         except OSError as error:
             raise ConfigError(f"--field {name}: cannot read {value[1:]}: {error.strerror}") from None
-        parts.append(encode_segment(components.build("codecs", ref.as_dict()).encode(data)))
-    head = Segment(open_codec, b"").header()
-    parts.append(np.array([SEG, *head, HDR]))
-    parts.append(np.frombuffer((prompt or "").encode("utf-8"), dtype=np.uint8))
-    tokens = torch.as_tensor(np.concatenate(parts).astype(np.int64))
+        segments.append(components.build("codecs", ref.as_dict()).encode(data))
+    tokens = torch.as_tensor(
+        prompt_stream(segments, open_codec, (prompt or "").encode("utf-8")).astype("int64")
+    )
     decoder = textcodecs.getincrementaldecoder("utf-8")("replace")
     streaming = out_dir is None and open_codec == "text"
     if streaming and prompt:
@@ -105,6 +104,9 @@ def generate_command(
             sys.stdout.write(decoder.decode(bytes([token])))
             sys.stdout.flush()
 
+    def codec_for(name: str) -> Codec:
+        return components.build("codecs", {"type": name})
+
     sampling = Sampling(temperature, top_k, top_p, seed)
     stops = (END, EOS) if out_dir is None else (EOS,)
     generated = generate(
@@ -113,37 +115,10 @@ def generate_command(
     if streaming:
         sys.stdout.write(decoder.decode(b"", final=True) + "\n")
     if out_dir is not None:
-        written = write_segments(tokens.tolist() + generated, len(fields), out_dir, components)
+        written = write_segments(tokens.tolist() + generated, len(fields), out_dir, codec_for, say)
         sys.stdout.write(json.dumps({"files": written}, indent=2) + "\n")
     else:
         say(f"generated {len(generated)} tokens")
-
-
-def write_segments(tokens: list[int], skip: int, out_dir: Path, components: object) -> list[str]:
-    """Decode a token stream and write every segment after the first ``skip`` through its codec."""
-    from mbp.errors import MbpError
-    from mbp.protocol import decode_stream
-
-    decoded = decode_stream(tokens)
-    segments = decoded.segments[skip:] + ([decoded.partial] if decoded.partial else [])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for index, segment in enumerate(segments):
-        partial = decoded.partial is segment
-        try:
-            codec = components.build("codecs", {"type": segment.codec})  # type: ignore[attr-defined]
-            data = codec.to_file(segment)
-            ext = codec.extension_of(segment) if hasattr(codec, "extension_of") else codec.extension
-        except MbpError as error:
-            say(
-                f"segment {index} ({segment.codec or '?'}{', cut off' if partial else ''}) not decodable: "
-                f"{error}; raw payload kept"
-            )
-            data, ext = segment.payload, "bin"
-        path = out_dir / f"segment-{index:02d}{'-partial' if partial else ''}.{ext}"
-        path.write_bytes(data)
-        written.append(str(path))
-    return written
 
 
 COMMANDS = [generate_command]

@@ -53,14 +53,19 @@ def run_command(
     """Train and evaluate PIPELINE (default: the registry's) on SHARDS (default: data.train_shards)."""
     from mbp.data.read import expand_shards
     from mbp.errors import ConfigError
-    from mbp.session import resolve
+    from mbp.plugins import get_platform
+    from mbp.resolve import resolve
     from mbp.train.loop import run
 
     if init_from is not None and resume:
         raise ConfigError("give --init-from (start from a checkpoint's weights) or --resume, not both")
-    base = resolve(registry_path, pipeline)
+    components = get_platform().components
+    base = resolve(registry_path, pipeline, components=components)
     settings = list(overrides) + ([f"train.steps={steps}"] if steps is not None else [])
-    resolved = resolve(registry_path, base.name, apply_overrides(base, settings)) if settings else base
+    if settings:
+        resolved = resolve(registry_path, base.name, apply_overrides(base, settings), components=components)
+    else:
+        resolved = base
     data = resolved.pipeline.data
     train = expand_shards(list(shards) or data.train_shards)
     if not train:
@@ -69,9 +74,7 @@ def run_command(
         )
     evals = expand_shards(list(eval_shards) or data.eval_shards)
     out = out_dir or Path("mbp-runs") / resolved.name
-    summary = run(
-        resolved, out, resume=resume, train_shards=train, eval_shards=evals, init_from=init_from
-    )
+    summary = run(resolved, out, resume=resume, train_shards=train, eval_shards=evals, init_from=init_from)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 speaks for the run
     if as_json:
@@ -105,12 +108,12 @@ def eval_command(
     from mbp.data.skips import SkipLog
     from mbp.model.io import load_model
     from mbp.plugins import get_platform
-    from mbp.session import resolve
+    from mbp.resolve import resolve
     from mbp.train.evaluate import evaluate
     from mbp.train.loop import eval_batches
 
-    resolved = resolve(registry_path, pipeline)
-    model, _ = load_model(checkpoint, get_platform().components)
+    resolved = resolve(registry_path, pipeline, components=get_platform().components)
+    model, _ = load_model(checkpoint, resolved.components)
     log = SkipLog(quiet=as_json)
     rows = eval_batches(resolved, expand_shards(shards), log, model.patch_len)
     metrics = evaluate(model, rows, resolved.head)

@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 
 from mbp.cli.common import emit_json, json_option, registry_option, say
-from mbp.data.pack import pack, samples_from_folder, samples_from_manifest
 from mbp.data.read import expand_shards
 from mbp.data.skips import SkipLog
+from mbp.data.write_shards import pack, samples_from_folder, samples_from_manifest
 from mbp.errors import ConfigError
 
 
@@ -49,10 +49,13 @@ def inspect_command(
     shards: tuple[str, ...], pipeline: str | None, registry_path: str | None, as_json: bool
 ) -> None:
     """Samples, fields (counts and sizes) and, with --pipeline, encoded lengths in tokens."""
-    from mbp.data.inspect import inspect_shards
-    from mbp.session import pipeline_encoder
+    from mbp.data.shard_summary import inspect_shards
+    from mbp.plugins import get_platform
+    from mbp.resolve import pipeline_encoder
 
-    encoder = pipeline_encoder(registry_path, pipeline) if pipeline else None
+    encoder = (
+        pipeline_encoder(registry_path, pipeline, components=get_platform().components) if pipeline else None
+    )
     report = inspect_shards(expand_shards(shards), encoder, SkipLog(quiet=as_json))
     if as_json:
         emit_json(report)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,6 +13,9 @@ from mbp.config import Pipeline
 from mbp.data.read import RawSample
 from mbp.errors import CodecError, DataError, MissingFieldError, ProtocolError
 from mbp.protocol import BOS, EOS, TOKEN_DTYPE, Segment, encode_segment
+
+if TYPE_CHECKING:  # mbp.heads reads EncodedSample from here
+    from mbp.heads import TaskHead
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ def match_field(fields: dict[str, bytes], wanted: str) -> str | None:
 class SampleEncoder:
     """Encodes samples for one pipeline; the head decides the loss weight of each token."""
 
-    def __init__(self, pipeline: Pipeline, components: ComponentTable, head: Any) -> None:
+    def __init__(self, pipeline: Pipeline, components: ComponentTable, head: TaskHead) -> None:
         self.codecs: dict[str, Codec] = {
             name: components.build("codecs", ref.as_dict()) for name, ref in pipeline.fields.items()
         }

@@ -7,7 +7,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import webdataset as wds
 
@@ -48,19 +47,12 @@ def expand_shards(patterns: Sequence[str]) -> list[str]:
     return shards
 
 
-def read_samples(
-    shards: Sequence[str],
-    log: SkipLog,
-    *,
-    rank: int = 0,
-    world: int = 1,
-) -> Iterator[RawSample]:
+def read_samples(shards: Sequence[str], log: SkipLog) -> Iterator[RawSample]:
     """Yield samples shard by shard, in the order given. A shard that is missing, not a tar or
     truncated is reported and left; the samples read before the damage still arrive.
 
-    Shards can be split across nodes (``rank`` of ``world``: shard i to rank i % world) and DataLoader
-    workers. Training splits by sample instead (see ``encoded_stream``) so that every world size sees
-    the same global batches.
+    Every process reads every shard: training splits by sample instead (see ``encoded_stream``) so
+    that every world size sees the same global batches.
     """
     urls = list(shards)
 
@@ -79,14 +71,8 @@ def read_samples(
             log.shard(Path(source).name, f"{type(error).__name__}: {detail}")
         return True
 
-    def by_rank(src: Any) -> Any:
-        for index, item in enumerate(src):
-            if index % world == rank:
-                yield item
-
     pipeline = wds.DataPipeline(
         wds.SimpleShardList(urls),
-        by_rank,  # the node split, explicit: shard i goes to rank i % world
         wds.split_by_worker,
         wds.tarfile_to_samples(handler=handler),
     )

@@ -27,8 +27,11 @@ def build_model(config: ModelConfig | dict[str, Any], components: ComponentTable
     cfg = config if isinstance(config, ModelConfig) else ModelConfig.model_validate(config)
     stages = [
         Stage(
-            build_backbone(components, s.backbone.as_dict(), s.dim, s.layers), s.dim, s.seq_len, s.checkpoint
+            build_backbone(components, s.backbone.as_dict(), s.dim, s.layers),
+            s.dim,
+            s.patch if index else s.seq_len,  # the decoder's per-stage length: patch count, then patch sizes
+            s.checkpoint,
         )
-        for s in cfg.stages
+        for index, s in enumerate(cfg.stages)
     ]
     return MultiscaleDecoder(stages, loss_chunk=cfg.loss_chunk)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from mbp.errors import ConfigError
+from mbp.model.backbone import Backbone, prefill
+from mbp.model.decoder_cache import DecoderCache
 from mbp.protocol import PAD, VOCAB_SIZE
 
 CHECKPOINT_POSITIONS = 1 << 14
@@ -74,7 +77,7 @@ class MultiscaleDecoder(nn.Module):
             raise ConfigError("a multiscale decoder needs at least one stage")
         for index, stage in enumerate(stages[1:], start=2):
             if not stage.seq_len:
-                raise ConfigError(f"stage {index} needs seq_len (its patch size)")
+                raise ConfigError(f"stage {index} needs a patch size")
         self.num_stages = len(stages)
         self.seq_lens = [s.seq_len for s in stages]
         self.patch_sizes = [int(s.seq_len or 1) for s in stages]
@@ -148,15 +151,24 @@ class MultiscaleDecoder(nn.Module):
                 units = units.view(-1, seq, self.units[s])[keep].flatten(0, 1)
                 previous = previous[keep] if previous is not None else None
             tokens = self.embeddings[s](units).view(-1, seq, self.dims[s])  # (N_s, P_s, D_s)
-            start = self.start_tokens[s].expand(tokens.shape[0], 1, -1)
             if previous is not None:
                 tokens = tokens + previous
-            x = torch.cat((start, tokens), dim=1)
+            x = torch.cat((self._start(s, tokens.shape[0])[:, None], tokens), dim=1)
             x = self._run(s, x)
             if s < self.num_stages - 1:
-                nxt = self.patch_sizes[s + 1]
-                previous = self.projections[s](x[:, :-1]).reshape(-1, nxt, self.dims[s + 1])
+                previous = self._to_next_stage(s, x[:, :-1])
         return x
+
+    def _start(self, s: int, rows: int) -> torch.Tensor:
+        """Stage s's learned start token for ``rows`` sequences: (rows, D_s)."""
+        return self.start_tokens[s].expand(rows, -1)
+
+    def _to_next_stage(self, s: int, out: torch.Tensor) -> torch.Tensor:
+        """Stage s's outputs ``(..., D_s)`` as stage s+1's inputs: ``(prod(...), P_{s+1}, D_{s+1})``."""
+        return self.projections[s](out).reshape(-1, self.patch_sizes[s + 1], self.dims[s + 1])
+
+    def _backbone(self, s: int) -> Backbone:
+        return cast(Backbone, self.backbones[s])
 
     def _run(self, s: int, x: torch.Tensor) -> torch.Tensor:
         """Stage s's backbone over ``x: (N_s, P_s + 1, D_s)``. A checkpointed stage keeps only its inputs
@@ -239,3 +251,108 @@ class MultiscaleDecoder(nn.Module):
         logits = self.to_logits(hidden).float()
         ce = F.cross_entropy(logits.flatten(0, 1), ids.long().flatten(), reduction="none")
         return (ce * w.float().flatten()).sum()
+
+    # Inference: the wiring of ``stage_outputs`` one position at a time, as in state-spaces/mamba every
+    # level owns its cache. The last stage advances on every token; a coarser stage advances only for
+    # the rows whose unit below it just completed, and a fresh unit starts by stepping its start token,
+    # exactly as the parallel forward wires it. Rows are independent: prompts of different lengths sit
+    # at different phases of their patches, and masked backbone steps keep them apart.
+
+    def allocate_cache(self, batch: int, max_len: int) -> DecoderCache:
+        """Inference state for ``batch`` rows of up to ``max_len`` tokens each."""
+        like = next(self.parameters()).detach()
+        capacities = [max_len // self.units[0] + 2] + [p + 1 for p in self.patch_sizes[1:]]
+        caches = [self._backbone(s).allocate_cache(batch, capacities[s]) for s in range(self.num_stages)]
+        history = torch.full((batch, max_len), PAD, dtype=torch.long, device=like.device)
+        projected = [
+            like.new_zeros(batch, self.patch_sizes[s], self.dims[s]) for s in range(1, self.num_stages)
+        ]
+        return DecoderCache(caches, history, projected)
+
+    @torch.inference_mode()
+    def prefill(self, ids: torch.Tensor, cache: DecoderCache, rows: torch.Tensor) -> None:
+        """Make ``rows: (R,)`` of ``cache`` hold the tokens ``ids: (R, L)`` (prompts of one length, L >= 0).
+
+        Returns no logits: those of the next token come from stepping a prompt's last token, also where
+        a prompt ends on a patch boundary (whose predicting state lies in the previous patch), so a
+        prompt is prefilled without its last token and no full forward over it is needed.
+        """
+        count, length = ids.shape
+        cache.history[rows, :length] = ids
+        cache.lengths[rows] = length
+        for s in range(self.num_stages):
+            unit = self.units[s]
+            begin = 0 if s == 0 else length - length % self.units[s - 1]
+            done = (length - begin) // unit
+            units = ids[:, begin : begin + done * unit]
+            # the last stage embeds single bytes; earlier stages embed units of U_s bytes
+            if s < self.num_stages - 1:
+                units = units.reshape(count, done, unit)
+            inputs = self.embeddings[s](units)
+            if s > 0:
+                inputs = inputs + cache.projected[s - 1][rows, :done]
+            x = torch.cat((self._start(s, count)[:, None], inputs), dim=1)
+            out = prefill(self._backbone(s), x, cache.caches[s], rows)
+            cache.counts[s][rows] = done
+            if s < self.num_stages - 1:
+                cache.projected[s][rows] = self._to_next_stage(s, out[:, -1])
+
+    @torch.inference_mode()
+    def step(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
+        """Consume one token per row, ``tokens: (B,)``; return the next token's logits (B, V)."""
+        last = self.num_stages - 1
+        cache.history[cache.rows, cache.lengths] = tokens
+        cache.lengths = cache.lengths + 1
+        x = self.embeddings[last](tokens)
+        if last > 0:
+            x = x + cache.projected[last - 1][cache.rows, cache.counts[last]]
+        out = self._backbone(last).step(x, cache.caches[last], cache.everyone)
+        head = self.to_logits
+        logits = torch.addmm(head.bias, out, head.weight.t())  # 2-D: cheaper than a Linear call
+        if last > 0:
+            cache.counts[last] = cache.counts[last] + 1
+            completed = cache.counts[last] == self.patch_sizes[last]
+            if bool(completed.any()):  # most steps end here: no row finished a patch
+                self._advance_coarse_stages(completed, cache)
+        return logits
+
+    def _advance_coarse_stages(self, completed_last: torch.Tensor, cache: DecoderCache) -> None:
+        last = self.num_stages - 1
+        completed = [torch.zeros_like(completed_last) for _ in range(self.num_stages)]
+        completed[last] = completed_last
+        for s in range(last, 0, -1):  # upwards: a completed unit is one more input for the stage above
+            if not bool(completed[s].any()):
+                break
+            above = s - 1
+            x = self._unit_input(above, cache)
+            cache.counts[above] = cache.counts[above] + completed[s].long()
+            if above > 0:
+                completed[above] = completed[s] & (cache.counts[above] == self.patch_sizes[above])
+            advance = completed[s] & ~completed[above]
+            if bool(advance.any()):
+                out = self._backbone(above).step(x, cache.caches[above], advance)
+                self._project_rows(above, out, advance, cache)
+        for s in range(1, self.num_stages):  # downwards: fresh units start with their start token
+            fresh = completed[s]
+            if not bool(fresh.any()):
+                continue
+            cache.caches[s].reset(fresh)
+            cache.counts[s] = torch.where(fresh, torch.zeros_like(cache.counts[s]), cache.counts[s])
+            out = self._backbone(s).step(self._start(s, len(fresh)), cache.caches[s], fresh)
+            if s < last:
+                self._project_rows(s, out, fresh, cache)
+
+    def _unit_input(self, s: int, cache: DecoderCache) -> torch.Tensor:
+        """Stage s's input for the unit that just completed in each row (rows that completed none: junk)."""
+        unit = self.units[s]
+        index = (cache.lengths[:, None] - unit + torch.arange(unit, device=cache.history.device)).clamp_min(0)
+        x = self.embeddings[s](cache.history.gather(1, index))
+        if s > 0:
+            slot = cache.counts[s].clamp(max=self.patch_sizes[s] - 1)
+            x = x + cache.projected[s - 1][cache.rows, slot]
+        return x
+
+    def _project_rows(self, s: int, out: torch.Tensor, rows: torch.Tensor, cache: DecoderCache) -> None:
+        """Stage s's outputs ``out: (B, D_s)`` become stage s+1's inputs for the ``rows: (B,)`` mask only."""
+        fresh = self._to_next_stage(s, out)
+        cache.projected[s] = torch.where(rows[:, None, None], fresh, cache.projected[s])

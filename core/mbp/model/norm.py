@@ -1,6 +1,6 @@
-"""RMSNorm that stays cheap on the tiny tensors of generation steps (see :mod:`mbp.model.small`); the
-fused kernel runs on training tensors. The parameter is named ``weight`` like torch.nn.RMSNorm's, so
-checkpoints are interchangeable.
+"""RMSNorm that stays cheap on the tiny tensors of generation steps (see
+:mod:`mbp.model.small_tensor_ops`); the fused kernel runs on training tensors. The parameter is named
+``weight`` like torch.nn.RMSNorm's, so checkpoints are interchangeable.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mbp.model import small
+from mbp.model import small_tensor_ops as small
 
 
 class RMSNorm(nn.Module):

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from mbp.data.batches import Batch
-from mbp.heads import payload_bytes, payload_range, prompt_length
+from mbp.data.encode import EncodedSample
+from mbp.heads import TaskHead, payload_bytes, payload_range, prompt_length
 from mbp.model.decoder import MultiscaleDecoder
 from mbp.protocol import END, EOS
 from mbp.train.precision import PrecisionChoice
@@ -21,11 +22,15 @@ FP32 = PrecisionChoice("fp32", "evaluation default")
 
 @torch.no_grad()
 def evaluate(
-    model: MultiscaleDecoder, batches: Iterable[Batch], head: Any, *, precision: PrecisionChoice | None = None
+    model: MultiscaleDecoder,
+    batches: Iterable[Batch],
+    head: TaskHead,
+    *,
+    precision: PrecisionChoice | None = None,
 ) -> dict[str, Any]:
     metrics = head.metrics()
-    field = getattr(head, "generate_field", None)
-    scored: list[tuple[Any, np.ndarray, np.ndarray]] = []
+    field = head.generate_field
+    scored: Scored = []
     weighted_nats, weight_sum = 0.0, 0.0
     was_training = model.training
     model.eval()
@@ -55,9 +60,11 @@ def evaluate(
     return result
 
 
-def _generated(
-    model: MultiscaleDecoder, field: str, scored: list[tuple[Any, np.ndarray, np.ndarray]], group: int = 16
-) -> dict[int, bytes]:
+Scored = list[tuple[EncodedSample, np.ndarray, np.ndarray]]
+"""Each evaluated sample with its per-token nats and argmax hits."""
+
+
+def _generated(model: MultiscaleDecoder, field: str, scored: Scored, group: int = 16) -> dict[int, bytes]:
     """What greedy decoding writes for ``field`` in each scored sample, by index.
 
     A hit needs no generation run: every payload byte and the END are the argmax given the truth before

@@ -12,13 +12,11 @@ from typing import Any
 import torch
 
 from mbp.data.batches import Batch, Position, batches, encoded_stream, prefetch
-from mbp.data.read import expand_shards
 from mbp.data.skips import SkipLog
 from mbp.errors import CheckpointError, ConfigError, MbpError
 from mbp.model.build import build_model
 from mbp.model.decoder import MultiscaleDecoder
-from mbp.plugins import get_platform
-from mbp.session import Resolved
+from mbp.resolve import Resolved
 from mbp.sinks import open_sinks
 from mbp.train import distributed as D
 from mbp.train.checkpoint import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
@@ -110,7 +108,7 @@ class Trainer:
                 f"data.batch_size {data.batch_size} must divide evenly over {world.size} processes"
             )
         torch.manual_seed(self.cfg.seed)
-        components = get_platform().components
+        components = resolved.components
         self.model: MultiscaleDecoder = build_model(resolved.pipeline.model, components)
         if init_from is not None and not resume:
             load_initial_weights(init_from, self.model, resolved.pipeline.model)
@@ -319,6 +317,3 @@ def _summary(
         "metrics_file": str(out / "metrics.jsonl"),
         "plot": str(plot_path) if plot_path else None,
     }
-
-
-__all__ = ["OutputError", "expand_shards", "run"]

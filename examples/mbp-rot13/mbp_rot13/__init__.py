@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import codecs
 
-from mbp.errors import CodecError
-from mbp.hookspecs import Register, hookimpl
-from mbp.protocol import Segment
+from mbp.api import Codec, CodecError, Register, Segment, hookimpl
 from pydantic import BaseModel, ConfigDict
 
 
@@ -23,8 +21,8 @@ class Rot13Codec:
     name = "rot13"
     extension = "txt"
 
-    def __init__(self, rounds: int = 1) -> None:
-        self.rounds = rounds
+    def __init__(self, params: Rot13Params) -> None:
+        self.rounds = params.rounds
 
     def _rotate(self, text: str) -> str:
         for _ in range(self.rounds):
@@ -50,5 +48,5 @@ class Rot13Codec:
 
 
 @hookimpl
-def mbp_register_codecs(register: Register) -> None:
+def mbp_register_codecs(register: Register[Codec]) -> None:
     register("rot13", Rot13Codec, Rot13Params)

@@ -1,4 +1,5 @@
-"""Ops for the (B, D) tensors of generation steps, where fixed per-call costs dominate.
+"""Ops for the tiny (B, D) tensors of generation steps, where fixed per-call costs dominate. Public:
+plugin authors reach them as ``mbp.api.small_tensor_ops`` and may use them in their own ``step`` code.
 
 On this scale a Python scalar operand costs an extra tensor wrap per op and some fused kernels (exact
 GELU, RMSNorm) pay setup costs several times the arithmetic; the written-out forms below use cached

@@ -1,0 +1,83 @@
+"""Everything a plugin author needs from mbp, in one import; the rest of core is internal and may move.
+
+- Hooks: ``hookimpl`` and ``Register``; a plugin implements ``mbp_register_codecs(register:
+  Register[Codec])``, ``mbp_register_backbones(register: Register[Backbone])`` or
+  ``mbp_register_heads(register: Register[TaskHead])`` (see :mod:`mbp.hookspecs`), and mypy then checks
+  what it registers against the protocols below.
+- Codecs: ``Codec`` (optionally ``SegmentExtension``) turning field bytes into a ``Segment`` and back.
+- Backbones: ``Backbone`` (optionally ``PrefillBackbone``) and its ``Cache``; test one with
+  :mod:`mbp.testing`. ``RMSNorm`` and :mod:`small_tensor_ops` are the norm and the ops for the
+  tiny tensors of generation steps that the built-in backbones use.
+- Task heads: ``TaskHead`` (optionally ``FieldHead``) and its ``Metrics``, reading ``EncodedSample``s;
+  ``payload_range``, ``payload_bytes`` and ``prompt_length`` find a field's payload in a sample.
+- Metrics sinks (``mbp_register_sinks``): ``MetricsSink``; a sink whose library is missing raises
+  ``SinkUnavailableError``.
+- Importers (``mbp_register_importers``) write ordinary mbp checkpoints from another tool's: the model's
+  ``ModelConfig`` and ``Pipeline``, ``build_model``, ``MultiscaleDecoder``, ``save_model``,
+  ``load_components`` (the installed plugins' component table) and the vocabulary's ``PAD`` and
+  ``VOCAB_SIZE``; ``CheckpointError`` for files that cannot be read.
+- Errors a plugin raises: ``CodecError`` for a bad value or segment (the sample is skipped and counted),
+  ``ConfigError`` for parameters that cannot work together, ``DataError`` for an unusable sample.
+"""
+
+from __future__ import annotations
+
+from mbp.codec import Codec, SegmentExtension
+from mbp.components import ComponentTable
+from mbp.config import ModelConfig, Pipeline
+from mbp.data.encode import EncodedSample, Span
+from mbp.errors import CheckpointError, CodecError, ConfigError, DataError, MbpError, PluginError
+from mbp.heads import FieldHead, Metrics, TaskHead, payload_bytes, payload_range, prompt_length
+from mbp.hookspecs import Register, hookimpl
+from mbp.model import small_tensor_ops
+from mbp.model.backbone import Backbone, Cache, PrefillBackbone
+from mbp.model.build import build_model
+from mbp.model.decoder import MultiscaleDecoder
+from mbp.model.io import save_model
+from mbp.model.norm import RMSNorm
+from mbp.plugins import get_platform
+from mbp.protocol import PAD, VOCAB_SIZE, Segment
+from mbp.sinks import MetricsSink, SinkUnavailableError
+
+
+def load_components() -> ComponentTable:
+    """The component table of the installed plugins (what an importer builds a model from)."""
+    return get_platform().components
+
+
+__all__ = [
+    "PAD",
+    "VOCAB_SIZE",
+    "Backbone",
+    "Cache",
+    "CheckpointError",
+    "Codec",
+    "CodecError",
+    "ConfigError",
+    "DataError",
+    "EncodedSample",
+    "FieldHead",
+    "MbpError",
+    "Metrics",
+    "MetricsSink",
+    "ModelConfig",
+    "MultiscaleDecoder",
+    "Pipeline",
+    "PluginError",
+    "PrefillBackbone",
+    "RMSNorm",
+    "Register",
+    "Segment",
+    "SegmentExtension",
+    "SinkUnavailableError",
+    "Span",
+    "TaskHead",
+    "build_model",
+    "hookimpl",
+    "load_components",
+    "payload_bytes",
+    "payload_range",
+    "prompt_length",
+    "save_model",
+    "small_tensor_ops",
+]

@@ -1,0 +1,92 @@
+"""Issue 12: plugins see one public API (mbp.api) and the core never imports a plugin."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+import torch
+from mbp import api
+from mbp.components import ComponentTable
+
+from tests.conftest import ROOT
+
+PLUGIN_PACKAGES = {p.parent.name for p in (ROOT / "plugins").glob("*/__init__.py")} | {"mbp_rot13"}
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module a file imports (at any depth of the file, lazily or not)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+    return found
+
+
+def test_no_core_module_imports_a_plugin_package() -> None:
+    modules = sorted((ROOT / "core" / "mbp").rglob("*.py"))
+    assert len(modules) > 40 and {"mbp_transformer", "mbp_tasks", "mbp_text"} <= PLUGIN_PACKAGES
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(
+            name for name in imports_of(path) if name.split(".")[0] in PLUGIN_PACKAGES
+        )
+        for path in modules
+    }
+    assert {path: names for path, names in offenders.items() if names} == {}
+
+
+def test_plugins_import_only_the_public_api() -> None:
+    files = sorted((ROOT / "plugins").rglob("*.py")) + sorted((ROOT / "examples" / "mbp-rot13").rglob("*.py"))
+    used = {
+        str(path.relative_to(ROOT)): sorted(
+            name for name in imports_of(path) if name.split(".")[0] == "mbp" and name != "mbp.api"
+        )
+        for path in files
+    }
+    assert len(files) > 15
+    assert {path: names for path, names in used.items() if names} == {}
+
+
+def test_built_in_components_satisfy_the_protocols_at_run_time(components: ComponentTable) -> None:
+    # mypy checks the same statically through Register[Codec] / Register[Backbone] / Register[TaskHead]
+    codecs = {name: components.build("codecs", {"type": name}) for name in components.names("codecs")}
+    assert set(codecs) >= {"text", "pixels", "image", "wav"}
+    assert all(isinstance(codec, api.Codec) for codec in codecs.values())
+    assert {name for name, codec in codecs.items() if isinstance(codec, api.SegmentExtension)} == {"image"}
+    heads = {name: components.build("heads", {"type": name}) for name in components.names("heads")}
+    assert all(isinstance(head, api.TaskHead) for head in heads.values())
+    assert {name for name, head in heads.items() if isinstance(head, api.FieldHead)} == {"vqa", "classify"}
+    for name in components.names("backbones"):
+        backbone = components.build("backbones", {"type": name}, dim=32, layers=1)
+        cache = backbone.allocate_cache(3, 8)
+        assert isinstance(backbone, api.PrefillBackbone) and isinstance(cache, api.Cache)
+        assert cache.batch == 3
+        cache.reset(torch.tensor([True, False, True]))
+
+
+def test_only_the_cli_loads_the_process_wide_platform() -> None:
+    # everything below the CLI receives its component table (Resolved.components, function arguments);
+    # api.load_components is the one door for importer plugins, which the CLI's `mbp import` runs
+    loaders = sorted(
+        str(path.relative_to(ROOT / "core" / "mbp"))
+        for path in (ROOT / "core" / "mbp").rglob("*.py")
+        if "mbp.plugins" in imports_of(path) and path.name != "plugins.py"
+    )
+    assert loaders and all(path.startswith("cli/") or path == "api.py" for path in loaders), loaders
+
+
+def test_factories_receive_the_validated_params_model(components: ComponentTable) -> None:
+    # defaults live in the params model only: no factory takes (and so defaults) a parameter by name
+    shapes = {
+        (kind, name): list(inspect.signature(components.get(kind, name).factory).parameters)
+        for kind in ("codecs", "heads", "backbones")
+        for name in components.names(kind)
+    }
+    expected = {key: ["params", "dim", "layers"] if key[0] == "backbones" else ["params"] for key in shapes}
+    assert len(shapes) >= 9 and shapes == expected
+    backbone = components.build("backbones", {"type": "transformer", "heads": 2}, dim=16, layers=1)
+    assert backbone.params == components.get("backbones", "transformer").params(heads=2)
+    assert components.build("codecs", {"type": "pixels", "size": [4, 3]}).size == (4, 3)
