@@ -15,6 +15,8 @@ class SkipLog:
     samples_skipped: int = 0
     shards_failed: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
+    failed: list[str] = field(default_factory=list)
+    """Names of the shards that failed, in order."""
     max_lines: int = 50
 
     def sample(self, message: str, kind: str) -> None:
@@ -24,9 +26,19 @@ class SkipLog:
         self._say(f"skipped {message}")
 
     def shard(self, where: str, reason: str) -> None:
+        self._count_shard(where)
+        self._say(f"shard {where} failed: {reason}")
+
+    def damaged(self, where: str, detail: str) -> None:
+        """Count a shard that broke partway; ``detail`` says after which sample and at which offset."""
+        self._count_shard(where)
+        self._say(f"shard {where}: {detail}")
+
+    def _count_shard(self, where: str) -> None:
         self.shards_failed += 1
         self.reasons["shard"] += 1
-        self._say(f"shard {where} failed: {reason}")
+        if where not in self.failed:
+            self.failed.append(where)
 
     def _say(self, line: str) -> None:
         total = self.samples_skipped + self.shards_failed
@@ -40,4 +52,5 @@ class SkipLog:
             "samples_skipped": self.samples_skipped,
             "shards_failed": self.shards_failed,
             "skip_reasons": dict(self.reasons),
+            "failed_shards": list(self.failed),
         }
