@@ -30,6 +30,15 @@ from mbp.overrides import apply_overrides
     "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a pipeline field by dotted path."
 )
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
+@click.option(
+    "--resume-intact",
+    "take_intact",
+    is_flag=True,
+    help="Resume; if the newest checkpoint is damaged, continue from the newest intact one.",
+)
+@click.option(
+    "--overwrite", is_flag=True, help="Replace the run already in --out (its checkpoints, metrics)."
+)
 @json_option
 def run_command(
     pipeline: str | None,
@@ -40,6 +49,8 @@ def run_command(
     eval_shards: tuple[str, ...],
     overrides: tuple[str, ...],
     resume: bool,
+    take_intact: bool,
+    overwrite: bool,
     as_json: bool,
 ) -> None:
     """Train and evaluate PIPELINE (default: the registry's) on SHARDS (default: data.train_shards)."""
@@ -59,7 +70,15 @@ def run_command(
         )
     evals = expand_shards(list(eval_shards) or data.eval_shards)
     out = out_dir or Path("mbp-runs") / resolved.name
-    summary = run(resolved, out, resume=resume, train_shards=train, eval_shards=evals)
+    summary = run(
+        resolved,
+        out,
+        resume=resume or take_intact,
+        train_shards=train,
+        eval_shards=evals,
+        overwrite=overwrite,
+        take_intact=take_intact,
+    )
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 speaks for the run
     if as_json:
@@ -91,16 +110,26 @@ def eval_command(
     """Evaluate a checkpoint on SHARDS with PIPELINE's task head."""
     from mbp.data.read import expand_shards
     from mbp.data.skips import SkipLog
+    from mbp.errors import DataError
     from mbp.model.io import load_model
     from mbp.plugins import get_platform
     from mbp.session import resolve
     from mbp.train.evaluate import evaluate
     from mbp.train.loop import eval_batches
+    from mbp.train.rundir import check_belongs
 
     resolved = resolve(registry_path, pipeline)
-    model, _ = load_model(checkpoint, get_platform().components)
+    model, document = load_model(checkpoint, get_platform().components)
+    check_belongs(checkpoint, resolved.name, resolved.pipeline, document)
     log = SkipLog(quiet=as_json)
-    metrics = evaluate(model, eval_batches(resolved, expand_shards(shards), log), resolved.head)
+    expanded = expand_shards(shards)
+    batches = eval_batches(resolved, expanded, log)
+    if not batches:  # metrics of nothing would read as a result
+        reasons = ", ".join(f"{n} {kind}" for kind, n in log.reasons.items()) or "no sample in them"
+        raise DataError(
+            f"no usable sample in {len(expanded)} shard(s) ({', '.join(expanded[:3])}): {reasons}"
+        )
+    metrics = evaluate(model, batches, resolved.head)
     document = {"pipeline": resolved.name, "checkpoint": str(checkpoint), "metrics": metrics, **log.summary()}
     if as_json:
         emit_json(document)

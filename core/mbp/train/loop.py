@@ -14,15 +14,17 @@ import torch
 from mbp.data.batches import Batch, Position, batches, encoded_stream, prefetch
 from mbp.data.read import expand_shards
 from mbp.data.skips import SkipLog
-from mbp.errors import CheckpointError, ConfigError, MbpError
+from mbp.errors import ConfigError, MbpError
 from mbp.model.build import build_model
 from mbp.model.decoder import MultiscaleDecoder
+from mbp.model.io import checkpoint_document
 from mbp.plugins import get_platform
 from mbp.session import Resolved
 from mbp.train import distributed as D
-from mbp.train.checkpoint import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
+from mbp.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from mbp.train.evaluate import evaluate
 from mbp.train.report import MetricsLog, Progress, plot
+from mbp.train.rundir import check_belongs, prepare_out, remove_leftovers, resume_point
 from mbp.train.schedule import lr_factor
 
 
@@ -57,13 +59,30 @@ def eval_batches(resolved: Resolved, shards: list[str], log: SkipLog) -> list[Ba
 
 
 def run(
-    resolved: Resolved, out: Path, *, resume: bool, train_shards: list[str], eval_shards: list[str]
+    resolved: Resolved,
+    out: Path,
+    *,
+    resume: bool,
+    train_shards: list[str],
+    eval_shards: list[str],
+    overwrite: bool = False,
+    take_intact: bool = False,
 ) -> dict[str, Any]:
-    """Train and evaluate ``resolved`` as its pipeline says; return the summary ``mbp run --json`` prints."""
+    """Train and evaluate ``resolved`` as its pipeline says; return the summary ``mbp run --json`` prints.
+
+    ``overwrite`` replaces a run already in ``out``; ``take_intact`` resumes from the newest intact
+    checkpoint when the newest is damaged."""
     world = D.init_world()
     try:
         return Trainer(
-            resolved, out, world, resume=resume, train_shards=train_shards, eval_shards=eval_shards
+            resolved,
+            out,
+            world,
+            resume=resume,
+            train_shards=train_shards,
+            eval_shards=eval_shards,
+            overwrite=overwrite,
+            take_intact=take_intact,
         ).run()
     finally:
         D.shutdown(world)
@@ -81,11 +100,15 @@ class Trainer:
         resume: bool,
         train_shards: list[str],
         eval_shards: list[str],
+        overwrite: bool = False,
+        take_intact: bool = False,
     ) -> None:
         self.resolved, self.out, self.world = resolved, out, world
         self.cfg, data = resolved.pipeline.train, resolved.pipeline.data
+        prepare_out(out, resume=resume, overwrite=overwrite, main=world.is_main)
         if world.is_main:
             check_writable(out)
+            remove_leftovers(out)
         if data.batch_size % world.size:
             raise ConfigError(
                 f"data.batch_size {data.batch_size} must divide evenly over {world.size} processes"
@@ -98,13 +121,13 @@ class Trainer:
                 f"data.seq_len {data.seq_len} must be a multiple of the patch length {self.model.patch_len}"
             )
         self.state = TrainState(0, 0, 0, 0, 0)
-        existing = list_checkpoints(out)
-        if resume and not existing:
-            raise CheckpointError(f"--resume: no checkpoint in {out / 'checkpoints'}")
         optim_state = None
+        self.checkpoint: Path | None = None
         if resume:
-            self.state, optim_state = load_checkpoint(existing[-1], self.model)
-        self.checkpoint: Path | None = existing[-1] if resume else None
+            self.checkpoint = resume_point(out, take_intact=take_intact, main=world.is_main)
+            document = checkpoint_document(self.checkpoint, training=True)
+            check_belongs(self.checkpoint, resolved.name, resolved.pipeline, document, self.model)
+            self.state, optim_state = load_checkpoint(self.checkpoint, self.model)
         self.wrapped = D.wrap(LossStep(self.model), world, self.cfg.strategy)
         self.optimizer = make_optimizer(self.model, self.cfg.lr, self.cfg.weight_decay)
         if optim_state is not None:
