@@ -122,9 +122,11 @@ def generate_command(
 def write_segments(tokens: list[int], skip: int, out_dir: Path, components: object) -> list[str]:
     """Decode a token stream and write every segment after the first ``skip`` through its codec."""
     from mbp.errors import MbpError
-    from mbp.protocol import decode_stream
+    from mbp.protocol import decode_lenient
 
-    decoded = decode_stream(tokens)
+    decoded = decode_lenient(tokens)
+    if decoded.broken:  # sampling can emit any token: keep every segment before the break
+        say(f"generated stream breaks the segment format ({decoded.broken}); kept what came before")
     segments = decoded.segments[skip:] + ([decoded.partial] if decoded.partial else [])
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
