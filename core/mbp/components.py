@@ -35,6 +35,8 @@ class Component:
 @dataclass
 class ComponentTable:
     entries: dict[Kind, dict[str, Component]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    clashes: dict[Kind, dict[str, str]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    """Names two plugins registered, with the message saying which: nobody gets such a name."""
 
     def register(
         self, kind: Kind, plugin: str, name: str, factory: Callable[..., Any], params: type[BaseModel] | None
@@ -55,6 +57,8 @@ class ComponentTable:
         self.entries[kind][name] = Component(kind, name, factory, params, plugin)
 
     def get(self, kind: Kind, name: str) -> Component:
+        if name in self.clashes[kind]:
+            raise PluginError(self.clashes[kind][name])
         try:
             return self.entries[kind][name]
         except KeyError:

@@ -27,14 +27,57 @@ def resolve(registry_path: str | None, name: str | None, pipeline: Pipeline | No
     components = get_platform().components
     check_pipeline(registry, name, components)
     pipeline = pipeline or registry.pipeline(name)
-    head = components.build("heads", pipeline.head.as_dict())
+    head = resolve_head(registry, name, pipeline)
+    return Resolved(registry, name, pipeline, head, SampleEncoder(pipeline, components, head))
+
+
+def build_problems(registry: Registry, name: str) -> list[str]:
+    """What ``mbp run`` would reject once it builds the pipeline (a head aimed at a missing field,
+    heads that do not divide a stage's width, a ``data.seq_len`` that is not a multiple of the patch):
+    the model is built on the meta device, so its shapes are checked without memory or training."""
+    import torch
+
+    from mbp.model.build import build_backbone, build_model
+
+    pipeline = registry.pipeline(name)
+    problems = []
+    try:
+        resolve_head(registry, name, pipeline)
+    except ConfigError as error:
+        problems.append(str(error))
+    components = get_platform().components
+    with torch.device("meta"):
+        for index, stage in enumerate(pipeline.model.stages):
+            path = ("pipelines", name, "model", "stages", index)
+            try:
+                build_backbone(components, stage.backbone.as_dict(), stage.dim, stage.layers)
+            except ConfigError as error:
+                problems.append(f"{registry.where(path)}: {'.'.join(map(str, path))}: {error}")
+        if not problems:
+            try:
+                build_model(pipeline.model, components)
+            except (ConfigError, ValueError, TypeError) as error:
+                where = registry.where(("pipelines", name, "model"))
+                problems.append(f"{where}: pipelines.{name}.model: {error}")
+    patch = pipeline.model.patch_len
+    if pipeline.data.seq_len % patch:
+        problems.append(
+            f"{registry.where(('pipelines', name, 'data', 'seq_len'))}: pipelines.{name}.data.seq_len: "
+            f"{pipeline.data.seq_len} is not a multiple of the patch length {patch}"
+        )
+    return problems
+
+
+def resolve_head(registry: Registry, name: str, pipeline: Pipeline) -> Any:
+    """The pipeline's head, checked to target one of its fields."""
+    head = get_platform().components.build("heads", pipeline.head.as_dict())
     target = getattr(head, "field", None)  # the segment a vqa/classify head answers
     if target is not None and target not in pipeline.fields:
         raise ConfigError(
             f"{registry.where(('pipelines', name, 'head'))}: head '{pipeline.head.type}' targets field "
             f"'{target}', which is not among the pipeline's fields ({', '.join(pipeline.fields)})"
         )
-    return Resolved(registry, name, pipeline, head, SampleEncoder(pipeline, components, head))
+    return head
 
 
 def pipeline_encoder(registry_path: str | None, name: str) -> SampleEncoder:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import codecs as textcodecs
 import json
+import math
 import sys
 from pathlib import Path
 
 import click
 
 from mbp.cli.common import say
-from mbp.errors import ConfigError
+from mbp.errors import CodecError, ConfigError
 
 
 @click.command("generate")
@@ -69,12 +70,18 @@ def generate_command(
 
     if prompt is not None and prompt_file is not None:
         raise ConfigError("give --prompt or --prompt-file, not both")
+    for option, number in (("--temperature", temperature), ("--top-p", top_p)):
+        if number is not None and not math.isfinite(number):  # click's ranges let nan and inf through
+            raise ConfigError(f"{option} {number}: expected a finite number")
     if prompt_file is not None:
         try:
             prompt = prompt_file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
             raise ConfigError(f"--prompt-file {prompt_file}: {error}") from None
     components = get_platform().components
+    if open_codec not in components.names("codecs"):
+        valid = ", ".join(components.names("codecs"))
+        raise ConfigError(f"--codec {open_codec}: not a registered codec (valid: {valid})")
     model, document = load_model(checkpoint, components)
     pipeline = Pipeline.model_validate(document["pipeline"]) if "pipeline" in document else None
     parts = [np.array([BOS])]
@@ -90,7 +97,11 @@ def generate_command(
             data = Path(value[1:]).read_bytes() if value.startswith("@") else value.encode("utf-8")
         except OSError as error:
             raise ConfigError(f"--field {name}: cannot read {value[1:]}: {error.strerror}") from None
-        parts.append(encode_segment(components.build("codecs", ref.as_dict()).encode(data)))
+        try:
+            parts.append(encode_segment(components.build("codecs", ref.as_dict()).encode(data)))
+        except CodecError as error:
+            source = value[1:] if value.startswith("@") else "the value given"
+            raise ConfigError(f"--field {name}: {source}: {error}") from None
     head = Segment(open_codec, b"").header()
     parts.append(np.array([SEG, *head, HDR]))
     parts.append(np.frombuffer((prompt or "").encode("utf-8"), dtype=np.uint8))
