@@ -48,7 +48,7 @@ def test_pack_manifest_with_paths_and_inline_strings(tmp_path: Path) -> None:
     (tmp_path / "a.png").write_bytes(png())
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(
-        json.dumps({"scene.png": "a.png", "question.txt": "what?", "answer.txt": "red"}) + "\n"
+        json.dumps({"scene.png": "@a.png", "question.txt": "what?", "answer.txt": "red"}) + "\n"
     )
     result = run_mbp("shards", "pack", "--manifest", str(manifest), str(tmp_path / "s-%03d.tar"), "--json")
     shards = json.loads(result.stdout)["shards"]
