@@ -175,8 +175,8 @@ def test_validate_builds_shapes_and_lists_every_problem(tmp_path: Path) -> None:
     ("text", "lines"),
     [
         (
-            TINY.replace("      txt: {type: text}", "      txt: {type: text}\n      txt: {type: wav}").replace(
-                "    head: {type: lm}", "    head: {type: lm}\n    head: {type: vqa}"
+            TINY.replace("txt: {type: text}", "txt: {type: text}\n      txt: {type: wav}").replace(
+                "head: {type: lm}", "head: {type: lm}\n    head: {type: vqa}"
             ),
             [
                 ":5: pipelines.tiny.fields.txt: duplicate key (first at line 4)",
