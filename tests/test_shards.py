@@ -117,6 +117,7 @@ def test_inspect_reports_skips_in_json(tmp_path: Path) -> None:
     )
     report = json.loads(result.stdout)
     assert report["samples"] == 8 and report["shards_failed"] == 2
+    assert report["failed_shards"] == ["b-truncated.tar", "c-notatar.tar"]
     assert report["samples_skipped"] == 4  # 3 broken samples + the one cut short by truncation
 
 

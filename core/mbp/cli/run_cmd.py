@@ -86,9 +86,11 @@ def run_command(
         return
     m = summary["metrics"]
     shown = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float))
+    failed = summary["failed_shards"]
+    damaged = f", {len(failed)} shard(s) damaged ({', '.join(failed)})" if failed else ""
     say(
         f"done: {summary['steps']} steps, {summary['samples_seen']} samples seen, "
-        f"{summary['samples_skipped']} skipped"
+        f"{summary['samples_skipped']} skipped{damaged}"
     )
     if shown:
         say(f"eval: {shown}")

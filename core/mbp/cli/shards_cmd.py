@@ -67,6 +67,8 @@ def inspect_command(
         t = report["tokens"]
         click.echo(f"  tokens per sample: min {t['min']}, median {t['median']:.0f}, max {t['max']}")
     click.echo(f"  samples skipped: {report['samples_skipped']}, shards failed: {report['shards_failed']}")
+    if report["failed_shards"]:
+        click.echo(f"  failed: {', '.join(report['failed_shards'])}")
 
 
 COMMANDS = [shards_group]

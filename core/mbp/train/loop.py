@@ -283,6 +283,7 @@ def _summary(
         "steps": state.step,
         "samples_seen": state.samples_seen,
         "samples_skipped": log.samples_skipped,
+        "failed_shards": list(log.failed),
         "metrics": named,
         "checkpoint": str(checkpoint) if checkpoint else None,
         "metrics_file": str(out / "metrics.jsonl"),
