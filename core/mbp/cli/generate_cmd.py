@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from mbp.cli.common import say
-from mbp.errors import CodecError, ConfigError
+from mbp.errors import CheckpointError, CodecError, ConfigError
 
 
 @click.command("generate")
@@ -61,6 +61,7 @@ def generate_command(
     """Generate bytes from a checkpoint written by `mbp run`."""
     import numpy as np
     import torch
+    from pydantic import ValidationError
 
     from mbp.config import Pipeline
     from mbp.generate import Sampling, generate
@@ -83,7 +84,12 @@ def generate_command(
         valid = ", ".join(components.names("codecs"))
         raise ConfigError(f"--codec {open_codec}: not a registered codec (valid: {valid})")
     model, document = load_model(checkpoint, components)
-    pipeline = Pipeline.model_validate(document["pipeline"]) if "pipeline" in document else None
+    try:
+        pipeline = Pipeline.model_validate(document["pipeline"]) if "pipeline" in document else None
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = ".".join(str(p) for p in ("pipeline", *first["loc"]))
+        raise CheckpointError(f"{checkpoint}/config.json: key {key}: {first['msg']}") from None
     parts = [np.array([BOS])]
     for setting in fields:
         name, sep, value = setting.partition("=")

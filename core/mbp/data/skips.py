@@ -26,19 +26,22 @@ class SkipLog:
         self._say(f"skipped {message}")
 
     def shard(self, where: str, reason: str) -> None:
-        self._count_shard(where)
-        self._say(f"shard {where} failed: {reason}")
+        if self._count_shard(where):
+            self._say(f"shard {where} failed: {reason}")
 
     def damaged(self, where: str, detail: str) -> None:
         """Count a shard that broke partway; ``detail`` says after which sample and at which offset."""
-        self._count_shard(where)
-        self._say(f"shard {where}: {detail}")
+        if self._count_shard(where):
+            self._say(f"shard {where}: {detail}")
 
-    def _count_shard(self, where: str) -> None:
+    def _count_shard(self, where: str) -> bool:
+        """Count a failure; whether it is this shard's first (later epochs meet the same damage)."""
         self.shards_failed += 1
         self.reasons["shard"] += 1
-        if where not in self.failed:
-            self.failed.append(where)
+        if where in self.failed:
+            return False
+        self.failed.append(where)
+        return True
 
     def _say(self, line: str) -> None:
         total = self.samples_skipped + self.shards_failed
