@@ -56,7 +56,8 @@ class Platform:
             row: dict[str, Any] = {"name": name, "dist": info.dist, "version": info.version}
             for kind in KINDS:
                 row[kind] = self.components.names(kind, plugin=name)
-            row["error"] = self.failures.get(name)
+            if name in self.failed:  # only failed rows carry it, so a healthy listing keeps its shape
+                row["error"] = self.failures[name]
             rows.append(row)
         return rows
 

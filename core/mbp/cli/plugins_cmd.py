@@ -18,7 +18,7 @@ def plugins_command(as_json: bool) -> None:
         emit_json(rows)
         return
     for row in rows:
-        failed = f": failed to load: {row['error']}" if row["error"] else ""
+        failed = f": failed to load: {row['error']}" if row.get("error") else ""
         click.echo(f"{row['name']} ({row['dist']} {row['version']}){failed}")
         for kind in KINDS:
             if row[kind]:
