@@ -136,7 +136,7 @@ def test_cli_survives_a_broken_plugin(tmp_path: Path) -> None:
     result = run_mbp("plugins", "--json", env=env)
     assert result.returncode == 0, result.stderr
     rows = {row["name"]: row for row in json.loads(result.stdout)}
-    assert set(rows) >= BUILTINS and all(rows[name]["error"] is None for name in BUILTINS)
+    assert set(rows) >= BUILTINS and all("error" not in rows[name] for name in BUILTINS)
     assert rows["broken"] == {  # issue 11: a failed plugin is listed with its error
         "name": "broken",
         "dist": "brokenplug",
@@ -161,9 +161,7 @@ def test_plugins_json_is_pure_json() -> None:
     result = run_mbp("plugins", "--json")
     assert result.returncode == 0
     rows = json.loads(result.stdout)
-    assert all(
-        set(row) == {"name", "dist", "version", "codecs", "backbones", "heads", "error"} for row in rows
-    )
+    assert all(set(row) == {"name", "dist", "version", "codecs", "backbones", "heads"} for row in rows)
     text = run_mbp("plugins")
     assert "codecs: image, pixels" in text.stdout
 
