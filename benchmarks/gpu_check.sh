@@ -18,7 +18,7 @@ python3 -c "import torch; print(torch.__version__, torch.version.cuda)" >> "$OUT
 # The kernel build (CPU-bound) and the default training run (GPU-bound) overlap.
 MAX_JOBS=14 timeout 300 python3 benchmarks/gpu_mamba_bootstrap.py .gpu /tmp/site > "$OUT/bootstrap.log" 2>&1 &
 build=$!
-timeout 200 python3 -m mbp.cli run --out /tmp/run --json > "$OUT/run.json" 2> "$OUT/run.err"
+timeout 200 python3 -m mbp.cli run --out /tmp/run --overwrite --json > "$OUT/run.json" 2> "$OUT/run.err"
 echo "mbp run rc=$?" >> "$OUT/gpu.txt"
 wait $build
 echo "bootstrap rc=$?" >> "$OUT/gpu.txt"

@@ -98,6 +98,31 @@ def test_wav_round_trips_byte_for_byte(components, subtype: str, channels: int) 
     assert len(segment.payload) == 400 * channels * (1 if subtype == "PCM_U8" else 2)
 
 
+@pytest.mark.parametrize(
+    ("subtype", "fmt", "width", "dtype"),
+    [
+        ("PCM_24", "s24", 3, "int32"),
+        ("PCM_32", "s32", 4, "int32"),
+        ("FLOAT", "f32", 4, "float32"),
+        ("DOUBLE", "f64", 8, "float64"),
+    ],
+)
+def test_wav_keeps_24_bit_and_float_samples(
+    components, subtype: str, fmt: str, width: int, dtype: str
+) -> None:
+    """Issue 11: the default settings stored these as 16-bit, losing bits without a word."""
+    data = wav_bytes(subtype, 2)
+    wav = codec(components, "wav")
+    segment = wav.encode(data)
+    assert segment.meta == {"rate": "8000", "ch": "2", "fmt": fmt}
+    assert len(segment.payload) == 400 * 2 * width
+    restored = wav.to_file(segment)
+    assert sf.info(io.BytesIO(restored)).subtype == subtype
+    original, _ = sf.read(io.BytesIO(data), dtype=dtype)
+    assert np.array_equal(sf.read(io.BytesIO(restored), dtype=dtype)[0], original)
+    assert restored == data
+
+
 def test_wav_file_payload_keeps_any_wav(components) -> None:
     data = wav_bytes("FLOAT", 2)
     wav = codec(components, "wav", payload="file")

@@ -19,7 +19,7 @@ from mbp.cli import cli
 from mbp.config import ModelConfig
 from mbp.generate import generate
 from mbp.model.io import load_model
-from mbp.session import resolve
+from mbp.resolve import resolve
 from mbp_mblm.cli import convert
 from safetensors.torch import load_file
 
@@ -204,7 +204,7 @@ def test_import_writes_a_checkpoint_and_pipeline_entry(tmp_path: Path) -> None:
 
     model, document = load_model(out, get_platform().components)
     assert document["pipeline_name"] == "mblm"
-    resolved = resolve(str(out / "registry.yaml"), None)  # both validation passes
+    resolved = resolve(str(out / "registry.yaml"), None, components=get_platform().components)  # both passes
     assert resolved.name == "mblm"
     assert resolved.pipeline.model == ModelConfig.model_validate(document["model"])
     assert [s.backbone.type for s in resolved.pipeline.model.stages] == ["mblm-transformer"] * 3

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from mbp.components import ComponentTable
 from mbp.config import check_pipeline, load_registry
-from mbp.errors import ConfigError, NameClashError, PluginError
+from mbp.errors import ConfigError, PluginError
 from mbp.hookspecs import hookimpl
 from mbp.plugins import new_platform
 from pydantic import BaseModel
@@ -93,8 +93,20 @@ def test_disabled_plugins_are_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "text" in platform.components.names("codecs")
 
 
-def test_name_clash_names_both_plugins() -> None:
-    with pytest.raises(NameClashError, match="codec 'text' is registered by two plugins: 'text' and 'clash'"):
+def test_name_clash_names_both_plugins(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    """Issue 11: the clash withholds the name from both and names both distributions; the rest works."""
+    platform = new_platform({"clash": ClashPlugin()})
+    message = (
+        "codec 'text' is registered by two plugins: 'text' (mbp 0.1.0) and 'clash' (local 0); "
+        "set MBP_DISABLE_PLUGINS=text or MBP_DISABLE_PLUGINS=clash to keep one"
+    )
+    assert capsys.readouterr().err.strip() == f"mbp: {message}"
+    assert "text" not in platform.components.names("codecs") and "wav" in platform.components.names("codecs")
+    with pytest.raises(PluginError) as error:
+        platform.components.get("codecs", "text")
+    assert str(error.value) == message
+    monkeypatch.setenv("MBP_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginError, match="registered by two plugins"):
         new_platform({"clash": ClashPlugin()})
 
 
@@ -137,8 +149,17 @@ def test_cli_survives_a_broken_plugin(tmp_path: Path) -> None:
     env = {"PYTHONPATH": str(_broken_distribution(tmp_path))}
     result = run_mbp("plugins", "--json", env=env)
     assert result.returncode == 0, result.stderr
-    names = {row["name"] for row in json.loads(result.stdout)}
-    assert names >= BUILTINS and "broken" not in names
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert set(rows) >= BUILTINS and all("error" not in rows[name] for name in BUILTINS)
+    assert rows["broken"] == {  # issue 11: a failed plugin is listed with its error
+        "name": "broken",
+        "dist": "brokenplug",
+        "version": "1.2",
+        "codecs": [],
+        "backbones": [],
+        "heads": [],
+        "error": "ModuleNotFoundError: No module named 'brokenplug_does_not_exist'",
+    }
     assert result.stderr.strip() == (
         "mbp: plugin 'broken' (brokenplug 1.2) failed to load: "
         "ModuleNotFoundError: No module named 'brokenplug_does_not_exist'"
@@ -185,3 +206,55 @@ def test_validation_explains_a_missing_name_from_the_table_it_was_given(
     with pytest.raises(ConfigError, match="unknown codec") as plain:
         check_pipeline(registry, "vqa-mixed", ComponentTable())
     assert "disabled" not in str(plain.value)
+
+
+def _distribution(tmp_path: Path, dist: str, entry: str, source: str) -> Path:
+    """A distribution ``dist`` 1.0 whose plugin ``entry`` is the module ``source``."""
+    info = tmp_path / f"{dist}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[mbp]\n{entry} = {dist}_mod\n")
+    (tmp_path / f"{dist}_mod.py").write_text(textwrap.dedent(source))
+    return tmp_path
+
+
+def test_plugin_calling_sys_exit_at_import_is_reported(tmp_path: Path) -> None:
+    """Issue 11: before the fix every command, ``mbp plugins`` included, ended with no output."""
+    env = {"PYTHONPATH": str(_distribution(tmp_path, "exiter", "exiter", "import sys\nsys.exit(3)\n"))}
+    result = run_mbp("plugins", env=env)
+    assert result.returncode == 0
+    assert result.stderr.strip() == "mbp: plugin 'exiter' (exiter 1.0) failed to load: called sys.exit(3)"
+    assert "exiter (exiter 1.0): failed to load: called sys.exit(3)" in result.stdout
+    assert "codecs: image, pixels" in result.stdout
+    assert run_mbp("validate", env=env).returncode == 0
+
+
+def test_clash_between_distributions_keeps_other_commands_working(tmp_path: Path) -> None:
+    source = """\
+        from mbp.hookspecs import hookimpl
+
+        @hookimpl
+        def mbp_register_codecs(register):
+            register("wav", lambda: None)
+        """
+    env = {"PYTHONPATH": str(_distribution(tmp_path, "wavtoo", "wavtoo", source))}
+    clash = (
+        "mbp: codec 'wav' is registered by two plugins: 'audio' (mbp 0.1.0) and 'wavtoo' (wavtoo 1.0); "
+        "set MBP_DISABLE_PLUGINS=audio or MBP_DISABLE_PLUGINS=wavtoo to keep one"
+    )
+    listed = run_mbp("plugins", "--json", env=env)
+    assert listed.returncode == 0 and listed.stderr.strip() == clash
+    assert "wav" not in {c for row in json.loads(listed.stdout) for c in row["codecs"]}
+    registry = tmp_path / "reg.yaml"
+    registry.write_text(
+        "pipelines:\n  t:\n    fields: {txt: {type: text}}\n    head: {type: lm}\n"
+        "    model: {stages: [{backbone: {type: transformer, heads: 2}, dim: 32, layers: 1}]}\n"
+    )
+    assert run_mbp("validate", str(registry), env=env).returncode == 0  # needs no wav
+    needs_wav = run_mbp("validate", env=env)  # the built-in registry has a wav field
+    assert needs_wav.returncode == 2
+    assert (
+        "pipelines.vqa-mixed.fields.tone.type: codec 'wav' is registered by two plugins" in needs_wav.stderr
+    )
+    chosen = run_mbp("validate", env={**env, "MBP_DISABLE_PLUGINS": "wavtoo"})
+    assert chosen.returncode == 0 and chosen.stderr.count("registered by two") == 0

@@ -48,7 +48,7 @@ def test_pack_manifest_with_paths_and_inline_strings(tmp_path: Path) -> None:
     (tmp_path / "a.png").write_bytes(png())
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(
-        json.dumps({"scene.png": "a.png", "question.txt": "what?", "answer.txt": "red"}) + "\n"
+        json.dumps({"scene.png": "@a.png", "question.txt": "what?", "answer.txt": "red"}) + "\n"
     )
     result = run_mbp("shards", "pack", "--manifest", str(manifest), str(tmp_path / "s-%03d.tar"), "--json")
     shards = json.loads(result.stdout)["shards"]
@@ -97,12 +97,15 @@ def test_corrupt_shards_are_skipped_named_and_counted(tmp_path: Path, capfd, com
     assert "skipped a-mixed.tar:sample nofield: missing field 'answer'" in err
     assert "skipped a-mixed.tar:sample badimage:field scene.png: not a readable image" in err
     assert "skipped a-mixed.tar:sample badwav:field tone.wav: not readable audio" in err
-    assert "shard b-truncated.tar failed: ReadError: unexpected end of data" in err
     assert (
-        "skipped b-truncated.tar:sample t002: cut short by the damaged shard "
+        "shard b-truncated.tar: damaged after sample t001 (offset 8192): "
+        "member t002.tone.wav cut short (1 of 84 bytes)" in err
+    )
+    assert (
+        "skipped b-truncated.tar:sample t002: cut short by the damage at offset 8192 "
         "(fields read: answer.txt, question.txt)" in err
     )
-    assert "shard c-notatar.tar failed: ReadError: invalid header" in err
+    assert "shard c-notatar.tar: damaged before its first sample (offset 0): not a tar archive" in err
     assert "0x" not in err  # no object reprs in messages
     assert len(err.strip().splitlines()) == 6
 
@@ -114,6 +117,7 @@ def test_inspect_reports_skips_in_json(tmp_path: Path) -> None:
     )
     report = json.loads(result.stdout)
     assert report["samples"] == 8 and report["shards_failed"] == 2
+    assert report["failed_shards"] == ["b-truncated.tar", "c-notatar.tar"]
     assert report["samples_skipped"] == 4  # 3 broken samples + the one cut short by truncation
 
 

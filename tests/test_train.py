@@ -55,6 +55,7 @@ def test_run_prints_one_summary_and_writes_metrics_plot_checkpoint(setup, tmp_pa
     assert {"pipeline", "steps", "samples_seen", "samples_skipped", "metrics", "checkpoint"} <= set(summary)
     assert summary["pipeline"] == "qa" and summary["steps"] == 6 and summary["samples_seen"] == 24
     assert summary["samples_skipped"] == 4  # the damaged set: 3 bad samples + 1 cut short
+    assert summary["failed_shards"] == ["b-truncated.tar", "c-notatar.tar"]
     assert {"eval_bpb", "accuracy", "majority_baseline"} <= set(summary["metrics"])
     checkpoint = Path(summary["checkpoint"])
     assert checkpoint.name == "step-00000006"

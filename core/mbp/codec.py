@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from mbp.errors import MbpError
-from mbp.protocol import Segment, decode_stream
+from mbp.protocol import Segment, decode_lenient
 
 
 @runtime_checkable
@@ -54,7 +54,9 @@ def write_segments(
 ) -> list[str]:
     """Write every segment of a token stream after the first ``skip`` as a file through its codec (a
     cut-off last one too, named ``-partial``); a segment its codec rejects keeps its raw payload."""
-    decoded = decode_stream(tokens)
+    decoded = decode_lenient(tokens)
+    if decoded.broken:  # sampling can emit any token: keep every segment before the break
+        warn(f"generated stream breaks the segment format ({decoded.broken}); kept what came before")
     segments = decoded.segments[skip:] + ([decoded.partial] if decoded.partial else [])
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

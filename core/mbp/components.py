@@ -42,6 +42,8 @@ class ComponentTable:
     explain_missing: Callable[[Kind, str], str] = field(default=_needed, repr=False, compare=False)
     """Why nobody registered a name: the platform that filled the table knows which plugins are
     disabled or failed, so the table carries that knowledge instead of a process-wide lookup."""
+    clashes: dict[Kind, dict[str, str]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    """Names two plugins registered, with the message saying which: nobody gets such a name."""
 
     def register(
         self, kind: Kind, plugin: str, name: str, factory: Callable[..., Any], params: type[BaseModel] | None
@@ -62,6 +64,8 @@ class ComponentTable:
         self.entries[kind][name] = Component(kind, name, factory, params, plugin)
 
     def get(self, kind: Kind, name: str) -> Component:
+        if name in self.clashes[kind]:
+            raise PluginError(self.clashes[kind][name])
         try:
             return self.entries[kind][name]
         except KeyError:

@@ -205,16 +205,16 @@ def parse_registry(raw: dict[str, Any], source: str, lines: dict[Any, int]) -> R
 
 
 def format_validation(error: ValidationError, source: str, lines: dict[Any, int], prefix: tuple = ()) -> str:
-    first = error.errors()[0]
-    path = (*prefix, *first["loc"])
-    line = line_of(lines, path)
-    where = f"{source}:{line}" if line else source
-    dotted = ".".join(str(p) for p in path) or "(top level)"
-    message = first["msg"]
-    if first["type"] == "extra_forbidden":
-        message = "unknown key"
-    more = f" (and {len(error.errors()) - 1} more)" if len(error.errors()) > 1 else ""
-    return f"{where}: {dotted}: {message}{more}"
+    """Every problem pydantic found, one a line: ``file:line: dotted.path: message``."""
+    problems = []
+    for found in error.errors():
+        path = (*prefix, *found["loc"])
+        line = line_of(lines, path)
+        where = f"{source}:{line}" if line else source
+        dotted = ".".join(str(p) for p in path) or "(top level)"
+        message = "unknown key" if found["type"] == "extra_forbidden" else found["msg"]
+        problems.append(f"{where}: {dotted}: {message}")
+    return "\n".join(problems)
 
 
 def refs_of(pipeline: Pipeline) -> list[tuple[Kind, tuple[str | int, ...], Ref]]:
@@ -232,14 +232,23 @@ def refs_of(pipeline: Pipeline) -> list[tuple[Kind, tuple[str | int, ...], Ref]]
 
 
 def check_pipeline(registry: Registry, name: str, components: ComponentTable) -> None:
-    """Pass two: every reference names a registered component and its parameters fit that component."""
+    """Pass two: every reference names a registered component and its parameters fit that component.
+    Raises one ConfigError listing every bad reference, one a line."""
     pipeline = registry.pipeline(name)
+    problems = []
     for kind, path, ref in refs_of(pipeline):
         full = ("pipelines", name, *path)
-        check_ref(kind, ref, components, registry.where(full), ".".join(map(str, full)))
+        try:
+            check_ref(kind, ref, components, registry.where(full), ".".join(map(str, full)))
+        except ConfigError as error:
+            problems.append(str(error))
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 def check_ref(kind: Kind, ref: Ref, components: ComponentTable, where: str, dotted: str) -> None:
+    if ref.type in components.clashes[kind]:
+        raise ConfigError(f"{where}: {dotted}.type: {components.clashes[kind][ref.type]}")
     names = components.names(kind)
     if ref.type not in names:
         valid = ", ".join(names) or "none registered"
@@ -263,5 +272,12 @@ def check_ref(kind: Kind, ref: Ref, components: ComponentTable, where: str, dott
 
 
 def check_registry(registry: Registry, components: ComponentTable) -> None:
+    """Pass two for every pipeline; one ConfigError lists the problems of all of them."""
+    problems = []
     for name in registry.parsed.pipelines:
-        check_pipeline(registry, name, components)
+        try:
+            check_pipeline(registry, name, components)
+        except ConfigError as error:
+            problems.append(str(error))
+    if problems:
+        raise ConfigError("\n".join(problems))

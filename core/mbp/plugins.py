@@ -19,7 +19,7 @@ import pluggy
 
 from mbp import hookspecs
 from mbp.components import KINDS, ComponentTable, Kind
-from mbp.errors import MbpError, NameClashError, PluginError
+from mbp.errors import MbpError, PluginError
 
 HOOKS: dict[Kind, str] = {
     "codecs": "mbp_register_codecs",
@@ -44,14 +44,21 @@ class Platform:
     components: ComponentTable
     plugins: dict[str, PluginInfo] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, PluginInfo] = field(default_factory=dict)
+    """Distribution and version of each plugin in ``failures``."""
+    clash_owners: dict[tuple[Kind, str], list[str]] = field(default_factory=dict)
 
     def describe(self) -> list[dict[str, Any]]:
-        """Each plugin with what it registered, read from the component table (never a hand-kept list)."""
+        """Each plugin with what it registered, read from the component table (never a hand-kept list),
+        and each plugin that failed, with its error."""
         rows = []
-        for name, info in sorted(self.plugins.items()):
+        everyone = {**self.plugins, **self.failed}
+        for name, info in sorted(everyone.items()):
             row: dict[str, Any] = {"name": name, "dist": info.dist, "version": info.version}
             for kind in KINDS:
                 row[kind] = self.components.names(kind, plugin=name)
+            if name in self.failed:  # only failed rows carry it, so a healthy listing keeps its shape
+                row["error"] = self.failures[name]
             rows.append(row)
         return rows
 
@@ -110,10 +117,11 @@ def new_platform(extra_plugins: dict[str, object] | None = None, *, entry_points
             plugin = load()
             pm.register(plugin, name=name)
             pm.check_pending()
-        except Exception as error:  # a broken plugin must never take the platform down
+        except (Exception, SystemExit) as error:  # a broken plugin must never take the platform down
             if pm.has_plugin(name):
                 pm.unregister(name=name)
-            platform.failures[name] = str(error)
+            platform.failures[name] = _one_line(error)
+            platform.failed[name] = info
             _report(f"plugin '{name}' ({info.dist} {info.version}) failed to load: {_one_line(error)}")
             continue
         platform.plugins[name] = info
@@ -134,24 +142,52 @@ def _run_hook(platform: Platform, kind: Kind, impl: pluggy.HookImpl) -> None:
 
     try:
         impl.function(register=register)
-        for comp in staged.entries[kind].values():
-            platform.components.register(kind, name, comp.name, comp.factory, comp.params)
-    except NameClashError:
-        raise  # a name clash is ambiguous for every pipeline: always fatal
-    except Exception as error:
+    except (Exception, SystemExit) as error:
         _fail(platform, name, error)
+        return
+    for comp in staged.entries[kind].values():
+        if not _clashes(platform, kind, name, comp.name):
+            platform.components.register(kind, name, comp.name, comp.factory, comp.params)
 
 
-def _fail(platform: Platform, name: str, error: Exception) -> None:
+def _clashes(platform: Platform, kind: Kind, plugin: str, name: str) -> bool:
+    """Whether ``name`` is already taken. Two plugins registering one name make it ambiguous for every
+    pipeline, so neither gets it; commands that do not need the name keep working."""
+    table = platform.components
+    taken = table.entries[kind].pop(name, None)
+    owners = platform.clash_owners.get((kind, name))
+    if owners is None:
+        if taken is None:
+            return False
+        owners = platform.clash_owners[(kind, name)] = [taken.plugin]
+    owners.append(plugin)
+    described = " and ".join(f"'{p}' ({_dist_text(platform, p)})" for p in owners)
+    disable = " or ".join(f"MBP_DISABLE_PLUGINS={p}" for p in owners)
+    count = "two" if len(owners) == 2 else str(len(owners))
+    message = f"{kind[:-1]} '{name}' is registered by {count} plugins: {described}; set {disable} to keep one"
+    table.clashes[kind][name] = message
+    _report(message)
+    return True
+
+
+def _dist_text(platform: Platform, plugin: str) -> str:
+    info = platform.plugins.get(plugin, PluginInfo(plugin, "unknown", "unknown"))
+    return f"{info.dist} {info.version}"
+
+
+def _fail(platform: Platform, name: str, error: BaseException) -> None:
     info = platform.plugins.pop(name, PluginInfo(name, "unknown", "unknown"))
-    platform.failures[name] = str(error)
+    platform.failures[name] = _one_line(error)
+    platform.failed[name] = info
     for kind in KINDS:  # withdraw whatever the plugin registered before it failed
         for comp_name in platform.components.names(kind, plugin=name):
             del platform.components.entries[kind][comp_name]
     _report(f"plugin '{name}' ({info.dist} {info.version}) failed to load: {_one_line(error)}")
 
 
-def _one_line(error: Exception) -> str:
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, SystemExit):
+        return f"called sys.exit({error.code!r})"
     text = f"{type(error).__name__}: {error}" if not isinstance(error, MbpError) else str(error)
     return " ".join(text.split())
 

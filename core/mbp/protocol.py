@@ -53,6 +53,16 @@ class DecodedStream:
     partial: Segment | None = None
     ended: bool = False
     """Whether EOS was reached."""
+    broken: str | None = None
+    """Why the stream stopped early (only from :func:`decode_lenient`): the grammar broke there."""
+
+
+class _BreakError(ProtocolError):
+    """A grammar break at token ``position``; everything before it decodes."""
+
+    def __init__(self, message: str, position: int) -> None:
+        super().__init__(message)
+        self.position = position
 
 
 def parse_header(raw: bytes) -> tuple[str, dict[str, str]]:
@@ -112,7 +122,7 @@ def decode_stream(tokens: Sequence[int] | np.ndarray) -> DecodedStream:
     array = np.asarray(tokens, dtype=np.int64).reshape(-1)
     if array.size and (array.min() < 0 or array.max() >= VOCAB_SIZE):
         bad = int(np.flatnonzero((array < 0) | (array >= VOCAB_SIZE))[0])
-        raise ProtocolError(f"token {int(array[bad])} at position {bad} is outside the vocabulary")
+        raise _BreakError(f"token {int(array[bad])} at position {bad} is outside the vocabulary", bad)
     start = 0
     while start < array.size and array[start] == PAD:
         start += 1
@@ -129,27 +139,43 @@ def decode_stream(tokens: Sequence[int] | np.ndarray) -> DecodedStream:
             pos += 1
             continue
         if token != SEG:
-            raise ProtocolError(f"expected SEG or EOS at position {pos}, got {_name(token)}")
+            raise _BreakError(f"expected SEG or EOS at position {pos}, got {_name(token)}", pos)
         header_end = _find_marker(array, pos + 1)
         if header_end is None:  # cut inside the header: the codec name itself may be cut short
             header = array[pos + 1 :].astype(np.uint8).tobytes().decode("latin-1")
             return DecodedStream(segments, Segment("", b"", {"header": header}))
         if int(array[header_end]) != HDR:
-            raise ProtocolError(
-                f"segment at position {pos}: expected HDR, got {_name(int(array[header_end]))}"
+            raise _BreakError(
+                f"segment at position {pos}: expected HDR, got {_name(int(array[header_end]))}", header_end
             )
-        codec, meta = parse_header(array[pos + 1 : header_end].astype(np.uint8).tobytes())
+        try:
+            codec, meta = parse_header(array[pos + 1 : header_end].astype(np.uint8).tobytes())
+        except ProtocolError as error:
+            raise _BreakError(str(error), header_end) from None
         payload_end = _find_marker(array, header_end + 1)
         if payload_end is None:
             payload = array[header_end + 1 :].astype(np.uint8).tobytes()
             return DecodedStream(segments, Segment(codec, payload, meta))
         if int(array[payload_end]) != END:
-            raise ProtocolError(
-                f"segment '{codec}' at position {pos}: expected END, got {_name(int(array[payload_end]))}"
+            raise _BreakError(
+                f"segment '{codec}' at position {pos}: expected END, got {_name(int(array[payload_end]))}",
+                payload_end,
             )
         segments.append(Segment(codec, array[header_end + 1 : payload_end].astype(np.uint8).tobytes(), meta))
         pos = payload_end + 1
     return DecodedStream(segments, None)
+
+
+def decode_lenient(tokens: Sequence[int] | np.ndarray) -> DecodedStream:
+    """Like :func:`decode_stream`, but a grammar break ends the stream where it happens instead of
+    raising: the complete segments before it, the segment it cut as ``partial``, and ``broken`` saying
+    what broke. For generated streams, whose every byte is worth keeping."""
+    array = np.asarray(tokens, dtype=np.int64).reshape(-1)
+    try:
+        return decode_stream(array)
+    except _BreakError as error:
+        head = decode_stream(array[: error.position])
+        return DecodedStream(head.segments, head.partial, head.ended, broken=str(error))
 
 
 def _find_marker(array: np.ndarray, start: int) -> int | None:

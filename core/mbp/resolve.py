@@ -34,6 +34,48 @@ def resolve(
     name = name or registry.default_pipeline
     check_pipeline(registry, name, components)
     pipeline = pipeline or registry.pipeline(name)
+    head = resolve_head(registry, name, pipeline, components)
+    return Resolved(registry, name, pipeline, head, SampleEncoder(pipeline, components, head), components)
+
+
+def build_problems(registry: Registry, name: str, components: ComponentTable) -> list[str]:
+    """What ``mbp run`` would reject once it builds the pipeline (a head aimed at a missing field,
+    heads that do not divide a stage's width, a ``data.seq_len`` that is not a multiple of the patch):
+    the model is built on the meta device, so its shapes are checked without memory or training."""
+    import torch
+
+    from mbp.model.build import build_backbone, build_model
+
+    pipeline = registry.pipeline(name)
+    problems = []
+    try:
+        resolve_head(registry, name, pipeline, components)
+    except ConfigError as error:
+        problems.append(str(error))
+    with torch.device("meta"):
+        for index, stage in enumerate(pipeline.model.stages):
+            path = ("pipelines", name, "model", "stages", index)
+            try:
+                build_backbone(components, stage.backbone.as_dict(), stage.dim, stage.layers)
+            except ConfigError as error:
+                problems.append(f"{registry.where(path)}: {'.'.join(map(str, path))}: {error}")
+        if not problems:
+            try:
+                build_model(pipeline.model, components)
+            except (ConfigError, ValueError, TypeError) as error:
+                where = registry.where(("pipelines", name, "model"))
+                problems.append(f"{where}: pipelines.{name}.model: {error}")
+    patch = pipeline.model.patch_len
+    if pipeline.data.seq_len % patch:
+        problems.append(
+            f"{registry.where(('pipelines', name, 'data', 'seq_len'))}: pipelines.{name}.data.seq_len: "
+            f"{pipeline.data.seq_len} is not a multiple of the patch length {patch}"
+        )
+    return problems
+
+
+def resolve_head(registry: Registry, name: str, pipeline: Pipeline, components: ComponentTable) -> TaskHead:
+    """The pipeline's head, checked to target one of its fields."""
     head: TaskHead = components.build("heads", pipeline.head.as_dict())
     target = head.field if isinstance(head, FieldHead) else None  # the segment a vqa/classify head answers
     if target is not None and target not in pipeline.fields:
@@ -41,7 +83,7 @@ def resolve(
             f"{registry.where(('pipelines', name, 'head'))}: head '{pipeline.head.type}' targets field "
             f"'{target}', which is not among the pipeline's fields ({', '.join(pipeline.fields)})"
         )
-    return Resolved(registry, name, pipeline, head, SampleEncoder(pipeline, components, head), components)
+    return head
 
 
 def pipeline_encoder(registry_path: str | None, name: str, *, components: ComponentTable) -> SampleEncoder:

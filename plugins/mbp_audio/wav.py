@@ -1,6 +1,7 @@
 """``wav``: audio through soundfile. The payload is interleaved little-endian PCM; the header carries
-rate, channels and sample format, so decoding writes a playable WAV file. ``payload: file`` keeps the
-file's bytes instead (byte-exact for any WAV, headers and extra chunks included).
+rate, channels and sample format (8-, 16-, 24- and 32-bit integer, 32- and 64-bit float: every sample
+kept as the file has it), so decoding writes a playable WAV file. ``payload: file`` keeps the file's
+bytes instead (byte-exact for any WAV, headers and extra chunks included).
 """
 
 from __future__ import annotations
@@ -14,9 +15,18 @@ import soundfile as sf
 from mbp.api import CodecError, Segment
 from pydantic import BaseModel, ConfigDict, Field
 
-# sample format -> (soundfile subtype, numpy dtype of the stored PCM)
-FORMATS = {"u8": ("PCM_U8", np.uint8), "s16": ("PCM_16", np.int16)}
-SUBTYPE_TO_FORMAT = {"PCM_U8": "u8", "PCM_16": "s16"}
+# sample format -> (soundfile subtype, numpy dtype of the stored PCM; s24 is stored as 3 bytes a sample)
+FORMATS = {
+    "u8": ("PCM_U8", np.uint8),
+    "s16": ("PCM_16", np.int16),
+    "s24": ("PCM_24", np.int32),
+    "s32": ("PCM_32", np.int32),
+    "f32": ("FLOAT", np.float32),
+    "f64": ("DOUBLE", np.float64),
+}
+SUBTYPE_TO_FORMAT = {subtype: fmt for fmt, (subtype, _) in FORMATS.items()}
+# what soundfile reads each format as without losing a bit (24-bit arrives in the top of an int32)
+READ_AS = {"u8": "int16", "s16": "int16", "s24": "int32", "s32": "int32", "f32": "float32", "f64": "float64"}
 
 
 class WavParams(BaseModel):
@@ -57,13 +67,14 @@ class WavCodec:
                 return Segment(self.name, bytes(data), {"payload": "file"})
             rate, subtype = audio.samplerate, audio.subtype
             keep = subtype in SUBTYPE_TO_FORMAT and not (self.sample_rate or self.mono or self.bits)
+            dtype = READ_AS[SUBTYPE_TO_FORMAT[subtype]] if keep else "float32"
             try:
-                samples = audio.read(dtype="int16" if keep else "float32", always_2d=True)
+                samples = audio.read(dtype=dtype, always_2d=True)
             except Exception as error:
                 raise CodecError(f"audio data unreadable: {_reason(error)}") from None
-        if keep:
+        if keep:  # the file's own sample format, bit for bit
             fmt = SUBTYPE_TO_FORMAT[subtype]
-            return self._segment(_from_int16(samples, fmt), rate, fmt)
+            return self._segment(_from_read(samples, fmt), rate, fmt)
         if self.mono and samples.shape[1] > 1:
             samples = samples.mean(axis=1, keepdims=True)
         if self.sample_rate and self.sample_rate != rate:
@@ -100,7 +111,12 @@ class WavCodec:
 
     def _segment(self, pcm: np.ndarray, rate: int, fmt: str) -> Segment:
         meta = {"rate": str(rate), "ch": str(pcm.shape[1]), "fmt": fmt}
-        return Segment(self.name, np.ascontiguousarray(pcm, dtype=FORMATS[fmt][1]).tobytes(), meta)
+        array = np.ascontiguousarray(pcm, dtype=FORMATS[fmt][1])
+        if fmt == "s24":  # the low three bytes of each little-endian int32
+            return Segment(
+                self.name, array.astype("<i4").view(np.uint8).reshape(-1, 4)[:, :3].tobytes(), meta
+            )
+        return Segment(self.name, array.tobytes(), meta)
 
     def decode(self, segment: Segment) -> bytes:
         """A playable WAV file."""
@@ -120,11 +136,15 @@ class WavCodec:
             ) from None
         if rate <= 0 or not 0 < channels <= 64:
             raise CodecError(f"wav header rate={rate} ch={channels} is out of range")
-        frame = channels * np.dtype(dtype).itemsize
+        frame = channels * (3 if fmt == "s24" else np.dtype(dtype).itemsize)
         if len(segment.payload) % frame:
             raise CodecError(
                 f"wav payload of {len(segment.payload)} bytes is not whole frames of {frame} bytes"
             )
+        if fmt == "s24":
+            raw = np.frombuffer(segment.payload, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
+            value = raw[:, 0] | (raw[:, 1] << 8) | (raw[:, 2] << 16)
+            return ((value << 8) >> 8).reshape(-1, channels), rate  # sign-extend 24 to 32 bits
         return np.frombuffer(segment.payload, dtype=dtype).reshape(-1, channels), rate
 
     def to_file(self, segment: Segment) -> bytes:
@@ -137,27 +157,37 @@ class WavCodec:
         pcm, rate = self.samples(segment)
         fmt = segment.meta["fmt"]
         buffer = io.BytesIO()
-        sf.write(buffer, _to_int16(pcm, fmt), rate, subtype=FORMATS[fmt][0], format="WAV")
+        sf.write(buffer, _to_written(pcm, fmt), rate, subtype=FORMATS[fmt][0], format="WAV")
         return buffer.getvalue()
 
 
-def _from_int16(samples: np.ndarray, fmt: str) -> np.ndarray:
+def _from_read(samples: np.ndarray, fmt: str) -> np.ndarray:
+    """Samples as soundfile read them (``READ_AS``) -> the stored values."""
     if fmt == "u8":  # soundfile maps u8 to int16 by a left shift of 8 bits around 128
         return ((samples.astype(np.int32) >> 8) + 128).astype(np.uint8)
+    if fmt == "s24":  # soundfile puts 24-bit samples in the top bits of an int32
+        return samples >> 8
     return samples
 
 
-def _to_int16(pcm: np.ndarray, fmt: str) -> np.ndarray:
+def _to_written(pcm: np.ndarray, fmt: str) -> np.ndarray:
+    """Stored values -> an array soundfile writes as ``fmt`` unchanged."""
     if fmt == "u8":
         return ((pcm.astype(np.int32) - 128) << 8).astype(np.int16)
-    return pcm.astype(np.int16)
+    if fmt == "s24":
+        return pcm.astype(np.int32) << 8
+    return pcm.astype(FORMATS[fmt][1])
 
 
 def _quantize(samples: np.ndarray, fmt: str) -> np.ndarray:
-    clipped = np.clip(samples, -1.0, 1.0 - 1.0 / 32768)
+    if fmt in ("f32", "f64"):
+        return samples.astype(FORMATS[fmt][1])
+    bits = {"u8": 8, "s16": 16, "s24": 24, "s32": 32}[fmt]
+    scale = float(2 ** (bits - 1))
+    clipped = np.clip(samples.astype(np.float64), -1.0, 1.0 - 1.0 / scale)
     if fmt == "u8":
         return np.round(clipped * 128 + 128).clip(0, 255).astype(np.uint8)
-    return np.round(clipped * 32768).astype(np.int16)
+    return np.round(clipped * scale).astype(np.int32 if bits > 16 else np.int16)
 
 
 def _reason(error: Exception) -> str:

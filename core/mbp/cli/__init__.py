@@ -27,7 +27,8 @@ class MbpGroup(click.Group):
         except MbpError as error:
             if _debug:
                 traceback.print_exc()
-            click.echo(f"mbp: error: {error}", err=True)
+            for problem in str(error).splitlines() or [type(error).__name__]:  # a config lists them all
+                click.echo(f"mbp: error: {problem}", err=True)
             sys.exit(error.exit_code)
         except KeyboardInterrupt:
             click.echo("mbp: interrupted", err=True)

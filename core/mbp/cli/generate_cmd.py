@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import codecs as textcodecs
 import json
+import math
 import sys
 from pathlib import Path
 
 import click
 
 from mbp.cli.common import say
-from mbp.errors import ConfigError
+from mbp.errors import CheckpointError, CodecError, ConfigError
 
 
 @click.command("generate")
@@ -59,6 +60,7 @@ def generate_command(
 ) -> None:
     """Generate bytes from a checkpoint written by `mbp run`."""
     import torch
+    from pydantic import ValidationError
 
     from mbp.codec import Codec, write_segments
     from mbp.config import Pipeline
@@ -69,14 +71,25 @@ def generate_command(
 
     if prompt is not None and prompt_file is not None:
         raise ConfigError("give --prompt or --prompt-file, not both")
+    for option, number in (("--temperature", temperature), ("--top-p", top_p)):
+        if number is not None and not math.isfinite(number):  # click's ranges let nan and inf through
+            raise ConfigError(f"{option} {number}: expected a finite number")
     if prompt_file is not None:
         try:
             prompt = prompt_file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
             raise ConfigError(f"--prompt-file {prompt_file}: {error}") from None
     components = get_platform().components
+    if open_codec not in components.names("codecs"):
+        valid = ", ".join(components.names("codecs"))
+        raise ConfigError(f"--codec {open_codec}: not a registered codec (valid: {valid})")
     model, document = load_model(checkpoint, components)
-    pipeline = Pipeline.model_validate(document["pipeline"]) if "pipeline" in document else None
+    try:
+        pipeline = Pipeline.model_validate(document["pipeline"]) if "pipeline" in document else None
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = ".".join(str(p) for p in ("pipeline", *first["loc"]))
+        raise CheckpointError(f"{checkpoint}/config.json: key {key}: {first['msg']}") from None
     segments: list[Segment] = []
     for setting in fields:
         name, sep, value = setting.partition("=")
@@ -90,7 +103,11 @@ def generate_command(
             data = Path(value[1:]).read_bytes() if value.startswith("@") else value.encode("utf-8")
         except OSError as error:
             raise ConfigError(f"--field {name}: cannot read {value[1:]}: {error.strerror}") from None
-        segments.append(components.build("codecs", ref.as_dict()).encode(data))
+        try:
+            segments.append(components.build("codecs", ref.as_dict()).encode(data))
+        except CodecError as error:
+            source = value[1:] if value.startswith("@") else "the value given"
+            raise ConfigError(f"--field {name}: {source}: {error}") from None
     tokens = torch.as_tensor(
         prompt_stream(segments, open_codec, (prompt or "").encode("utf-8")).astype("int64")
     )

@@ -18,7 +18,8 @@ def plugins_command(as_json: bool) -> None:
         emit_json(rows)
         return
     for row in rows:
-        click.echo(f"{row['name']} ({row['dist']} {row['version']})")
+        failed = f": failed to load: {row['error']}" if row.get("error") else ""
+        click.echo(f"{row['name']} ({row['dist']} {row['version']}){failed}")
         for kind in KINDS:
             if row[kind]:
                 click.echo(f"  {kind}: {', '.join(row[kind])}")

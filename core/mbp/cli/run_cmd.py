@@ -37,6 +37,15 @@ from mbp.overrides import apply_overrides
     default=None,
     help="Start from this checkpoint's weights (fresh optimizer, schedule and data position).",
 )
+@click.option(
+    "--resume-intact",
+    "take_intact",
+    is_flag=True,
+    help="Resume; if the newest checkpoint is damaged, continue from the newest intact one.",
+)
+@click.option(
+    "--overwrite", is_flag=True, help="Replace the run already in --out (its checkpoints, metrics)."
+)
 @json_option
 def run_command(
     pipeline: str | None,
@@ -48,6 +57,8 @@ def run_command(
     overrides: tuple[str, ...],
     resume: bool,
     init_from: Path | None,
+    take_intact: bool,
+    overwrite: bool,
     as_json: bool,
 ) -> None:
     """Train and evaluate PIPELINE (default: the registry's) on SHARDS (default: data.train_shards)."""
@@ -74,7 +85,16 @@ def run_command(
         )
     evals = expand_shards(list(eval_shards) or data.eval_shards)
     out = out_dir or Path("mbp-runs") / resolved.name
-    summary = run(resolved, out, resume=resume, train_shards=train, eval_shards=evals, init_from=init_from)
+    summary = run(
+        resolved,
+        out,
+        resume=resume or take_intact,
+        train_shards=train,
+        eval_shards=evals,
+        init_from=init_from,
+        overwrite=overwrite,
+        take_intact=take_intact,
+    )
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 speaks for the run
     if as_json:
@@ -82,9 +102,11 @@ def run_command(
         return
     m = summary["metrics"]
     shown = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float))
+    failed = summary["failed_shards"]
+    damaged = f", {len(failed)} shard(s) damaged ({', '.join(failed)})" if failed else ""
     say(
         f"done: {summary['steps']} steps, {summary['samples_seen']} samples seen, "
-        f"{summary['samples_skipped']} skipped"
+        f"{summary['samples_skipped']} skipped{damaged}"
     )
     if shown:
         say(f"eval: {shown}")
@@ -106,17 +128,27 @@ def eval_command(
     """Evaluate a checkpoint on SHARDS with PIPELINE's task head."""
     from mbp.data.read import expand_shards
     from mbp.data.skips import SkipLog
+    from mbp.errors import DataError
     from mbp.model.io import load_model
     from mbp.plugins import get_platform
     from mbp.resolve import resolve
     from mbp.train.evaluate import evaluate
     from mbp.train.loop import eval_batches
+    from mbp.train.rundir import check_belongs
 
-    resolved = resolve(registry_path, pipeline, components=get_platform().components)
-    model, _ = load_model(checkpoint, resolved.components)
+    components = get_platform().components
+    resolved = resolve(registry_path, pipeline, components=components)
+    model, document = load_model(checkpoint, components)
+    check_belongs(checkpoint, resolved.name, resolved.pipeline, document)
     log = SkipLog(quiet=as_json)
-    rows = eval_batches(resolved, expand_shards(shards), log, model.patch_len)
-    metrics = evaluate(model, rows, resolved.head)
+    expanded = expand_shards(shards)
+    batches = eval_batches(resolved, expanded, log, model.patch_len)
+    if not batches:  # metrics of nothing would read as a result
+        reasons = ", ".join(f"{n} {kind}" for kind, n in log.reasons.items()) or "no sample in them"
+        raise DataError(
+            f"no usable sample in {len(expanded)} shard(s) ({', '.join(expanded[:3])}): {reasons}"
+        )
+    metrics = evaluate(model, batches, resolved.head)
     document = {"pipeline": resolved.name, "checkpoint": str(checkpoint), "metrics": metrics, **log.summary()}
     if as_json:
         emit_json(document)

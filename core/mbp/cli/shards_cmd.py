@@ -21,7 +21,9 @@ def shards_group() -> None:
 @shards_group.command("pack")
 @click.argument("paths", nargs=-1, required=True, metavar="[SRC_DIR] OUT_PATTERN")
 @click.option(
-    "--manifest", type=click.Path(dir_okay=False, path_type=Path), help="JSONL: field -> path or text."
+    "--manifest",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSONL: field -> text, or @path for a file (relative to the manifest).",
 )
 @click.option(
     "--maxcount", default=1000, show_default=True, type=click.IntRange(min=1), help="Samples per shard."
@@ -68,6 +70,8 @@ def inspect_command(
         t = report["tokens"]
         click.echo(f"  tokens per sample: min {t['min']}, median {t['median']:.0f}, max {t['max']}")
     click.echo(f"  samples skipped: {report['samples_skipped']}, shards failed: {report['shards_failed']}")
+    if report["failed_shards"]:
+        click.echo(f"  failed: {', '.join(report['failed_shards'])}")
 
 
 COMMANDS = [shards_group]

@@ -80,6 +80,9 @@ class SampleEncoder:
                 tokens = encode_segment(segment)
             except (CodecError, ProtocolError) as error:
                 raise DataError(f"{raw.where}:field {found}: {error}") from None
+            except Exception as error:  # a codec bug must cost one sample, named, never the run
+                detail = " ".join(f"{type(error).__name__}: {error}".split())
+                raise DataError(f"{raw.where}:field {found}: codec '{codec.name}' failed: {detail}") from None
             spans.append(Span(name, codec.name, offset, offset + len(tokens)))
             parts.append(tokens)
             offset += len(tokens)

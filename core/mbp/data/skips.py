@@ -15,6 +15,8 @@ class SkipLog:
     samples_skipped: int = 0
     shards_failed: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
+    failed: list[str] = field(default_factory=list)
+    """Names of the shards that failed, in order."""
     max_lines: int = 50
     lengths: list[int] = field(default_factory=list)
     """Token lengths of the samples encoded (the first ``max_lengths``): what length advice is drawn from."""
@@ -31,9 +33,22 @@ class SkipLog:
         self._say(f"skipped {message}")
 
     def shard(self, where: str, reason: str) -> None:
+        if self._count_shard(where):
+            self._say(f"shard {where} failed: {reason}")
+
+    def damaged(self, where: str, detail: str) -> None:
+        """Count a shard that broke partway; ``detail`` says after which sample and at which offset."""
+        if self._count_shard(where):
+            self._say(f"shard {where}: {detail}")
+
+    def _count_shard(self, where: str) -> bool:
+        """Count a failure; whether it is this shard's first (later epochs meet the same damage)."""
         self.shards_failed += 1
         self.reasons["shard"] += 1
-        self._say(f"shard {where} failed: {reason}")
+        if where in self.failed:
+            return False
+        self.failed.append(where)
+        return True
 
     def _say(self, line: str) -> None:
         total = self.samples_skipped + self.shards_failed
@@ -47,4 +62,5 @@ class SkipLog:
             "samples_skipped": self.samples_skipped,
             "shards_failed": self.shards_failed,
             "skip_reasons": dict(self.reasons),
+            "failed_shards": list(self.failed),
         }

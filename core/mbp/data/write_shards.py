@@ -35,7 +35,9 @@ def samples_from_folder(folder: Path) -> Iterator[dict[str, bytes | str]]:
 
 
 def samples_from_manifest(manifest: Path) -> Iterator[dict[str, bytes | str]]:
-    """One JSON object per line: field -> file path (relative to the manifest) or inline string."""
+    """One JSON object per line: field -> inline string, or ``@path`` for a file's bytes (relative to
+    the manifest). A value is never taken as a file unless it says so: a text that happens to name a
+    file stays text. Keys and field names become tar member names, so ``/`` and ``..`` are refused."""
     try:
         lines = manifest.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
@@ -50,13 +52,31 @@ def samples_from_manifest(manifest: Path) -> Iterator[dict[str, bytes | str]]:
         if not isinstance(entry, dict) or not entry:
             raise DataError(f"{manifest}:{number}: expected an object of field -> path or string")
         key = str(entry.pop("__key__", f"{number:06d}"))
+        _check_name(manifest, number, "key", key, dots=False)
         sample: dict[str, bytes | str] = {"__key__": key}
         for field, value in entry.items():
+            _check_name(manifest, number, "field name", field, dots=True)
             if not isinstance(value, str):
-                raise DataError(f"{manifest}:{number}: field '{field}' must be a path or a string")
-            path = manifest.parent / value
-            sample[field] = path.read_bytes() if path.is_file() else value.encode("utf-8")
+                raise DataError(f"{manifest}:{number}: field '{field}' must be a string or @path")
+            if not value.startswith("@"):
+                sample[field] = value.encode("utf-8")
+                continue
+            path = manifest.parent / value[1:]
+            try:
+                sample[field] = path.read_bytes()
+            except OSError as error:
+                raise DataError(
+                    f"{manifest}:{number}: field '{field}': cannot read {path}: {error.strerror or error}"
+                ) from None
         yield sample
+
+
+def _check_name(manifest: Path, number: int, what: str, name: str, *, dots: bool) -> None:
+    """A key or field name that would write outside the sample (``/``, ``..``) or split it differently
+    when read back (a key's first ``.`` starts its field name) is an error."""
+    if not name or "/" in name or "\\" in name or ".." in name or (not dots and "." in name):
+        allowed = "" if dots else " or '.'"
+        raise DataError(f"{manifest}:{number}: {what} {name!r} must not be empty or hold '/', '..'{allowed}")
 
 
 def pack(samples: Iterator[dict[str, bytes | str]], pattern: str, maxcount: int) -> tuple[list[str], int]:

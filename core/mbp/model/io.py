@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load_file, save_file
 
 from mbp.atomic import write_dir_atomically
@@ -47,12 +48,63 @@ def read_config(directory: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: unreadable checkpoint config: {error}") from None
 
 
-def load_model(directory: Path, components: ComponentTable) -> tuple[MultiscaleDecoder, dict[str, Any]]:
+class _TrainStateDoc(BaseModel):
+    model_config = ConfigDict(strict=True)
+    step: int = Field(ge=0)
+    epoch: int = Field(ge=0)
+    consumed: int = Field(ge=0)
+    samples_seen: int = Field(ge=0)
+    samples_skipped: int = Field(ge=0)
+
+
+class _OptimizerDoc(BaseModel):
+    param_groups: list[dict[str, Any]]
+
+
+class _CheckpointDoc(BaseModel):
+    """The keys of ``config.json`` that mbp reads; a checkpoint from ``mbp run`` has all of them."""
+
+    model: ModelConfig
+    pipeline_name: str | None = None
+    pipeline: dict[str, Any] | None = None
+    """Kept as a mapping: pipelines gain settings over time, and an older checkpoint must still load."""
+    train_state: _TrainStateDoc | None = None
+    optimizer: _OptimizerDoc | None = None
+
+
+def checkpoint_document(directory: Path, *, training: bool = False) -> dict[str, Any]:
+    """``config.json`` checked key by key: a missing or wrong-typed key is one line naming it.
+    ``training``: the keys a resumed run needs (train state, optimizer) are required too."""
     document = read_config(directory)
+    if not isinstance(document, dict):
+        raise CheckpointError(f"{directory}/{CONFIG}: expected a JSON object")
     try:
-        config = ModelConfig.model_validate(document["model"])
-    except Exception as error:
-        raise CheckpointError(f"{directory}/{CONFIG}: invalid model config: {error}") from None
+        parsed = _CheckpointDoc.model_validate(document)
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        more = f" (and {len(error.errors()) - 1} more)" if len(error.errors()) > 1 else ""
+        raise CheckpointError(f"{directory}/{CONFIG}: key {key}: {first['msg']}{more}") from None
+    if training:
+        for key in ("pipeline_name", "pipeline", "train_state", "optimizer"):
+            if getattr(parsed, key) is None:
+                raise CheckpointError(f"{directory}/{CONFIG}: key {key}: missing (not a training checkpoint)")
+    return document
+
+
+def describe_model(model: dict[str, Any]) -> str:
+    """Model shapes in a few words: ``transformer dim 32 x2 / transformer dim 16 x1 patch 4``."""
+    stages = []
+    for stage in model.get("stages") or []:
+        backbone = (stage.get("backbone") or {}).get("type", "?")
+        patch = f" patch {stage['seq_len']}" if stage.get("seq_len") else ""
+        stages.append(f"{backbone} dim {stage.get('dim')} x{stage.get('layers')}{patch}")
+    return " / ".join(stages) or "without stages"
+
+
+def load_model(directory: Path, components: ComponentTable) -> tuple[MultiscaleDecoder, dict[str, Any]]:
+    document = checkpoint_document(directory)
+    config = ModelConfig.model_validate(document["model"])
     model = build_model(config, components)
     load_weights(model, Path(directory) / WEIGHTS)
     return model, document
@@ -65,6 +117,13 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
         raise CheckpointError(f"{path}: weights file missing") from None
     except Exception as error:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f"{path}: not a readable safetensors file: {error}") from None
+    own = model.state_dict()
+    shapes = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in tensors.items() if k in own]
+    wrong = [f"{k} {list(theirs)} vs {list(ours)}" for k, theirs, ours in shapes if theirs != ours]
+    if wrong:
+        raise CheckpointError(
+            f"{path}: weights do not match the model's shapes ({len(wrong)} tensors, e.g. {wrong[0]})"
+        )
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise CheckpointError(

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from mbp.atomic import write_dir_atomically
 from mbp.config import Pipeline
 from mbp.errors import CheckpointError
-from mbp.model.io import CONFIG, WEIGHTS, load_weights
+from mbp.model.io import CONFIG, WEIGHTS, checkpoint_document, load_weights
 
 OPTIMIZER = "optimizer.safetensors"
 STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -85,11 +85,13 @@ def load_checkpoint(directory: Path, model: torch.nn.Module) -> tuple[TrainState
     """Load weights into ``model``; return the train state and the optimizer state (index-keyed) to give
     the optimizer once it exists. Restores torch's RNG."""
     load_weights(model, directory / WEIGHTS)
+    document = checkpoint_document(directory, training=True)
     try:
-        document = json.loads((directory / CONFIG).read_text())
         tensors = load_file(str(directory / OPTIMIZER))
     except Exception as error:
         raise CheckpointError(f"{directory}: incomplete or unreadable checkpoint: {error}") from None
+    if "rng.torch" not in tensors:
+        raise CheckpointError(f"{directory}/{OPTIMIZER}: tensor rng.torch missing")
     optim_state: dict[str, Any] = {"state": {}, "param_groups": document["optimizer"]["param_groups"]}
     for name, tensor in tensors.items():
         if name.startswith("state."):

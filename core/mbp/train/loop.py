@@ -13,17 +13,19 @@ import torch
 
 from mbp.data.batches import Batch, Position, batches, encoded_stream, prefetch
 from mbp.data.skips import SkipLog
-from mbp.errors import CheckpointError, ConfigError, MbpError
+from mbp.errors import ConfigError, MbpError
 from mbp.model.build import build_model
 from mbp.model.decoder import MultiscaleDecoder
+from mbp.model.io import checkpoint_document
 from mbp.resolve import Resolved
 from mbp.sinks import open_sinks
 from mbp.train import distributed as D
-from mbp.train.checkpoint import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
+from mbp.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from mbp.train.evaluate import evaluate
 from mbp.train.init import init_from as load_initial_weights
 from mbp.train.precision import choose_precision
 from mbp.train.report import MetricsLog, Progress, plot
+from mbp.train.rundir import check_belongs, prepare_out, remove_leftovers, resume_point
 from mbp.train.schedule import lr_factor
 from mbp.train.watch import BestKeeper, LearningWatch, PaddingWatch, length_advice, note, selection_of, warn
 
@@ -67,9 +69,14 @@ def run(
     train_shards: list[str],
     eval_shards: list[str],
     init_from: Path | None = None,
+    overwrite: bool = False,
+    take_intact: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate ``resolved`` as its pipeline says; return the summary ``mbp run --json`` prints.
-    ``init_from``: a checkpoint whose weights the model starts from (ignored when resuming)."""
+
+    ``init_from``: a checkpoint whose weights the model starts from (ignored when resuming);
+    ``overwrite`` replaces a run already in ``out``; ``take_intact`` resumes from the newest intact
+    checkpoint when the newest is damaged."""
     world = D.init_world()
     try:
         return Trainer(
@@ -80,6 +87,8 @@ def run(
             train_shards=train_shards,
             eval_shards=eval_shards,
             init_from=init_from,
+            overwrite=overwrite,
+            take_intact=take_intact,
         ).run()
     finally:
         D.shutdown(world)
@@ -98,11 +107,15 @@ class Trainer:
         train_shards: list[str],
         eval_shards: list[str],
         init_from: Path | None = None,
+        overwrite: bool = False,
+        take_intact: bool = False,
     ) -> None:
         self.resolved, self.out, self.world = resolved, out, world
         self.cfg, data = resolved.pipeline.train, resolved.pipeline.data
+        prepare_out(out, resume=resume, overwrite=overwrite, main=world.is_main)
         if world.is_main:
             check_writable(out)
+            remove_leftovers(out)
         if data.batch_size % world.size:
             raise ConfigError(
                 f"data.batch_size {data.batch_size} must divide evenly over {world.size} processes"
@@ -124,13 +137,13 @@ class Trainer:
                 f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters"
             )
         self.state = TrainState(0, 0, 0, 0, 0)
-        existing = list_checkpoints(out)
-        if resume and not existing:
-            raise CheckpointError(f"--resume: no checkpoint in {out / 'checkpoints'}")
         optim_state = None
+        self.checkpoint: Path | None = None
         if resume:
-            self.state, optim_state = load_checkpoint(existing[-1], self.model)
-        self.checkpoint: Path | None = existing[-1] if resume else None
+            self.checkpoint = resume_point(out, take_intact=take_intact, main=world.is_main)
+            document = checkpoint_document(self.checkpoint, training=True)
+            check_belongs(self.checkpoint, resolved.name, resolved.pipeline, document, self.model)
+            self.state, optim_state = load_checkpoint(self.checkpoint, self.model)
         self.wrapped = D.wrap(LossStep(self.model), world, self.cfg.strategy)
         self.optimizer = make_optimizer(self.model, self.cfg.lr, self.cfg.weight_decay)
         if optim_state is not None:
@@ -312,6 +325,7 @@ def _summary(
         "steps": state.step,
         "samples_seen": state.samples_seen,
         "samples_skipped": log.samples_skipped,
+        "failed_shards": list(log.failed),
         "metrics": named,
         "checkpoint": str(checkpoint) if checkpoint else None,
         "metrics_file": str(out / "metrics.jsonl"),

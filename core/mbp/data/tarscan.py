@@ -1,0 +1,242 @@
+"""Strict reading of tar and tar.gz shards: every member checked, damage located, never a silent stop.
+
+Python's tarfile (and webdataset on top of it) ends a streamed archive at the first header it cannot
+parse, so a cut or corrupt shard reads as a complete, shorter one. Here a member counts only when its
+header checksum is valid and all of its data is there; an archive must end with the two zero blocks of
+its end-of-archive marker; a gzip stream must end with a trailer whose CRC and length match.
+
+gzip has one CRC for the whole stream, and a flipped bit can inflate to different bytes without any
+error, so nothing read from a gzip stream is trusted before its trailer checked out. A stream that is
+merely cut short is still usable up to the cut: inflating a prefix gives a prefix of the true output.
+"""
+
+from __future__ import annotations
+
+import tarfile
+import zlib
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+BLOCK = 512
+CHUNK = 1 << 20
+GZIP_MAGIC = b"\x1f\x8b"
+_ZERO_BLOCK = bytes(BLOCK)
+# types whose data is a file: regular, its old spelling, contiguous
+_FILE_TYPES = {tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE}
+_NO_DATA_TYPES = {
+    tarfile.SYMTYPE,
+    tarfile.LNKTYPE,
+    tarfile.DIRTYPE,
+    tarfile.FIFOTYPE,
+    tarfile.CHRTYPE,
+    tarfile.BLKTYPE,
+}
+
+
+class Readable(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
+class ShardDamageError(Exception):
+    """Where a shard stops being readable, in bytes of its tar stream (decompressed for tar.gz).
+
+    ``member`` is the name in the damaged header when that header itself was intact (its data is cut).
+    """
+
+    def __init__(self, offset: int, reason: str, member: str | None = None, *, whole: bool = False) -> None:
+        super().__init__(f"offset {offset}: {reason}")
+        self.offset, self.reason, self.member = offset, reason, member
+        self.whole = whole
+        """The tar archive itself ended properly: every member was read (only its container is cut)."""
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    data: bytes
+    offset: int
+    """Offset of the member's header in the tar stream."""
+
+
+@dataclass(frozen=True)
+class GzipCheck:
+    """The result of inflating a whole gzip file once: ``length`` bytes came out before ``problem``."""
+
+    length: int
+    problem: str | None = None
+    corrupt: bool = False
+    """True when the bytes that came out cannot be trusted (bad data or trailer), not merely cut short."""
+
+
+def members(path: str | Path) -> Iterator[Member]:
+    """The file members of the tar or tar.gz shard at ``path``, in order.
+
+    Raises:
+        OSError: the file cannot be opened.
+        ShardDamageError: the archive is cut short or corrupt; every member yielded before is intact.
+    """
+    with open(path, "rb") as handle:
+        gzipped = handle.read(2) == GZIP_MAGIC
+    if not gzipped:
+        with open(path, "rb") as handle:
+            yield from tar_members(handle)
+        return
+    check = check_gzip(path)
+    if check.corrupt:
+        raise ShardDamageError(0, f"{check.problem}; no sample of a corrupt gzip stream can be vouched for")
+    reader = _Inflated(path, check.length)
+    try:
+        end = yield from tar_members(reader)
+    except ShardDamageError as damage:
+        if check.problem:  # name the real cause: the tar stream ends where the gzip stream was cut
+            raise ShardDamageError(damage.offset, check.problem, damage.member) from None
+        raise
+    if check.problem:  # cut after the end-of-archive marker: all samples are there, the file is not
+        raise ShardDamageError(end, check.problem, whole=True)
+
+
+def tar_members(stream: Readable) -> Generator[Member, None, int]:
+    """Members of an uncompressed tar stream (see :func:`members`); returns where the archive ends."""
+    offset = 0
+    long_name: str | None = None  # from a GNU 'L' or a pax 'x' header, for the member that follows
+    pax_size: int | None = None
+    while True:
+        header = _read(stream, BLOCK)
+        if len(header) < BLOCK:
+            where = "inside a header" if header else "without the end-of-archive marker"
+            raise ShardDamageError(offset, f"file ends {where}")
+        if header == _ZERO_BLOCK:
+            if _read(stream, BLOCK) != _ZERO_BLOCK:
+                raise ShardDamageError(offset, "end-of-archive marker is not two zero blocks")
+            return offset + 2 * BLOCK
+        try:
+            info = tarfile.TarInfo.frombuf(header, tarfile.ENCODING, "surrogateescape")
+        except tarfile.HeaderError as error:
+            problem = "invalid header" + ("" if str(error) == "invalid header" else f" ({error})")
+            raise ShardDamageError(offset, "not a tar archive" if offset == 0 else problem) from None
+        name = long_name if long_name is not None else info.name
+        size = pax_size if pax_size is not None else info.size
+        if info.type in _NO_DATA_TYPES:
+            size = 0  # as tarfile does: these carry no data whatever their size field says
+        data = _read(stream, size)
+        if len(data) < size:
+            raise ShardDamageError(offset, f"member {name} cut short ({len(data)} of {size} bytes)", name)
+        padding = -size % BLOCK
+        if len(_read(stream, padding)) < padding:
+            raise ShardDamageError(offset, f"file ends inside the padding of member {name}", name)
+        if info.type == tarfile.GNUTYPE_LONGNAME:
+            long_name = data.rstrip(b"\0").decode(tarfile.ENCODING, "surrogateescape")
+        elif info.type == tarfile.XHDTYPE:
+            long_name, pax_size = _pax(data, offset, long_name, pax_size)
+        elif info.type == tarfile.XGLTYPE:
+            pass  # global pax defaults: nothing a sample reader uses
+        else:
+            if info.type in _FILE_TYPES:
+                yield Member(name, data, offset)
+            long_name, pax_size = None, None
+        offset += BLOCK + size + padding
+
+
+def _pax(data: bytes, offset: int, name: str | None, size: int | None) -> tuple[str | None, int | None]:
+    """``path`` and ``size`` from pax records (``LEN key=value\\n``)."""
+    pos = 0
+    while pos < len(data) and data[pos] != 0:
+        length_text, _, _ = data[pos : pos + 20].partition(b" ")
+        try:
+            length = int(length_text)
+            key, _, value = data[pos + len(length_text) + 1 : pos + length - 1].partition(b"=")
+        except ValueError:
+            raise ShardDamageError(offset, "invalid pax extended header") from None
+        if length <= 0:
+            raise ShardDamageError(offset, "invalid pax extended header")
+        if key == b"path":
+            name = value.decode("utf-8", "surrogateescape")
+        elif key == b"size":
+            try:
+                size = int(value)
+            except ValueError:
+                raise ShardDamageError(offset, "invalid size in pax extended header") from None
+        pos += length
+    return name, size
+
+
+def _read(stream: Readable, size: int) -> bytes:
+    """Up to ``size`` bytes; fewer only at the end of the stream."""
+    parts, left = [], size
+    while left > 0:
+        part = stream.read(left)
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
+def _inflate(path: str | Path) -> Iterator[bytes]:
+    """Inflate every gzip member of ``path``; raises zlib.error on corrupt data or trailer, and
+    EOFError (after yielding what came out) when the file ends inside a member."""
+    with open(path, "rb") as handle:
+        inflater = zlib.decompressobj(wbits=31)  # 31: gzip framing, CRC and length checked by zlib
+        fed = False
+        while True:
+            chunk = handle.read(CHUNK)
+            if not chunk:
+                break
+            while chunk:
+                fed = True
+                out = inflater.decompress(chunk)
+                if out:
+                    yield out
+                if not inflater.eof:
+                    break
+                chunk = inflater.unused_data
+                if chunk.strip(b"\0"):  # another gzip member follows (as `cat a.gz b.gz` makes)
+                    inflater, fed = zlib.decompressobj(wbits=31), False
+                else:
+                    chunk = b""  # zero padding after the last member is what some writers add
+        tail = inflater.flush()
+        if tail:
+            yield tail
+        if fed and not inflater.eof:
+            raise EOFError
+
+
+def check_gzip(path: str | Path) -> GzipCheck:
+    """Inflate all of ``path`` once and say how much of it can be used."""
+    length = 0
+    try:
+        for out in _inflate(path):
+            length += len(out)
+        return GzipCheck(length)
+    except EOFError:
+        size = Path(path).stat().st_size
+        return GzipCheck(length, f"gzip stream cut short (the file ends at byte {size})")
+    except zlib.error as error:
+        return GzipCheck(length, f"corrupt gzip data ({error})", corrupt=True)
+
+
+class _Inflated:
+    """A read-only stream of the first ``limit`` inflated bytes of a gzip file (checked beforehand)."""
+
+    def __init__(self, path: str | Path, limit: int) -> None:
+        self._chunks = _inflate(path)
+        self._buffer = memoryview(b"")
+        self._left = limit
+
+    def read(self, size: int, /) -> bytes:
+        size = min(size, self._left)
+        parts, wanted = [], size
+        while wanted > 0:
+            if not self._buffer:
+                try:
+                    self._buffer = memoryview(next(self._chunks))
+                except (StopIteration, EOFError, zlib.error):  # checked before: the limit is below these
+                    break
+            part, self._buffer = self._buffer[:wanted], self._buffer[wanted:]
+            parts.append(part)
+            wanted -= len(part)
+        out = b"".join(parts)
+        self._left -= len(out)
+        return out
