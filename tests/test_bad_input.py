@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from mbp.cli.generate_cmd import write_segments
+from mbp.codec import write_segments
 from mbp.config import Pipeline
 from mbp.data.batches import encoded_stream
 from mbp.data.encode import SampleEncoder
@@ -45,7 +45,16 @@ def test_generated_stream_that_breaks_the_format_keeps_its_segments(tmp_path: Pa
     stream = [BOS, SEG, *tokens("text"), HDR, *tokens("prompt"), END]
     stream += [SEG, *tokens("text"), HDR, *tokens("a whole answer"), END]
     stream += [SEG, *tokens("text"), HDR, *tokens("cut by"), SEG, *tokens("text"), HDR, *tokens("more")]
-    written = write_segments(stream, 1, tmp_path / "out", components)
+    warnings: list[str] = []
+
+    def codec_for(name: str):
+        return components.build("codecs", {"type": name})
+
+    written = write_segments(stream, 1, tmp_path / "out", codec_for, warnings.append)
+    assert warnings == [
+        "generated stream breaks the segment format (segment 'text' at position 35: expected END, got SEG); "
+        "kept what came before"
+    ]
     assert [Path(p).name for p in written] == ["segment-00.txt", "segment-01-partial.txt"]
     assert [Path(p).read_bytes() for p in written] == [b"a whole answer", b"cut by"]
     decoded = decode_lenient(stream)
@@ -89,6 +98,9 @@ class CrashParams(BaseModel):
 class CrashingCodec:
     name = "crashy"
     extension = "bin"
+
+    def __init__(self, params: BaseModel) -> None:
+        self.params = params
 
     def encode(self, data: bytes) -> Segment:
         if data.startswith(b"boom"):

@@ -51,6 +51,7 @@ def test_third_party_plugin_installs_and_works(tmp_path: Path) -> None:
         "codecs": ["rot13"],
         "backbones": [],
         "heads": [],
+        "sinks": [],
     }
     valid = subprocess.run(
         [*mbp, "validate", str(ROOT / "examples" / "mbp-rot13" / "registry.yaml")],

@@ -158,6 +158,7 @@ def test_cli_survives_a_broken_plugin(tmp_path: Path) -> None:
         "codecs": [],
         "backbones": [],
         "heads": [],
+        "sinks": [],
         "error": "ModuleNotFoundError: No module named 'brokenplug_does_not_exist'",
     }
     assert result.stderr.strip() == (
@@ -175,7 +176,8 @@ def test_plugins_json_is_pure_json() -> None:
     result = run_mbp("plugins", "--json")
     assert result.returncode == 0
     rows = json.loads(result.stdout)
-    assert all(set(row) == {"name", "dist", "version", "codecs", "backbones", "heads"} for row in rows)
+    keys = {"name", "dist", "version", "codecs", "backbones", "heads", "sinks"}
+    assert all(set(row) == keys for row in rows)
     text = run_mbp("plugins")
     assert "codecs: image, pixels" in text.stdout
 

@@ -15,10 +15,10 @@ import torch
 
 from mbp.model.decoder import MultiscaleDecoder
 from mbp.model.decoder_cache import DecoderCache
-from mbp.protocol import BOS, END, EOS, PAD
+from mbp.protocol import BOS, EOS, PAD
 
 if TYPE_CHECKING:
-    from mbp.data.encode import EncodedSample
+    pass
 
 Callback = Callable[[int, int], None]
 """Called with (row, token) for every generated token."""
@@ -128,14 +128,3 @@ def generate_uncached(model: MultiscaleDecoder, prompt: torch.Tensor, max_new: i
         sequence = torch.cat((sequence, sequence.new_full((1,), token)))
     return out
 
-
-def generate_segment_payload(
-    model: MultiscaleDecoder, sample: EncodedSample, field: str, max_bytes: int = 64
-) -> bytes:
-    """Greedy payload of ``field``'s segment given everything before it (used for predicted labels)."""
-    from mbp.heads import prompt_length
-
-    cut = prompt_length(sample, field)
-    prompt = torch.as_tensor(sample.tokens[:cut].astype("int64"))
-    tokens = generate(model, [prompt], max_new=max_bytes, stop_tokens=(END, EOS))[0]
-    return bytes(t for t in tokens if t < 256)

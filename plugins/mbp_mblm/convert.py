@@ -315,7 +315,7 @@ def _mamba_names(name: str, s: int, source: Path, tensor: torch.Tensor) -> str:
 def data_seq_len(params: dict[str, Any], config: dict[str, Any]) -> int:
     """The pipeline's training length: mblm's ``input_seq_len`` (else the full context), rounded up to a
     whole number of patches."""
-    patch = math.prod(s["seq_len"] for s in config["stages"][1:])
+    patch = math.prod(s.get("patch") or s["seq_len"] for s in config["stages"][1:])
     length = params.get("input_seq_len") or math.prod(params["seq_lens"])
     if not isinstance(length, int) or length <= 0:
         raise ConfigError(f"params.input_seq_len: expected a positive integer, got {length!r}")

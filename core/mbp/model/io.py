@@ -95,9 +95,11 @@ def checkpoint_document(directory: Path, *, training: bool = False) -> dict[str,
 def describe_model(model: dict[str, Any]) -> str:
     """Model shapes in a few words: ``transformer dim 32 x2 / transformer dim 16 x1 patch 4``."""
     stages = []
-    for stage in model.get("stages") or []:
+    for index, stage in enumerate(model.get("stages") or []):
         backbone = (stage.get("backbone") or {}).get("type", "?")
-        patch = f" patch {stage['seq_len']}" if stage.get("seq_len") else ""
+        # a later stage's patch (older checkpoints call it seq_len; stage 1's seq_len is no patch)
+        size = stage.get("patch") or (stage.get("seq_len") if index else None)
+        patch = f" patch {size}" if size else ""
         stages.append(f"{backbone} dim {stage.get('dim')} x{stage.get('layers')}{patch}")
     return " / ".join(stages) or "without stages"
 

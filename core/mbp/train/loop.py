@@ -131,11 +131,6 @@ class Trainer:
                 f"data.seq_len {data.seq_len} must be a multiple of the patch length {self.model.patch_len}"
             )
         self.precision = choose_precision(self.cfg.precision, world.device)
-        if world.is_main:
-            note(
-                f"training {resolved.name}: precision {self.precision.describe()}, {world.device.type}, "
-                f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters"
-            )
         self.state = TrainState(0, 0, 0, 0, 0)
         optim_state = None
         self.checkpoint: Path | None = None
@@ -148,6 +143,11 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, self.cfg.lr, self.cfg.weight_decay)
         if optim_state is not None:
             D.load_optimizer(self.model, self.optimizer, optim_state, world, self.cfg.strategy)
+        if world.is_main:
+            note(
+                f"training {resolved.name}: precision {self.precision.describe()}, {world.device.type}, "
+                f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters"
+            )
         self.log = SkipLog(quiet=not world.is_main)
         self.log.samples_skipped = self.state.samples_skipped
         align = self.model.patch_len
