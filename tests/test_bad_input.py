@@ -220,3 +220,18 @@ def test_registry_problems_are_all_listed_with_exit_2(tmp_path: Path, text: str,
         for line, expected in zip(got, lines, strict=True):
             assert line.startswith(f"mbp: error: {registry}{expected}"), (line, expected)
     assert not (tmp_path / "mbp-runs").exists()
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
+    """`mbp schema | head -1`: the closed pipe is no error to report, and never a traceback."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mbp.cli", "schema"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # gone before the command has written anything: its first write fails
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141
+    assert err == ""

@@ -6,6 +6,7 @@ Tracebacks appear only with ``--debug``. Commands live in their own small module
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from typing import Any
@@ -33,6 +34,11 @@ class MbpGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("mbp: interrupted", err=True)
             sys.exit(130)
+        except BrokenPipeError:
+            # the reader went away (`mbp plugins | head`): nothing left to say, and nothing to flush
+            # into the closed pipe at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)
         except Exception as error:
             if _debug:
                 traceback.print_exc()
