@@ -22,18 +22,7 @@ from pydantic import BaseModel
 
 from tests.conftest import run_mbp
 from tests.shardkit import write_tar
-
-TINY = """\
-pipelines:
-  tiny:
-    fields:
-      txt: {type: text}
-    head: {type: lm}
-    model:
-      stages:
-        - {backbone: {type: transformer, heads: 2}, dim: 32, layers: 1}
-        - {backbone: {type: transformer, heads: 2}, dim: 16, layers: 1, seq_len: 4}
-"""
+from tests.test_config import GOOD as TINY  # one tiny pipeline for the config tests
 
 
 def tokens(text: str) -> list[int]:
