@@ -81,7 +81,7 @@ def run_one(data: Path, out: Path, pipeline: str) -> dict[str, Any]:
         "best": summary.get("best"),
         "precision": summary.get("precision"),
         "metrics": {k: v for k, v in metrics.items() if not isinstance(v, dict)},
-        "plot": str(plot.relative_to(RESULTS.parent)),
+        "plot": str(plot.relative_to(RESULTS.parents[1])),  # from the repository root, as BENCHMARKS.md links
     }
 
 

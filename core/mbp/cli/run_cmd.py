@@ -114,6 +114,9 @@ def run_command(
     if summary["plot"]:
         say(f"plot: {summary['plot']}")
     say(f"checkpoint: {summary['checkpoint']}")
+    best = summary.get("best")
+    if best:
+        say(f"best: {best['checkpoint']} ({best['metric']} {best['value']:.4f} at step {best['step']})")
 
 
 @click.command("eval")

@@ -41,6 +41,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     if train:
         left.plot(*zip(*train, strict=True), label="train (weighted tokens)")
+    weighted = [(r["step"], r["loss_bpb"]) for r in evals if r.get("loss_bpb") is not None]
+    if weighted:  # the same weighting as the training curve: the pair that shows memorising
+        left.plot(*zip(*weighted, strict=True), "s-", label="held-out (weighted tokens)")
     if evals:
         left.plot([r["step"] for r in evals], [r["eval_bpb"] for r in evals], "o-", label="eval, all tokens")
     for key in codecs:
