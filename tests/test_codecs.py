@@ -138,6 +138,45 @@ def test_wav_resample_downmix_and_bits(components) -> None:
     assert (info.samplerate, info.channels, info.subtype) == (4000, 1, "PCM_U8")
 
 
+def tone_wav(hertz: float, amplitude: float, rate: int = 8000, seconds: float = 0.5) -> bytes:
+    time = np.arange(int(rate * seconds)) / rate
+    buffer = io.BytesIO()
+    sf.write(buffer, amplitude * np.sin(2 * np.pi * hertz * time), rate, subtype="PCM_16", format="WAV")
+    return buffer.getvalue()
+
+
+def test_wav_logmel_is_a_spectrogram_frame_by_frame(components) -> None:
+    """Issue 14: 0.5 s at a 10 ms hop is 1 + (4000 - 200) // 80 = 48 frames of 32 bands; a 1 kHz tone
+    peaks in the band whose centre is nearest 1 kHz, a 3 kHz tone in a higher one."""
+    from mbp_audio.logmel import mel_filterbank
+
+    wav = codec(components, "wav", payload="logmel")
+    segment = wav.encode(tone_wav(1000.0, 0.5))
+    assert segment.meta == {"payload": "logmel", "rate": "8000", "bands": "32"}
+    frames = np.frombuffer(segment.payload, dtype=np.uint8).reshape(48, 32)
+    centres = np.fft.rfftfreq(256, 1 / 8000)[mel_filterbank(8000, 32, 256).argmax(axis=1)]
+    assert frames.argmax(axis=1).tolist() == [int(np.abs(centres - 1000).argmin())] * 48
+    high = np.frombuffer(wav.encode(tone_wav(3000.0, 0.5)).payload, dtype=np.uint8).reshape(48, 32)
+    assert high.argmax(axis=1).min() > frames.argmax(axis=1).max()
+    assert frames.max() == 255  # the loudest cell is the top byte
+
+
+def test_wav_logmel_ignores_gain_and_saves_a_png(components) -> None:
+    wav = codec(components, "wav", payload="logmel", mel_bands=16, hop_ms=20)
+    loud, quiet = wav.encode(tone_wav(440.0, 0.8)), wav.encode(tone_wav(440.0, 0.1))
+    assert (
+        np.abs(
+            np.frombuffer(loud.payload, np.uint8).astype(int) - np.frombuffer(quiet.payload, np.uint8)
+        ).max()
+        <= 1
+    )  # relative levels: 18 dB quieter is the same bytes, up to rounding
+    image = Image.open(io.BytesIO(wav.to_file(loud)))
+    assert image.format == "PNG" and image.size == (len(loud.payload) // 16, 16)
+    assert np.array_equal(np.asarray(image), wav.decode(loud))
+    with pytest.raises(MbpError, match="not whole frames of 16 bands"):
+        wav.to_file(Segment("wav", loud.payload[:-1], loud.meta))
+
+
 def test_wav_rejects_non_audio(components) -> None:
     with pytest.raises(MbpError, match="not readable audio"):
         codec(components, "wav").encode(b"RIFF....WAVEfmt nonsense")
@@ -147,8 +186,8 @@ def test_wav_rejects_non_audio(components) -> None:
 @given(
     data=st.binary(max_size=400),
     meta=st.dictionaries(
-        st.sampled_from(["w", "h", "mode", "rate", "ch", "fmt", "format", "payload"]),
-        st.text("0123456789abcdefLRGBsu", max_size=6),
+        st.sampled_from(["w", "h", "mode", "rate", "ch", "fmt", "format", "payload", "bands"]),
+        st.text("0123456789abcdefLRGBsu", max_size=6) | st.sampled_from(["logmel", "file", "png"]),
         max_size=5,
     ),
 )

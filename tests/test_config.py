@@ -137,6 +137,20 @@ def test_head_must_target_a_pipeline_field(tmp_path: Path) -> None:
         resolve(path, "tiny", components=get_platform().components)
 
 
+def test_answer_field_must_come_last(tmp_path: Path) -> None:
+    """Issue 14: with the answer first, a classifier answers before it reads the audio and stays at
+    chance without a word (a YAML dump with sorted keys did exactly this)."""
+    text = GOOD.replace("      txt: {type: text}\n", "      answer: {type: text}\n      txt: {type: text}\n")
+    bad = run_mbp(
+        "validate", write(tmp_path, text.replace("{type: lm}", "{type: classify, label_field: answer}"))
+    )
+    assert bad.returncode == 2
+    assert (
+        "reg.yaml:3: head 'classify' answers field 'answer' from the fields before it, so it must come "
+        "last; move 'txt' above 'answer'" in bad.stderr
+    )
+
+
 def test_later_stages_take_patch_and_still_accept_seq_len(components) -> None:
     from mbp.config import ModelConfig
     from mbp.model.build import build_model

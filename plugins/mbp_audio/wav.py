@@ -1,7 +1,9 @@
 """``wav``: audio through soundfile. The payload is interleaved little-endian PCM; the header carries
 rate, channels and sample format (8-, 16-, 24- and 32-bit integer, 32- and 64-bit float: every sample
 kept as the file has it), so decoding writes a playable WAV file. ``payload: file`` keeps the file's
-bytes instead (byte-exact for any WAV, headers and extra chunks included).
+bytes instead (byte-exact for any WAV, headers and extra chunks included). ``payload: logmel`` gives the
+model a log-mel spectrogram instead, one byte a band, frame after frame (``logmel.py`` says why): the
+view to classify speech from; lossy, so its file form is a PNG of the spectrogram, not audio.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import numpy as np
 import soundfile as sf
 from mbp.api import CodecError, Segment
 from pydantic import BaseModel, ConfigDict, Field
+
+from mbp_audio.logmel import log_mel_power, quantize_db
 
 # sample format -> (soundfile subtype, numpy dtype of the stored PCM; s24 is stored as 3 bytes a sample)
 FORMATS = {
@@ -31,11 +35,15 @@ READ_AS = {"u8": "int16", "s16": "int16", "s24": "int32", "s32": "int32", "f32":
 
 class WavParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    payload: Literal["pcm", "file"] = "pcm"
+    payload: Literal["pcm", "file", "logmel"] = "pcm"
     sample_rate: int | None = Field(default=None, gt=0, description="resample to this rate")
     mono: bool = False
     bits: Literal[8, 16] | None = Field(default=None, description="re-quantize to 8- or 16-bit PCM")
     max_seconds: float = Field(default=600.0, gt=0)
+    mel_bands: int = Field(default=32, ge=1, le=256, description="logmel: bands a frame (bytes a frame)")
+    frame_ms: float = Field(default=25.0, gt=0, description="logmel: analysis window")
+    hop_ms: float = Field(default=10.0, gt=0, description="logmel: time between frames")
+    floor_db: float = Field(default=80.0, gt=0, description="logmel: byte 0 is this far below the peak")
 
 
 class WavCodec:
@@ -48,6 +56,7 @@ class WavCodec:
         self.mono = params.mono
         self.bits = params.bits
         self.max_seconds = params.max_seconds
+        self.mel = params
 
     def encode(self, data: bytes) -> Segment:
         fast = self._plain_pcm(data)
@@ -66,7 +75,9 @@ class WavCodec:
             if self.payload == "file":
                 return Segment(self.name, bytes(data), {"payload": "file"})
             rate, subtype = audio.samplerate, audio.subtype
-            keep = subtype in SUBTYPE_TO_FORMAT and not (self.sample_rate or self.mono or self.bits)
+            keep = subtype in SUBTYPE_TO_FORMAT and not (
+                self.sample_rate or self.mono or self.bits or self.payload == "logmel"
+            )
             dtype = READ_AS[SUBTYPE_TO_FORMAT[subtype]] if keep else "float32"
             try:
                 samples = audio.read(dtype=dtype, always_2d=True)
@@ -75,7 +86,7 @@ class WavCodec:
         if keep:  # the file's own sample format, bit for bit
             fmt = SUBTYPE_TO_FORMAT[subtype]
             return self._segment(_from_read(samples, fmt), rate, fmt)
-        if self.mono and samples.shape[1] > 1:
+        if (self.mono or self.payload == "logmel") and samples.shape[1] > 1:
             samples = samples.mean(axis=1, keepdims=True)
         if self.sample_rate and self.sample_rate != rate:
             import soxr
@@ -83,6 +94,8 @@ class WavCodec:
             samples = np.asarray(soxr.resample(samples, rate, self.sample_rate), dtype=np.float32)
             samples = samples.reshape(-1, 1) if samples.ndim == 1 else samples
             rate = self.sample_rate
+        if self.payload == "logmel":
+            return self._spectrogram(samples[:, 0], rate)
         fmt = {8: "u8", 16: "s16"}.get(self.bits or 0) or SUBTYPE_TO_FORMAT.get(subtype, "s16")
         return self._segment(_quantize(samples, fmt), rate, fmt)
 
@@ -109,6 +122,12 @@ class WavCodec:
         fmt = "u8" if width == 1 else "s16"
         return Segment(self.name, pcm, {"rate": str(rate), "ch": str(channels), "fmt": fmt})
 
+    def _spectrogram(self, mono: np.ndarray, rate: int) -> Segment:
+        mel = self.mel
+        decibels = log_mel_power(mono, rate, mel.mel_bands, mel.frame_ms, mel.hop_ms)
+        meta = {"payload": "logmel", "rate": str(rate), "bands": str(mel.mel_bands)}
+        return Segment(self.name, quantize_db(decibels, mel.floor_db).tobytes(), meta)
+
     def _segment(self, pcm: np.ndarray, rate: int, fmt: str) -> Segment:
         meta = {"rate": str(rate), "ch": str(pcm.shape[1]), "fmt": fmt}
         array = np.ascontiguousarray(pcm, dtype=FORMATS[fmt][1])
@@ -118,12 +137,32 @@ class WavCodec:
             )
         return Segment(self.name, array.tobytes(), meta)
 
-    def decode(self, segment: Segment) -> bytes:
-        """A playable WAV file."""
+    def decode(self, segment: Segment) -> bytes | np.ndarray:
+        """A playable WAV file; for ``logmel``, the spectrogram as (bands, frames) bytes, low bands last
+        as a spectrogram is drawn."""
+        if segment.meta.get("payload") == "logmel":
+            return self.spectrogram(segment)
         return self.to_file(segment)
+
+    def extension_of(self, segment: Segment) -> str:
+        return "png" if segment.meta.get("payload") == "logmel" else self.extension
+
+    def spectrogram(self, segment: Segment) -> np.ndarray:
+        try:
+            bands = int(segment.meta["bands"])
+        except (KeyError, ValueError):
+            raise CodecError(f"logmel header needs bands: {segment.meta}") from None
+        if bands <= 0 or len(segment.payload) % bands:
+            raise CodecError(
+                f"logmel payload of {len(segment.payload)} bytes is not whole frames of {bands} bands"
+            )
+        frames = np.frombuffer(segment.payload, dtype=np.uint8).reshape(-1, bands)
+        return np.ascontiguousarray(frames.T[::-1])
 
     def samples(self, segment: Segment) -> tuple[np.ndarray, int]:
         """The PCM samples as an array (frames, channels) and the sample rate."""
+        if segment.meta.get("payload") == "logmel":
+            raise CodecError("a logmel segment holds a spectrogram, not samples")
         if segment.meta.get("payload") == "file":
             data, rate = sf.read(io.BytesIO(self.to_file(segment)), dtype="int16", always_2d=True)
             return data, rate
@@ -148,6 +187,12 @@ class WavCodec:
         return np.frombuffer(segment.payload, dtype=dtype).reshape(-1, channels), rate
 
     def to_file(self, segment: Segment) -> bytes:
+        if segment.meta.get("payload") == "logmel":
+            from PIL import Image
+
+            buffer = io.BytesIO()
+            Image.fromarray(self.spectrogram(segment)).save(buffer, format="PNG")
+            return buffer.getvalue()
         if segment.meta.get("payload") == "file":
             try:
                 sf.info(io.BytesIO(segment.payload))
