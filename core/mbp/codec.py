@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+
 from mbp.errors import MbpError
 from mbp.protocol import Segment, decode_lenient
 
@@ -42,6 +44,19 @@ class SegmentExtension(Protocol):
 
     def extension_of(self, segment: Segment) -> str:
         """The extension (without dot) for ``segment``; raise CodecError when the segment names none."""
+        ...
+
+
+@runtime_checkable
+class Augmenting(Protocol):
+    """Optional for a codec: vary a *training* sample the way real data varies (a shifted image, a
+    faster speaker, a masked band), so that a small data set teaches what does not matter. The core
+    calls it instead of ``encode`` for training samples only, never for evaluation, with a generator
+    seeded by the sample's place in the stream, so a resumed run sees the same variations. A codec
+    whose params turn augmentation off returns ``encode(data)``."""
+
+    def encode_augmented(self, data: bytes, rng: np.random.Generator) -> Segment:
+        """Like ``encode``, varied by ``rng``; raise CodecError on bad input."""
         ...
 
 

@@ -127,4 +127,3 @@ def generate_uncached(model: MultiscaleDecoder, prompt: torch.Tensor, max_new: i
         out.append(token)
         sequence = torch.cat((sequence, sequence.new_full((1,), token)))
     return out
-

@@ -55,3 +55,35 @@ def quantize_db(decibels: np.ndarray, floor_db: float) -> np.ndarray:
     peak = float(decibels.max()) if decibels.size else 0.0
     scaled = (decibels - (peak - floor_db)) * (255.0 / floor_db)
     return np.round(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
+
+
+def vary_speed(samples: np.ndarray, rate: int, rng: np.random.Generator, spread: float = 0.1) -> np.ndarray:
+    """The clip played up to ``spread`` faster or slower (tempo and pitch together, as Kaldi's speed
+    perturbation): speakers differ in both, and a spectrogram shows it as a stretch in time and band."""
+    import soxr
+
+    speed = float(rng.uniform(1.0 - spread, 1.0 + spread))
+    return np.asarray(soxr.resample(samples, rate, rate / speed), dtype=np.float32)
+
+
+def mask_bands_and_frames(
+    cells: np.ndarray,
+    rng: np.random.Generator,
+    masks: int = 2,
+    band_share: float = 0.125,
+    time_share: float = 0.1,
+) -> np.ndarray:
+    """SpecAugment (Park et al. 2019): ``masks`` runs of bands and ``masks`` runs of frames set to the
+    floor, each up to the given share wide, so no single band or moment decides the class."""
+    out = cells.copy()
+    frames, bands = out.shape
+    for size, axis in ((bands, 1), (frames, 0)):
+        widest = max(1, int(size * (band_share if axis == 1 else time_share)))
+        for _ in range(masks):
+            width = int(rng.integers(0, widest + 1))
+            start = int(rng.integers(0, max(1, size - width + 1)))
+            if axis == 1:
+                out[:, start : start + width] = 0
+            else:
+                out[start : start + width] = 0
+    return out

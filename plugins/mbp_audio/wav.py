@@ -17,7 +17,7 @@ import soundfile as sf
 from mbp.api import CodecError, Segment
 from pydantic import BaseModel, ConfigDict, Field
 
-from mbp_audio.logmel import log_mel_power, quantize_db
+from mbp_audio.logmel import log_mel_power, mask_bands_and_frames, quantize_db, vary_speed
 
 # sample format -> (soundfile subtype, numpy dtype of the stored PCM; s24 is stored as 3 bytes a sample)
 FORMATS = {
@@ -44,6 +44,10 @@ class WavParams(BaseModel):
     frame_ms: float = Field(default=25.0, gt=0, description="logmel: analysis window")
     hop_ms: float = Field(default=10.0, gt=0, description="logmel: time between frames")
     floor_db: float = Field(default=80.0, gt=0, description="logmel: byte 0 is this far below the peak")
+    augment: bool = Field(
+        default=True,
+        description="logmel: vary training clips (speed 0.9-1.1x, two band and two time masks)",
+    )
 
 
 class WavCodec:
@@ -57,8 +61,16 @@ class WavCodec:
         self.bits = params.bits
         self.max_seconds = params.max_seconds
         self.mel = params
+        self.augment = params.augment
 
     def encode(self, data: bytes) -> Segment:
+        return self._encode(data, None)
+
+    def encode_augmented(self, data: bytes, rng: np.random.Generator) -> Segment:
+        """Training samples of a ``logmel`` payload vary (``augment``); PCM and files stay exact."""
+        return self._encode(data, rng if self.augment and self.payload == "logmel" else None)
+
+    def _encode(self, data: bytes, rng: np.random.Generator | None) -> Segment:
         fast = self._plain_pcm(data)
         if fast is not None:
             return fast
@@ -95,7 +107,7 @@ class WavCodec:
             samples = samples.reshape(-1, 1) if samples.ndim == 1 else samples
             rate = self.sample_rate
         if self.payload == "logmel":
-            return self._spectrogram(samples[:, 0], rate)
+            return self._spectrogram(samples[:, 0], rate, rng)
         fmt = {8: "u8", 16: "s16"}.get(self.bits or 0) or SUBTYPE_TO_FORMAT.get(subtype, "s16")
         return self._segment(_quantize(samples, fmt), rate, fmt)
 
@@ -122,11 +134,15 @@ class WavCodec:
         fmt = "u8" if width == 1 else "s16"
         return Segment(self.name, pcm, {"rate": str(rate), "ch": str(channels), "fmt": fmt})
 
-    def _spectrogram(self, mono: np.ndarray, rate: int) -> Segment:
+    def _spectrogram(self, mono: np.ndarray, rate: int, rng: np.random.Generator | None) -> Segment:
         mel = self.mel
-        decibels = log_mel_power(mono, rate, mel.mel_bands, mel.frame_ms, mel.hop_ms)
+        if rng is not None:
+            mono = vary_speed(mono, rate, rng)
+        cells = quantize_db(log_mel_power(mono, rate, mel.mel_bands, mel.frame_ms, mel.hop_ms), mel.floor_db)
+        if rng is not None:
+            cells = mask_bands_and_frames(cells, rng)
         meta = {"payload": "logmel", "rate": str(rate), "bands": str(mel.mel_bands)}
-        return Segment(self.name, quantize_db(decibels, mel.floor_db).tobytes(), meta)
+        return Segment(self.name, cells.tobytes(), meta)
 
     def _segment(self, pcm: np.ndarray, rate: int, fmt: str) -> Segment:
         meta = {"rate": str(rate), "ch": str(pcm.shape[1]), "fmt": fmt}

@@ -5,10 +5,13 @@ from __future__ import annotations
 import io
 from typing import Literal
 
+import numpy as np
 from mbp.api import CodecError, Segment
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from mbp_vision.pillow import open_image
+from mbp_vision.pixels import shifted
 
 SAVE_FORMAT = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 
@@ -18,6 +21,10 @@ class ImageParams(BaseModel):
     reencode: Literal["jpeg", "png", "webp"] | None = None
     quality: int = Field(default=85, ge=1, le=100)
     max_pixels: int = Field(default=16_000_000, gt=0)
+    augment: bool = Field(
+        default=True,
+        description="shift training images by up to 1/8 of their side and save them again (PNG, BMP)",
+    )
 
 
 class ImageCodec:
@@ -28,6 +35,7 @@ class ImageCodec:
         self.reencode = params.reencode
         self.quality = params.quality
         self.max_pixels = params.max_pixels
+        self.augment = params.augment
 
     def encode(self, data: bytes) -> Segment:
         image = open_image(data, self.max_pixels, decode=self.reencode is not None)
@@ -39,6 +47,24 @@ class ImageCodec:
         buffer = io.BytesIO()
         image.save(buffer, format=SAVE_FORMAT[self.reencode], quality=self.quality)
         return Segment(self.name, buffer.getvalue(), {"format": self.reencode})
+
+    def encode_augmented(self, data: bytes, rng: np.random.Generator) -> Segment:
+        """A lossless training image (PNG, BMP) moved by a few pixels and saved again in its format:
+        the same picture in new file bytes, which is what a model of file bytes must learn to see
+        through. Lossy and re-encoded images stay as ``encode`` makes them."""
+        if not self.augment or self.reencode is not None:
+            return self.encode(data)
+        image = open_image(data, self.max_pixels)
+        fmt = (image.format or "").upper()
+        if fmt not in ("PNG", "BMP") or image.mode not in ("1", "L", "RGB", "RGBA", "P", "LA"):
+            return self.encode(data)
+        pixels = np.asarray(image)
+        moved = Image.fromarray(shifted(pixels, rng, max(1, min(pixels.shape[:2]) // 8)), mode=image.mode)
+        if image.mode == "P":
+            moved.putpalette(image.getpalette() or [])
+        buffer = io.BytesIO()
+        moved.save(buffer, format=fmt)
+        return Segment(self.name, buffer.getvalue(), {"format": fmt.lower()})
 
     def decode(self, segment: Segment) -> bytes:
         open_image(segment.payload, self.max_pixels, decode=False)

@@ -20,6 +20,9 @@ class PixelsParams(BaseModel):
     mode: Literal["L", "RGB"] = "RGB"
     size: tuple[int, int] | None = Field(default=None, description="resize to (width, height)")
     max_pixels: int = Field(default=16_000_000, gt=0)
+    augment: bool = Field(
+        default=True, description="shift training images by up to 1/8 of their side, edges repeated"
+    )
 
 
 class PixelsCodec:
@@ -30,13 +33,28 @@ class PixelsCodec:
         self.mode = params.mode
         self.size = params.size
         self.max_pixels = params.max_pixels
+        self.augment = params.augment
 
     def encode(self, data: bytes) -> Segment:
+        image = self._open(data)
+        width, height = image.size
+        return Segment(self.name, image.tobytes(), {"w": str(width), "h": str(height), "mode": self.mode})
+
+    def encode_augmented(self, data: bytes, rng: np.random.Generator) -> Segment:
+        """A training image moved by a few pixels: where a digit or object sits is not what it is, and
+        a model that saw each image at one place learns that it is."""
+        if not self.augment:
+            return self.encode(data)
+        pixels = np.asarray(self._open(data))
+        moved = shifted(pixels, rng, max(1, min(pixels.shape[:2]) // 8))
+        height, width = pixels.shape[:2]
+        return Segment(self.name, moved.tobytes(), {"w": str(width), "h": str(height), "mode": self.mode})
+
+    def _open(self, data: bytes) -> Image.Image:
         image = open_image(data, self.max_pixels).convert(self.mode)
         if self.size is not None and image.size != self.size:
             image = image.resize(self.size, Image.Resampling.BILINEAR)
-        width, height = image.size
-        return Segment(self.name, image.tobytes(), {"w": str(width), "h": str(height), "mode": self.mode})
+        return image
 
     def decode(self, segment: Segment) -> np.ndarray:
         """The pixels as an array of shape (h, w) for L or (h, w, 3) for RGB."""
@@ -59,3 +77,14 @@ class PixelsCodec:
         buffer = io.BytesIO()
         Image.fromarray(self.decode(segment), mode=segment.meta["mode"]).save(buffer, format="PNG")
         return buffer.getvalue()
+
+
+def shifted(pixels: np.ndarray, rng: np.random.Generator, most: int) -> np.ndarray:
+    """``pixels`` moved by up to ``most`` in each direction; the edge rows and columns are repeated
+    into the uncovered strip, which keeps a plain background plain whatever its colour."""
+    down, right = (int(value) for value in rng.integers(-most, most + 1, size=2))
+    height, width = pixels.shape[:2]
+    pad = [(most, most), (most, most)] + [(0, 0)] * (pixels.ndim - 2)
+    padded = np.pad(pixels, pad, mode="edge")
+    top, left = most - down, most - right
+    return np.ascontiguousarray(padded[top : top + height, left : left + width])

@@ -82,12 +82,14 @@ def encoded_stream(
     repeat: bool = True,
     rank: int = 0,
     world: int = 1,
+    augment: bool = False,
 ) -> Iterator[tuple[EncodedSample, Position]]:
     """Encoded samples in a deterministic order (given the seed), with the position after each.
 
     Resuming from a position replays the same order and skips what was already consumed, so a
     resumed run sees exactly the samples an uninterrupted one would. Sample ``i`` of the stream goes to
-    rank ``i % world``.
+    rank ``i % world``. ``augment``: training samples, varied by codecs that can, with a generator
+    seeded by (seed, epoch, index) so that the variations replay on resume too.
     """
     position = Position(start.epoch, start.consumed) if start else Position()
     while True:
@@ -107,7 +109,8 @@ def encoded_stream(
                 continue
             # encoded only here: samples already consumed, or another rank's, cost a read, not a decode
             try:
-                sample = encoder.encode(raw)
+                varied = np.random.default_rng([seed, position.epoch, index]) if augment else None
+                sample = encoder.encode(raw, varied)
             except DataError as error:
                 log.sample(str(error), skip_kind(error))
                 continue

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mbp.codec import Codec
+from mbp.codec import Augmenting, Codec
 from mbp.components import ComponentTable
 from mbp.config import Pipeline
 from mbp.data.read import RawSample
@@ -64,7 +64,8 @@ class SampleEncoder:
         self.optional = set(pipeline.optional)
         self.head = head
 
-    def encode(self, raw: RawSample) -> EncodedSample:
+    def encode(self, raw: RawSample, augment: np.random.Generator | None = None) -> EncodedSample:
+        """``augment``: a training sample, to be varied by the codecs that can (``Augmenting``)."""
         parts = [np.array([BOS], TOKEN_DTYPE)]
         spans: list[Span] = []
         offset = 1
@@ -76,7 +77,11 @@ class SampleEncoder:
                 have = ", ".join(sorted(raw.fields)) or "none"
                 raise MissingFieldError(f"{raw.where}: missing field '{name}' (sample has: {have})")
             try:
-                segment: Segment = codec.encode(raw.fields[found])
+                segment: Segment = (
+                    codec.encode_augmented(raw.fields[found], augment)
+                    if augment is not None and isinstance(codec, Augmenting)
+                    else codec.encode(raw.fields[found])
+                )
                 tokens = encode_segment(segment)
             except (CodecError, ProtocolError) as error:
                 raise DataError(f"{raw.where}:field {found}: {error}") from None

@@ -301,6 +301,7 @@ def _train_batches(
         start=Position(state.epoch, state.consumed),
         rank=world.rank,
         world=world.size,
+        augment=True,
     )
     rows = batches(stream, data.batch_size // world.size, data.seq_len, pack=data.pack, align=align)
     return prefetch(rows)
