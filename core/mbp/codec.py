@@ -60,6 +60,18 @@ class Augmenting(Protocol):
         ...
 
 
+@runtime_checkable
+class ReadingView(Protocol):
+    """Optional for a codec: another encoding for fields the model only reads, never writes (the
+    context of a ``vqa`` or ``classify`` answer). Audio is the case in point: a classifier learns
+    words from a log-mel spectrogram in minutes and from raw samples hardly at all, while a model
+    that generates audio needs the samples. The core asks for the view wherever a field is context."""
+
+    def for_reading(self) -> Codec:
+        """The codec to encode a read-only field with (``self`` when nothing changes)."""
+        ...
+
+
 def write_segments(
     tokens: list[int],
     skip: int,

@@ -3,7 +3,8 @@ rate, channels and sample format (8-, 16-, 24- and 32-bit integer, 32- and 64-bi
 kept as the file has it), so decoding writes a playable WAV file. ``payload: file`` keeps the file's
 bytes instead (byte-exact for any WAV, headers and extra chunks included). ``payload: logmel`` gives the
 model a log-mel spectrogram instead, one byte a band, frame after frame (``logmel.py`` says why): the
-view to classify speech from; lossy, so its file form is a PNG of the spectrogram, not audio.
+view to classify speech from; lossy, so its file form is a PNG of the spectrogram, not audio. The
+default, ``auto``, is ``logmel`` where the field is only read (a vqa/classify context) and PCM else.
 """
 
 from __future__ import annotations
@@ -35,7 +36,10 @@ READ_AS = {"u8": "int16", "s16": "int16", "s24": "int32", "s32": "int32", "f32":
 
 class WavParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    payload: Literal["pcm", "file", "logmel"] = "pcm"
+    payload: Literal["auto", "pcm", "file", "logmel"] = Field(
+        default="auto",
+        description="auto: logmel where the field is only read (a classifier's input), else pcm",
+    )
     sample_rate: int | None = Field(default=None, gt=0, description="resample to this rate")
     mono: bool = False
     bits: Literal[8, 16] | None = Field(default=None, description="re-quantize to 8- or 16-bit PCM")
@@ -55,16 +59,22 @@ class WavCodec:
     extension = "wav"
 
     def __init__(self, params: WavParams) -> None:
-        self.payload = params.payload
+        self.params = params
+        self.payload = "pcm" if params.payload == "auto" else params.payload
         self.sample_rate = params.sample_rate
         self.mono = params.mono
         self.bits = params.bits
         self.max_seconds = params.max_seconds
-        self.mel = params
         self.augment = params.augment
 
     def encode(self, data: bytes) -> Segment:
         return self._encode(data, None)
+
+    def for_reading(self) -> WavCodec:
+        """``payload: auto`` reads a context field as a log-mel spectrogram (see ``logmel.py``)."""
+        if self.params.payload != "auto":
+            return self
+        return WavCodec(self.params.model_copy(update={"payload": "logmel"}))
 
     def encode_augmented(self, data: bytes, rng: np.random.Generator) -> Segment:
         """Training samples of a ``logmel`` payload vary (``augment``); PCM and files stay exact."""
@@ -135,7 +145,7 @@ class WavCodec:
         return Segment(self.name, pcm, {"rate": str(rate), "ch": str(channels), "fmt": fmt})
 
     def _spectrogram(self, mono: np.ndarray, rate: int, rng: np.random.Generator | None) -> Segment:
-        mel = self.mel
+        mel = self.params
         if rng is not None:
             mono = vary_speed(mono, rate, rng)
         cells = quantize_db(log_mel_power(mono, rate, mel.mel_bands, mel.frame_ms, mel.hop_ms), mel.floor_db)

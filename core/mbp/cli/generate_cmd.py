@@ -64,6 +64,7 @@ def generate_command(
 
     from mbp.codec import Codec, write_segments
     from mbp.config import Pipeline
+    from mbp.data.encode import field_codecs
     from mbp.generate import Sampling, generate
     from mbp.model.io import load_model
     from mbp.plugins import get_platform
@@ -91,6 +92,8 @@ def generate_command(
         key = ".".join(str(p) for p in ("pipeline", *first["loc"]))
         raise CheckpointError(f"{checkpoint}/config.json: key {key}: {first['msg']}") from None
     segments: list[Segment] = []
+    head = components.build("heads", pipeline.head.as_dict()) if pipeline else None
+    field_codec = field_codecs(pipeline, components, head) if pipeline and head else {}
     for setting in fields:
         name, sep, value = setting.partition("=")
         if not sep:
@@ -104,7 +107,7 @@ def generate_command(
         except OSError as error:
             raise ConfigError(f"--field {name}: cannot read {value[1:]}: {error.strerror}") from None
         try:
-            segments.append(components.build("codecs", ref.as_dict()).encode(data))
+            segments.append(field_codec[name].encode(data))
         except CodecError as error:
             source = value[1:] if value.startswith("@") else "the value given"
             raise ConfigError(f"--field {name}: {source}: {error}") from None

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mbp.codec import Augmenting, Codec
+from mbp.codec import Augmenting, Codec, ReadingView
 from mbp.components import ComponentTable
 from mbp.config import Pipeline
 from mbp.data.read import RawSample
@@ -54,13 +54,26 @@ def match_field(fields: dict[str, bytes], wanted: str) -> str | None:
     return matches[0] if len(matches) == 1 else None
 
 
+def field_codecs(pipeline: Pipeline, components: ComponentTable, head: TaskHead) -> dict[str, Codec]:
+    """Each field's codec; a field that a head answers from (not the answer itself) gets the codec's
+    reading view (``ReadingView``). Training, evaluation and ``mbp generate`` all encode through this."""
+    from mbp.heads import FieldHead
+
+    answered = head.field if isinstance(head, FieldHead) else None
+    codecs: dict[str, Codec] = {}
+    for name, ref in pipeline.fields.items():
+        codec: Codec = components.build("codecs", ref.as_dict())
+        if answered is not None and name != answered and isinstance(codec, ReadingView):
+            codec = codec.for_reading()
+        codecs[name] = codec
+    return codecs
+
+
 class SampleEncoder:
     """Encodes samples for one pipeline; the head decides the loss weight of each token."""
 
     def __init__(self, pipeline: Pipeline, components: ComponentTable, head: TaskHead) -> None:
-        self.codecs: dict[str, Codec] = {
-            name: components.build("codecs", ref.as_dict()) for name, ref in pipeline.fields.items()
-        }
+        self.codecs = field_codecs(pipeline, components, head)
         self.optional = set(pipeline.optional)
         self.head = head
 
