@@ -93,7 +93,9 @@ def test_logmel_training_clips_vary_and_pcm_stays_exact(components) -> None:
     logmel = components.build("codecs", {"type": "wav", "payload": "logmel"})
     plain = logmel.encode(data)
     lengths = {len(logmel.encode_augmented(data, np.random.default_rng(s)).payload) for s in range(8)}
-    assert len(lengths) > 1 and all(abs(n / len(plain.payload) - 1) < 0.12 for n in lengths)  # 0.9-1.1x
+    assert len(lengths) > 1 and all(
+        abs(n - len(plain.payload)) <= 0.1 * len(plain.payload) + 16 for n in lengths
+    )  # 0.9-1.1x, +-1 frame
     varied = np.frombuffer(logmel.encode_augmented(data, np.random.default_rng(3)).payload, np.uint8)
     assert (varied == 0).sum() > (np.frombuffer(plain.payload, np.uint8) == 0).sum()  # masks
     pcm = components.build("codecs", {"type": "wav"})

@@ -40,7 +40,7 @@ def test_classifier_reads_wav_as_logmel_by_default(tmp_path: Path, components) -
     assert encoded_speech(tmp_path, components, "{type: classify, label_field: answer}") == {
         "payload": "logmel",
         "rate": "8000",
-        "bands": "32",
+        "bands": "16",
     }
 
 

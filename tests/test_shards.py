@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from mbp.data.batches import batches, encoded_stream
 from mbp.data.skips import SkipLog
 from mbp.protocol import PAD, decode_stream
@@ -78,10 +79,12 @@ def test_loader_encodes_and_batches(tmp_path: Path, components) -> None:
     decoded = decode_stream(batch.tokens[0].numpy())
     assert [s.codec for s in decoded.segments] == ["wav", "text", "text"]
     assert decoded.segments[2].payload == b"red"
-    # vqa weights: only the answer segment and EOS; PAD never weighted
+    # vqa weights: the answer segment and EOS fully, the context by the default context_weight 0.1;
+    # PAD never weighted
     answer = first.span("answer")
     weights = batch.weights[0]
-    assert weights[answer.start : answer.end].eq(1).all() and weights[: answer.start].eq(0).all()
+    assert weights[answer.start : answer.end].eq(1).all()
+    assert torch.allclose(weights[: answer.start], torch.tensor(0.1))
     assert weights[batch.tokens[0] == PAD].eq(0).all()
 
 

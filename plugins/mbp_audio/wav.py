@@ -44,9 +44,11 @@ class WavParams(BaseModel):
     mono: bool = False
     bits: Literal[8, 16] | None = Field(default=None, description="re-quantize to 8- or 16-bit PCM")
     max_seconds: float = Field(default=600.0, gt=0)
-    mel_bands: int = Field(default=32, ge=1, le=256, description="logmel: bands a frame (bytes a frame)")
+    # 16 bands every 20 ms: 800 bytes a second. Logistic regression on spoken digits scores the same on it
+    # as on 32 bands every 10 ms (0.980 vs 0.978), which is 4x the bytes for a byte model to read.
+    mel_bands: int = Field(default=16, ge=1, le=256, description="logmel: bands a frame (bytes a frame)")
     frame_ms: float = Field(default=25.0, gt=0, description="logmel: analysis window")
-    hop_ms: float = Field(default=10.0, gt=0, description="logmel: time between frames")
+    hop_ms: float = Field(default=20.0, gt=0, description="logmel: time between frames")
     floor_db: float = Field(default=80.0, gt=0, description="logmel: byte 0 is this far below the peak")
     augment: bool = Field(
         default=True,
