@@ -90,7 +90,8 @@ def test_logmel_training_clips_vary_and_pcm_stays_exact(components) -> None:
     buffer = io.BytesIO()
     sf.write(buffer, 0.5 * np.sin(2 * np.pi * 700 * time), 8000, subtype="PCM_16", format="WAV")
     data = buffer.getvalue()
-    logmel = components.build("codecs", {"type": "wav", "payload": "logmel"})
+    assert components.build("codecs", {"type": "wav", "payload": "logmel"}).augment is False  # measured
+    logmel = components.build("codecs", {"type": "wav", "payload": "logmel", "augment": True})
     plain = logmel.encode(data)
     lengths = {len(logmel.encode_augmented(data, np.random.default_rng(s)).payload) for s in range(8)}
     assert len(lengths) > 1 and all(

@@ -50,8 +50,10 @@ class WavParams(BaseModel):
     frame_ms: float = Field(default=25.0, gt=0, description="logmel: analysis window")
     hop_ms: float = Field(default=20.0, gt=0, description="logmel: time between frames")
     floor_db: float = Field(default=80.0, gt=0, description="logmel: byte 0 is this far below the peak")
+    # off by default, measured: on spoken digits it held accuracy after 200 steps to 0.36 against 0.75
+    # without; within a run of minutes the model needs the plain clips more than their variations
     augment: bool = Field(
-        default=True,
+        default=False,
         description="logmel: vary training clips (speed 0.9-1.1x, two band and two time masks)",
     )
 
