@@ -19,7 +19,7 @@ from mbp.model.build import build_model
 from mbp.resolve import resolve
 from safetensors.torch import load_file
 
-from tests.conftest import run_mbp
+from tests.conftest import invoke_mbp, run_mbp
 from tests.shardkit import REGISTRY, corrupt_set, good_samples, png, qa, write_tar
 
 
@@ -44,6 +44,11 @@ def run_args(registry: str, shards: list[str], out: Path, *extra: str) -> list[s
 
 def run(registry: str, shards: list[str], out: Path, *extra: str, env: dict[str, str] | None = None):
     return run_mbp(*run_args(registry, shards, out, *extra)[1:], env=env)
+
+
+def run_here(registry: str, shards: list[str], out: Path, *extra: str):
+    """The same run in this process: for runs whose weights or metrics a test compares, not its CLI."""
+    return invoke_mbp(*run_args(registry, shards, out, *extra)[1:])
 
 
 def test_run_prints_one_summary_and_writes_metrics_plot_checkpoint(setup, tmp_path: Path) -> None:
@@ -256,12 +261,12 @@ def test_grad_accumulation_and_bf16_runs(setup, tmp_path: Path, components) -> N
     one_step = ["--steps", "1", "--set", "train.warmup_steps=0", "--set", "train.clip=null"]
     halves_args = ["--set", "data.batch_size=2"]
     runs = {
-        "whole": run(registry, same, tmp_path / "whole", *one_step),
-        "halves": run(
+        "whole": run_here(registry, same, tmp_path / "whole", *one_step),
+        "halves": run_here(
             registry, same, tmp_path / "halves", *one_step, *halves_args, "--set", "train.grad_accum=2"
         ),
-        "first half": run(registry, same, tmp_path / "first half", *one_step, *halves_args),
-        "other": run(registry, other, tmp_path / "other", *one_step),
+        "first half": run_here(registry, same, tmp_path / "first half", *one_step, *halves_args),
+        "other": run_here(registry, other, tmp_path / "other", *one_step),
     }
     assert all(r.returncode == 0 for r in runs.values()), [r.stderr for r in runs.values()]
     torch.manual_seed(0)  # the trainer's seed: the same initial weights
@@ -283,7 +288,7 @@ def test_grad_accumulation_and_bf16_runs(setup, tmp_path: Path, components) -> N
     assert halves > 0.9
     assert agreement(whole, update("first half")) < halves - 0.05
     assert agreement(whole, update("other")) < halves - 0.15
-    half = run(registry, same, tmp_path / "bf16", "--steps", "2", "--set", "train.bf16=true")
+    half = run_here(registry, same, tmp_path / "bf16", "--steps", "2", "--set", "train.bf16=true")
     assert half.returncode == 0, half.stderr
     rows = [json.loads(line) for line in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["loss"]) for r in rows if r["kind"] == "train")
