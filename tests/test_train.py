@@ -204,18 +204,19 @@ def test_two_process_gloo_matches_one_process(setup, tmp_path: Path, strategy: s
 
 def test_eval_and_generate_from_a_checkpoint(setup, tmp_path: Path) -> None:
     registry, shards, evals = setup
-    trained = run(registry, shards, tmp_path / "out", "--steps", "2")
+    trained = run_here(registry, shards, tmp_path / "out", "--steps", "2")
     checkpoint = json.loads(trained.stdout)["checkpoint"]
-    scored = run_mbp("eval", "qa", evals, "--checkpoint", checkpoint, "--registry", registry, "--json")
+    # in-process: what the commands compute; the two failures at the end run as the mbp process
+    scored = invoke_mbp("eval", "qa", evals, "--checkpoint", checkpoint, "--registry", registry, "--json")
     assert scored.returncode == 0, scored.stderr
     document = json.loads(scored.stdout)
     assert document["metrics"]["eval_samples"] == 8 and 0 <= document["metrics"]["accuracy"] <= 1
-    text = run_mbp(
+    text = invoke_mbp(
         "generate", "--checkpoint", checkpoint, "--field", "question=what colour?", "--max-bytes", "5"
     )
     assert text.returncode == 0, text.stderr
     assert "generated" in text.stderr and text.stdout.endswith("\n")
-    files = run_mbp(
+    files = invoke_mbp(
         "generate",
         "--checkpoint",
         checkpoint,
