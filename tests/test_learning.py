@@ -15,7 +15,7 @@ from mbp.data.encode import EncodedSample
 from mbp.train import precision as P
 from mbp.train.watch import BestKeeper, LearningWatch, PaddingWatch, length_advice
 
-from tests.conftest import run_mbp
+from tests.conftest import invoke_mbp, run_mbp
 from tests.shardkit import REGISTRY, good_samples, write_tar
 
 
@@ -159,7 +159,7 @@ def test_bf16_and_fp32_runs_of_one_seed_end_within_2_percent(tmp_path: Path) -> 
     bpb = {}
     for precision in ("fp32", "bf16"):
         out = tmp_path / precision
-        result = run_mbp(
+        result = invoke_mbp(  # in-process: the two runs' losses are the subject, not the CLI
             "run", "qa", str(tmp_path / "train.tar"), "--registry", str(registry), "--out", str(out),
             "--eval-shards", str(tmp_path / "eval.tar"), "--json", "--steps", "30",
             "--set", f"train.precision={precision}", "--set", "train.eval_every=30",

@@ -90,7 +90,7 @@ def test_resume_after_kill_9_reaches_the_same_weights(setup, tmp_path: Path) -> 
         "--set",
         "data.shuffle_buffer=8",
     ]
-    straight = run(registry, shards, tmp_path / "straight", *settings)
+    straight = run_here(registry, shards, tmp_path / "straight", *settings)  # the killed one: a process
     assert straight.returncode == 0, straight.stderr
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", *run_args(registry, shards, out, *settings)]
@@ -102,7 +102,7 @@ def test_resume_after_kill_9_reaches_the_same_weights(setup, tmp_path: Path) -> 
     process.wait()
     done = sorted((out / "checkpoints").iterdir())
     assert done and done[-1].name < "step-00000012", "the run must be killed before it finishes"
-    resumed = run(registry, shards, out, *settings, "--resume")
+    resumed = run_here(registry, shards, out, *settings, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     a = load_file(str(tmp_path / "straight" / "checkpoints" / "step-00000012" / "model.safetensors"))
     b = load_file(str(out / "checkpoints" / "step-00000012" / "model.safetensors"))
@@ -174,7 +174,7 @@ def test_two_process_gloo_matches_one_process(setup, tmp_path: Path, strategy: s
         "--set",
         f"train.strategy={strategy}",
     ]
-    single = run(registry, shards, tmp_path / "one", *settings)
+    single = run_here(registry, shards, tmp_path / "one", *settings)  # a world of one: no process group
     assert single.returncode == 0, single.stderr
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     double = subprocess.run(
