@@ -20,7 +20,7 @@ from mbp.plugins import new_platform
 from mbp.protocol import BOS, END, HDR, SEG, Segment, decode_lenient
 from pydantic import BaseModel
 
-from tests.conftest import run_mbp
+from tests.conftest import invoke_mbp, run_mbp
 from tests.shardkit import write_tar
 from tests.test_config import GOOD as TINY  # one tiny pipeline for the config tests
 
@@ -133,9 +133,12 @@ def test_manifest_names_files_only_with_at_and_refuses_unsafe_names(tmp_path: Pa
     manifest.write_text(
         json.dumps({"__key__": "k1", "doc.txt": "@a.txt", "note.txt": "a.txt"}) + "\n"  # second stays text
     )
-    packed = run_mbp("shards", "pack", "--manifest", str(manifest), str(tmp_path / "s-%03d.tar"), "--json")
+    # the good manifest in-process; the refusals below as the mbp process
+    packed = invoke_mbp("shards", "pack", "--manifest", str(manifest), str(tmp_path / "s-%03d.tar"), "--json")
     assert packed.returncode == 0, packed.stderr
-    report = json.loads(run_mbp("shards", "inspect", *json.loads(packed.stdout)["shards"], "--json").stdout)
+    report = json.loads(
+        invoke_mbp("shards", "inspect", *json.loads(packed.stdout)["shards"], "--json").stdout
+    )
     assert report["fields"] == {"doc.txt": {"count": 1, "bytes": 13}, "note.txt": {"count": 1, "bytes": 5}}
     bad = {
         '{"__key__": "../evil", "t.txt": "x"}': "key '../evil' must not be empty or hold '/', '..' or '.'",
