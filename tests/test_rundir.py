@@ -92,7 +92,8 @@ def test_resume_with_another_pipeline_or_other_shapes_names_both(trained, tmp_pa
         "scene: pixels, tone: wav, question: text, answer: text) does not fit pipeline 'lm' "
         "(fields question: text, answer: text)"
     ]
-    wider = run(trained, out, "--resume", "--set", "model.stages.0.dim=48")
+    # the first refusal as the mbp process; this one through the same command in-process
+    wider = run(trained, out, "--resume", "--set", "model.stages.0.dim=48", here=True)
     assert wider.returncode == 2
     assert wider.stderr.strip().splitlines() == [
         f"mbp: error: {out / 'checkpoints' / 'step-00000006'}: checkpoint of pipeline 'qa' has model "

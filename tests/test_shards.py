@@ -21,7 +21,7 @@ def registry(tmp_path: Path) -> str:
 
 
 # Packing and inspecting that succeed run in-process (their JSON reports are the subject);
-# test_pack_errors_are_one_line runs the mbp process.
+# test_pack_errors_are_one_line runs its first refusal as the mbp process.
 
 
 def test_pack_folder_groups_files_by_basename(tmp_path: Path) -> None:
@@ -67,7 +67,10 @@ def test_pack_errors_are_one_line(tmp_path: Path) -> None:
     result = run_mbp("shards", "pack", str(tmp_path / "nowhere"), str(tmp_path / "x-%d.tar"))
     assert result.returncode == 1 and result.stderr.strip().endswith("nowhere: not a folder")
     (tmp_path / "bad.jsonl").write_text("{not json\n")
-    result = run_mbp("shards", "pack", "--manifest", str(tmp_path / "bad.jsonl"), str(tmp_path / "x-%d.tar"))
+    # the first refusal as the mbp process, this one through the same command in-process
+    result = invoke_mbp(
+        "shards", "pack", "--manifest", str(tmp_path / "bad.jsonl"), str(tmp_path / "x-%d.tar")
+    )
     assert "bad.jsonl:1: invalid JSON" in result.stderr and "Traceback" not in result.stderr
 
 
