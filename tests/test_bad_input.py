@@ -205,11 +205,18 @@ def test_validate_builds_shapes_and_lists_every_problem(tmp_path: Path) -> None:
     ],
     ids=["duplicate keys", "python tag", "all pydantic problems"],
 )
-def test_registry_problems_are_all_listed_with_exit_2(tmp_path: Path, text: str, lines: list[str]) -> None:
+def test_registry_problems_are_all_listed_with_exit_2(
+    tmp_path: Path, text: str, lines: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     registry = tmp_path / "reg.yaml"
     registry.write_text(text)
-    for command in (["validate", str(registry)], ["run", "--registry", str(registry), "--steps", "0"]):
-        result = run_mbp(*command, cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)  # where a run would make mbp-runs/
+    # validate as the mbp process; run, which reads the registry through the same code, in-process
+    for command, mbp in (
+        (["validate", str(registry)], run_mbp),
+        (["run", "--registry", str(registry), "--steps", "0"], invoke_mbp),
+    ):
+        result = mbp(*command)
         assert result.returncode == 2, result.stderr
         got = result.stderr.strip().splitlines()
         assert len(got) == len(lines), got

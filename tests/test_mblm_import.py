@@ -294,8 +294,8 @@ def text_shard(path: Path, count: int = 12) -> str:
 
 def test_imported_checkpoint_generates_evaluates_and_fine_tunes(tmp_path: Path) -> None:
     folder, out = FIXTURES / "two-stage", tmp_path / "imported"
-    # in-process: what import, generate, eval and run compute; the two refusals at the end run as the
-    # mbp process (exit code, message, no traceback)
+    # in-process: what import, generate, eval and run compute; the last refusal runs as the mbp
+    # process (exit code, message, no traceback)
     done = invoke_mbp("import", "mblm", str(folder / "config.yaml"), str(folder / "weights.pth"), str(out))
     assert done.returncode == 0, done.stderr
     generated = invoke_mbp(
@@ -328,7 +328,7 @@ def test_imported_checkpoint_generates_evaluates_and_fine_tunes(tmp_path: Path) 
     assert abs(tuned_bpb - imported_bpb) < 1e-4
     fresh = invoke_mbp("run", "mblm", shard, "--out", str(tmp_path / "fresh"), *tune)
     assert json.loads(fresh.stdout)["metrics"]["eval_bpb"] > imported_bpb + 1.0, "random weights do worse"
-    both = run_mbp(
+    both = invoke_mbp(
         "run", "mblm", shard, "--out", str(tmp_path / "x"), "--init-from", str(out), "--resume", *tune
     )
     assert both.returncode == 2 and "not both" in both.stderr
