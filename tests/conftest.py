@@ -62,3 +62,20 @@ def run_mbp(
         cwd=cwd,
         timeout=timeout,
     )
+
+
+def invoke_mbp(*args: str) -> subprocess.CompletedProcess[str]:
+    """``mbp ARGS`` run in this process by click's test runner: the same command code, exit code, stdout
+    and stderr as :func:`run_mbp`, without a fresh interpreter's start (importing torch, loading the
+    plugins: about 4 s a call). For calls whose subject is what a command computes (a training run, a
+    checkpoint, an evaluation); what only a process shows (its environment, plugin loading, a terminal,
+    a pipe, tracebacks at exit) stays with run_mbp."""
+    from click.testing import CliRunner
+    from mbp.cli import cli
+
+    try:
+        runner = CliRunner(mix_stderr=False)  # type: ignore[call-arg]  # click < 8.2
+    except TypeError:
+        runner = CliRunner()  # click >= 8.2 keeps stderr apart by itself
+    result = runner.invoke(cli, list(args), prog_name="mbp", catch_exceptions=False)
+    return subprocess.CompletedProcess(["mbp", *args], result.exit_code, result.stdout, result.stderr)

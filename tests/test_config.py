@@ -8,7 +8,7 @@ import pytest
 from mbp.config import check_registry, load_registry
 from mbp.errors import ConfigError
 
-from tests.conftest import ROOT, run_mbp
+from tests.conftest import ROOT, invoke_mbp, run_mbp
 
 GOOD = """\
 pipelines:
@@ -123,7 +123,9 @@ def test_cli_config_errors_exit_2_in_one_line(args: list[str], fragment: str, tm
 def test_validate_command(tmp_path: Path) -> None:
     ok = run_mbp("validate", write(tmp_path, GOOD))
     assert ok.returncode == 0 and "ok (1 pipelines: tiny)" in ok.stderr
-    bad = run_mbp("validate", write(tmp_path, GOOD.replace("{type: lm}", "{type: lmm}")))
+    # the refusal through the same command in-process (test_cli_config_errors_exit_2_in_one_line and
+    # test_answer_field_must_come_last run validate's refusals as the mbp process)
+    bad = invoke_mbp("validate", write(tmp_path, GOOD.replace("{type: lm}", "{type: lmm}")))
     assert bad.returncode == 2 and "unknown head 'lmm' (valid: classify, lm, vqa)" in bad.stderr
 
 

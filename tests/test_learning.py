@@ -15,7 +15,7 @@ from mbp.data.encode import EncodedSample
 from mbp.train import precision as P
 from mbp.train.watch import BestKeeper, LearningWatch, PaddingWatch, length_advice
 
-from tests.conftest import run_mbp
+from tests.conftest import invoke_mbp
 from tests.shardkit import REGISTRY, good_samples, write_tar
 
 
@@ -136,7 +136,7 @@ def test_run_reports_precision_best_checkpoint_and_held_out_loss(tmp_path: Path)
     write_tar(tmp_path / "eval.tar", good_samples("e", 8))
     out = tmp_path / "out"
     args = ["run", "qa", str(tmp_path / "train.tar"), "--registry", str(registry), "--out", str(out)]
-    result = run_mbp(
+    result = invoke_mbp(  # in-process: the run's report and files are the subject
         *args, "--eval-shards", str(tmp_path / "eval.tar"), "--json", "--set", "train.precision=fp32"
     )
     assert result.returncode == 0, result.stderr
@@ -159,7 +159,7 @@ def test_bf16_and_fp32_runs_of_one_seed_end_within_2_percent(tmp_path: Path) -> 
     bpb = {}
     for precision in ("fp32", "bf16"):
         out = tmp_path / precision
-        result = run_mbp(
+        result = invoke_mbp(  # in-process: the two runs' losses are the subject, not the CLI
             "run", "qa", str(tmp_path / "train.tar"), "--registry", str(registry), "--out", str(out),
             "--eval-shards", str(tmp_path / "eval.tar"), "--json", "--steps", "30",
             "--set", f"train.precision={precision}", "--set", "train.eval_every=30",

@@ -23,7 +23,7 @@ from mbp.resolve import resolve
 from mbp_mblm.cli import convert
 from safetensors.torch import load_file
 
-from tests.conftest import ROOT, run_mbp
+from tests.conftest import ROOT, invoke_mbp, run_mbp
 
 FIXTURES = ROOT / "tests" / "fixtures" / "mblm"
 NAMES = ["one-stage", "two-stage", "three-stage"]
@@ -294,14 +294,18 @@ def text_shard(path: Path, count: int = 12) -> str:
 
 def test_imported_checkpoint_generates_evaluates_and_fine_tunes(tmp_path: Path) -> None:
     folder, out = FIXTURES / "two-stage", tmp_path / "imported"
-    done = run_mbp("import", "mblm", str(folder / "config.yaml"), str(folder / "weights.pth"), str(out))
+    # in-process: what import, generate, eval and run compute; the last refusal runs as the mbp
+    # process (exit code, message, no traceback)
+    done = invoke_mbp("import", "mblm", str(folder / "config.yaml"), str(folder / "weights.pth"), str(out))
     assert done.returncode == 0, done.stderr
-    generated = run_mbp("generate", "--checkpoint", str(out), "--prompt", "the pipeline", "--max-bytes", "24")
+    generated = invoke_mbp(
+        "generate", "--checkpoint", str(out), "--prompt", "the pipeline", "--max-bytes", "24"
+    )
     assert generated.returncode == 0 and generated.stdout.startswith("the pipeline"), generated.stderr
     assert "generated 24 tokens" in generated.stderr  # bytes all the way: no marker ended it early
     shard = text_shard(tmp_path / "text-000000.tar")
     registry = str(out / "registry.yaml")
-    evaluated = run_mbp("eval", "mblm", shard, "--registry", registry, "--checkpoint", str(out), "--json")
+    evaluated = invoke_mbp("eval", "mblm", shard, "--registry", registry, "--checkpoint", str(out), "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     imported_bpb = json.loads(evaluated.stdout)["metrics"]["bpb"]
     # one step at a negligible learning rate: the run's evaluation is the imported model's
@@ -316,13 +320,15 @@ def test_imported_checkpoint_generates_evaluates_and_fine_tunes(tmp_path: Path) 
         "train.lr=1e-12",
         "--json",
     ]
-    started = run_mbp("run", "mblm", shard, "--out", str(tmp_path / "tuned"), "--init-from", str(out), *tune)
+    started = invoke_mbp(
+        "run", "mblm", shard, "--out", str(tmp_path / "tuned"), "--init-from", str(out), *tune
+    )
     assert started.returncode == 0, started.stderr
     tuned_bpb = json.loads(started.stdout)["metrics"]["eval_bpb"]
     assert abs(tuned_bpb - imported_bpb) < 1e-4
-    fresh = run_mbp("run", "mblm", shard, "--out", str(tmp_path / "fresh"), *tune)
+    fresh = invoke_mbp("run", "mblm", shard, "--out", str(tmp_path / "fresh"), *tune)
     assert json.loads(fresh.stdout)["metrics"]["eval_bpb"] > imported_bpb + 1.0, "random weights do worse"
-    both = run_mbp(
+    both = invoke_mbp(
         "run", "mblm", shard, "--out", str(tmp_path / "x"), "--init-from", str(out), "--resume", *tune
     )
     assert both.returncode == 2 and "not both" in both.stderr

@@ -14,7 +14,7 @@ from mbp.hookspecs import hookimpl
 from mbp.plugins import new_platform
 from pydantic import BaseModel
 
-from tests.conftest import run_mbp
+from tests.conftest import invoke_mbp, run_mbp
 
 BUILTINS = {"text", "vision", "audio", "transformer", "mamba", "tasks"}
 
@@ -178,7 +178,7 @@ def test_plugins_json_is_pure_json() -> None:
     rows = json.loads(result.stdout)
     keys = {"name", "dist", "version", "codecs", "backbones", "heads", "sinks"}
     assert all(set(row) == keys for row in rows)
-    text = run_mbp("plugins")
+    text = invoke_mbp("plugins")  # the listing's text; the process's stdout is checked just above
     assert "codecs: image, pixels" in text.stdout
 
 

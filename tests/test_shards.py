@@ -11,7 +11,7 @@ from mbp.data.skips import SkipLog
 from mbp.protocol import PAD, decode_stream
 from mbp.resolve import resolve
 
-from tests.conftest import run_mbp
+from tests.conftest import invoke_mbp, run_mbp
 from tests.shardkit import REGISTRY, corrupt_set, good_samples, png, write_tar
 
 
@@ -21,6 +21,10 @@ def registry(tmp_path: Path) -> str:
     return str(path)
 
 
+# Packing and inspecting that succeed run in-process (their JSON reports are the subject);
+# test_pack_errors_are_one_line runs its first refusal as the mbp process.
+
+
 def test_pack_folder_groups_files_by_basename(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
@@ -28,13 +32,13 @@ def test_pack_folder_groups_files_by_basename(tmp_path: Path) -> None:
         (src / f"{i:04d}.scene.png").write_bytes(png())
         (src / f"{i:04d}.question.txt").write_text("what colour?")
         (src / f"{i:04d}.answer.txt").write_text("red")
-    result = run_mbp(
+    result = invoke_mbp(
         "shards", "pack", str(src), str(tmp_path / "out" / "train-%06d.tar"), "--maxcount", "2", "--json"
     )
     assert result.returncode == 0, result.stderr
     packed = json.loads(result.stdout)
     assert packed["samples"] == 5 and len(packed["shards"]) == 3
-    inspected = run_mbp(
+    inspected = invoke_mbp(
         "shards", "inspect", *packed["shards"], "--pipeline", "qa", "--registry", registry(tmp_path), "--json"
     )
     report = json.loads(inspected.stdout)
@@ -51,9 +55,9 @@ def test_pack_manifest_with_paths_and_inline_strings(tmp_path: Path) -> None:
     manifest.write_text(
         json.dumps({"scene.png": "@a.png", "question.txt": "what?", "answer.txt": "red"}) + "\n"
     )
-    result = run_mbp("shards", "pack", "--manifest", str(manifest), str(tmp_path / "s-%03d.tar"), "--json")
+    result = invoke_mbp("shards", "pack", "--manifest", str(manifest), str(tmp_path / "s-%03d.tar"), "--json")
     shards = json.loads(result.stdout)["shards"]
-    report = json.loads(run_mbp("shards", "inspect", *shards, "--json").stdout)
+    report = json.loads(invoke_mbp("shards", "inspect", *shards, "--json").stdout)
     assert (
         report["fields"]["scene.png"]["bytes"] == len(png())
         and report["fields"]["question.txt"]["bytes"] == 5
@@ -64,7 +68,10 @@ def test_pack_errors_are_one_line(tmp_path: Path) -> None:
     result = run_mbp("shards", "pack", str(tmp_path / "nowhere"), str(tmp_path / "x-%d.tar"))
     assert result.returncode == 1 and result.stderr.strip().endswith("nowhere: not a folder")
     (tmp_path / "bad.jsonl").write_text("{not json\n")
-    result = run_mbp("shards", "pack", "--manifest", str(tmp_path / "bad.jsonl"), str(tmp_path / "x-%d.tar"))
+    # the first refusal as the mbp process, this one through the same command in-process
+    result = invoke_mbp(
+        "shards", "pack", "--manifest", str(tmp_path / "bad.jsonl"), str(tmp_path / "x-%d.tar")
+    )
     assert "bad.jsonl:1: invalid JSON" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -115,7 +122,7 @@ def test_corrupt_shards_are_skipped_named_and_counted(tmp_path: Path, capfd, com
 
 def test_inspect_reports_skips_in_json(tmp_path: Path) -> None:
     shards = corrupt_set(tmp_path / "shards")
-    result = run_mbp(
+    result = invoke_mbp(
         "shards", "inspect", *shards, "--pipeline", "qa", "--registry", registry(tmp_path), "--json"
     )
     report = json.loads(result.stdout)

@@ -19,7 +19,7 @@ from mbp.model.build import build_model
 from mbp.resolve import resolve
 from safetensors.torch import load_file
 
-from tests.conftest import run_mbp
+from tests.conftest import invoke_mbp, run_mbp
 from tests.shardkit import REGISTRY, corrupt_set, good_samples, png, qa, write_tar
 
 
@@ -44,6 +44,11 @@ def run_args(registry: str, shards: list[str], out: Path, *extra: str) -> list[s
 
 def run(registry: str, shards: list[str], out: Path, *extra: str, env: dict[str, str] | None = None):
     return run_mbp(*run_args(registry, shards, out, *extra)[1:], env=env)
+
+
+def run_here(registry: str, shards: list[str], out: Path, *extra: str):
+    """The same run in this process: for runs whose weights or metrics a test compares, not its CLI."""
+    return invoke_mbp(*run_args(registry, shards, out, *extra)[1:])
 
 
 def test_run_prints_one_summary_and_writes_metrics_plot_checkpoint(setup, tmp_path: Path) -> None:
@@ -85,7 +90,7 @@ def test_resume_after_kill_9_reaches_the_same_weights(setup, tmp_path: Path) -> 
         "--set",
         "data.shuffle_buffer=8",
     ]
-    straight = run(registry, shards, tmp_path / "straight", *settings)
+    straight = run_here(registry, shards, tmp_path / "straight", *settings)  # the killed one: a process
     assert straight.returncode == 0, straight.stderr
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", *run_args(registry, shards, out, *settings)]
@@ -97,7 +102,7 @@ def test_resume_after_kill_9_reaches_the_same_weights(setup, tmp_path: Path) -> 
     process.wait()
     done = sorted((out / "checkpoints").iterdir())
     assert done and done[-1].name < "step-00000012", "the run must be killed before it finishes"
-    resumed = run(registry, shards, out, *settings, "--resume")
+    resumed = run_here(registry, shards, out, *settings, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     a = load_file(str(tmp_path / "straight" / "checkpoints" / "step-00000012" / "model.safetensors"))
     b = load_file(str(out / "checkpoints" / "step-00000012" / "model.safetensors"))
@@ -169,7 +174,7 @@ def test_two_process_gloo_matches_one_process(setup, tmp_path: Path, strategy: s
         "--set",
         f"train.strategy={strategy}",
     ]
-    single = run(registry, shards, tmp_path / "one", *settings)
+    single = run_here(registry, shards, tmp_path / "one", *settings)  # a world of one: no process group
     assert single.returncode == 0, single.stderr
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     double = subprocess.run(
@@ -199,18 +204,19 @@ def test_two_process_gloo_matches_one_process(setup, tmp_path: Path, strategy: s
 
 def test_eval_and_generate_from_a_checkpoint(setup, tmp_path: Path) -> None:
     registry, shards, evals = setup
-    trained = run(registry, shards, tmp_path / "out", "--steps", "2")
+    trained = run_here(registry, shards, tmp_path / "out", "--steps", "2")
     checkpoint = json.loads(trained.stdout)["checkpoint"]
-    scored = run_mbp("eval", "qa", evals, "--checkpoint", checkpoint, "--registry", registry, "--json")
+    # in-process: what the commands compute; the last failure (no traceback) runs as the mbp process
+    scored = invoke_mbp("eval", "qa", evals, "--checkpoint", checkpoint, "--registry", registry, "--json")
     assert scored.returncode == 0, scored.stderr
     document = json.loads(scored.stdout)
     assert document["metrics"]["eval_samples"] == 8 and 0 <= document["metrics"]["accuracy"] <= 1
-    text = run_mbp(
+    text = invoke_mbp(
         "generate", "--checkpoint", checkpoint, "--field", "question=what colour?", "--max-bytes", "5"
     )
     assert text.returncode == 0, text.stderr
     assert "generated" in text.stderr and text.stdout.endswith("\n")
-    files = run_mbp(
+    files = invoke_mbp(
         "generate",
         "--checkpoint",
         checkpoint,
@@ -228,7 +234,7 @@ def test_eval_and_generate_from_a_checkpoint(setup, tmp_path: Path) -> None:
     assert files.returncode == 0, files.stderr
     written = json.loads(files.stdout)["files"]
     assert written and all(Path(f).exists() for f in written)
-    missing = run_mbp("generate", "--checkpoint", checkpoint, "--field", "scene=@/nonexistent.png")
+    missing = invoke_mbp("generate", "--checkpoint", checkpoint, "--field", "scene=@/nonexistent.png")
     assert missing.returncode == 2 and "cannot read /nonexistent.png" in missing.stderr
     bad = run_mbp("generate", "--checkpoint", str(tmp_path))
     assert bad.returncode == 1 and "not a checkpoint" in bad.stderr and "Traceback" not in bad.stderr
@@ -256,12 +262,12 @@ def test_grad_accumulation_and_bf16_runs(setup, tmp_path: Path, components) -> N
     one_step = ["--steps", "1", "--set", "train.warmup_steps=0", "--set", "train.clip=null"]
     halves_args = ["--set", "data.batch_size=2"]
     runs = {
-        "whole": run(registry, same, tmp_path / "whole", *one_step),
-        "halves": run(
+        "whole": run_here(registry, same, tmp_path / "whole", *one_step),
+        "halves": run_here(
             registry, same, tmp_path / "halves", *one_step, *halves_args, "--set", "train.grad_accum=2"
         ),
-        "first half": run(registry, same, tmp_path / "first half", *one_step, *halves_args),
-        "other": run(registry, other, tmp_path / "other", *one_step),
+        "first half": run_here(registry, same, tmp_path / "first half", *one_step, *halves_args),
+        "other": run_here(registry, other, tmp_path / "other", *one_step),
     }
     assert all(r.returncode == 0 for r in runs.values()), [r.stderr for r in runs.values()]
     torch.manual_seed(0)  # the trainer's seed: the same initial weights
@@ -283,7 +289,7 @@ def test_grad_accumulation_and_bf16_runs(setup, tmp_path: Path, components) -> N
     assert halves > 0.9
     assert agreement(whole, update("first half")) < halves - 0.05
     assert agreement(whole, update("other")) < halves - 0.15
-    half = run(registry, same, tmp_path / "bf16", "--steps", "2", "--set", "train.bf16=true")
+    half = run_here(registry, same, tmp_path / "bf16", "--steps", "2", "--set", "train.bf16=true")
     assert half.returncode == 0, half.stderr
     rows = [json.loads(line) for line in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["loss"]) for r in rows if r["kind"] == "train")
