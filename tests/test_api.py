@@ -55,7 +55,16 @@ def test_built_in_components_satisfy_the_protocols_at_run_time(components: Compo
     codecs = {name: components.build("codecs", {"type": name}) for name in components.names("codecs")}
     assert set(codecs) >= {"text", "pixels", "image", "wav"}
     assert all(isinstance(codec, api.Codec) for codec in codecs.values())
-    assert {name for name, codec in codecs.items() if isinstance(codec, api.SegmentExtension)} == {"image"}
+    assert {name for name, codec in codecs.items() if isinstance(codec, api.SegmentExtension)} == {
+        "image",
+        "wav",
+    }
+    assert {name for name, codec in codecs.items() if isinstance(codec, api.Augmenting)} == {
+        "pixels",
+        "image",
+        "wav",
+    }
+    assert {name for name, codec in codecs.items() if isinstance(codec, api.ReadingView)} == {"wav"}
     heads = {name: components.build("heads", {"type": name}) for name in components.names("heads")}
     assert all(isinstance(head, api.TaskHead) for head in heads.values())
     assert {name for name, head in heads.items() if isinstance(head, api.FieldHead)} == {"vqa", "classify"}

@@ -210,10 +210,16 @@ def test_property_truncated_tar_gz(tmp_path: Path, cut: int) -> None:
 @FAST
 @given(at=st.integers(min_value=10, max_value=len(GZ) - 1), flip=st.integers(1, 255))
 def test_property_corrupt_tar_gz(tmp_path: Path, at: int, flip: int) -> None:
-    """Past the 10-byte gzip header (its time stamp and OS byte are unchecked and harmless) any change is
-    caught by the CRC; gzip cannot say where the damage is, so no sample of the stream is used."""
+    """Past the 10-byte gzip header (its time stamp and OS byte are unchecked and harmless) a change that
+    alters the data is caught by the CRC; gzip cannot say where the damage is, so no sample of the stream
+    is used. A flip in the unused padding bits of deflate's last byte changes no data (hypothesis found
+    byte 3682, flip 2): then every sample must come back intact, never a changed one."""
     corrupt = bytearray(GZ)
     corrupt[at] ^= flip
     got, log = read(tmp_path, bytes(corrupt), "c.tar.gz")
-    assert got == []
-    assert log.failed == ["c.tar.gz"]
+    if got:
+        assert zlib.decompressobj(wbits=31).decompress(bytes(corrupt)) == TAR  # the flip changed nothing
+        assert len(got) == SAMPLES and log.failed == []
+        assert_intact(got)
+    else:
+        assert log.failed == ["c.tar.gz"]
