@@ -20,7 +20,7 @@ REGISTRY = """\
 pipelines:
   digits:
     fields:
-      image: {type: pixels, mode: L}
+      image: {type: pixels, mode: L, augment: true}
       answer: {type: text}
     head: {type: vqa}
     model:
@@ -41,7 +41,7 @@ def glyph(seed: int, size: int = 16) -> bytes:
 
 
 def test_pixels_shift_training_images_by_at_most_an_eighth(components) -> None:
-    codec = components.build("codecs", {"type": "pixels", "mode": "L"})
+    codec = components.build("codecs", {"type": "pixels", "mode": "L", "augment": True})
     assert isinstance(codec, Augmenting)
     data = glyph(0)
     plain = codec.decode(codec.encode(data)).astype(int)
@@ -59,12 +59,12 @@ def test_pixels_shift_training_images_by_at_most_an_eighth(components) -> None:
         assert len(found) == 1  # exactly a shift (the square is away from the edges)
         moves.add(found[0])
     assert len(moves) > 10 and max(max(abs(d), abs(r)) for d, r in moves) == 2  # 16 // 8
-    off = components.build("codecs", {"type": "pixels", "mode": "L", "augment": False})
+    off = components.build("codecs", {"type": "pixels", "mode": "L"})  # off by default, measured
     assert off.encode_augmented(data, np.random.default_rng(0)) == off.encode(data)
 
 
 def test_png_files_are_shifted_and_saved_again_jpeg_stays(components) -> None:
-    codec = components.build("codecs", {"type": "image"})
+    codec = components.build("codecs", {"type": "image", "augment": True})
     data = glyph(1)
     plain = np.asarray(Image.open(io.BytesIO(data))).astype(int)
     payloads = set()

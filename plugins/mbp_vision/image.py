@@ -21,8 +21,9 @@ class ImageParams(BaseModel):
     reencode: Literal["jpeg", "png", "webp"] | None = None
     quality: int = Field(default=85, ge=1, le=100)
     max_pixels: int = Field(default=16_000_000, gt=0)
+    # off by default like ``pixels``' (measured there: 0.75 against 0.994 on held-out fonts)
     augment: bool = Field(
-        default=True,
+        default=False,
         description="shift training images by up to 1/8 of their side and save them again (PNG, BMP)",
     )
 

@@ -20,8 +20,10 @@ class PixelsParams(BaseModel):
     mode: Literal["L", "RGB"] = "RGB"
     size: tuple[int, int] | None = Field(default=None, description="resize to (width, height)")
     max_pixels: int = Field(default=16_000_000, gt=0)
+    # off by default, measured: on glyphs from held-out fonts it held accuracy after 400 steps to 0.75
+    # against 0.994 without; in a run of minutes the plain images teach more than their shifts
     augment: bool = Field(
-        default=True, description="shift training images by up to 1/8 of their side, edges repeated"
+        default=False, description="shift training images by up to 1/8 of their side, edges repeated"
     )
 
 
