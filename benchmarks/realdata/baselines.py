@@ -14,6 +14,7 @@ import zlib
 from collections import Counter
 
 import numpy as np
+from mbp_audio.logmel import mel_filterbank
 
 from benchmarks.realdata.shards import BuiltSet, MissingPrerequisiteError, Sample, require_command
 
@@ -22,24 +23,10 @@ FRAME, HOP, NFFT = 200, 80, 256  # 25 ms frames, 10 ms hop at 8 kHz
 TIME_CHUNKS = 10
 
 
-def mel_filterbank(rate: int, bands: int = MEL_BANDS, nfft: int = NFFT) -> np.ndarray:
-    def mel(f: np.ndarray) -> np.ndarray:
-        return 2595.0 * np.log10(1.0 + f / 700.0)
-
-    edges_mel = np.linspace(0.0, float(mel(np.array(rate / 2.0))), bands + 2)
-    edges_hz = 700.0 * (10.0 ** (edges_mel / 2595.0) - 1.0)
-    bins = np.fft.rfftfreq(nfft, 1.0 / rate)
-    bank = np.zeros((bands, len(bins)), dtype=np.float32)
-    for b in range(bands):
-        lo, mid, hi = edges_hz[b : b + 3]
-        bank[b] = np.clip(np.minimum((bins - lo) / (mid - lo), (hi - bins) / (hi - mid)), 0.0, None)
-    return bank
-
-
 def log_mel_features(clips: list[np.ndarray], rate: int = 8000, seconds: float = 1.0) -> np.ndarray:
     """Per clip: log-mel energies (32 bands) of the clip zero-padded to ``seconds``, averaged over 10
     equal time chunks, plus each band's mean and deviation over the voiced frames: 384 numbers."""
-    bank = mel_filterbank(rate)
+    bank = mel_filterbank(rate, MEL_BANDS, NFFT)
     window = np.hanning(FRAME).astype(np.float32)
     length = int(rate * seconds)
     rows = []
