@@ -9,6 +9,7 @@ Nothing named in a config is ever imported: names resolve only through the compo
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -271,13 +272,21 @@ def check_ref(kind: Kind, ref: Ref, components: ComponentTable, where: str, dott
         raise ConfigError(f"{where}: {dotted}.{key}: {first['msg']}") from None
 
 
-def check_registry(registry: Registry, components: ComponentTable) -> None:
-    """Pass two for every pipeline; one ConfigError lists the problems of all of them."""
+def check_registry(
+    registry: Registry,
+    components: ComponentTable,
+    then: Callable[[Registry, str, ComponentTable], list[str]] | None = None,
+) -> None:
+    """Pass two for every pipeline, and ``then`` (more checks, returning problems) for each pipeline
+    that passes it; one ConfigError lists the problems of all of them."""
     problems = []
     for name in registry.parsed.pipelines:
         try:
             check_pipeline(registry, name, components)
         except ConfigError as error:
             problems.append(str(error))
+            continue  # a pipeline with unknown components cannot be checked further
+        if then is not None:
+            problems += then(registry, name, components)
     if problems:
         raise ConfigError("\n".join(problems))

@@ -83,7 +83,8 @@ def resolve_head(registry: Registry, name: str, pipeline: Pipeline, components: 
             f"{registry.where(('pipelines', name, 'head'))}: head '{pipeline.head.type}' targets field "
             f"'{target}', which is not among the pipeline's fields ({', '.join(pipeline.fields)})"
         )
-    later = list(pipeline.fields)[list(pipeline.fields).index(target) + 1 :] if target else []
+    fields = list(pipeline.fields)
+    later = fields[fields.index(target) + 1 :] if target else []
     if later:  # the model reads fields in order: what follows the answer is never seen when answering
         raise ConfigError(
             f"{registry.where(('pipelines', name, 'fields'))}: head '{pipeline.head.type}' answers field "

@@ -60,7 +60,7 @@ class ImageCodec:
         if fmt not in ("PNG", "BMP") or image.mode not in ("1", "L", "RGB", "RGBA", "P", "LA"):
             return self.encode(data)
         pixels = np.asarray(image)
-        moved = Image.fromarray(shifted(pixels, rng, max(1, min(pixels.shape[:2]) // 8)), mode=image.mode)
+        moved = Image.fromarray(shifted(pixels, rng), mode=image.mode)
         if image.mode == "P":
             moved.putpalette(image.getpalette() or [])
         buffer = io.BytesIO()

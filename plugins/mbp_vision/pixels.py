@@ -38,25 +38,24 @@ class PixelsCodec:
         self.augment = params.augment
 
     def encode(self, data: bytes) -> Segment:
-        image = self._open(data)
-        width, height = image.size
-        return Segment(self.name, image.tobytes(), {"w": str(width), "h": str(height), "mode": self.mode})
+        return self._segment(np.asarray(self._open(data)))
 
     def encode_augmented(self, data: bytes, rng: np.random.Generator) -> Segment:
         """A training image moved by a few pixels: where a digit or object sits is not what it is, and
         a model that saw each image at one place learns that it is."""
         if not self.augment:
             return self.encode(data)
-        pixels = np.asarray(self._open(data))
-        moved = shifted(pixels, rng, max(1, min(pixels.shape[:2]) // 8))
-        height, width = pixels.shape[:2]
-        return Segment(self.name, moved.tobytes(), {"w": str(width), "h": str(height), "mode": self.mode})
+        return self._segment(shifted(np.asarray(self._open(data)), rng))
 
     def _open(self, data: bytes) -> Image.Image:
         image = open_image(data, self.max_pixels).convert(self.mode)
         if self.size is not None and image.size != self.size:
             image = image.resize(self.size, Image.Resampling.BILINEAR)
         return image
+
+    def _segment(self, pixels: np.ndarray) -> Segment:
+        height, width = pixels.shape[:2]
+        return Segment(self.name, pixels.tobytes(), {"w": str(width), "h": str(height), "mode": self.mode})
 
     def decode(self, segment: Segment) -> np.ndarray:
         """The pixels as an array of shape (h, w) for L or (h, w, 3) for RGB."""
@@ -81,9 +80,11 @@ class PixelsCodec:
         return buffer.getvalue()
 
 
-def shifted(pixels: np.ndarray, rng: np.random.Generator, most: int) -> np.ndarray:
-    """``pixels`` moved by up to ``most`` in each direction; the edge rows and columns are repeated
-    into the uncovered strip, which keeps a plain background plain whatever its colour."""
+def shifted(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``pixels`` moved by up to 1/8 of the shorter side (at least 1) in each direction; the edge rows
+    and columns are repeated into the uncovered strip, which keeps a plain background plain whatever
+    its colour."""
+    most = max(1, min(pixels.shape[:2]) // 8)
     down, right = (int(value) for value in rng.integers(-most, most + 1, size=2))
     height, width = pixels.shape[:2]
     pad = [(most, most), (most, most)] + [(0, 0)] * (pixels.ndim - 2)

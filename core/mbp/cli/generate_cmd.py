@@ -92,8 +92,9 @@ def generate_command(
         key = ".".join(str(p) for p in ("pipeline", *first["loc"]))
         raise CheckpointError(f"{checkpoint}/config.json: key {key}: {first['msg']}") from None
     segments: list[Segment] = []
-    head = components.build("heads", pipeline.head.as_dict()) if pipeline else None
-    field_codec = field_codecs(pipeline, components, head) if pipeline and head else {}
+    field_codec: dict[str, Codec] = {}
+    if pipeline:  # the codecs training used, reading views included
+        field_codec = field_codecs(pipeline, components, components.build("heads", pipeline.head.as_dict()))
     for setting in fields:
         name, sep, value = setting.partition("=")
         if not sep:

@@ -6,7 +6,7 @@ import click
 
 from mbp.cli.common import emit_json, say
 from mbp.components import KINDS
-from mbp.config import Pipeline, check_pipeline, load_registry
+from mbp.config import Pipeline, check_registry, load_registry
 from mbp.plugins import get_platform
 
 
@@ -15,21 +15,10 @@ from mbp.plugins import get_platform
 def validate_command(registry: str | None) -> None:
     """Check a registry file (default: the active one) against the installed plugins, and build each
     pipeline's model shapes (no weights, no training): every problem is listed, one a line."""
-    from mbp.errors import ConfigError
     from mbp.resolve import build_problems
 
     loaded = load_registry(registry)
-    components = get_platform().components
-    problems = []
-    for name in loaded.parsed.pipelines:
-        try:
-            check_pipeline(loaded, name, components)
-        except ConfigError as error:
-            problems.append(str(error))
-            continue  # a pipeline with unknown components cannot be built
-        problems += build_problems(loaded, name, components)
-    if problems:
-        raise ConfigError("\n".join(problems))
+    check_registry(loaded, get_platform().components, then=build_problems)
     names = ", ".join(loaded.parsed.pipelines)
     say(f"{loaded.source}: ok ({len(loaded.parsed.pipelines)} pipelines: {names})")
 
