@@ -58,7 +58,7 @@ def one_round() -> dict[str, float]:
     # the same 10-step windows the trainer logs (bytes over wall time), so both sides average alike
     rates, window_start, window_bytes = [], time.perf_counter(), 0
     for index, batch in enumerate(ready, start=1):
-        model.loss(batch.tokens, batch.weights).loss.backward()
+        model.loss(batch.tokens, batch.weights, batch.begins).loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

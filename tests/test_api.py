@@ -68,12 +68,16 @@ def test_built_in_components_satisfy_the_protocols_at_run_time(components: Compo
     heads = {name: components.build("heads", {"type": name}) for name in components.names("heads")}
     assert all(isinstance(head, api.TaskHead) for head in heads.values())
     assert {name for name, head in heads.items() if isinstance(head, api.FieldHead)} == {"vqa", "classify"}
+    segmented = set()
     for name in components.names("backbones"):
         backbone = components.build("backbones", {"type": name}, dim=32, layers=1)
+        if isinstance(backbone, api.SegmentedBackbone):
+            segmented.add(name)
         cache = backbone.allocate_cache(3, 8)
         assert isinstance(backbone, api.PrefillBackbone) and isinstance(cache, api.Cache)
         assert cache.batch == 3
         cache.reset(torch.tensor([True, False, True]))
+    assert segmented == {"transformer"}  # mamba and mblm's blocks use the core's fallback
 
 
 def test_only_the_cli_loads_the_process_wide_platform() -> None:

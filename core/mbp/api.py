@@ -6,7 +6,7 @@
   what it registers against the protocols below.
 - Codecs: ``Codec`` (optionally ``SegmentExtension``, ``Augmenting``, ``ReadingView``) turning field
   bytes into a ``Segment`` and back.
-- Backbones: ``Backbone`` (optionally ``PrefillBackbone``) and its ``Cache``; test one with
+- Backbones: ``Backbone`` (optionally ``PrefillBackbone``, ``SegmentedBackbone``) and its ``Cache``; test one with
   :mod:`mbp.testing`. ``RMSNorm`` and :mod:`small_tensor_ops` are the norm and the ops for the
   tiny tensors of generation steps that the built-in backbones use.
 - Task heads: ``TaskHead`` (optionally ``FieldHead``) and its ``Metrics``, reading ``EncodedSample``s;
@@ -31,7 +31,7 @@ from mbp.errors import CheckpointError, CodecError, ConfigError, DataError, MbpE
 from mbp.heads import FieldHead, Metrics, TaskHead, payload_bytes, payload_range, prompt_length
 from mbp.hookspecs import Register, hookimpl
 from mbp.model import small_tensor_ops
-from mbp.model.backbone import Backbone, Cache, PrefillBackbone
+from mbp.model.backbone import Backbone, Cache, PrefillBackbone, SegmentedBackbone
 from mbp.model.build import build_model
 from mbp.model.decoder import MultiscaleDecoder
 from mbp.model.io import save_model
@@ -72,6 +72,7 @@ __all__ = [
     "Register",
     "Segment",
     "SegmentExtension",
+    "SegmentedBackbone",
     "SinkUnavailableError",
     "Span",
     "TaskHead",

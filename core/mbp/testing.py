@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mbp.model.backbone import prefill
+from mbp.model.backbone import prefill, run_segments
 from mbp.model.decoder import MultiscaleDecoder
 
 
@@ -95,3 +95,22 @@ def assert_model_causal(
             assert (out[:, t + 1 :] - base[:, t + 1 :]).abs().max().item() > 0, (
                 f"no logit after {t} saw token {t}"
             )
+
+
+@torch.no_grad()
+def assert_segments_kept_apart(
+    backbone: nn.Module, dim: int, *, lengths: tuple[int, ...] = (5, 1, 9)
+) -> None:
+    """Running segments of one row together (``forward_segments``, or the core's fallback) gives each
+    segment exactly the outputs of running it alone."""
+    backbone = backbone.double().eval()
+    parts = [torch.randn(1, n, dim, dtype=torch.float64) for n in lengths]
+    segments = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])[None]
+    together = run_segments(backbone, torch.cat(parts, dim=1), segments)
+    offset = 0
+    for index, part in enumerate(parts):
+        alone = backbone(part)
+        got = together[:, offset : offset + part.shape[1]]
+        moved = (got - alone).abs().max().item()
+        assert moved <= 1e-9, f"segment {index} differs from running it alone by {moved:.3g}"
+        offset += part.shape[1]

@@ -142,10 +142,12 @@ class Attention(nn.Module):
         b, _, length, _ = y.shape
         return self.out(y.transpose(1, 2).reshape(b, length, -1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Causal self-attention; ``mask: (B, 1, L, L)`` bool, when given, is the whole visibility."""
         q, k, v = self._split(x, self._turns(x.shape[1], x))
         drop = self.dropout if self.training else 0.0
-        return self._merge(F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=drop)
+        return self._merge(y)
 
     def prefill(self, x: torch.Tensor, cache: KVCache, layer: int, rows: torch.Tensor) -> torch.Tensor:
         q, k, v = self._split(x, self._turns(x.shape[1], x))
@@ -223,8 +225,8 @@ class Layer(nn.Module):
         self.mlp = MLP(dim, params.mlp_ratio, params.mlp, params.dropout)
         self.drop = nn.Dropout(params.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.attn_norm(x)))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.attn_norm(x), mask))
         return x + self.mlp(self.mlp_norm(x))
 
     def prefill(self, x: torch.Tensor, cache: KVCache, index: int, rows: torch.Tensor) -> torch.Tensor:
@@ -253,6 +255,15 @@ class Transformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self._blocks():
             x = layer(x)
+        return self.norm(x)
+
+    def forward_segments(self, x: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+        """``forward`` with attention kept inside each segment: one mask shared by every layer."""
+        length = x.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
+        mask = (segments[:, :, None] == segments[:, None, :]) & causal
+        for layer in self._blocks():
+            x = layer(x, mask[:, None])
         return self.norm(x)
 
     def allocate_cache(self, batch: int, max_len: int) -> KVCache:

@@ -26,6 +26,8 @@ T = TypeVar("T")
 class Batch:
     tokens: torch.Tensor  # (B, L) int64, PAD-padded
     weights: torch.Tensor  # (B, L) float32, 0 on PAD
+    begins: torch.Tensor
+    """(B, L) bool: where each sample starts. The model keeps packed samples apart by it."""
     rows: list[list[EncodedSample]]
     """The samples laid one after another in each row."""
     starts: list[list[int]]
@@ -49,6 +51,7 @@ def collate(rows: list[list[EncodedSample]], seq_len: int, align: int = 1) -> Ba
     """Rows of samples laid one after another, each starting at a multiple of ``align`` tokens."""
     tokens = np.full((len(rows), seq_len), PAD, dtype=np.int64)
     weights = np.zeros((len(rows), seq_len), dtype=np.float32)
+    begins = np.zeros((len(rows), seq_len), dtype=np.bool_)
     starts: list[list[int]] = []
     for index, row in enumerate(rows):
         offset = 0
@@ -57,9 +60,10 @@ def collate(rows: list[list[EncodedSample]], seq_len: int, align: int = 1) -> Ba
             end = offset + len(sample.tokens)
             tokens[index, offset:end] = sample.tokens
             weights[index, offset:end] = sample.weights
+            begins[index, offset] = True
             starts[-1].append(offset)
             offset = aligned(end, align)
-    return Batch(torch.from_numpy(tokens), torch.from_numpy(weights), rows, starts)
+    return Batch(torch.from_numpy(tokens), torch.from_numpy(weights), torch.from_numpy(begins), rows, starts)
 
 
 @dataclass

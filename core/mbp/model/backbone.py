@@ -10,6 +10,9 @@ Shapes: B batch, L length, D width.
 - optional ``prefill(x: (R, L, D), cache, rows: (R,) long) -> (R, L, D)``: fill the state of the rows
   ``rows`` from whole sequences of one length at once, replacing what they held; without it the core
   resets those rows and steps them position by position.
+- optional ``forward_segments(x: (B, L, D), segments: (B, L) long) -> (B, L, D)``: ``forward`` where
+  position t sees only positions <= t with the same segment number (numbers never decrease along a
+  row); it keeps packed samples apart. Without it the core runs each segment as a sequence of its own.
 """
 
 from __future__ import annotations
@@ -52,6 +55,40 @@ class PrefillBackbone(Backbone, Protocol):
     """A backbone with the optional ``prefill``."""
 
     def prefill(self, x: torch.Tensor, cache: Any, rows: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class SegmentedBackbone(Protocol):
+    """A backbone with the optional ``forward_segments``."""
+
+    def forward_segments(self, x: torch.Tensor, segments: torch.Tensor) -> torch.Tensor: ...
+
+
+def run_segments(backbone: torch.nn.Module, x: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+    """``backbone`` over ``x: (B, L, D)`` with each run of equal ``segments: (B, L)`` kept apart.
+
+    The fallback makes every segment a row of its own, right-padded: a causal backbone's outputs never
+    depend on what follows, so each segment's outputs are exactly those of running it alone. Segments
+    go in batches of similar length (up to a power of two), so padding at most doubles the work.
+    """
+    if isinstance(backbone, SegmentedBackbone):
+        return backbone.forward_segments(x, segments)
+    batch, length, width = x.shape
+    flat = x.flatten(0, 1)
+    # a number per (row, segment), increasing along the flattened rows
+    labels = (segments + torch.arange(batch, device=x.device)[:, None] * (length + 1)).flatten()
+    _, which, counts = torch.unique_consecutive(labels, return_inverse=True, return_counts=True)
+    where = torch.arange(labels.numel(), device=x.device) - (torch.cumsum(counts, 0) - counts)[which]
+    buckets = torch.ceil(torch.log2(counts.double())).long()
+    out = flat.new_zeros(flat.shape)
+    for bucket in buckets.unique().tolist():
+        chosen = buckets == bucket  # the segments of this bucket
+        members = chosen[which].nonzero().flatten()  # their positions
+        row = (torch.cumsum(chosen, 0) - 1)[which[members]]
+        rows = flat.new_zeros(int(chosen.sum()), int(counts[chosen].max()), width)
+        rows = rows.index_put((row, where[members]), flat[members])
+        out = out.index_put((members,), backbone(rows)[row, where[members]])
+    return out.view(batch, length, -1)
 
 
 def prefill(backbone: Backbone, x: torch.Tensor, cache: Cache, rows: torch.Tensor) -> torch.Tensor:

@@ -24,8 +24,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from mbp.errors import ConfigError
-from mbp.model.backbone import Backbone, prefill
+from mbp.model.backbone import Backbone, prefill, run_segments
 from mbp.model.decoder_cache import DecoderCache
+from mbp.model.parts import LossOutput, UnitEmbedding
 from mbp.protocol import PAD, VOCAB_SIZE
 
 CHECKPOINT_POSITIONS = 1 << 14
@@ -37,35 +38,6 @@ class Stage:
     dim: int
     seq_len: int | None
     checkpoint: bool = False
-
-
-@dataclass(frozen=True)
-class LossOutput:
-    loss: torch.Tensor
-    """Weighted mean cross-entropy in nats (what to backpropagate)."""
-    nats: torch.Tensor
-    """Weighted sum of cross-entropy in nats."""
-    weight: torch.Tensor
-    """Sum of weights (tokens counted)."""
-
-    @property
-    def bits_per_byte(self) -> float:
-        return float(self.nats / self.weight.clamp_min(1e-12)) / math.log(2)
-
-
-class UnitEmbedding(nn.Module):
-    """Embeds each unit of ``U`` bytes: byte embeddings concatenated, normed and projected to ``dim``."""
-
-    def __init__(self, vocab: int, byte_dim: int, unit: int, dim: int) -> None:
-        super().__init__()
-        self.bytes = nn.Embedding(vocab, byte_dim, padding_idx=PAD)
-        self.norm_in = nn.LayerNorm(unit * byte_dim)
-        self.proj = nn.Linear(unit * byte_dim, dim)
-        self.norm_out = nn.LayerNorm(dim)
-
-    def forward(self, units: torch.Tensor) -> torch.Tensor:  # (..., U) -> (..., D)
-        x = self.bytes(units).flatten(-2)
-        return self.norm_out(self.proj(self.norm_in(x)))
 
 
 class MultiscaleDecoder(nn.Module):
@@ -121,26 +93,48 @@ class MultiscaleDecoder(nn.Module):
             )
         return F.pad(ids, (0, -length % self.patch_len), value=PAD)
 
-    def hidden(self, ids: torch.Tensor) -> torch.Tensor:
+    def hidden(self, ids: torch.Tensor, begins: torch.Tensor | None = None) -> torch.Tensor:
         """Last-stage states that predict each token: ``ids: (B, L) -> (B, L, D_n)``.
 
-        Position t's state has seen tokens < t only.
+        Position t's state has seen tokens < t only. ``begins: (B, L)`` bool marks where packed samples
+        start (at multiples of ``patch_len``): each sample then sees only itself, exactly as if alone.
         """
         batch, length = ids.shape
         if length == 0:
             raise ConfigError("cannot run the model on an empty input")
         padded = self.pad_input(ids)
-        out = self.stage_outputs(padded)  # (N_n, P_n + 1, D_n)
+        first = self.first_patches(begins)
+        out = self.stage_outputs(padded, first=first)  # (N_n, P_n + 1, D_n)
         per_row = out.view(batch, -1, out.shape[-2], out.shape[-1])
-        first = per_row[:, 0, 0:1]  # the first start token predicts token 0
         rest = per_row[:, :, 1:].reshape(batch, -1, out.shape[-1])
-        return torch.cat((first, rest[:, : length - 1]), dim=1)
+        # the first start token predicts token 0
+        hidden = torch.cat((per_row[:, 0, 0:1], rest[:, : length - 1]), dim=1)
+        if first is None or begins is None:
+            return hidden
+        # so does each packed sample's: its first row's start position predicts its first token
+        row_starts = per_row[:, :, 0].repeat_interleave(self.patch_sizes[-1], dim=1)[:, :length]
+        return torch.where(begins[..., None], row_starts, hidden)
 
-    def stage_outputs(self, padded: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    def first_patches(self, begins: torch.Tensor | None) -> torch.Tensor | None:
+        """(B, P_1) bool: the stage-1 patches where a packed sample begins, from ``begins: (B, L)``;
+        None when no row holds more than one sample (nothing to keep apart)."""
+        if begins is None:
+            return None
+        tail = -begins.shape[1] % self.patch_len
+        padded = F.pad(begins, (0, tail)).view(begins.shape[0], -1, self.patch_len)
+        if bool(padded[:, :, 1:].any()):
+            raise ValueError(f"packed samples must start at multiples of the patch length {self.patch_len}")
+        first = padded[:, :, 0]
+        return first if bool(first[:, 1:].any()) else None
+
+    def stage_outputs(
+        self, padded: torch.Tensor, keep: torch.Tensor | None = None, first: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The last stage's outputs (N_n, P_n + 1, D_n) for ``padded: (B, L)`` (L a multiple of the patch).
 
         With ``keep: (N_n,)`` bool, the last stage runs only on those rows (its rows are independent
-        sequences, so they come out exactly as in the full run).
+        sequences, so they come out exactly as in the full run). With ``first: (B, P_1)`` bool, stage 1
+        restarts at each marked patch (see ``_restart``); later stages' rows lie inside one patch anyway.
         """
         previous: torch.Tensor | None = None
         last = self.num_stages - 1
@@ -154,10 +148,22 @@ class MultiscaleDecoder(nn.Module):
             if previous is not None:
                 tokens = tokens + previous
             x = torch.cat((self._start(s, tokens.shape[0])[:, None], tokens), dim=1)
-            x = self._run(s, x)
+            segments = None
+            if s == 0 and first is not None:
+                x, segments = self._restart(x, first)
+            x = self._run(s, x, segments)
             if s < self.num_stages - 1:
                 previous = self._to_next_stage(s, x[:, :-1])
         return x
+
+    def _restart(self, x: torch.Tensor, first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage 1's inputs ``x: (B, P_1 + 1, D_1)`` with each packed sample made a sequence of its own:
+        the position that predicts a sample's first patch holds the start token instead of the previous
+        sample's last patch, and ``segments: (B, P_1 + 1)`` numbers the samples so that attention stays
+        inside one. A sample then sees exactly what it would alone (positions are relative)."""
+        restart = F.pad(first[:, 1:], (1, 1))  # position j >= 1 holds patch j - 1 and predicts patch j
+        x = torch.where(restart[..., None], self.start_tokens[0].to(x.dtype), x)
+        return x, torch.cumsum(restart, dim=1)
 
     def _start(self, s: int, rows: int) -> torch.Tensor:
         """Stage s's learned start token for ``rows`` sequences: (rows, D_s)."""
@@ -170,23 +176,35 @@ class MultiscaleDecoder(nn.Module):
     def _backbone(self, s: int) -> Backbone:
         return cast(Backbone, self.backbones[s])
 
-    def _run(self, s: int, x: torch.Tensor) -> torch.Tensor:
-        """Stage s's backbone over ``x: (N_s, P_s + 1, D_s)``. A checkpointed stage keeps only its inputs
-        and recomputes in backward, in row chunks of about CHECKPOINT_POSITIONS positions, so a stage's
-        activations never exist all at once (rows are independent sequences: results are identical)."""
+    def _run(self, s: int, x: torch.Tensor, segments: torch.Tensor | None = None) -> torch.Tensor:
+        """Stage s's backbone over ``x: (N_s, P_s + 1, D_s)``, attending within ``segments`` if given.
+        A checkpointed stage keeps only its inputs and recomputes in backward, in row chunks of about
+        CHECKPOINT_POSITIONS positions, so a stage's activations never exist all at once (rows are
+        independent sequences: results are identical)."""
         backbone = self.backbones[s]
+
+        def run(part: torch.Tensor, part_segments: torch.Tensor | None) -> torch.Tensor:
+            return backbone(part) if part_segments is None else run_segments(backbone, part, part_segments)
+
         if not (self.checkpointed[s] and self.training and torch.is_grad_enabled()):
-            return backbone(x)
+            return run(x, segments)
         rows = max(1, CHECKPOINT_POSITIONS // x.shape[1])
-        parts = [checkpoint(backbone, part, use_reentrant=False) for part in x.split(rows)]
+        chunks = segments.split(rows) if segments is not None else [None] * -(-x.shape[0] // rows)
+        parts = [
+            checkpoint(run, part, chunk, use_reentrant=False)
+            for part, chunk in zip(x.split(rows), chunks, strict=True)
+        ]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, L, V)`` predicting each token from the tokens before it."""
-        return self.to_logits(self.hidden(ids))
+    def forward(self, ids: torch.Tensor, begins: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``(B, L, V)`` predicting each token from the tokens before it (of its own sample)."""
+        return self.to_logits(self.hidden(ids, begins))
 
-    def loss(self, ids: torch.Tensor, weights: torch.Tensor | None = None) -> LossOutput:
-        """Weighted cross-entropy of predicting ``ids`` (PAD targets never count).
+    def loss(
+        self, ids: torch.Tensor, weights: torch.Tensor | None = None, begins: torch.Tensor | None = None
+    ) -> LossOutput:
+        """Weighted cross-entropy of predicting ``ids`` (PAD targets never count); ``begins`` as in
+        ``hidden``.
 
         With ``loss_chunk`` set, logits are made and dropped chunk by chunk (recomputed in backward),
         so the full (B, L, V) logits never exist at once.
@@ -194,11 +212,11 @@ class MultiscaleDecoder(nn.Module):
         w = (ids != PAD).float()
         if weights is not None:
             w = w * weights.float()
-        sparse = self._weighted_rows(ids, w)
+        sparse = self._weighted_rows(ids, w, begins)
         if sparse is not None:
             hidden, ids, w = sparse
         else:
-            hidden = self.hidden(ids)
+            hidden = self.hidden(ids, begins)
         w = w.to(hidden.dtype)
         chunk = self.loss_chunk or hidden.shape[1]
         nats = hidden.new_zeros(())
@@ -216,7 +234,7 @@ class MultiscaleDecoder(nn.Module):
         return LossOutput(nats / weight.clamp_min(1e-12), nats.detach(), weight.detach())
 
     def _weighted_rows(
-        self, ids: torch.Tensor, w: torch.Tensor
+        self, ids: torch.Tensor, w: torch.Tensor, begins: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """The states, targets and weights of only the last-stage rows whose targets carry weight, as
         (1, K * P_n + B, ...) sequences; None when every row does (or the model has a single stage).
@@ -227,24 +245,29 @@ class MultiscaleDecoder(nn.Module):
         """
         if self.num_stages == 1:
             return None
-        batch, length = ids.shape
+        length = ids.shape[1]
         padded = self.pad_input(ids)
         size = self.patch_sizes[-1]
         tail = padded.shape[1] - length
-        # the output at (row r, position 1 + j) predicts token r * P + j + 1; the start position of a batch
-        # row's first last-stage row predicts its token 0
+        first = self.first_patches(begins)
+        # tokens predicted by the start position of their own last-stage row: each row's token 0, and
+        # each packed sample's first token when samples are kept apart
+        lead = torch.zeros_like(padded, dtype=torch.bool)
+        lead[:, 0] = True
+        if first is not None and begins is not None:
+            lead[:, :length] |= begins
+        w = F.pad(w, (0, tail))
+        # the output at (row r, position 1 + j) predicts token r * P + j + 1 unless that token is a lead
         targets = F.pad(padded[:, 1:], (0, 1), value=PAD).reshape(-1, size)
-        target_w = F.pad(w[:, 1:], (0, 1 + tail)).reshape(-1, size)
-        keep = target_w.sum(-1) > 0
-        first_rows = torch.arange(batch, device=ids.device) * (padded.shape[1] // size)
-        keep[first_rows] = True
+        target_w = F.pad((w * ~lead)[:, 1:], (0, 1)).reshape(-1, size)
+        lead_rows = lead.view(-1, size)[:, 0]
+        keep = (target_w.sum(-1) > 0) | lead_rows
         if bool(keep.all()):
             return None
-        out = self.stage_outputs(padded, keep)  # (K, P + 1, D)
-        first_at = torch.cumsum(keep, 0)[first_rows] - 1  # where each first row landed among the kept
-        hidden = torch.cat((out[first_at, 0], out[:, 1:].flatten(0, 1)))[None]
-        kept_ids = torch.cat((padded[:, 0], targets[keep].flatten()))[None]
-        kept_w = torch.cat((w[:, 0], target_w[keep].flatten()))[None]
+        out = self.stage_outputs(padded, keep, first)  # (K, P + 1, D)
+        hidden = torch.cat((out[lead_rows[keep], 0], out[:, 1:].flatten(0, 1)))[None]
+        kept_ids = torch.cat((padded.view(-1, size)[lead_rows, 0], targets[keep].flatten()))[None]
+        kept_w = torch.cat((w.view(-1, size)[lead_rows, 0], target_w[keep].flatten()))[None]
         return hidden, kept_ids, kept_w
 
     def _chunk_nats(self, hidden: torch.Tensor, ids: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,7 @@ def evaluate(
         for batch in batches:
             tokens = batch.tokens.to(device)
             with (precision or FP32).autocast(device):
-                hidden = model.hidden(tokens)
+                hidden = model.hidden(tokens, batch.begins.to(device))
             for index, (row, starts) in enumerate(zip(batch.rows, batch.starts, strict=True)):
                 logits = model.to_logits(hidden[index].float())
                 nats = F.cross_entropy(logits, tokens[index], reduction="none").cpu().numpy()

@@ -208,8 +208,9 @@ class Trainer:
         for _ in range(cfg.grad_accum):
             batch, position = next(self.train)
             ids, weights = batch.tokens.to(world.device), batch.weights.to(world.device)
+            begins = batch.begins.to(world.device)
             with self.precision.autocast(world.device):
-                loss = self.wrapped(ids, weights)
+                loss = self.wrapped(ids, weights, begins)
             (loss / cfg.grad_accum).backward()
             loss_sum += float(loss.detach()) / cfg.grad_accum
             tokens += batch.num_tokens * world.size
@@ -283,8 +284,8 @@ class LossStep(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        return self.model.loss(ids, weights).loss
+    def forward(self, ids: torch.Tensor, weights: torch.Tensor, begins: torch.Tensor) -> torch.Tensor:
+        return self.model.loss(ids, weights, begins).loss
 
 
 def _train_batches(
