@@ -6,8 +6,8 @@
   what it registers against the protocols below.
 - Codecs: ``Codec`` (optionally ``SegmentExtension``, ``Augmenting``, ``ReadingView``) turning field
   bytes into a ``Segment`` and back.
-- Backbones: ``Backbone`` (optionally ``PrefillBackbone``, ``SegmentedBackbone``) and its ``Cache``; test one with
-  :mod:`mbp.testing`. ``RMSNorm`` and :mod:`small_tensor_ops` are the norm and the ops for the
+- Backbones: ``Backbone`` (optionally ``PrefillBackbone``, ``SegmentedBackbone``) and its ``Cache``;
+  test one with :mod:`mbp.testing`. ``RMSNorm`` and :mod:`small_tensor_ops` are the norm and the ops for the
   tiny tensors of generation steps that the built-in backbones use.
 - Task heads: ``TaskHead`` (optionally ``FieldHead``) and its ``Metrics``, reading ``EncodedSample``s;
   ``payload_range``, ``payload_bytes`` and ``prompt_length`` find a field's payload in a sample.
