@@ -20,7 +20,7 @@ from mbp.model.build import build_model
 from mbp.overrides import apply_overrides
 from mbp.plugins import get_platform
 from mbp.resolve import resolve
-from mbp.train.loop import make_optimizer, run
+from mbp.train.loop import RunRequest, make_optimizer, run
 
 from benchmarks.common import save
 
@@ -38,7 +38,7 @@ def one_round() -> dict[str, float]:
     resolved = resolve(None, base.name, apply_overrides(base, settings), components=base.components)
     data, shards = resolved.pipeline.data, expand_shards(resolved.pipeline.data.train_shards)
     with tempfile.TemporaryDirectory() as out:
-        run(resolved, Path(out), resume=False, train_shards=shards, eval_shards=[])
+        run(resolved, RunRequest(Path(out), shards, []))
         rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     end_to_end = statistics.median(r["bytes_per_s"] for r in rows if r["kind"] == "train" and r["step"] > 10)
 

@@ -66,7 +66,7 @@ def run_command(
     from mbp.errors import ConfigError
     from mbp.plugins import get_platform
     from mbp.resolve import resolve
-    from mbp.train.loop import run
+    from mbp.train.loop import RunRequest, run
 
     if init_from is not None and resume:
         raise ConfigError("give --init-from (start from a checkpoint's weights) or --resume, not both")
@@ -85,16 +85,16 @@ def run_command(
         )
     evals = expand_shards(list(eval_shards) or data.eval_shards)
     out = out_dir or Path("mbp-runs") / resolved.name
-    summary = run(
-        resolved,
+    request = RunRequest(
         out,
+        train,
+        evals,
         resume=resume or take_intact,
-        train_shards=train,
-        eval_shards=evals,
         init_from=init_from,
         overwrite=overwrite,
         take_intact=take_intact,
     )
+    summary = run(resolved, request)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 speaks for the run
     if as_json:

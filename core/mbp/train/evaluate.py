@@ -19,6 +19,9 @@ from mbp.train.precision import PrecisionChoice
 
 FP32 = PrecisionChoice("fp32", "evaluation default")
 
+Scored = list[tuple[EncodedSample, np.ndarray, np.ndarray]]
+"""Each evaluated sample with its per-token nats and argmax hits."""
+
 
 @torch.no_grad()
 def evaluate(
@@ -58,10 +61,6 @@ def evaluate(
     # the loss training minimises, on held-out data: set beside train_bpb, it shows memorising
     result["loss_bpb"] = weighted_nats / max(weight_sum, 1e-12) / math.log(2)
     return result
-
-
-Scored = list[tuple[EncodedSample, np.ndarray, np.ndarray]]
-"""Each evaluated sample with its per-token nats and argmax hits."""
 
 
 def _generated(model: MultiscaleDecoder, field: str, scored: Scored, group: int = 16) -> dict[int, bytes]:

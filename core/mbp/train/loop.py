@@ -6,6 +6,7 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,35 +62,27 @@ def eval_batches(resolved: Resolved, shards: list[str], log: SkipLog, align: int
     return [b for b, _ in batches(stream, data.batch_size, data.seq_len, pack=True, align=align)]
 
 
-def run(
-    resolved: Resolved,
-    out: Path,
-    *,
-    resume: bool,
-    train_shards: list[str],
-    eval_shards: list[str],
-    init_from: Path | None = None,
-    overwrite: bool = False,
-    take_intact: bool = False,
-) -> dict[str, Any]:
-    """Train and evaluate ``resolved`` as its pipeline says; return the summary ``mbp run --json`` prints.
+@dataclass(frozen=True)
+class RunRequest:
+    """Where a run writes and what it reads, beyond what its pipeline says."""
 
-    ``init_from``: a checkpoint whose weights the model starts from (ignored when resuming);
-    ``overwrite`` replaces a run already in ``out``; ``take_intact`` resumes from the newest intact
-    checkpoint when the newest is damaged."""
+    out: Path
+    train_shards: list[str]
+    eval_shards: list[str]
+    resume: bool = False
+    init_from: Path | None = None
+    """A checkpoint whose weights the model starts from (ignored when resuming)."""
+    overwrite: bool = False
+    """Replace a run already in ``out``."""
+    take_intact: bool = False
+    """Resume from the newest intact checkpoint when the newest is damaged."""
+
+
+def run(resolved: Resolved, request: RunRequest) -> dict[str, Any]:
+    """Train and evaluate ``resolved`` as its pipeline says; return the summary ``mbp run --json`` prints."""
     world = D.init_world()
     try:
-        return Trainer(
-            resolved,
-            out,
-            world,
-            resume=resume,
-            train_shards=train_shards,
-            eval_shards=eval_shards,
-            init_from=init_from,
-            overwrite=overwrite,
-            take_intact=take_intact,
-        ).run()
+        return Trainer(resolved, request, world).run()
     finally:
         D.shutdown(world)
 
@@ -97,22 +90,11 @@ def run(
 class Trainer:
     """One training run: the model, its optimizer and data, and what gets logged and saved."""
 
-    def __init__(
-        self,
-        resolved: Resolved,
-        out: Path,
-        world: D.World,
-        *,
-        resume: bool,
-        train_shards: list[str],
-        eval_shards: list[str],
-        init_from: Path | None = None,
-        overwrite: bool = False,
-        take_intact: bool = False,
-    ) -> None:
+    def __init__(self, resolved: Resolved, request: RunRequest, world: D.World) -> None:
+        out, resume = request.out, request.resume
         self.resolved, self.out, self.world = resolved, out, world
         self.cfg, data = resolved.pipeline.train, resolved.pipeline.data
-        prepare_out(out, resume=resume, overwrite=overwrite, main=world.is_main)
+        prepare_out(out, resume=resume, overwrite=request.overwrite, main=world.is_main)
         if world.is_main:
             check_writable(out)
             remove_leftovers(out)
@@ -123,8 +105,8 @@ class Trainer:
         torch.manual_seed(self.cfg.seed)
         components = resolved.components
         self.model: MultiscaleDecoder = build_model(resolved.pipeline.model, components)
-        if init_from is not None and not resume:
-            load_initial_weights(init_from, self.model, resolved.pipeline.model)
+        if request.init_from is not None and not resume:
+            load_initial_weights(request.init_from, self.model, resolved.pipeline.model)
         self.model.to(world.device)
         if data.seq_len % self.model.patch_len:
             raise ConfigError(
@@ -135,7 +117,7 @@ class Trainer:
         optim_state = None
         self.checkpoint: Path | None = None
         if resume:
-            self.checkpoint = resume_point(out, take_intact=take_intact, main=world.is_main)
+            self.checkpoint = resume_point(out, take_intact=request.take_intact, main=world.is_main)
             document = checkpoint_document(self.checkpoint, training=True)
             check_belongs(self.checkpoint, resolved.name, resolved.pipeline, document, self.model)
             self.state, optim_state = load_checkpoint(self.checkpoint, self.model)
@@ -151,8 +133,9 @@ class Trainer:
         self.log = SkipLog(quiet=not world.is_main)
         self.log.samples_skipped = self.state.samples_skipped
         align = self.model.patch_len
-        self.train = _train_batches(resolved, train_shards, self.log, self.state, world, align)
-        self.evals = eval_batches(resolved, eval_shards, SkipLog(quiet=True), align) if eval_shards else []
+        self.train = _train_batches(resolved, request.train_shards, self.log, self.state, world, align)
+        evals = request.eval_shards
+        self.evals = eval_batches(resolved, evals, SkipLog(quiet=True), align) if evals else []
         resume_step = self.state.step if resume else None
         self.metrics = MetricsLog(out / "metrics.jsonl", resume_step) if world.is_main else None
         self.sinks = open_sinks(self.cfg.sinks, components, out, resume_step) if world.is_main else []
