@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 from mbp.data.batches import aligned, collate
 from mbp.data.encode import EncodedSample
+from mbp.model import decoder
 from mbp.model.backbone import run_segments
+from mbp.model.build import build_model
 from mbp.protocol import PAD
 from mbp.testing import assert_segments_kept_apart
 
@@ -109,3 +111,21 @@ def test_samples_off_the_patch_grid_are_refused(components) -> None:
     begins[0, [0, 6]] = True
     with pytest.raises(ValueError, match="multiples of the patch length 4"):
         model(torch.randint(0, 256, (1, 16)), begins)
+
+
+def test_checkpointed_stage_keeps_samples_apart_with_equal_gradients(components, monkeypatch) -> None:
+    """Recomputing stage 1 in row chunks (``checkpoint: true``) passes each chunk its own segments."""
+    monkeypatch.setattr(decoder, "CHECKPOINT_POSITIONS", 1)  # one row a chunk
+    plain = tiny_model(components, 2).double().train()
+    config = {"stages": [{**stage("transformer", 32, 2), "checkpoint": True}, stage("transformer", 16, 1, 4)]}
+    checked = build_model(config, components).double().train()
+    checked.load_state_dict(plain.state_dict())
+    samples = [_sample(torch.randint(0, 256, (n,)).tolist(), [1.0] * n) for n in (9, 30, 5)]
+    batch = collate([samples[:2], samples[2:]], seq_len=48, align=plain.patch_len)
+    grads = []
+    for model in (plain, checked):
+        model.zero_grad()
+        model.loss(batch.tokens, batch.weights, batch.begins).loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
