@@ -40,6 +40,20 @@ def stage(backbone: str, dim: int, layers: int, seq_len: int | None = None, **pa
     }
 
 
+class Exposing(torch.nn.Module):
+    """``inner`` as a backbone with ``forward`` and only the named optional methods (``step``,
+    ``prefill``, ``forward_segments``...), so that the core's fallback for each of the others runs."""
+
+    def __init__(self, inner: torch.nn.Module, *methods: str) -> None:
+        super().__init__()
+        self.inner = inner
+        for name in methods:
+            setattr(self, name, getattr(inner, name))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
 def tiny_model(
     components: ComponentTable, stages: int = 2, backbones: tuple[str, ...] | None = None
 ) -> MultiscaleDecoder:

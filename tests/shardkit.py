@@ -23,7 +23,8 @@ pipelines:
       stages:
         - {backbone: {type: transformer, heads: 2}, dim: 32, layers: 1}
         - {backbone: {type: transformer, heads: 2}, dim: 16, layers: 1, seq_len: 4}
-    data: {seq_len: 256, batch_size: 4, pack: false}  # one sample a row: the tests count samples by rows
+    # one sample a row, read in order: the tests count samples by rows and place damage by position
+    data: {seq_len: 256, batch_size: 4, pack: false, shuffle_buffer: 0}
     train: {steps: 6, warmup_steps: 2, eval_every: 3, checkpoint_every: 2, log_every: 1, keep_checkpoints: 2}
 """
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from mbp.config import check_registry, load_registry
 from mbp.errors import ConfigError
 
@@ -171,3 +172,41 @@ def test_later_stages_take_patch_and_still_accept_seq_len(components) -> None:
         config(patch=4, seq_len=5)
     with pytest.raises(ValidationError, match="stage 2 needs patch"):
         config()
+
+
+@pytest.mark.parametrize(
+    ("head", "model_line", "expected"),
+    [
+        ("{type: vqa}", "", [0.1, 0.3, None]),  # the answer heads' dropout; an explicit one stays
+        ("{type: classify}", "      dropout: 0.2\n", [0.2, 0.3, None]),  # model.dropout over the head's
+        ("{type: lm}", "", [0.0, 0.3, None]),
+    ],
+)
+def test_dropout_comes_from_the_head_unless_the_pipeline_sets_it(
+    tmp_path: Path, head: str, model_line: str, expected: list[float | None]
+) -> None:
+    """Issue 14: dropout is the default where labelled sets are small (a user who never heard of it gets
+    it), written into each backbone that takes a ``dropout`` (Mamba takes none), so the model that is
+    built, the checkpoint and the error messages all show the dropout used."""
+    from mbp.model.build import build_model
+    from mbp.plugins import get_platform
+    from mbp.resolve import resolve
+
+    text = (
+        "pipelines:\n  tiny:\n    fields:\n      txt: {type: text}\n      answer: {type: text}\n"
+        f"    head: {head.replace('}', ', ' + ('label_field' if 'classify' in head else 'answer_field'))}"
+        ": answer}\n    model:\n" + model_line + "      stages:\n"
+        "        - {backbone: {type: transformer, heads: 2}, dim: 32, layers: 1}\n"
+        "        - {backbone: {type: transformer, heads: 2, dropout: 0.3}, dim: 16, layers: 1, patch: 4}\n"
+        "        - {backbone: {type: mamba, state: 8, headdim: 8}, dim: 16, layers: 1, patch: 2}\n"
+    )
+    if "lm" in head:
+        text = text.replace(", answer_field: answer}", "}").replace("      answer: {type: text}\n", "")
+    components = get_platform().components
+    resolved = resolve(write(tmp_path, text), "tiny", components=components)
+    stages = resolved.pipeline.model.stages
+    assert [stage.backbone.as_dict().get("dropout") for stage in stages] == expected
+    assert resolved.pipeline.model.dropout == expected[0]
+    model = build_model(resolved.pipeline.model, components)
+    rates = [m.p for m in model.backbones[0].modules() if isinstance(m, torch.nn.Dropout)]
+    assert rates and set(rates) == {expected[0]}

@@ -15,7 +15,7 @@ from mbp.model.io import load_model, save_model
 from mbp.protocol import PAD, VOCAB_SIZE
 from mbp.testing import assert_backbone_causal, assert_model_causal, assert_step_matches_forward
 
-from tests.conftest import stage, tiny_model
+from tests.conftest import Exposing, stage, tiny_model
 
 BACKBONES = ["transformer", "mamba"]
 
@@ -44,27 +44,10 @@ def test_steps_pass_linear_biases_as_forward_does(components, ref: dict[str, Any
     assert_step_matches_forward(backbone, 16)
 
 
-class StepOnly(torch.nn.Module):
-    """A backbone without ``prefill``: the core fills its cache by stepping the rows one by one."""
-
-    def __init__(self, inner: torch.nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x)
-
-    def allocate_cache(self, batch: int, max_len: int) -> Any:
-        return self.inner.allocate_cache(batch, max_len)
-
-    def step(self, x: torch.Tensor, cache: Any, active: torch.Tensor) -> torch.Tensor:
-        return self.inner.step(x, cache, active)
-
-
 @pytest.mark.parametrize("name", BACKBONES)
 def test_backbones_without_prefill_are_stepped_by_the_core(components, name: str) -> None:
     ref = stage(name, 16, 2)["backbone"]
-    backbone = StepOnly(components.build("backbones", ref, dim=16, layers=2))
+    backbone = Exposing(components.build("backbones", ref, dim=16, layers=2), "allocate_cache", "step")
     assert not hasattr(backbone, "prefill")
     assert_step_matches_forward(backbone, 16)
 

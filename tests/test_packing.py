@@ -14,7 +14,7 @@ from mbp.model.build import build_model
 from mbp.protocol import PAD
 from mbp.testing import assert_segments_kept_apart
 
-from tests.conftest import stage, tiny_model
+from tests.conftest import Exposing, stage, tiny_model
 
 
 @pytest.mark.parametrize("name", ["transformer", "mamba"])
@@ -30,20 +30,9 @@ def test_core_fallback_matches_the_transformers_mask(components) -> None:
     x = torch.randn(2, 12, 16, dtype=torch.float64)
     segments = torch.tensor([[0, 0, 0, 1, 1, 2, 2, 2, 2, 2, 2, 2], [0] * 6 + [1] * 6])
     masked = backbone.forward_segments(x, segments)
-    fallback = run_segments(_Plain(backbone), x, segments)
+    fallback = run_segments(Exposing(backbone), x, segments)
     torch.testing.assert_close(masked, fallback, rtol=0, atol=1e-12)
     assert (masked[:, 3:] - backbone(x)[:, 3:]).abs().max() > 1e-3  # the mask does change later segments
-
-
-class _Plain(torch.nn.Module):
-    """A backbone hiding forward_segments, so the core's fallback runs."""
-
-    def __init__(self, inner: torch.nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x)
 
 
 def _sample(tokens: list[int], weights: list[float]) -> EncodedSample:

@@ -309,7 +309,7 @@ def test_component_that_cannot_be_built_is_a_config_error(setup, tmp_path: Path)
     result = run(registry, shards, tmp_path / "out", "--set", "model.stages.0.backbone.heads=3")
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "mbp: error: backbone 'transformer' (heads=3, dim=32, layers=1) cannot be built: "
+        "mbp: error: backbone 'transformer' (heads=3, dropout=0.1, dim=32, layers=1) cannot be built: "
         "transformer width 32 is not divisible by heads=3"
     )
 

@@ -9,8 +9,9 @@
 - Backbones: ``Backbone`` (optionally ``PrefillBackbone``, ``SegmentedBackbone``) and its ``Cache``;
   test one with :mod:`mbp.testing`. ``RMSNorm`` and :mod:`small_tensor_ops` are the norm and the ops for the
   tiny tensors of generation steps that the built-in backbones use.
-- Task heads: ``TaskHead`` (optionally ``FieldHead``) and its ``Metrics``, reading ``EncodedSample``s;
-  ``payload_range``, ``payload_bytes`` and ``prompt_length`` find a field's payload in a sample.
+- Task heads: ``TaskHead`` (optionally ``FieldHead``, ``RegularizedHead``) and its ``Metrics``, reading
+  ``EncodedSample``s; ``payload_range``, ``payload_bytes`` and ``prompt_length`` find a field's payload
+  in a sample.
 - Metrics sinks (``mbp_register_sinks``): ``MetricsSink``; a sink whose library is missing raises
   ``SinkUnavailableError``.
 - Importers (``mbp_register_importers``) write ordinary mbp checkpoints from another tool's: the model's
@@ -28,7 +29,15 @@ from mbp.components import ComponentTable
 from mbp.config import ModelConfig, Pipeline
 from mbp.data.encode import EncodedSample, Span
 from mbp.errors import CheckpointError, CodecError, ConfigError, DataError, MbpError, PluginError
-from mbp.heads import FieldHead, Metrics, TaskHead, payload_bytes, payload_range, prompt_length
+from mbp.heads import (
+    FieldHead,
+    Metrics,
+    RegularizedHead,
+    TaskHead,
+    payload_bytes,
+    payload_range,
+    prompt_length,
+)
 from mbp.hookspecs import Register, hookimpl
 from mbp.model import small_tensor_ops
 from mbp.model.backbone import Backbone, Cache, PrefillBackbone, SegmentedBackbone
@@ -70,6 +79,7 @@ __all__ = [
     "RMSNorm",
     "ReadingView",
     "Register",
+    "RegularizedHead",
     "Segment",
     "SegmentExtension",
     "SegmentedBackbone",

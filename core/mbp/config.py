@@ -53,6 +53,11 @@ class StageConfig(Strict):
 class ModelConfig(Strict):
     stages: list[StageConfig] = Field(min_length=1)
     loss_chunk: int | None = Field(default=None, gt=0)
+    dropout: float | None = Field(
+        default=None, ge=0, lt=1, description="for backbones taking `dropout` but setting none; unset: head's"
+    )
+    """Dropout of every stage whose backbone takes a ``dropout`` parameter and does not set one. None: the
+    head's (``mbp.api.RegularizedHead``): 0.1 for ``vqa``/``classify``, 0 for ``lm``."""
 
     @field_validator("stages")
     @classmethod
@@ -83,7 +88,9 @@ class DataConfig(Strict):
     eval_shards: list[str] = Field(default_factory=list)
     seq_len: int = Field(default=1024, gt=0)
     batch_size: int = Field(default=8, gt=0)
-    shuffle_buffer: int = Field(default=0, ge=0)
+    shuffle_buffer: int = Field(default=1000, ge=0)
+    """Samples drawn at random from a pool this large (shard order shuffled too), so that a set written
+    class by class still trains on mixed batches; 0 reads the shards in order."""
     pack: bool = True
     """Rows hold as many whole samples as fit, each starting on a patch boundary (evaluation always packs);
     ``false`` gives every sample a row of its own, mostly padding when samples are short."""
@@ -91,10 +98,10 @@ class DataConfig(Strict):
 
 
 class TrainConfig(Strict):
-    steps: int = Field(default=100, ge=0)
-    lr: float = Field(default=1e-3, gt=0)
+    steps: int = Field(default=600, ge=0)
+    lr: float = Field(default=2e-3, gt=0)
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
-    warmup_steps: int = Field(default=10, ge=0)
+    warmup_steps: int = Field(default=30, ge=0)
     weight_decay: float = Field(default=0.1, ge=0)
     grad_accum: int = Field(default=1, gt=0)
     clip: float | None = Field(default=1.0, gt=0)
@@ -102,14 +109,24 @@ class TrainConfig(Strict):
     """bf16 autocast where the hardware multiplies bf16 fast (``auto``), or forced either way."""
     bf16: bool | None = None
     """Deprecated: ``bf16: true`` is ``precision: bf16``, ``false`` is ``fp32``."""
-    eval_every: int = Field(default=50, gt=0)
-    checkpoint_every: int = Field(default=50, gt=0)
+    eval_every: int | None = Field(default=None, gt=0)
+    """Steps between evaluations; None: four a run, among which the best checkpoint is kept."""
+    checkpoint_every: int | None = Field(default=None, gt=0)
+    """Steps between checkpoints; None: at each evaluation."""
     keep_checkpoints: int = Field(default=2, gt=0)
-    log_every: int = Field(default=10, gt=0)
+    log_every: int = Field(default=25, gt=0)
     seed: int = 0
     strategy: Literal["ddp", "fsdp"] = "ddp"
     sinks: list[Ref] | None = None
     """Metrics sinks registered by plugins (e.g. ``{type: tensorboard}``); None: every available one."""
+
+    @property
+    def evaluate_every(self) -> int:
+        return self.eval_every or max(1, math.ceil(self.steps / 4))
+
+    @property
+    def save_every(self) -> int:
+        return self.checkpoint_every or self.evaluate_every
 
     @model_validator(mode="after")
     def _bf16_is_a_precision(self) -> TrainConfig:

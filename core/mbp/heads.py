@@ -49,6 +49,14 @@ class FieldHead(Protocol):
     field: str
 
 
+@runtime_checkable
+class RegularizedHead(Protocol):
+    """Optional for a head: the dropout its task wants in every backbone that takes a ``dropout`` parameter,
+    where neither the backbone's reference nor ``model.dropout`` sets one (without it: none)."""
+
+    dropout: float
+
+
 def payload_range(sample: EncodedSample, span: Span) -> tuple[int, int]:
     """Token indices ``[first, last)`` of a segment's payload plus its END marker."""
     window = sample.tokens[span.start : span.end]

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mbp.components import ComponentTable
-from mbp.config import Pipeline, Registry, check_pipeline, load_registry
+from mbp.config import Pipeline, Ref, Registry, check_pipeline, load_registry
 from mbp.data.encode import SampleEncoder
 from mbp.errors import ConfigError
-from mbp.heads import FieldHead, TaskHead
+from mbp.heads import FieldHead, RegularizedHead, TaskHead
 
 
 @dataclass
@@ -35,6 +35,7 @@ def resolve(
     check_pipeline(registry, name, components)
     pipeline = pipeline or registry.pipeline(name)
     head = resolve_head(registry, name, pipeline, components)
+    pipeline = with_dropout(pipeline, head, components)
     return Resolved(registry, name, pipeline, head, SampleEncoder(pipeline, components, head), components)
 
 
@@ -92,6 +93,28 @@ def resolve_head(registry: Registry, name: str, pipeline: Pipeline, components: 
             f"above '{target}'"
         )
     return head
+
+
+def with_dropout(pipeline: Pipeline, head: TaskHead, components: ComponentTable) -> Pipeline:
+    """The pipeline with ``model.dropout`` (or else the head's) written into every stage whose backbone
+    takes a ``dropout`` parameter and leaves it unset, so the run, its checkpoints and its summary all
+    show the dropout that was trained with."""
+    model = pipeline.model
+    dropout = model.dropout
+    if dropout is None:
+        dropout = head.dropout if isinstance(head, RegularizedHead) else 0.0
+    stages, taken = [], False
+    for stage in model.stages:
+        ref = stage.backbone.as_dict()
+        if "dropout" in components.get("backbones", ref["type"]).params.model_fields:
+            taken = True
+            if "dropout" not in ref:
+                stage = stage.model_copy(update={"backbone": Ref.model_validate({**ref, "dropout": dropout})})
+        stages.append(stage)
+    if not taken:  # e.g. mblm's block, whose dropouts have other names: nothing was applied
+        return pipeline
+    filled = model.model_copy(update={"stages": stages, "dropout": dropout})
+    return pipeline.model_copy(update={"model": filled})
 
 
 def pipeline_encoder(registry_path: str | None, name: str, *, components: ComponentTable) -> SampleEncoder:

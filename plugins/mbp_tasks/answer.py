@@ -69,6 +69,9 @@ class VqaHead:
     name = "vqa"
     selection = ("accuracy", "max")
     """The held-out metric the best checkpoint is kept by."""
+    dropout = 0.1
+    """Labelled sets are small and seen many times over in a run: without dropout the held-out loss turns
+    up within a few hundred steps (held-out digits from pixels 0.899 without, 0.933 with)."""
 
     def __init__(self, params: AnswerParams) -> None:
         self.field = params.answer_field

@@ -43,6 +43,8 @@ class LmHead:
     generate_field: str | None = None
     selection = ("bpb", "min")
     """The held-out metric the best checkpoint is kept by."""
+    dropout = 0.0
+    """A run of minutes sees most of its text once or twice: dropout would only slow the learning."""
 
     def __init__(self, params: LmParams) -> None:
         pass

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from mbp.data.encode import EncodedSample, SampleEncoder
-from mbp.data.read import read_samples
+from mbp.data.read import RawSample, read_samples
 from mbp.data.skips import SkipLog
 from mbp.errors import DataError, skip_kind
 from mbp.protocol import PAD
@@ -135,17 +135,29 @@ def encoded_stream(
         position = Position(position.epoch + 1, 0)
 
 
-def _shuffled(items: Iterator, buffer: int, rng: np.random.Generator) -> Iterator:
+SHUFFLE_BYTES = 256 << 20
+"""The shuffle pool also stops growing at this many bytes: 1,000 documents of megabytes would not fit."""
+
+
+def _shuffled(items: Iterator[RawSample], buffer: int, rng: np.random.Generator) -> Iterator[RawSample]:
     if buffer <= 1:
         yield from items
         return
-    pool: list = []
+    pool: list[RawSample] = []
+    held = 0
     for item in items:
         pool.append(item)
-        if len(pool) >= buffer:
-            yield pool.pop(int(rng.integers(len(pool))))
+        held += _size(item)
+        while len(pool) >= buffer or (held > SHUFFLE_BYTES and len(pool) > 1):
+            taken = pool.pop(int(rng.integers(len(pool))))
+            held -= _size(taken)
+            yield taken
     while pool:
         yield pool.pop(int(rng.integers(len(pool))))
+
+
+def _size(sample: RawSample) -> int:
+    return sum(len(value) for value in sample.fields.values())
 
 
 def batches(

@@ -128,7 +128,8 @@ class Trainer:
         if world.is_main:
             note(
                 f"training {resolved.name}: precision {self.precision.describe()}, {world.device.type}, "
-                f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters"
+                f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters, "
+                f"dropout {resolved.pipeline.model.dropout or 0:g}, {self.cfg.steps} steps"
             )
         self.log = SkipLog(quiet=not world.is_main)
         self.log.samples_skipped = self.state.samples_skipped
@@ -159,9 +160,9 @@ class Trainer:
                 last = state.step == cfg.steps
                 if state.step % cfg.log_every == 0 or last:
                     self.log_train(loss)
-                if self.evals and (state.step % cfg.eval_every == 0 or last):
+                if self.evals and (state.step % cfg.evaluate_every == 0 or last):
                     self.paused(self.evaluate)
-                if state.step % cfg.checkpoint_every == 0 or last:
+                if state.step % cfg.save_every == 0 or last:
                     self.paused(self.save)
         finally:
             self.train.close()  # stops the prefetch thread before anything else shuts down
