@@ -128,7 +128,7 @@ def test_loss_skips_unweighted_rows_exactly(components, stages: int) -> None:
     weights[0, 30:33] = 1.0  # an answer straddling a patch boundary
     weights[1, 0] = 1.0  # token 0: predicted by the first start token
     weights[2, 38:41] = 0.5
-    assert model._weighted_rows(ids, weights * (ids != PAD), None) is not None  # the skipping path runs
+    assert model._weighted_rows(ids, weights * (ids != PAD), None, None) is not None  # the skipping path runs
     model.zero_grad()
     sparse = model.loss(ids, weights)
     sparse.loss.backward()

@@ -87,7 +87,8 @@ def test_answer_only_loss_skips_rows_and_still_keeps_samples_apart(components, s
     samples[2].weights[[0, 7, 19]] = 0.5
     batch = collate([samples[:2], samples[2:]], seq_len=4 * align * 3, align=align)
     w = batch.weights * (batch.tokens != PAD)
-    assert model._weighted_rows(batch.tokens, w, batch.begins) is not None  # the skipping path runs
+    first = model.first_patches(batch.begins)
+    assert model._weighted_rows(batch.tokens, w, batch.begins, first) is not None  # the skipping path runs
     sparse = model.loss(batch.tokens, batch.weights, batch.begins)
     logits = model(batch.tokens, batch.begins)
     ce = F.cross_entropy(logits.transpose(1, 2), batch.tokens.clamp(max=255), reduction="none")

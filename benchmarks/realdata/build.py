@@ -35,6 +35,7 @@ TEMPLATE_ROOT = "/work/realdata"
 BUILDERS: dict[str, Callable[[], BuiltSet]] = {
     "image-digits": images.build_digits,
     "image-glyphs": images.build_glyphs,
+    "image-letters": images.build_letters,
     "speech-digits": lambda: speech.build_digits(baselines.log_mel_features),
     "speech-commands": lambda: speech.build_commands(baselines.log_mel_features),
     "text-fortunes": text.build_fortunes,
@@ -43,6 +44,7 @@ BUILDERS: dict[str, Callable[[], BuiltSet]] = {
 PIPELINES = {
     "image-digits": "real-digits-pixels, real-digits-png",
     "image-glyphs": "real-glyphs-pixels, real-glyphs-png",
+    "image-letters": "real-letters-pixels",
     "speech-digits": "real-speech-digits",
     "speech-commands": "real-speech-commands",
     "text-fortunes": "real-text-fortunes",
@@ -56,7 +58,7 @@ def check_prerequisites(names: list[str]) -> list[str]:
     checks: list[Callable[[], object]] = []
     if any(n.startswith(("image", "speech")) for n in names):
         checks.append(lambda: __import__("sklearn"))
-    if "image-glyphs" in names:
+    if {"image-glyphs", "image-letters"} & set(names):
         checks += [
             lambda: require_path(Path("/usr/share/fonts/truetype/liberation"), "fonts-liberation"),
             lambda: require_path(Path("/usr/share/fonts/opentype/urw-base35"), "fonts-urw-base35"),

@@ -71,7 +71,7 @@ class VqaHead:
     """The held-out metric the best checkpoint is kept by."""
     dropout = 0.1
     """Labelled sets are small and seen many times over in a run: without dropout the held-out loss turns
-    up within a few hundred steps (held-out digits from pixels 0.899 without, 0.933 with)."""
+    up within a few hundred steps (held-out glyphs from pixels 0.983 without, 0.989-0.994 with)."""
 
     def __init__(self, params: AnswerParams) -> None:
         self.field = params.answer_field

@@ -99,11 +99,15 @@ class MultiscaleDecoder(nn.Module):
         Position t's state has seen tokens < t only. ``begins: (B, L)`` bool marks where packed samples
         start (at multiples of ``patch_len``): each sample then sees only itself, exactly as if alone.
         """
+        return self._hidden(ids, begins, self.first_patches(begins))
+
+    def _hidden(
+        self, ids: torch.Tensor, begins: torch.Tensor | None, first: torch.Tensor | None
+    ) -> torch.Tensor:
         batch, length = ids.shape
         if length == 0:
             raise ConfigError("cannot run the model on an empty input")
         padded = self.pad_input(ids)
-        first = self.first_patches(begins)
         out = self.stage_outputs(padded, first=first)  # (N_n, P_n + 1, D_n)
         per_row = out.view(batch, -1, out.shape[-2], out.shape[-1])
         rest = per_row[:, :, 1:].reshape(batch, -1, out.shape[-1])
@@ -212,11 +216,12 @@ class MultiscaleDecoder(nn.Module):
         w = (ids != PAD).float()
         if weights is not None:
             w = w * weights.float()
-        sparse = self._weighted_rows(ids, w, begins)
+        first = self.first_patches(begins)  # once: both paths need it, and it syncs with the device
+        sparse = self._weighted_rows(ids, w, begins, first)
         if sparse is not None:
             hidden, ids, w = sparse
         else:
-            hidden = self.hidden(ids, begins)
+            hidden = self._hidden(ids, begins, first)
         w = w.to(hidden.dtype)
         chunk = self.loss_chunk or hidden.shape[1]
         nats = hidden.new_zeros(())
@@ -234,7 +239,7 @@ class MultiscaleDecoder(nn.Module):
         return LossOutput(nats / weight.clamp_min(1e-12), nats.detach(), weight.detach())
 
     def _weighted_rows(
-        self, ids: torch.Tensor, w: torch.Tensor, begins: torch.Tensor | None
+        self, ids: torch.Tensor, w: torch.Tensor, begins: torch.Tensor | None, first: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """The states, targets and weights of only the last-stage rows whose targets carry weight, as
         (1, K * P_n + B, ...) sequences; None when every row does (or the model has a single stage).
@@ -249,7 +254,6 @@ class MultiscaleDecoder(nn.Module):
         padded = self.pad_input(ids)
         size = self.patch_sizes[-1]
         tail = padded.shape[1] - length
-        first = self.first_patches(begins)
         # tokens predicted by the start position of their own last-stage row: each row's token 0, and
         # each packed sample's first token when samples are kept apart
         lead = torch.zeros_like(padded, dtype=torch.bool)

@@ -174,6 +174,9 @@ class Trainer:
         advice = length_advice(self.log.lengths, data.seq_len, self.model.patch_len, skipped)
         if advice and self.world.is_main:
             warn(advice)
+        unfinished = self.learning.at_end(self.best.step, cfg.steps)
+        if unfinished and self.world.is_main:
+            note(unfinished)
         summary = _summary(
             self.resolved, state, self.log, self.last_eval, self.checkpoint, self.out, self.metrics
         )
