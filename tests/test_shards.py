@@ -155,3 +155,21 @@ def test_prefetch_keeps_order_stops_its_thread_and_passes_errors() -> None:
 
     with pytest.raises(ValueError, match="shard went away"):
         list(prefetch(broken()))
+
+
+def test_shuffle_pool_mixes_and_stops_growing_at_its_byte_cap(monkeypatch) -> None:
+    """The default stream is shuffled (a set written class by class must not train one class at a
+    time); the pool also yields early once it holds SHUFFLE_BYTES, so large documents cannot fill memory."""
+    import numpy as np
+    from mbp.data import batches as batches_module
+    from mbp.data.read import RawSample
+
+    items = [RawSample("s.tar", str(i), {"txt": bytes(100)}) for i in range(50)]
+    out = list(batches_module._shuffled(iter(items), 1000, np.random.default_rng(0)))
+    assert sorted(int(r.key) for r in out) == list(range(50))  # a permutation: nothing lost or repeated
+    assert [int(r.key) for r in out] != list(range(50))
+    monkeypatch.setattr(batches_module, "SHUFFLE_BYTES", 350)  # about 3 samples
+    first = next(batches_module._shuffled(iter(items), 1000, np.random.default_rng(0)))
+    capped = list(batches_module._shuffled(iter(items), 1000, np.random.default_rng(0)))
+    assert int(first.key) < 4  # yielded once the pool passed 350 bytes, not after 1,000 samples
+    assert sorted(int(r.key) for r in capped) == list(range(50))
