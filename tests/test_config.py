@@ -210,3 +210,22 @@ def test_dropout_comes_from_the_head_unless_the_pipeline_sets_it(
     model = build_model(resolved.pipeline.model, components)
     rates = [m.p for m in model.backbones[0].modules() if isinstance(m, torch.nn.Dropout)]
     assert rates and set(rates) == {expected[0]}
+
+
+def test_init_from_ignores_dropout_but_not_shapes() -> None:
+    """Dropout is written into the resolved pipeline (above), so a checkpoint trained under the `lm` head
+    (dropout 0) must still initialise a `vqa` pipeline (0.1): rates change training, not weights."""
+    from mbp.config import ModelConfig
+    from mbp.train.init import first_difference
+
+    def config(dropout: float | None, dim: int = 32) -> dict:
+        backbone = {"type": "transformer", "heads": 2, **({} if dropout is None else {"dropout": dropout})}
+        return ModelConfig.model_validate(
+            {"stages": [{"backbone": backbone, "dim": dim, "layers": 1}], "dropout": dropout}
+        ).model_dump()
+
+    assert first_difference(config(None), config(0.1)) is None
+    assert first_difference(config(0.0), config(0.1)) is None
+    assert first_difference(config(0.0), config(0.1, dim=64)) == (
+        "model.stages.0.dim: checkpoint has 32, the pipeline 64"
+    )

@@ -12,8 +12,9 @@ from mbp.config import ModelConfig
 from mbp.errors import CheckpointError, ConfigError
 from mbp.model.io import WEIGHTS, load_weights, read_config
 
-IGNORED = {"checkpoint", "loss_chunk"}
-"""Model settings that change how a model runs, not its weights: they may differ from the checkpoint's."""
+IGNORED = {"checkpoint", "loss_chunk", "dropout", "attn_dropout", "ff_dropout"}
+"""Model settings that change how a model runs or trains, not its weights: they may differ from the
+checkpoint's (a language model fine-tuned under an answer head gets that head's dropout)."""
 
 
 def first_difference(saved: Any, wanted: Any, path: str = "model") -> str | None:
