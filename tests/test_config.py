@@ -178,7 +178,7 @@ def test_later_stages_take_patch_and_still_accept_seq_len(components) -> None:
     ("head", "model_line", "expected"),
     [
         ("{type: vqa}", "", [0.1, 0.3, None]),  # the answer heads' dropout; an explicit one stays
-        ("{type: classify}", "      dropout: 0.2\n", [0.2, 0.3, None]),  # model.dropout over the head's
+        ("{type: classify, label_field: answer}", "      dropout: 0.2\n", [0.2, 0.3, None]),  # model.dropout
         ("{type: lm}", "", [0.0, 0.3, None]),
     ],
 )
@@ -194,14 +194,11 @@ def test_dropout_comes_from_the_head_unless_the_pipeline_sets_it(
 
     text = (
         "pipelines:\n  tiny:\n    fields:\n      txt: {type: text}\n      answer: {type: text}\n"
-        f"    head: {head.replace('}', ', ' + ('label_field' if 'classify' in head else 'answer_field'))}"
-        ": answer}\n    model:\n" + model_line + "      stages:\n"
+        f"    head: {head}\n    model:\n{model_line}      stages:\n"
         "        - {backbone: {type: transformer, heads: 2}, dim: 32, layers: 1}\n"
         "        - {backbone: {type: transformer, heads: 2, dropout: 0.3}, dim: 16, layers: 1, patch: 4}\n"
         "        - {backbone: {type: mamba, state: 8, headdim: 8}, dim: 16, layers: 1, patch: 2}\n"
     )
-    if "lm" in head:
-        text = text.replace(", answer_field: answer}", "}").replace("      answer: {type: text}\n", "")
     components = get_platform().components
     resolved = resolve(write(tmp_path, text), "tiny", components=components)
     stages = resolved.pipeline.model.stages

@@ -169,7 +169,6 @@ def test_shuffle_pool_mixes_and_stops_growing_at_its_byte_cap(monkeypatch) -> No
     assert sorted(int(r.key) for r in out) == list(range(50))  # a permutation: nothing lost or repeated
     assert [int(r.key) for r in out] != list(range(50))
     monkeypatch.setattr(batches_module, "SHUFFLE_BYTES", 350)  # about 3 samples
-    first = next(batches_module._shuffled(iter(items), 1000, np.random.default_rng(0)))
     capped = list(batches_module._shuffled(iter(items), 1000, np.random.default_rng(0)))
-    assert int(first.key) < 4  # yielded once the pool passed 350 bytes, not after 1,000 samples
+    assert int(capped[0].key) < 4  # yielded once the pool passed 350 bytes, not after 1,000 samples
     assert sorted(int(r.key) for r in capped) == list(range(50))

@@ -12,16 +12,21 @@ from mbp.config import ModelConfig
 from mbp.errors import CheckpointError, ConfigError
 from mbp.model.io import WEIGHTS, load_weights, read_config
 
-IGNORED = {"checkpoint", "loss_chunk", "dropout", "attn_dropout", "ff_dropout"}
-"""Model settings that change how a model runs or trains, not its weights: they may differ from the
-checkpoint's (a language model fine-tuned under an answer head gets that head's dropout)."""
+IGNORED = {"checkpoint", "loss_chunk"}
+"""Model settings that change how a model runs, not its weights: they may differ from the checkpoint's.
+So may every dropout rate, whatever a backbone calls it (``dropout``, mblm's ``attn_dropout``...): a
+language model fine-tuned under an answer head gets that head's dropout."""
+
+
+def _ignored(key: str) -> bool:
+    return key in IGNORED or key.endswith("dropout")
 
 
 def first_difference(saved: Any, wanted: Any, path: str = "model") -> str | None:
     """The dotted path of the first weight-relevant setting that differs, with both values."""
     if isinstance(saved, dict) and isinstance(wanted, dict):
-        for key in [k for k in wanted if k not in IGNORED] + [k for k in saved if k not in wanted]:
-            if key in IGNORED:
+        for key in [k for k in wanted if not _ignored(k)] + [k for k in saved if k not in wanted]:
+            if _ignored(key):
                 continue
             found = first_difference(saved.get(key), wanted.get(key), f"{path}.{key}")
             if found:
