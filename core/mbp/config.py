@@ -98,7 +98,10 @@ class DataConfig(Strict):
 
 
 class TrainConfig(Strict):
-    steps: int = Field(default=600, ge=0)
+    steps: int | None = Field(
+        default=None, ge=0, description="unset: 6 passes over the training set, 600 to 1,500 steps"
+    )
+    """None: planned from the training set by ``mbp.train.plan`` before the run starts."""
     lr: float = Field(default=2e-3, gt=0)
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
     warmup_steps: int = Field(default=30, ge=0)
@@ -122,7 +125,11 @@ class TrainConfig(Strict):
 
     @property
     def evaluate_every(self) -> int:
-        return self.eval_every or max(1, math.ceil(self.steps / 4))
+        if self.eval_every:
+            return self.eval_every
+        if self.steps is None:
+            raise ValueError("train.steps is planned from the data before evaluations are scheduled")
+        return max(1, math.ceil(self.steps / 4))
 
     @property
     def save_every(self) -> int:

@@ -24,6 +24,7 @@ from mbp.train import distributed as D
 from mbp.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from mbp.train.evaluate import evaluate
 from mbp.train.init import init_from as load_initial_weights
+from mbp.train.plan import StepPlan, plan_steps
 from mbp.train.precision import choose_precision
 from mbp.train.report import MetricsLog, Progress, plot
 from mbp.train.rundir import check_belongs, prepare_out, remove_leftovers, resume_point
@@ -113,6 +114,13 @@ class Trainer:
                 f"data.seq_len {data.seq_len} must be a multiple of the patch length {self.model.patch_len}"
             )
         self.precision = choose_precision(self.cfg.precision, world.device)
+        self.plan: StepPlan | None
+        planned, self.plan = self.cfg.steps, None  # a resumed run plans again, from the same shards
+        if planned is None:
+            self.plan = plan_steps(resolved, request.train_shards, self.model.patch_len)
+            planned = self.plan.steps
+            self.cfg = self.cfg.model_copy(update={"steps": planned})
+        self.steps: int = planned
         self.state = TrainState(0, 0, 0, 0, 0)
         optim_state = None
         self.checkpoint: Path | None = None
@@ -129,7 +137,8 @@ class Trainer:
             note(
                 f"training {resolved.name}: precision {self.precision.describe()}, {world.device.type}, "
                 f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters, "
-                f"dropout {resolved.pipeline.model.dropout or 0:g}, {self.cfg.steps} steps"
+                f"dropout {resolved.pipeline.model.dropout or 0:g}, "
+                f"{self.plan.describe() if self.plan else f'{self.steps} steps'}"
             )
         self.log = SkipLog(quiet=not world.is_main)
         self.log.samples_skipped = self.state.samples_skipped
@@ -149,15 +158,15 @@ class Trainer:
         self.window_start, self.window_tokens = time.perf_counter(), 0
 
     def run(self) -> dict[str, Any]:
-        cfg, state = self.cfg, self.state
-        progress = Progress(cfg.steps, state.step)
+        cfg, state, steps = self.cfg, self.state, self.steps
+        progress = Progress(steps, state.step)
         self.wrapped.train()
         try:
-            while state.step < cfg.steps:
+            while state.step < steps:
                 started = time.perf_counter()
                 loss, tokens = self.step()
                 progress.update(state.step, loss, tokens / (time.perf_counter() - started))
-                last = state.step == cfg.steps
+                last = state.step == steps
                 if state.step % cfg.log_every == 0 or last:
                     self.log_train(loss)
                 if self.evals and (state.step % cfg.evaluate_every == 0 or last):
@@ -174,7 +183,7 @@ class Trainer:
         advice = length_advice(self.log.lengths, data.seq_len, self.model.patch_len, skipped)
         if advice and self.world.is_main:
             warn(advice)
-        unfinished = self.learning.at_end(self.best.step, cfg.steps)
+        unfinished = self.learning.at_end(self.best.step, steps)
         if unfinished and self.world.is_main:
             note(unfinished)
         summary = _summary(
@@ -182,12 +191,18 @@ class Trainer:
         )
         summary["precision"] = self.precision.precision
         summary["best"] = self.best.describe()
+        if self.plan is not None:
+            summary["step_plan"] = {
+                "steps": self.plan.steps,
+                "samples": self.plan.samples,
+                "samples_per_step": round(self.plan.per_step, 2),
+            }
         return summary
 
     def step(self) -> tuple[float, int]:
         """One optimizer step over ``grad_accum`` batches; returns the mean loss and the bytes trained."""
         cfg, state, world = self.cfg, self.state, self.world
-        factor = lr_factor(state.step, warmup=cfg.warmup_steps, total=cfg.steps, min_ratio=cfg.min_lr_ratio)
+        factor = lr_factor(state.step, warmup=cfg.warmup_steps, total=self.steps, min_ratio=cfg.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.lr * factor
         self.optimizer.zero_grad(set_to_none=True)
