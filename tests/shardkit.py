@@ -29,9 +29,9 @@ pipelines:
 """
 
 
-def png(colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+def png(colour: tuple[int, int, int] = (200, 30, 30), side: int = 4) -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGB", (4, 4), colour).save(buffer, format="PNG")
+    Image.new("RGB", (side, side), colour).save(buffer, format="PNG")
     return buffer.getvalue()
 
 

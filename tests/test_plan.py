@@ -1,7 +1,9 @@
-"""Issue 14: a pipeline that names no ``train.steps`` trains a number of passes over its training set."""
+"""Issue 14: what a pipeline leaves unset is planned from its training data: rows long enough for its
+samples, and a number of passes over them."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -11,12 +13,13 @@ from mbp.data.batches import aligned
 from mbp.data.read import RawSample
 from mbp.plugins import get_platform
 from mbp.resolve import Resolved, resolve
-from mbp.train.plan import FEWEST_STEPS, MOST_STEPS, PASSES, plan_steps
+from mbp.train.plan import FEWEST_STEPS, MOST_STEPS, PASSES, plan_rows, plan_steps, with_seq_len
 
 from tests.conftest import invoke_mbp
-from tests.shardkit import REGISTRY, good_samples, write_tar
+from tests.shardkit import REGISTRY, good_samples, png, qa, write_tar
 
 PATCH, SEQ_LEN, BATCH = 4, 128, 2
+QA = {"question": b"what colour?", "answer": b"red"}
 TEXT = f"""\
 pipelines:
   lm:
@@ -83,3 +86,96 @@ def test_run_without_steps_plans_them_and_says_so(tmp_path: Path) -> None:
     assert summary["step_plan"] == {"steps": FEWEST_STEPS, "samples": 24, "samples_per_step": 4.0}
     assert summary["steps"] == FEWEST_STEPS
     assert "600 steps (100.0 passes over 24 samples, about 4 a step)" in result.stderr
+
+
+IMAGES = """\
+pipelines:
+  photos:
+    fields:
+      image: {type: pixels}
+      question: {type: text}
+      answer: {type: text}
+    head: {type: vqa}
+    model:
+      stages:
+        - {backbone: {type: transformer, heads: 2}, dim: 16, layers: 1}
+        - {backbone: {type: transformer, heads: 2}, dim: 16, layers: 1, patch: 8}
+"""
+
+
+def image_set(tmp_path: Path, sides: list[int]) -> str:
+    """RGB images of the given sides, one a sample; returns the shard."""
+    samples = [qa(f"{i:04d}", **{"image.png": png(side=side)}) for i, side in enumerate(sides)]
+    write_tar(tmp_path / "train-0.tar", samples)
+    return str(tmp_path / "train-0.tar")
+
+
+def photos(tmp_path: Path) -> Resolved:
+    (tmp_path / "registry.yaml").write_text(IMAGES)
+    return resolve(str(tmp_path / "registry.yaml"), "photos", components=get_platform().components)
+
+
+def tokens(resolved: Resolved, side: int) -> int:
+    return len(resolved.encoder.encode(RawSample("x", "0", {"image": png(side=side), **QA})).tokens)
+
+
+def test_rows_hold_99_percent_of_the_samples_at_least_1024(tmp_path: Path) -> None:
+    resolved = photos(tmp_path)
+    overhead = tokens(resolved, 1) - 3
+    # 8x8 images (192 pixel bytes) fit the 1,024-token floor; 32x32 (3,072) set the row when over 1 in 100
+    for sides, expected in [
+        ([8] * 200, 1024),
+        ([8] * 197 + [32] * 3, aligned(3 * 32 * 32 + overhead, 8)),
+        ([8] * 198 + [32] * 2, 1024),  # 1% of the samples may be left out
+    ]:
+        planned, plan = plan_rows(resolved, [image_set(tmp_path, sides)])
+        assert plan is not None and planned.pipeline.data.seq_len == plan.seq_len == expected
+        assert plan.covered == sum(3 * s * s + overhead <= expected for s in sides) / len(sides)
+    # a row within stage 1's most patches, and a given seq_len left alone
+    capped = resolved.pipeline.model_copy(deep=True)
+    capped.model.stages[0].seq_len = 200
+    planned, plan = plan_rows(dataclasses.replace(resolved, pipeline=capped), [image_set(tmp_path, [32])])
+    assert plan is not None and plan.seq_len == 1600
+    given = with_seq_len(resolved, 512)
+    assert plan_rows(given, [image_set(tmp_path, [32])]) == (given, None)
+
+
+def test_large_images_train_and_evaluate_without_a_seq_len(tmp_path: Path) -> None:
+    """32x32 RGB images are 3,124 tokens each: a fixed 1,024-token row skipped every one of them."""
+    row = aligned(tokens(photos(tmp_path), 32), 8)
+    shard = image_set(tmp_path, [32] * 12)
+    registry = str(tmp_path / "registry.yaml")
+    out = tmp_path / "out"
+    result = invoke_mbp(
+        "run", "photos", shard, "--registry", registry, "--out", str(out), "--steps", "2", "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["row_plan"] == {"seq_len": row, "covered": 1.0} and summary["samples_skipped"] == 0
+    assert f"rows of {row} tokens (100% of 12 samples probed fit)" in result.stderr
+    # `mbp eval` on the registry's pipeline (no seq_len) packs rows as the run did
+    checkpoint = out / "checkpoints" / "step-00000002"
+    evaluated = invoke_mbp(
+        "eval", "photos", shard, "--checkpoint", str(checkpoint), "--registry", registry, "--json"
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["samples_skipped"] == 0
+    # a seq_len that is given and too short says what happened and how to fix it
+    short = invoke_mbp(
+        "run",
+        "photos",
+        shard,
+        "--registry",
+        registry,
+        "--out",
+        str(tmp_path / "o2"),
+        "--steps",
+        "2",
+        "--set",
+        "data.seq_len=1024",
+    )
+    assert short.returncode != 0
+    assert short.stderr.splitlines()[-1].endswith(
+        f"12 too long (the longest has {tokens(photos(tmp_path), 32)} tokens, over data.seq_len 1024; "
+        "unset, data.seq_len is sized to the samples)"
+    )

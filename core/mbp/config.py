@@ -86,7 +86,10 @@ class ModelConfig(Strict):
 class DataConfig(Strict):
     train_shards: list[str] = Field(default_factory=list)
     eval_shards: list[str] = Field(default_factory=list)
-    seq_len: int = Field(default=1024, gt=0)
+    seq_len: int | None = Field(
+        default=None, gt=0, description="tokens a row; unset: holds 99% of training samples, at least 1024"
+    )
+    """Tokens a row. None: planned from the training samples by ``mbp.train.plan`` (``row_len``)."""
     batch_size: int = Field(default=8, gt=0)
     shuffle_buffer: int = Field(default=1000, ge=0)
     """Samples drawn at random from a pool this large (shard order shuffled too), so that a set written
@@ -95,6 +98,13 @@ class DataConfig(Strict):
     """Rows hold as many whole samples as fit, each starting on a patch boundary (evaluation always packs);
     ``false`` gives every sample a row of its own, mostly padding when samples are short."""
     max_eval_samples: int | None = Field(default=None, gt=0)
+
+    @property
+    def row_len(self) -> int:
+        """``seq_len``, once given or planned from the data."""
+        if self.seq_len is None:
+            raise ValueError("data.seq_len is planned from the training samples before rows are made")
+        return self.seq_len
 
 
 class TrainConfig(Strict):

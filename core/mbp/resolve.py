@@ -67,7 +67,7 @@ def build_problems(registry: Registry, name: str, components: ComponentTable) ->
                 where = registry.where(("pipelines", name, "model"))
                 problems.append(f"{where}: pipelines.{name}.model: {error}")
     patch = pipeline.model.patch_len
-    if pipeline.data.seq_len % patch:
+    if pipeline.data.seq_len is not None and pipeline.data.seq_len % patch:
         problems.append(
             f"{registry.where(('pipelines', name, 'data', 'seq_len'))}: pipelines.{name}.data.seq_len: "
             f"{pipeline.data.seq_len} is not a multiple of the patch length {patch}"

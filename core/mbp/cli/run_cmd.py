@@ -137,6 +137,7 @@ def eval_command(
     from mbp.resolve import resolve
     from mbp.train.evaluate import evaluate
     from mbp.train.loop import eval_batches
+    from mbp.train.plan import rows_of_checkpoint
     from mbp.train.rundir import check_belongs
 
     components = get_platform().components
@@ -145,6 +146,7 @@ def eval_command(
     check_belongs(checkpoint, resolved.name, resolved.pipeline, document)
     log = SkipLog(quiet=as_json)
     expanded = expand_shards(shards)
+    resolved = rows_of_checkpoint(resolved, document, expanded)
     batches = eval_batches(resolved, expanded, log, model.patch_len)
     if not batches:  # metrics of nothing would read as a result
         reasons = ", ".join(f"{n} {kind}" for kind, n in log.reasons.items()) or "no sample in them"

@@ -24,7 +24,7 @@ from mbp.train import distributed as D
 from mbp.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from mbp.train.evaluate import evaluate
 from mbp.train.init import init_from as load_initial_weights
-from mbp.train.plan import StepPlan, plan_steps
+from mbp.train.plan import StepPlan, plan_rows, plan_steps
 from mbp.train.precision import choose_precision
 from mbp.train.report import MetricsLog, Progress, plot
 from mbp.train.rundir import check_belongs, prepare_out, remove_leftovers, resume_point
@@ -56,11 +56,11 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
 
 def eval_batches(resolved: Resolved, shards: list[str], log: SkipLog, align: int = 1) -> list[Batch]:
     data = resolved.pipeline.data
-    stream = encoded_stream(shards, resolved.encoder, data.seq_len, log, repeat=False)
+    stream = encoded_stream(shards, resolved.encoder, data.row_len, log, repeat=False)
     if data.max_eval_samples:
         stream = itertools.islice(stream, data.max_eval_samples)
     # packed like training: one short sample per row would spend most of the work on padding
-    return [b for b, _ in batches(stream, data.batch_size, data.seq_len, pack=True, align=align)]
+    return [b for b, _ in batches(stream, data.batch_size, data.row_len, pack=True, align=align)]
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,7 @@ class Trainer:
 
     def __init__(self, resolved: Resolved, request: RunRequest, world: D.World) -> None:
         out, resume = request.out, request.resume
+        resolved, self.rows = plan_rows(resolved, request.train_shards)  # checkpoints keep the plan
         self.resolved, self.out, self.world = resolved, out, world
         self.cfg, data = resolved.pipeline.train, resolved.pipeline.data
         prepare_out(out, resume=resume, overwrite=request.overwrite, main=world.is_main)
@@ -109,9 +110,9 @@ class Trainer:
         if request.init_from is not None and not resume:
             load_initial_weights(request.init_from, self.model, resolved.pipeline.model)
         self.model.to(world.device)
-        if data.seq_len % self.model.patch_len:
+        if data.row_len % self.model.patch_len:
             raise ConfigError(
-                f"data.seq_len {data.seq_len} must be a multiple of the patch length {self.model.patch_len}"
+                f"data.seq_len {data.row_len} must be a multiple of the patch length {self.model.patch_len}"
             )
         self.precision = choose_precision(self.cfg.precision, world.device)
         self.plan: StepPlan | None
@@ -139,6 +140,7 @@ class Trainer:
                 f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters, "
                 f"dropout {resolved.pipeline.model.dropout or 0:g}, "
                 f"{self.plan.describe() if self.plan else f'{self.steps} steps'}"
+                + (f", {self.rows.describe()}" if self.rows else "")
             )
         self.log = SkipLog(quiet=not world.is_main)
         self.log.samples_skipped = self.state.samples_skipped
@@ -151,7 +153,7 @@ class Trainer:
         self.sinks = open_sinks(self.cfg.sinks, components, out, resume_step) if world.is_main else []
         self.best = BestKeeper(out, *selection_of(resolved.head))
         self.learning = LearningWatch(self.best.path)
-        self.padding = PaddingWatch(data.seq_len, data.pack)
+        self.padding = PaddingWatch(data.row_len, data.pack)
         self.last_train_bpb: float | None = None
         self.last_eval: dict[str, Any] = {}
         # throughput window: bytes trained since the last log line, over wall time minus eval and saving
@@ -180,7 +182,7 @@ class Trainer:
         progress.done()
         data = self.resolved.pipeline.data
         skipped = self.log.reasons["too long"]
-        advice = length_advice(self.log.lengths, data.seq_len, self.model.patch_len, skipped)
+        advice = length_advice(self.log.lengths, data.row_len, self.model.patch_len, skipped)
         if advice and self.world.is_main:
             warn(advice)
         unfinished = self.learning.at_end(self.best.step, steps)
@@ -191,6 +193,8 @@ class Trainer:
         )
         summary["precision"] = self.precision.precision
         summary["best"] = self.best.describe()
+        if self.rows is not None:
+            summary["row_plan"] = {"seq_len": self.rows.seq_len, "covered": round(self.rows.covered, 4)}
         if self.plan is not None:
             summary["step_plan"] = {
                 "steps": self.plan.steps,
@@ -297,7 +301,7 @@ def _train_batches(
     stream = encoded_stream(
         shards,
         resolved.encoder,
-        data.seq_len,
+        data.row_len,
         log,
         seed=cfg.seed,
         shuffle_buffer=data.shuffle_buffer,
@@ -306,7 +310,7 @@ def _train_batches(
         world=world.size,
         augment=True,
     )
-    rows = batches(stream, data.batch_size // world.size, data.seq_len, pack=data.pack, align=align)
+    rows = batches(stream, data.batch_size // world.size, data.row_len, pack=data.pack, align=align)
     return prefetch(rows)
 
 

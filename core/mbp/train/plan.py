@@ -1,19 +1,28 @@
-"""How long a run trains when its pipeline names no ``train.steps``: a number of passes over its data.
+"""What a run takes from its data when its pipeline leaves it unset: the row length and the steps.
 
-A fixed step count suits one data-set size: 600 steps were 26 passes over 1,500 8x8 digits (held-out
-loss rising after 13) but 3 over 4,316 letter glyphs (still learning at the end: 0.948, where 1,200
-steps gave 0.98). So the default is counted in passes over the training set, with a floor for small
-sets (the best checkpoint by held-out metric is kept, so extra passes cost time, not quality) and a
-ceiling that keeps a default run to minutes on 2 CPU cores.
+Rows (``data.seq_len``): long enough for 99% of the training samples, and never under 1,024 tokens, so
+short samples still pack several to a row. A fixed 1,024 skipped every 32x32 RGB image (3,124 tokens) and
+stopped the run with "no usable sample".
+
+Steps (``train.steps``): a fixed step count suits one data-set size: 600 steps were 26 passes over
+1,500 8x8 digits (held-out loss rising after 13) but 3 over 4,316 letter glyphs (still learning at the
+end: 0.948, where 1,200 steps gave 0.98). So the default is counted in passes over the training set,
+with a floor for small sets (the best checkpoint by held-out metric is kept, so extra passes cost time,
+not quality) and a ceiling that keeps a default run to minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
+import sys
 from dataclasses import dataclass
+from typing import Any
 
-from mbp.data.batches import batches, encoded_stream
+import numpy as np
+
+from mbp.data.batches import aligned, batches, encoded_stream
 from mbp.data.read import read_samples
 from mbp.data.skips import SkipLog
 from mbp.resolve import Resolved
@@ -28,6 +37,73 @@ MOST_TOKENS = 10_000_000
 registry's classifier sizes on 2 CPU cores (19 K tokens/s). More is a choice to write down."""
 PROBE_ROWS = 64
 """Rows packed from the stream's first samples to measure how many samples a step holds."""
+SHORTEST_ROW = 1024
+LONGEST_ROW = 65536
+"""A planned row holds at most this many tokens: longer samples are skipped, and the run's last line
+says which ``data.seq_len`` would hold them."""
+PROBE_SAMPLES = 512
+"""Samples encoded from the start of the (shuffled) training stream to measure their lengths."""
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    seq_len: int
+    covered: float
+    """Share of the probed samples that fit a row."""
+    probed: int
+
+    def describe(self) -> str:
+        return f"rows of {self.seq_len} tokens ({self.covered:.0%} of {self.probed} samples probed fit)"
+
+
+def plan_rows(resolved: Resolved, shards: list[str]) -> tuple[Resolved, RowPlan | None]:
+    """``resolved`` with ``data.seq_len`` set from the training samples if the pipeline leaves it unset:
+    the 99th percentile of their lengths, rounded up to the patch length, within [``SHORTEST_ROW``,
+    ``LONGEST_ROW``] (and within stage 1's most patches, where it names them)."""
+    pipeline = resolved.pipeline
+    if pipeline.data.seq_len is not None:
+        return resolved, None
+    patch = pipeline.model.patch_len
+    longest = LONGEST_ROW
+    if pipeline.model.stages[0].seq_len is not None:
+        longest = min(longest, pipeline.model.stages[0].seq_len * patch)
+    lengths = np.asarray(sample_lengths(resolved, shards))
+    need = int(np.quantile(lengths, 0.99, method="inverted_cdf")) if len(lengths) else 0
+    seq_len = min(max(aligned(need, patch), aligned(SHORTEST_ROW, patch)), longest - longest % patch)
+    covered = float((lengths <= seq_len).mean()) if len(lengths) else 1.0
+    return with_seq_len(resolved, seq_len), RowPlan(seq_len, covered, len(lengths))
+
+
+def rows_of_checkpoint(resolved: Resolved, document: dict[str, Any], shards: list[str]) -> Resolved:
+    """For evaluating a checkpoint: the pipeline's ``seq_len``, else the one its run planned (in the
+    checkpoint's pipeline), else one planned on ``shards``."""
+    if resolved.pipeline.data.seq_len is not None:
+        return resolved
+    trained = ((document.get("pipeline") or {}).get("data") or {}).get("seq_len")
+    if isinstance(trained, int) and trained > 0:
+        return with_seq_len(resolved, trained)
+    return plan_rows(resolved, shards)[0]
+
+
+def with_seq_len(resolved: Resolved, seq_len: int) -> Resolved:
+    pipeline = resolved.pipeline
+    data = pipeline.data.model_copy(update={"seq_len": seq_len})
+    return dataclasses.replace(resolved, pipeline=pipeline.model_copy(update={"data": data}))
+
+
+def sample_lengths(resolved: Resolved, shards: list[str]) -> list[int]:
+    """Encoded lengths of the training stream's first ``PROBE_SAMPLES`` samples."""
+    data, train = resolved.pipeline.data, resolved.pipeline.train
+    stream = encoded_stream(
+        shards,
+        resolved.encoder,
+        sys.maxsize,  # nothing is too long to be measured
+        SkipLog(quiet=True),
+        seed=train.seed,
+        shuffle_buffer=data.shuffle_buffer,
+        repeat=False,
+    )
+    return [len(sample.tokens) for sample, _ in itertools.islice(stream, PROBE_SAMPLES)]
 
 
 @dataclass(frozen=True)
@@ -67,7 +143,7 @@ def plan_steps(resolved: Resolved, shards: list[str], align: int) -> StepPlan:
 def ceiling(resolved: Resolved) -> int:
     """The most steps a planned run takes: ``MOST_STEPS``, fewer for long rows, never under the floor."""
     data, train = resolved.pipeline.data, resolved.pipeline.train
-    tokens_per_step = data.batch_size * train.grad_accum * data.seq_len
+    tokens_per_step = data.batch_size * train.grad_accum * data.row_len
     return max(FEWEST_STEPS, min(MOST_STEPS, MOST_TOKENS // tokens_per_step))
 
 
@@ -78,14 +154,14 @@ def samples_per_step(resolved: Resolved, shards: list[str], align: int) -> float
     stream = encoded_stream(
         shards,
         resolved.encoder,
-        data.seq_len,
+        data.row_len,
         SkipLog(quiet=True),
         seed=train.seed,
         shuffle_buffer=data.shuffle_buffer,
         repeat=False,
     )
     rows = samples = 0
-    packed = batches(stream, data.batch_size, data.seq_len, pack=data.pack, align=align)
+    packed = batches(stream, data.batch_size, data.row_len, pack=data.pack, align=align)
     for batch, _ in itertools.islice(packed, math.ceil(PROBE_ROWS / data.batch_size)):
         rows += len(batch.rows)
         samples += sum(len(row) for row in batch.rows)
@@ -95,11 +171,18 @@ def samples_per_step(resolved: Resolved, shards: list[str], align: int) -> float
 
 __all__ = [
     "FEWEST_STEPS",
+    "LONGEST_ROW",
     "MOST_STEPS",
     "MOST_TOKENS",
     "PASSES",
+    "SHORTEST_ROW",
+    "RowPlan",
     "StepPlan",
     "ceiling",
+    "plan_rows",
     "plan_steps",
+    "rows_of_checkpoint",
+    "sample_lengths",
     "samples_per_step",
+    "with_seq_len",
 ]
