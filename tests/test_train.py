@@ -301,7 +301,8 @@ def test_no_usable_sample_stops_instead_of_looping(setup, tmp_path: Path) -> Non
         *run_args(registry, shards, tmp_path / "out", "--set", "data.seq_len=8")[1:], timeout=120
     )
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].endswith(
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.endswith(
         "48 too long (the longest has 105 tokens, over data.seq_len 8; "
         "unset, data.seq_len is sized to the samples)"
     )

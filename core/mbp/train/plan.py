@@ -17,12 +17,14 @@ import dataclasses
 import itertools
 import math
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from mbp.data.batches import aligned, batches, encoded_stream
+from mbp.data.batches import Position, aligned, batches, encoded_stream
+from mbp.data.encode import EncodedSample
 from mbp.data.read import read_samples
 from mbp.data.skips import SkipLog
 from mbp.resolve import Resolved
@@ -93,17 +95,25 @@ def with_seq_len(resolved: Resolved, seq_len: int) -> Resolved:
 
 def sample_lengths(resolved: Resolved, shards: list[str]) -> list[int]:
     """Encoded lengths of the training stream's first ``PROBE_SAMPLES`` samples."""
+    stream = training_order(resolved, shards, sys.maxsize)  # nothing is too long to be measured
+    return [len(sample.tokens) for sample, _ in itertools.islice(stream, PROBE_SAMPLES)]
+
+
+def training_order(
+    resolved: Resolved, shards: list[str], seq_len: int
+) -> Iterator[tuple[EncodedSample, Position]]:
+    """One pass of the training stream's first epoch, shuffled as training shuffles it: shards written
+    one kind of sample at a time would otherwise start unrepresentative."""
     data, train = resolved.pipeline.data, resolved.pipeline.train
-    stream = encoded_stream(
+    return encoded_stream(
         shards,
         resolved.encoder,
-        sys.maxsize,  # nothing is too long to be measured
+        seq_len,
         SkipLog(quiet=True),
         seed=train.seed,
         shuffle_buffer=data.shuffle_buffer,
         repeat=False,
     )
-    return [len(sample.tokens) for sample, _ in itertools.islice(stream, PROBE_SAMPLES)]
 
 
 @dataclass(frozen=True)
@@ -150,16 +160,7 @@ def ceiling(resolved: Resolved) -> int:
 def samples_per_step(resolved: Resolved, shards: list[str], align: int) -> float:
     """Samples in one step, from the training stream's own packing of its first samples."""
     data, train = resolved.pipeline.data, resolved.pipeline.train
-    # shuffled as training shuffles: shards written one kind of sample at a time start unrepresentative
-    stream = encoded_stream(
-        shards,
-        resolved.encoder,
-        data.row_len,
-        SkipLog(quiet=True),
-        seed=train.seed,
-        shuffle_buffer=data.shuffle_buffer,
-        repeat=False,
-    )
+    stream = training_order(resolved, shards, data.row_len)
     rows = samples = 0
     packed = batches(stream, data.batch_size, data.row_len, pack=data.pack, align=align)
     for batch, _ in itertools.islice(packed, math.ceil(PROBE_ROWS / data.batch_size)):
@@ -184,5 +185,6 @@ __all__ = [
     "rows_of_checkpoint",
     "sample_lengths",
     "samples_per_step",
+    "training_order",
     "with_seq_len",
 ]
