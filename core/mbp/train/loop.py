@@ -115,13 +115,13 @@ class Trainer:
                 f"data.seq_len {data.row_len} must be a multiple of the patch length {self.model.patch_len}"
             )
         self.precision = choose_precision(self.cfg.precision, world.device)
-        self.plan: StepPlan | None
-        planned, self.plan = self.cfg.steps, None  # a resumed run plans again, from the same shards
-        if planned is None:
+        self.plan: StepPlan | None = None
+        steps = self.cfg.steps
+        if steps is None:  # a resumed run plans again from the same shards: the same schedule
             self.plan = plan_steps(resolved, request.train_shards, self.model.patch_len)
-            planned = self.plan.steps
-            self.cfg = self.cfg.model_copy(update={"steps": planned})
-        self.steps: int = planned
+            steps = self.plan.steps
+            self.cfg = self.cfg.model_copy(update={"steps": steps})
+        self.steps: int = steps
         self.state = TrainState(0, 0, 0, 0, 0)
         optim_state = None
         self.checkpoint: Path | None = None
