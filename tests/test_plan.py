@@ -179,3 +179,19 @@ def test_large_images_train_and_evaluate_without_a_seq_len(tmp_path: Path) -> No
         f"12 too long (the longest has {tokens(photos(tmp_path), 32)} tokens, over data.seq_len 1024; "
         "unset, data.seq_len is sized to the samples)"
     )
+
+
+def test_shards_inspect_previews_what_a_run_would_plan(tmp_path: Path) -> None:
+    row = aligned(tokens(photos(tmp_path), 32), 8)
+    shard = image_set(tmp_path, [32] * 12)
+    args = ["shards", "inspect", shard, "--pipeline", "photos", "--registry", str(tmp_path / "registry.yaml")]
+    report = json.loads(invoke_mbp(*args, "--json").stdout)
+    assert report["run"] == {
+        "seq_len": row,
+        "steps": FEWEST_STEPS,
+        "planned": ["seq_len", "steps"],
+        "describe": f"rows of {row} tokens (100% of 12 samples probed fit), "
+        "600 steps (400.0 passes over 12 samples, about 8 a step)",  # a sample a row, 8 rows a step
+    }
+    shown = invoke_mbp(*args).stdout
+    assert f"  mbp run would train: rows of {row} tokens" in shown

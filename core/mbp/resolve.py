@@ -115,7 +115,3 @@ def with_dropout(pipeline: Pipeline, head: TaskHead, components: ComponentTable)
         return pipeline
     filled = model.model_copy(update={"stages": stages, "dropout": dropout})
     return pipeline.model_copy(update={"model": filled})
-
-
-def pipeline_encoder(registry_path: str | None, name: str, *, components: ComponentTable) -> SampleEncoder:
-    return resolve(registry_path, name, components=components).encoder

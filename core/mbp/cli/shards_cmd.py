@@ -44,21 +44,28 @@ def pack_command(paths: tuple[str, ...], manifest: Path | None, maxcount: int, a
 
 @shards_group.command("inspect")
 @click.argument("shards", nargs=-1, required=True)
-@click.option("--pipeline", default=None, help="Also report encoded lengths for this pipeline.")
+@click.option(
+    "--pipeline",
+    default=None,
+    help="Also report encoded lengths, and the rows and steps `mbp run` would train.",
+)
 @registry_option
 @json_option
 def inspect_command(
     shards: tuple[str, ...], pipeline: str | None, registry_path: str | None, as_json: bool
 ) -> None:
-    """Samples, fields (counts and sizes) and, with --pipeline, encoded lengths in tokens."""
+    """Samples, fields (counts and sizes) and, with --pipeline, encoded lengths in tokens and what a run on
+    these shards would train: rows and steps, given by the pipeline or planned from the samples."""
     from mbp.data.shard_summary import inspect_shards
     from mbp.plugins import get_platform
-    from mbp.resolve import pipeline_encoder
+    from mbp.resolve import resolve
+    from mbp.train.plan import preview
 
-    encoder = (
-        pipeline_encoder(registry_path, pipeline, components=get_platform().components) if pipeline else None
-    )
-    report = inspect_shards(expand_shards(shards), encoder, SkipLog(quiet=as_json))
+    resolved = resolve(registry_path, pipeline, components=get_platform().components) if pipeline else None
+    expanded = expand_shards(shards)
+    report = inspect_shards(expanded, resolved.encoder if resolved else None, SkipLog(quiet=as_json))
+    if resolved is not None and report["samples"]:
+        report["run"] = preview(resolved, expanded)
     if as_json:
         emit_json(report)
         return
@@ -69,6 +76,8 @@ def inspect_command(
     if report.get("tokens"):
         t = report["tokens"]
         click.echo(f"  tokens per sample: min {t['min']}, median {t['median']:.0f}, max {t['max']}")
+    if report.get("run"):
+        click.echo(f"  mbp run would train: {report['run']['describe']}")
     click.echo(f"  samples skipped: {report['samples_skipped']}, shards failed: {report['shards_failed']}")
     if report["failed_shards"]:
         click.echo(f"  failed: {', '.join(report['failed_shards'])}")

@@ -170,6 +170,24 @@ def samples_per_step(resolved: Resolved, shards: list[str], align: int) -> float
     return per_row * data.batch_size * train.grad_accum
 
 
+def preview(resolved: Resolved, shards: list[str]) -> dict[str, Any]:
+    """What ``mbp run`` would train on ``shards``: its rows and steps, given by the pipeline or planned."""
+    planned, rows = plan_rows(resolved, shards)
+    given = planned.pipeline.train.steps
+    steps = plan_steps(planned, shards, planned.pipeline.model.patch_len) if given is None else None
+    return {
+        "seq_len": planned.pipeline.data.row_len,
+        "steps": steps.steps if steps else given,
+        "planned": [name for name, plan in (("seq_len", rows), ("steps", steps)) if plan is not None],
+        "describe": ", ".join(
+            [
+                rows.describe() if rows else f"rows of {planned.pipeline.data.row_len} tokens (given)",
+                steps.describe() if steps else f"{given} steps (given)",
+            ]
+        ),
+    }
+
+
 __all__ = [
     "FEWEST_STEPS",
     "LONGEST_ROW",
@@ -182,6 +200,7 @@ __all__ = [
     "ceiling",
     "plan_rows",
     "plan_steps",
+    "preview",
     "rows_of_checkpoint",
     "sample_lengths",
     "samples_per_step",
