@@ -38,6 +38,7 @@ BUILDERS: dict[str, Callable[[], BuiltSet]] = {
     "image-letters": images.build_letters,
     "speech-digits": lambda: speech.build_digits(baselines.log_mel_features),
     "speech-commands": lambda: speech.build_commands(baselines.log_mel_features),
+    "speech-letters": lambda: speech.build_letters(baselines.log_mel_features),
     "text-fortunes": text.build_fortunes,
     "text-kjv": text.build_kjv,
 }
@@ -47,6 +48,7 @@ PIPELINES = {
     "image-letters": "real-letters-pixels",
     "speech-digits": "real-speech-digits",
     "speech-commands": "real-speech-commands",
+    "speech-letters": "real-speech-letters",
     "text-fortunes": "real-text-fortunes",
     "text-kjv": "real-text-kjv",
 }
