@@ -235,14 +235,26 @@ def assemble(
 
 
 def build_digits(features: Callable[[list[np.ndarray]], np.ndarray]) -> BuiltSet:
-    utterances = espeak_utterances(DIGIT_WORDS, repeats=2, tag="digits")
+    source = "espeak-ng saying zero..nine; ~100 voice variants x 8 English accents, seeded speed and pitch"
+    return espeak_set("speech-digits", DIGIT_WORDS, 2, source, "which digit was spoken?", features)
+
+
+def espeak_set(
+    name: str,
+    words: tuple[str, ...],
+    repeats: int,
+    source: str,
+    question: str,
+    features: Callable[[list[np.ndarray]], np.ndarray],
+) -> BuiltSet:
+    """espeak-ng voice variants saying ``words``, a stable-hash fifth of the variants held out."""
     return assemble(
-        "speech-digits",
-        "espeak-ng saying zero..nine; ~100 voice variants x 8 English accents, seeded speed and pitch",
+        name,
+        source,
         "by espeak-ng voice variant: a stable-hash fifth of the variants held out",
-        utterances,
+        espeak_utterances(words, repeats=repeats, tag=name.removeprefix("speech-")),
         lambda u: variant_held_out(u.voice),
-        "which digit was spoken?",
+        question,
         features,
     )
 
@@ -263,13 +275,5 @@ def build_commands(features: Callable[[list[np.ndarray]], np.ndarray]) -> BuiltS
 
 
 def build_letters(features: Callable[[list[np.ndarray]], np.ndarray]) -> BuiltSet:
-    utterances = espeak_utterances(LETTER_WORDS, repeats=1, tag="letters")
-    return assemble(
-        "speech-letters",
-        "espeak-ng saying the letter names a..z; ~100 voice variants x 8 accents, seeded speed and pitch",
-        "by espeak-ng voice variant: a stable-hash fifth of the variants held out",
-        utterances,
-        lambda u: variant_held_out(u.voice),
-        "which letter was spoken?",
-        features,
-    )
+    source = "espeak-ng saying the letter names a..z; ~100 voice variants x 8 accents, seeded speed and pitch"
+    return espeak_set("speech-letters", LETTER_WORDS, 1, source, "which letter was spoken?", features)
