@@ -134,12 +134,15 @@ class TrainConfig(Strict):
     """Metrics sinks registered by plugins (e.g. ``{type: tensorboard}``); None: every available one."""
 
     @property
-    def evaluate_every(self) -> int:
-        if self.eval_every:
-            return self.eval_every
+    def total_steps(self) -> int:
+        """``steps``, once given or planned from the data."""
         if self.steps is None:
-            raise ValueError("train.steps is planned from the data before evaluations are scheduled")
-        return max(1, math.ceil(self.steps / 4))
+            raise ValueError("train.steps is planned from the data before the run is scheduled")
+        return self.steps
+
+    @property
+    def evaluate_every(self) -> int:
+        return self.eval_every or max(1, math.ceil(self.total_steps / 4))
 
     @property
     def save_every(self) -> int:

@@ -24,7 +24,7 @@ from mbp.train import distributed as D
 from mbp.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from mbp.train.evaluate import evaluate
 from mbp.train.init import init_from as load_initial_weights
-from mbp.train.plan import StepPlan, plan_rows, plan_steps
+from mbp.train.plan import plan_run
 from mbp.train.precision import choose_precision
 from mbp.train.report import MetricsLog, Progress, plot
 from mbp.train.rundir import check_belongs, prepare_out, remove_leftovers, resume_point
@@ -93,7 +93,8 @@ class Trainer:
 
     def __init__(self, resolved: Resolved, request: RunRequest, world: D.World) -> None:
         out, resume = request.out, request.resume
-        resolved, self.rows = plan_rows(resolved, request.train_shards)  # checkpoints keep the plan
+        plan = plan_run(resolved, request.train_shards)
+        resolved, self.rows, self.plan = plan.resolved, plan.rows, plan.steps
         self.resolved, self.out, self.world = resolved, out, world
         self.cfg, data = resolved.pipeline.train, resolved.pipeline.data
         prepare_out(out, resume=resume, overwrite=request.overwrite, main=world.is_main)
@@ -115,13 +116,6 @@ class Trainer:
                 f"data.seq_len {data.row_len} must be a multiple of the patch length {self.model.patch_len}"
             )
         self.precision = choose_precision(self.cfg.precision, world.device)
-        self.plan: StepPlan | None = None
-        steps = self.cfg.steps
-        if steps is None:  # a resumed run plans again from the same shards: the same schedule
-            self.plan = plan_steps(resolved, request.train_shards, self.model.patch_len)
-            steps = self.plan.steps
-            self.cfg = self.cfg.model_copy(update={"steps": steps})
-        self.steps: int = steps
         self.state = TrainState(0, 0, 0, 0, 0)
         optim_state = None
         self.checkpoint: Path | None = None
@@ -139,7 +133,7 @@ class Trainer:
                 f"training {resolved.name}: precision {self.precision.describe()}, {world.device.type}, "
                 f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters, "
                 f"dropout {resolved.pipeline.model.dropout or 0:g}, "
-                f"{self.plan.describe() if self.plan else f'{self.steps} steps'}"
+                f"{self.plan.describe() if self.plan else f'{self.cfg.total_steps} steps'}"
                 + (f", {self.rows.describe()}" if self.rows else "")
             )
         self.log = SkipLog(quiet=not world.is_main)
@@ -160,7 +154,7 @@ class Trainer:
         self.window_start, self.window_tokens = time.perf_counter(), 0
 
     def run(self) -> dict[str, Any]:
-        cfg, state, steps = self.cfg, self.state, self.steps
+        cfg, state, steps = self.cfg, self.state, self.cfg.total_steps
         progress = Progress(steps, state.step)
         self.wrapped.train()
         try:
@@ -206,7 +200,9 @@ class Trainer:
     def step(self) -> tuple[float, int]:
         """One optimizer step over ``grad_accum`` batches; returns the mean loss and the bytes trained."""
         cfg, state, world = self.cfg, self.state, self.world
-        factor = lr_factor(state.step, warmup=cfg.warmup_steps, total=self.steps, min_ratio=cfg.min_lr_ratio)
+        factor = lr_factor(
+            state.step, warmup=cfg.warmup_steps, total=cfg.total_steps, min_ratio=cfg.min_lr_ratio
+        )
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.lr * factor
         self.optimizer.zero_grad(set_to_none=True)

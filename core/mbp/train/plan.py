@@ -170,19 +170,42 @@ def samples_per_step(resolved: Resolved, shards: list[str], align: int) -> float
     return per_row * data.batch_size * train.grad_accum
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    resolved: Resolved
+    """The pipeline with ``data.seq_len`` and ``train.steps`` given or planned: checkpoints keep both."""
+    rows: RowPlan | None
+    steps: StepPlan | None
+    """None where the pipeline gives the value."""
+
+
+def plan_run(resolved: Resolved, shards: list[str]) -> RunPlan:
+    """Rows, then steps (which count samples in those rows), for what the pipeline leaves unset. The
+    plan is deterministic, so a resumed run plans the same schedule again from the same shards."""
+    planned, rows = plan_rows(resolved, shards)
+    if planned.pipeline.train.steps is not None:
+        return RunPlan(planned, rows, None)
+    steps = plan_steps(planned, shards, planned.pipeline.model.patch_len)
+    train = planned.pipeline.train.model_copy(update={"steps": steps.steps})
+    pipeline = planned.pipeline.model_copy(update={"train": train})
+    return RunPlan(dataclasses.replace(planned, pipeline=pipeline), rows, steps)
+
+
 def preview(resolved: Resolved, shards: list[str]) -> dict[str, Any]:
     """What ``mbp run`` would train on ``shards``: its rows and steps, given by the pipeline or planned."""
-    planned, rows = plan_rows(resolved, shards)
-    given = planned.pipeline.train.steps
-    steps = plan_steps(planned, shards, planned.pipeline.model.patch_len) if given is None else None
+    plan = plan_run(resolved, shards)
+    pipeline = plan.resolved.pipeline
+    rows, steps = pipeline.data.row_len, pipeline.train.total_steps
     return {
-        "seq_len": planned.pipeline.data.row_len,
-        "steps": steps.steps if steps else given,
-        "planned": [name for name, plan in (("seq_len", rows), ("steps", steps)) if plan is not None],
+        "seq_len": rows,
+        "steps": steps,
+        "planned": [
+            name for name, part in (("seq_len", plan.rows), ("steps", plan.steps)) if part is not None
+        ],
         "describe": ", ".join(
             [
-                rows.describe() if rows else f"rows of {planned.pipeline.data.row_len} tokens (given)",
-                steps.describe() if steps else f"{given} steps (given)",
+                plan.rows.describe() if plan.rows else f"rows of {rows} tokens (given)",
+                plan.steps.describe() if plan.steps else f"{steps} steps (given)",
             ]
         ),
     }
@@ -196,9 +219,11 @@ __all__ = [
     "PASSES",
     "SHORTEST_ROW",
     "RowPlan",
+    "RunPlan",
     "StepPlan",
     "ceiling",
     "plan_rows",
+    "plan_run",
     "plan_steps",
     "preview",
     "rows_of_checkpoint",
