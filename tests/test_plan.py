@@ -52,7 +52,7 @@ def text_set(tmp_path: Path, count: int) -> tuple[Resolved, list[str], int]:
 def test_steps_are_passes_over_the_training_set_within_bounds(tmp_path: Path, scale: str) -> None:
     resolved, shards, per_step = text_set(tmp_path, 1)
     count = {
-        "few": 40,  # 6 passes take a handful of steps: the floor
+        "few": 40,  # PASSES passes take a handful of steps: the floor
         "between": math.ceil(1000 * per_step / PASSES),  # 1,000 steps
         "many": 3 * math.ceil(MOST_STEPS * per_step / PASSES),  # three times what the ceiling needs
     }[scale]
