@@ -57,6 +57,20 @@ class RegularizedHead(Protocol):
     dropout: float
 
 
+@runtime_checkable
+class SplittingHead(Protocol):
+    """Optional for a head: ``split_samples`` True when any window of a sample is a sample of its task
+    (``lm``: text reads the same in any window), so rows may cut samples instead of skipping long ones
+    and padding short ones (``mbp.data.batches.batches``). Without it, samples stay whole: a question
+    cut off from its answer teaches nothing."""
+
+    split_samples: bool
+
+
+def splits_samples(head: TaskHead) -> bool:
+    return isinstance(head, SplittingHead) and head.split_samples
+
+
 def payload_range(sample: EncodedSample, span: Span) -> tuple[int, int]:
     """Token indices ``[first, last)`` of a segment's payload plus its END marker."""
     window = sample.tokens[span.start : span.end]

@@ -45,6 +45,8 @@ class LmHead:
     """The held-out metric the best checkpoint is kept by."""
     dropout = 0.0
     """A run of minutes sees most of its text once or twice: dropout would only slow the learning."""
+    split_samples = True
+    """Texts are concatenated and cut into full rows; none is skipped for its length."""
 
     def __init__(self, params: LmParams) -> None:
         pass

@@ -68,10 +68,12 @@ def collate(rows: list[list[EncodedSample]], seq_len: int, align: int = 1) -> Ba
 
 @dataclass
 class Position:
-    """Where a stream stands: the epoch and how many raw samples of it were consumed."""
+    """Where a stream stands: the epoch, how many raw samples of it were consumed, and how many tokens
+    of the next one (a sample cut across rows, see ``batches``) were already trained."""
 
     epoch: int = 0
     consumed: int = 0
+    taken: int = 0
 
 
 def encoded_stream(
@@ -87,15 +89,19 @@ def encoded_stream(
     rank: int = 0,
     world: int = 1,
     augment: bool = False,
+    split: bool = False,
 ) -> Iterator[tuple[EncodedSample, Position]]:
     """Encoded samples in a deterministic order (given the seed), with the position after each.
 
     Resuming from a position replays the same order and skips what was already consumed, so a
     resumed run sees exactly the samples an uninterrupted one would. Sample ``i`` of the stream goes to
     rank ``i % world``. ``augment``: training samples, varied by codecs that can, with a generator
-    seeded by (seed, epoch, index) so that the variations replay on resume too.
+    seeded by (seed, epoch, index) so that the variations replay on resume too. ``split``: samples
+    longer than ``seq_len`` are kept (``batches`` cuts them across rows), and a start inside a sample
+    yields the rest of it first.
     """
     position = Position(start.epoch, start.consumed) if start else Position()
+    taken = start.taken if start else 0
     while True:
         whole_epoch = position.consumed == 0  # a resumed epoch may legitimately have nothing left
         rng = np.random.default_rng([seed, position.epoch])
@@ -119,7 +125,9 @@ def encoded_stream(
                 log.sample(str(error), skip_kind(error))
                 continue
             log.encoded(len(sample.tokens))
-            if len(sample.tokens) > seq_len:
+            if taken:  # the sample a resumed stream stopped inside: its untrained rest
+                sample, taken = sample.piece(taken), 0
+            if len(sample.tokens) > seq_len and not split:
                 message = f"{sample.where}: {len(sample.tokens)} tokens, over data.seq_len {seq_len}"
                 log.sample(message, "too long")
                 continue
@@ -172,9 +180,18 @@ def batches(
     *,
     pack: bool = False,
     align: int = 1,
+    split: bool = False,
+    fill: bool | None = None,
 ) -> Iterator[tuple[Batch, Position]]:
     """Rows of ``seq_len`` tokens, ``batch_size`` rows a batch. With ``pack``, consecutive samples share
     a row while they fit (each keeps its BOS..EOS), which wastes far less compute on padding.
+
+    ``split`` (for heads whose samples mean the same in any window, such as language modelling): a
+    sample longer than a row is cut into rows instead of skipped, and with ``pack`` and ``fill`` (which
+    defaults to ``split``) the sample that does not fit fills the row's end and goes on in the next row,
+    as pretraining data is concatenated and chunked: rows of texts averaging 1.5 KB were a quarter
+    padding without it. Each piece is a sample of its own to the model: it attends within itself only.
+    Evaluation keeps ``fill`` off, so a held-out text that fits a row is scored whole.
 
     Packed samples start at multiples of ``align`` (the model's patch length): a sample's bytes then
     fall into patches the same way wherever it lands in a row, as they do when it is generated from
@@ -183,21 +200,34 @@ def batches(
 
     The position after a batch is that of its last sample, so a resumed stream starts with the next one.
     """
+    fill = split if fill is None else fill and split
     rows: list[list[EncodedSample]] = []
     row: list[EncodedSample] = []
     used = 0
     last = Position()
     for sample, position in stream:
-        start = aligned(used, align)
-        if row and (not pack or start + len(sample.tokens) > seq_len):
-            rows.append(row)
-            row, start = [], 0
-            if len(rows) == batch_size:
-                yield collate(rows, seq_len, align), last
-                rows = []
-        row.append(sample)
-        used = start + len(sample.tokens)
-        last = position
+        rest: EncodedSample | None = sample
+        while rest is not None:
+            start = aligned(used, align) if row else 0
+            room = seq_len - start
+            if row and len(rest.tokens) > room and not (fill and pack and room > 0):
+                closed = True  # the row ends before this sample, which opens the next row
+            else:
+                closed = split and len(rest.tokens) > room
+                if closed:  # its head fills this row; the position is inside the sample
+                    row.append(rest.piece(0, room))
+                    rest = rest.piece(room)
+                    last = Position(position.epoch, position.consumed - 1, rest.first)
+                else:
+                    row.append(rest)
+                    used, rest, last = start + len(rest.tokens), None, position
+                    closed = not pack
+            if closed and row:
+                rows.append(row)
+                row, used = [], 0
+                if len(rows) == batch_size:
+                    yield collate(rows, seq_len, align), last
+                    rows = []
     if row:
         rows.append(row)
     if rows:

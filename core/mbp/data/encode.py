@@ -35,6 +35,8 @@ class EncodedSample:
     tokens: np.ndarray
     spans: list[Span]
     weights: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    first: int = 0
+    """Where ``tokens`` start in the whole sample: non-zero for a piece cut off a longer sample."""
 
     @property
     def where(self) -> str:
@@ -44,6 +46,17 @@ class EncodedSample:
 
     def span(self, field_name: str) -> Span:
         return next(s for s in self.spans if s.field == field_name)
+
+    def piece(self, start: int, end: int | None = None) -> EncodedSample:
+        """Tokens ``start:end`` of this sample as a sample of their own, spans cut to fit."""
+        end = len(self.tokens) if end is None else min(end, len(self.tokens))
+        spans = [
+            Span(s.field, s.codec, max(s.start, start) - start, min(s.end, end) - start)
+            for s in self.spans
+            if s.start < end and s.end > start
+        ]
+        weights = self.weights[start:end] if len(self.weights) else self.weights
+        return EncodedSample(self.shard, self.key, self.tokens[start:end], spans, weights, self.first + start)
 
 
 def match_field(fields: dict[str, bytes], wanted: str) -> str | None:

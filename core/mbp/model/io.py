@@ -55,6 +55,7 @@ class _TrainStateDoc(BaseModel):
     consumed: int = Field(ge=0)
     samples_seen: int = Field(ge=0)
     samples_skipped: int = Field(ge=0)
+    taken: int = Field(default=0, ge=0)
 
 
 class _OptimizerDoc(BaseModel):

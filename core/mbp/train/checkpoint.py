@@ -30,6 +30,8 @@ class TrainState:
     consumed: int
     samples_seen: int
     samples_skipped: int
+    taken: int = 0
+    """Tokens of the next sample already trained: a sample cut across rows (``Position.taken``)."""
 
 
 def _optimizer_tensors(optim_state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -15,6 +15,7 @@ import torch
 from mbp.data.batches import Batch, Position, batches, encoded_stream, prefetch
 from mbp.data.skips import SkipLog
 from mbp.errors import ConfigError, MbpError
+from mbp.heads import splits_samples
 from mbp.model.build import build_model
 from mbp.model.decoder import MultiscaleDecoder
 from mbp.model.io import checkpoint_document
@@ -56,11 +57,14 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
 
 def eval_batches(resolved: Resolved, shards: list[str], log: SkipLog, align: int = 1) -> list[Batch]:
     data = resolved.pipeline.data
-    stream = encoded_stream(shards, resolved.encoder, data.row_len, log, repeat=False)
+    split = splits_samples(resolved.head)
+    stream = encoded_stream(shards, resolved.encoder, data.row_len, log, repeat=False, split=split)
     if data.max_eval_samples:
         stream = itertools.islice(stream, data.max_eval_samples)
-    # packed like training: one short sample per row would spend most of the work on padding
-    return [b for b, _ in batches(stream, data.batch_size, data.row_len, pack=True, align=align)]
+    # packed like training (one short sample per row would spend most of the work on padding), but a
+    # text that fits a row is scored whole: cut to fill a row, its second piece would lose its context
+    packed = batches(stream, data.batch_size, data.row_len, pack=True, align=align, split=split, fill=False)
+    return [b for b, _ in packed]
 
 
 @dataclass(frozen=True)
@@ -218,8 +222,9 @@ class Trainer:
             tokens += batch.num_tokens * world.size
             if world.is_main:
                 self.padding.observe(batch.num_tokens, batch.tokens.numel())
-            state.samples_seen += len(batch.samples) * world.size
-            state.epoch, state.consumed = position.epoch, position.consumed
+            # a sample cut across rows is seen once, where it starts
+            state.samples_seen += sum(sample.first == 0 for sample in batch.samples) * world.size
+            state.epoch, state.consumed, state.taken = position.epoch, position.consumed, position.taken
         if cfg.clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
         self.optimizer.step()
@@ -301,12 +306,20 @@ def _train_batches(
         log,
         seed=cfg.seed,
         shuffle_buffer=data.shuffle_buffer,
-        start=Position(state.epoch, state.consumed),
+        start=Position(state.epoch, state.consumed, state.taken),
         rank=world.rank,
         world=world.size,
         augment=True,
+        split=splits_samples(resolved.head),
     )
-    rows = batches(stream, data.batch_size // world.size, data.row_len, pack=data.pack, align=align)
+    rows = batches(
+        stream,
+        data.batch_size // world.size,
+        data.row_len,
+        pack=data.pack,
+        align=align,
+        split=splits_samples(resolved.head),
+    )
     return prefetch(rows)
 
 

@@ -27,6 +27,7 @@ from mbp.data.batches import Position, aligned, batches, encoded_stream
 from mbp.data.encode import EncodedSample
 from mbp.data.read import read_samples
 from mbp.data.skips import SkipLog
+from mbp.heads import splits_samples
 from mbp.resolve import Resolved
 
 PASSES = 10
@@ -116,6 +117,7 @@ def training_order(
         seed=train.seed,
         shuffle_buffer=data.shuffle_buffer,
         repeat=False,
+        split=splits_samples(resolved.head),
     )
 
 
@@ -165,10 +167,12 @@ def samples_per_step(resolved: Resolved, shards: list[str], align: int) -> float
     data, train = resolved.pipeline.data, resolved.pipeline.train
     stream = training_order(resolved, shards, data.row_len)
     rows = samples = 0
-    packed = batches(stream, data.batch_size, data.row_len, pack=data.pack, align=align)
+    split = splits_samples(resolved.head)
+    packed = batches(stream, data.batch_size, data.row_len, pack=data.pack, align=align, split=split)
     for batch, _ in itertools.islice(packed, math.ceil(PROBE_ROWS / data.batch_size)):
         rows += len(batch.rows)
-        samples += sum(len(row) for row in batch.rows)
+        # a sample cut across rows counts once, where it starts
+        samples += sum(1 for row in batch.rows for sample in row if sample.first == 0)
     per_row = samples / rows if rows else 1.0
     return per_row * data.batch_size * train.grad_accum
 
