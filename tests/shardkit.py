@@ -29,6 +29,23 @@ pipelines:
 """
 
 
+def lm_registry(patch: int, data: str, train: str = "") -> str:
+    """A registry with one tiny byte-level language model, ``lm``: ``data`` and ``train`` are the
+    inside of their YAML flow mappings."""
+    return f"""\
+pipelines:
+  lm:
+    fields:
+      txt: {{type: text}}
+    head: {{type: lm}}
+    model:
+      stages:
+        - {{backbone: {{type: transformer, heads: 2}}, dim: 16, layers: 1}}
+        - {{backbone: {{type: transformer, heads: 2}}, dim: 16, layers: 1, patch: {patch}}}
+    data: {{{data}}}
+""" + (f"    train: {{{train}}}\n" if train else "")
+
+
 def png(colour: tuple[int, int, int] = (200, 30, 30), side: int = 4) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (side, side), colour).save(buffer, format="PNG")

@@ -16,22 +16,11 @@ from mbp.resolve import Resolved, resolve
 from mbp.train.plan import FEWEST_STEPS, MOST_STEPS, PASSES, plan_rows, plan_steps, with_seq_len
 
 from tests.conftest import invoke_mbp
-from tests.shardkit import REGISTRY, good_samples, png, qa, write_tar
+from tests.shardkit import REGISTRY, good_samples, lm_registry, png, qa, write_tar
 
 PATCH, SEQ_LEN, BATCH = 4, 128, 2
 QA = {"question": b"what colour?", "answer": b"red"}
-TEXT = f"""\
-pipelines:
-  lm:
-    fields:
-      txt: {{type: text}}
-    head: {{type: lm}}
-    model:
-      stages:
-        - {{backbone: {{type: transformer, heads: 2}}, dim: 16, layers: 1}}
-        - {{backbone: {{type: transformer, heads: 2}}, dim: 16, layers: 1, patch: {PATCH}}}
-    data: {{seq_len: {SEQ_LEN}, batch_size: {BATCH}}}
-"""
+TEXT = lm_registry(PATCH, f"seq_len: {SEQ_LEN}, batch_size: {BATCH}")
 
 
 def text_set(tmp_path: Path, count: int) -> tuple[Resolved, list[str], int]:

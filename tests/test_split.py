@@ -21,22 +21,12 @@ from mbp.resolve import Resolved, resolve
 from safetensors.torch import load_file
 
 from tests.conftest import invoke_mbp
-from tests.shardkit import write_tar
+from tests.shardkit import lm_registry, write_tar
 
 PATCH, SEQ_LEN, BATCH = 4, 64, 2
-TEXT = f"""\
-pipelines:
-  lm:
-    fields:
-      txt: {{type: text}}
-    head: {{type: lm}}
-    model:
-      stages:
-        - {{backbone: {{type: transformer, heads: 2}}, dim: 16, layers: 1}}
-        - {{backbone: {{type: transformer, heads: 2}}, dim: 16, layers: 1, patch: {PATCH}}}
-    data: {{seq_len: {SEQ_LEN}, batch_size: {BATCH}, shuffle_buffer: 4}}
-    train: {{steps: 6, eval_every: 3}}
-"""
+TEXT = lm_registry(
+    PATCH, f"seq_len: {SEQ_LEN}, batch_size: {BATCH}, shuffle_buffer: 4", "steps: 6, eval_every: 3"
+)
 
 
 def texts(tmp_path: Path, count: int = 23) -> tuple[Resolved, list[str], list[bytes]]:

@@ -38,6 +38,11 @@ class Batch:
         return [sample for row in self.rows for sample in row]
 
     @property
+    def samples_started(self) -> int:
+        """Samples whose first token is in this batch: a sample cut across rows counts once."""
+        return sum(sample.first == 0 for sample in self.samples)
+
+    @property
     def num_tokens(self) -> int:
         return int((self.tokens != PAD).sum())
 
@@ -181,14 +186,14 @@ def batches(
     pack: bool = False,
     align: int = 1,
     split: bool = False,
-    fill: bool | None = None,
+    fill: bool = True,
 ) -> Iterator[tuple[Batch, Position]]:
     """Rows of ``seq_len`` tokens, ``batch_size`` rows a batch. With ``pack``, consecutive samples share
     a row while they fit (each keeps its BOS..EOS), which wastes far less compute on padding.
 
     ``split`` (for heads whose samples mean the same in any window, such as language modelling): a
-    sample longer than a row is cut into rows instead of skipped, and with ``pack`` and ``fill`` (which
-    defaults to ``split``) the sample that does not fit fills the row's end and goes on in the next row,
+    sample longer than a row is cut into rows instead of skipped, and with ``pack`` and ``fill`` too
+    the sample that does not fit fills the row's end and goes on in the next row,
     as pretraining data is concatenated and chunked: rows of texts averaging 1.5 KB were a quarter
     padding without it. Each piece is a sample of its own to the model: it attends within itself only.
     Evaluation keeps ``fill`` off, so a held-out text that fits a row is scored whole.
@@ -200,7 +205,7 @@ def batches(
 
     The position after a batch is that of its last sample, so a resumed stream starts with the next one.
     """
-    fill = split if fill is None else fill and split
+    fill = fill and split and pack
     rows: list[list[EncodedSample]] = []
     row: list[EncodedSample] = []
     used = 0
@@ -210,7 +215,7 @@ def batches(
         while rest is not None:
             start = aligned(used, align) if row else 0
             room = seq_len - start
-            if row and len(rest.tokens) > room and not (fill and pack and room > 0):
+            if row and len(rest.tokens) > room and not (fill and room > 0):
                 closed = True  # the row ends before this sample, which opens the next row
             else:
                 closed = split and len(rest.tokens) > room

@@ -222,8 +222,7 @@ class Trainer:
             tokens += batch.num_tokens * world.size
             if world.is_main:
                 self.padding.observe(batch.num_tokens, batch.tokens.numel())
-            # a sample cut across rows is seen once, where it starts
-            state.samples_seen += sum(sample.first == 0 for sample in batch.samples) * world.size
+            state.samples_seen += batch.samples_started * world.size
             state.epoch, state.consumed, state.taken = position.epoch, position.consumed, position.taken
         if cfg.clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
@@ -299,6 +298,7 @@ def _train_batches(
     resolved: Resolved, shards: list[str], log: SkipLog, state: TrainState, world: D.World, align: int
 ) -> Generator[tuple[Batch, Position], None, None]:
     data, cfg = resolved.pipeline.data, resolved.pipeline.train
+    split = splits_samples(resolved.head)
     stream = encoded_stream(
         shards,
         resolved.encoder,
@@ -310,15 +310,10 @@ def _train_batches(
         rank=world.rank,
         world=world.size,
         augment=True,
-        split=splits_samples(resolved.head),
+        split=split,
     )
     rows = batches(
-        stream,
-        data.batch_size // world.size,
-        data.row_len,
-        pack=data.pack,
-        align=align,
-        split=splits_samples(resolved.head),
+        stream, data.batch_size // world.size, data.row_len, pack=data.pack, align=align, split=split
     )
     return prefetch(rows)
 

@@ -171,8 +171,7 @@ def samples_per_step(resolved: Resolved, shards: list[str], align: int) -> float
     packed = batches(stream, data.batch_size, data.row_len, pack=data.pack, align=align, split=split)
     for batch, _ in itertools.islice(packed, math.ceil(PROBE_ROWS / data.batch_size)):
         rows += len(batch.rows)
-        # a sample cut across rows counts once, where it starts
-        samples += sum(1 for row in batch.rows for sample in row if sample.first == 0)
+        samples += batch.samples_started
     per_row = samples / rows if rows else 1.0
     return per_row * data.batch_size * train.grad_accum
 
