@@ -9,9 +9,9 @@
 - Backbones: ``Backbone`` (optionally ``PrefillBackbone``, ``SegmentedBackbone``) and its ``Cache``;
   test one with :mod:`mbp.testing`. ``RMSNorm`` and :mod:`small_tensor_ops` are the norm and the ops for the
   tiny tensors of generation steps that the built-in backbones use.
-- Task heads: ``TaskHead`` (optionally ``FieldHead``, ``RegularizedHead``, ``SplittingHead``) and its
-  ``Metrics``, reading ``EncodedSample``s; ``payload_range``, ``payload_bytes`` and ``prompt_length``
-  find a field's payload in a sample.
+- Task heads: ``TaskHead`` (optionally ``FieldHead``, ``RegularizedHead``, ``SplittingHead``,
+  ``ThinningHead``) and its ``Metrics``, reading ``EncodedSample``s; ``payload_range``,
+  ``payload_bytes`` and ``prompt_length`` find a field's payload in a sample.
 - Metrics sinks (``mbp_register_sinks``): ``MetricsSink``; a sink whose library is missing raises
   ``SinkUnavailableError``.
 - Importers (``mbp_register_importers``) write ordinary mbp checkpoints from another tool's: the model's
@@ -35,6 +35,7 @@ from mbp.heads import (
     RegularizedHead,
     SplittingHead,
     TaskHead,
+    ThinningHead,
     payload_bytes,
     payload_range,
     prompt_length,
@@ -88,6 +89,7 @@ __all__ = [
     "Span",
     "SplittingHead",
     "TaskHead",
+    "ThinningHead",
     "build_model",
     "hookimpl",
     "load_components",

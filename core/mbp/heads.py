@@ -67,6 +67,17 @@ class SplittingHead(Protocol):
     split_samples: bool
 
 
+@runtime_checkable
+class ThinningHead(Protocol):
+    """Optional for a head: training weights that score only part of a sample's cheap-to-skip tokens
+    each step, drawn from ``rng`` (seeded per sample, so a resumed run draws the same). ``row`` is the
+    byte-level stage's row length: the row starting at a sample's token ``r * row + 1`` predicts its
+    tokens up to ``(r + 1) * row`` (samples start on row boundaries), and a row whose targets all weigh
+    0 is skipped by the model, exactly. Evaluation always uses ``token_weights``."""
+
+    def training_weights(self, sample: EncodedSample, rng: np.random.Generator, row: int) -> np.ndarray: ...
+
+
 def splits_samples(head: TaskHead) -> bool:
     return isinstance(head, SplittingHead) and head.split_samples
 

@@ -89,6 +89,9 @@ class SampleEncoder:
         self.codecs = field_codecs(pipeline, components, head)
         self.optional = set(pipeline.optional)
         self.head = head
+        stages = pipeline.model.stages
+        self.row = (stages[-1].patch or 1) if len(stages) > 1 else 0
+        """Tokens a byte-level row predicts (0: one stage, whose rows are never skipped)."""
 
     def encode(self, raw: RawSample, augment: np.random.Generator | None = None) -> EncodedSample:
         """``augment``: a training sample, to be varied by the codecs that can (``Augmenting``)."""
@@ -121,5 +124,12 @@ class SampleEncoder:
             raise DataError(f"{raw.where}: no field of the pipeline is present")
         parts.append(np.array([EOS], TOKEN_DTYPE))
         sample = EncodedSample(raw.shard, raw.key, np.concatenate(parts), spans)
-        sample.weights = self.head.token_weights(sample)
+        sample.weights = self._weights(sample, augment)
         return sample
+
+    def _weights(self, sample: EncodedSample, augment: np.random.Generator | None) -> np.ndarray:
+        from mbp.heads import ThinningHead
+
+        if augment is not None and self.row > 1 and isinstance(self.head, ThinningHead):
+            return self.head.training_weights(sample, augment, self.row)
+        return self.head.token_weights(sample)

@@ -23,24 +23,28 @@ from typing import Any
 
 import numpy as np
 
-from mbp.data.batches import Position, aligned, batches, encoded_stream
+from mbp.data.batches import Batch, Position, aligned, batches, encoded_stream
 from mbp.data.encode import EncodedSample
 from mbp.data.read import read_samples
 from mbp.data.skips import SkipLog
 from mbp.heads import splits_samples
 from mbp.resolve import Resolved
 
-PASSES = 10
+PASSES = 15
 """Passes over the training set. Letter glyphs went 0.910 / 0.948 / 0.981 at 2.5 / 3.3 / 5 passes and
 no further at 6.7, but spoken letter names (26 classes) were 0.811 / 0.876 / 0.895 at 6 / 9 / 12
 passes: 6 was too few for the harder set, and the best checkpoint is kept, so extra passes on an easy
-set cost minutes, not accuracy."""
+set cost minutes, not accuracy. 15 since answer heads score a quarter of the context rows a step
+(``ThinningHead``): a pass costs about 0.6 of what it did, so 15 take the minutes 10 took, and at 10
+the thinned context had cost spoken words 1-2.5 points (0.946 against 0.972 on digits)."""
 FEWEST_STEPS = 600
-MOST_STEPS = 1500
+MOST_STEPS = 2000
 MOST_TOKENS = 10_000_000
-"""The ceiling: at most this many steps and row tokens (rows x seq_len), about 9 minutes of the
-registry's classifier sizes on 2 CPU cores (19-20 K tokens/s): 1,220 steps of 8 rows of 1,024 tokens.
-More is a choice to write down."""
+"""The ceiling: at most this many row tokens (rows x seq_len) at full cost, about 9 minutes of the
+registry's classifier sizes on 2 CPU cores (19-20 K tokens/s): 1,220 steps of 8 rows of 1,024 tokens
+where every byte-level row is computed. A row token whose byte-level row is skipped (no weighted target:
+``ThinningHead``, ``context_weight: 0``) costs about half (``token_cost``). More is a choice to write
+down."""
 PROBE_ROWS = 64
 """Rows packed from the stream's first samples to measure how many samples a step holds."""
 SHORTEST_ROW = 1024
@@ -104,10 +108,11 @@ def sample_lengths(resolved: Resolved, shards: list[str]) -> list[int]:
 
 
 def training_order(
-    resolved: Resolved, shards: list[str], seq_len: int
+    resolved: Resolved, shards: list[str], seq_len: int, augment: bool = False
 ) -> Iterator[tuple[EncodedSample, Position]]:
     """One pass of the training stream's first epoch, shuffled as training shuffles it: shards written
-    one kind of sample at a time would otherwise start unrepresentative."""
+    one kind of sample at a time would otherwise start unrepresentative. ``augment``: samples varied and
+    weighted as training's are."""
     data, train = resolved.pipeline.data, resolved.pipeline.train
     return encoded_stream(
         shards,
@@ -117,8 +122,24 @@ def training_order(
         seed=train.seed,
         shuffle_buffer=data.shuffle_buffer,
         repeat=False,
+        augment=augment,
         split=splits_samples(resolved.head),
     )
+
+
+@dataclass(frozen=True)
+class StepProbe:
+    per_step: float
+    """Samples in one step's rows (all processes and accumulated batches together)."""
+    computed: float
+    """Share of the byte-level rows that carry loss weight: the model computes only those."""
+
+
+def token_cost(computed: float) -> float:
+    """A row token's cost relative to one whose byte-level row is computed: stage 1 and the byte-level
+    stage are about half a step each at the registry's classifier sizes (a step of 8 rows of 1,024
+    tokens: 0.36 s with every byte-level row, 0.23 s with 28% of them; (1 + 0.28) / 2 = 0.64)."""
+    return (1 + computed) / 2
 
 
 @dataclass(frozen=True)
@@ -147,33 +168,63 @@ class StepPlan:
 def plan_steps(resolved: Resolved, shards: list[str], align: int) -> StepPlan:
     """``PASSES`` over ``shards``, at least ``FEWEST_STEPS`` and at most ``ceiling``. Reads at most the
     samples the ceiling needs, and encodes only the first ``PROBE_ROWS`` rows' worth."""
-    per_step = samples_per_step(resolved, shards, align)
-    most = ceiling(resolved)
+    probe = probe_steps(resolved, shards, align)
+    per_step = probe.per_step
+    most = ceiling(resolved, token_cost(probe.computed))
     enough = math.ceil(most * per_step / PASSES) + 1
     samples = sum(1 for _ in itertools.islice(read_samples(shards, SkipLog(quiet=True)), enough))
     wanted = math.ceil(PASSES * samples / per_step)
     return StepPlan(min(most, max(FEWEST_STEPS, wanted)), samples, per_step, wanted > most)
 
 
-def ceiling(resolved: Resolved) -> int:
-    """The most steps a planned run takes: ``MOST_STEPS``, fewer for long rows, never under the floor."""
+def ceiling(resolved: Resolved, cost: float = 1.0) -> int:
+    """The most steps a planned run takes: ``MOST_STEPS``, fewer for long rows (of row tokens costing
+    ``cost`` each), never under the floor."""
     data, train = resolved.pipeline.data, resolved.pipeline.train
-    tokens_per_step = data.batch_size * train.grad_accum * data.row_len
-    return max(FEWEST_STEPS, min(MOST_STEPS, MOST_TOKENS // tokens_per_step))
+    tokens_per_step = data.batch_size * train.grad_accum * data.row_len * cost
+    return max(FEWEST_STEPS, min(MOST_STEPS, int(MOST_TOKENS // tokens_per_step)))
 
 
 def samples_per_step(resolved: Resolved, shards: list[str], align: int) -> float:
     """Samples in one step, from the training stream's own packing of its first samples."""
+    return probe_steps(resolved, shards, align).per_step
+
+
+def probe_steps(resolved: Resolved, shards: list[str], align: int) -> StepProbe:
+    """Samples in one step, from the training stream's own packing of its first samples, and the share
+    of byte-level rows computed, from the same rows weighted (and varied) as training weights them."""
     data, train = resolved.pipeline.data, resolved.pipeline.train
-    stream = training_order(resolved, shards, data.row_len)
     rows = samples = 0
+    for batch in _probe_batches(resolved, shards, align, augment=False):
+        rows += len(batch.rows)
+        samples += batch.samples_started
+    shares = [
+        computed_share(batch.weights.numpy(), resolved.encoder.row)
+        for batch in _probe_batches(resolved, shards, align, augment=True)
+    ]
+    per_row = samples / rows if rows else 1.0
+    share = float(np.mean(shares)) if shares else 1.0
+    return StepProbe(per_row * data.batch_size * train.grad_accum, share)
+
+
+def _probe_batches(resolved: Resolved, shards: list[str], align: int, augment: bool) -> Iterator[Batch]:
+    """The training stream's first ``PROBE_ROWS`` rows, in batches as training packs them."""
+    data = resolved.pipeline.data
+    stream = training_order(resolved, shards, data.row_len, augment=augment)
     split = splits_samples(resolved.head)
     packed = batches(stream, data.batch_size, data.row_len, pack=data.pack, align=align, split=split)
     for batch, _ in itertools.islice(packed, math.ceil(PROBE_ROWS / data.batch_size)):
-        rows += len(batch.rows)
-        samples += batch.samples_started
-    per_row = samples / rows if rows else 1.0
-    return per_row * data.batch_size * train.grad_accum
+        yield batch
+
+
+def computed_share(weights: np.ndarray, row: int) -> float:
+    """Share of the byte-level rows of ``weights: (B, L)`` whose targets (tokens ``r * row + 1`` to
+    ``(r + 1) * row``) carry weight; 1 for a model of one stage (``row`` 0), which skips none."""
+    if row <= 1:
+        return 1.0
+    targets = weights[:, 1:]
+    targets = np.pad(targets, ((0, 0), (0, -targets.shape[1] % row)))
+    return float((targets.reshape(targets.shape[0], -1, row) > 0).any(axis=2).mean())
 
 
 @dataclass(frozen=True)
@@ -227,14 +278,18 @@ __all__ = [
     "RowPlan",
     "RunPlan",
     "StepPlan",
+    "StepProbe",
     "ceiling",
+    "computed_share",
     "plan_rows",
     "plan_run",
     "plan_steps",
     "preview",
+    "probe_steps",
     "rows_of_checkpoint",
     "sample_lengths",
     "samples_per_step",
+    "token_cost",
     "training_order",
     "with_seq_len",
 ]
