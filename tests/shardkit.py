@@ -46,6 +46,23 @@ pipelines:
 """ + (f"    train: {{{train}}}\n" if train else "")
 
 
+def qa_registry(head: str = "type: vqa") -> str:
+    """A registry with one tiny question-answering model, ``ask``: ``head`` is the inside of its YAML
+    flow mapping."""
+    return f"""\
+pipelines:
+  ask:
+    fields:
+      question: {{type: text}}
+      answer: {{type: text}}
+    head: {{{head}}}
+    model:
+      stages:
+        - {{backbone: {{type: transformer, heads: 2}}, dim: 32, layers: 1}}
+        - {{backbone: {{type: transformer, heads: 2}}, dim: 16, layers: 1, patch: 4}}
+"""
+
+
 def png(colour: tuple[int, int, int] = (200, 30, 30), side: int = 4) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (side, side), colour).save(buffer, format="PNG")

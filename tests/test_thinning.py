@@ -18,7 +18,7 @@ from mbp.resolve import resolve
 from mbp.train.plan import MOST_STEPS, ceiling, computed_share, probe_steps, token_cost, with_seq_len
 
 from tests.conftest import tiny_model
-from tests.shardkit import write_tar
+from tests.shardkit import qa_registry, write_tar
 from tests.test_heads import head, sample
 
 ROW = 4  # tiny_model's byte-level rows
@@ -80,23 +80,9 @@ def test_the_model_computes_only_the_scored_rows_and_their_loss_is_exact(compone
     assert loss.item() == pytest.approx(((ce * w[0]).sum() / w.sum()).item(), rel=1e-5)
 
 
-REGISTRY = """\
-pipelines:
-  ask:
-    fields:
-      question: {type: text}
-      answer: {type: text}
-    head: {type: vqa}
-    model:
-      stages:
-        - {backbone: {type: transformer, heads: 2}, dim: 32, layers: 1}
-        - {backbone: {type: transformer, heads: 2}, dim: 16, layers: 1, patch: 4}
-"""
-
-
 def test_training_samples_are_thinned_and_evaluation_ones_never(tmp_path: Path, components) -> None:
     registry = tmp_path / "registry.yaml"
-    registry.write_text(REGISTRY)
+    registry.write_text(qa_registry())
     samples = [
         {"__key__": f"s{i}".encode(), "question.txt": b"which letter is this? " * 4, "answer.txt": b"q"}
         for i in range(4)
@@ -127,8 +113,7 @@ def test_the_planner_counts_a_thinned_row_token_at_about_half_cost(tmp_path: Pat
     shares, per_step = {}, set()
     for rows in (0.25, 1.0):
         registry = tmp_path / f"registry-{rows}.yaml"
-        head_line = f"head: {{type: vqa, context_rows: {rows}}}"
-        registry.write_text(REGISTRY.replace("head: {type: vqa}", head_line))
+        registry.write_text(qa_registry(f"type: vqa, context_rows: {rows}"))
         resolved = with_seq_len(resolve(str(registry), "ask", components=components), 1024)
         probe = probe_steps(resolved, [str(tmp_path / "s.tar")], 4)
         shares[rows] = probe.computed
