@@ -29,38 +29,32 @@ pipelines:
 """
 
 
+def tiny_registry(name: str, fields: dict[str, str], head: str, dims: tuple[int, int], patch: int) -> str:
+    """A registry with one tiny 2-stage pipeline ``name``: ``fields`` maps names to codec types, and
+    ``head`` is the inside of its YAML flow mapping."""
+    lines = ["pipelines:", f"  {name}:", "    fields:"]
+    lines += [f"      {field}: {{type: {codec}}}" for field, codec in fields.items()]
+    lines += [
+        f"    head: {{{head}}}",
+        "    model:",
+        "      stages:",
+        f"        - {{backbone: {{type: transformer, heads: 2}}, dim: {dims[0]}, layers: 1}}",
+        f"        - {{backbone: {{type: transformer, heads: 2}}, dim: {dims[1]}, layers: 1, patch: {patch}}}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def lm_registry(patch: int, data: str, train: str = "") -> str:
     """A registry with one tiny byte-level language model, ``lm``: ``data`` and ``train`` are the
     inside of their YAML flow mappings."""
-    return f"""\
-pipelines:
-  lm:
-    fields:
-      txt: {{type: text}}
-    head: {{type: lm}}
-    model:
-      stages:
-        - {{backbone: {{type: transformer, heads: 2}}, dim: 16, layers: 1}}
-        - {{backbone: {{type: transformer, heads: 2}}, dim: 16, layers: 1, patch: {patch}}}
-    data: {{{data}}}
-""" + (f"    train: {{{train}}}\n" if train else "")
+    text = tiny_registry("lm", {"txt": "text"}, "type: lm", (16, 16), patch) + f"    data: {{{data}}}\n"
+    return text + (f"    train: {{{train}}}\n" if train else "")
 
 
 def qa_registry(head: str = "type: vqa") -> str:
     """A registry with one tiny question-answering model, ``ask``: ``head`` is the inside of its YAML
     flow mapping."""
-    return f"""\
-pipelines:
-  ask:
-    fields:
-      question: {{type: text}}
-      answer: {{type: text}}
-    head: {{{head}}}
-    model:
-      stages:
-        - {{backbone: {{type: transformer, heads: 2}}, dim: 32, layers: 1}}
-        - {{backbone: {{type: transformer, heads: 2}}, dim: 16, layers: 1, patch: 4}}
-"""
+    return tiny_registry("ask", {"question": "text", "answer": "text"}, head, (32, 16), 4)
 
 
 def png(colour: tuple[int, int, int] = (200, 30, 30), side: int = 4) -> bytes:
