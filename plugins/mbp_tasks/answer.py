@@ -99,13 +99,16 @@ class VqaHead:
         return answer
 
     def token_weights(self, sample: EncodedSample) -> np.ndarray:
-        return np.where(self.answer_mask(sample), 1.0, self.context_weight).astype(np.float32)
+        return self._weights(self.answer_mask(sample))
+
+    def _weights(self, answer: np.ndarray) -> np.ndarray:
+        return np.where(answer, 1.0, self.context_weight).astype(np.float32)
 
     def training_weights(self, sample: EncodedSample, rng: np.random.Generator, row: int) -> np.ndarray:
         """``token_weights`` with a random ``context_rows`` share of the context-only rows kept, weighted
         up to keep the expected loss; rows holding answer tokens are always kept, as they are."""
         answer = self.answer_mask(sample)
-        weights = np.where(answer, 1.0, self.context_weight).astype(np.float32)
+        weights = self._weights(answer)
         if self.context_rows >= 1 or self.context_weight == 0:
             return weights
         rows = -(-(len(weights) - 1) // row)  # row r predicts tokens r * row + 1 ... (r + 1) * row
@@ -114,8 +117,7 @@ class VqaHead:
         holds_answer = targets.reshape(rows, row).any(axis=1)
         drawn = rng.random(rows) < self.context_rows
         scale = np.where(holds_answer, 1.0, np.where(drawn, 1.0 / self.context_rows, 0.0))
-        per_token = np.repeat(scale, row)[: len(weights) - 1].astype(np.float32)
-        weights[1:] = np.where(answer[1:], 1.0, weights[1:] * per_token)
+        weights[1:] *= np.repeat(scale, row)[: len(weights) - 1]  # answer tokens sit in rows of scale 1
         return weights
 
     def metrics(self) -> AnswerMetrics:

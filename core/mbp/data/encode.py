@@ -92,6 +92,10 @@ class SampleEncoder:
         stages = pipeline.model.stages
         self.row = (stages[-1].patch or 1) if len(stages) > 1 else 0
         """Tokens a byte-level row predicts (0: one stage, whose rows are never skipped)."""
+        from mbp.heads import ThinningHead  # mbp.heads reads EncodedSample from here
+
+        self.thinning = head if self.row > 1 and isinstance(head, ThinningHead) else None
+        """The head, where it thins training weights and the model can skip rows; else None."""
 
     def encode(self, raw: RawSample, augment: np.random.Generator | None = None) -> EncodedSample:
         """``augment``: a training sample, to be varied by the codecs that can (``Augmenting``)."""
@@ -128,8 +132,6 @@ class SampleEncoder:
         return sample
 
     def _weights(self, sample: EncodedSample, augment: np.random.Generator | None) -> np.ndarray:
-        from mbp.heads import ThinningHead
-
-        if augment is not None and self.row > 1 and isinstance(self.head, ThinningHead):
-            return self.head.training_weights(sample, augment, self.row)
+        if augment is not None and self.thinning is not None:
+            return self.thinning.training_weights(sample, augment, self.row)
         return self.head.token_weights(sample)

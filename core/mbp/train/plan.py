@@ -185,23 +185,23 @@ def ceiling(resolved: Resolved, cost: float = 1.0) -> int:
     return max(FEWEST_STEPS, min(MOST_STEPS, int(MOST_TOKENS // tokens_per_step)))
 
 
-def samples_per_step(resolved: Resolved, shards: list[str], align: int) -> float:
-    """Samples in one step, from the training stream's own packing of its first samples."""
-    return probe_steps(resolved, shards, align).per_step
-
-
 def probe_steps(resolved: Resolved, shards: list[str], align: int) -> StepProbe:
     """Samples in one step, from the training stream's own packing of its first samples, and the share
-    of byte-level rows computed, from the same rows weighted (and varied) as training weights them."""
+    of byte-level rows computed. A head that thins training weights (``ThinningHead``) is probed again
+    on the rows weighted (and varied) as training weights them; other heads' weights do not vary."""
     data, train = resolved.pipeline.data, resolved.pipeline.train
+    row = resolved.encoder.row
     rows = samples = 0
+    shares: list[float] = []
     for batch in _probe_batches(resolved, shards, align, augment=False):
         rows += len(batch.rows)
         samples += batch.samples_started
-    shares = [
-        computed_share(batch.weights.numpy(), resolved.encoder.row)
-        for batch in _probe_batches(resolved, shards, align, augment=True)
-    ]
+        shares.append(computed_share(batch.weights.numpy(), row))
+    if resolved.encoder.thinning is not None:
+        shares = [
+            computed_share(batch.weights.numpy(), row)
+            for batch in _probe_batches(resolved, shards, align, augment=True)
+        ]
     per_row = samples / rows if rows else 1.0
     share = float(np.mean(shares)) if shares else 1.0
     return StepProbe(per_row * data.batch_size * train.grad_accum, share)
@@ -288,7 +288,6 @@ __all__ = [
     "probe_steps",
     "rows_of_checkpoint",
     "sample_lengths",
-    "samples_per_step",
     "token_cost",
     "training_order",
     "with_seq_len",
