@@ -8,7 +8,8 @@
   bytes into a ``Segment`` and back.
 - Backbones: ``Backbone`` (optionally ``PrefillBackbone``, ``SegmentedBackbone``) and its ``Cache``;
   test one with :mod:`mbp.testing`. ``RMSNorm`` and :mod:`small_tensor_ops` are the norm and the ops for the
-  tiny tensors of generation steps that the built-in backbones use.
+  tiny tensors of generation steps that the built-in backbones use; ``Dropout`` (and ``dropout``) is their
+  dropout, with a CPU mask several times cheaper than torch's.
 - Task heads: ``TaskHead`` (optionally ``FieldHead``, ``RegularizedHead``, ``SplittingHead``,
   ``ThinningHead``) and its ``Metrics``, reading ``EncodedSample``s; ``payload_range``,
   ``payload_bytes`` and ``prompt_length`` find a field's payload in a sample.
@@ -45,6 +46,7 @@ from mbp.model import small_tensor_ops
 from mbp.model.backbone import Backbone, Cache, PrefillBackbone, SegmentedBackbone
 from mbp.model.build import build_model
 from mbp.model.decoder import MultiscaleDecoder
+from mbp.model.dropout import Dropout, dropout
 from mbp.model.io import save_model
 from mbp.model.norm import RMSNorm
 from mbp.plugins import get_platform
@@ -68,6 +70,7 @@ __all__ = [
     "CodecError",
     "ConfigError",
     "DataError",
+    "Dropout",
     "EncodedSample",
     "FieldHead",
     "MbpError",
@@ -91,6 +94,7 @@ __all__ = [
     "TaskHead",
     "ThinningHead",
     "build_model",
+    "dropout",
     "hookimpl",
     "load_components",
     "payload_bytes",
