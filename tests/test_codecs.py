@@ -173,8 +173,10 @@ def test_wav_logmel_ignores_gain_and_saves_a_png(components) -> None:
     image = Image.open(io.BytesIO(wav.to_file(loud)))
     assert image.format == "PNG" and image.size == (len(loud.payload) // 16, 16)
     assert np.array_equal(np.asarray(image), wav.decode(loud))
-    with pytest.raises(MbpError, match="not whole frames of 16 bands"):
+    with pytest.raises(MbpError, match="not one or more whole frames of 16 bands"):
         wav.to_file(Segment("wav", loud.payload[:-1], loud.meta))
+    with pytest.raises(MbpError, match="payload of 0 bytes"):  # PIL cannot write an empty image
+        wav.to_file(Segment("wav", b"", loud.meta))
 
 
 def test_wav_rejects_non_audio(components) -> None:

@@ -182,9 +182,10 @@ class WavCodec:
             bands = int(segment.meta["bands"])
         except (KeyError, ValueError):
             raise CodecError(f"logmel header needs bands: {segment.meta}") from None
-        if bands <= 0 or len(segment.payload) % bands:
+        if bands <= 0 or len(segment.payload) % bands or not segment.payload:
             raise CodecError(
-                f"logmel payload of {len(segment.payload)} bytes is not whole frames of {bands} bands"
+                f"logmel payload of {len(segment.payload)} bytes is not one or more whole frames of "
+                f"{bands} bands"
             )
         frames = np.frombuffer(segment.payload, dtype=np.uint8).reshape(-1, bands)
         return np.ascontiguousarray(frames.T[::-1])
