@@ -40,8 +40,8 @@ def target(baseline: dict[str, Any], pipeline: str) -> tuple[str, float, str]:
     return "accuracy", bound, "min"
 
 
-def run_one(data: Path, out: Path, pipeline: str) -> dict[str, Any]:
-    folder = out / pipeline
+def run_one(data: Path, out: Path, pipeline: str, seed: int = 0) -> dict[str, Any]:
+    folder = out / result_key(pipeline, seed)
     shutil.rmtree(folder, ignore_errors=True)
     command = [
         "mbp",
@@ -52,6 +52,7 @@ def run_one(data: Path, out: Path, pipeline: str) -> dict[str, Any]:
         "--out",
         str(folder),
         "--json",
+        *(["--set", f"train.seed={seed}"] if seed else []),
     ]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
@@ -64,12 +65,13 @@ def run_one(data: Path, out: Path, pipeline: str) -> dict[str, Any]:
     metric, bound, kind = target(baseline, pipeline)
     value = metrics.get(metric)
     met = value is not None and (value >= bound if kind == "min" else value <= bound)
-    plot = RESULTS / "realdata" / f"{pipeline}.png"
+    plot = RESULTS / "realdata" / f"{result_key(pipeline, seed)}.png"
     if summary.get("plot"):
         plot.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(summary["plot"], plot)
     return {
         "pipeline": pipeline,
+        "seed": seed,
         "set": set_name,
         "baseline": baseline,
         "metric": metric,
@@ -83,6 +85,11 @@ def run_one(data: Path, out: Path, pipeline: str) -> dict[str, Any]:
         "metrics": {k: v for k, v in metrics.items() if not isinstance(v, dict)},
         "plot": str(plot.relative_to(RESULTS.parents[1])),  # from the repository root, as BENCHMARKS.md links
     }
+
+
+def result_key(pipeline: str, seed: int) -> str:
+    """Seed 0 (the default) under the pipeline's name, other seeds beside it."""
+    return pipeline if seed == 0 else f"{pipeline}@seed{seed}"
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
@@ -109,6 +116,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("/work/realdata"))
     parser.add_argument("--out", type=Path, default=Path("mbp-runs/realdata"))
+    parser.add_argument("--seed", type=int, default=0, help="train.seed (results kept per seed)")
     parser.add_argument("pipelines", nargs="*")
     args = parser.parse_args()
     summary = json.loads((args.data / "summary.json").read_text())
@@ -116,10 +124,10 @@ def main() -> None:
     path = RESULTS / "realdata.json"
     for name in names:
         print(f"run_suite: {name} ...", file=sys.stderr, flush=True)
-        result = run_one(args.data, args.out, name)
+        result = run_one(args.data, args.out, name, args.seed)
         # re-read before writing: another runner may have added its pipelines meanwhile
         results: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.exists() else {}
-        results[name] = result
+        results[result_key(name, args.seed)] = result
         path.write_text(json.dumps(results, indent=2) + "\n")  # after each run: nothing lost on a kill
     print(table(json.loads(path.read_text())))
 
