@@ -9,14 +9,25 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from mbp.data.batches import aligned
 from mbp.data.read import RawSample
 from mbp.plugins import get_platform
 from mbp.resolve import Resolved, resolve
-from mbp.train.plan import FEWEST_STEPS, MOST_STEPS, PASSES, plan_rows, plan_steps, with_seq_len
+from mbp.train import plan
+from mbp.train.plan import (
+    FEWEST_STEPS,
+    LONGEST_SPLIT_ROW,
+    MOST_STEPS,
+    PASSES,
+    plan_rows,
+    plan_steps,
+    probe_steps,
+    with_seq_len,
+)
 
 from tests.conftest import invoke_mbp
-from tests.shardkit import REGISTRY, good_samples, lm_registry, png, qa, write_tar
+from tests.shardkit import REGISTRY, good_samples, lm_registry, png, qa, tiny_registry, write_tar
 
 PATCH, SEQ_LEN, BATCH = 4, 128, 2
 QA = {"question": b"what colour?", "answer": b"red"}
@@ -184,3 +195,49 @@ def test_shards_inspect_previews_what_a_run_would_plan(tmp_path: Path) -> None:
     }
     shown = invoke_mbp(*args).stdout
     assert f"  mbp run would train: rows of {row} tokens" in shown
+
+
+def long_texts(tmp_path: Path, head: str, dims: tuple[int, int] = (16, 16)) -> tuple[Resolved, list[str]]:
+    """Twenty 5,000-byte texts, unplanned rows, under ``head`` (the inside of its YAML mapping)."""
+    registry = tmp_path / f"registry-{dims[0]}.yaml"
+    fields = {"txt": "text"} if head == "type: lm" else {"txt": "text", "answer": "text"}
+    registry.write_text(tiny_registry("p", fields, head, dims, PATCH))
+    resolved = resolve(str(registry), "p", components=get_platform().components)
+    shard = tmp_path / "long.tar"
+    texts = [{"__key__": f"{i:03d}".encode(), "txt": b"%04d " % i * 1000, "answer": b"a"} for i in range(20)]
+    write_tar(shard, texts)
+    return resolved, [str(shard)]
+
+
+def test_a_head_that_splits_samples_plans_rows_of_at_most_2048(tmp_path: Path) -> None:
+    resolved, shards = long_texts(tmp_path, "type: lm")
+    planned, rows = plan_rows(resolved, shards)
+    assert rows is not None and rows.seq_len == planned.pipeline.data.seq_len == LONGEST_SPLIT_ROW
+    assert rows.covered == 0.0 and "longer ones are split across rows" in rows.describe()
+    # an answer head needs each sample whole in a row: its rows fit the texts
+    resolved, shards = long_texts(tmp_path, "type: vqa, answer_field: answer")
+    planned, rows = plan_rows(resolved, shards)
+    assert rows is not None and rows.seq_len > 5000 and rows.covered == 1.0
+
+
+def test_the_ceiling_counts_the_models_arithmetic_and_wins_over_the_floor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    resolved, shards = long_texts(tmp_path, "type: lm")
+    planned = with_seq_len(resolved, 256)
+    small = probe_steps(planned, shards, PATCH).flops
+    wide, _ = long_texts(tmp_path, "type: lm", dims=(64, 64))
+    large = probe_steps(with_seq_len(wide, 256), shards, PATCH).flops
+    assert large > 4 * small  # 4x the width: about 16x the products
+    # the arithmetic of 100 small steps: the small model plans 100 steps, under the floor of 600
+    monkeypatch.setattr(plan, "MOST_FLOPS", 100 * small)
+    steps = plan_steps(planned, shards, PATCH)
+    assert steps.steps == 100 < FEWEST_STEPS and steps.capped and "set train.steps" in steps.describe()
+    assert plan_steps(with_seq_len(wide, 256), shards, PATCH).steps == int(100 * small // large)
+
+
+def test_counting_the_arithmetic_leaves_torchs_random_state_alone(tmp_path: Path) -> None:
+    resolved, shards = long_texts(tmp_path, "type: lm")
+    before = torch.random.get_rng_state()
+    probe_steps(with_seq_len(resolved, 256), shards, PATCH)
+    assert torch.equal(torch.random.get_rng_state(), before)

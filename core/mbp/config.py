@@ -111,7 +111,10 @@ class TrainConfig(Strict):
     steps: int | None = Field(
         default=None,
         ge=0,
-        description="unset: 15 passes over the training set, 600 to 2,000 steps, at most 10 M row tokens",
+        description=(
+            "unset: 15 passes over the training set, 600 to 3,000 steps, "
+            "at most 14 TFLOP (about 8 minutes on 2 CPU cores)"
+        ),
     )
     """None: planned from the training set by ``mbp.train.plan`` before the run starts."""
     lr: float = Field(default=2e-3, gt=0)

@@ -22,12 +22,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from mbp.data.batches import Batch, Position, aligned, batches, encoded_stream
 from mbp.data.encode import EncodedSample
 from mbp.data.read import read_samples
 from mbp.data.skips import SkipLog
 from mbp.heads import splits_samples
+from mbp.model.build import build_model
 from mbp.resolve import Resolved
 
 PASSES = 15
@@ -40,18 +43,26 @@ words 1-2.5 points (0.946 against 0.972 on digits)."""
 FEWEST_STEPS = 600
 MOST_STEPS = 3000
 """A bound on steps whatever they cost; the token ceiling below is what keeps runs to minutes."""
-MOST_TOKENS = 10_000_000
-"""The ceiling: at most this many row tokens (rows x seq_len) at full cost, about 9 minutes of the
-registry's classifier sizes on 2 CPU cores (19-24 K tokens/s): 1,220 steps of 8 rows of 1,024 tokens
-where every byte-level row is computed. A row token whose byte-level row is skipped (no weighted target:
-``ThinningHead``, ``context_weight: 0``) costs only its share of stage 1 (``token_cost``). More is a
-choice to write down."""
+MOST_FLOPS = 14e12
+"""The ceiling: a planned run does at most this much arithmetic, forward and backward, counted on the
+probe's first batch by torch's FlopCounterMode. The step runs at 37-40 GFLOP/s on 2 CPU cores whatever
+the shapes (letter glyphs' classifier, 6.8 GFLOP in 0.172 s; lm-text's model on one 2,048-byte row,
+7.5 GFLOP in 0.2 s), so this is about 6.5 minutes of training, 8 with evaluation and checkpoints
+(letter glyphs: 2,489 steps of 6.3 GFLOP took 9.0 minutes in all). Counting what the step
+computes makes the ceiling follow the model: a wider or deeper one takes fewer steps, and byte-level rows
+the model skips (no weighted target: ``ThinningHead``, ``context_weight: 0``) cost nothing. Counting
+row tokens instead, at a cost fixed for the registry's classifier sizes, let an ``lm`` pipeline with
+lm-text's model plan 17 minutes. More is a choice to write down (``train.steps``)."""
 PROBE_ROWS = 64
 """Rows packed from the stream's first samples to measure how many samples a step holds."""
 SHORTEST_ROW = 1024
 LONGEST_ROW = 65536
 """A planned row holds at most this many tokens: longer samples are skipped, and the run's last line
 says which ``data.seq_len`` would hold them."""
+LONGEST_SPLIT_ROW = 2048
+"""A head that trains on pieces of samples (``lm``) needs no sample whole in a row, so its planned rows
+stop here: lm-text's row, which learned English to 0.8 x xz within minutes. A row sized to long
+documents (chapters, books) made every step costlier and left minutes for a few hundred steps."""
 PROBE_SAMPLES = 512
 """Samples encoded from the start of the (shuffled) training stream to measure their lengths."""
 
@@ -62,27 +73,32 @@ class RowPlan:
     covered: float
     """Share of the probed samples that fit a row."""
     probed: int
+    split: bool = False
+    """The head trains on pieces of samples: longer ones are cut across rows, not skipped."""
 
     def describe(self) -> str:
-        return f"rows of {self.seq_len} tokens ({self.covered:.0%} of {self.probed} samples probed fit)"
+        rest = "; longer ones are split across rows" if self.split else ""
+        return f"rows of {self.seq_len} tokens ({self.covered:.0%} of {self.probed} samples probed fit{rest})"
 
 
 def plan_rows(resolved: Resolved, shards: list[str]) -> tuple[Resolved, RowPlan | None]:
     """``resolved`` with ``data.seq_len`` set from the training samples if the pipeline leaves it unset:
     the 99th percentile of their lengths, rounded up to the patch length, within [``SHORTEST_ROW``,
-    ``LONGEST_ROW``] (and within stage 1's most patches, where it names them)."""
+    ``LONGEST_ROW``] (``LONGEST_SPLIT_ROW`` for a head that splits samples across rows; within stage 1's
+    most patches, where it names them)."""
     pipeline = resolved.pipeline
     if pipeline.data.seq_len is not None:
         return resolved, None
     patch = pipeline.model.patch_len
-    longest = LONGEST_ROW
+    longest = LONGEST_SPLIT_ROW if splits_samples(resolved.head) else LONGEST_ROW
     if pipeline.model.stages[0].seq_len is not None:
         longest = min(longest, pipeline.model.stages[0].seq_len * patch)
     lengths = np.asarray(sample_lengths(resolved, shards))
     need = int(np.quantile(lengths, 0.99, method="inverted_cdf")) if len(lengths) else 0
     seq_len = min(max(aligned(need, patch), aligned(SHORTEST_ROW, patch)), longest - longest % patch)
     covered = float((lengths <= seq_len).mean()) if len(lengths) else 1.0
-    return with_seq_len(resolved, seq_len), RowPlan(seq_len, covered, len(lengths))
+    split = splits_samples(resolved.head)
+    return with_seq_len(resolved, seq_len), RowPlan(seq_len, covered, len(lengths), split)
 
 
 def rows_of_checkpoint(resolved: Resolved, document: dict[str, Any], shards: list[str]) -> Resolved:
@@ -132,21 +148,8 @@ def training_order(
 class StepProbe:
     per_step: float
     """Samples in one step's rows (all processes and accumulated batches together)."""
-    computed: float
-    """Share of the byte-level rows that carry loss weight: the model computes only those."""
-
-
-STAGE_ONE_SHARE = 0.3
-"""The part of a step that does not shrink with the byte-level rows skipped (stage 1, embeddings, the
-optimizer), at the registry's classifier sizes: 8 rows of 1,024 tokens of letter glyphs took 0.126 /
-0.172 / 0.327 s with 7 / 28 / 91% of the byte-level rows computed (alternating, the same batches), a
-line through 0.109 s at none and 0.347 s at all of them: 0.31 of a full step."""
-
-
-def token_cost(computed: float) -> float:
-    """A row token's cost relative to one whose byte-level row is computed, when a ``computed`` share
-    of the byte-level rows is: ``STAGE_ONE_SHARE`` plus the rest in proportion (28% computed: 0.50)."""
-    return STAGE_ONE_SHARE + (1 - STAGE_ONE_SHARE) * computed
+    flops: float
+    """Floating-point operations of one training step, forward and backward."""
 
 
 @dataclass(frozen=True)
@@ -173,45 +176,51 @@ class StepPlan:
 
 
 def plan_steps(resolved: Resolved, shards: list[str], align: int) -> StepPlan:
-    """``PASSES`` over ``shards``, at least ``FEWEST_STEPS`` and at most ``ceiling``. Reads at most the
-    samples the ceiling needs, and encodes only the first ``PROBE_ROWS`` rows' worth."""
+    """``PASSES`` over ``shards``, at least ``FEWEST_STEPS`` and at most ``ceiling`` (which wins: steps
+    long enough that the floor would outlast the minutes are held to them). Reads at most the samples
+    the ceiling needs, and encodes only the first ``PROBE_ROWS`` rows' worth."""
     probe = probe_steps(resolved, shards, align)
     per_step = probe.per_step
-    most = ceiling(resolved, token_cost(probe.computed))
+    most = ceiling(probe.flops)
     enough = math.ceil(most * per_step / PASSES) + 1
     samples = sum(1 for _ in itertools.islice(read_samples(shards, SkipLog(quiet=True)), enough))
-    wanted = math.ceil(PASSES * samples / per_step)
-    return StepPlan(min(most, max(FEWEST_STEPS, wanted)), samples, per_step, wanted > most)
+    wanted = max(FEWEST_STEPS, math.ceil(PASSES * samples / per_step))
+    return StepPlan(min(most, wanted), samples, per_step, wanted > most)
 
 
-def ceiling(resolved: Resolved, cost: float = 1.0) -> int:
-    """The most steps a planned run takes: ``MOST_STEPS``, fewer for long rows (of row tokens costing
-    ``cost`` each), never under the floor."""
-    data, train = resolved.pipeline.data, resolved.pipeline.train
-    tokens_per_step = data.batch_size * train.grad_accum * data.row_len * cost
-    return max(FEWEST_STEPS, min(MOST_STEPS, int(MOST_TOKENS // tokens_per_step)))
+def ceiling(flops_per_step: float) -> int:
+    """The most steps a planned run takes: ``MOST_FLOPS`` worth of steps, at most ``MOST_STEPS``."""
+    return max(1, min(MOST_STEPS, int(MOST_FLOPS // max(flops_per_step, 1.0))))
 
 
 def probe_steps(resolved: Resolved, shards: list[str], align: int) -> StepProbe:
-    """Samples in one step, from the training stream's own packing of its first samples, and the share
-    of byte-level rows computed. A head that thins training weights (``ThinningHead``) is probed again
-    on the rows weighted (and varied) as training weights them; other heads' weights do not vary."""
+    """Samples in one step, from the training stream's own packing of its first samples, and what a
+    step computes. A head that thins training weights (``ThinningHead``) is probed again on the rows
+    weighted (and varied) as training weights them; other heads' weights do not vary."""
     data, train = resolved.pipeline.data, resolved.pipeline.train
-    row = resolved.encoder.row
     rows = samples = 0
-    shares: list[float] = []
+    probed: list[Batch] = []
     for batch in _probe_batches(resolved, shards, align, augment=False):
         rows += len(batch.rows)
         samples += batch.samples_started
-        shares.append(computed_share(batch.weights.numpy(), row))
+        probed.append(batch)
     if resolved.encoder.thinning is not None:
-        shares = [
-            computed_share(batch.weights.numpy(), row)
-            for batch in _probe_batches(resolved, shards, align, augment=True)
-        ]
+        probed = list(itertools.islice(_probe_batches(resolved, shards, align, augment=True), 1))
     per_row = samples / rows if rows else 1.0
-    share = float(np.mean(shares)) if shares else 1.0
-    return StepProbe(per_row * data.batch_size * train.grad_accum, share)
+    flops = step_flops(resolved, probed[0]) if probed else 0.0
+    return StepProbe(per_row * data.batch_size * train.grad_accum, flops * train.grad_accum)
+
+
+def step_flops(resolved: Resolved, batch: Batch) -> float:
+    """Floating-point operations of a training step on ``batch``: the loss's forward counted by torch's
+    FlopCounterMode on a model of the pipeline's shapes (fresh weights; torch's random state is left as
+    it was), x3 for the backward, which costs about twice the forward in matrix products."""
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(resolved.pipeline.model, resolved.components).eval()
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            model.loss(batch.tokens, batch.weights, batch.begins)
+    return 3.0 * counter.get_total_flops()
 
 
 def _probe_batches(resolved: Resolved, shards: list[str], align: int, augment: bool) -> Iterator[Batch]:
@@ -222,16 +231,6 @@ def _probe_batches(resolved: Resolved, shards: list[str], align: int, augment: b
     packed = batches(stream, data.batch_size, data.row_len, pack=data.pack, align=align, split=split)
     for batch, _ in itertools.islice(packed, math.ceil(PROBE_ROWS / data.batch_size)):
         yield batch
-
-
-def computed_share(weights: np.ndarray, row: int) -> float:
-    """Share of the byte-level rows of ``weights: (B, L)`` whose targets (tokens ``r * row + 1`` to
-    ``(r + 1) * row``) carry weight; 1 for a model of one stage (``row`` 0), which skips none."""
-    if row <= 1:
-        return 1.0
-    targets = weights[:, 1:]
-    targets = np.pad(targets, ((0, 0), (0, -targets.shape[1] % row)))
-    return float((targets.reshape(targets.shape[0], -1, row) > 0).any(axis=2).mean())
 
 
 @dataclass(frozen=True)
@@ -278,17 +277,16 @@ def preview(resolved: Resolved, shards: list[str]) -> dict[str, Any]:
 __all__ = [
     "FEWEST_STEPS",
     "LONGEST_ROW",
+    "LONGEST_SPLIT_ROW",
+    "MOST_FLOPS",
     "MOST_STEPS",
-    "MOST_TOKENS",
     "PASSES",
     "SHORTEST_ROW",
-    "STAGE_ONE_SHARE",
     "RowPlan",
     "RunPlan",
     "StepPlan",
     "StepProbe",
     "ceiling",
-    "computed_share",
     "plan_rows",
     "plan_run",
     "plan_steps",
@@ -296,7 +294,7 @@ __all__ = [
     "probe_steps",
     "rows_of_checkpoint",
     "sample_lengths",
-    "token_cost",
+    "step_flops",
     "training_order",
     "with_seq_len",
 ]
