@@ -42,7 +42,7 @@ set cost minutes, not accuracy. 15 since answer heads score a quarter of the con
 words 1-2.5 points (0.946 against 0.972 on digits)."""
 FEWEST_STEPS = 600
 MOST_STEPS = 3000
-"""A bound on steps whatever they cost; the token ceiling below is what keeps runs to minutes."""
+"""A bound on steps however cheap; the arithmetic ceiling below is what keeps runs to minutes."""
 MOST_FLOPS = 14e12
 """The ceiling: a planned run does at most this much arithmetic, forward and backward, counted on the
 probe's first batch by torch's FlopCounterMode. The step runs at 37-40 GFLOP/s on 2 CPU cores whatever
@@ -214,7 +214,9 @@ def probe_steps(resolved: Resolved, shards: list[str], align: int) -> StepProbe:
 def step_flops(resolved: Resolved, batch: Batch) -> float:
     """Floating-point operations of a training step on ``batch``: the loss's forward counted by torch's
     FlopCounterMode on a model of the pipeline's shapes (fresh weights; torch's random state is left as
-    it was), x3 for the backward, which costs about twice the forward in matrix products."""
+    it was), x3 for the backward, which costs about twice the forward in matrix products. The counter
+    sees matrix products and attention (the Mamba path's chunked scan is einsums, so it is seen too),
+    not elementwise work, which the measured GFLOP/s already pays for."""
     with torch.random.fork_rng(devices=[]):
         model = build_model(resolved.pipeline.model, resolved.components).eval()
         counter = FlopCounterMode(display=False)
