@@ -45,15 +45,18 @@ def one_round() -> dict[str, float]:
     torch.manual_seed(resolved.pipeline.train.seed)
     model = build_model(resolved.pipeline.model, resolved.components).train()
     optimizer = make_optimizer(model, 1e-3, 0.1)
+    # the batches training makes: samples varied and context rows thinned (augment), packed samples
+    # starting on patch boundaries (align)
     stream = encoded_stream(
         shards,
         resolved.encoder,
-        data.seq_len,
+        data.row_len,
         SkipLog(),
         seed=resolved.pipeline.train.seed,
         shuffle_buffer=data.shuffle_buffer,
+        augment=True,
     )
-    made = batches(stream, data.batch_size, data.seq_len, pack=data.pack)
+    made = batches(stream, data.batch_size, data.row_len, pack=data.pack, align=model.patch_len)
     ready = [batch for (batch, _), _ in zip(made, range(STEPS), strict=False)]
     # the same 10-step windows the trainer logs (bytes over wall time), so both sides average alike
     rates, window_start, window_bytes = [], time.perf_counter(), 0
