@@ -90,14 +90,14 @@ def plan_rows(resolved: Resolved, shards: list[str]) -> tuple[Resolved, RowPlan 
     if pipeline.data.seq_len is not None:
         return resolved, None
     patch = pipeline.model.patch_len
-    longest = LONGEST_SPLIT_ROW if splits_samples(resolved.head) else LONGEST_ROW
+    split = splits_samples(resolved.head)
+    longest = LONGEST_SPLIT_ROW if split else LONGEST_ROW
     if pipeline.model.stages[0].seq_len is not None:
         longest = min(longest, pipeline.model.stages[0].seq_len * patch)
     lengths = np.asarray(sample_lengths(resolved, shards))
     need = int(np.quantile(lengths, 0.99, method="inverted_cdf")) if len(lengths) else 0
     seq_len = min(max(aligned(need, patch), aligned(SHORTEST_ROW, patch)), longest - longest % patch)
     covered = float((lengths <= seq_len).mean()) if len(lengths) else 1.0
-    split = splits_samples(resolved.head)
     return with_seq_len(resolved, seq_len), RowPlan(seq_len, covered, len(lengths), split)
 
 
@@ -199,15 +199,15 @@ def probe_steps(resolved: Resolved, shards: list[str], align: int) -> StepProbe:
     weighted (and varied) as training weights them; other heads' weights do not vary."""
     data, train = resolved.pipeline.data, resolved.pipeline.train
     rows = samples = 0
-    probed: list[Batch] = []
+    first: Batch | None = None  # the batch whose arithmetic is counted
     for batch in _probe_batches(resolved, shards, align, augment=False):
         rows += len(batch.rows)
         samples += batch.samples_started
-        probed.append(batch)
+        first = first or batch
     if resolved.encoder.thinning is not None:
-        probed = list(itertools.islice(_probe_batches(resolved, shards, align, augment=True), 1))
+        first = next(_probe_batches(resolved, shards, align, augment=True), first)
     per_row = samples / rows if rows else 1.0
-    flops = step_flops(resolved, probed[0]) if probed else 0.0
+    flops = step_flops(resolved, first) if first is not None else 0.0
     return StepProbe(per_row * data.batch_size * train.grad_accum, flops * train.grad_accum)
 
 
