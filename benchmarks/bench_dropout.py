@@ -1,7 +1,8 @@
 """Training step with torch's CPU dropout masks against mbp's (``mbp.api.dropout``: a bulk NumPy mask), in
 the transformer's residual, MLP and attention-probability dropout, on the bundled default pipeline's
 training batches (thinned and varied as training makes them), alternating rounds in one process. Also
-reported, not a default: the step with no attention-probability dropout (SDPA's fused kernel).
+reported: the step with no attention-probability dropout (SDPA's fused kernel), the default since the
+eighth session.
 
 Run: python -m benchmarks.bench_dropout [pipeline] [--registry PATH]
 """
@@ -9,19 +10,21 @@ Run: python -m benchmarks.bench_dropout [pipeline] [--registry PATH]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from mbp.config import Ref
 from mbp.data.batches import Batch, batches, encoded_stream
 from mbp.data.read import expand_shards
 from mbp.data.skips import SkipLog
 from mbp.model import dropout as mbp_dropout
 from mbp.model.build import build_model
 from mbp.plugins import get_platform
-from mbp.resolve import resolve
+from mbp.resolve import Resolved, resolve
 from mbp.train.loop import make_optimizer
 from mbp.train.plan import plan_run
 from mbp_transformer import model as transformer
@@ -50,9 +53,22 @@ def _no_attention_dropout(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, 
 
 VARIANTS: dict[str, tuple[Callable[..., Tensor], Callable[..., Tensor]]] = {
     "torch dropout": (_torch_module, _torch_attention),
-    "mbp dropout (default)": (MBP_MODULE, MBP_ATTENTION),
-    "mbp dropout, no attention-probability dropout": (MBP_MODULE, _no_attention_dropout),
+    "mbp dropout": (MBP_MODULE, MBP_ATTENTION),
+    "mbp dropout, no attention-probability dropout (the default)": (MBP_MODULE, _no_attention_dropout),
 }
+
+
+def with_attention_dropout(resolved: Resolved) -> Resolved:
+    """The pipeline with each transformer stage's attention-probability dropout at its dropout (off by
+    default since the eighth session), so that the variants below all run the site they swap."""
+    stages = []
+    for stage in resolved.pipeline.model.stages:
+        ref = stage.backbone.as_dict()
+        if ref["type"] == "transformer":
+            ref["attention_dropout"] = ref.get("dropout", 0.0)
+        stages.append(stage.model_copy(update={"backbone": Ref.model_validate(ref)}))
+    model = resolved.pipeline.model.model_copy(update={"stages": stages})
+    return dataclasses.replace(resolved, pipeline=resolved.pipeline.model_copy(update={"model": model}))
 
 
 def main() -> None:
@@ -64,12 +80,13 @@ def main() -> None:
     resolved = resolve(args.registry, args.pipeline, components=components)
     shards = expand_shards(resolved.pipeline.data.train_shards)
     resolved = plan_run(resolved, shards).resolved
+    resolved = with_attention_dropout(resolved)
     data = resolved.pipeline.data
     torch.manual_seed(0)
     model = build_model(resolved.pipeline.model, components).train()
     optimizer = make_optimizer(model, 1e-3, 0.1)
     stream = encoded_stream(shards, resolved.encoder, data.row_len, SkipLog(quiet=True), augment=True)
-    made = batches(stream, data.batch_size, data.row_len, pack=data.pack, align=model.patch_len)
+    made = batches(stream, data.batch_rows, data.row_len, pack=data.pack, align=model.patch_len)
     ready: list[Batch] = [batch for (batch, _), _ in zip(made, range(WARMUP + TIMED), strict=False)]
 
     def step(batch: Batch) -> None:

@@ -47,10 +47,23 @@ def test_with_dropout_its_mean_is_attention_without() -> None:
 
 def test_training_with_dropout_stays_causal() -> None:
     torch.manual_seed(0)
-    backbone = Transformer(TransformerParams(heads=2, dropout=0.5), dim=16, layers=2).train()
+    params = TransformerParams(heads=2, dropout=0.5, attention_dropout=0.5)
+    backbone = Transformer(params, dim=16, layers=2).train()
     x = torch.randn(2, 9, 16, requires_grad=True)
     out = backbone(x)
     assert backbone.training and not torch.equal(out, backbone(x))  # dropout is on
     for position in range(8):
         (grad,) = torch.autograd.grad(out[:, position].sum(), x, retain_graph=True)
         assert grad[:, position + 1 :].abs().max().item() == 0.0
+
+
+def test_attention_probabilities_are_kept_unless_asked(monkeypatch) -> None:
+    """The residual and MLP dropout a head asks for leaves attention probabilities whole (measured: on
+    held-out letter glyphs dropping them too cost accuracy), and then training runs SDPA's own kernel."""
+    calls: list[float] = []
+    monkeypatch.setattr(transformer, "attention_with_dropout", lambda q, k, v, mask, p: calls.append(p) or q)
+    x = torch.randn(2, 9, 16)
+    Transformer(TransformerParams(heads=2, dropout=0.1), dim=16, layers=2).train()(x)
+    assert calls == []
+    Transformer(TransformerParams(heads=2, dropout=0.1, attention_dropout=0.2), dim=16, layers=2).train()(x)
+    assert calls == [0.2, 0.2]

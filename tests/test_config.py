@@ -81,7 +81,7 @@ def test_missing_file(tmp_path: Path) -> None:
             "heads: 2}, dim: 32",
             "hedas: 2}, dim: 32",
             ":8: pipelines.tiny.model.stages.0.backbone.hedas: unknown parameter of backbone 'transformer' "
-            "(valid: heads, mlp_ratio, mlp, dropout, rope_base)",
+            "(valid: heads, mlp_ratio, mlp, dropout, attention_dropout, rope_base)",
         ),
         (
             "{type: lm}",

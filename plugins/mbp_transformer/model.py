@@ -24,6 +24,11 @@ class TransformerParams(BaseModel):
     mlp_ratio: float = Field(default=4.0, gt=0)
     mlp: Literal["swiglu", "gelu"] = "swiglu"
     dropout: float = Field(default=0.0, ge=0, lt=1)
+    """On the residual branches and in the MLP (a head's default fills it in: ``RegularizedHead``)."""
+    # 0 by default, measured on letter glyphs (held-out fonts, 2,219 steps, dropout 0.1 elsewhere): without
+    # it held-out loss fell at both seeds tried (2.155 -> 2.125 and 2.163 -> 2.112 bits per byte; accuracy
+    # 0.986 -> 0.994 and 0.981 -> 0.980), and SDPA runs its fused CPU kernel (a step 1.07x faster)
+    attention_dropout: float = Field(default=0.0, ge=0, lt=1, description="on attention probabilities")
     rope_base: float = Field(default=10000.0, gt=0)
 
 
@@ -236,7 +241,7 @@ class Layer(nn.Module):
     def __init__(self, dim: int, params: TransformerParams) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(dim)
-        self.attn = Attention(dim, params.heads, params.dropout, params.rope_base)
+        self.attn = Attention(dim, params.heads, params.attention_dropout, params.rope_base)
         self.mlp_norm = RMSNorm(dim)
         self.mlp = MLP(dim, params.mlp_ratio, params.mlp, params.dropout)
         self.drop = Dropout(params.dropout)
