@@ -58,7 +58,7 @@ def training_rate(resolved: Resolved, model: MultiscaleDecoder) -> float:
         augment=True,
         split=split,
     )
-    made = batches(stream, data.batch_size, data.row_len, pack=data.pack, align=model.patch_len, split=split)
+    made = batches(stream, data.batch_rows, data.row_len, pack=data.pack, align=model.patch_len, split=split)
     ready = [batch for (batch, _), _ in zip(made, range(TRAIN_STEPS + 3), strict=False)]
     optimizer = make_optimizer(model, 1e-3, 0.1)
     model.train()

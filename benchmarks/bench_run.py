@@ -56,7 +56,7 @@ def one_round() -> dict[str, float]:
         shuffle_buffer=data.shuffle_buffer,
         augment=True,
     )
-    made = batches(stream, data.batch_size, data.row_len, pack=data.pack, align=model.patch_len)
+    made = batches(stream, data.batch_rows, data.row_len, pack=data.pack, align=model.patch_len)
     ready = [batch for (batch, _), _ in zip(made, range(STEPS), strict=False)]
     # the same 10-step windows the trainer logs (bytes over wall time), so both sides average alike
     rates, window_start, window_bytes = [], time.perf_counter(), 0

@@ -166,7 +166,9 @@ def test_run_reports_precision_best_checkpoint_and_held_out_loss(tmp_path: Path)
         *args, "--eval-shards", str(tmp_path / "eval.tar"), "--json", "--set", "train.precision=fp32"
     )
     assert result.returncode == 0, result.stderr
-    assert "mbp: training qa: precision fp32 (set by train.precision)" in result.stderr.splitlines()[0]
+    first = result.stderr.splitlines()[0]
+    assert "mbp: training qa: precision fp32 (set by train.precision)" in first
+    assert ", 6 steps, 4 rows a step" in first
     summary = json.loads(result.stdout)
     assert summary["precision"] == "fp32"
     assert summary["best"]["metric"] == "accuracy" and (out / "checkpoints" / "best").is_dir()

@@ -10,8 +10,8 @@
   test one with :mod:`mbp.testing`. ``RMSNorm`` and :mod:`small_tensor_ops` are the norm and the ops for the
   tiny tensors of generation steps that the built-in backbones use; ``Dropout`` (and ``dropout``) is their
   dropout, with a CPU mask several times cheaper than torch's.
-- Task heads: ``TaskHead`` (optionally ``FieldHead``, ``RegularizedHead``, ``SplittingHead``,
-  ``ThinningHead``) and its ``Metrics``, reading ``EncodedSample``s; ``payload_range``,
+- Task heads: ``TaskHead`` (optionally ``FieldHead``, ``BatchingHead``, ``RegularizedHead``,
+  ``SplittingHead``, ``ThinningHead``) and its ``Metrics``, reading ``EncodedSample``s; ``payload_range``,
   ``payload_bytes`` and ``prompt_length`` find a field's payload in a sample.
 - Metrics sinks (``mbp_register_sinks``): ``MetricsSink``; a sink whose library is missing raises
   ``SinkUnavailableError``.
@@ -31,6 +31,7 @@ from mbp.config import ModelConfig, Pipeline
 from mbp.data.encode import EncodedSample, Span
 from mbp.errors import CheckpointError, CodecError, ConfigError, DataError, MbpError, PluginError
 from mbp.heads import (
+    BatchingHead,
     FieldHead,
     Metrics,
     RegularizedHead,
@@ -64,6 +65,7 @@ __all__ = [
     "VOCAB_SIZE",
     "Augmenting",
     "Backbone",
+    "BatchingHead",
     "Cache",
     "CheckpointError",
     "Codec",

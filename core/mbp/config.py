@@ -90,7 +90,10 @@ class DataConfig(Strict):
         default=None, gt=0, description="tokens a row; unset: holds 99% of training samples, at least 1024"
     )
     """Tokens a row. None: planned from the training samples by ``mbp.train.plan`` (``row_len``)."""
-    batch_size: int = Field(default=8, gt=0)
+    batch_size: int | None = Field(
+        default=None, gt=0, description="rows a step; unset: the head's (lm 1, else 8)"
+    )
+    """Rows a step. None: the head's (``mbp.api.BatchingHead``: 1 for ``lm``), else ``DEFAULT_BATCH``."""
     shuffle_buffer: int = Field(default=1000, ge=0)
     """Samples drawn at random from a pool this large (shard order shuffled too), so that a set written
     class by class still trains on mixed batches; 0 reads the shards in order."""
@@ -98,6 +101,13 @@ class DataConfig(Strict):
     """Rows hold as many whole samples as fit, each starting on a patch boundary (evaluation always packs);
     ``false`` gives every sample a row of its own, mostly padding when samples are short."""
     max_eval_samples: int | None = Field(default=None, gt=0)
+
+    @property
+    def batch_rows(self) -> int:
+        """``batch_size``, once given or filled in from the head."""
+        if self.batch_size is None:
+            raise ValueError("data.batch_size is filled in from the head when the pipeline is resolved")
+        return self.batch_size
 
     @property
     def row_len(self) -> int:

@@ -58,6 +58,19 @@ class RegularizedHead(Protocol):
 
 
 @runtime_checkable
+class BatchingHead(Protocol):
+    """Optional for a head: the rows a step its task learns most from in a run of minutes, where
+    ``data.batch_size`` is unset (without it: ``DEFAULT_BATCH``)."""
+
+    batch_size: int
+
+
+DEFAULT_BATCH = 8
+"""Rows a step for a head that names none: answer heads' rows pack several short samples each, and 8
+rows (a few dozen samples) make a steady gradient for a few thousand labelled samples."""
+
+
+@runtime_checkable
 class SplittingHead(Protocol):
     """Optional for a head: ``split_samples`` True when any window of a sample is a sample of its task
     (``lm``: text reads the same in any window), so rows may cut samples instead of skipping long ones

@@ -8,7 +8,7 @@ from mbp.components import ComponentTable
 from mbp.config import Pipeline, Ref, Registry, check_pipeline, load_registry
 from mbp.data.encode import SampleEncoder
 from mbp.errors import ConfigError
-from mbp.heads import FieldHead, RegularizedHead, TaskHead
+from mbp.heads import DEFAULT_BATCH, BatchingHead, FieldHead, RegularizedHead, TaskHead
 
 
 @dataclass
@@ -35,7 +35,7 @@ def resolve(
     check_pipeline(registry, name, components)
     pipeline = pipeline or registry.pipeline(name)
     head = resolve_head(registry, name, pipeline, components)
-    pipeline = with_dropout(pipeline, head, components)
+    pipeline = with_batch_size(with_dropout(pipeline, head, components), head)
     return Resolved(registry, name, pipeline, head, SampleEncoder(pipeline, components, head), components)
 
 
@@ -93,6 +93,15 @@ def resolve_head(registry: Registry, name: str, pipeline: Pipeline, components: 
             f"above '{target}'"
         )
     return head
+
+
+def with_batch_size(pipeline: Pipeline, head: TaskHead) -> Pipeline:
+    """The pipeline with ``data.batch_size`` filled in from the head (else ``DEFAULT_BATCH``) if unset, so
+    the run, its checkpoints and its summary all show the rows a step it trained with."""
+    if pipeline.data.batch_size is not None:
+        return pipeline
+    rows = head.batch_size if isinstance(head, BatchingHead) else DEFAULT_BATCH
+    return pipeline.model_copy(update={"data": pipeline.data.model_copy(update={"batch_size": rows})})
 
 
 def with_dropout(pipeline: Pipeline, head: TaskHead, components: ComponentTable) -> Pipeline:

@@ -63,7 +63,7 @@ def eval_batches(resolved: Resolved, shards: list[str], log: SkipLog, align: int
         stream = itertools.islice(stream, data.max_eval_samples)
     # packed like training (one short sample per row would spend most of the work on padding), but a
     # text that fits a row is scored whole: cut to fill a row, its second piece would lose its context
-    packed = batches(stream, data.batch_size, data.row_len, pack=True, align=align, split=split, fill=False)
+    packed = batches(stream, data.batch_rows, data.row_len, pack=True, align=align, split=split, fill=False)
     return [b for b, _ in packed]
 
 
@@ -105,9 +105,10 @@ class Trainer:
         if world.is_main:
             check_writable(out)
             remove_leftovers(out)
-        if data.batch_size % world.size:
+        if data.batch_rows % world.size:
             raise ConfigError(
-                f"data.batch_size {data.batch_size} must divide evenly over {world.size} processes"
+                f"data.batch_size {data.batch_rows} must divide evenly over {world.size} processes: "
+                f"set data.batch_size to a multiple of {world.size}"
             )
         torch.manual_seed(self.cfg.seed)
         components = resolved.components
@@ -133,11 +134,13 @@ class Trainer:
         if optim_state is not None:
             D.load_optimizer(self.model, self.optimizer, optim_state, world, self.cfg.strategy)
         if world.is_main:
+            rows = resolved.pipeline.data.batch_rows
             note(
                 f"training {resolved.name}: precision {self.precision.describe()}, {world.device.type}, "
                 f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters, "
                 f"dropout {resolved.pipeline.model.dropout or 0:g}, "
-                f"{self.plan.describe() if self.plan else f'{self.cfg.total_steps} steps'}"
+                f"{self.plan.describe() if self.plan else f'{self.cfg.total_steps} steps'}, "
+                f"{rows} row{'s' if rows > 1 else ''} a step"
                 + (f", {self.rows.describe()}" if self.rows else "")
             )
         self.log = SkipLog(quiet=not world.is_main)
@@ -313,7 +316,7 @@ def _train_batches(
         split=split,
     )
     rows = batches(
-        stream, data.batch_size // world.size, data.row_len, pack=data.pack, align=align, split=split
+        stream, data.batch_rows // world.size, data.row_len, pack=data.pack, align=align, split=split
     )
     return prefetch(rows)
 

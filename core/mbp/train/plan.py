@@ -208,7 +208,7 @@ def probe_steps(resolved: Resolved, shards: list[str], align: int) -> StepProbe:
         first = next(_probe_batches(resolved, shards, align, augment=True), first)
     per_row = samples / rows if rows else 1.0
     flops = step_flops(resolved, first) if first is not None else 0.0
-    return StepProbe(per_row * data.batch_size * train.grad_accum, flops * train.grad_accum)
+    return StepProbe(per_row * data.batch_rows * train.grad_accum, flops * train.grad_accum)
 
 
 def step_flops(resolved: Resolved, batch: Batch) -> float:
@@ -230,8 +230,8 @@ def _probe_batches(resolved: Resolved, shards: list[str], align: int, augment: b
     data = resolved.pipeline.data
     stream = training_order(resolved, shards, data.row_len, augment=augment)
     split = splits_samples(resolved.head)
-    packed = batches(stream, data.batch_size, data.row_len, pack=data.pack, align=align, split=split)
-    for batch, _ in itertools.islice(packed, math.ceil(PROBE_ROWS / data.batch_size)):
+    packed = batches(stream, data.batch_rows, data.row_len, pack=data.pack, align=align, split=split)
+    for batch, _ in itertools.islice(packed, math.ceil(PROBE_ROWS / data.batch_rows)):
         yield batch
 
 
