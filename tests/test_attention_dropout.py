@@ -57,13 +57,16 @@ def test_training_with_dropout_stays_causal() -> None:
         assert grad[:, position + 1 :].abs().max().item() == 0.0
 
 
-def test_attention_probabilities_are_kept_unless_asked(monkeypatch) -> None:
-    """The residual and MLP dropout a head asks for leaves attention probabilities whole (measured: on
-    held-out letter glyphs dropping them too cost accuracy), and then training runs SDPA's own kernel."""
+def test_attention_dropout_follows_dropout_unless_set(monkeypatch) -> None:
+    """Unset, attention probabilities are dropped at the layer's dropout (measured: the answer heads
+    generalise better with it); ``attention_dropout: 0`` keeps them whole and runs SDPA's own kernel."""
     calls: list[float] = []
     monkeypatch.setattr(transformer, "attention_with_dropout", lambda q, k, v, mask, p: calls.append(p) or q)
     x = torch.randn(2, 9, 16)
     Transformer(TransformerParams(heads=2, dropout=0.1), dim=16, layers=2).train()(x)
+    assert calls == [0.1, 0.1]
+    calls.clear()
+    Transformer(TransformerParams(heads=2, dropout=0.1, attention_dropout=0.0), dim=16, layers=2).train()(x)
     assert calls == []
-    Transformer(TransformerParams(heads=2, dropout=0.1, attention_dropout=0.2), dim=16, layers=2).train()(x)
+    Transformer(TransformerParams(heads=2, dropout=0.0, attention_dropout=0.2), dim=16, layers=2).train()(x)
     assert calls == [0.2, 0.2]

@@ -24,11 +24,16 @@ class TransformerParams(BaseModel):
     mlp_ratio: float = Field(default=4.0, gt=0)
     mlp: Literal["swiglu", "gelu"] = "swiglu"
     dropout: float = Field(default=0.0, ge=0, lt=1)
-    """On the residual branches and in the MLP (a head's default fills it in: ``RegularizedHead``)."""
-    # 0 by default, measured on letter glyphs (held-out fonts, 2,219 steps, dropout 0.1 elsewhere): without
-    # it held-out loss fell at both seeds tried (2.155 -> 2.125 and 2.163 -> 2.112 bits per byte; accuracy
-    # 0.986 -> 0.994 and 0.981 -> 0.980), and SDPA runs its fused CPU kernel (a step 1.07x faster)
-    attention_dropout: float = Field(default=0.0, ge=0, lt=1, description="on attention probabilities")
+    """On the residual branches, in the MLP and, unless ``attention_dropout`` is set, on attention
+    probabilities (a head's default fills it in: ``RegularizedHead``)."""
+    # unset: the same as ``dropout``. Tried at the answer heads' 0.1 with none on attention: held-out loss
+    # on the context fell (letter glyphs, three seeds: 1.712/1.705/1.713 -> 1.688/1.679/1.696 bits per
+    # byte), but the answers' loss rose in 3 of 4 runs and accuracy fell on the whole (spoken letters
+    # 0.921 -> 0.891, spoken digits 0.976 -> 0.970, letter glyphs 0.986/0.981/0.984 -> 0.994/0.980/0.971).
+    # 0 makes a CPU step 1.06x faster (SDPA's fused kernel), for runs where overfitting is not the risk
+    attention_dropout: float | None = Field(
+        default=None, ge=0, lt=1, description="on attention probabilities; unset: dropout"
+    )
     rope_base: float = Field(default=10000.0, gt=0)
 
 
@@ -241,7 +246,8 @@ class Layer(nn.Module):
     def __init__(self, dim: int, params: TransformerParams) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(dim)
-        self.attn = Attention(dim, params.heads, params.attention_dropout, params.rope_base)
+        attention = params.dropout if params.attention_dropout is None else params.attention_dropout
+        self.attn = Attention(dim, params.heads, attention, params.rope_base)
         self.mlp_norm = RMSNorm(dim)
         self.mlp = MLP(dim, params.mlp_ratio, params.mlp, params.dropout)
         self.drop = Dropout(params.dropout)
