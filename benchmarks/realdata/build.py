@@ -50,7 +50,7 @@ PIPELINES = {
     "speech-commands": "real-speech-commands",
     "speech-letters": "real-speech-letters",
     "text-fortunes": "real-text-fortunes",
-    "text-kjv": "real-text-kjv",
+    "text-kjv": "real-text-kjv, real-text-kjv-defaults",
 }
 
 
