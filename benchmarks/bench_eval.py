@@ -74,8 +74,7 @@ def training_rate(resolved: Resolved, model: MultiscaleDecoder) -> float:
     return trained / (time.perf_counter() - start)
 
 
-def evaluation_rate(resolved: Resolved, model: MultiscaleDecoder) -> tuple[float, int]:
-    shards = expand_shards(resolved.pipeline.data.eval_shards)
+def evaluation_rate(resolved: Resolved, model: MultiscaleDecoder, shards: list[str]) -> tuple[float, int]:
     start = time.perf_counter()
     made = eval_batches(resolved, shards, SkipLog(quiet=True), model.patch_len)
     evaluate(model, made, resolved.head)
@@ -102,6 +101,7 @@ def main() -> None:
     resolved, _ = plan_rows(resolved, expand_shards(resolved.pipeline.data.train_shards))
     torch.manual_seed(0)
     model = build_model(resolved.pipeline.model, resolved.components)
+    shards = expand_shards(resolved.pipeline.data.eval_shards)
     rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = Path(folder) / "model"
@@ -110,8 +110,7 @@ def main() -> None:
             train = training_rate(resolved, model)
             # the weights training just moved, so both evaluations score the model that was timed
             save_model(checkpoint, model, resolved.pipeline.model, extra)
-            in_process, tokens = evaluation_rate(resolved, model)
-            shards = expand_shards(resolved.pipeline.data.eval_shards)
+            in_process, tokens = evaluation_rate(resolved, model, shards)
             command = command_rate(args.registry, checkpoint, shards, tokens)
             rounds.append(
                 {
