@@ -8,11 +8,14 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from mbp.data.batches import aligned
+from mbp.data.batches import Position, aligned, batches
+from mbp.data.encode import EncodedSample
 from mbp.data.read import RawSample
 from mbp.plugins import get_platform
+from mbp.protocol import PAD
 from mbp.resolve import Resolved, resolve
 from mbp.train import plan
 from mbp.train.plan import (
@@ -23,6 +26,8 @@ from mbp.train.plan import (
     plan_rows,
     plan_steps,
     probe_steps,
+    row_padding,
+    tightest_row,
     with_seq_len,
 )
 
@@ -119,14 +124,16 @@ def tokens(resolved: Resolved, side: int) -> int:
     return len(resolved.encoder.encode(RawSample("x", "0", {"image": png(side=side), **QA})).tokens)
 
 
-def test_rows_hold_99_percent_of_the_samples_at_least_1024(tmp_path: Path) -> None:
+def test_rows_hold_99_percent_of_the_samples_and_about_1024_tokens(tmp_path: Path) -> None:
     resolved = photos(tmp_path)
     overhead = tokens(resolved, 1) - 3
-    # 8x8 images (192 pixel bytes) fit the 1,024-token floor; 32x32 (3,072) set the row when over 1 in 100
+    small = aligned(3 * 8 * 8 + overhead, 8)
+    # 8x8 images (192 pixel bytes) pack into about 1,024 tokens, trimmed to the whole samples that fit;
+    # 32x32 (3,072) set the row when over 1 in 100
     for sides, expected in [
-        ([8] * 200, 1024),
+        ([8] * 200, 1024 // small * small),
         ([8] * 197 + [32] * 3, aligned(3 * 32 * 32 + overhead, 8)),
-        ([8] * 198 + [32] * 2, 1024),  # 1% of the samples may be left out
+        ([8] * 198 + [32] * 2, 1024 // small * small),  # 1% of the samples may be left out
     ]:
         planned, plan = plan_rows(resolved, [image_set(tmp_path, sides)])
         assert plan is not None and planned.pipeline.data.seq_len == plan.seq_len == expected
@@ -140,6 +147,29 @@ def test_rows_hold_99_percent_of_the_samples_at_least_1024(tmp_path: Path) -> No
     assert plan_rows(given, [image_set(tmp_path, [32])]) == (given, None)
 
 
+def test_short_samples_get_rows_trimmed_to_what_packing_fills() -> None:
+    # three 312-token letter glyphs fill 936 of a 1,024-token row: 936 is kept, with no padding
+    assert row_padding([312] * 30, 1024, 8) == pytest.approx(88 / 1024)
+    assert tightest_row([312] * 30, 312, 1024, 8) == (936, 0.0)
+    # one 840-token sample a row: trimmed to the sample
+    assert tightest_row([840] * 5, 840, 1024, 8) == (840, 0.0)
+    # never below what 99% of the samples need, nor by more than one typical sample (a row keeps its count)
+    assert tightest_row([100] * 50, 100, 1024, 8)[0] == 936  # 9 a row, as at 1,024 (8 x 104 + 100 = 932)
+    assert tightest_row([100] * 49 + [950], 950, 1024, 8)[0] == 952  # the longest must still fit
+    assert tightest_row([117] * 50, 117, 1024, 8)[0] == 960  # aligned to 120: 7 x 120 + 117 = 957 used
+    # mixed lengths: the padding found is the padding the training packer leaves
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(150, 700, 300).tolist()
+    seq_len, padding = tightest_row(lengths, 700, 1024, 8)
+    assert 704 <= seq_len <= 1024 and padding <= row_padding(lengths, 1024, 8)
+    samples = [
+        EncodedSample("s", "k", np.ones(n, dtype=np.int64), [], np.ones(n, dtype=np.float32)) for n in lengths
+    ]
+    packed = batches(((s, Position()) for s in samples), 1, seq_len, pack=True, align=8)
+    tokens = np.concatenate([b.tokens.numpy() for b, _ in packed])
+    assert float((tokens == PAD).mean()) == pytest.approx(padding)
+
+
 def test_large_images_train_and_evaluate_without_a_seq_len(tmp_path: Path) -> None:
     """32x32 RGB images are 3,124 tokens each: a fixed 1,024-token row skipped every one of them."""
     row = aligned(tokens(photos(tmp_path), 32), 8)
@@ -151,8 +181,10 @@ def test_large_images_train_and_evaluate_without_a_seq_len(tmp_path: Path) -> No
     )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["row_plan"] == {"seq_len": row, "covered": 1.0} and summary["samples_skipped"] == 0
-    assert f"rows of {row} tokens (100% of 12 samples probed fit)" in result.stderr
+    sample = tokens(photos(tmp_path), 32)
+    plan = {"seq_len": row, "covered": 1.0, "padding": round(1 - sample / row, 4)}  # one a row
+    assert summary["row_plan"] == plan and summary["samples_skipped"] == 0
+    assert f"rows of {row} tokens (100% of 12 samples probed fit; 0% padding)" in result.stderr
     # `mbp eval` on the registry's pipeline (no seq_len) packs rows as the run did
     checkpoint = out / "checkpoints" / "step-00000002"
     evaluated = invoke_mbp(
@@ -190,7 +222,7 @@ def test_shards_inspect_previews_what_a_run_would_plan(tmp_path: Path) -> None:
         "seq_len": row,
         "steps": FEWEST_STEPS,
         "planned": ["seq_len", "steps"],
-        "describe": f"rows of {row} tokens (100% of 12 samples probed fit), "
+        "describe": f"rows of {row} tokens (100% of 12 samples probed fit; 0% padding), "
         "600 steps (400.0 passes over 12 samples, about 8 a step)",  # a sample a row, 8 rows a step
     }
     shown = invoke_mbp(*args).stdout

@@ -87,7 +87,9 @@ class DataConfig(Strict):
     train_shards: list[str] = Field(default_factory=list)
     eval_shards: list[str] = Field(default_factory=list)
     seq_len: int | None = Field(
-        default=None, gt=0, description="tokens a row; unset: holds 99% of training samples, at least 1024"
+        default=None,
+        gt=0,
+        description="tokens a row; unset: holds 99% of training samples, about 1024 for shorter ones",
     )
     """Tokens a row. None: planned from the training samples by ``mbp.train.plan`` (``row_len``)."""
     batch_size: int | None = Field(

@@ -195,7 +195,11 @@ class Trainer:
         summary["precision"] = self.precision.precision
         summary["best"] = self.best.describe()
         if self.rows is not None:
-            summary["row_plan"] = {"seq_len": self.rows.seq_len, "covered": round(self.rows.covered, 4)}
+            summary["row_plan"] = {
+                "seq_len": self.rows.seq_len,
+                "covered": round(self.rows.covered, 4),
+                "padding": None if self.rows.padding is None else round(self.rows.padding, 4),
+            }
         if self.plan is not None:
             summary["step_plan"] = {
                 "steps": self.plan.steps,

@@ -1,8 +1,10 @@
 """What a run takes from its data when its pipeline leaves it unset: the row length and the steps.
 
-Rows (``data.seq_len``): long enough for 99% of the training samples, and never under 1,024 tokens, so
-short samples still pack several to a row. A fixed 1,024 skipped every 32x32 RGB image (3,124 tokens) and
-stopped the run with "no usable sample".
+Rows (``data.seq_len``): long enough for 99% of the training samples, and about 1,024 tokens where they
+are shorter, so short samples still pack several to a row. A fixed 1,024 skipped every 32x32 RGB image
+(3,124 tokens) and stopped the run with "no usable sample". Under 1,024, the row is trimmed to what its
+samples fill: three 312-token letter glyphs left 88 tokens of every 1,024-token row as padding that the
+model computed on (9%; a 28x28 glyph, one 816-token sample a row, left 20%).
 
 Steps (``train.steps``): a fixed step count suits one data-set size: 600 steps were 26 passes over
 1,500 8x8 digits (held-out loss rising after 13) but 3 over 4,316 letter glyphs (still learning at the
@@ -75,9 +77,13 @@ class RowPlan:
     probed: int
     split: bool = False
     """The head trains on pieces of samples: longer ones are cut across rows, not skipped."""
+    padding: float | None = None
+    """Share of the rows' tokens that packing the probed samples leaves as padding; None for split rows."""
 
     def describe(self) -> str:
         rest = "; longer ones are split across rows" if self.split else ""
+        if self.padding is not None:
+            rest += f"; {self.padding:.0%} padding"
         return f"rows of {self.seq_len} tokens ({self.covered:.0%} of {self.probed} samples probed fit{rest})"
 
 
@@ -97,8 +103,41 @@ def plan_rows(resolved: Resolved, shards: list[str]) -> tuple[Resolved, RowPlan 
     lengths = np.asarray(sample_lengths(resolved, shards))
     need = int(np.quantile(lengths, 0.99, method="inverted_cdf")) if len(lengths) else 0
     seq_len = min(max(aligned(need, patch), aligned(SHORTEST_ROW, patch)), longest - longest % patch)
+    padding: float | None = None
+    if not split and pipeline.data.pack and len(lengths):
+        seq_len, padding = tightest_row(lengths.tolist(), need, seq_len, patch)
     covered = float((lengths <= seq_len).mean()) if len(lengths) else 1.0
-    return with_seq_len(resolved, seq_len), RowPlan(seq_len, covered, len(lengths), split)
+    return with_seq_len(resolved, seq_len), RowPlan(seq_len, covered, len(lengths), split, padding)
+
+
+def tightest_row(lengths: list[int], need: int, longest: int, align: int) -> tuple[int, float]:
+    """The row length up to ``longest`` that packing ``lengths`` (in stream order, each sample on a
+    multiple of ``align``, as ``mbp.data.batches`` packs) leaves least padding in, with that padding.
+    Rows are trimmed by at most one typical sample and never below ``need``, so a row holds about as many
+    samples as at ``longest`` (a step's samples, and so the recipe, stay as they were) and no more are
+    skipped; what is trimmed is padding that every step computed on."""
+    typical = aligned(int(np.median(lengths)), align)
+    shortest = max(aligned(need, align), longest - typical + align)
+    best, best_padding = longest, row_padding(lengths, longest, align)
+    for seq_len in range(longest - align, shortest - 1, -align):
+        padding = row_padding(lengths, seq_len, align)
+        if padding < best_padding - 1e-9:
+            best, best_padding = seq_len, padding
+    return best, best_padding
+
+
+def row_padding(lengths: list[int], seq_len: int, align: int) -> float:
+    """Share of padding in rows of ``seq_len`` packed with ``lengths`` (those longer are skipped)."""
+    rows, used, filled = 0, 0, 0
+    for length in lengths:
+        if length > seq_len:
+            continue
+        start = aligned(used, align) if used else 0
+        if rows == 0 or start + length > seq_len:
+            rows, start = rows + 1, 0
+        used = start + length
+        filled += length
+    return 1.0 - filled / (rows * seq_len) if rows else 1.0
 
 
 def rows_of_checkpoint(resolved: Resolved, document: dict[str, Any], shards: list[str]) -> Resolved:
@@ -297,6 +336,7 @@ __all__ = [
     "rows_of_checkpoint",
     "sample_lengths",
     "step_flops",
+    "tightest_row",
     "training_order",
     "with_seq_len",
 ]
