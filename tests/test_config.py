@@ -209,6 +209,35 @@ def test_dropout_comes_from_the_head_unless_the_pipeline_sets_it(
     assert rates and set(rates) == {expected[0]}
 
 
+def test_set_model_dropout_reaches_every_backbone(tmp_path: Path) -> None:
+    """``--set model.dropout=0`` once reported 0 and trained at the head's 0.1: the override was applied
+    after the head's rate had been written into each backbone."""
+    from mbp.overrides import apply_overrides
+    from mbp.plugins import get_platform
+    from mbp.resolve import resolve
+
+    text = (
+        "pipelines:\n  tiny:\n    fields:\n      txt: {type: text}\n      answer: {type: text}\n"
+        "    head: {type: vqa}\n    model:\n      stages:\n"
+        "        - {backbone: {type: transformer, heads: 2}, dim: 32, layers: 1}\n"
+        "        - {backbone: {type: transformer, heads: 2}, dim: 16, layers: 1, patch: 4}\n"
+    )
+    components = get_platform().components
+    base = resolve(write(tmp_path, text), "tiny", components=components)
+    assert [stage.backbone.as_dict()["dropout"] for stage in base.pipeline.model.stages] == [0.1, 0.1]
+    for setting, expected in [("model.dropout=0", 0.0), ("model.dropout=0.25", 0.25)]:
+        pipeline = apply_overrides(base, [setting])
+        resolved = resolve(write(tmp_path, text), "tiny", pipeline, components=components)
+        assert [stage.backbone.as_dict()["dropout"] for stage in resolved.pipeline.model.stages] == [
+            expected
+        ] * 2
+    # a data setting the head fills in is overridden the same way
+    pipeline = apply_overrides(base, ["data.batch_size=3"])
+    assert (
+        resolve(write(tmp_path, text), "tiny", pipeline, components=components).pipeline.data.batch_size == 3
+    )
+
+
 def test_init_from_ignores_dropout_but_not_shapes() -> None:
     """Dropout is written into the resolved pipeline (above), so a checkpoint trained under the `lm` head
     (dropout 0) must still initialise a `vqa` pipeline (0.1): rates change training, not weights."""
