@@ -101,3 +101,28 @@ def test_long_chapters_become_whole_verse_passages_that_fit() -> None:
     body = [line for d in docs for line in d.split("\n\n", 1)[1].splitlines()]
     assert body == verses
     assert min(len(d) for d in docs) > 0.5 * max(len(d) for d in docs)  # no one-verse tail
+
+
+def test_every_set_has_its_pipelines_in_the_suite_registry() -> None:
+    import yaml
+
+    registry = yaml.safe_load(build.TEMPLATE.read_text())["pipelines"]
+    assert set(build.PIPELINES) == set(build.BUILDERS)
+    named = [name for names in build.PIPELINES.values() for name in names.split(", ")]
+    assert sorted(named) == sorted(registry)
+    for name, entry in registry.items():
+        (shards,) = {
+            path.split("/")[3] for path in entry["data"]["train_shards"] + entry["data"]["eval_shards"]
+        }
+        assert name in build.PIPELINES[shards], (name, shards)
+
+
+def test_glyphs_render_at_the_size_asked() -> None:
+    import random
+
+    from PIL import ImageFont
+
+    font = ImageFont.load_default(size=64)
+    for size in (16, 28):
+        glyph = images.render_glyph(font, "a", random.Random(0), size)  # type: ignore[arg-type]
+        assert glyph is not None and glyph.shape == (size, size) and glyph.max() > 128
