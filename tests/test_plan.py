@@ -23,6 +23,7 @@ from mbp.train.plan import (
     LONGEST_SPLIT_ROW,
     MOST_STEPS,
     PASSES,
+    packed_rows,
     plan_rows,
     plan_steps,
     probe_steps,
@@ -162,6 +163,10 @@ def test_short_samples_get_rows_trimmed_to_what_packing_fills() -> None:
     lengths = rng.integers(150, 700, 300).tolist()
     seq_len, padding = tightest_row(lengths, 700, 1024, 8)
     assert 704 <= seq_len <= 1024 and padding <= row_padding(lengths, 1024, 8)
+    # rows are trimmed only while the samples still take as many rows (a step holds as many)
+    assert packed_rows(lengths, seq_len, 8) == packed_rows(lengths, 1024, 8)
+    assert packed_rows(lengths, 992, 8) > packed_rows(lengths, 1024, 8)  # trimming further would pack fewer
+    assert tightest_row([400, 500, 120] * 20, 500, 1024, 8)[0] == 1024  # 3 a row needs 1,024
     samples = [
         EncodedSample("s", "k", np.ones(n, dtype=np.int64), [], np.ones(n, dtype=np.float32)) for n in lengths
     ]
