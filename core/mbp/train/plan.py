@@ -114,14 +114,13 @@ def plan_rows(resolved: Resolved, shards: list[str]) -> tuple[Resolved, RowPlan 
 def tightest_row(lengths: list[int], need: int, longest: int, align: int) -> tuple[int, float]:
     """The row length up to ``longest`` that packing ``lengths`` (in stream order, each sample on a
     multiple of ``align``, as ``mbp.data.batches`` packs) leaves least padding in, with that padding.
-    Rows are trimmed by at most one typical sample, never below ``need`` and only while the probed samples
-    still pack into as many rows as at ``longest``, so a step holds the same samples (the recipe stays as
-    it was) and no more are skipped; what is trimmed is padding that every step computed on.
 
-    Only samples of one length (images of one size) are trimmed for: there the packing is exactly the
-    same. Spoken words of mixed lengths lost accuracy under every trim tried, at seed 0: letter names
-    0.921 -> 0.888 (1,024 -> 928 tokens, fewer clips a row) and 0.885 (1,016, as many rows on the probe),
-    where their rows saved under 1% of padding; spoken digits 0.976 -> 0.965."""
+    Only samples of one length (images of one size) get a trimmed row, and only while they still pack
+    as many to a row, so a step holds the same samples (the recipe stays as it was) and what is trimmed
+    is padding that every step computed on. Mixed lengths keep ``longest``: spoken words lost accuracy
+    under each trim tried, at seed 0: letter names 0.921 -> 0.888 at 1,000 tokens (fewer clips a row)
+    and 0.885 at 1,016 (as many rows on the probe, 0.6% of padding saved), spoken digits 0.976 -> 0.965
+    at 928."""
     if len(set(lengths)) > 1:
         return longest, row_padding(lengths, longest, align)
     typical = aligned(int(np.median(lengths)), align)
