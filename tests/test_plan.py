@@ -151,21 +151,21 @@ def test_rows_hold_99_percent_of_the_samples_and_about_1024_tokens(tmp_path: Pat
 def test_short_samples_get_rows_trimmed_to_what_packing_fills() -> None:
     # three 312-token letter glyphs fill 936 of a 1,024-token row: 936 is kept, with no padding
     assert row_padding([312] * 30, 1024, 8) == pytest.approx(88 / 1024)
-    assert tightest_row([312] * 30, 312, 1024, 8) == (936, 0.0)
+    assert tightest_row([312] * 30, 1024, 8) == (936, 0.0)
     # one 840-token sample a row: trimmed to the sample
-    assert tightest_row([840] * 5, 840, 1024, 8) == (840, 0.0)
+    assert tightest_row([840] * 5, 1024, 8) == (840, 0.0)
     # never below what 99% of the samples need, nor by more than one typical sample (a row keeps its count)
-    assert tightest_row([100] * 50, 100, 1024, 8)[0] == 936  # 9 a row, as at 1,024 (8 x 104 + 100 = 932)
-    assert tightest_row([950] * 3, 950, 1024, 8)[0] == 952
-    assert tightest_row([117] * 50, 117, 1024, 8)[0] == 960  # aligned to 120: 7 x 120 + 117 = 957 used
+    assert tightest_row([100] * 50, 1024, 8)[0] == 936  # 9 a row, as at 1,024 (8 x 104 + 100 = 932)
+    assert tightest_row([950] * 3, 1024, 8)[0] == 952
+    assert tightest_row([117] * 50, 1024, 8)[0] == 960  # aligned to 120: 7 x 120 + 117 = 957 used
     # the padding reported is the padding the training packer leaves
     rng = np.random.default_rng(0)
     lengths = rng.integers(150, 700, 300).tolist()
     # mixed lengths keep their rows (a trim packs them differently: spoken words lost accuracy)
-    seq_len, padding = tightest_row(lengths, 700, 1024, 8)
+    seq_len, padding = tightest_row(lengths, 1024, 8)
     assert seq_len == 1024 and padding == row_padding(lengths, 1024, 8) > 0.2
     assert packed_rows(lengths, 992, 8) > packed_rows(lengths, 1024, 8)  # a trim would pack fewer a row
-    assert tightest_row([100] * 49 + [950], 950, 1024, 8)[0] == 1024
+    assert tightest_row([100] * 49 + [950], 1024, 8)[0] == 1024
     samples = [
         EncodedSample("s", "k", np.ones(n, dtype=np.int64), [], np.ones(n, dtype=np.float32)) for n in lengths
     ]
