@@ -33,7 +33,7 @@ from benchmarks.common import save
 WARMUP, TIMED, ROUNDS = 3, 20, 4
 
 
-MBP_MODULE, MBP_ATTENTION = mbp_dropout.Dropout.forward, transformer.attention_with_dropout
+MBP_MODULE, MBP_ATTENTION = mbp_dropout.Dropout.forward, transformer.explicit_attention
 
 
 def _torch_module(self: torch.nn.Dropout, x: torch.Tensor) -> torch.Tensor:
@@ -84,7 +84,7 @@ def main() -> None:
         for _ in range(ROUNDS):
             for name, (module, attention) in VARIANTS.items():
                 mbp_dropout.Dropout.forward = module
-                transformer.attention_with_dropout = attention
+                transformer.explicit_attention = attention
                 for batch in ready[:WARMUP]:
                     step(batch)
                 start = time.perf_counter()
@@ -93,7 +93,7 @@ def main() -> None:
                 seconds[name].append((time.perf_counter() - start) / len(ready[WARMUP:]))
     finally:
         mbp_dropout.Dropout.forward = MBP_MODULE
-        transformer.attention_with_dropout = MBP_ATTENTION
+        transformer.explicit_attention = MBP_ATTENTION
     medians = {name: statistics.median(values) for name, values in seconds.items()}
     base = medians["torch dropout"]
     save(

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from mbp_transformer import model as transformer
-from mbp_transformer.model import Transformer, TransformerParams, attention_with_dropout
+from mbp_transformer.model import Transformer, TransformerParams, explicit_attention
 
 
 def _qkv(seed: int, shape: tuple[int, ...] = (2, 3, 7, 8)) -> tuple[torch.Tensor, ...]:
@@ -26,7 +26,7 @@ def test_without_its_dropout_it_is_sdpa_values_and_gradients(masked: bool, monke
     monkeypatch.setattr(transformer, "dropout", lambda x, p: x)
     mask = _segments_mask() if masked else None
     q, k, v = _qkv(0)
-    ours = attention_with_dropout(q, k, v, mask, 0.3)
+    ours = explicit_attention(q, k, v, mask, 0.3)
     upstream = torch.randn_like(ours)
     ours_grads = torch.autograd.grad(ours, (q, k, v), upstream)
     reference = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
@@ -39,7 +39,7 @@ def test_without_its_dropout_it_is_sdpa_values_and_gradients(masked: bool, monke
 def test_with_dropout_its_mean_is_attention_without() -> None:
     q, k, v = (t.detach() for t in _qkv(1, (1, 2, 5, 4)))
     torch.manual_seed(0)
-    draws = torch.stack([attention_with_dropout(q, k, v, None, 0.2) for _ in range(4000)])
+    draws = torch.stack([explicit_attention(q, k, v, None, 0.2) for _ in range(4000)])
     plain = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     assert not torch.allclose(draws[0], plain, atol=1e-3)  # it does drop
     assert (draws.mean(0) - plain).abs().max().item() < 0.06  # 4000 draws: about 5 standard errors
@@ -61,7 +61,9 @@ def test_attention_dropout_follows_dropout_unless_set(monkeypatch) -> None:
     """Unset, attention probabilities are dropped at the layer's dropout (measured: the answer heads
     generalise better with it); ``attention_dropout: 0`` keeps them whole and runs SDPA's own kernel."""
     calls: list[float] = []
-    monkeypatch.setattr(transformer, "attention_with_dropout", lambda q, k, v, mask, p: calls.append(p) or q)
+    monkeypatch.setattr(
+        transformer, "explicit_attention", lambda q, k, v, mask, p, scale=None: calls.append(p) or q
+    )
     x = torch.randn(2, 9, 16)
     Transformer(TransformerParams(heads=2, dropout=0.1), dim=16, layers=2).train()(x)
     assert calls == [0.1, 0.1]

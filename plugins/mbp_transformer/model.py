@@ -6,7 +6,7 @@ Legend: B batch, L length, D width, H heads, K head width, T cache capacity.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -48,9 +48,30 @@ def rotations(positions: torch.Tensor, head_dim: int, base: float, dtype: torch.
 
 def rotary(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
     """Rotate adjacent pairs of ``x: (B, L, H, K)`` by ``turns: (B or 1, L, 1, K/2)``: one complex product."""
+    if x.requires_grad and torch.is_grad_enabled():
+        return Rotary.apply(x, turns)
+    return _rotate(x, turns)
+
+
+def _rotate(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
     real = torch.float64 if x.dtype == torch.float64 else torch.float32
     pairs = torch.view_as_complex(x.to(real).unflatten(-1, (-1, 2)))
     return torch.view_as_real(pairs * turns).flatten(-2).to(x.dtype)
+
+
+class Rotary(torch.autograd.Function):
+    """``_rotate`` whose backward is the opposite rotation of the gradient: autograd through the complex
+    product and the dtype casts around it took 2.3x as long (a bf16 local stage on CPU, 4M elements)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(turns)
+        return _rotate(x, turns)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (turns,) = ctx.saved_tensors
+        return _rotate(grad, turns.conj()), None
 
 
 @dataclass(frozen=True)
@@ -131,19 +152,22 @@ class Attention(nn.Module):
         # queries and keys rotate together; split and unbind, not indexing, whose backward zero-fills
         # the whole fused tensor once per part
         qk, v = qkv.split([2, 1], dim=2)
-        q, k = rotary(qk, turns[:, :, None]).unbind(2)
+        q, k = rotary(qk, turns).unbind(2)
         v = v.squeeze(2)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     def _turns(self, length: int, like: torch.Tensor) -> torch.Tensor:
-        """Rotations of positions 0..length-1, (1, L, 1, K/2), kept while length, device and dtype hold."""
+        """Rotations of positions 0..length-1 for queries and keys, (1, L, 2, 1, K/2), kept while length,
+        device and dtype hold. The queries' are pre-multiplied by attention's 1/sqrt(K), as the KV
+        cache's are: a query-sized pass (and its backward) fewer, and attention runs at scale 1."""
         key = (length, like.device, like.dtype)
         if self._cache_key != key:
             # made outside inference mode even when generation asks first: an inference tensor, once
             # kept, could never be saved for backward by a later training forward at this length
             with torch.inference_mode(False):
                 positions = torch.arange(length, device=like.device)[None]
-                turns = rotations(positions, self.head_dim, self.rope_base, like.dtype)[:, :, None, :]
+                turns = rotations(positions, self.head_dim, self.rope_base, like.dtype)[:, :, None, None, :]
+                turns = torch.cat((turns * self.head_dim**-0.5, turns), dim=2)
             self._cache_key = key
             self._cache = turns
         return self._cache
@@ -155,17 +179,19 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Causal self-attention; ``mask: (B, 1, L, L)`` bool, when given, is the whole visibility."""
         q, k, v = self._split(x, self._turns(x.shape[1], x))
-        if self.training and self.dropout > 0 and x.device.type == "cpu":
-            return self._merge(attention_with_dropout(q, k, v, mask, self.dropout))
         drop = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=drop)
+        if x.device.type == "cpu" and (drop > 0 or explicit_is_faster(q)):
+            return self._merge(explicit_attention(q, k, v, mask, drop, scale=1.0))
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=drop, scale=1.0
+        )
         return self._merge(y)
 
     def prefill(self, x: torch.Tensor, cache: KVCache, layer: int, rows: torch.Tensor) -> torch.Tensor:
         q, k, v = self._split(x, self._turns(x.shape[1], x))
         cache.keys[layer][rows, :, : x.shape[1]] = k
         cache.values[layer][rows, :, : x.shape[1]] = v
-        return self._merge(F.scaled_dot_product_attention(q, k, v, is_causal=True))
+        return self._merge(F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0))
 
     def step(self, x: torch.Tensor, cache: KVCache, layer: int, plan: StepPlan) -> torch.Tensor:
         """One position per row, ``x: (B, D)``.
@@ -198,18 +224,45 @@ class Attention(nn.Module):
         return F.linear(y.reshape(b, -1), self.out.weight, self.out.bias)
 
 
-def attention_with_dropout(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, p: float
+EXPLICIT_BF16_LONGEST = 160
+"""On CPU in bf16, sequences up to this long attend by ``explicit_attention``. SDPA's fused CPU kernel
+is slow backward in bf16 on short sequences: forward+backward of a local stage's attention (256
+sequences x 4 heads x 65 positions x 32) took 87 ms against 17 ms explicit, on an AMX CPU with 2
+threads; at 192 positions the two were 56 and 43-50 ms, and from 256 on the fused kernel wins (68 against
+146 ms). In fp32 the fused kernel is as fast or faster at every length measured, and exact."""
+
+
+def explicit_is_faster(q: torch.Tensor) -> bool:
+    return q.dtype == torch.bfloat16 and q.shape[-2] <= EXPLICIT_BF16_LONGEST
+
+
+def explicit_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    p: float,
+    scale: float | None = None,
 ) -> torch.Tensor:
-    """Causal attention (or ``mask``'s) over ``(B, H, L, K)`` with dropout on the probabilities, as
-    SDPA's own dropout path computes it (that path is unfused too), but with ``mbp.api.dropout``'s mask:
-    torch's CPU mask for the probabilities took 13 of a classifier step's 180 ms."""
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    """Causal attention (or ``mask``'s) over ``(B, H, L, K)`` as products and a softmax, with dropout
+    ``p`` on the probabilities; ``scale`` multiplies the scores (None: 1/sqrt(K), as SDPA). SDPA's own
+    dropout path is unfused too, but ``mbp.api.dropout``'s mask is cheaper: torch's CPU mask for the
+    probabilities took 13 of a classifier step's 180 ms.
+
+    In fp32 the softmax runs in fp32. In bf16 the scores stay bf16 and the softmax writes bf16 (it
+    computes in fp32 inside), as SDPA's math path does: an fp32 softmax and its casts made this path
+    2x slower at a local stage's shapes."""
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    scores = (q if scale == 1.0 else q * scale) @ k.transpose(-2, -1)
     if mask is None:
         length = q.shape[-2]
         mask = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
-    probabilities = torch.softmax(scores.float().masked_fill(~mask, float("-inf")), dim=-1)
-    return dropout(probabilities.to(v.dtype), p) @ v
+    if scores.dtype == torch.bfloat16:
+        probabilities = torch.softmax(scores.masked_fill_(~mask, float("-inf")), dim=-1)
+    else:
+        probabilities = torch.softmax(scores.float().masked_fill(~mask, float("-inf")), dim=-1).to(v.dtype)
+    return dropout(probabilities, p) @ v
 
 
 class MLP(nn.Module):
