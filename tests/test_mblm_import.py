@@ -318,6 +318,8 @@ def test_imported_checkpoint_generates_evaluates_and_fine_tunes(tmp_path: Path) 
         "1",
         "--set",
         "train.lr=1e-12",
+        "--set",
+        "train.precision=fp32",  # as `mbp eval` scores: the comparison is of weights, not precisions
         "--json",
     ]
     started = invoke_mbp(

@@ -275,9 +275,10 @@ class MultiscaleDecoder(nn.Module):
         return hidden, kept_ids, kept_w
 
     def _chunk_nats(self, hidden: torch.Tensor, ids: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        logits = self.to_logits(hidden).float()
-        ce = F.cross_entropy(logits.flatten(0, 1), ids.long().flatten(), reduction="none")
-        return (ce * w.float().flatten()).sum()
+        logits = self.to_logits(hidden)
+        wide = torch.promote_types(logits.dtype, torch.float32)  # bf16 logits are scored in fp32, fp64 kept
+        ce = F.cross_entropy(logits.to(wide).flatten(0, 1), ids.long().flatten(), reduction="none")
+        return (ce * w.to(wide).flatten()).sum()
 
     # Inference: the wiring of ``stage_outputs`` one position at a time, as in state-spaces/mamba every
     # level owns its cache. The last stage advances on every token; a coarser stage advances only for
