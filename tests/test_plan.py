@@ -21,8 +21,8 @@ from mbp.train import plan
 from mbp.train.plan import (
     FEWEST_STEPS,
     LONGEST_SPLIT_ROW,
-    MOST_STEPS,
     PASSES,
+    TRAIN_SECONDS,
     packed_rows,
     plan_rows,
     plan_steps,
@@ -54,8 +54,20 @@ def text_set(tmp_path: Path, count: int) -> tuple[Resolved, list[str], int]:
     return resolved, shards, per_row * BATCH
 
 
+MOST_STEPS = 2000
+"""The ceiling these tests set: a step timed at ``TRAIN_SECONDS`` / 2,000 (timings are not tested)."""
+
+
+def time_steps_at(monkeypatch: pytest.MonkeyPatch, steps: int) -> None:
+    """Every measured step takes ``TRAIN_SECONDS / steps``: the ceiling is ``steps``."""
+    monkeypatch.setattr(plan, "step_seconds", lambda *args: TRAIN_SECONDS / steps)
+
+
 @pytest.mark.parametrize("scale", ["few", "between", "many"])
-def test_steps_are_passes_over_the_training_set_within_bounds(tmp_path: Path, scale: str) -> None:
+def test_steps_are_passes_over_the_training_set_within_bounds(
+    tmp_path: Path, scale: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    time_steps_at(monkeypatch, MOST_STEPS)
     resolved, shards, per_step = text_set(tmp_path, 1)
     count = {
         "few": 40,  # PASSES passes take a handful of steps: the floor
@@ -89,9 +101,11 @@ def test_run_without_steps_plans_them_and_says_so(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     # one sample a row (pack: false), 4 rows a step: 24 samples are 6 steps a pass, under the floor
+    measured = summary["step_plan"].pop("step_seconds_measured")
     assert summary["step_plan"] == {"steps": FEWEST_STEPS, "samples": 24, "samples_per_step": 4.0}
+    assert 0 < measured < 5
     assert summary["steps"] == FEWEST_STEPS
-    assert "600 steps (100.0 passes over 24 samples, about 4 a step)" in result.stderr
+    assert "600 steps (100.0 passes over 24 samples, about 4 a step; " in result.stderr
 
 
 IMAGES = """\
@@ -222,13 +236,12 @@ def test_shards_inspect_previews_what_a_run_would_plan(tmp_path: Path) -> None:
     shard = image_set(tmp_path, [32] * 12)
     args = ["shards", "inspect", shard, "--pipeline", "photos", "--registry", str(tmp_path / "registry.yaml")]
     report = json.loads(invoke_mbp(*args, "--json").stdout)
-    assert report["run"] == {
-        "seq_len": row,
-        "steps": FEWEST_STEPS,
-        "planned": ["seq_len", "steps"],
-        "describe": f"rows of {row} tokens (100% of 12 samples probed fit; 0% padding), "
-        "600 steps (400.0 passes over 12 samples, about 8 a step)",  # a sample a row, 8 rows a step
-    }
+    described = report["run"].pop("describe")
+    assert report["run"] == {"seq_len": row, "steps": FEWEST_STEPS, "planned": ["seq_len", "steps"]}
+    assert described.startswith(  # a sample a row, 8 rows a step; then the step time measured here
+        f"rows of {row} tokens (100% of 12 samples probed fit; 0% padding), "
+        "600 steps (400.0 passes over 12 samples, about 8 a step; "
+    )
     shown = invoke_mbp(*args).stdout
     assert f"  mbp run would train: rows of {row} tokens" in shown
 
@@ -256,20 +269,22 @@ def test_a_head_that_splits_samples_plans_rows_of_at_most_2048(tmp_path: Path) -
     assert rows is not None and rows.seq_len > 5000 and rows.covered == 1.0
 
 
-def test_the_ceiling_counts_the_models_arithmetic_and_wins_over_the_floor(
+def test_the_ceiling_is_the_training_time_over_the_measured_step_and_wins_over_the_floor(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     resolved, shards = long_texts(tmp_path, "type: lm")
     planned = with_seq_len(resolved, 256)
-    small = probe_steps(planned, shards, PATCH).flops
+    probe = probe_steps(planned, shards, PATCH)
+    assert 0 < probe.seconds < 5  # measured: a tiny model's step, on whatever machine runs this
     wide, _ = long_texts(tmp_path, "type: lm", dims=(64, 64))
-    large = probe_steps(with_seq_len(wide, 256), shards, PATCH).flops
-    assert large > 4 * small  # 4x the width: about 16x the products
-    # the arithmetic of 100 small steps: the small model plans 100 steps, under the floor of 600
-    monkeypatch.setattr(plan, "MOST_FLOPS", 100 * small)
+    assert probe_steps(with_seq_len(wide, 256), shards, PATCH).flops > 4 * probe.flops  # 4x the width
+    # steps that take a hundredth of the training time each: 100 steps, under the floor of 600
+    time_steps_at(monkeypatch, 100)
     steps = plan_steps(planned, shards, PATCH)
     assert steps.steps == 100 < FEWEST_STEPS and steps.capped and "set train.steps" in steps.describe()
-    assert plan_steps(with_seq_len(wide, 256), shards, PATCH).steps == int(100 * small // large)
+    assert f"{TRAIN_SECONDS / 100:.3g} s a step measured" in steps.describe()
+    # two significant digits: the few percent a timing varies by changes fewer plans
+    assert [plan.ceiling(TRAIN_SECONDS / n) for n in (7, 1234.5, 98765)] == [7, 1200, 98000]
 
 
 def test_counting_the_arithmetic_leaves_torchs_random_state_alone(tmp_path: Path) -> None:
@@ -277,3 +292,26 @@ def test_counting_the_arithmetic_leaves_torchs_random_state_alone(tmp_path: Path
     before = torch.random.get_rng_state()
     probe_steps(with_seq_len(resolved, 256), shards, PATCH)
     assert torch.equal(torch.random.get_rng_state(), before)
+
+
+def test_a_resumed_run_keeps_the_steps_its_first_timing_planned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Steps at the ceiling follow a measured step time, which varies between runs: resuming plans again
+    but trains to the steps its checkpoint recorded, so the schedule (and exact resume) hold."""
+    registry = tmp_path / "registry.yaml"
+    train = REGISTRY[REGISTRY.index("    train:") :]
+    registry.write_text(REGISTRY.replace(train, "    train: {warmup_steps: 2, checkpoint_every: 2}\n"))
+    write_tar(tmp_path / "train-0.tar", good_samples("a", 24))
+    args = ["run", "qa", str(tmp_path / "train-0.tar"), "--registry", str(registry), "--json"]
+    args += ["--out", str(tmp_path / "out")]
+    time_steps_at(monkeypatch, 6)
+    first = invoke_mbp(*args)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["steps"] == 6
+    time_steps_at(monkeypatch, 12)  # a faster timing now would plan twice the steps
+    resumed = invoke_mbp(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert summary["steps"] == 6 and summary["step_plan"]["steps"] == 6
+    assert "6 steps (the default ceiling" in resumed.stderr

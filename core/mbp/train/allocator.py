@@ -5,8 +5,8 @@ glibc serves each allocation of 128 KiB or more (a step's activations, every one
 page by page, zero-filled by the kernel: 26,000 page faults a step at the benchmark architecture (2 x
 8,192 bytes, bf16 on CPU). Raising glibc's mmap and trim thresholds keeps those blocks in the heap, where
 the next step reuses them: the faults fell 5.4x, and the step took 4-8% less time (bf16 0.204 -> 0.193 s,
-fp32 0.301 -> 0.277 s, three alternating runs each). The price is that the
-process keeps its peak memory until it exits, which a training run reaches on its first step anyway.
+fp32 0.301 -> 0.277 s, three alternating runs each). The price is that the process keeps its peak
+memory until it exits, which a training run reaches on its first step anyway.
 """
 
 from __future__ import annotations

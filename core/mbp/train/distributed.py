@@ -62,6 +62,15 @@ def all_reduce_sum(value: torch.Tensor, world: World) -> torch.Tensor:
     return value
 
 
+def broadcast_int(value: int, world: World) -> int:
+    """Rank 0's ``value`` on every process."""
+    if world.size == 1:
+        return value
+    held = torch.tensor([value], dtype=torch.long, device=world.device)
+    dist.broadcast(held, src=0)
+    return int(held.item())
+
+
 def barrier(world: World) -> None:
     if world.size > 1:
         dist.barrier()

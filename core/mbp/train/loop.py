@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import time
@@ -22,10 +23,12 @@ from mbp.model.io import checkpoint_document
 from mbp.resolve import Resolved
 from mbp.sinks import open_sinks
 from mbp.train import distributed as D
+from mbp.train.allocator import keep_freed_memory
 from mbp.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from mbp.train.evaluate import evaluate
 from mbp.train.init import init_from as load_initial_weights
-from mbp.train.plan import plan_run
+from mbp.train.optim import make_optimizer
+from mbp.train.plan import plan_run, recorded_steps, with_steps
 from mbp.train.precision import choose_precision
 from mbp.train.report import MetricsLog, Progress, plot
 from mbp.train.rundir import check_belongs, prepare_out, remove_leftovers, resume_point
@@ -45,14 +48,6 @@ def check_writable(out: Path) -> None:
         probe.unlink()
     except OSError as error:
         raise OutputError(f"--out {out}: cannot write there ({error.strerror or error})") from None
-
-
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "start_tokens" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "start_tokens" not in n)]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    # the fused kernel updates every parameter in one pass (CPU and CUDA); identical arithmetic
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=True)
 
 
 def eval_batches(resolved: Resolved, shards: list[str], log: SkipLog, align: int = 1) -> list[Batch]:
@@ -97,8 +92,12 @@ class Trainer:
 
     def __init__(self, resolved: Resolved, request: RunRequest, world: D.World) -> None:
         out, resume = request.out, request.resume
-        plan = plan_run(resolved, request.train_shards)
+        if world.device.type == "cpu":
+            keep_freed_memory()
+        plan = plan_run(resolved, request.train_shards, world.device)
         resolved, self.rows, self.plan = plan.resolved, plan.rows, plan.steps
+        if self.plan is not None and world.size > 1:  # steps follow a timing: every process takes rank 0's
+            resolved = with_steps(resolved, D.broadcast_int(resolved.pipeline.train.total_steps, world))
         self.resolved, self.out, self.world = resolved, out, world
         self.cfg, data = resolved.pipeline.train, resolved.pipeline.data
         prepare_out(out, resume=resume, overwrite=request.overwrite, main=world.is_main)
@@ -128,7 +127,12 @@ class Trainer:
             self.checkpoint = resume_point(out, take_intact=request.take_intact, main=world.is_main)
             document = checkpoint_document(self.checkpoint, training=True)
             check_belongs(self.checkpoint, resolved.name, resolved.pipeline, document, self.model)
+            if self.plan is not None:  # the schedule the run started with, not a new timing's
+                resolved = with_steps(resolved, recorded_steps(document, resolved.pipeline.train.total_steps))
+                self.resolved, self.cfg = resolved, resolved.pipeline.train
             self.state, optim_state = load_checkpoint(self.checkpoint, self.model)
+        if self.plan is not None:
+            self.plan = dataclasses.replace(self.plan, steps=self.cfg.total_steps)
         self.wrapped = D.wrap(LossStep(self.model), world, self.cfg.strategy)
         self.optimizer = make_optimizer(self.model, self.cfg.lr, self.cfg.weight_decay)
         if optim_state is not None:
@@ -205,6 +209,7 @@ class Trainer:
                 "steps": self.plan.steps,
                 "samples": self.plan.samples,
                 "samples_per_step": round(self.plan.per_step, 2),
+                "step_seconds_measured": round(self.plan.seconds, 4),
             }
         return summary
 

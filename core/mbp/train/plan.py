@@ -11,7 +11,8 @@ Steps (``train.steps``): a fixed step count suits one data-set size: 600 steps w
 1,500 8x8 digits (held-out loss rising after 13) but 3 over 4,316 letter glyphs (still learning at the
 end: 0.948, where 1,200 steps gave 0.98). So the default is counted in passes over the training set,
 with a floor for small sets (the best checkpoint by held-out metric is kept, so extra passes cost time,
-not quality) and a ceiling that keeps a default run to minutes on 2 CPU cores.
+not quality) and a ceiling in time: the steps that fit ``TRAIN_SECONDS`` at the step time measured on
+this machine, at the run's precision (:mod:`mbp.train.steptime`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from mbp.data.skips import SkipLog
 from mbp.heads import splits_samples
 from mbp.model.build import build_model
 from mbp.resolve import Resolved
+from mbp.train.steptime import step_seconds
 
 PASSES = 15
 """Passes over the training set. Letter glyphs went 0.910 / 0.948 / 0.981 at 2.5 / 3.3 / 5 passes and
@@ -44,18 +46,16 @@ set cost minutes, not accuracy. 15 since answer heads score a quarter of the con
 (``ThinningHead``): a pass costs about half what it did, and at 10 the thinned context had cost spoken
 words 1-2.5 points (0.946 against 0.972 on digits)."""
 FEWEST_STEPS = 600
-MOST_STEPS = 3000
-"""A bound on steps however cheap; the arithmetic ceiling below is what keeps runs to minutes."""
-MOST_FLOPS = 14e12
-"""The ceiling: a planned run does at most this much arithmetic, forward and backward, counted on the
-probe's first batch by torch's FlopCounterMode. The step runs at 37-40 GFLOP/s on 2 CPU cores whatever
-the shapes (letter glyphs' classifier, 6.8 GFLOP in 0.172 s; lm-text's model on one 2,048-byte row,
-7.5 GFLOP in 0.2 s), so this is about 6.5 minutes of training, 8 with evaluation and checkpoints
-(letter glyphs: 2,489 steps of 6.3 GFLOP took 9.0 minutes in all). Counting what the step
-computes makes the ceiling follow the model: a wider or deeper one takes fewer steps, and byte-level rows
-the model skips (no weighted target: ``ThinningHead``, ``context_weight: 0``) cost nothing. Counting
-row tokens instead, at a cost fixed for the registry's classifier sizes, let an ``lm`` pipeline with
-lm-text's model plan 17 minutes. More is a choice to write down (``train.steps``)."""
+TRAIN_SECONDS = 360.0
+"""The ceiling: a planned run trains for about this long, its steps counted from a step timed on its own
+model, batches and precision before training. Evaluation and checkpoints come on top: 6.5 minutes of
+training made 8-9 minute runs on the real-data suite. Timing what the step costs makes the ceiling
+follow the model and the machine: a wider or deeper model takes fewer steps, byte-level rows the model
+skips (no weighted target: ``ThinningHead``, ``context_weight: 0``) cost nothing, and a machine that
+multiplies in bf16 (AMX, a GPU) trains more steps in the same minutes. The ceiling used to count
+arithmetic (14 TFLOP, 6.5 minutes on the 2-core AMD EPYC it was measured on); on a 2-core Xeon with
+AMX the same plans took under 3 minutes. More is a choice to write down (``train.steps``): a measured
+ceiling can differ by a step or two between runs, so a run to be repeated exactly names its steps."""
 PROBE_ROWS = 64
 """Rows packed from the stream's first samples to measure how many samples a step holds."""
 SHORTEST_ROW = 1024
@@ -160,6 +160,18 @@ def rows_of_checkpoint(resolved: Resolved, document: dict[str, Any], shards: lis
     return plan_rows(resolved, shards)[0]
 
 
+def with_steps(resolved: Resolved, steps: int) -> Resolved:
+    pipeline = resolved.pipeline
+    train = pipeline.train.model_copy(update={"steps": steps})
+    return dataclasses.replace(resolved, pipeline=pipeline.model_copy(update={"train": train}))
+
+
+def recorded_steps(document: dict[str, Any], default: int) -> int:
+    """The ``train.steps`` a checkpoint's run trained to (planned or given), else ``default``."""
+    steps = ((document.get("pipeline") or {}).get("train") or {}).get("steps")
+    return steps if isinstance(steps, int) and steps > 0 else default
+
+
 def with_seq_len(resolved: Resolved, seq_len: int) -> Resolved:
     pipeline = resolved.pipeline
     data = pipeline.data.model_copy(update={"seq_len": seq_len})
@@ -198,6 +210,8 @@ class StepProbe:
     """Samples in one step's rows (all processes and accumulated batches together)."""
     flops: float
     """Floating-point operations of one training step, forward and backward."""
+    seconds: float
+    """One training step's time on this machine, measured (``mbp.train.steptime``)."""
 
 
 @dataclass(frozen=True)
@@ -209,54 +223,69 @@ class StepPlan:
     """Samples in one step's rows (all processes and accumulated batches together)."""
     capped: bool
     """``PASSES`` would take more than the ceiling; ``samples`` is then where counting stopped."""
+    seconds: float = 0.0
+    """The measured step time the ceiling was counted from."""
 
     def describe(self) -> str:
         passes = self.steps * self.per_step / max(1, self.samples)
+        timed = f"{self.seconds:.3g} s a step measured"
         if self.capped:
             return (
-                f"{self.steps} steps (the default ceiling: {PASSES} passes over {self.samples:,}+ "
-                f"samples at about {self.per_step:.0f} a step would take more; set train.steps)"
+                f"{self.steps} steps (the default ceiling, about {TRAIN_SECONDS / 60:.0f} minutes at "
+                f"{timed}: {PASSES} passes over {self.samples:,}+ samples at about {self.per_step:.0f} "
+                "a step would take more; set train.steps)"
             )
         return (
             f"{self.steps} steps ({passes:.1f} passes over {self.samples:,} samples, "
-            f"about {self.per_step:.0f} a step)"
+            f"about {self.per_step:.0f} a step; {timed})"
         )
 
 
-def plan_steps(resolved: Resolved, shards: list[str], align: int) -> StepPlan:
+def plan_steps(
+    resolved: Resolved, shards: list[str], align: int, device: torch.device | None = None
+) -> StepPlan:
     """``PASSES`` over ``shards``, at least ``FEWEST_STEPS`` and at most ``ceiling`` (which wins: steps
     long enough that the floor would outlast the minutes are held to them). Reads at most the samples
     the ceiling needs, and encodes only the first ``PROBE_ROWS`` rows' worth."""
-    probe = probe_steps(resolved, shards, align)
+    probe = probe_steps(resolved, shards, align, device)
     per_step = probe.per_step
-    most = ceiling(probe.flops)
+    most = ceiling(probe.seconds)
     enough = math.ceil(most * per_step / PASSES) + 1
     samples = sum(1 for _ in itertools.islice(read_samples(shards, SkipLog(quiet=True)), enough))
     wanted = max(FEWEST_STEPS, math.ceil(PASSES * samples / per_step))
-    return StepPlan(min(most, wanted), samples, per_step, wanted > most)
+    return StepPlan(min(most, wanted), samples, per_step, wanted > most, probe.seconds)
 
 
-def ceiling(flops_per_step: float) -> int:
-    """The most steps a planned run takes: ``MOST_FLOPS`` worth of steps, at most ``MOST_STEPS``."""
-    return max(1, min(MOST_STEPS, int(MOST_FLOPS // max(flops_per_step, 1.0))))
+def ceiling(seconds_per_step: float) -> int:
+    """The most steps a planned run takes: ``TRAIN_SECONDS`` worth, rounded down to two significant
+    digits, so that the few percent a timing varies by between runs changes fewer plans."""
+    steps = max(1, int(TRAIN_SECONDS / max(seconds_per_step, 1e-6)))
+    unit = 10 ** max(0, len(str(steps)) - 2)
+    return steps // unit * unit
 
 
-def probe_steps(resolved: Resolved, shards: list[str], align: int) -> StepProbe:
-    """Samples in one step, from the training stream's own packing of its first samples, and what a
-    step computes. A head that thins training weights (``ThinningHead``) is probed again on the rows
-    weighted (and varied) as training weights them; other heads' weights do not vary."""
+def probe_steps(
+    resolved: Resolved, shards: list[str], align: int, device: torch.device | None = None
+) -> StepProbe:
+    """Samples in one step, from the training stream's own packing of its first samples, what a step
+    computes and how long it takes on ``device`` (default CPU). A head that thins training weights
+    (``ThinningHead``) is probed again on the rows weighted (and varied) as training weights them;
+    other heads' weights do not vary."""
     data, train = resolved.pipeline.data, resolved.pipeline.train
     rows = samples = 0
-    first: Batch | None = None  # the batch whose arithmetic is counted
+    probed: list[Batch] = []  # the batches whose arithmetic is counted and whose steps are timed
     for batch in _probe_batches(resolved, shards, align, augment=False):
         rows += len(batch.rows)
         samples += batch.samples_started
-        first = first or batch
+        probed.append(batch)
     if resolved.encoder.thinning is not None:
-        first = next(_probe_batches(resolved, shards, align, augment=True), first)
+        probed = list(_probe_batches(resolved, shards, align, augment=True)) or probed
     per_row = samples / rows if rows else 1.0
-    flops = step_flops(resolved, first) if first is not None else 0.0
-    return StepProbe(per_row * data.batch_rows * train.grad_accum, flops * train.grad_accum)
+    if not probed:
+        return StepProbe(per_row * data.batch_rows * train.grad_accum, 0.0, 0.0)
+    flops = step_flops(resolved, probed[0]) * train.grad_accum
+    seconds = step_seconds(resolved, probed, device or torch.device("cpu"))
+    return StepProbe(per_row * data.batch_rows * train.grad_accum, flops, seconds)
 
 
 def step_flops(resolved: Resolved, batch: Batch) -> float:
@@ -292,16 +321,15 @@ class RunPlan:
     """None where the pipeline gives the value."""
 
 
-def plan_run(resolved: Resolved, shards: list[str]) -> RunPlan:
-    """Rows, then steps (which count samples in those rows), for what the pipeline leaves unset. The
-    plan is deterministic, so a resumed run plans the same schedule again from the same shards."""
+def plan_run(resolved: Resolved, shards: list[str], device: torch.device | None = None) -> RunPlan:
+    """Rows, then steps (which count samples in those rows), for what the pipeline leaves unset. Rows
+    are deterministic; steps at the ceiling follow a measured step time, so a resumed run takes its
+    steps from its checkpoint (``Trainer``), not from planning again."""
     planned, rows = plan_rows(resolved, shards)
     if planned.pipeline.train.steps is not None:
         return RunPlan(planned, rows, None)
-    steps = plan_steps(planned, shards, planned.pipeline.model.patch_len)
-    train = planned.pipeline.train.model_copy(update={"steps": steps.steps})
-    pipeline = planned.pipeline.model_copy(update={"train": train})
-    return RunPlan(dataclasses.replace(planned, pipeline=pipeline), rows, steps)
+    steps = plan_steps(planned, shards, planned.pipeline.model.patch_len, device)
+    return RunPlan(with_steps(planned, steps.steps), rows, steps)
 
 
 def preview(resolved: Resolved, shards: list[str]) -> dict[str, Any]:
@@ -328,10 +356,9 @@ __all__ = [
     "FEWEST_STEPS",
     "LONGEST_ROW",
     "LONGEST_SPLIT_ROW",
-    "MOST_FLOPS",
-    "MOST_STEPS",
     "PASSES",
     "SHORTEST_ROW",
+    "TRAIN_SECONDS",
     "RowPlan",
     "RunPlan",
     "StepPlan",
@@ -343,6 +370,7 @@ __all__ = [
     "plan_steps",
     "preview",
     "probe_steps",
+    "recorded_steps",
     "row_padding",
     "rows_of_checkpoint",
     "sample_lengths",
@@ -350,4 +378,5 @@ __all__ = [
     "tightest_row",
     "training_order",
     "with_seq_len",
+    "with_steps",
 ]

@@ -1,0 +1,54 @@
+"""How long a training step takes on this machine: what a planned run's ceiling is counted in.
+
+A ceiling counted in arithmetic (14 TFLOP a run) assumed one machine's speed: on the 2-core AMD EPYC it
+was written for, the step ran at 37-40 GFLOP/s, about 6.5 minutes of training; on a 2-core Xeon with
+AMX the same plans ran at 79 GFLOP/s in fp32 and 122 in bf16 (letter glyphs), and finished in under
+three minutes, leaving most of the time a user would give them unused. So the ceiling is now time,
+measured: a few real steps of the run's own model, batches and precision, before training.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from mbp.data.batches import Batch
+from mbp.model.build import build_model
+from mbp.resolve import Resolved
+from mbp.train.optim import make_optimizer
+from mbp.train.precision import choose_precision
+
+WARMUP_STEPS = 2
+"""Steps run before timing: the first ones allocate memory and pick kernels (oneDNN's bf16 products)."""
+TIMED_STEPS = 3
+
+
+def step_seconds(resolved: Resolved, batches: list[Batch], device: torch.device) -> float:
+    """Median seconds of one optimizer step (``grad_accum`` batches) of ``resolved``'s model on ``batches``
+    (cycled), at the precision the run will use on ``device``. Fresh weights; torch's random state is
+    left as it was."""
+    train = resolved.pipeline.train
+    precision = choose_precision(train.precision, device)
+    forked = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=forked):
+        model = build_model(resolved.pipeline.model, resolved.components).to(device).train()
+        optimizer = make_optimizer(model, train.lr, train.weight_decay)
+        seconds: list[float] = []
+        for index in range(WARMUP_STEPS + TIMED_STEPS):
+            start = time.perf_counter()
+            for part in range(train.grad_accum):
+                batch = batches[(index * train.grad_accum + part) % len(batches)]
+                ids, weights = batch.tokens.to(device), batch.weights.to(device)
+                with precision.autocast(device):
+                    loss = model.loss(ids, weights, batch.begins.to(device)).loss
+                (loss / train.grad_accum).backward()
+            if train.clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), train.clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds[WARMUP_STEPS:])
