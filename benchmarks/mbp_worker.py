@@ -13,6 +13,8 @@ from mbp.generate import Sampling, prime, sample_next
 from mbp.generate import generate as mbp_generate
 from mbp.model.build import build_model
 from mbp.plugins import get_platform
+from mbp.train.allocator import keep_freed_memory
+from mbp.train.precision import choose_precision
 
 
 def config(length: int | None, *, lean: bool = False) -> dict:
@@ -24,18 +26,27 @@ def config(length: int | None, *, lean: bool = False) -> dict:
     return {"stages": stages, "loss_chunk": 8192 if lean else None}
 
 
-def train_step(length: int, batch: int, repeats: int) -> dict:
+def train_step(length: int, batch: int, repeats: int, precision: str = "auto") -> dict:
+    """One training step at ``precision`` (``auto``: what ``mbp run`` picks on this machine)."""
     torch.manual_seed(0)
     model = build_model(config(length), get_platform().components)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     ids = torch.randint(0, 256, (batch, length))
+    choice = choose_precision(precision, torch.device("cpu"))  # type: ignore[arg-type]
+    keep_freed_memory()  # as `mbp run` trains
 
     def step() -> None:
-        model.loss(ids).loss.backward()
+        with choice.autocast(torch.device("cpu")):
+            loss = model.loss(ids).loss
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad()
 
-    return {"step_s": median_seconds(step, repeats), "params": sum(p.numel() for p in model.parameters())}
+    return {
+        "step_s": median_seconds(step, repeats),
+        "params": sum(p.numel() for p in model.parameters()),
+        "precision": choice.precision,
+    }
 
 
 def peak_memory(length: int, lean: int = 1) -> dict:
@@ -83,4 +94,5 @@ def decode(prompt: int, new: int, batch: int = 1) -> dict:
 if __name__ == "__main__":
     task, *args = sys.argv[1:]
     tasks = {"train_step": train_step, "peak_memory": peak_memory, "generate": generate, "decode": decode}
-    print(json.dumps(tasks[task](*map(int, args))))
+    # integers are sizes; a word (train_step's precision) passes through
+    print(json.dumps(tasks[task](*(int(a) if a.isdigit() else a for a in args))))
