@@ -17,7 +17,7 @@ from mbp.data.read import RawSample
 from mbp.plugins import get_platform
 from mbp.protocol import PAD
 from mbp.resolve import Resolved, resolve
-from mbp.train import plan
+from mbp.train import plan, precision_plan
 from mbp.train.plan import (
     FEWEST_STEPS,
     LONGEST_SPLIT_ROW,
@@ -60,7 +60,8 @@ MOST_STEPS = 2000
 
 def time_steps_at(monkeypatch: pytest.MonkeyPatch, steps: int) -> None:
     """Every measured step takes ``TRAIN_SECONDS / steps``: the ceiling is ``steps``."""
-    monkeypatch.setattr(plan, "step_seconds", lambda *args: TRAIN_SECONDS / steps)
+    for module in (plan, precision_plan):  # where auto precision is timed too (bf16 hardware)
+        monkeypatch.setattr(module, "step_seconds", lambda *args: TRAIN_SECONDS / steps)
 
 
 @pytest.mark.parametrize("scale", ["few", "between", "many"])
@@ -91,7 +92,8 @@ def test_steps_are_passes_over_the_training_set_within_bounds(
         assert "set train.steps" in plan.describe()
 
 
-def test_run_without_steps_plans_them_and_says_so(tmp_path: Path) -> None:
+def test_run_without_steps_plans_them_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    time_steps_at(monkeypatch, MOST_STEPS)  # the floor is under test, not this machine's speed
     registry = tmp_path / "registry.yaml"
     train = REGISTRY[REGISTRY.index("    train:") :]
     registry.write_text(REGISTRY.replace(train, "    train: {log_every: 100}\n"))
@@ -231,7 +233,10 @@ def test_large_images_train_and_evaluate_without_a_seq_len(tmp_path: Path) -> No
     )
 
 
-def test_shards_inspect_previews_what_a_run_would_plan(tmp_path: Path) -> None:
+def test_shards_inspect_previews_what_a_run_would_plan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    time_steps_at(monkeypatch, MOST_STEPS)  # a loaded machine's slow timing must not cap the preview
     row = aligned(tokens(photos(tmp_path), 32), 8)
     shard = image_set(tmp_path, [32] * 12)
     args = ["shards", "inspect", shard, "--pipeline", "photos", "--registry", str(tmp_path / "registry.yaml")]

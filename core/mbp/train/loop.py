@@ -28,8 +28,10 @@ from mbp.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from mbp.train.evaluate import evaluate
 from mbp.train.init import init_from as load_initial_weights
 from mbp.train.optim import make_optimizer
-from mbp.train.plan import plan_run, recorded_steps, with_steps
-from mbp.train.precision import choose_precision
+from mbp.train.plan import plan_run, with_steps
+from mbp.train.precision import PrecisionChoice
+from mbp.train.precision_plan import with_precision
+from mbp.train.recorded import recorded_precision, recorded_steps
 from mbp.train.report import MetricsLog, Progress, plot
 from mbp.train.rundir import check_belongs, prepare_out, remove_leftovers, resume_point
 from mbp.train.schedule import lr_factor
@@ -94,10 +96,21 @@ class Trainer:
         out, resume = request.out, request.resume
         if world.device.type == "cpu":
             keep_freed_memory()
+        setting = resolved.pipeline.train.precision
         plan = plan_run(resolved, request.train_shards, world.device)
         resolved, self.rows, self.plan = plan.resolved, plan.rows, plan.steps
-        if self.plan is not None and world.size > 1:  # steps follow a timing: every process takes rank 0's
-            resolved = with_steps(resolved, D.broadcast_int(resolved.pipeline.train.total_steps, world))
+        self.precision = plan.precision.choice
+        if world.size > 1:  # precision and steps may follow timings: every process takes rank 0's
+            if self.plan is not None:
+                resolved = with_steps(resolved, D.broadcast_int(resolved.pipeline.train.total_steps, world))
+            if setting == "auto":
+                bf16 = D.broadcast_int(int(self.precision.precision == "bf16"), world)
+                self.precision = (
+                    self.precision
+                    if bf16 == (self.precision.precision == "bf16")
+                    else (PrecisionChoice("bf16" if bf16 else "fp32", "auto: as rank 0 measured"))
+                )
+                resolved = with_precision(resolved, self.precision.precision)
         self.resolved, self.out, self.world = resolved, out, world
         self.cfg, data = resolved.pipeline.train, resolved.pipeline.data
         prepare_out(out, resume=resume, overwrite=request.overwrite, main=world.is_main)
@@ -119,7 +132,6 @@ class Trainer:
             raise ConfigError(
                 f"data.seq_len {data.row_len} must be a multiple of the patch length {self.model.patch_len}"
             )
-        self.precision = choose_precision(self.cfg.precision, world.device)
         self.state = TrainState(0, 0, 0, 0, 0)
         optim_state = None
         self.checkpoint: Path | None = None
@@ -129,7 +141,11 @@ class Trainer:
             check_belongs(self.checkpoint, resolved.name, resolved.pipeline, document, self.model)
             if self.plan is not None:  # the schedule the run started with, not a new timing's
                 resolved = with_steps(resolved, recorded_steps(document, resolved.pipeline.train.total_steps))
-                self.resolved, self.cfg = resolved, resolved.pipeline.train
+            recorded = recorded_precision(document)
+            if setting == "auto" and recorded is not None and recorded != self.precision.precision:
+                self.precision = PrecisionChoice(recorded, "auto: as the run chose before it was resumed")
+                resolved = with_precision(resolved, recorded)
+            self.resolved, self.cfg = resolved, resolved.pipeline.train
             self.state, optim_state = load_checkpoint(self.checkpoint, self.model)
         if self.plan is not None:
             self.plan = dataclasses.replace(self.plan, steps=self.cfg.total_steps)

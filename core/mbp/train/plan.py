@@ -36,6 +36,8 @@ from mbp.data.skips import SkipLog
 from mbp.heads import splits_samples
 from mbp.model.build import build_model
 from mbp.resolve import Resolved
+from mbp.train.precision import choose_precision
+from mbp.train.precision_plan import PrecisionPlan, plan_precision, with_precision
 from mbp.train.steptime import step_seconds
 
 PASSES = 15
@@ -46,16 +48,18 @@ set cost minutes, not accuracy. 15 since answer heads score a quarter of the con
 (``ThinningHead``): a pass costs about half what it did, and at 10 the thinned context had cost spoken
 words 1-2.5 points (0.946 against 0.972 on digits)."""
 FEWEST_STEPS = 600
-TRAIN_SECONDS = 360.0
+TRAIN_SECONDS = 400.0
 """The ceiling: a planned run trains for about this long, its steps counted from a step timed on its own
 model, batches and precision before training. Evaluation and checkpoints come on top: 6.5 minutes of
-training made 8-9 minute runs on the real-data suite. Timing what the step costs makes the ceiling
-follow the model and the machine: a wider or deeper model takes fewer steps, byte-level rows the model
-skips (no weighted target: ``ThinningHead``, ``context_weight: 0``) cost nothing, and a machine that
-multiplies in bf16 (AMX, a GPU) trains more steps in the same minutes. The ceiling used to count
-arithmetic (14 TFLOP, 6.5 minutes on the 2-core AMD EPYC it was measured on); on a 2-core Xeon with
-AMX the same plans took under 3 minutes. More is a choice to write down (``train.steps``): a measured
-ceiling can differ by a step or two between runs, so a run to be repeated exactly names its steps."""
+training made 8-9 minute runs on the real-data suite on the AMD machine, where evaluation was slowest,
+and a machine's speed can drift by a fifth within a run: 400 s keeps such a run under 10 minutes. Timing
+what the step costs makes the ceiling follow the model and the machine: a wider or deeper model takes
+fewer steps, byte-level rows the model skips (no weighted target: ``ThinningHead``, ``context_weight:
+0``) cost nothing, and a machine that multiplies in bf16 (AMX, a GPU) trains more steps in the same
+minutes. The ceiling used to count arithmetic (14 TFLOP, 6.5 minutes on the 2-core AMD EPYC it was
+measured on); on a 2-core Xeon with AMX the same plans took under 3 minutes. More is a choice to write
+down (``train.steps``): a measured ceiling can differ by a step or two between runs, so a run to be
+repeated exactly names its steps."""
 PROBE_ROWS = 64
 """Rows packed from the stream's first samples to measure how many samples a step holds."""
 SHORTEST_ROW = 1024
@@ -166,12 +170,6 @@ def with_steps(resolved: Resolved, steps: int) -> Resolved:
     return dataclasses.replace(resolved, pipeline=pipeline.model_copy(update={"train": train}))
 
 
-def recorded_steps(document: dict[str, Any], default: int) -> int:
-    """The ``train.steps`` a checkpoint's run trained to (planned or given), else ``default``."""
-    steps = ((document.get("pipeline") or {}).get("train") or {}).get("steps")
-    return steps if isinstance(steps, int) and steps > 0 else default
-
-
 def with_seq_len(resolved: Resolved, seq_len: int) -> Resolved:
     pipeline = resolved.pipeline
     data = pipeline.data.model_copy(update={"seq_len": seq_len})
@@ -242,12 +240,16 @@ class StepPlan:
 
 
 def plan_steps(
-    resolved: Resolved, shards: list[str], align: int, device: torch.device | None = None
+    resolved: Resolved,
+    shards: list[str],
+    align: int,
+    device: torch.device | None = None,
+    seconds: float | None = None,
 ) -> StepPlan:
     """``PASSES`` over ``shards``, at least ``FEWEST_STEPS`` and at most ``ceiling`` (which wins: steps
     long enough that the floor would outlast the minutes are held to them). Reads at most the samples
     the ceiling needs, and encodes only the first ``PROBE_ROWS`` rows' worth."""
-    probe = probe_steps(resolved, shards, align, device)
+    probe = probe_steps(resolved, shards, align, device, seconds)
     per_step = probe.per_step
     most = ceiling(probe.seconds)
     enough = math.ceil(most * per_step / PASSES) + 1
@@ -265,7 +267,11 @@ def ceiling(seconds_per_step: float) -> int:
 
 
 def probe_steps(
-    resolved: Resolved, shards: list[str], align: int, device: torch.device | None = None
+    resolved: Resolved,
+    shards: list[str],
+    align: int,
+    device: torch.device | None = None,
+    seconds: float | None = None,
 ) -> StepProbe:
     """Samples in one step, from the training stream's own packing of its first samples, what a step
     computes and how long it takes on ``device`` (default CPU). A head that thins training weights
@@ -284,8 +290,14 @@ def probe_steps(
     if not probed:
         return StepProbe(per_row * data.batch_rows * train.grad_accum, 0.0, 0.0)
     flops = step_flops(resolved, probed[0]) * train.grad_accum
-    seconds = step_seconds(resolved, probed, device or torch.device("cpu"))
+    if seconds is None:
+        seconds = step_seconds(resolved, probed, device or torch.device("cpu"))
     return StepProbe(per_row * data.batch_rows * train.grad_accum, flops, seconds)
+
+
+def timing_batches(resolved: Resolved, shards: list[str], align: int) -> list[Batch]:
+    """The probe's batches as training weights them (thinned where the head thins)."""
+    return list(_probe_batches(resolved, shards, align, augment=resolved.encoder.thinning is not None))
 
 
 def step_flops(resolved: Resolved, batch: Batch) -> float:
@@ -319,17 +331,27 @@ class RunPlan:
     rows: RowPlan | None
     steps: StepPlan | None
     """None where the pipeline gives the value."""
+    precision: PrecisionPlan
 
 
 def plan_run(resolved: Resolved, shards: list[str], device: torch.device | None = None) -> RunPlan:
-    """Rows, then steps (which count samples in those rows), for what the pipeline leaves unset. Rows
-    are deterministic; steps at the ceiling follow a measured step time, so a resumed run takes its
-    steps from its checkpoint (``Trainer``), not from planning again."""
+    """Rows, then the precision (``auto`` settled by timing both where the hardware offers bf16), then
+    steps (which count samples in those rows), for what the pipeline leaves unset. Rows are
+    deterministic; precision and steps at the ceiling follow measured step times, so a resumed run takes
+    both from its checkpoint (``Trainer``), not from planning again."""
+    device = device or torch.device("cpu")
     planned, rows = plan_rows(resolved, shards)
+    align = planned.pipeline.model.patch_len
+    setting = planned.pipeline.train.precision
+    needs_timing = setting == "auto" and choose_precision(setting, device).precision == "bf16"
+    batches = timing_batches(planned, shards, align) if needs_timing else []
+    precision = plan_precision(planned, batches, device)
+    planned = with_precision(planned, precision.choice.precision)
     if planned.pipeline.train.steps is not None:
-        return RunPlan(planned, rows, None)
-    steps = plan_steps(planned, shards, planned.pipeline.model.patch_len, device)
-    return RunPlan(with_steps(planned, steps.steps), rows, steps)
+        return RunPlan(planned, rows, None, precision)
+    seconds = precision.seconds.get(precision.choice.precision)
+    steps = plan_steps(planned, shards, align, device, seconds)
+    return RunPlan(with_steps(planned, steps.steps), rows, steps, precision)
 
 
 def preview(resolved: Resolved, shards: list[str]) -> dict[str, Any]:
@@ -370,7 +392,6 @@ __all__ = [
     "plan_steps",
     "preview",
     "probe_steps",
-    "recorded_steps",
     "row_padding",
     "rows_of_checkpoint",
     "sample_lengths",
