@@ -119,3 +119,26 @@ def test_checkpointed_stage_keeps_samples_apart_with_equal_gradients(components,
         grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_kept_rows_rounded_up_under_cpu_autocast_add_nothing_to_the_loss(components, monkeypatch) -> None:
+    """Under bf16 autocast on CPU the kept byte-level rows are rounded up to a multiple of
+    ``KEPT_ROWS_MULTIPLE`` with rows of no weight (a few shapes, so oneDNN's kernels are reused): the loss
+    and its weight are the unrounded ones, to bf16's rounding."""
+    model = tiny_model(components, 2).train()
+    samples = [_sample(torch.randint(0, 256, (n,)).tolist(), [0.0] * n) for n in (30, 40, 50)]
+    for sample in samples:
+        sample.weights[-2:] = 1.0  # the answer: one or two rows a sample carry weight
+    batch = collate([samples[:1], samples[1:2], samples[2:]], seq_len=64, align=model.patch_len)
+    keep = torch.tensor([True, False, False, True, False])
+    assert decoder._round_up_rows(keep).tolist() == [True] * 5  # fewer rows than the multiple: all
+    monkeypatch.setattr(decoder, "KEPT_ROWS_MULTIPLE", 4)
+    assert decoder._round_up_rows(keep).tolist() == [True, True, True, True, False]
+    losses = {}
+    for multiple in (1, 8):
+        monkeypatch.setattr(decoder, "KEPT_ROWS_MULTIPLE", multiple)
+        torch.manual_seed(0)
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+            losses[multiple] = model.eval().loss(batch.tokens, batch.weights, batch.begins)
+    assert losses[8].weight.item() == losses[1].weight.item()
+    assert losses[8].nats.item() == pytest.approx(losses[1].nats.item(), rel=1e-2)
