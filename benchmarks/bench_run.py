@@ -21,6 +21,7 @@ from mbp.overrides import apply_overrides
 from mbp.plugins import get_platform
 from mbp.resolve import resolve
 from mbp.train.loop import RunRequest, make_optimizer, run
+from mbp.train.precision import choose_precision
 
 from benchmarks.common import save
 
@@ -38,7 +39,7 @@ def one_round() -> dict[str, float]:
     resolved = resolve(None, base.name, apply_overrides(base, settings), components=base.components)
     data, shards = resolved.pipeline.data, expand_shards(resolved.pipeline.data.train_shards)
     with tempfile.TemporaryDirectory() as out:
-        run(resolved, RunRequest(Path(out), shards, []))
+        summary = run(resolved, RunRequest(Path(out), shards, []))
         rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     end_to_end = statistics.median(r["bytes_per_s"] for r in rows if r["kind"] == "train" and r["step"] > 10)
 
@@ -60,8 +61,11 @@ def one_round() -> dict[str, float]:
     ready = [batch for (batch, _), _ in zip(made, range(STEPS), strict=False)]
     # the same 10-step windows the trainer logs (bytes over wall time), so both sides average alike
     rates, window_start, window_bytes = [], time.perf_counter(), 0
+    precision = choose_precision(summary["precision"], torch.device("cpu"))  # the run's, measured or set
     for index, batch in enumerate(ready, start=1):
-        model.loss(batch.tokens, batch.weights, batch.begins).loss.backward()
+        with precision.autocast(torch.device("cpu")):
+            loss = model.loss(batch.tokens, batch.weights, batch.begins).loss
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -72,6 +76,7 @@ def one_round() -> dict[str, float]:
             window_start, window_bytes = time.perf_counter(), 0
     bare = statistics.median(rates)
     return {
+        "precision": precision.precision,
         "end_to_end_bytes_per_s": round(end_to_end),
         "bare_step_bytes_per_s": round(bare),
         "ratio": round(end_to_end / bare, 3),

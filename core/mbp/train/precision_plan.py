@@ -45,7 +45,7 @@ def plan_precision(resolved: Resolved, batches: list[Batch], device: torch.devic
     ratio = seconds["bf16"] / seconds["fp32"]
     timing = f"{seconds['bf16']:.3g} s a step in bf16, {seconds['fp32']:.3g} in fp32"
     if ratio <= CLEARLY_FASTER:
-        return PrecisionPlan(PrecisionChoice("bf16", f"auto: {offered.reason}; measured {timing}"), seconds)
+        return PrecisionPlan(PrecisionChoice("bf16", f"{offered.reason}; measured {timing}"), seconds)
     return PrecisionPlan(
         PrecisionChoice("fp32", f"auto: bf16 measured no faster for this model ({timing})"), seconds
     )
