@@ -48,7 +48,7 @@ def test_auto_keeps_bf16_only_where_it_measures_clearly_faster(
     batches = [object()]  # never read: the timing is injected
     calls = timed(monkeypatch, bf16=0.5, fp32=1.0)
     plan = plan_precision(qa(tmp_path), batches, CPU)  # type: ignore[arg-type]
-    assert plan.choice.precision == "bf16" and calls == ["bf16", "fp32"]
+    assert plan.choice.precision == "bf16" and calls == ["bf16", "fp32", "bf16", "fp32"]  # alternated
     assert plan.seconds == {"bf16": 0.5, "fp32": 1.0} and "0.5 s a step in bf16" in plan.choice.reason
     timed(monkeypatch, bf16=CLEARLY_FASTER + 0.01, fp32=1.0)  # faster, but within a timing's noise
     plan = plan_precision(qa(tmp_path), batches, CPU)  # type: ignore[arg-type]
