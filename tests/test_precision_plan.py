@@ -45,7 +45,7 @@ def test_auto_keeps_bf16_only_where_it_measures_clearly_faster(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(P, "cpu_flags", lambda: frozenset({"amx_bf16"}))
-    batches = [object()]  # never read: the timing is injected
+    batches = lambda: [object()]  # noqa: E731 - never read: the timing is injected
     calls = timed(monkeypatch, bf16=0.5, fp32=1.0)
     plan = plan_precision(qa(tmp_path), batches, CPU)  # type: ignore[arg-type]
     assert plan.choice.precision == "bf16" and calls == ["bf16", "fp32", "bf16", "fp32"]  # alternated
@@ -62,7 +62,7 @@ def test_no_timing_where_the_hardware_has_no_fast_bf16_or_the_pipeline_names_one
     monkeypatch.setattr(P, "cpu_flags", lambda: frozenset({"avx2"}))
     assert plan_precision(qa(tmp_path), [object()], CPU).choice.precision == "fp32"  # type: ignore[list-item]
     monkeypatch.setattr(P, "cpu_flags", lambda: frozenset({"amx_bf16"}))
-    named = plan_precision(qa(tmp_path, "fp32"), [object()], CPU)  # type: ignore[list-item]
+    named = plan_precision(qa(tmp_path, "fp32"), lambda: [object()], CPU)  # type: ignore[list-item]
     assert named.choice.precision == "fp32" and named.seconds == {} and calls == []
 
 

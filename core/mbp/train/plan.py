@@ -36,7 +36,6 @@ from mbp.data.skips import SkipLog
 from mbp.heads import splits_samples
 from mbp.model.build import build_model
 from mbp.resolve import Resolved
-from mbp.train.precision import choose_precision
 from mbp.train.precision_plan import PrecisionPlan, plan_precision, with_precision
 from mbp.train.steptime import step_seconds
 
@@ -342,10 +341,7 @@ def plan_run(resolved: Resolved, shards: list[str], device: torch.device | None 
     device = device or torch.device("cpu")
     planned, rows = plan_rows(resolved, shards)
     align = planned.pipeline.model.patch_len
-    setting = planned.pipeline.train.precision
-    needs_timing = setting == "auto" and choose_precision(setting, device).precision == "bf16"
-    batches = timing_batches(planned, shards, align) if needs_timing else []
-    precision = plan_precision(planned, batches, device)
+    precision = plan_precision(planned, lambda: timing_batches(planned, shards, align), device)
     planned = with_precision(planned, precision.choice.precision)
     if planned.pipeline.train.steps is not None:
         return RunPlan(planned, rows, None, precision)

@@ -11,6 +11,7 @@ written into the run's pipeline (``train.precision``), so a resumed run keeps it
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -35,11 +36,17 @@ class PrecisionPlan:
     """Measured seconds a step per precision tried; empty where nothing was timed."""
 
 
-def plan_precision(resolved: Resolved, batches: list[Batch], device: torch.device) -> PrecisionPlan:
-    """Settle ``auto``: fp32 where the hardware has no fast bf16, else the faster of the two measured."""
+def plan_precision(
+    resolved: Resolved, make_batches: Callable[[], list[Batch]], device: torch.device
+) -> PrecisionPlan:
+    """Settle ``auto``: fp32 where the hardware has no fast bf16, else the faster of the two measured on
+    ``make_batches()`` (made only when there is something to measure)."""
     setting = resolved.pipeline.train.precision
     offered = choose_precision(setting, device)
-    if setting != "auto" or offered.precision == "fp32" or not batches:
+    if setting != "auto" or offered.precision == "fp32":
+        return PrecisionPlan(offered, {})
+    batches = make_batches()
+    if not batches:
         return PrecisionPlan(offered, {})
     # alternated, the faster of two timings each: whichever ran first paid for warming the process up
     # (a fresh environment's first run timed bf16 at 0.091 s a step, where its runs take 0.055-0.064)
