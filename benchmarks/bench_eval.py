@@ -35,7 +35,7 @@ from mbp.plugins import get_platform
 from mbp.resolve import Resolved, resolve
 from mbp.train.evaluate import evaluate
 from mbp.train.loop import eval_batches, make_optimizer
-from mbp.train.plan import plan_rows
+from mbp.train.rows import plan_rows
 
 from benchmarks.common import save
 

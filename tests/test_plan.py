@@ -18,19 +18,8 @@ from mbp.plugins import get_platform
 from mbp.protocol import PAD
 from mbp.resolve import Resolved, resolve
 from mbp.train import plan, precision_plan
-from mbp.train.plan import (
-    FEWEST_STEPS,
-    LONGEST_SPLIT_ROW,
-    PASSES,
-    TRAIN_SECONDS,
-    packed_rows,
-    plan_rows,
-    plan_steps,
-    probe_steps,
-    row_padding,
-    tightest_row,
-    with_seq_len,
-)
+from mbp.train.plan import FEWEST_STEPS, PASSES, TRAIN_SECONDS, plan_steps, probe_steps
+from mbp.train.rows import LONGEST_SPLIT_ROW, packed_rows, plan_rows, row_padding, tightest_row, with_seq_len
 
 from tests.conftest import invoke_mbp
 from tests.shardkit import REGISTRY, good_samples, lm_registry, png, qa, tiny_registry, write_tar

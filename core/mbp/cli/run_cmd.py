@@ -137,7 +137,7 @@ def eval_command(
     from mbp.resolve import resolve
     from mbp.train.evaluate import evaluate
     from mbp.train.loop import eval_batches
-    from mbp.train.plan import rows_of_checkpoint
+    from mbp.train.rows import rows_of_checkpoint
     from mbp.train.rundir import check_belongs
 
     components = get_platform().components
