@@ -30,7 +30,7 @@ from mbp.train.init import init_from as load_initial_weights
 from mbp.train.optim import make_optimizer
 from mbp.train.plan import plan_run, with_steps
 from mbp.train.precision import PrecisionChoice
-from mbp.train.precision_plan import with_precision
+from mbp.train.precision_plan import as_rank_zero_chose, with_precision
 from mbp.train.recorded import recorded_precision, recorded_steps
 from mbp.train.report import MetricsLog, Progress, plot
 from mbp.train.rundir import check_belongs, prepare_out, remove_leftovers, resume_point
@@ -104,12 +104,7 @@ class Trainer:
             if self.plan is not None:
                 resolved = with_steps(resolved, D.broadcast_int(resolved.pipeline.train.total_steps, world))
             if setting == "auto":
-                bf16 = D.broadcast_int(int(self.precision.precision == "bf16"), world)
-                self.precision = (
-                    self.precision
-                    if bf16 == (self.precision.precision == "bf16")
-                    else (PrecisionChoice("bf16" if bf16 else "fp32", "auto: as rank 0 measured"))
-                )
+                self.precision = as_rank_zero_chose(self.precision, world)
                 resolved = with_precision(resolved, self.precision.precision)
         self.resolved, self.out, self.world = resolved, out, world
         self.cfg, data = resolved.pipeline.train, resolved.pipeline.data

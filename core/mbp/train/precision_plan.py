@@ -18,6 +18,7 @@ import torch
 
 from mbp.data.batches import Batch
 from mbp.resolve import Resolved
+from mbp.train import distributed as D
 from mbp.train.precision import PrecisionChoice, choose_precision
 from mbp.train.steptime import step_seconds
 
@@ -68,3 +69,12 @@ def with_precision(resolved: Resolved, precision: str) -> Resolved:
     pipeline = resolved.pipeline
     train = pipeline.train.model_copy(update={"precision": precision})
     return dataclasses.replace(resolved, pipeline=pipeline.model_copy(update={"train": train}))
+
+
+def as_rank_zero_chose(choice: PrecisionChoice, world: D.World) -> PrecisionChoice:
+    """Rank 0's precision on every process: ``auto`` follows timings, which differ between processes,
+    and processes that multiply in different precisions would drift apart."""
+    bf16 = bool(D.broadcast_int(int(choice.precision == "bf16"), world))
+    if bf16 == (choice.precision == "bf16"):
+        return choice
+    return PrecisionChoice("bf16" if bf16 else "fp32", "auto: as rank 0 measured")
