@@ -25,7 +25,9 @@ class Codec(Protocol):
     """File extension (without dot) that ``to_file`` output should carry."""
 
     def encode(self, data: bytes) -> Segment:
-        """Validate and convert one field's file bytes; raise CodecError on bad input."""
+        """Validate and convert one field's file bytes; raise CodecError on bad input. A function of
+        ``data`` and the codec's params, nothing else: the core keeps what it makes of a field's bytes
+        and reuses it in later epochs (``FieldCache``). Variation belongs in ``Augmenting``."""
         ...
 
     def decode(self, segment: Segment) -> Any:
@@ -53,7 +55,9 @@ class Augmenting(Protocol):
     faster speaker, a masked band), so that a small data set teaches what does not matter. The core
     calls it instead of ``encode`` for training samples only, never for evaluation, with a generator
     seeded by the sample's place in the stream, so a resumed run sees the same variations. A codec
-    whose params turn augmentation off returns ``encode(data)``."""
+    whose params turn augmentation off returns ``encode(data)`` and says so with an ``augment``
+    attribute that is false: its training encodings are then kept across epochs like any other codec's
+    (a codec without the attribute is taken to vary, and is encoded afresh every time)."""
 
     def encode_augmented(self, data: bytes, rng: np.random.Generator) -> Segment:
         """Like ``encode``, varied by ``rng``; raise CodecError on bad input."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from mbp.data.batches import Batch, Position, batches, encoded_stream, prefetch
+from mbp.data.batches import Batch, Position, batches, encoded_stream, prefetch, prefetch_helps
 from mbp.data.skips import SkipLog
 from mbp.errors import ConfigError, MbpError
 from mbp.heads import splits_samples
@@ -338,7 +338,7 @@ def _train_batches(
     rows = batches(
         stream, data.batch_rows // world.size, data.row_len, pack=data.pack, align=align, split=split
     )
-    return prefetch(rows)
+    return prefetch(rows) if prefetch_helps(world.device) else rows
 
 
 def _summary(
