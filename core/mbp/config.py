@@ -124,8 +124,8 @@ class TrainConfig(Strict):
         default=None,
         ge=0,
         description=(
-            "unset: 15 passes over the training set, 600 to 3,000 steps, "
-            "at most 14 TFLOP (about 8 minutes on 2 CPU cores)"
+            "unset: 30 passes over the training set, at least 600 steps, "
+            "at most the steps that fit about 6.7 minutes of training on this machine"
         ),
     )
     """None: planned from the training set by ``mbp.train.plan`` before the run starts."""
