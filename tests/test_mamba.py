@@ -41,6 +41,20 @@ def test_chunked_scan_equals_sequential_recurrence(length: int, chunk: int) -> N
     torch.testing.assert_close(s1, s2, rtol=0, atol=1e-12)
 
 
+def test_heads_of_a_group_share_its_projections() -> None:
+    x, dt, a, _, _ = random_inputs(37, heads=6)
+    b, c = random_inputs(37, heads=2)[3:]  # 2 groups of 3 heads
+    initial = torch.randn(2, 6, 4, 5, dtype=torch.float64)
+    y1, s1 = ssd_chunked(x, dt, a, b, c, 8, initial)
+    y2, s2 = ssd_sequential(x, dt, a, b, c, initial)
+    y3, s3 = ssd_chunked(x, dt, a, b.repeat_interleave(3, dim=2), c.repeat_interleave(3, dim=2), 8, initial)
+    torch.testing.assert_close(y1, y2, rtol=0, atol=1e-12)
+    torch.testing.assert_close(s1, s2, rtol=0, atol=1e-12)
+    torch.testing.assert_close(y1, y3, rtol=0, atol=1e-12)
+    torch.testing.assert_close(s1, s3, rtol=0, atol=1e-12)
+    assert not torch.allclose(y1[:, :, 0], y1[:, :, 3])  # the groups' heads do differ
+
+
 def test_gradcheck_on_a_tiny_case() -> None:
     inputs = tuple(t.requires_grad_() for t in random_inputs(6, batch=1, heads=2, width=2, state=3))
     assert torch.autograd.gradcheck(lambda *t: ssd_chunked(*t, chunk=4)[0], inputs)

@@ -67,9 +67,8 @@ class Mamba2(nn.Module):
         x, b, c = torch.split(xbc, [self.inner, self.groups * self.state, self.groups * self.state], dim=-1)
         shape = xbc.shape[:-1]
         x = x.reshape(*shape, self.heads, self.headdim)
-        repeat = self.heads // self.groups
-        b = b.reshape(*shape, self.groups, self.state).repeat_interleave(repeat, dim=-2)
-        c = c.reshape(*shape, self.groups, self.state).repeat_interleave(repeat, dim=-2)
+        b = b.reshape(*shape, self.groups, self.state)  # each group's heads share them
+        c = c.reshape(*shape, self.groups, self.state)
         return x, F.softplus(dt + self.dt_bias), -torch.exp(self.A_log.float()), b, c
 
     def forward(
@@ -102,6 +101,7 @@ class Mamba2(nn.Module):
         assert bias is not None  # conv1d is built with a bias, as in mamba-ssm
         xbc = F.silu((conv_state * self.conv1d.weight[:, 0]).sum(-1) + bias)
         x, dt, a, b, c = self._ssm_inputs(xbc, dt)
+        b, c = (t.repeat_interleave(self.heads // self.groups, dim=-2) for t in (b, c))  # (B, H, N)
         decay = torch.exp(dt * a)  # (B, H)
         ssm_state = ssm_state * decay[..., None, None] + (dt[..., None] * x)[..., None] * b[:, :, None, :]
         y = torch.einsum("bhpn,bhn->bhp", ssm_state, c) + x * self.D[:, None]

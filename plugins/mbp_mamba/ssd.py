@@ -32,43 +32,53 @@ def ssd_chunked(
 
     Args:
         x: (B, L, H, P) inputs. dt: (B, L, H) positive steps. a: (H,) negative decay rates.
-        b, c: (B, L, H, N) input and output projections. chunk: T.
+        b, c: (B, L, G, N) input and output projections, shared by the H / G heads of each of G groups
+            (G = H: one per head). chunk: T.
         initial: (B, H, P, N) state before the sequence, or None for zeros.
 
     Returns:
         y (B, L, H, P) and the final state (B, H, P, N). Any L works: the tail chunk is zero-padded,
         which leaves the final state untouched (zero input, zero decay).
+
+    Written as batched matrix products over (B, C, G, H / G) with C.B^T made once per group: as one
+    four-operand einsum over heads it spent most of a bf16 step on permuted copies and broadcast
+    products, and made the group's C.B^T once for each of its heads (16 times in the registry's
+    Mamba stage).
     """
     batch, length, heads, width = x.shape
+    groups, state_width = b.shape[-2], b.shape[-1]
+    per_group = heads // groups
     pad = -length % chunk
-    xs = F.pad(x * dt[..., None], (0, 0, 0, 0, 0, pad))
-    da = F.pad(dt * a, (0, 0, 0, pad))  # (B, L', H)
-    bs, cs = F.pad(b, (0, 0, 0, 0, 0, pad)), F.pad(c, (0, 0, 0, 0, 0, pad))
-    n_chunks = xs.shape[1] // chunk
-    xs = xs.view(batch, n_chunks, chunk, heads, width)
-    bs = bs.view(batch, n_chunks, chunk, heads, -1)
-    cs = cs.view(batch, n_chunks, chunk, heads, -1)
-    da = da.view(batch, n_chunks, chunk, heads).permute(0, 3, 1, 2)  # (B, H, C, T)
+    n_chunks = (length + pad) // chunk
+
+    def chunked(t: torch.Tensor) -> torch.Tensor:  # (B, L, G, ...) -> (B, C, G, ..., T, last)
+        t = F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)).unflatten(1, (n_chunks, chunk))
+        return t.movedim(2, -2) if t.dim() == 5 else t.permute(0, 1, 3, 4, 2, 5)
+
+    xs = chunked((x * dt[..., None]).unflatten(2, (groups, per_group)))  # (B, C, G, R, T, P)
+    bs, cs = chunked(b), chunked(c)  # (B, C, G, T, N)
+    da = F.pad(dt * a, (0, 0, 0, pad)).unflatten(1, (n_chunks, chunk))  # (B, C, T, H)
+    da = da.unflatten(3, (groups, per_group)).permute(0, 1, 3, 4, 2)  # (B, C, G, R, T)
     cum = torch.cumsum(da, dim=-1)
-    # inside each chunk: y_l = sum_{s<=l} C_l.B_s exp(sum da over (s, l]) x_s
-    decay = torch.exp(segment_sums(da))  # (B, H, C, T, T)
-    y_diag = torch.einsum("bclhn,bcshn,bhcls,bcshp->bclhp", cs, bs, decay, xs)
-    # state each chunk leaves behind, from its own inputs only
-    to_end = torch.exp(cum[..., -1:] - cum)  # (B, H, C, T)
-    chunk_states = torch.einsum("bclhn,bhcl,bclhp->bchpn", bs, to_end, xs)
-    if initial is None:
-        initial = x.new_zeros(batch, heads, width, bs.shape[-1])
-    # carry states across chunks: state entering chunk k
-    chunk_decay = torch.exp(cum[..., -1])  # (B, H, C)
+    # inside each chunk: y_l = sum_{s<=l} (C_l . B_s) exp(sum da over (s, l]) x_s
+    scores = (cs @ bs.transpose(-1, -2)).unsqueeze(3) * torch.exp(segment_sums(da))  # (B, C, G, R, T, T)
+    y = scores @ xs
+    # the state each chunk leaves behind, from its own inputs only: sum_l exp(da over (l, end]) x_l B_l^T
+    to_end = torch.exp(cum[..., -1:] - cum)  # (B, C, G, R, T)
+    chunk_states = (xs * to_end[..., None]).transpose(-1, -2) @ bs.unsqueeze(3)  # (B, C, G, R, P, N)
+    # carry states across chunks: the state entering chunk k
+    state = (x.new_zeros(batch, heads, width, state_width) if initial is None else initial).unflatten(
+        1, (groups, per_group)
+    )
+    chunk_decay = torch.exp(cum[..., -1])  # (B, C, G, R)
     entering = []
-    state = initial
     for k in range(n_chunks):
         entering.append(state)
-        state = state * chunk_decay[:, :, k, None, None] + chunk_states[:, k]
-    states = torch.stack(entering, dim=1)  # (B, C, H, P, N)
-    y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", cs, states, torch.exp(cum))
-    y = (y_diag + y_off).reshape(batch, n_chunks * chunk, heads, width)[:, :length]
-    return y, state
+        state = state * chunk_decay[:, k, ..., None, None] + chunk_states[:, k]
+    states = torch.stack(entering, dim=1)  # (B, C, G, R, P, N)
+    y = y + (cs.unsqueeze(3) @ states.transpose(-1, -2)) * torch.exp(cum)[..., None]
+    y = y.permute(0, 1, 4, 2, 3, 5).reshape(batch, n_chunks * chunk, heads, width)[:, :length]
+    return y, state.flatten(1, 2)
 
 
 def ssd_sequential(
@@ -81,6 +91,7 @@ def ssd_sequential(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The recurrence one position at a time: the reference the chunked scan must equal."""
     batch, length, heads, width = x.shape
+    b, c = (t.repeat_interleave(heads // t.shape[-2], dim=-2) for t in (b, c))  # groups to heads
     state = initial if initial is not None else x.new_zeros(batch, heads, width, b.shape[-1])
     ys = []
     for t in range(length):
