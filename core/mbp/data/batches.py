@@ -189,7 +189,7 @@ def batches(
     align: int = 1,
     split: bool = False,
     fill: bool = True,
-) -> Iterator[tuple[Batch, Position]]:
+) -> Generator[tuple[Batch, Position], None, None]:
     """Rows of ``seq_len`` tokens, ``batch_size`` rows a batch. With ``pack``, consecutive samples share
     a row while they fit (each keeps its BOS..EOS), which wastes far less compute on padding.
 
