@@ -60,6 +60,15 @@ def test_gradcheck_on_a_tiny_case() -> None:
     assert torch.autograd.gradcheck(lambda *t: ssd_chunked(*t, chunk=4)[0], inputs)
 
 
+def test_gradcheck_with_heads_sharing_a_group() -> None:
+    """The written-out backward of the decayed chunk scores sums over a group's heads (3 here)."""
+    x, dt, a, _, _ = random_inputs(7, batch=1, heads=6, width=2, state=3)
+    b, c = random_inputs(7, batch=1, heads=2, width=2, state=3)[3:]
+    inputs = tuple(t.requires_grad_() for t in (x, dt, a, b, c))
+    assert torch.autograd.gradcheck(lambda *t: ssd_chunked(*t, chunk=4)[0], inputs)
+    assert torch.autograd.gradcheck(lambda *t: ssd_chunked(*t, chunk=4)[1], inputs)
+
+
 def test_parameter_names_and_shapes_follow_mamba_ssm() -> None:
     model = Mamba(MambaParams(state=16, headdim=16, expand=2, conv=4), dim=64, layers=1)
     shapes = {

@@ -10,13 +10,35 @@ import torch
 import torch.nn.functional as F
 
 
-def segment_sums(a: torch.Tensor) -> torch.Tensor:
-    """``a: (..., T) -> (..., T, T)`` with ``[i, j] = a[j+1] + ... + a[i]`` for j <= i, else -inf."""
-    t = a.shape[-1]
-    cum = torch.cumsum(a, dim=-1)
-    sums = cum[..., :, None] - cum[..., None, :]
-    causal = torch.ones(t, t, dtype=torch.bool, device=a.device).tril()
-    return sums.masked_fill(~causal, float("-inf"))
+class DecayedScores(torch.autograd.Function):
+    """``scores[..., r, l, s] = cb[..., l, s] * exp(cum[..., r, l] - cum[..., r, s])`` for s <= l, else 0:
+    inside a chunk, how much input s reaches output l (C_l . B_s, decayed from s to l) for each head r
+    of a group. ``cb: (..., T, T)``, ``cum: (..., R, T)`` (cumulative log-decay); returns (..., R, T, T).
+
+    The backward is written out: with W = grad * scores, d/dcum_t is W's row t summed minus its column t
+    summed, and d/dcb sums grad * decay over the heads. Autograd through the difference, the causal mask,
+    the exponential and the broadcast product made twice as many passes over these (T x T) tensors,
+    the bulk of the scan's elementwise work."""
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, cb: torch.Tensor, cum: torch.Tensor
+    ) -> torch.Tensor:
+        t = cum.shape[-1]
+        causal = torch.ones(t, t, dtype=torch.bool, device=cum.device).tril()
+        decay = torch.exp((cum[..., :, None] - cum[..., None, :]).masked_fill_(~causal, float("-inf")))
+        ctx.save_for_backward(cb, decay)
+        return cb.unsqueeze(-3) * decay
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        cb, decay = ctx.saved_tensors  # type: ignore[attr-defined]
+        decayed = grad * decay
+        grad_cb = decayed.sum(-3).to(cb.dtype)
+        weighted = decayed.mul_(cb.unsqueeze(-3))  # grad * scores
+        return grad_cb, weighted.sum(-1) - weighted.sum(-2)
 
 
 def ssd_chunked(
@@ -61,7 +83,7 @@ def ssd_chunked(
     da = da.unflatten(3, (groups, per_group)).permute(0, 1, 3, 4, 2)  # (B, C, G, R, T)
     cum = torch.cumsum(da, dim=-1)
     # inside each chunk: y_l = sum_{s<=l} (C_l . B_s) exp(sum da over (s, l]) x_s
-    scores = (cs @ bs.transpose(-1, -2)).unsqueeze(3) * torch.exp(segment_sums(da))  # (B, C, G, R, T, T)
+    scores = DecayedScores.apply(cs @ bs.transpose(-1, -2), cum)  # (B, C, G, R, T, T)
     y = scores @ xs
     # the state each chunk leaves behind, from its own inputs only: sum_l exp(da over (l, end]) x_l B_l^T
     to_end = torch.exp(cum[..., -1:] - cum)  # (B, C, G, R, T)
