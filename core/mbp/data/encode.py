@@ -119,10 +119,9 @@ class SampleEncoder:
                 have = ", ".join(sorted(raw.fields)) or "none"
                 raise MissingFieldError(f"{raw.where}: missing field '{name}' (sample has: {have})")
             data = raw.fields[found]
-            varying = self.varying.get(name) if augment is not None else None
             try:
-                if varying is not None and augment is not None:
-                    tokens = encode_segment(varying.encode_augmented(data, augment))
+                if augment is not None and name in self.varying:
+                    tokens = encode_segment(self.varying[name].encode_augmented(data, augment))
                 else:
                     tokens = self.cache.tokens(name, data, codec)
             except (CodecError, ProtocolError) as error:

@@ -2,7 +2,7 @@
 
 A codec's ``encode`` is a function of the field's bytes and the codec's params (the ``Codec``
 contract), so the tokens of a field are kept by the digest of its bytes. The default demo reads its
-3,000 samples ten times; decoding them (PNG, WAV spectrograms) every epoch shared the 2 cores with a
+3,000 samples four times; decoding them (PNG, WAV spectrograms) every epoch shared the 2 cores with a
 bf16 step that had become a fifth faster, and the run trained at 0.84 of its bare step's speed.
 Training variations (``Augmenting`` codecs with augmentation on) are made afresh every time and never
 kept; thinned training weights are drawn per sample after the tokens, so they vary as before.
