@@ -86,12 +86,12 @@ def test_loader_encodes_and_batches(tmp_path: Path, components) -> None:
     decoded = decode_stream(batch.tokens[0].numpy())
     assert [s.codec for s in decoded.segments] == ["wav", "text", "text"]
     assert decoded.segments[2].payload == b"red"
-    # vqa weights: the answer segment and EOS fully, the context by the default context_weight 0.1;
+    # vqa weights: the answer segment and EOS fully, the context by the default context_weight 0.01;
     # PAD never weighted
     answer = first.span("answer")
     weights = batch.weights[0]
     assert weights[answer.start : answer.end].eq(1).all()
-    assert torch.allclose(weights[: answer.start], torch.tensor(0.1))
+    assert torch.allclose(weights[: answer.start], torch.tensor(0.01))
     assert weights[batch.tokens[0] == PAD].eq(0).all()
 
 

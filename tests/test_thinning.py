@@ -98,7 +98,7 @@ def test_training_samples_are_thinned_and_evaluation_ones_never(tmp_path: Path, 
 
     evaluation, training = weights(False), weights(True)
     for plain, thinned in zip(evaluation, training, strict=True):
-        assert np.allclose(np.unique(plain), [0.1, 1.0])
+        assert np.allclose(np.unique(plain), [0.01, 1.0])  # the default context_weight
         assert (thinned == 0).sum() > len(thinned) // 2 and thinned.max() == 1.0
     assert all(np.array_equal(a, b) for a, b in zip(weights(True), training, strict=True))
 

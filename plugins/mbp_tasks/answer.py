@@ -1,9 +1,11 @@
 """``vqa`` and ``classify``: the answer (or label) segment is generated from the context segments.
 
-Training weights the answer segment fully and the context segments by ``context_weight`` (0.1 by
+Training weights the answer segment fully and the context segments by ``context_weight`` (0.01 by
 default): next-byte prediction on the context teaches the model what its inputs look like, which a
-label of a few bytes a sample cannot. Measured on spoken digits (log-mel, held-out voices), held-out
-accuracy after 200 steps went from 0.41 at weight 0 to 0.75 at 0.1. Accuracy is exact match.
+label of a few bytes a sample cannot. At weight 0 the model learns slowly (spoken digits after 200
+steps: 0.41 held-out accuracy at 0 against 0.75 at 0.1; 28x28 glyphs after 2,500 steps: 0.54 at 0 against
+0.88 at 0.01); above a small weight the context crowds out the answer, whose few bytes are then a
+tenth of the loss or less (28x28 glyphs: 0.88 at 0.01, 0.85 at 0.033, 0.81 at 0.1).
 
 That context loss is most of a step's cost (the byte-level stage runs on every row that carries weight),
 so each training sample scores only ``context_rows`` of its context rows, drawn afresh each time it is
@@ -21,11 +23,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mbp_tasks.lm import BitsPerByte
 
+CONTEXT_WEIGHT = 0.01
+"""Chosen over the real-data suite at its defaults, for the worst set against its baseline: at 0.1, 28x28
+glyphs reached 0.879 against logistic regression's 0.951, at 0.01 0.937 (speech lost 0.01-0.03, still
+above its baselines' 0.865-0.905 on letters and commands; 16x16 glyphs and the bundled demo gained)."""
+
 
 class AnswerParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     answer_field: str = "answer"
-    context_weight: float = Field(default=0.1, ge=0, le=1)
+    context_weight: float = Field(default=CONTEXT_WEIGHT, ge=0, le=1)
     context_rows: float = Field(
         default=0.25, gt=0, le=1, description="share of context rows scored per training step"
     )
@@ -34,7 +41,7 @@ class AnswerParams(BaseModel):
 class ClassifyParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     label_field: str = "label"
-    context_weight: float = Field(default=0.1, ge=0, le=1)
+    context_weight: float = Field(default=CONTEXT_WEIGHT, ge=0, le=1)
     context_rows: float = Field(
         default=0.25, gt=0, le=1, description="share of context rows scored per training step"
     )
