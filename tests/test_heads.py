@@ -44,6 +44,18 @@ def test_vqa_weights_only_the_answer_and_eos(components) -> None:
     assert prompt_length(s, "answer") == first
 
 
+def test_context_weight_is_the_codecs_unless_the_head_gives_one(components) -> None:
+    s = sample(b"what colour?", b"red")
+    q = s.spans[0]
+    s.spans[0] = Span(q.field, q.codec, q.start, q.end, context_weight=0.3)  # a ContextWeighting codec's
+    by_codec = head(components, "vqa").token_weights(s)
+    assert np.allclose(by_codec[q.start : q.end], 0.3) and np.isclose(by_codec[0], 0.01)  # BOS: default
+    answer = s.span("answer")
+    assert (by_codec[answer.start : answer.end] == 1).all()
+    given = head(components, "classify", label_field="answer", context_weight=0.05).token_weights(s)
+    assert np.allclose(given[: answer.start], 0.05) and (given[answer.start :] == 1).all()
+
+
 def test_lm_bits_per_byte_overall_and_per_codec(components) -> None:
     s = sample(b"q", b"a")
     metrics = head(components, "lm").metrics()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from mbp.data.batches import batches, encoded_stream
 from mbp.data.skips import SkipLog
@@ -86,12 +87,14 @@ def test_loader_encodes_and_batches(tmp_path: Path, components) -> None:
     decoded = decode_stream(batch.tokens[0].numpy())
     assert [s.codec for s in decoded.segments] == ["wav", "text", "text"]
     assert decoded.segments[2].payload == b"red"
-    # vqa weights: the answer segment and EOS fully, the context by the default context_weight 0.01;
-    # PAD never weighted
-    answer = first.span("answer")
+    # vqa weights: the answer segment and EOS fully; the context by its codec's weight where it gives
+    # one (the WAV read as log-mel: 0.1), else the heads' 0.01; PAD never weighted
+    answer, tone, question = first.span("answer"), first.span("tone"), first.span("question")
     weights = batch.weights[0]
     assert weights[answer.start : answer.end].eq(1).all()
-    assert torch.allclose(weights[: answer.start], torch.tensor(0.01))
+    assert torch.allclose(weights[tone.start : tone.end], torch.tensor(0.1))
+    assert torch.allclose(weights[question.start : question.end], torch.tensor(0.01))
+    assert weights[0] == pytest.approx(0.01)  # BOS belongs to no field
     assert weights[batch.tokens[0] == PAD].eq(0).all()
 
 

@@ -76,6 +76,17 @@ class ReadingView(Protocol):
         ...
 
 
+@runtime_checkable
+class ContextWeighting(Protocol):
+    """Optional for a codec: the loss weight its bytes carry as the context of an answer, where the head
+    leaves the weight to each field's codec (``vqa``/``classify`` with ``context_weight`` unset). A
+    codec knows how much predicting its own bytes teaches about its content: a log-mel spectrogram's
+    frames (``wav``'s reading view) gain from a heavier weight than raw pixels, whose many bytes then
+    crowd out the answer's. ``None``: the head's default."""
+
+    context_weight: float | None
+
+
 def write_segments(
     tokens: list[int],
     skip: int,

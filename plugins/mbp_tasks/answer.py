@@ -1,11 +1,13 @@
 """``vqa`` and ``classify``: the answer (or label) segment is generated from the context segments.
 
-Training weights the answer segment fully and the context segments by ``context_weight`` (0.01 by
-default): next-byte prediction on the context teaches the model what its inputs look like, which a
-label of a few bytes a sample cannot. At weight 0 the model learns slowly (spoken digits after 200
-steps: 0.41 held-out accuracy at 0 against 0.75 at 0.1; 28x28 glyphs after 2,500 steps: 0.54 at 0 against
-0.88 at 0.01); above a small weight the context crowds out the answer, whose few bytes are then a
-tenth of the loss or less (28x28 glyphs: 0.88 at 0.01, 0.85 at 0.033, 0.81 at 0.1).
+Training weights the answer segment fully and the context segments by ``context_weight``; unset (the
+default), each field's codec gives its weight (``mbp.api.ContextWeighting``: 0.1 for ``wav``'s log-mel
+view) and other fields get ``CONTEXT_WEIGHT``, 0.01. Next-byte prediction on the context teaches the
+model what its inputs look like, which a label of a few bytes a sample cannot. At weight 0 the model
+learns slowly (spoken digits after 200 steps: 0.41 held-out accuracy at 0 against 0.75 at 0.1; 28x28
+glyphs after 2,500 steps: 0.54 at 0 against 0.88 at 0.01); above a small weight the context crowds out
+the answer, whose few bytes are then a tenth of the loss or less (28x28 glyphs: 0.88 at 0.01, 0.85 at
+0.033, 0.81 at 0.1).
 
 That context loss is most of a step's cost (the byte-level stage runs on every row that carries weight),
 so each training sample scores only ``context_rows`` of its context rows, drawn afresh each time it is
@@ -24,15 +26,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from mbp_tasks.lm import BitsPerByte
 
 CONTEXT_WEIGHT = 0.01
-"""Chosen over the real-data suite at its defaults, for the worst set against its baseline: at 0.1, 28x28
-glyphs reached 0.879 against logistic regression's 0.951, at 0.01 0.937 (speech lost 0.01-0.03, still
-above its baselines' 0.865-0.905 on letters and commands; 16x16 glyphs and the bundled demo gained)."""
+"""The context's weight where neither the head's params nor the field's codec give one. Chosen over the
+real-data suite at its defaults, for the worst set against its baseline: at 0.1, 28x28 glyphs reached
+0.879 against logistic regression's 0.951, at 0.01 0.937 (seed 1: 0.950); 16x16 glyphs and the bundled
+demo gained. Speech, which lost 0.01-0.03 at 0.01, keeps 0.1 through its codec (``wav``)."""
 
 
 class AnswerParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     answer_field: str = "answer"
-    context_weight: float = Field(default=CONTEXT_WEIGHT, ge=0, le=1)
+    context_weight: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="unset: each context field's codec's weight (wav's log-mel view 0.1), else 0.01",
+    )
     context_rows: float = Field(
         default=0.25, gt=0, le=1, description="share of context rows scored per training step"
     )
@@ -41,7 +49,12 @@ class AnswerParams(BaseModel):
 class ClassifyParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     label_field: str = "label"
-    context_weight: float = Field(default=CONTEXT_WEIGHT, ge=0, le=1)
+    context_weight: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="unset: each context field's codec's weight (wav's log-mel view 0.1), else 0.01",
+    )
     context_rows: float = Field(
         default=0.25, gt=0, le=1, description="share of context rows scored per training step"
     )
@@ -106,17 +119,25 @@ class VqaHead:
         return answer
 
     def token_weights(self, sample: EncodedSample) -> np.ndarray:
-        return self._weights(self.answer_mask(sample))
+        return self._weights(sample, self.answer_mask(sample))
 
-    def _weights(self, answer: np.ndarray) -> np.ndarray:
-        return np.where(answer, 1.0, self.context_weight).astype(np.float32)
+    def _weights(self, sample: EncodedSample, answer: np.ndarray) -> np.ndarray:
+        """1 on the answer; the context at ``context_weight``, or where that is unset at each field's
+        codec's weight (``mbp.api.ContextWeighting``), else ``CONTEXT_WEIGHT``."""
+        given = self.context_weight
+        context = np.full(len(answer), CONTEXT_WEIGHT if given is None else given, np.float32)
+        if given is None:
+            for span in sample.spans:
+                if span.context_weight is not None:
+                    context[span.start : span.end] = span.context_weight
+        return np.where(answer, np.float32(1.0), context)
 
     def training_weights(self, sample: EncodedSample, rng: np.random.Generator, row: int) -> np.ndarray:
         """``token_weights`` with a random ``context_rows`` share of the context-only rows kept, weighted
         up to keep the expected loss; rows holding answer tokens are always kept, as they are."""
         answer = self.answer_mask(sample)
-        weights = self._weights(answer)
-        if self.context_rows >= 1 or self.context_weight == 0:
+        weights = self._weights(sample, answer)
+        if self.context_rows >= 1 or not weights[~answer].any():
             return weights
         rows = -(-(len(weights) - 1) // row)  # row r predicts tokens r * row + 1 ... (r + 1) * row
         targets = np.zeros(rows * row, dtype=bool)

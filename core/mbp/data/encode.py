@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mbp.codec import Augmenting, Codec, ReadingView
+from mbp.codec import Augmenting, Codec, ContextWeighting, ReadingView
 from mbp.components import ComponentTable
 from mbp.config import Pipeline
 from mbp.data.field_cache import FieldCache
@@ -27,6 +27,8 @@ class Span:
     codec: str
     start: int
     end: int
+    context_weight: float | None = None
+    """The codec's weight for these tokens as an answer's context (``mbp.api.ContextWeighting``)."""
 
 
 @dataclass
@@ -105,6 +107,10 @@ class SampleEncoder:
             if isinstance(codec, Augmenting) and varies(codec)
         }
         """The fields whose training encodings vary (``Augmenting``, augmentation on)."""
+        self.context_weights = {
+            name: codec.context_weight if isinstance(codec, ContextWeighting) else None
+            for name, codec in self.codecs.items()
+        }
 
     def encode(self, raw: RawSample, augment: np.random.Generator | None = None) -> EncodedSample:
         """``augment``: a training sample, to be varied by the codecs that can (``Augmenting``)."""
@@ -129,7 +135,7 @@ class SampleEncoder:
             except Exception as error:  # a codec bug must cost one sample, named, never the run
                 detail = " ".join(f"{type(error).__name__}: {error}".split())
                 raise DataError(f"{raw.where}:field {found}: codec '{codec.name}' failed: {detail}") from None
-            spans.append(Span(name, codec.name, offset, offset + len(tokens)))
+            spans.append(Span(name, codec.name, offset, offset + len(tokens), self.context_weights[name]))
             parts.append(tokens)
             offset += len(tokens)
         if not spans:
