@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 from mbp.data.batches import collate
-from mbp.data.encode import EncodedSample, Span
+from mbp.data.encode import EncodedSample, Span, context_weight_of
+from mbp.errors import PluginError
 from mbp.generate import generate
 from mbp.heads import payload_range, prompt_length
 from mbp.protocol import BOS, END, EOS, Segment, encode_segment
@@ -54,6 +55,20 @@ def test_context_weight_is_the_codecs_unless_the_head_gives_one(components) -> N
     assert (by_codec[answer.start : answer.end] == 1).all()
     given = head(components, "classify", label_field="answer", context_weight=0.05).token_weights(s)
     assert np.allclose(given[: answer.start], 0.05) and (given[answer.start :] == 1).all()
+
+
+def test_a_codecs_context_weight_is_checked_and_named(components) -> None:
+    reading = components.build("codecs", {"type": "wav"}).for_reading()
+    assert context_weight_of(reading) == pytest.approx(0.1)  # the log-mel view
+    assert context_weight_of(components.build("codecs", {"type": "pixels"})) is None
+
+    class Loud:
+        name, extension, context_weight = "loud", "bin", 2.0
+
+    with pytest.raises(
+        PluginError, match=r"codec 'loud': context_weight must be a number in \[0, 1\], got 2.0"
+    ):
+        context_weight_of(Loud())  # type: ignore[arg-type]
 
 
 def test_lm_bits_per_byte_overall_and_per_codec(components) -> None:

@@ -12,7 +12,7 @@ from mbp.components import ComponentTable
 from mbp.config import Pipeline
 from mbp.data.field_cache import FieldCache
 from mbp.data.read import RawSample
-from mbp.errors import CodecError, DataError, MissingFieldError, ProtocolError
+from mbp.errors import CodecError, DataError, MissingFieldError, PluginError, ProtocolError
 from mbp.protocol import BOS, EOS, TOKEN_DTYPE, encode_segment
 
 if TYPE_CHECKING:  # mbp.heads reads EncodedSample from here
@@ -107,10 +107,7 @@ class SampleEncoder:
             if isinstance(codec, Augmenting) and varies(codec)
         }
         """The fields whose training encodings vary (``Augmenting``, augmentation on)."""
-        self.context_weights = {
-            name: codec.context_weight if isinstance(codec, ContextWeighting) else None
-            for name, codec in self.codecs.items()
-        }
+        self.context_weights = {name: context_weight_of(codec) for name, codec in self.codecs.items()}
 
     def encode(self, raw: RawSample, augment: np.random.Generator | None = None) -> EncodedSample:
         """``augment``: a training sample, to be varied by the codecs that can (``Augmenting``)."""
@@ -149,6 +146,17 @@ class SampleEncoder:
         if augment is not None and self.thinning is not None:
             return self.thinning.training_weights(sample, augment, self.row)
         return self.head.token_weights(sample)
+
+
+def context_weight_of(codec: Codec) -> float | None:
+    """The codec's context weight (``ContextWeighting``), checked once: a loss weight outside [0, 1] would
+    train silently wrong, so a plugin that offers one is named and refused."""
+    if not isinstance(codec, ContextWeighting) or codec.context_weight is None:
+        return None
+    weight = codec.context_weight
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 1:
+        raise PluginError(f"codec '{codec.name}': context_weight must be a number in [0, 1], got {weight!r}")
+    return float(weight)
 
 
 def varies(codec: Augmenting) -> bool:
