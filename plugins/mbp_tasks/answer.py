@@ -32,32 +32,27 @@ real-data suite at its defaults, for the worst set against its baseline: at 0.1,
 demo gained. Spoken letters, 0.024 lower at 0.01 on two seeds, keep 0.1 through their codec (``wav``)."""
 
 
-class AnswerParams(BaseModel):
+class ContextParams(BaseModel):
+    """What ``vqa`` and ``classify`` share: how their context is weighted and thinned."""
+
     model_config = ConfigDict(extra="forbid")
+    context_weight: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="unset: each context field's codec's weight (wav's log-mel view 0.1), else 0.01",
+    )
+    context_rows: float = Field(
+        default=0.25, gt=0, le=1, description="share of context rows scored per training step"
+    )
+
+
+class AnswerParams(ContextParams):
     answer_field: str = "answer"
-    context_weight: float | None = Field(
-        default=None,
-        ge=0,
-        le=1,
-        description="unset: each context field's codec's weight (wav's log-mel view 0.1), else 0.01",
-    )
-    context_rows: float = Field(
-        default=0.25, gt=0, le=1, description="share of context rows scored per training step"
-    )
 
 
-class ClassifyParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ClassifyParams(ContextParams):
     label_field: str = "label"
-    context_weight: float | None = Field(
-        default=None,
-        ge=0,
-        le=1,
-        description="unset: each context field's codec's weight (wav's log-mel view 0.1), else 0.01",
-    )
-    context_rows: float = Field(
-        default=0.25, gt=0, le=1, description="share of context rows scored per training step"
-    )
 
 
 class AnswerMetrics:
