@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -74,6 +75,12 @@ def test_run_prints_one_summary_and_writes_metrics_plot_checkpoint(setup, tmp_pa
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
     assert [r["step"] for r in rows if r["kind"] == "eval"] == [3, 6]
+    # every row says when it was written (seconds since the run began), an evaluation what it took
+    elapsed = [r["elapsed_s"] for r in rows]
+    assert elapsed == sorted(elapsed) and elapsed[0] > 0
+    for before, row in itertools.pairwise(rows):
+        if row["kind"] == "eval":  # written after the evaluation: its time lies within the gap
+            assert 0 < row["eval_seconds"] <= row["elapsed_s"] - before["elapsed_s"]
     assert (tmp_path / "out" / "metrics.png").read_bytes()[:4] == b"\x89PNG"
     assert "\r" not in result.stderr  # progress is hidden when stderr is not a terminal
 

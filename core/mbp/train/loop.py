@@ -93,11 +93,12 @@ class Trainer:
     """One training run: the model, its optimizer and data, and what gets logged and saved."""
 
     def __init__(self, resolved: Resolved, request: RunRequest, world: D.World) -> None:
+        self.started = time.perf_counter()  # rows carry seconds since here: planning shows as the first gap
         out, resume = request.out, request.resume
         if world.device.type == "cpu":
             keep_freed_memory()
         setting = resolved.pipeline.train.precision
-        plan = plan_run(resolved, request.train_shards, world.device)
+        plan = plan_run(resolved, request.train_shards, world.device, request.eval_shards)
         resolved, self.rows, self.plan = plan.resolved, plan.rows, plan.steps
         self.precision = plan.precision.choice
         if world.size > 1:  # precision and steps may follow timings: every process takes rank 0's
@@ -221,6 +222,8 @@ class Trainer:
                 "samples": self.plan.samples,
                 "samples_per_step": round(self.plan.per_step, 2),
                 "step_seconds_measured": round(self.plan.seconds, 4),
+                "train_seconds_allowed": round(self.plan.train_seconds, 1),
+                "eval_seconds_estimated": round(self.plan.eval_seconds, 1),
             }
         return summary
 
@@ -271,15 +274,19 @@ class Trainer:
         self.window_start, self.window_tokens = time.perf_counter(), 0
 
     def write(self, row: dict[str, Any]) -> None:
+        row["elapsed_s"] = round(time.perf_counter() - self.started, 3)
         if self.metrics:
             self.metrics.write(row)
         for sink in self.sinks:
             sink.write(row)
 
     def evaluate(self) -> None:
+        started = time.perf_counter()
         self.last_eval = evaluate(self.model, self.evals, self.resolved.head, precision=self.precision)
         shown = {k: v for k, v in self.last_eval.items() if k != "confusion"}
-        self.write({"kind": "eval", "step": self.state.step, "eval_bpb": self.last_eval.get("bpb"), **shown})
+        seconds = round(time.perf_counter() - started, 3)
+        row = {"kind": "eval", "step": self.state.step, "eval_bpb": self.last_eval.get("bpb"), **shown}
+        self.write({**row, "eval_seconds": seconds})
         if self.world.is_main:
             resolved = self.resolved
             self.best.offer(self.state.step, self.last_eval, self.model, resolved.name, resolved.pipeline)
