@@ -93,6 +93,9 @@ def test_run_without_steps_plans_them_and_says_so(tmp_path: Path, monkeypatch: p
     summary = json.loads(result.stdout)
     # one sample a row (pack: false), 4 rows a step: 24 samples are 6 steps a pass, under the floor
     measured = summary["step_plan"].pop("step_seconds_measured")
+    # nothing to evaluate: the whole budget is training time
+    assert summary["step_plan"].pop("eval_seconds_estimated") == 0.0
+    assert summary["step_plan"].pop("train_seconds_allowed") == round(TRAIN_SECONDS, 1)
     assert summary["step_plan"] == {"steps": FEWEST_STEPS, "samples": 24, "samples_per_step": 4.0}
     assert 0 < measured < 5
     assert summary["steps"] == FEWEST_STEPS

@@ -5,8 +5,8 @@ A fixed step count suits one data-set size: 600 steps were 26 passes over 1,500 
 loss rising after 13) but 3 over 4,316 letter glyphs (still learning at the end: 0.948, where 1,200
 steps gave 0.98). So the default is counted in passes over the training set, with a floor for small sets
 (the best checkpoint by held-out metric is kept, so extra passes cost time, not quality) and a ceiling
-in time: the steps that fit ``TRAIN_SECONDS`` at the step time measured on this machine, at the run's
-precision (:mod:`mbp.train.steptime`).
+in time: the steps that fit the run's budget less its evaluations (:mod:`mbp.train.budget`) at the
+step time measured on this machine, at the run's precision (:mod:`mbp.train.steptime`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from mbp.data.skips import SkipLog
 from mbp.heads import splits_samples
 from mbp.model.build import build_model
 from mbp.resolve import Resolved
+from mbp.train.budget import TRAIN_SECONDS, EvalLoad, ceiling, evaluations, training_seconds
 from mbp.train.precision_plan import PrecisionPlan, plan_precision, with_precision
 from mbp.train.rows import RowPlan, plan_rows, training_order
 from mbp.train.steptime import step_seconds
@@ -43,18 +44,12 @@ commands 0.929 -> 0.939, spoken digits 0.980 -> 0.983, 8x8 digits 0.906 -> 0.916
 0.994, PNG glyphs 0.247 -> 0.260; PNG digits 0.229 -> 0.182, memorised (held-out loss rising from the
 second evaluation on, whose 0.205 is the kept best). No run took over 6.2 minutes."""
 FEWEST_STEPS = 600
-TRAIN_SECONDS = 400.0
-"""The ceiling: a planned run trains for about this long, its steps counted from a step timed on its own
-model, batches and precision before training. Evaluation and checkpoints come on top: 6.5 minutes of
-training made 8-9 minute runs on the real-data suite on the AMD machine, where evaluation was slowest,
-and a machine's speed can drift by a fifth within a run: 400 s keeps such a run under 10 minutes. Timing
-what the step costs makes the ceiling follow the model and the machine: a wider or deeper model takes
-fewer steps, byte-level rows the model skips (no weighted target: ``ThinningHead``, ``context_weight:
-0``) cost nothing, and a machine that multiplies in bf16 (AMX, a GPU) trains more steps in the same
-minutes. The ceiling used to count arithmetic (14 TFLOP, 6.5 minutes on the 2-core AMD EPYC it was
-measured on); on a 2-core Xeon with AMX the same plans took under 3 minutes. More is a choice to write
-down (``train.steps``): a measured ceiling can differ by a step or two between runs, so a run to be
-repeated exactly names its steps."""
+# The ceiling is time: the steps that fit the run's budget (``mbp.train.budget``) at the step time
+# measured on this machine. 14 TFLOP a run was 6.5 minutes on the 2-core AMD EPYC it was counted on and
+# under 3 on a 2-core Xeon with AMX; a measured step follows the model, the batches, the precision and the
+# machine: byte-level rows the model skips (``ThinningHead``, ``context_weight: 0``) cost nothing, and a
+# machine that multiplies in bf16 trains more steps in the same minutes. A measured ceiling can differ by
+# a step or two between runs, so a run to be repeated exactly names its steps (``train.steps``).
 PROBE_ROWS = 64
 """Rows packed from the stream's first samples to measure how many samples a step holds."""
 
@@ -86,15 +81,27 @@ class StepPlan:
     """``PASSES`` would take more than the ceiling; ``samples`` is then where counting stopped."""
     seconds: float = 0.0
     """The measured step time the ceiling was counted from."""
+    train_seconds: float = TRAIN_SECONDS
+    """Training time the ceiling allows: the run's budget less its evaluations (``mbp.train.budget``)."""
+    evaluation: EvalLoad = dataclasses.field(default_factory=EvalLoad)
+    eval_seconds: float = 0.0
+    """The evaluations' estimated cost, taken out of the budget."""
 
     def describe(self) -> str:
         passes = self.steps * self.per_step / max(1, self.samples)
         timed = f"{self.seconds:.3g} s a step measured"
         if self.capped:
+            evaluated = self.evaluation
+            costs = (
+                f", {evaluated.evaluations} evaluations of {evaluated.samples:,} samples at most "
+                f"{self.eval_seconds:.0f} s"
+                if evaluated.evaluations and evaluated.samples
+                else ""
+            )
             return (
-                f"{self.steps} steps (the default ceiling, about {TRAIN_SECONDS / 60:.0f} minutes at "
-                f"{timed}: {PASSES} passes over {self.samples:,}+ samples at about {self.per_step:.0f} "
-                "a step would take more; set train.steps)"
+                f"{self.steps} steps (the default ceiling, about {self.train_seconds / 60:.1f} minutes at "
+                f"{timed}{costs}: {PASSES} passes over {self.samples:,}+ samples at about "
+                f"{self.per_step:.0f} a step would take more; set train.steps)"
             )
         return (
             f"{self.steps} steps ({passes:.1f} passes over {self.samples:,} samples, "
@@ -108,25 +115,33 @@ def plan_steps(
     align: int,
     device: torch.device | None = None,
     seconds: float | None = None,
+    eval_shards: list[str] | None = None,
 ) -> StepPlan:
     """``PASSES`` over ``shards``, at least ``FEWEST_STEPS`` and at most ``ceiling`` (which wins: steps
-    long enough that the floor would outlast the minutes are held to them). Reads at most the samples
-    the ceiling needs, and encodes only the first ``PROBE_ROWS`` rows' worth."""
+    long enough that the floor would outlast the minutes are held to them): the run's budget less what
+    evaluating ``eval_shards`` will cost. Reads at most the samples the ceiling needs, and encodes only
+    the first ``PROBE_ROWS`` rows' worth."""
     probe = probe_steps(resolved, shards, align, device, seconds)
     per_step = probe.per_step
-    most = ceiling(probe.seconds)
+    load = eval_load(resolved, eval_shards or [], ceiling(probe.seconds))
+    eval_seconds = load.seconds(probe.seconds, per_step)
+    train_seconds = training_seconds(eval_seconds)
+    most = ceiling(probe.seconds, train_seconds)
     enough = math.ceil(most * per_step / PASSES) + 1
     samples = sum(1 for _ in itertools.islice(read_samples(shards, SkipLog(quiet=True)), enough))
     wanted = max(FEWEST_STEPS, math.ceil(PASSES * samples / per_step))
-    return StepPlan(min(most, wanted), samples, per_step, wanted > most, probe.seconds)
+    return StepPlan(
+        min(most, wanted), samples, per_step, wanted > most, probe.seconds, train_seconds, load, eval_seconds
+    )
 
 
-def ceiling(seconds_per_step: float) -> int:
-    """The most steps a planned run takes: ``TRAIN_SECONDS`` worth, rounded down to two significant
-    digits, so that the few percent a timing varies by between runs changes fewer plans."""
-    steps = max(1, int(TRAIN_SECONDS / max(seconds_per_step, 1e-6)))
-    unit = 10 ** max(0, len(str(steps)) - 2)
-    return steps // unit * unit
+def eval_load(resolved: Resolved, eval_shards: list[str], most_steps: int) -> EvalLoad:
+    """The held-out samples a run will evaluate (read, not encoded) and how often."""
+    if not eval_shards:
+        return EvalLoad()
+    limit = resolved.pipeline.data.max_eval_samples
+    samples = sum(1 for _ in itertools.islice(read_samples(eval_shards, SkipLog(quiet=True)), limit))
+    return EvalLoad(samples, evaluations(resolved.pipeline.train.eval_every, most_steps))
 
 
 def probe_steps(
@@ -197,7 +212,12 @@ class RunPlan:
     precision: PrecisionPlan
 
 
-def plan_run(resolved: Resolved, shards: list[str], device: torch.device | None = None) -> RunPlan:
+def plan_run(
+    resolved: Resolved,
+    shards: list[str],
+    device: torch.device | None = None,
+    eval_shards: list[str] | None = None,
+) -> RunPlan:
     """Rows, then the precision (``auto`` settled by timing both where the hardware offers bf16), then
     steps (which count samples in those rows), for what the pipeline leaves unset. Rows are
     deterministic; precision and steps at the ceiling follow measured step times, so a resumed run takes
@@ -210,7 +230,7 @@ def plan_run(resolved: Resolved, shards: list[str], device: torch.device | None 
     if planned.pipeline.train.steps is not None:
         return RunPlan(planned, rows, None, precision)
     seconds = precision.seconds.get(precision.choice.precision)
-    steps = plan_steps(planned, shards, align, device, seconds)
+    steps = plan_steps(planned, shards, align, device, seconds, eval_shards)
     return RunPlan(with_steps(planned, steps.steps), rows, steps, precision)
 
 

@@ -1,0 +1,86 @@
+"""A planned run's minutes include its evaluations: the training ceiling is the run's budget less what
+evaluating its held-out set will cost, at the measured step time (``mbp.train.budget``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mbp.resolve import Resolved
+from mbp.train import budget
+from mbp.train.budget import (
+    LEAST_TRAINING,
+    RUN_SECONDS,
+    STEP_DRIFT,
+    TRAIN_SECONDS,
+    EvalLoad,
+    ceiling,
+    evaluations,
+    training_seconds,
+)
+from mbp.train.plan import PASSES, plan_steps
+
+from tests.shardkit import write_tar
+from tests.test_plan import MOST_STEPS, PATCH, text_set, time_steps_at
+
+
+def test_the_budget_is_the_run_less_its_evaluations() -> None:
+    assert pytest.approx(RUN_SECONDS) == TRAIN_SECONDS * STEP_DRIFT and RUN_SECONDS < 600
+    assert training_seconds(0.0) == pytest.approx(TRAIN_SECONDS)
+    assert training_seconds(54.0) == pytest.approx((RUN_SECONDS - 54.0) / STEP_DRIFT)
+    # however long evaluation would take, a run still trains for half its time
+    assert training_seconds(10 * RUN_SECONDS) == pytest.approx(LEAST_TRAINING * TRAIN_SECONDS)
+    # 4 evaluations of 1,200 samples at 8 a step and 0.05 s a step: 600 steps' worth, 30 s
+    assert EvalLoad(1200, 4).seconds(0.05, 8.0) == pytest.approx(30.0)
+    assert EvalLoad().seconds(0.05, 8.0) == 0.0
+    assert evaluations(None, 9000) == 4 and evaluations(1000, 9500) == 10
+
+
+def updated(resolved: Resolved, part: str, **values: Any) -> Resolved:
+    """``resolved`` with ``values`` set in its pipeline's ``part`` (``data`` or ``train``)."""
+    section = getattr(resolved.pipeline, part).model_copy(update=values)
+    return dataclasses.replace(resolved, pipeline=resolved.pipeline.model_copy(update={part: section}))
+
+
+def eval_shard(tmp_path: Path, count: int) -> list[str]:
+    samples = [{"__key__": f"e{i:05d}".encode(), "txt": b"a line of text, %05d." % i} for i in range(count)]
+    write_tar(tmp_path / "eval.tar", samples)
+    return [str(tmp_path / "eval.tar")]
+
+
+def test_evaluations_are_taken_out_of_the_training_ceiling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    time_steps_at(monkeypatch, MOST_STEPS)
+    step = TRAIN_SECONDS / MOST_STEPS
+    _, _, per_step = text_set(tmp_path, 1)
+    resolved, shards, _ = text_set(tmp_path, 3 * math.ceil(MOST_STEPS * per_step / PASSES))
+    assert plan_steps(resolved, shards, PATCH, eval_shards=[]).steps == MOST_STEPS
+    # held-out samples whose four evaluations cost 250 steps' worth of time
+    held_out = 250 * per_step // 4
+    planned = plan_steps(resolved, shards, PATCH, eval_shards=eval_shard(tmp_path, held_out))
+    costs = 4 * held_out / per_step * step
+    assert planned.eval_seconds == pytest.approx(costs)
+    assert planned.train_seconds == pytest.approx((RUN_SECONDS - costs) / STEP_DRIFT)
+    assert planned.steps == ceiling(step, planned.train_seconds) < MOST_STEPS
+    assert f"4 evaluations of {held_out:,} samples at most {costs:.0f} s" in planned.describe()
+    # a pipeline that evaluates more often pays for each evaluation
+    often = updated(resolved, "train", eval_every=100)
+    assert plan_steps(often, shards, PATCH, eval_shards=eval_shard(tmp_path, held_out)).steps < planned.steps
+
+
+def test_a_held_out_set_too_big_for_the_budget_leaves_half_the_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    time_steps_at(monkeypatch, MOST_STEPS)
+    _, _, per_step = text_set(tmp_path, 1)
+    resolved, shards, _ = text_set(tmp_path, 3 * math.ceil(MOST_STEPS * per_step / PASSES))
+    huge = eval_shard(tmp_path, 4 * MOST_STEPS * per_step)  # each evaluation as long as all training
+    assert plan_steps(resolved, shards, PATCH, eval_shards=huge).steps == int(LEAST_TRAINING * MOST_STEPS)
+    # data.max_eval_samples is what a run evaluates, and what is counted
+    capped = updated(resolved, "data", max_eval_samples=per_step)
+    load = plan_steps(capped, shards, PATCH, eval_shards=huge).evaluation
+    assert load == EvalLoad(per_step, budget.EVALUATIONS)
