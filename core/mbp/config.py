@@ -125,7 +125,7 @@ class TrainConfig(Strict):
         ge=0,
         description=(
             "unset: 30 passes over the training set, at least 600 steps, "
-            "at most the steps that fit about 6.7 minutes of training on this machine"
+            "at most the steps that fit a 9-minute run on this machine, evaluation included"
         ),
     )
     """None: planned from the training set by ``mbp.train.plan`` before the run starts."""
