@@ -67,6 +67,7 @@ def test_evaluations_are_taken_out_of_the_training_ceiling(
     assert planned.train_seconds == pytest.approx((RUN_SECONDS - costs) / STEP_DRIFT)
     assert planned.steps == ceiling(step, planned.train_seconds) < MOST_STEPS
     assert f"4 evaluations of {held_out:,} samples at most {costs:.0f} s" in planned.describe()
+    assert planned.advice() is None  # under half the run: nothing to say
     # a pipeline that evaluates more often pays for each evaluation
     often = updated(resolved, "train", eval_every=100)
     assert plan_steps(often, shards, PATCH, eval_shards=eval_shard(tmp_path, held_out)).steps < planned.steps
@@ -79,7 +80,16 @@ def test_a_held_out_set_too_big_for_the_budget_leaves_half_the_training(
     _, _, per_step = text_set(tmp_path, 1)
     resolved, shards, _ = text_set(tmp_path, 3 * math.ceil(MOST_STEPS * per_step / PASSES))
     huge = eval_shard(tmp_path, 4 * MOST_STEPS * per_step)  # each evaluation as long as all training
-    assert plan_steps(resolved, shards, PATCH, eval_shards=huge).steps == int(LEAST_TRAINING * MOST_STEPS)
+    planned = plan_steps(resolved, shards, PATCH, eval_shards=huge)
+    assert planned.steps == int(LEAST_TRAINING * MOST_STEPS)
+    # ... and says so, with the cap that keeps evaluation to a tenth of the run
+    advice = planned.advice()
+    assert (
+        advice is not None and f"evaluating {4 * MOST_STEPS * per_step:,} held-out samples 4 times" in advice
+    )
+    cap = int(advice.rsplit("data.max_eval_samples: ", 1)[1].split()[0])
+    capped_load = EvalLoad(cap, budget.EVALUATIONS).seconds(planned.seconds, per_step)
+    assert 0.09 * RUN_SECONDS < capped_load <= 0.1 * RUN_SECONDS
     # data.max_eval_samples is what a run evaluates, and what is counted
     capped = updated(resolved, "data", max_eval_samples=per_step)
     load = plan_steps(capped, shards, PATCH, eval_shards=huge).evaluation

@@ -13,7 +13,7 @@ from mbp.plugins import get_platform
 from mbp.resolve import Resolved, resolve
 from mbp.train import precision as P
 from mbp.train import precision_plan
-from mbp.train.precision_plan import CLEARLY_FASTER, plan_precision
+from mbp.train.precision_plan import CLEARLY_FASTER, ROUNDS, plan_precision
 from mbp.train.recorded import recorded_precision
 
 from tests.conftest import invoke_mbp
@@ -48,11 +48,26 @@ def test_auto_keeps_bf16_only_where_it_measures_clearly_faster(
     batches = lambda: [object()]  # noqa: E731 - never read: the timing is injected
     calls = timed(monkeypatch, bf16=0.5, fp32=1.0)
     plan = plan_precision(qa(tmp_path), batches, CPU)  # type: ignore[arg-type]
-    assert plan.choice.precision == "bf16" and calls == ["bf16", "fp32", "bf16", "fp32"]  # alternated
+    assert plan.choice.precision == "bf16" and calls == ["bf16", "fp32"] * ROUNDS  # alternated
     assert plan.seconds == {"bf16": 0.5, "fp32": 1.0} and "0.5 s a step in bf16" in plan.choice.reason
     timed(monkeypatch, bf16=CLEARLY_FASTER + 0.01, fp32=1.0)  # faster, but within a timing's noise
     plan = plan_precision(qa(tmp_path), batches, CPU)  # type: ignore[arg-type]
     assert plan.choice.precision == "fp32" and "bf16 measured no faster" in plan.choice.reason
+
+
+def test_the_choice_takes_the_fastest_timing_and_the_plan_the_median(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first round pays for warming up; the fastest of a few is lucky: steps are planned on the median."""
+    monkeypatch.setattr(P, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    timings = {"bf16": iter([0.9, 0.4, 0.5]), "fp32": iter([1.2, 0.5, 0.6])}
+    monkeypatch.setattr(
+        precision_plan, "step_seconds", lambda resolved, *_: next(timings[resolved.pipeline.train.precision])
+    )
+    plan = plan_precision(qa(tmp_path), lambda: [object()], CPU)  # type: ignore[arg-type, list-item]
+    # fastest 0.4 against 0.5: 0.8, clearly faster (the medians, 0.5 against 0.6, would say 0.83)
+    assert ROUNDS == 3 and plan.choice.precision == "bf16"
+    assert plan.seconds == {"bf16": 0.5, "fp32": 0.6} and "0.5 s a step in bf16" in plan.choice.reason
 
 
 def test_no_timing_where_the_hardware_has_no_fast_bf16_or_the_pipeline_names_one(

@@ -16,14 +16,15 @@ from dataclasses import dataclass
 RUN_SECONDS = 540.0
 """A planned run's wall time, evaluation included: nine minutes, one under the ten a run is given, for
 starting the process, writing checkpoints and a machine whose speed varies within a run."""
-STEP_DRIFT = 1.1
-"""A training step in the run over the step measured before it: 0.0536 against 0.0486 s on 28x28 glyphs
-(the prefetching thread shares the cores, and thinned batches vary in shape)."""
+STEP_DRIFT = 1.05
+"""A margin on the step measured before the run (the median of a few timings), for the run's own steps:
+the prefetching thread shares the cores, thinned batches vary in shape, and a machine's speed varies
+within a run."""
 TRAIN_SECONDS = RUN_SECONDS / STEP_DRIFT
 """Training time, as measured steps, of a run with nothing to evaluate."""
 LEAST_TRAINING = 0.5
 """The share of ``TRAIN_SECONDS`` a run trains for however long its evaluations would take: a held-out
-set too big for the budget makes the run longer, and says so (``data.max_eval_samples`` limits it)."""
+set too big for the budget makes the run longer, and says so (``advice``)."""
 EVALUATIONS = 4
 """Evaluations of a run whose pipeline leaves ``train.eval_every`` unset (every quarter of the run)."""
 
@@ -40,6 +41,20 @@ class EvalLoad:
         backward, but over every row (training skips thinned ones) and with the answers of the misses
         generated. Measured on 28x28 glyphs: 4.4 s an evaluation, estimated at 7.4."""
         return self.evaluations * self.samples / max(samples_per_step, 1e-9) * step_seconds
+
+    def advice(self, step_seconds: float, samples_per_step: float) -> str | None:
+        """A warning where evaluating would take more than the budget leaves training (``LEAST_TRAINING``),
+        with the ``data.max_eval_samples`` that keeps it to a tenth of the run."""
+        seconds = self.seconds(step_seconds, samples_per_step)
+        if seconds <= RUN_SECONDS * (1 - LEAST_TRAINING):
+            return None
+        fits = int(self.samples * RUN_SECONDS / 10 / seconds)
+        return (
+            f"evaluating {self.samples:,} held-out samples {self.evaluations} times would take about "
+            f"{seconds / 60:.0f} minutes, more than half of a planned run's {RUN_SECONDS / 60:.0f}: training "
+            f"keeps {LEAST_TRAINING:.0%} of its time and the run takes longer; data.max_eval_samples: "
+            f"{max(fits, 1)} would keep evaluation to a tenth of the run"
+        )
 
 
 def evaluations(eval_every: int | None, most_steps: int) -> int:

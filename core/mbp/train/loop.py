@@ -159,6 +159,9 @@ class Trainer:
                 f"{rows} row{'s' if rows > 1 else ''} a step"
                 + (f", {self.rows.describe()}" if self.rows else "")
             )
+            advice = self.plan.advice() if self.plan is not None and not resume else None
+            if advice:
+                warn(advice)
         self.log = SkipLog(quiet=not world.is_main)
         self.log.samples_skipped = self.state.samples_skipped
         align = self.model.patch_len

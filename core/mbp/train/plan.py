@@ -87,6 +87,10 @@ class StepPlan:
     eval_seconds: float = 0.0
     """The evaluations' estimated cost, taken out of the budget."""
 
+    def advice(self) -> str | None:
+        """A warning where the held-out set's evaluations crowd out training."""
+        return self.evaluation.advice(self.seconds, self.per_step) if self.capped else None
+
     def describe(self) -> str:
         passes = self.steps * self.per_step / max(1, self.samples)
         timed = f"{self.seconds:.3g} s a step measured"
