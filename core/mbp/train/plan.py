@@ -81,11 +81,18 @@ class StepPlan:
     """``PASSES`` would take more than the ceiling; ``samples`` is then where counting stopped."""
     seconds: float = 0.0
     """The measured step time the ceiling was counted from."""
-    train_seconds: float = TRAIN_SECONDS
-    """Training time the ceiling allows: the run's budget less its evaluations (``mbp.train.budget``)."""
     evaluation: EvalLoad = dataclasses.field(default_factory=EvalLoad)
-    eval_seconds: float = 0.0
-    """The evaluations' estimated cost, taken out of the budget."""
+    """The held-out samples and evaluations whose estimated cost is taken out of the budget."""
+
+    @property
+    def eval_seconds(self) -> float:
+        """The evaluations' estimated cost at the measured step."""
+        return self.evaluation.seconds(self.seconds, self.per_step)
+
+    @property
+    def train_seconds(self) -> float:
+        """Training time the ceiling allows: the run's budget less its evaluations (``mbp.train.budget``)."""
+        return training_seconds(self.eval_seconds)
 
     def advice(self) -> str | None:
         """A warning where the held-out set's evaluations crowd out training."""
@@ -128,15 +135,11 @@ def plan_steps(
     probe = probe_steps(resolved, shards, align, device, seconds)
     per_step = probe.per_step
     load = eval_load(resolved, eval_shards or [], ceiling(probe.seconds))
-    eval_seconds = load.seconds(probe.seconds, per_step)
-    train_seconds = training_seconds(eval_seconds)
-    most = ceiling(probe.seconds, train_seconds)
+    most = ceiling(probe.seconds, training_seconds(load.seconds(probe.seconds, per_step)))
     enough = math.ceil(most * per_step / PASSES) + 1
     samples = sum(1 for _ in itertools.islice(read_samples(shards, SkipLog(quiet=True)), enough))
     wanted = max(FEWEST_STEPS, math.ceil(PASSES * samples / per_step))
-    return StepPlan(
-        min(most, wanted), samples, per_step, wanted > most, probe.seconds, train_seconds, load, eval_seconds
-    )
+    return StepPlan(min(most, wanted), samples, per_step, wanted > most, probe.seconds, load)
 
 
 def eval_load(resolved: Resolved, eval_shards: list[str], most_steps: int) -> EvalLoad:
