@@ -59,8 +59,13 @@ def test_pixels_shift_training_images_by_at_most_an_eighth(components) -> None:
         assert len(found) == 1  # exactly a shift (the square is away from the edges)
         moves.add(found[0])
     assert len(moves) > 10 and max(max(abs(d), abs(r)) for d, r in moves) == 2  # 16 // 8
-    off = components.build("codecs", {"type": "pixels", "mode": "L"})  # off by default, measured
+    off = components.build("codecs", {"type": "pixels", "mode": "L", "augment": False})
     assert off.encode_augmented(data, np.random.default_rng(0)) == off.encode(data)
+    unset = components.build("codecs", {"type": "pixels", "mode": "L"})  # the run decides; asked, it varies
+    assert unset.augment is None
+    assert unset.encode_augmented(data, np.random.default_rng(1)) == codec.encode_augmented(
+        data, np.random.default_rng(1)
+    )
 
 
 def test_png_files_are_shifted_and_saved_again_jpeg_stays(components) -> None:

@@ -54,10 +54,10 @@ class Augmenting(Protocol):
     """Optional for a codec: vary a *training* sample the way real data varies (a shifted image, a
     faster speaker, a masked band), so that a small data set teaches what does not matter. The core
     calls it instead of ``encode`` for training samples only, never for evaluation, with a generator
-    seeded by the sample's place in the stream, so a resumed run sees the same variations. A codec
-    whose params turn augmentation off returns ``encode(data)`` and says so with an ``augment``
-    attribute that is false: its training encodings are then kept across epochs like any other codec's
-    (a codec without the attribute is taken to vary, and is encoded afresh every time)."""
+    seeded by the sample's place in the stream, so a resumed run sees the same variations. Whether it
+    is called follows an ``augment`` attribute: true for every training sample, false never (the
+    field's encodings are then kept across epochs like any other codec's), None or no attribute as the
+    run's ``data.augment`` says (``mbp.train.variation``: from 20 passes over the training set)."""
 
     def encode_augmented(self, data: bytes, rng: np.random.Generator) -> Segment:
         """Like ``encode``, varied by ``rng``; raise CodecError on bad input."""

@@ -103,6 +103,15 @@ class DataConfig(Strict):
     """Rows hold as many whole samples as fit, each starting on a patch boundary (evaluation always packs);
     ``false`` gives every sample a row of its own, mostly padding when samples are short."""
     max_eval_samples: int | None = Field(default=None, gt=0)
+    augment: bool | None = Field(
+        default=None,
+        description=(
+            "vary training samples with the codecs that offer it (images shifted); "
+            "unset: when the run trains at least 20 passes over its training set"
+        ),
+    )
+    """Whether fields whose codec leaves its own ``augment`` unset vary in training. None: planned
+    (``mbp.train.variation``) and written into the run's pipeline, so a resumed run keeps it."""
 
     @property
     def batch_rows(self) -> int:

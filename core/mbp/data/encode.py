@@ -101,10 +101,12 @@ class SampleEncoder:
         """The head, where it thins training weights and the model can skip rows; else None."""
         self.cache = FieldCache()
         # checked once: an isinstance test against a runtime Protocol took 0.05 ms, per field per sample
+        offered = {name: codec for name, codec in self.codecs.items() if isinstance(codec, Augmenting)}
+        self.following = [name for name, codec in offered.items() if augment_setting(codec) is None]
+        """Fields that vary in training as the run decides (``data.augment``): their codec leaves it open."""
+        run_varies = bool(pipeline.data.augment)
         self.varying: dict[str, Augmenting] = {
-            name: codec
-            for name, codec in self.codecs.items()
-            if isinstance(codec, Augmenting) and varies(codec)
+            name: codec for name, codec in offered.items() if varies(codec, run_varies)
         }
         """The fields whose training encodings vary (``Augmenting``, augmentation on)."""
         self.context_weights = {name: context_weight_of(codec) for name, codec in self.codecs.items()}
@@ -159,8 +161,16 @@ def context_weight_of(codec: Codec) -> float | None:
     return float(weight)
 
 
-def varies(codec: Augmenting) -> bool:
-    """Whether ``encode_augmented`` varies anything with this codec's params. A codec says so with an
-    ``augment`` attribute (the built-in ones: their ``augment`` param); one without it is taken to vary,
-    so its training encodings are made afresh every time, never kept (``FieldCache``)."""
-    return bool(getattr(codec, "augment", True))
+def augment_setting(codec: Augmenting) -> bool | None:
+    """The codec's own ``augment``: true varies every training sample, false none, None (or no such
+    attribute) leaves it to the run's ``data.augment``."""
+    setting = getattr(codec, "augment", None)
+    return None if setting is None else bool(setting)
+
+
+def varies(codec: Augmenting, run_varies: bool) -> bool:
+    """Whether ``encode_augmented`` is called for this codec's training samples: its own ``augment``
+    where it sets one, else the run's. A field that does not vary is encoded once and kept
+    (``FieldCache``); one that does is encoded afresh every time."""
+    setting = augment_setting(codec)
+    return run_varies if setting is None else setting

@@ -31,10 +31,11 @@ from mbp.train.optim import make_optimizer
 from mbp.train.plan import plan_run, with_steps
 from mbp.train.precision import PrecisionChoice
 from mbp.train.precision_plan import as_rank_zero_chose, with_precision
-from mbp.train.recorded import recorded_precision, recorded_steps
+from mbp.train.recorded import recorded_augment, recorded_precision, recorded_steps
 from mbp.train.report import MetricsLog, Progress, plot
 from mbp.train.rundir import check_belongs, prepare_out, remove_leftovers, resume_point
 from mbp.train.schedule import lr_factor
+from mbp.train.variation import with_augment
 from mbp.train.watch import BestKeeper, LearningWatch, PaddingWatch, length_advice, note, selection_of, warn
 
 
@@ -100,6 +101,7 @@ class Trainer:
         setting = resolved.pipeline.train.precision
         plan = plan_run(resolved, request.train_shards, world.device, request.eval_shards)
         resolved, self.rows, self.plan = plan.resolved, plan.rows, plan.steps
+        self.variation = plan.variation
         self.precision = plan.precision.choice
         if world.size > 1:  # precision and steps may follow timings: every process takes rank 0's
             if self.plan is not None:
@@ -107,6 +109,8 @@ class Trainer:
             if setting == "auto":
                 self.precision = as_rank_zero_chose(self.precision, world)
                 resolved = with_precision(resolved, self.precision.precision)
+            if self.variation is not None:
+                resolved = with_augment(resolved, bool(D.broadcast_int(int(self.variation.varied), world)))
         self.resolved, self.out, self.world = resolved, out, world
         self.cfg, data = resolved.pipeline.train, resolved.pipeline.data
         prepare_out(out, resume=resume, overwrite=request.overwrite, main=world.is_main)
@@ -137,6 +141,10 @@ class Trainer:
             check_belongs(self.checkpoint, resolved.name, resolved.pipeline, document, self.model)
             if self.plan is not None:  # the schedule the run started with, not a new timing's
                 resolved = with_steps(resolved, recorded_steps(document, resolved.pipeline.train.total_steps))
+            if self.variation is not None:  # as the run varied its samples before, whatever its passes now
+                varied = recorded_augment(document)
+                self.variation = dataclasses.replace(self.variation, varied=varied)
+                resolved = with_augment(resolved, varied)
             recorded = recorded_precision(document)
             if setting == "auto" and recorded is not None and recorded != self.precision.precision:
                 self.precision = PrecisionChoice(recorded, "auto: as the run chose before it was resumed")
@@ -158,6 +166,7 @@ class Trainer:
                 f"{self.plan.describe() if self.plan else f'{self.cfg.total_steps} steps'}, "
                 f"{rows} row{'s' if rows > 1 else ''} a step"
                 + (f", {self.rows.describe()}" if self.rows else "")
+                + (f", {self.variation.describe()}" if self.variation else "")
             )
             advice = self.plan.advice() if self.plan is not None and not resume else None
             if advice:
@@ -218,6 +227,13 @@ class Trainer:
                 "seq_len": self.rows.seq_len,
                 "covered": round(self.rows.covered, 4),
                 "padding": None if self.rows.padding is None else round(self.rows.padding, 4),
+            }
+        if self.variation is not None:
+            passes = self.variation.passes
+            summary["variation"] = {
+                "varied": self.resolved.pipeline.data.augment,
+                "fields": self.variation.fields,
+                "passes": None if passes is None else round(passes, 2),
             }
         if self.plan is not None:
             summary["step_plan"] = {

@@ -31,6 +31,7 @@ from mbp.train.budget import TRAIN_SECONDS, EvalLoad, ceiling, evaluations, trai
 from mbp.train.precision_plan import PrecisionPlan, plan_precision, with_precision
 from mbp.train.rows import RowPlan, plan_rows, training_order
 from mbp.train.steptime import step_seconds
+from mbp.train.variation import VariationPlan, plan_variation
 
 PASSES = 30
 """Passes over the training set. Letter glyphs went 0.910 / 0.948 / 0.981 at 2.5 / 3.3 / 5 passes, but
@@ -162,6 +163,25 @@ def probe_steps(
     computes and how long it takes on ``device`` (default CPU). A head that thins training weights
     (``ThinningHead``) is probed again on the rows weighted (and varied) as training weights them;
     other heads' weights do not vary."""
+    per_step, probed = _packing(resolved, shards, align)
+    if resolved.encoder.thinning is not None:
+        probed = list(_probe_batches(resolved, shards, align, augment=True)) or probed
+    if not probed:
+        return StepProbe(per_step, 0.0, 0.0)
+    flops = step_flops(resolved, probed[0]) * resolved.pipeline.train.grad_accum
+    if seconds is None:
+        seconds = step_seconds(resolved, probed, device or torch.device("cpu"))
+    return StepProbe(per_step, flops, seconds)
+
+
+def samples_per_step(resolved: Resolved, shards: list[str], align: int) -> float:
+    """Samples in one step's rows (all processes and accumulated batches together), as the training
+    stream packs its first samples."""
+    return _packing(resolved, shards, align)[0]
+
+
+def _packing(resolved: Resolved, shards: list[str], align: int) -> tuple[float, list[Batch]]:
+    """Samples a step and the probe's batches (unvaried, unthinned)."""
     data, train = resolved.pipeline.data, resolved.pipeline.train
     rows = samples = 0
     probed: list[Batch] = []  # the batches whose arithmetic is counted and whose steps are timed
@@ -169,15 +189,8 @@ def probe_steps(
         rows += len(batch.rows)
         samples += batch.samples_started
         probed.append(batch)
-    if resolved.encoder.thinning is not None:
-        probed = list(_probe_batches(resolved, shards, align, augment=True)) or probed
     per_row = samples / rows if rows else 1.0
-    if not probed:
-        return StepProbe(per_row * data.batch_rows * train.grad_accum, 0.0, 0.0)
-    flops = step_flops(resolved, probed[0]) * train.grad_accum
-    if seconds is None:
-        seconds = step_seconds(resolved, probed, device or torch.device("cpu"))
-    return StepProbe(per_row * data.batch_rows * train.grad_accum, flops, seconds)
+    return per_row * data.batch_rows * train.grad_accum, probed
 
 
 def timing_batches(resolved: Resolved, shards: list[str], align: int) -> list[Batch]:
@@ -217,6 +230,8 @@ class RunPlan:
     steps: StepPlan | None
     """None where the pipeline gives the value."""
     precision: PrecisionPlan
+    variation: VariationPlan | None = None
+    """None where the pipeline sets ``data.augment`` or no field's codec leaves it to the run."""
 
 
 def plan_run(
@@ -226,19 +241,24 @@ def plan_run(
     eval_shards: list[str] | None = None,
 ) -> RunPlan:
     """Rows, then the precision (``auto`` settled by timing both where the hardware offers bf16), then
-    steps (which count samples in those rows), for what the pipeline leaves unset. Rows are
-    deterministic; precision and steps at the ceiling follow measured step times, so a resumed run takes
-    both from its checkpoint (``Trainer``), not from planning again."""
+    steps (which count samples in those rows), then whether samples vary (from the passes those steps
+    make), for what the pipeline leaves unset. Rows are deterministic; precision and steps at the
+    ceiling follow measured step times, so a resumed run takes those, and the variation that follows
+    from the steps, from its checkpoint (``Trainer``), not from planning again."""
     device = device or torch.device("cpu")
     planned, rows = plan_rows(resolved, shards)
     align = planned.pipeline.model.patch_len
     precision = plan_precision(planned, lambda: timing_batches(planned, shards, align), device)
     planned = with_precision(planned, precision.choice.precision)
-    if planned.pipeline.train.steps is not None:
-        return RunPlan(planned, rows, None, precision)
-    seconds = precision.seconds.get(precision.choice.precision)
-    steps = plan_steps(planned, shards, align, device, seconds, eval_shards)
-    return RunPlan(with_steps(planned, steps.steps), rows, steps, precision)
+    steps = None
+    if planned.pipeline.train.steps is None:
+        seconds = precision.seconds.get(precision.choice.precision)
+        steps = plan_steps(planned, shards, align, device, seconds, eval_shards)
+        planned = with_steps(planned, steps.steps)
+    given = planned  # the pipeline whose stream is probed, bound before planned is rebound
+    per_step = (lambda: steps.per_step) if steps else (lambda: samples_per_step(given, shards, align))
+    planned, variation = plan_variation(planned, shards, planned.pipeline.train.total_steps, per_step)
+    return RunPlan(planned, rows, steps, precision, variation)
 
 
 def preview(resolved: Resolved, shards: list[str]) -> dict[str, Any]:
@@ -274,6 +294,7 @@ __all__ = [
     "plan_steps",
     "preview",
     "probe_steps",
+    "samples_per_step",
     "step_flops",
     "timing_batches",
     "with_steps",
