@@ -47,23 +47,23 @@ def test_fields_follow_the_run_unless_their_codec_pins_it(tmp_path: Path, compon
 
 def test_a_run_varies_its_samples_from_ten_passes(tmp_path: Path, components) -> None:
     resolved, paths = digits(tmp_path, components), shards(tmp_path, 20)
-    assert AUGMENT_PASSES == 20
-    varied, plan = plan_variation(resolved, paths, 100, lambda: 4.0)  # 400 samples trained: 20 passes
-    assert plan is not None and plan.varied and plan.passes == pytest.approx(20.0)
+    assert AUGMENT_PASSES == 15
+    varied, plan = plan_variation(resolved, paths, 75, lambda: 4.0)  # 300 samples trained: 15 passes
+    assert plan is not None and plan.varied and plan.passes == pytest.approx(15.0)
     assert varied.pipeline.data.augment is True and list(varied.encoder.varying) == ["image"]
-    assert "image varied (20.0 passes" in plan.describe()
-    plain, plan = plan_variation(resolved, paths, 99, lambda: 4.0)  # 19.8 passes
+    assert "image varied (15.0 passes" in plan.describe()
+    plain, plan = plan_variation(resolved, paths, 74, lambda: 4.0)  # 14.8 passes
     assert plan is not None and not plan.varied and plan.passes is None  # counting stopped at 20
     assert plain.pipeline.data.augment is False and not plain.encoder.varying
-    assert "image not varied (under 20 passes)" in plan.describe()
+    assert "image not varied (under 15 passes)" in plan.describe()
 
     def never() -> float:
         raise AssertionError("samples a step are only probed when there is something to settle")
 
     given = with_augment(resolved, False)
-    assert plan_variation(given, paths, 100, never) == (given, None)
+    assert plan_variation(given, paths, 75, never) == (given, None)
     pinned = digits(tmp_path, components, ", augment: false")
-    assert plan_variation(pinned, paths, 100, never) == (pinned, None)
+    assert plan_variation(pinned, paths, 75, never) == (pinned, None)
 
 
 def test_a_checkpoint_records_the_variation_and_a_resume_replays_it(tmp_path: Path, components) -> None:

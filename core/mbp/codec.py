@@ -57,7 +57,7 @@ class Augmenting(Protocol):
     seeded by the sample's place in the stream, so a resumed run sees the same variations. Whether it
     is called follows an ``augment`` attribute: true for every training sample, false never (the
     field's encodings are then kept across epochs like any other codec's), None or no attribute as the
-    run's ``data.augment`` says (``mbp.train.variation``: from 20 passes over the training set)."""
+    run's ``data.augment`` says (``mbp.train.variation``: from 15 passes over the training set)."""
 
     def encode_augmented(self, data: bytes, rng: np.random.Generator) -> Segment:
         """Like ``encode``, varied by ``rng``; raise CodecError on bad input."""

@@ -107,7 +107,7 @@ class DataConfig(Strict):
         default=None,
         description=(
             "vary training samples with the codecs that offer it (images shifted); "
-            "unset: when the run trains at least 20 passes over its training set"
+            "unset: when the run trains at least 15 passes over its training set"
         ),
     )
     """Whether fields whose codec leaves its own ``augment`` unset vary in training. None: planned
