@@ -239,6 +239,7 @@ def test_shards_inspect_previews_what_a_run_would_plan(
         f"rows of {row} tokens (100% of 12 samples probed fit; 0% padding), "
         "600 steps (400.0 passes over 12 samples, about 8 a step; "
     )
+    assert described.endswith(", image varied (400.0 passes; data.augment)")  # from 15 passes
     shown = invoke_mbp(*args).stdout
     assert f"  mbp run would train: rows of {row} tokens" in shown
 

@@ -276,6 +276,7 @@ def preview(resolved: Resolved, shards: list[str]) -> dict[str, Any]:
             [
                 plan.rows.describe() if plan.rows else f"rows of {rows} tokens (given)",
                 plan.steps.describe() if plan.steps else f"{steps} steps (given)",
+                *([plan.variation.describe()] if plan.variation else []),
             ]
         ),
     }
