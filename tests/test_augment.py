@@ -88,6 +88,9 @@ def test_png_files_are_shifted_and_saved_again_jpeg_stays(components) -> None:
     Image.open(io.BytesIO(data)).save(buffer, format="JPEG")
     jpeg = buffer.getvalue()
     assert codec.encode_augmented(jpeg, np.random.default_rng(0)) == codec.encode(jpeg)
+    lossy = components.build("codecs", {"type": "image", "reencode": "jpeg"})  # never varied: kept
+    assert lossy.augment is False
+    assert lossy.encode_augmented(data, np.random.default_rng(0)) == lossy.encode(data)
 
 
 def test_logmel_training_clips_vary_and_pcm_stays_exact(components) -> None:

@@ -40,7 +40,8 @@ class ImageCodec:
         self.reencode = params.reencode
         self.quality = params.quality
         self.max_pixels = params.max_pixels
-        self.augment = params.augment
+        # a re-encoded (lossy) image is never varied: saying so keeps its encodings across epochs
+        self.augment = False if params.reencode is not None else params.augment
 
     def encode(self, data: bytes) -> Segment:
         image = open_image(data, self.max_pixels, decode=self.reencode is not None)
@@ -57,7 +58,7 @@ class ImageCodec:
         """A lossless training image (PNG, BMP) moved by a few pixels and saved again in its format:
         the same picture in new file bytes, which is what a model of file bytes must learn to see
         through. Lossy and re-encoded images stay as ``encode`` makes them."""
-        if self.augment is False or self.reencode is not None:
+        if self.augment is False:
             return self.encode(data)
         image = open_image(data, self.max_pixels)
         fmt = (image.format or "").upper()
