@@ -29,7 +29,10 @@ def digits(tmp_path: Path, components, image: str = "") -> Resolved:  # type: ig
 def shards(tmp_path: Path, count: int) -> list[str]:
     write_tar(
         tmp_path / "train.tar",
-        [{"__key__": f"s{i}".encode(), "image.png": glyph(i), "answer.txt": b"one"} for i in range(count)],
+        [
+            {"__key__": f"s{i}".encode(), "image.png": glyph(i % 50), "answer.txt": b"one"}
+            for i in range(count)
+        ],
     )
     return [str(tmp_path / "train.tar")]
 
@@ -45,7 +48,7 @@ def test_fields_follow_the_run_unless_their_codec_pins_it(tmp_path: Path, compon
     assert list(with_augment(pinned_on, False).encoder.varying) == ["image"]
 
 
-def test_a_run_varies_its_samples_from_ten_passes(tmp_path: Path, components) -> None:
+def test_a_run_varies_its_samples_from_fifteen_passes(tmp_path: Path, components) -> None:
     resolved, paths = digits(tmp_path, components), shards(tmp_path, 20)
     assert AUGMENT_PASSES == 15
     varied, plan = plan_variation(resolved, paths, 75, lambda: 4.0)  # 300 samples trained: 15 passes
@@ -92,3 +95,14 @@ def test_a_checkpoint_records_the_variation_and_a_resume_replays_it(tmp_path: Pa
     a = load_file(str(checkpoints / "step-00000024" / "model.safetensors"))
     b = load_file(str(resumed / "checkpoints" / "step-00000024" / "model.safetensors"))
     assert a.keys() == b.keys() and all(a[name].equal(b[name]) for name in a)
+    # resumed on a set so large that planning now would not vary: the run keeps what it recorded
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(tmp_path / "straight", elsewhere)
+    shutil.rmtree(elsewhere / "checkpoints" / "step-00000024")
+    shutil.rmtree(elsewhere / "checkpoints" / "best", ignore_errors=True)
+    (tmp_path / "larger").mkdir()
+    larger = shards(tmp_path / "larger", 200)  # 24 steps of 2 samples: 0.24 passes
+    again = invoke_mbp("run", "digits", *larger, "--registry", str(registry), "--out", str(elsewhere),
+                       "--json", *settings, "--resume")  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["variation"]["varied"] is True
