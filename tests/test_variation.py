@@ -59,6 +59,11 @@ def test_a_run_varies_its_samples_from_fifteen_passes(tmp_path: Path, components
     assert plan is not None and not plan.varied and plan.passes is None  # counting stopped at 20
     assert plain.pipeline.data.augment is False and not plain.encoder.varying
     assert "image not varied (under 15 passes)" in plan.describe()
+    # a size the step plan already counted is taken, not counted again: no shards to read here
+    _, plan = plan_variation(resolved, [], 75, lambda: 4.0, known_samples=20)
+    assert plan is not None and plan.varied and plan.passes == pytest.approx(15.0)
+    _, plan = plan_variation(resolved, [], 75, lambda: 4.0, known_samples=21)
+    assert plan is not None and not plan.varied
 
     def never() -> float:
         raise AssertionError("samples a step are only probed when there is something to settle")

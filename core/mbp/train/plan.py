@@ -257,7 +257,8 @@ def plan_run(
         planned = with_steps(planned, steps.steps)
     given = planned  # the pipeline whose stream is probed, bound before planned is rebound
     per_step = (lambda: steps.per_step) if steps else (lambda: samples_per_step(given, shards, align))
-    planned, variation = plan_variation(planned, shards, planned.pipeline.train.total_steps, per_step)
+    known = steps.samples if steps and not steps.capped else None  # below the ceiling: counted to the end
+    planned, variation = plan_variation(planned, shards, planned.pipeline.train.total_steps, per_step, known)
     return RunPlan(planned, rows, steps, precision, variation)
 
 

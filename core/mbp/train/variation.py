@@ -8,8 +8,8 @@ demo (750 steps, about 2.5 passes) 0.950 / 0.860. At 15 to 30 passes variation p
 model starts to memorise (the suite's planned runs, seed 0, plain / shifted): capitals from held-out
 fonts 0.988 / 0.994 (30 passes), 8x8 handwritten digits 0.912 / 0.919 (kept best 0.923 / 0.953; 30),
 PNG files of those digits 0.222 / 0.253 (30), PNG digit glyphs 0.257 / 0.296 (30), 28x28 lowercase
-from held-out fonts a mean of 0.946 over thirteen runs of 14-20 passes / 0.954 and 0.946 at seeds 0 and
-1 (15 passes). So a run varies from 15 passes, the fewest measured at which varying no longer cost.
+from held-out fonts a mean of 0.946 over thirteen runs of 14-20 passes / 0.954 over four seeds planned
+(18-19 passes). So a run varies from 15 passes, the fewest measured at which varying no longer cost.
 """
 
 from __future__ import annotations
@@ -55,18 +55,25 @@ def with_augment(resolved: Resolved, varied: bool) -> Resolved:
 
 
 def plan_variation(
-    resolved: Resolved, shards: list[str], steps: int, per_step: Callable[[], float]
+    resolved: Resolved,
+    shards: list[str],
+    steps: int,
+    per_step: Callable[[], float],
+    known_samples: int | None = None,
 ) -> tuple[Resolved, VariationPlan | None]:
     """Settle an unset ``data.augment``: on where ``steps`` of ``per_step()`` samples (asked only when
-    there is something to settle) make at least ``AUGMENT_PASSES`` passes over ``shards``. Counts at
-    most the samples that would still allow that. Nothing to settle (None) where ``data.augment`` is set
-    or no field's codec leaves it to the run."""
+    there is something to settle) make at least ``AUGMENT_PASSES`` passes over ``shards``. The set's
+    size is ``known_samples`` where the caller counted it to the end (the step plan, below its ceiling);
+    else counted here, at most the samples that would still allow that. Nothing to settle (None) where
+    ``data.augment`` is set or no field's codec leaves it to the run."""
     fields = resolved.encoder.following
     if resolved.pipeline.data.augment is not None or not fields:
         return resolved, None
     samples_a_step = per_step()
     most = math.floor(steps * samples_a_step / AUGMENT_PASSES)  # more samples than this: fewer passes
-    samples = sum(1 for _ in itertools.islice(read_samples(shards, SkipLog(quiet=True)), most + 1))
+    samples = known_samples
+    if samples is None:
+        samples = sum(1 for _ in itertools.islice(read_samples(shards, SkipLog(quiet=True)), most + 1))
     counted = 0 < samples <= most
     passes = steps * samples_a_step / samples if counted else None
     return with_augment(resolved, counted), VariationPlan(counted, fields, passes)
