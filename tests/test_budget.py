@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mbp.config import TrainConfig
 from mbp.resolve import Resolved
 from mbp.train import budget
 from mbp.train.budget import (
@@ -94,3 +95,31 @@ def test_a_held_out_set_too_big_for_the_budget_leaves_half_the_training(
     capped = updated(resolved, "data", max_eval_samples=per_step)
     load = plan_steps(capped, shards, PATCH, eval_shards=huge).evaluation
     assert load == EvalLoad(per_step, budget.EVALUATIONS)
+
+
+def test_train_minutes_sets_the_budget_the_ceiling_is_counted_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A machine that steps 4x slower (no fast bf16: 28x28 glyphs at 0.171 s a step in fp32 against
+    0.042 in bf16) trains the same recipe for a quarter of the steps in nine minutes; ``train.minutes``
+    gives a planned run the time, and it still stops at ``PASSES``."""
+    time_steps_at(monkeypatch, MOST_STEPS)
+    step = TRAIN_SECONDS / MOST_STEPS
+    _, _, per_step = text_set(tmp_path, 1)
+    resolved, shards, _ = text_set(tmp_path, 3 * math.ceil(4 * MOST_STEPS * per_step / PASSES))
+    held_out = eval_shard(tmp_path, 250 * per_step // 4)
+    default = plan_steps(resolved, shards, PATCH, eval_shards=held_out)
+    assert default.run_seconds == RUN_SECONDS and default.capped
+    longer = plan_steps(updated(resolved, "train", minutes=36.0), shards, PATCH, eval_shards=held_out)
+    costs = 4 * (250 * per_step // 4) / per_step * step
+    assert longer.run_seconds == 36 * 60 and longer.capped
+    assert longer.train_seconds == pytest.approx((36 * 60 - costs) / STEP_DRIFT)
+    assert longer.steps == ceiling(step, longer.train_seconds) > 4 * default.steps
+    assert "the ceiling of a 36-minute run" in longer.describe()
+    assert "train.minutes gives the run more time" in longer.describe()
+    # ... up to the passes a planned run makes, however long it may take
+    ample = plan_steps(updated(resolved, "train", minutes=600.0), shards, PATCH, eval_shards=held_out)
+    assert not ample.capped and ample.steps == math.ceil(PASSES * ample.samples / per_step)
+    # the budget is validated like every setting
+    with pytest.raises(ValueError, match="minutes"):
+        TrainConfig(minutes=0)

@@ -111,6 +111,11 @@ def test_a_run_that_ends_while_still_learning_says_so(
             "still learning when the run ended: held-out loss fell 1.9% over the last evaluation "
             "(1.914 to 1.877 at step 300); more train.steps (now 300) would likely help"
         )
+        # steps that were the ceiling of the run's minutes: time is the knob, not steps
+        assert watch.at_end(best_step, 300, minutes=9.0) == line.replace(
+            "more train.steps (now 300) would likely help",
+            "a longer run would likely help: train.minutes (now 9) sets its budget",
+        )
 
 
 def test_best_keeper_keeps_the_best_and_survives_a_resume(components, tmp_path: Path) -> None:

@@ -15,9 +15,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-RUN_SECONDS = 540.0
-"""A planned run's wall time, evaluation included: nine minutes, one under the ten a run is given, for
-starting the process, writing checkpoints and a machine whose speed varies within a run."""
+from mbp.config import RUN_MINUTES
+
+RUN_SECONDS = RUN_MINUTES * 60
+"""A planned run's wall time where ``train.minutes`` is unset (``mbp.config.RUN_MINUTES``)."""
 STEP_DRIFT = 1.2
 """The run's own steps over the step measured before it (the median of a few timings): the prefetching
 thread shares the cores, and the few thinned batches timed keep more or fewer rows than the average.
@@ -46,16 +47,18 @@ class EvalLoad:
         generated. Measured on 28x28 glyphs: 4.4 s an evaluation, estimated at 7.4."""
         return self.evaluations * self.samples / max(samples_per_step, 1e-9) * step_seconds
 
-    def advice(self, step_seconds: float, samples_per_step: float) -> str | None:
+    def advice(
+        self, step_seconds: float, samples_per_step: float, run_seconds: float = RUN_SECONDS
+    ) -> str | None:
         """A warning where evaluating would take more than the budget leaves training (``LEAST_TRAINING``),
         with the ``data.max_eval_samples`` that keeps it to a tenth of the run."""
         seconds = self.seconds(step_seconds, samples_per_step)
-        if seconds <= RUN_SECONDS * (1 - LEAST_TRAINING):
+        if seconds <= run_seconds * (1 - LEAST_TRAINING):
             return None
-        fits = int(self.samples * RUN_SECONDS / 10 / seconds)
+        fits = int(self.samples * run_seconds / 10 / seconds)
         return (
             f"evaluating {self.samples:,} held-out samples {self.evaluations} times would take about "
-            f"{seconds / 60:.0f} minutes, more than half of a planned run's {RUN_SECONDS / 60:.0f}: training "
+            f"{seconds / 60:.0f} minutes, more than half of a planned run's {run_seconds / 60:.0f}: training "
             f"keeps {LEAST_TRAINING:.0%} of its time and the run takes longer; data.max_eval_samples: "
             f"{max(fits, 1)} would keep evaluation to a tenth of the run"
         )
@@ -65,10 +68,10 @@ def evaluations(eval_every: int | None, most_steps: int) -> int:
     return EVALUATIONS if eval_every is None else math.ceil(most_steps / eval_every)
 
 
-def training_seconds(evaluation_seconds: float) -> float:
-    """Seconds of measured steps a run trains for when its evaluations are estimated to take
-    ``evaluation_seconds``."""
-    return max(LEAST_TRAINING * TRAIN_SECONDS, (RUN_SECONDS - evaluation_seconds) / STEP_DRIFT)
+def training_seconds(evaluation_seconds: float, run_seconds: float = RUN_SECONDS) -> float:
+    """Seconds of measured steps a run of ``run_seconds`` trains for when its evaluations are estimated
+    to take ``evaluation_seconds``."""
+    return max(LEAST_TRAINING * run_seconds, run_seconds - evaluation_seconds) / STEP_DRIFT
 
 
 def ceiling(seconds_per_step: float, seconds: float = TRAIN_SECONDS) -> int:

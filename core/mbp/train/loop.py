@@ -214,7 +214,8 @@ class Trainer:
         advice = length_advice(self.log.lengths, data.row_len, self.model.patch_len, skipped)
         if advice and self.world.is_main:
             warn(advice)
-        unfinished = self.learning.at_end(self.best.step, steps)
+        capped = self.plan is not None and self.plan.capped
+        unfinished = self.learning.at_end(self.best.step, steps, cfg.minutes if capped else None)
         if unfinished and self.world.is_main:
             note(unfinished)
         summary = _summary(

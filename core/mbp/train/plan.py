@@ -27,7 +27,7 @@ from mbp.data.skips import SkipLog
 from mbp.heads import splits_samples
 from mbp.model.build import build_model
 from mbp.resolve import Resolved
-from mbp.train.budget import TRAIN_SECONDS, EvalLoad, ceiling, evaluations, training_seconds
+from mbp.train.budget import RUN_SECONDS, TRAIN_SECONDS, EvalLoad, ceiling, evaluations, training_seconds
 from mbp.train.precision_plan import PrecisionPlan, plan_precision, with_precision
 from mbp.train.rows import RowPlan, plan_rows, training_order
 from mbp.train.steptime import step_seconds
@@ -84,6 +84,8 @@ class StepPlan:
     """The measured step time the ceiling was counted from."""
     evaluation: EvalLoad = dataclasses.field(default_factory=EvalLoad)
     """The held-out samples and evaluations whose estimated cost is taken out of the budget."""
+    run_seconds: float = RUN_SECONDS
+    """The run's budget, evaluation included (``train.minutes``)."""
 
     @property
     def eval_seconds(self) -> float:
@@ -93,11 +95,11 @@ class StepPlan:
     @property
     def train_seconds(self) -> float:
         """Training time the ceiling allows: the run's budget less its evaluations (``mbp.train.budget``)."""
-        return training_seconds(self.eval_seconds)
+        return training_seconds(self.eval_seconds, self.run_seconds)
 
     def advice(self) -> str | None:
         """A warning where the held-out set's evaluations crowd out training."""
-        return self.evaluation.advice(self.seconds, self.per_step) if self.capped else None
+        return self.evaluation.advice(self.seconds, self.per_step, self.run_seconds) if self.capped else None
 
     def describe(self) -> str:
         passes = self.steps * self.per_step / max(1, self.samples)
@@ -111,9 +113,10 @@ class StepPlan:
                 else ""
             )
             return (
-                f"{self.steps} steps (the default ceiling, about {self.train_seconds / 60:.1f} minutes at "
-                f"{timed}{costs}: {PASSES} passes over {self.samples:,}+ samples at about "
-                f"{self.per_step:.0f} a step would take more; set train.steps)"
+                f"{self.steps} steps (the ceiling of a {self.run_seconds / 60:g}-minute run, about "
+                f"{self.train_seconds / 60:.1f} minutes of training at {timed}{costs}: {PASSES} passes "
+                f"over {self.samples:,}+ samples at about {self.per_step:.0f} a step would take more; "
+                "train.minutes gives the run more time)"
             )
         return (
             f"{self.steps} steps ({passes:.1f} passes over {self.samples:,} samples, "
@@ -135,12 +138,13 @@ def plan_steps(
     the first ``PROBE_ROWS`` rows' worth."""
     probe = probe_steps(resolved, shards, align, device, seconds)
     per_step = probe.per_step
-    load = eval_load(resolved, eval_shards or [], ceiling(probe.seconds))
-    most = ceiling(probe.seconds, training_seconds(load.seconds(probe.seconds, per_step)))
+    run_seconds = resolved.pipeline.train.minutes * 60
+    load = eval_load(resolved, eval_shards or [], ceiling(probe.seconds, training_seconds(0.0, run_seconds)))
+    most = ceiling(probe.seconds, training_seconds(load.seconds(probe.seconds, per_step), run_seconds))
     enough = math.ceil(most * per_step / PASSES) + 1
     samples = sum(1 for _ in itertools.islice(read_samples(shards, SkipLog(quiet=True)), enough))
     wanted = max(FEWEST_STEPS, math.ceil(PASSES * samples / per_step))
-    return StepPlan(min(most, wanted), samples, per_step, wanted > most, probe.seconds, load)
+    return StepPlan(min(most, wanted), samples, per_step, wanted > most, probe.seconds, load, run_seconds)
 
 
 def eval_load(resolved: Resolved, eval_shards: list[str], most_steps: int) -> EvalLoad:

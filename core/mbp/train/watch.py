@@ -109,11 +109,12 @@ class LearningWatch:
                 f"or fewer train.steps would help"
             )
 
-    def at_end(self, best_step: int | None, steps: int) -> str | None:
+    def at_end(self, best_step: int | None, steps: int, minutes: float | None = None) -> str | None:
         """A line when the run ended while still learning: the last evaluation scored best and its
         held-out loss fell by more than 1% since the one before (on the real-data suite: 1.4-2.4% for
         runs whose accuracy or bpb was still improving, 0.7% and less, or rising, for those that had
-        levelled off)."""
+        levelled off). ``minutes``: the run's steps were the ceiling of that budget, so the knob to turn
+        is ``train.minutes``, not ``train.steps``."""
         if len(self.history) < 2 or best_step is None:
             return None
         (_, before, _), (step, last, _) = self.history[-2], self.history[-1]
@@ -121,8 +122,12 @@ class LearningWatch:
             return None
         return (
             f"still learning when the run ended: held-out loss fell {1 - last / before:.1%} over the last "
-            f"evaluation ({before:.3f} to {last:.3f} at step {step}); more train.steps (now {steps}) would "
-            f"likely help"
+            f"evaluation ({before:.3f} to {last:.3f} at step {step}); "
+            + (
+                f"more train.steps (now {steps}) would likely help"
+                if minutes is None
+                else f"a longer run would likely help: train.minutes (now {minutes:g}) sets its budget"
+            )
         )
 
 
