@@ -78,7 +78,8 @@ def test_steps_are_passes_over_the_training_set_within_bounds(
         assert plan.steps == MOST_STEPS and plan.capped
         # counting stops once the ceiling is sure: a large set is not read through before training
         assert plan.samples == math.ceil(MOST_STEPS * per_step / PASSES) + 1 < count
-        assert "9-minute run" in plan.describe() and "train.minutes gives the run more time" in plan.describe()
+        described = plan.describe()
+        assert "9-minute run" in described and "train.minutes gives the run more time" in described
 
 
 def test_run_without_steps_plans_them_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -279,7 +280,8 @@ def test_the_ceiling_is_the_training_time_over_the_measured_step_and_wins_over_t
     # steps that take a hundredth of the training time each: 100 steps, under the floor of 600
     time_steps_at(monkeypatch, 100)
     steps = plan_steps(planned, shards, PATCH)
-    assert steps.steps == 100 < FEWEST_STEPS and steps.capped and "train.minutes gives the run more time" in steps.describe()
+    assert steps.steps == 100 < FEWEST_STEPS and steps.capped
+    assert "train.minutes gives the run more time" in steps.describe()
     assert f"{TRAIN_SECONDS / 100:.3g} s a step measured" in steps.describe()
     # two significant digits: the few percent a timing varies by changes fewer plans
     assert [plan.ceiling(TRAIN_SECONDS / n) for n in (7, 1234.5, 98765)] == [7, 1200, 98000]
