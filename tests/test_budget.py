@@ -30,10 +30,10 @@ from tests.test_plan import MOST_STEPS, PATCH, text_set, time_steps_at
 
 def test_the_budget_is_the_run_less_its_evaluations() -> None:
     assert pytest.approx(RUN_SECONDS) == TRAIN_SECONDS * STEP_DRIFT and RUN_SECONDS < 600
-    assert training_seconds(0.0) == pytest.approx(TRAIN_SECONDS)
-    assert training_seconds(54.0) == pytest.approx((RUN_SECONDS - 54.0) / STEP_DRIFT)
+    assert training_seconds(0.0, RUN_SECONDS) == pytest.approx(TRAIN_SECONDS)
+    assert training_seconds(54.0, RUN_SECONDS) == pytest.approx((RUN_SECONDS - 54.0) / STEP_DRIFT)
     # however long evaluation would take, a run still trains for half its time
-    assert training_seconds(10 * RUN_SECONDS) == pytest.approx(LEAST_TRAINING * TRAIN_SECONDS)
+    assert training_seconds(10 * RUN_SECONDS, RUN_SECONDS) == pytest.approx(LEAST_TRAINING * TRAIN_SECONDS)
     # 4 evaluations of 1,200 samples at 8 a step and 0.05 s a step: 600 steps' worth, 30 s
     assert EvalLoad(1200, 4).seconds(0.05, 8.0) == pytest.approx(30.0)
     assert EvalLoad().seconds(0.05, 8.0) == 0.0

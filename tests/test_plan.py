@@ -284,7 +284,7 @@ def test_the_ceiling_is_the_training_time_over_the_measured_step_and_wins_over_t
     assert "train.minutes gives the run more time" in steps.describe()
     assert f"{TRAIN_SECONDS / 100:.3g} s a step measured" in steps.describe()
     # two significant digits: the few percent a timing varies by changes fewer plans
-    assert [plan.ceiling(TRAIN_SECONDS / n) for n in (7, 1234.5, 98765)] == [7, 1200, 98000]
+    assert [plan.ceiling(TRAIN_SECONDS / n, TRAIN_SECONDS) for n in (7, 1234.5, 98765)] == [7, 1200, 98000]
 
 
 def test_counting_the_arithmetic_leaves_torchs_random_state_alone(tmp_path: Path) -> None:

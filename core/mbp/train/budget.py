@@ -47,9 +47,7 @@ class EvalLoad:
         generated. Measured on 28x28 glyphs: 4.4 s an evaluation, estimated at 7.4."""
         return self.evaluations * self.samples / max(samples_per_step, 1e-9) * step_seconds
 
-    def advice(
-        self, step_seconds: float, samples_per_step: float, run_seconds: float = RUN_SECONDS
-    ) -> str | None:
+    def advice(self, step_seconds: float, samples_per_step: float, run_seconds: float) -> str | None:
         """A warning where evaluating would take more than the budget leaves training (``LEAST_TRAINING``),
         with the ``data.max_eval_samples`` that keeps it to a tenth of the run."""
         seconds = self.seconds(step_seconds, samples_per_step)
@@ -68,13 +66,13 @@ def evaluations(eval_every: int | None, most_steps: int) -> int:
     return EVALUATIONS if eval_every is None else math.ceil(most_steps / eval_every)
 
 
-def training_seconds(evaluation_seconds: float, run_seconds: float = RUN_SECONDS) -> float:
+def training_seconds(evaluation_seconds: float, run_seconds: float) -> float:
     """Seconds of measured steps a run of ``run_seconds`` trains for when its evaluations are estimated
     to take ``evaluation_seconds``."""
     return max(LEAST_TRAINING * run_seconds, run_seconds - evaluation_seconds) / STEP_DRIFT
 
 
-def ceiling(seconds_per_step: float, seconds: float = TRAIN_SECONDS) -> int:
+def ceiling(seconds_per_step: float, seconds: float) -> int:
     """The most steps that fit ``seconds`` of training, rounded down to two significant digits, so that
     the few percent a timing varies by between runs changes fewer plans."""
     steps = max(1, int(seconds / max(seconds_per_step, 1e-6) * (1 + 1e-9)))  # 1e-9: a quotient's rounding
