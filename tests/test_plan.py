@@ -17,7 +17,7 @@ from mbp.data.read import RawSample
 from mbp.plugins import get_platform
 from mbp.protocol import PAD
 from mbp.resolve import Resolved, resolve
-from mbp.train import plan, precision_plan
+from mbp.train import loop, plan, precision_plan
 from mbp.train.plan import FEWEST_STEPS, PASSES, TRAIN_SECONDS, plan_steps, probe_steps
 from mbp.train.rows import LONGEST_SPLIT_ROW, packed_rows, plan_rows, row_padding, tightest_row, with_seq_len
 
@@ -47,10 +47,13 @@ MOST_STEPS = 2000
 """The ceiling these tests set: a step timed at ``TRAIN_SECONDS`` / 2,000 (timings are not tested)."""
 
 
-def time_steps_at(monkeypatch: pytest.MonkeyPatch, steps: int) -> None:
-    """Every measured step takes ``TRAIN_SECONDS / steps``: the ceiling is ``steps``."""
+def time_steps_at(monkeypatch: pytest.MonkeyPatch, steps: int, count_again: bool = False) -> None:
+    """Every measured step takes ``TRAIN_SECONDS / steps``: the ceiling is ``steps``. A run does not
+    count its steps again from its own (real) timing unless ``count_again`` (``tests/test_deadline.py``)."""
     for module in (plan, precision_plan):  # where auto precision is timed too (bf16 hardware)
         monkeypatch.setattr(module, "step_seconds", lambda *args: TRAIN_SECONDS / steps)
+    if not count_again:
+        monkeypatch.setattr(loop, "deadline_of", lambda *args: None)
 
 
 @pytest.mark.parametrize("scale", ["few", "between", "many"])

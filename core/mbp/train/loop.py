@@ -25,6 +25,7 @@ from mbp.sinks import open_sinks
 from mbp.train import distributed as D
 from mbp.train.allocator import keep_freed_memory
 from mbp.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from mbp.train.deadline import deadline_of
 from mbp.train.evaluate import evaluate
 from mbp.train.init import init_from as load_initial_weights
 from mbp.train.optim import make_optimizer
@@ -32,7 +33,7 @@ from mbp.train.plan import plan_run, with_steps
 from mbp.train.precision import PrecisionChoice
 from mbp.train.precision_plan import as_rank_zero_chose, with_precision
 from mbp.train.recorded import recorded_augment, recorded_precision, recorded_steps
-from mbp.train.report import MetricsLog, Progress, plot
+from mbp.train.report import MetricsLog, Progress, run_summary
 from mbp.train.rundir import check_belongs, prepare_out, remove_leftovers, resume_point
 from mbp.train.schedule import lr_factor
 from mbp.train.variation import with_augment
@@ -153,6 +154,11 @@ class Trainer:
             self.state, optim_state = load_checkpoint(self.checkpoint, self.model)
         if self.plan is not None:
             self.plan = dataclasses.replace(self.plan, steps=self.cfg.total_steps)
+        self.deadline = (  # a resumed run's clock started with the resume: it keeps its recorded steps
+            deadline_of(self.plan, self.cfg.eval_every, request.train_shards, self.started)
+            if self.plan is not None and not resume
+            else None
+        )
         self.wrapped = D.wrap(LossStep(self.model), world, self.cfg.strategy)
         self.optimizer = make_optimizer(self.model, self.cfg.lr, self.cfg.weight_decay)
         if optim_state is not None:
@@ -189,20 +195,27 @@ class Trainer:
         self.window_start, self.window_tokens = time.perf_counter(), 0
 
     def run(self) -> dict[str, Any]:
-        cfg, state, steps = self.cfg, self.state, self.cfg.total_steps
-        progress = Progress(steps, state.step)
+        state = self.state
+        progress = Progress(self.cfg.total_steps, state.step)
         self.wrapped.train()
         try:
-            while state.step < steps:
-                started = time.perf_counter()
+            while state.step < self.cfg.total_steps:
+                cfg, started = self.cfg, time.perf_counter()
                 loss, tokens = self.step()
-                progress.update(state.step, loss, tokens / (time.perf_counter() - started))
-                last = state.step == steps
+                seconds = time.perf_counter() - started
+                if self.deadline is not None:
+                    self.deadline.stepped(seconds)
+                progress.update(state.step, loss, tokens / seconds)
+                last = state.step == cfg.total_steps
                 if state.step % cfg.log_every == 0 or last:
                     self.log_train(loss)
-                if self.evals and (state.step % cfg.evaluate_every == 0 or last):
-                    self.paused(self.evaluate)
-                if state.step % cfg.save_every == 0 or last:
+                evaluating = bool(self.evals) and (state.step % cfg.evaluate_every == 0 or last)
+                saving = state.step % cfg.save_every == 0 or last
+                paused = self.paused(self.evaluate) if evaluating else 0.0
+                if (evaluating or saving) and self.deadline is not None and self.deadline.due(state.step):
+                    self.count_again(paused)  # before the save, so that its checkpoint records the steps
+                    progress.total, saving = self.cfg.total_steps, True
+                if saving:
                     self.paused(self.save)
         finally:
             self.train.close()  # stops the prefetch thread before anything else shuts down
@@ -215,36 +228,23 @@ class Trainer:
         if advice and self.world.is_main:
             warn(advice)
         capped = self.plan is not None and self.plan.capped
-        unfinished = self.learning.at_end(self.best.step, steps, cfg.minutes if capped else None)
+        cfg = self.cfg
+        unfinished = self.learning.at_end(self.best.step, cfg.total_steps, cfg.minutes if capped else None)
         if unfinished and self.world.is_main:
             note(unfinished)
-        summary = _summary(
+        summary = run_summary(
             self.resolved, state, self.log, self.last_eval, self.checkpoint, self.out, self.metrics
         )
         summary["precision"] = self.precision.precision
         summary["best"] = self.best.describe()
         if self.rows is not None:
-            summary["row_plan"] = {
-                "seq_len": self.rows.seq_len,
-                "covered": round(self.rows.covered, 4),
-                "padding": None if self.rows.padding is None else round(self.rows.padding, 4),
-            }
+            summary["row_plan"] = self.rows.summary()
         if self.variation is not None:
-            passes = self.variation.passes
-            summary["variation"] = {
-                "varied": self.resolved.pipeline.data.augment,
-                "fields": self.variation.fields,
-                "passes": None if passes is None else round(passes, 2),
-            }
+            summary["variation"] = self.variation.summary(bool(self.resolved.pipeline.data.augment))
         if self.plan is not None:
-            summary["step_plan"] = {
-                "steps": self.plan.steps,
-                "samples": self.plan.samples,
-                "samples_per_step": round(self.plan.per_step, 2),
-                "step_seconds_measured": round(self.plan.seconds, 4),
-                "train_seconds_allowed": round(self.plan.train_seconds, 1),
-                "eval_seconds_estimated": round(self.plan.eval_seconds, 1),
-            }
+            replanned = self.deadline.replanned if self.deadline is not None else None
+            again = {"counted_again": replanned.summary()} if replanned is not None else {}
+            summary["step_plan"] = {**self.plan.summary(), **again}
         return summary
 
     def step(self) -> tuple[float, int]:
@@ -326,11 +326,24 @@ class Trainer:
             )
         D.barrier(self.world)
 
-    def paused(self, work: Callable[[], None]) -> None:
-        """Run work that is not training and keep it out of the throughput window."""
+    def count_again(self, paused: float) -> None:
+        """The steps that fit what is left of the budget, from the run's own timing (``Deadline``);
+        every process takes rank 0's."""
+        assert self.deadline is not None
+        replan = self.deadline.replan(self.state.step, time.perf_counter(), paused)
+        steps = D.broadcast_int(replan.steps, self.world)
+        self.resolved = with_steps(self.resolved, steps)
+        self.cfg = self.resolved.pipeline.train
+        if self.world.is_main:
+            note(replan.describe())
+
+    def paused(self, work: Callable[[], None]) -> float:
+        """Run work that is not training and keep it out of the throughput window; its seconds."""
         started = time.perf_counter()
         work()
-        self.window_start += time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        self.window_start += seconds
+        return seconds
 
 
 class LossStep(torch.nn.Module):
@@ -366,30 +379,3 @@ def _train_batches(
         stream, data.batch_rows // world.size, data.row_len, pack=data.pack, align=align, split=split
     )
     return prefetch(rows) if prefetch_helps(world.device) else rows
-
-
-def _summary(
-    resolved: Resolved,
-    state: TrainState,
-    log: SkipLog,
-    last_eval: dict[str, Any],
-    checkpoint: Path | None,
-    out: Path,
-    metrics: MetricsLog | None,
-) -> dict[str, Any]:
-    plot_path = None
-    if metrics:
-        metrics.close()
-        plot_path = plot(metrics.rows, out / "metrics.png") if metrics.rows else None
-    named = {f"eval_{k}" if k == "bpb" else k: v for k, v in last_eval.items()}
-    return {
-        "pipeline": resolved.name,
-        "steps": state.step,
-        "samples_seen": state.samples_seen,
-        "samples_skipped": log.samples_skipped,
-        "failed_shards": list(log.failed),
-        "metrics": named,
-        "checkpoint": str(checkpoint) if checkpoint else None,
-        "metrics_file": str(out / "metrics.jsonl"),
-        "plot": str(plot_path) if plot_path else None,
-    }

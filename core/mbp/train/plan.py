@@ -101,6 +101,16 @@ class StepPlan:
         """A warning where the held-out set's evaluations crowd out training."""
         return self.evaluation.advice(self.seconds, self.per_step, self.run_seconds) if self.capped else None
 
+    def summary(self) -> dict[str, float | int]:
+        return {
+            "steps": self.steps,
+            "samples": self.samples,
+            "samples_per_step": round(self.per_step, 2),
+            "step_seconds_measured": round(self.seconds, 4),
+            "train_seconds_allowed": round(self.train_seconds, 1),
+            "eval_seconds_estimated": round(self.eval_seconds, 1),
+        }
+
     def describe(self) -> str:
         passes = self.steps * self.per_step / max(1, self.samples)
         timed = f"{self.seconds:.3g} s a step measured"
@@ -141,10 +151,16 @@ def plan_steps(
     run_seconds = resolved.pipeline.train.minutes * 60
     load = eval_load(resolved, eval_shards or [], ceiling(probe.seconds, training_seconds(0.0, run_seconds)))
     most = ceiling(probe.seconds, training_seconds(load.seconds(probe.seconds, per_step), run_seconds))
+    wanted, samples = passes_steps(shards, per_step, most)
+    return StepPlan(min(most, wanted), samples, per_step, wanted > most, probe.seconds, load, run_seconds)
+
+
+def passes_steps(shards: list[str], per_step: float, most: int) -> tuple[int, int]:
+    """The steps of ``PASSES`` over ``shards`` (at least ``FEWEST_STEPS``) and the samples counted:
+    counting stops once the passes would take more than ``most`` steps."""
     enough = math.ceil(most * per_step / PASSES) + 1
     samples = sum(1 for _ in itertools.islice(read_samples(shards, SkipLog(quiet=True)), enough))
-    wanted = max(FEWEST_STEPS, math.ceil(PASSES * samples / per_step))
-    return StepPlan(min(most, wanted), samples, per_step, wanted > most, probe.seconds, load, run_seconds)
+    return max(FEWEST_STEPS, math.ceil(PASSES * samples / per_step)), samples
 
 
 def eval_load(resolved: Resolved, eval_shards: list[str], most_steps: int) -> EvalLoad:
@@ -296,6 +312,7 @@ __all__ = [
     "StepPlan",
     "StepProbe",
     "ceiling",
+    "passes_steps",
     "plan_run",
     "plan_steps",
     "preview",

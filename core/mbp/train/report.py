@@ -1,4 +1,5 @@
-"""Metrics as JSON lines, a PNG plot, and progress on stderr (only when it is a terminal)."""
+"""Metrics as JSON lines, a PNG plot, progress on stderr (only when it is a terminal), and the run's
+summary."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mbp.data.skips import SkipLog
+    from mbp.resolve import Resolved
+    from mbp.train.checkpoint import TrainState
 
 
 class MetricsLog:
@@ -90,3 +96,31 @@ class Progress:
     def done(self) -> None:
         if self.enabled:
             sys.stderr.write("\n")
+
+
+def run_summary(
+    resolved: Resolved,
+    state: TrainState,
+    log: SkipLog,
+    last_eval: dict[str, Any],
+    checkpoint: Path | None,
+    out: Path,
+    metrics: MetricsLog | None,
+) -> dict[str, Any]:
+    """What ``mbp run --json`` prints of every run (the trainer adds its plans)."""
+    plot_path = None
+    if metrics:
+        metrics.close()
+        plot_path = plot(metrics.rows, out / "metrics.png") if metrics.rows else None
+    named = {f"eval_{k}" if k == "bpb" else k: v for k, v in last_eval.items()}
+    return {
+        "pipeline": resolved.name,
+        "steps": state.step,
+        "samples_seen": state.samples_seen,
+        "samples_skipped": log.samples_skipped,
+        "failed_shards": list(log.failed),
+        "metrics": named,
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "metrics_file": str(out / "metrics.jsonl"),
+        "plot": str(plot_path) if plot_path else None,
+    }

@@ -53,6 +53,10 @@ class RowPlan:
             rest += f"; {self.padding:.0%} padding"
         return f"rows of {self.seq_len} tokens ({self.covered:.0%} of {self.probed} samples probed fit{rest})"
 
+    def summary(self) -> dict[str, float | int | None]:
+        padding = None if self.padding is None else round(self.padding, 4)
+        return {"seq_len": self.seq_len, "covered": round(self.covered, 4), "padding": padding}
+
 
 def plan_rows(resolved: Resolved, shards: list[str]) -> tuple[Resolved, RowPlan | None]:
     """``resolved`` with ``data.seq_len`` set from the training samples if the pipeline leaves it unset:

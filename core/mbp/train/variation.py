@@ -44,6 +44,11 @@ class VariationPlan:
         state = "varied" if self.varied else "not varied"
         return f"{names} {state} ({self.passes:.1f} passes; data.augment)"
 
+    def summary(self, varied: bool) -> dict[str, object]:
+        """``varied``: as the run went (a resumed run varies as its checkpoint recorded)."""
+        passes = None if self.passes is None else round(self.passes, 2)
+        return {"varied": varied, "fields": self.fields, "passes": passes}
+
 
 def with_augment(resolved: Resolved, varied: bool) -> Resolved:
     """``resolved`` with ``data.augment`` settled, and an encoder that varies accordingly."""

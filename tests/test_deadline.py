@@ -1,0 +1,116 @@
+"""A planned run counts its steps again a quarter of the way in, from its own step time and its first
+evaluation, so that it ends within its budget (``mbp.train.deadline``)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+from mbp.model.io import checkpoint_document
+from mbp.train import plan
+from mbp.train.deadline import REMAINING_DRIFT, Deadline, deadline_of, round_down
+from mbp.train.plan import PASSES, plan_steps
+
+from tests.conftest import invoke_mbp
+from tests.shardkit import REGISTRY, good_samples, write_tar
+from tests.test_plan import PATCH, text_set, time_steps_at
+
+
+def timed(planned: int, steps: int, step_seconds: float, most: int = 10**9, run: float = 540.0) -> Deadline:
+    """A deadline whose run has taken ``steps`` steps of ``step_seconds`` each."""
+    deadline = Deadline(run, 0.0, planned, None, lambda _: most)
+    for _ in range(steps):
+        deadline.stepped(step_seconds)
+    return deadline
+
+
+def ends_by(deadline: Deadline, step: int, total: int, now: float, pause: float, per_step: float) -> float:
+    """When a run at ``step`` at time ``now`` ends if it takes ``total`` steps."""
+    return now + (total - step) * per_step * REMAINING_DRIFT + deadline.pauses_after(step, total) * pause
+
+
+def test_a_run_faster_than_planned_takes_the_steps_its_budget_has_left() -> None:
+    # planned 1,000 steps; the first 250 took 0.2 s each, and at 60 s in its first evaluation took 5 s
+    deadline = timed(1000, 250, 0.2)
+    assert deadline.due(250) and not deadline.due(249)
+    replan = deadline.replan(250, 60.0, 5.0)
+    # four more evaluations (quarters of the new total, the last at its end): 480 s less 20, at 0.21 s
+    assert deadline.pauses_after(250, replan.steps) == 4
+    assert replan.steps == round_down(250 + int((540 - 60 - 4 * 5) / (0.2 * REMAINING_DRIFT))) == 2440
+    assert ends_by(deadline, 250, replan.steps, 60.0, 5.0, 0.2) <= 540.0
+    assert ends_by(deadline, 250, replan.steps + 10, 60.0, 5.0, 0.2) > 540.0  # within rounding of it
+    assert (replan.step_seconds, replan.left_seconds) == (pytest.approx(0.2), 480.0)
+    assert "1000 -> 2440" in replan.describe() and "0.2 s a step" in replan.describe()
+    assert not deadline.due(500)  # once
+
+
+def test_a_run_slower_than_planned_is_shortened_to_end_within_its_budget() -> None:
+    deadline = timed(1000, 250, 0.5)
+    replan = deadline.replan(250, 140.0, 5.0)
+    assert replan.steps < 1000
+    assert ends_by(deadline, 250, replan.steps, 140.0, 5.0, 0.5) <= 540.0
+    # a run already past its budget still takes one step more, which ends it with an evaluation
+    assert timed(1000, 250, 0.5).replan(250, 600.0, 5.0).steps == 251
+
+
+def test_counting_again_never_passes_what_the_data_wants() -> None:
+    assert timed(1000, 250, 0.2, most=1500).replan(250, 60.0, 5.0).steps == 1500
+    # a given eval_every: evaluations every 100 steps, not four a run
+    deadline = Deadline(540.0, 0.0, 1000, 100, lambda _: 10**9)
+    assert deadline.pauses_after(250, 1000) == 8 and deadline.pauses_after(250, 1050) == 9
+    assert not deadline.due(250)  # no step timed yet
+    assert [round_down(n) for n in (7, 999, 2447, 98765)] == [7, 999, 2440, 98700]
+
+
+def test_the_data_bounds_a_capped_run_and_the_plan_bounds_one_below_its_ceiling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    resolved, shards, per_step = text_set(tmp_path, 1)
+    resolved, shards, _ = text_set(tmp_path, math.ceil(1000 * per_step / PASSES))  # 30 passes: 1,000 steps
+    time_steps_at(monkeypatch, 400)
+    capped = plan_steps(resolved, shards, PATCH)
+    assert capped.steps == 400 and capped.capped
+    wanted = math.ceil(PASSES * math.ceil(1000 * per_step / PASSES) / per_step)
+    assert deadline_of(capped, None, shards, 0.0).most(5000) == wanted >= 1000
+    time_steps_at(monkeypatch, 4000)
+    below = plan_steps(resolved, shards, PATCH)
+    assert not below.capped and deadline_of(below, None, shards, 0.0).most(5000) == below.steps
+
+
+def test_a_run_planned_on_a_slow_timing_takes_the_steps_its_minutes_allow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planned on a timing of 0.5 s a step, far slower than this machine steps a tiny model: a few
+    steps. At the first evaluation the run counts again from its own steps and trains on to the end of
+    its 9 seconds; the checkpoint written there records the new total, so a resumed run takes the
+    same steps."""
+    registry = tmp_path / "registry.yaml"
+    train = REGISTRY[REGISTRY.index("    train:") :]
+    registry.write_text(REGISTRY.replace(train, "    train: {warmup_steps: 2, minutes: 0.15}\n"))
+    write_tar(tmp_path / "train-0.tar", good_samples("a", 24))
+    write_tar(tmp_path / "eval-0.tar", good_samples("e", 8))
+    args = ["run", "qa", str(tmp_path / "train-0.tar"), "--eval-shards", str(tmp_path / "eval-0.tar")]
+    args += ["--registry", str(registry), "--json", "--out", str(tmp_path / "out")]
+    time_steps_at(monkeypatch, 1, count_again=True)
+    monkeypatch.setattr(plan, "step_seconds", lambda *args: 0.5)
+    started = time.perf_counter()
+    result = invoke_mbp(*args)
+    seconds = time.perf_counter() - started
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    planned, again = summary["step_plan"]["steps"], summary["step_plan"]["counted_again"]
+    # 9 s less 4 evaluations of 8 samples at 4 a step (2 steps' worth: 1 s each), over 1.2 x 0.5 s
+    assert planned == 8 and again["at_step"] == math.ceil(planned / 4)
+    assert summary["steps"] == again["steps"] > 2 * planned  # this machine steps a tiny model far faster
+    assert seconds < 9 + 5  # within its minutes (and the margin of a loaded machine)
+    counted = f"steps counted again at step {again['at_step']} from the run's own timing: "
+    assert f"{counted}{planned} -> {again['steps']}" in result.stderr
+    recorded = checkpoint_document(Path(summary["checkpoint"]), training=True)
+    assert recorded["pipeline"]["train"]["steps"] == again["steps"]
+    resumed = invoke_mbp(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["steps"] == again["steps"]
+    assert "counted again" not in resumed.stderr  # a resumed run keeps its checkpoint's steps
