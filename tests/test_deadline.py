@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mbp.model.io import checkpoint_document
 from mbp.train import plan
-from mbp.train.deadline import REMAINING_DRIFT, Deadline, deadline_of, round_down
+from mbp.train.deadline import REMAINING_DRIFT, Deadline, Replan, deadline_of, round_down
 from mbp.train.plan import PASSES, plan_steps
 
 from tests.conftest import invoke_mbp
@@ -54,6 +54,24 @@ def test_a_run_slower_than_planned_is_shortened_to_end_within_its_budget() -> No
     assert ends_by(deadline, 250, replan.steps, 140.0, 5.0, 0.5) <= 540.0
     # a run already past its budget still takes one step more, which ends it with an evaluation
     assert timed(1000, 250, 0.5).replan(250, 600.0, 5.0).steps == 251
+
+
+def test_a_quarter_that_falls_just_after_the_count_is_left_out() -> None:
+    # King James on the EPYC: 1,000 steps counted again at 250 became 1,400, whose first quarter is 350
+    deadline = timed(1000, 250, 0.3)
+    deadline.replanned = Replan(250, 1000, 1400, 0.3, 10.0, 440.0)
+    assert [deadline.skips(step, 1400) for step in (300, 350, 424, 425, 700, 1400)] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
+    assert deadline.pauses_after(250, 1400) == 3  # 700, 1050 and 1400
+    given = Deadline(540.0, 0.0, 1000, 100, lambda _: 10**9)  # an eval_every given is kept to
+    given.replanned = Replan(250, 1000, 1400, 0.3, 10.0, 440.0)
+    assert not given.skips(300, 1400)
 
 
 def test_counting_again_never_passes_what_the_data_wants() -> None:

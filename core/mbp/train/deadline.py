@@ -104,9 +104,24 @@ class Deadline:
         return self.replanned
 
     def pauses_after(self, step: int, total: int) -> int:
-        """Evaluations (each with its checkpoint) after ``step`` in a run of ``total`` steps."""
-        every = self.eval_every or max(1, math.ceil(total / 4))
-        return total // every - step // every + (1 if total % every else 0)
+        """Evaluations (each with its checkpoint) after ``step`` in a run of ``total`` steps counted again
+        at ``step``: at ``every``'s multiples and the last step, less those ``skips`` leaves out."""
+        every = self.every(total)
+        points = [*range((step // every + 1) * every, total, every), total]
+        return sum(1 for point in points if point == total or not self.skipping(step, point, every))
+
+    def every(self, total: int) -> int:
+        return self.eval_every or max(1, math.ceil(total / 4))
+
+    def skips(self, step: int, total: int) -> bool:
+        """Whether the run leaves out the evaluation (and checkpoint) at ``step``: the quarters of a
+        total counted again can fall just after the evaluation the count was made at (King James: 1,000
+        steps counted again at 250 became 1,400, whose first quarter is step 350)."""
+        counted = self.replanned
+        return counted is not None and step != total and self.skipping(counted.step, step, self.every(total))
+
+    def skipping(self, counted_at: int, step: int, every: int) -> bool:
+        return self.eval_every is None and counted_at < step < counted_at + every // 2
 
 
 def round_down(steps: int) -> int:

@@ -209,8 +209,10 @@ class Trainer:
                 last = state.step == cfg.total_steps
                 if state.step % cfg.log_every == 0 or last:
                     self.log_train(loss)
-                evaluating = bool(self.evals) and (state.step % cfg.evaluate_every == 0 or last)
+                skip = self.deadline is not None and self.deadline.skips(state.step, cfg.total_steps)
+                evaluating = bool(self.evals) and (state.step % cfg.evaluate_every == 0 or last) and not skip
                 saving = state.step % cfg.save_every == 0 or last
+                saving = saving and not (skip and cfg.checkpoint_every is None)  # one asked for is kept
                 paused = self.paused(self.evaluate) if evaluating else 0.0
                 if (evaluating or saving) and self.deadline is not None and self.deadline.due(state.step):
                     self.count_again(paused)  # before the save, so that its checkpoint records the steps
