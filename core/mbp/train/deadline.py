@@ -13,7 +13,7 @@ Once, and before the checkpoint saved at that point, so that the checkpoint reco
 will take: a run resumed from it (or any later one) takes the same steps, which keeps resume exact. A
 resumed run does not count again: its clock started with the resume. The learning-rate schedule follows
 the new total from that step on (its cosine stretched or shrunk: at a quarter in, 1.5x the steps moves
-the factor from 0.85 to 0.94 of the peak).
+the factor from 0.85 to 0.93 of the peak).
 """
 
 from __future__ import annotations
