@@ -1,35 +1,40 @@
-"""A planned run keeps its budget by its own clock: once, a quarter of the way in, its steps are counted
-again from what the run has measured (its steps, its first evaluation and checkpoint) instead of the few
-steps timed before it started.
+"""A planned run keeps its budget by its own clock: from a quarter of the way in, at each evaluation, its
+steps are counted again from what the run has measured (its own steps and evaluations) instead of the
+few steps timed before it started.
 
 The plan before training times three steps of a fresh model and leaves a margin (``STEP_DRIFT``, 1.2)
 for a machine that steps slower than it timed, and it estimates evaluation from the training step. On a
 2-core AMD EPYC the King James run timed 0.319 s a step and 98 s of evaluation, then stepped at 0.285 s
-and evaluated in 4 x 8.5 s: it ended after 5.6 of its 9 minutes, still learning. The same margin is
-needed in the other direction (that machine ran 20-30% slower for an hour). A quarter in, the run knows
-both, so the margin on what is left can be small (``REMAINING_DRIFT``).
+and evaluated in 4 x 8.5 s: it ended after 5.6 of its 9 minutes, still learning. Counted once at a
+quarter, the same run ended at 7.8 minutes (its later steps faster than its first quarter) and another
+at 9.7 (its later steps 17% slower): the machine drifts within a run, so the run counts at each
+evaluation until the last, each time from the steps since the count before, with a small margin on
+what is left (``REMAINING_DRIFT``).
 
-Once, and before the checkpoint saved at that point, so that the checkpoint records the steps the run
-will take: a run resumed from it (or any later one) takes the same steps, which keeps resume exact. A
-resumed run does not count again: its clock started with the resume. The learning-rate schedule follows
-the new total from that step on (its cosine stretched or shrunk: at a quarter in, 1.5x the steps moves
-the factor from 0.85 to 0.93 of the peak).
+After its first count the run evaluates (and saves) at points the deadline spreads evenly over the
+steps left, so that a new total's quarters do not bunch after an evaluation just made. Each count is
+made before the checkpoint at its step, which records the total: a resumed run finishes the steps its
+checkpoint recorded and does not count again (its clock started with the resume), so a run to be
+repeated exactly names ``train.steps``. The learning-rate schedule follows the total from each count
+on (its cosine stretched or shrunk: at a quarter in, 1.5x the steps moves the factor from 0.85 to 0.93
+of the peak; later counts move less).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mbp.train.plan import StepPlan, passes_steps
 
 REPLAN_AT = 0.25
-"""The share of the planned steps after which the run counts again (its first evaluation, by default)."""
+"""The share of the planned steps from which the run counts again (its first evaluation, by default)."""
 REMAINING_DRIFT = 1.05
-"""The margin on the steps left, timed on the run's own steps: the prefetching thread and the data are
-in that measurement, so only the machine's own drift is left (on the EPYC, a run's last quarter stepped
-up to 16% slower or 20% faster than its first)."""
+"""The margin on the steps left, timed on the run's own recent steps: the prefetching thread and the
+data are in that measurement, so only the machine's drift until the next count is left."""
+EVALUATIONS = 4
+"""Evaluations of a run whose pipeline leaves ``train.eval_every`` unset (``mbp.train.budget``)."""
 
 
 @dataclass(frozen=True)
@@ -38,11 +43,12 @@ class Replan:
 
     step: int
     planned: int
+    """The total before this count."""
     steps: int
     step_seconds: float
-    """The run's own seconds a step so far, data included, evaluations and checkpoints not."""
+    """The run's own seconds a step since the count before, data included, evaluations not."""
     pause_seconds: float
-    """The evaluation (and checkpoint) at ``step``: what each later one is expected to cost."""
+    """The evaluation at ``step``: what each later one is expected to cost."""
     left_seconds: float
     """The run's budget left at ``step``."""
 
@@ -66,8 +72,8 @@ class Replan:
 
 @dataclass
 class Deadline:
-    """The budget of a run whose steps were planned: counts the seconds spent in steps and, once, the
-    steps that fit what is left (``replan``)."""
+    """The budget of a run whose steps were planned: counts the seconds spent in steps and, at each
+    evaluation from a quarter in until the last, the steps that fit what is left (``replan``)."""
 
     run_seconds: float
     """The run's budget, evaluation included (``train.minutes``), from ``started``."""
@@ -80,49 +86,53 @@ class Deadline:
     """The most steps the data wants, given a candidate count (``PASSES`` over the training set,
     counted as far as the candidate needs; the plan itself where it was below the ceiling)."""
     training_seconds: float = 0.0
+    """Seconds in steps since the last count."""
     steps_timed: int = 0
-    replanned: Replan | None = None
+    counts: list[Replan] = field(default_factory=list)
+    points: list[int] | None = None
+    """Where the run evaluates after its first count (``eval_every`` unset): spread over the steps left."""
 
     def stepped(self, seconds: float) -> None:
         self.training_seconds += seconds
         self.steps_timed += 1
 
-    def due(self, step: int) -> bool:
-        return self.replanned is None and self.steps_timed > 0 and step >= math.ceil(self.planned * REPLAN_AT)
+    def pauses_at(self, step: int, total: int, every: int) -> bool:
+        """Whether the run evaluates (and saves) at ``step``: ``every``'s multiples until the first count
+        or where ``eval_every`` is given, then the points the counts spread; always at the last step."""
+        if step == total:
+            return True
+        return step in self.points if self.points is not None else step % every == 0
 
-    def replan(self, step: int, now: float, pause_seconds: float) -> Replan:
-        """The steps that end the run within its budget: the steps left at the run's own step time
-        (with ``REMAINING_DRIFT``) and each later evaluation at ``pause_seconds``. Never past what
-        ``most`` allows, and at least one more step, so that the run ends with an evaluation."""
+    def due(self, step: int, total: int) -> bool:
+        """Whether the run counts again at ``step``, one of its evaluations (``pauses_at``)."""
+        return step < total and self.steps_timed > 0 and step >= math.ceil(self.planned * REPLAN_AT)
+
+    def replan(self, step: int, total: int, now: float, pause_seconds: float) -> Replan:
+        """The steps that end the run within its budget: the steps left at the run's step time since the
+        last count (with ``REMAINING_DRIFT``) and each later evaluation at ``pause_seconds``. Never past
+        what ``most`` allows, and at least one more step, so that the run ends with an evaluation."""
         per_step = self.training_seconds / self.steps_timed
         left = self.run_seconds - (now - self.started)
-        steps = self.planned
-        for _ in range(4):  # later evaluations depend on the total: settles in two or three rounds
+        steps = total
+        for _ in range(4):  # later evaluations may depend on the total: settles in two or three rounds
             spare = left - self.pauses_after(step, steps) * pause_seconds
             steps = step + max(1, int(spare / (per_step * REMAINING_DRIFT)))
         steps = max(step + 1, min(round_down(steps), self.most(steps)))
-        self.replanned = Replan(step, self.planned, steps, per_step, pause_seconds, left)
-        return self.replanned
+        if self.eval_every is None:
+            spread = self.pauses_after(step, steps)
+            self.points = sorted({step + round((steps - step) * k / spread) for k in range(1, spread + 1)})
+        count = Replan(step, total, steps, per_step, pause_seconds, left)
+        self.counts.append(count)
+        self.training_seconds, self.steps_timed = 0.0, 0
+        return count
 
     def pauses_after(self, step: int, total: int) -> int:
-        """Evaluations (each with its checkpoint) after ``step`` in a run of ``total`` steps counted again
-        at ``step``: at ``every``'s multiples and the last step, less those ``skips`` leaves out."""
-        every = self.every(total)
-        points = [*range((step // every + 1) * every, total, every), total]
-        return sum(1 for point in points if point == total or not self.skipping(step, point, every))
-
-    def every(self, total: int) -> int:
-        return self.eval_every or max(1, math.ceil(total / 4))
-
-    def skips(self, step: int, total: int) -> bool:
-        """Whether the run leaves out the evaluation (and checkpoint) at ``step``: the quarters of a
-        total counted again can fall just after the evaluation the count was made at (King James: 1,000
-        steps counted again at 250 became 1,400, whose first quarter is step 350)."""
-        counted = self.replanned
-        return counted is not None and step != total and self.skipping(counted.step, step, self.every(total))
-
-    def skipping(self, counted_at: int, step: int, every: int) -> bool:
-        return self.eval_every is None and counted_at < step < counted_at + every // 2
+        """Evaluations after ``step`` in a run of ``total`` steps counted again at ``step``: the quarters
+        not yet reached (at least the last step's), or ``eval_every``'s multiples and the last step."""
+        if self.eval_every is None:
+            reached = len(self.counts) + 1 if self.points is not None else step * EVALUATIONS // self.planned
+            return max(1, EVALUATIONS - reached)
+        return total // self.eval_every - step // self.eval_every + (1 if total % self.eval_every else 0)
 
 
 def round_down(steps: int) -> int:

@@ -209,14 +209,19 @@ class Trainer:
                 last = state.step == cfg.total_steps
                 if state.step % cfg.log_every == 0 or last:
                     self.log_train(loss)
-                skip = self.deadline is not None and self.deadline.skips(state.step, cfg.total_steps)
-                evaluating = bool(self.evals) and (state.step % cfg.evaluate_every == 0 or last) and not skip
-                saving = state.step % cfg.save_every == 0 or last
-                saving = saving and not (skip and cfg.checkpoint_every is None)  # one asked for is kept
+                deadline, every = self.deadline, cfg.evaluate_every
+                pausing = (
+                    deadline.pauses_at(state.step, cfg.total_steps, every)
+                    if deadline
+                    else state.step % every == 0
+                )
+                evaluating = bool(self.evals) and (pausing or last)
+                saving = state.step % cfg.checkpoint_every == 0 if cfg.checkpoint_every else pausing
                 paused = self.paused(self.evaluate) if evaluating else 0.0
-                if (evaluating or saving) and self.deadline is not None and self.deadline.due(state.step):
+                if pausing and deadline is not None and deadline.due(state.step, cfg.total_steps):
                     self.count_again(paused)  # before the save, so that its checkpoint records the steps
                     progress.total, saving = self.cfg.total_steps, True
+                saving = saving or last
                 if saving:
                     self.paused(self.save)
         finally:
@@ -244,8 +249,8 @@ class Trainer:
         if self.variation is not None:
             summary["variation"] = self.variation.summary(bool(self.resolved.pipeline.data.augment))
         if self.plan is not None:
-            replanned = self.deadline.replanned if self.deadline is not None else None
-            again = {"counted_again": replanned.summary()} if replanned is not None else {}
+            counts = self.deadline.counts if self.deadline is not None else []
+            again = {"counted_again": [count.summary() for count in counts]} if counts else {}
             summary["step_plan"] = {**self.plan.summary(), **again}
         return summary
 
@@ -332,7 +337,7 @@ class Trainer:
         """The steps that fit what is left of the budget, from the run's own timing (``Deadline``);
         every process takes rank 0's."""
         assert self.deadline is not None
-        replan = self.deadline.replan(self.state.step, time.perf_counter(), paused)
+        replan = self.deadline.replan(self.state.step, self.cfg.total_steps, time.perf_counter(), paused)
         steps = D.broadcast_int(replan.steps, self.world)
         self.resolved = with_steps(self.resolved, steps)
         self.cfg = self.resolved.pipeline.train
