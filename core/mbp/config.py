@@ -187,10 +187,6 @@ class TrainConfig(Strict):
     def evaluate_every(self) -> int:
         return self.eval_every or max(1, math.ceil(self.total_steps / 4))
 
-    @property
-    def save_every(self) -> int:
-        return self.checkpoint_every or self.evaluate_every
-
     @model_validator(mode="after")
     def _bf16_is_a_precision(self) -> TrainConfig:
         if self.bf16 is not None:

@@ -26,6 +26,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from mbp.train.budget import EVALUATIONS
 from mbp.train.plan import StepPlan, passes_steps
 
 REPLAN_AT = 0.25
@@ -33,8 +34,6 @@ REPLAN_AT = 0.25
 REMAINING_DRIFT = 1.05
 """The margin on the steps left, timed on the run's own recent steps: the prefetching thread and the
 data are in that measurement, so only the machine's drift until the next count is left."""
-EVALUATIONS = 4
-"""Evaluations of a run whose pipeline leaves ``train.eval_every`` unset (``mbp.train.budget``)."""
 
 
 @dataclass(frozen=True)
