@@ -1,5 +1,6 @@
-"""A planned run counts its steps again a quarter of the way in, from its own step time and its first
-evaluation, so that it ends within its budget (``mbp.train.deadline``)."""
+"""A planned run counts its steps again at each evaluation from a quarter of the way in, from its own
+step time and its last evaluation, and shortens itself between counts where its recent pace would
+end it past its budget, so that it ends within its budget (``mbp.train.deadline``)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from pathlib import Path
 
 import pytest
 from mbp.model.io import checkpoint_document
-from mbp.train import plan
-from mbp.train.deadline import REMAINING_DRIFT, Deadline, deadline_of, round_down
+from mbp.train import deadline as deadline_module
+from mbp.train import loop, plan
+from mbp.train.deadline import RECENT_STEPS, REMAINING_DRIFT, Deadline, deadline_of, round_down
 from mbp.train.plan import PASSES, plan_steps
 
 from tests.conftest import invoke_mbp
@@ -61,6 +63,44 @@ def test_a_run_slower_than_planned_is_shortened_to_end_within_its_budget() -> No
     assert count.steps == round_down(250 + int((400 - 3 * 5) / (0.5 * REMAINING_DRIFT))) < 1000
     # a run already past its budget still takes one step more, which ends it with an evaluation
     assert timed(1000, 250, 0.5).replan(250, 1000, 600.0, 5.0).steps == 251
+
+
+def test_a_run_whose_pace_slows_after_its_last_count_is_shortened_to_end_within_its_budget() -> None:
+    # counted at 1,000 of 2,000 steps (0.2 s a step, 5 s an evaluation): 1,000 steps left to 200 s
+    deadline = timed(1000, 1000, 0.2)
+    deadline.replan(1000, 2000, 300.0, 5.0)
+    total = deadline.counts[-1].steps
+    assert deadline.shorten_if_late(1000, total, 305.0) is None  # no step timed at the new pace yet
+    for _ in range(RECENT_STEPS // 2 - 1):
+        deadline.stepped(0.3)
+    now = 305.0 + (RECENT_STEPS // 2 - 1) * 0.3
+    assert deadline.shorten_if_late(1049, total, now) is None  # too few recent steps to judge
+    deadline.stepped(0.3)
+    now += 0.3
+    assert deadline.shorten_if_late(1050, total, now) is not None  # half of the window is enough
+    deadline = timed(1000, 1000, 0.2)
+    deadline.replan(1000, 2000, 300.0, 5.0)
+    for _ in range(RECENT_STEPS):  # the machine slowed to 0.3 s a step for good
+        deadline.stepped(0.3)
+    now = 305.0 + RECENT_STEPS * 0.3
+    step = 1000 + RECENT_STEPS
+    assert deadline.points is not None
+    pauses = sum(1 for point in deadline.points if step < point < total) + 1
+    cut = deadline.shorten_if_late(step, total, now)
+    assert cut is not None and cut.planned == total and cut.step_seconds == pytest.approx(0.3)
+    assert cut.projected_seconds == pytest.approx(now + (total - step) * 0.3 + pauses * 5.0)
+    assert cut.projected_seconds > 540
+    assert cut.steps == step + int((540 - now - pauses * 5.0) / (0.3 * REMAINING_DRIFT)) < total
+    assert f"{total} -> {cut.steps}" in cut.describe() and "of its 9 minutes" in cut.describe()
+    assert deadline.summary()["shortened"] == [cut.summary()] and len(deadline.summary()) == 2
+    # at the shortened total the projection fits: no second cut at the same pace
+    assert deadline.shorten_if_late(step + 25, cut.steps, now + 25 * 0.3) is None
+    steady = timed(1000, 1000, 0.2)
+    steady.replan(1000, 2000, 300.0, 5.0)
+    for _ in range(RECENT_STEPS):  # steps at the pace counted: the run ends within its budget
+        steady.stepped(0.2)
+    assert steady.shorten_if_late(step, steady.counts[-1].steps, 305.0 + RECENT_STEPS * 0.2) is None
+    assert timed(1000, 300, 0.5).shorten_if_late(300, 1000, 600.0) is None  # before its first count
 
 
 def test_counting_again_never_passes_what_the_data_wants_and_keeps_a_given_eval_every() -> None:
@@ -132,3 +172,41 @@ def test_a_run_planned_on_a_slow_timing_takes_the_steps_its_minutes_allow(
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["steps"] == summary["steps"]
     assert "counted again" not in resumed.stderr  # a resumed run keeps its checkpoint's steps
+
+
+def test_a_real_run_that_slows_after_counting_is_shortened_and_ends_within_its_minutes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run counts at its first evaluation from fast steps, then every step takes 50 ms more: its
+    projected end passes its 9 seconds, so it shortens itself at a logged step."""
+    registry = tmp_path / "registry.yaml"
+    train = REGISTRY[REGISTRY.index("    train:") :]
+    registry.write_text(
+        REGISTRY.replace(train, "    train: {warmup_steps: 2, minutes: 0.15, log_every: 5}\n")
+    )
+    write_tar(tmp_path / "train-0.tar", good_samples("a", 24))
+    write_tar(tmp_path / "eval-0.tar", good_samples("e", 8))
+    args = ["run", "qa", str(tmp_path / "train-0.tar"), "--eval-shards", str(tmp_path / "eval-0.tar")]
+    args += ["--registry", str(registry), "--json", "--out", str(tmp_path / "out")]
+    time_steps_at(monkeypatch, 1, count_again=True)
+    monkeypatch.setattr(plan, "step_seconds", lambda *args: 0.5)
+    monkeypatch.setattr(deadline_module, "RECENT_STEPS", 10)
+    step = loop.Trainer.step
+
+    def slowing(trainer: loop.Trainer) -> tuple[float, int]:
+        if trainer.deadline is not None and trainer.deadline.counts:
+            time.sleep(0.05)
+        return step(trainer)
+
+    monkeypatch.setattr(loop.Trainer, "step", slowing)
+    started = time.perf_counter()
+    result = invoke_mbp(*args)
+    seconds = time.perf_counter() - started
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    cuts = summary["step_plan"]["shortened"]
+    assert cuts and all(cut["step_seconds"] > 0.05 for cut in cuts)
+    assert f"steps shortened at step {cuts[0]['at_step']} to end within the budget: " in result.stderr
+    changes = sorted(cuts + summary["step_plan"]["counted_again"], key=lambda change: change["at_step"])
+    assert summary["steps"] == changes[-1]["steps"]  # the last change of the total holds
+    assert seconds < 9 + 5  # within its minutes (and the margin of a loaded machine)

@@ -9,7 +9,11 @@ and evaluated in 4 x 8.5 s: it ended after 5.6 of its 9 minutes, still learning.
 quarter, the same run ended at 7.8 minutes (its later steps faster than its first quarter) and another
 at 9.7 (its later steps 17% slower): the machine drifts within a run, so the run counts at each
 evaluation until the last, each time from the steps since the count before, with a small margin on
-what is left (``REMAINING_DRIFT``).
+what is left (``REMAINING_DRIFT``). Between counts, and after the last, a machine that slows for good
+would still overrun (a capitals run stepped 0.275 s a step in its third quarter and 0.357 s in its
+last, and ended at 9.7 of its 9 minutes): at each logged step the run projects its end from its recent
+pace and, where that passes its budget, shortens itself (``shorten_if_late``); it never lengthens
+itself there, only a count does.
 
 After its first count the run evaluates (and saves) at points the deadline spreads evenly over the
 steps left, so that a new total's quarters do not bunch after an evaluation just made. Each count is
@@ -23,6 +27,7 @@ of the peak; later counts move less).
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -34,6 +39,10 @@ REPLAN_AT = 0.25
 REMAINING_DRIFT = 1.05
 """The margin on the steps left, timed on the run's own recent steps: the prefetching thread and the
 data are in that measurement, so only the machine's drift until the next count is left."""
+RECENT_STEPS = 100
+"""The most steps since the last count whose mean time the run's end is projected from between counts
+(``shorten_if_late``, from half as many): about half a minute of steps, so that a few slow steps do not
+shorten the run."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,35 @@ class Replan:
         }
 
 
+@dataclass(frozen=True)
+class Shortened:
+    """A run cut short at ``step`` because at its recent pace it would have ended past its budget."""
+
+    step: int
+    planned: int
+    steps: int
+    step_seconds: float
+    """The mean of the run's last ``RECENT_STEPS`` steps."""
+    projected_seconds: float
+    """When the run would have ended at that pace, from its start."""
+    run_seconds: float
+
+    def describe(self) -> str:
+        return (
+            f"steps shortened at step {self.step} to end within the budget: {self.planned} -> {self.steps} "
+            f"(at {self.step_seconds:.3g} s a step, its pace over the last steps, it would have ended at "
+            f"{self.projected_seconds / 60:.1f} of its {self.run_seconds / 60:g} minutes)"
+        )
+
+    def summary(self) -> dict[str, float | int]:
+        return {
+            "at_step": self.step,
+            "steps": self.steps,
+            "step_seconds": round(self.step_seconds, 4),
+            "projected_seconds": round(self.projected_seconds, 1),
+        }
+
+
 @dataclass
 class Deadline:
     """The budget of a run whose steps were planned: counts the seconds spent in steps and, at each
@@ -90,10 +128,13 @@ class Deadline:
     counts: list[Replan] = field(default_factory=list)
     points: list[int] | None = None
     """Where the run evaluates after its first count (``eval_every`` unset): spread over the steps left."""
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_STEPS))
+    shortened: list[Shortened] = field(default_factory=list)
 
     def stepped(self, seconds: float) -> None:
         self.training_seconds += seconds
         self.steps_timed += 1
+        self.recent.append(seconds)
 
     def pauses_at(self, step: int, total: int, every: int) -> bool:
         """Whether the run evaluates (and saves) at ``step``: ``every``'s multiples until the first count
@@ -123,7 +164,43 @@ class Deadline:
         count = Replan(step, total, steps, per_step, pause_seconds, left)
         self.counts.append(count)
         self.training_seconds, self.steps_timed = 0.0, 0
+        self.recent.clear()  # the pace after a count is judged on the steps since
         return count
+
+    def shorten_if_late(self, step: int, total: int, now: float) -> Shortened | None:
+        """Fewer steps where the run's pace since its last count (up to ``RECENT_STEPS`` of it) and the
+        evaluations left, at the last one's seconds, would end it past its budget; None where they fit
+        or the run has not counted yet (the plan's margin holds until its first count)."""
+        if not self.counts or step >= total or len(self.recent) < RECENT_STEPS // 2:
+            return None
+        pace = sum(self.recent) / len(self.recent)
+        pause = self.counts[-1].pause_seconds
+        pauses = self.evaluations_left(step, total)
+        projected = now - self.started + (total - step) * pace + pauses * pause
+        if projected <= self.run_seconds:
+            return None
+        spare = self.run_seconds - (now - self.started) - pauses * pause
+        steps = min(total - 1, step + max(1, int(spare / (pace * REMAINING_DRIFT))))
+        if steps <= step:  # its next step is its last anyway
+            return None
+        cut = Shortened(step, total, steps, pace, projected, self.run_seconds)
+        self.shortened.append(cut)
+        return cut
+
+    def summary(self) -> dict[str, list[dict[str, float | int]]]:
+        """What changed the run's steps as it went, for the run summary's ``step_plan``."""
+        changes = {
+            "counted_again": [count.summary() for count in self.counts],
+            "shortened": [cut.summary() for cut in self.shortened],
+        }
+        return {key: made for key, made in changes.items() if made}
+
+    def evaluations_left(self, step: int, total: int) -> int:
+        """Evaluations after ``step`` in a run of ``total`` steps, its last step's included."""
+        if self.eval_every is not None:
+            return self.pauses_after(step, total)
+        points = self.points or []
+        return sum(1 for point in points if step < point < total) + 1
 
     def pauses_after(self, step: int, total: int) -> int:
         """Evaluations after ``step`` in a run of ``total`` steps counted again at ``step``: the quarters

@@ -221,9 +221,10 @@ class Trainer:
                 if pausing and deadline is not None and deadline.due(state.step, cfg.total_steps):
                     self.count_again(paused)  # before the save, so that its checkpoint records the steps
                     progress.total, saving = self.cfg.total_steps, True
-                saving = saving or last
-                if saving:
+                if saving or last:
                     self.paused(self.save)
+                elif deadline is not None and state.step % cfg.log_every == 0:
+                    self.shorten_if_late(progress)
         finally:
             self.train.close()  # stops the prefetch thread before anything else shuts down
             for sink in self.sinks:
@@ -249,9 +250,8 @@ class Trainer:
         if self.variation is not None:
             summary["variation"] = self.variation.summary(bool(self.resolved.pipeline.data.augment))
         if self.plan is not None:
-            counts = self.deadline.counts if self.deadline is not None else []
-            again = {"counted_again": [count.summary() for count in counts]} if counts else {}
-            summary["step_plan"] = {**self.plan.summary(), **again}
+            changes = self.deadline.summary() if self.deadline is not None else {}
+            summary["step_plan"] = {**self.plan.summary(), **changes}
         return summary
 
     def step(self) -> tuple[float, int]:
@@ -338,11 +338,22 @@ class Trainer:
         every process takes rank 0's."""
         assert self.deadline is not None
         replan = self.deadline.replan(self.state.step, self.cfg.total_steps, time.perf_counter(), paused)
-        steps = D.broadcast_int(replan.steps, self.world)
+        self.take_steps(D.broadcast_int(replan.steps, self.world), replan.describe())
+
+    def shorten_if_late(self, progress: Progress) -> None:
+        """Fewer steps where the run's recent pace would end it past its budget; rank 0's decision."""
+        assert self.deadline is not None
+        cut = self.deadline.shorten_if_late(self.state.step, self.cfg.total_steps, time.perf_counter())
+        steps = D.broadcast_int(cut.steps if cut else self.cfg.total_steps, self.world)
+        if steps != self.cfg.total_steps:
+            self.take_steps(steps, cut.describe() if cut else "")
+            progress.total = steps
+
+    def take_steps(self, steps: int, why: str) -> None:
         self.resolved = with_steps(self.resolved, steps)
         self.cfg = self.resolved.pipeline.train
         if self.world.is_main:
-            note(replan.describe())
+            note(why)
 
     def paused(self, work: Callable[[], None]) -> float:
         """Run work that is not training and keep it out of the throughput window; its seconds."""
