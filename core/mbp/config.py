@@ -128,6 +128,8 @@ class DataConfig(Strict):
         return self.seq_len
 
 
+EVALUATIONS = 4
+"""Evaluations of a run whose pipeline leaves ``train.eval_every`` unset (every quarter of the run)."""
 RUN_MINUTES = 9.0
 """A planned run's wall time, evaluation included, where ``train.minutes`` is unset: nine minutes, one
 under the ten a run is given, for starting the process, writing checkpoints and a machine whose speed
@@ -185,7 +187,7 @@ class TrainConfig(Strict):
 
     @property
     def evaluate_every(self) -> int:
-        return self.eval_every or max(1, math.ceil(self.total_steps / 4))
+        return self.eval_every or max(1, math.ceil(self.total_steps / EVALUATIONS))
 
     @model_validator(mode="after")
     def _bf16_is_a_precision(self) -> TrainConfig:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from mbp.config import RUN_MINUTES
+from mbp.config import EVALUATIONS, RUN_MINUTES
 
 RUN_SECONDS = RUN_MINUTES * 60
 """A planned run's wall time where ``train.minutes`` is unset (``mbp.config.RUN_MINUTES``)."""
@@ -30,8 +30,6 @@ TRAIN_SECONDS = RUN_SECONDS / STEP_DRIFT
 LEAST_TRAINING = 0.5
 """The share of ``TRAIN_SECONDS`` a run trains for however long its evaluations would take: a held-out
 set too big for the budget makes the run longer, and says so (``advice``)."""
-EVALUATIONS = 4
-"""Evaluations of a run whose pipeline leaves ``train.eval_every`` unset (every quarter of the run)."""
 
 
 @dataclass(frozen=True)
