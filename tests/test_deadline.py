@@ -1,6 +1,6 @@
 """A planned run counts its steps again at each evaluation from a quarter of the way in, from its own
-step time and its last evaluation, and shortens itself between counts where its recent pace would
-end it past its budget, so that it ends within its budget (``mbp.train.deadline``)."""
+step time and its last evaluation, and after its last count refits its steps to its recent pace, so
+that it ends within its budget (``mbp.train.deadline``)."""
 
 from __future__ import annotations
 
@@ -65,42 +65,52 @@ def test_a_run_slower_than_planned_is_shortened_to_end_within_its_budget() -> No
     assert timed(1000, 250, 0.5).replan(250, 1000, 600.0, 5.0).steps == 251
 
 
-def test_a_run_whose_pace_slows_after_its_last_count_is_shortened_to_end_within_its_budget() -> None:
-    # counted at 1,000 of 2,000 steps (0.2 s a step, 5 s an evaluation): 1,000 steps left to 200 s
+def counted_last(pace: float, steps: int) -> tuple[Deadline, int, float]:
+    """Counted at step 1,000 of 1,000 planned (0.2 s a step, at 300 s, 5 s an evaluation), so that only
+    the last evaluation is left; then ``steps`` steps of ``pace``. The deadline, its total and the time."""
     deadline = timed(1000, 1000, 0.2)
     deadline.replan(1000, 2000, 300.0, 5.0)
-    total = deadline.counts[-1].steps
-    assert deadline.shorten_if_late(1000, total, 305.0) is None  # no step timed at the new pace yet
-    for _ in range(RECENT_STEPS // 2 - 1):
-        deadline.stepped(0.3)
-    now = 305.0 + (RECENT_STEPS // 2 - 1) * 0.3
-    assert deadline.shorten_if_late(1049, total, now) is None  # too few recent steps to judge
-    deadline.stepped(0.3)
-    now += 0.3
-    assert deadline.shorten_if_late(1050, total, now) is not None  # half of the window is enough
-    deadline = timed(1000, 1000, 0.2)
-    deadline.replan(1000, 2000, 300.0, 5.0)
-    for _ in range(RECENT_STEPS):  # the machine slowed to 0.3 s a step for good
-        deadline.stepped(0.3)
-    now = 305.0 + RECENT_STEPS * 0.3
+    assert deadline.points is not None and deadline.evaluations_left(1000, deadline.points[-1]) == 1
+    for _ in range(steps):
+        deadline.stepped(pace)
+    return deadline, deadline.counts[-1].steps, 305.0 + steps * pace
+
+
+def test_after_its_last_count_a_run_refits_its_steps_to_its_pace() -> None:
+    deadline, total, now = counted_last(0.3, RECENT_STEPS // 2 - 1)
+    assert deadline.refit(1000 + RECENT_STEPS // 2 - 1, total, now) is None  # too few steps to judge
+    deadline, total, now = counted_last(0.3, RECENT_STEPS)  # the machine slowed to 0.3 s for good
     step = 1000 + RECENT_STEPS
-    assert deadline.points is not None
-    pauses = sum(1 for point in deadline.points if step < point < total) + 1
-    cut = deadline.shorten_if_late(step, total, now)
+    cut = deadline.refit(step, total, now)
     assert cut is not None and cut.planned == total and cut.step_seconds == pytest.approx(0.3)
-    assert cut.projected_seconds == pytest.approx(now + (total - step) * 0.3 + pauses * 5.0)
+    assert cut.projected_seconds == pytest.approx(now + (total - step) * 0.3 + 5.0)
     assert cut.projected_seconds > 540
-    assert cut.steps == step + int((540 - now - pauses * 5.0) / (0.3 * REMAINING_DRIFT)) < total
+    assert cut.steps == step + int((540 - now - 5.0) / (0.3 * REMAINING_DRIFT)) < total
     assert f"{total} -> {cut.steps}" in cut.describe() and "of its 9 minutes" in cut.describe()
-    assert deadline.summary()["shortened"] == [cut.summary()] and len(deadline.summary()) == 2
-    # at the shortened total the projection fits: no second cut at the same pace
-    assert deadline.shorten_if_late(step + 25, cut.steps, now + 25 * 0.3) is None
-    steady = timed(1000, 1000, 0.2)
-    steady.replan(1000, 2000, 300.0, 5.0)
-    for _ in range(RECENT_STEPS):  # steps at the pace counted: the run ends within its budget
-        steady.stepped(0.2)
-    assert steady.shorten_if_late(step, steady.counts[-1].steps, 305.0 + RECENT_STEPS * 0.2) is None
-    assert timed(1000, 300, 0.5).shorten_if_late(300, 1000, 600.0) is None  # before its first count
+    assert deadline.summary()["refitted"] == [cut.summary()] and len(deadline.summary()) == 2
+    # at the refitted total the projection fits, inside the slack: no second change at the same pace
+    assert deadline.refit(step + 25, cut.steps, now + 25 * 0.3) is None
+    deadline, total, now = counted_last(0.2, RECENT_STEPS)  # the pace it counted: no change
+    assert deadline.refit(1000 + RECENT_STEPS, total, now) is None
+    deadline, total, now = counted_last(0.15, RECENT_STEPS)  # faster: more steps, within the data's
+    more = deadline.refit(1000 + RECENT_STEPS, total, now)
+    assert more is not None and more.steps == 1100 + int((540 - now - 5.0) / (0.15 * REMAINING_DRIFT))
+    assert more.steps > total * 1.03 and more.projected_seconds < 540
+    for most, refitted in ((2200, 2200), (total, None)):  # never past what the data wants
+        bounded = Deadline(540.0, 0.0, 1000, None, lambda _, most=most: most)
+        for _ in range(1000):
+            bounded.stepped(0.2)
+        bounded.replan(1000, 2000, 300.0, 5.0)
+        for _ in range(RECENT_STEPS):
+            bounded.stepped(0.15)
+        change = bounded.refit(1100, total, now)
+        assert (change.steps if change else None) == refitted
+    early = timed(1000, 250, 0.2)  # counted at a quarter: two more counts to come
+    early.replan(250, 1000, 60.0, 5.0)
+    for _ in range(RECENT_STEPS):
+        early.stepped(0.5)
+    assert early.refit(350, early.counts[-1].steps, 115.0) is None
+    assert timed(1000, 300, 0.5).refit(300, 1000, 600.0) is None  # before its first count
 
 
 def test_counting_again_never_passes_what_the_data_wants_and_keeps_a_given_eval_every() -> None:
@@ -174,10 +184,10 @@ def test_a_run_planned_on_a_slow_timing_takes_the_steps_its_minutes_allow(
     assert "counted again" not in resumed.stderr  # a resumed run keeps its checkpoint's steps
 
 
-def test_a_real_run_that_slows_after_counting_is_shortened_and_ends_within_its_minutes(
+def test_a_real_run_that_slows_after_its_last_count_refits_and_ends_within_its_minutes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The run counts at its first evaluation from fast steps, then every step takes 50 ms more: its
+    """The run counts from fast steps, then after its last count every step takes 50 ms more: its
     projected end passes its 9 seconds, so it shortens itself at a logged step."""
     registry = tmp_path / "registry.yaml"
     train = REGISTRY[REGISTRY.index("    train:") :]
@@ -194,7 +204,12 @@ def test_a_real_run_that_slows_after_counting_is_shortened_and_ends_within_its_m
     step = loop.Trainer.step
 
     def slowing(trainer: loop.Trainer) -> tuple[float, int]:
-        if trainer.deadline is not None and trainer.deadline.counts:
+        counts = trainer.deadline.counts if trainer.deadline is not None else []
+        if (
+            counts
+            and trainer.deadline is not None
+            and trainer.deadline.evaluations_left(trainer.state.step, trainer.cfg.total_steps) == 1
+        ):
             time.sleep(0.05)
         return step(trainer)
 
@@ -204,9 +219,13 @@ def test_a_real_run_that_slows_after_counting_is_shortened_and_ends_within_its_m
     seconds = time.perf_counter() - started
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
-    cuts = summary["step_plan"]["shortened"]
+    cuts = summary["step_plan"]["refitted"]
     assert cuts and all(cut["step_seconds"] > 0.05 for cut in cuts)
-    assert f"steps shortened at step {cuts[0]['at_step']} to end within the budget: " in result.stderr
-    changes = sorted(cuts + summary["step_plan"]["counted_again"], key=lambda change: change["at_step"])
-    assert summary["steps"] == changes[-1]["steps"]  # the last change of the total holds
+    counted = summary["step_plan"]["counted_again"]
+    assert cuts[0]["steps"] < counted[-1]["steps"] and cuts[0]["at_step"] > counted[-1]["at_step"]
+    assert (
+        f"steps refitted at step {cuts[0]['at_step']} to the run's pace since its last count: "
+        in result.stderr
+    )
+    assert summary["steps"] == cuts[-1]["steps"]  # the last change of the total holds
     assert seconds < 9 + 5  # within its minutes (and the margin of a loaded machine)

@@ -9,11 +9,11 @@ and evaluated in 4 x 8.5 s: it ended after 5.6 of its 9 minutes, still learning.
 quarter, the same run ended at 7.8 minutes (its later steps faster than its first quarter) and another
 at 9.7 (its later steps 17% slower): the machine drifts within a run, so the run counts at each
 evaluation until the last, each time from the steps since the count before, with a small margin on
-what is left (``REMAINING_DRIFT``). Between counts, and after the last, a machine that slows for good
-would still overrun (a capitals run stepped 0.275 s a step in its third quarter and 0.357 s in its
-last, and ended at 9.7 of its 9 minutes): at each logged step the run projects its end from its recent
-pace and, where that passes its budget, shortens itself (``shorten_if_late``); it never lengthens
-itself there, only a count does.
+what is left (``REMAINING_DRIFT``). After the last count a machine that slows for good would still
+overrun (a capitals run stepped 0.275 s a step in its third quarter and 0.357 s in its last, and ended
+at 9.7 of its 9 minutes), and one that speeds up leaves minutes unused: at each logged step from there
+the run projects its end from its pace since the count and refits its total where it would end past
+its budget, or well inside it (``Deadline.refit``).
 
 After its first count the run evaluates (and saves) at points the deadline spreads evenly over the
 steps left, so that a new total's quarters do not bunch after an evaluation just made. Each count is
@@ -40,9 +40,12 @@ REMAINING_DRIFT = 1.05
 """The margin on the steps left, timed on the run's own recent steps: the prefetching thread and the
 data are in that measurement, so only the machine's drift until the next count is left."""
 RECENT_STEPS = 100
-"""The most steps since the last count whose mean time the run's end is projected from between counts
-(``shorten_if_late``, from half as many): about half a minute of steps, so that a few slow steps do not
-shorten the run."""
+"""The most steps since the last count whose mean time the run's end is projected from after it
+(``Deadline.refit``, from half as many): about half a minute of steps, so that a few slow steps do not
+move the total."""
+REFIT_SLACK = 1.03
+"""After the last count, the run takes more steps only where more than this share of its total fits: a
+few percent of timing noise does not move its learning-rate schedule."""
 
 
 @dataclass(frozen=True)
@@ -79,22 +82,22 @@ class Replan:
 
 
 @dataclass(frozen=True)
-class Shortened:
-    """A run cut short at ``step`` because at its recent pace it would have ended past its budget."""
+class Refit:
+    """The total set at ``step``, after the run's last count, from its pace since that count."""
 
     step: int
     planned: int
     steps: int
     step_seconds: float
-    """The mean of the run's last ``RECENT_STEPS`` steps."""
+    """The mean of the run's last steps since its last count (at most ``RECENT_STEPS``)."""
     projected_seconds: float
-    """When the run would have ended at that pace, from its start."""
+    """When the run would have ended at that pace with ``planned`` steps, from its start."""
     run_seconds: float
 
     def describe(self) -> str:
         return (
-            f"steps shortened at step {self.step} to end within the budget: {self.planned} -> {self.steps} "
-            f"(at {self.step_seconds:.3g} s a step, its pace over the last steps, it would have ended at "
+            f"steps refitted at step {self.step} to the run's pace since its last count: {self.planned} -> "
+            f"{self.steps} (at {self.step_seconds:.3g} s a step it would have ended at "
             f"{self.projected_seconds / 60:.1f} of its {self.run_seconds / 60:g} minutes)"
         )
 
@@ -129,7 +132,7 @@ class Deadline:
     points: list[int] | None = None
     """Where the run evaluates after its first count (``eval_every`` unset): spread over the steps left."""
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_STEPS))
-    shortened: list[Shortened] = field(default_factory=list)
+    refits: list[Refit] = field(default_factory=list)
 
     def stepped(self, seconds: float) -> None:
         self.training_seconds += seconds
@@ -167,31 +170,40 @@ class Deadline:
         self.recent.clear()  # the pace after a count is judged on the steps since
         return count
 
-    def shorten_if_late(self, step: int, total: int, now: float) -> Shortened | None:
-        """Fewer steps where the run's pace since its last count (up to ``RECENT_STEPS`` of it) and the
-        evaluations left, at the last one's seconds, would end it past its budget; None where they fit
-        or the run has not counted yet (the plan's margin holds until its first count)."""
+    def refit(self, step: int, total: int, now: float) -> Refit | None:
+        """After the run's last count, the steps that fit its budget at its pace since (up to
+        ``RECENT_STEPS`` of it) and its last evaluation at the last one's seconds: fewer where the total
+        would end past the budget, more (within ``most``) where the steps that fit exceed it by
+        ``REFIT_SLACK``; None otherwise. Not before the last count: a count follows any drift until
+        then, and cutting on a slow half minute between counts made the total swing (a capitals run:
+        1,670 -> 1,526 -> 1,302 steps on 25 steps at 0.31-0.38 s, then 1,560 at the next count)."""
         if not self.counts or step >= total or len(self.recent) < RECENT_STEPS // 2:
+            return None
+        pauses = self.evaluations_left(step, total)
+        if pauses > 1:  # a count is still to come, and it times the steps since the last one
             return None
         pace = sum(self.recent) / len(self.recent)
         pause = self.counts[-1].pause_seconds
-        pauses = self.evaluations_left(step, total)
         projected = now - self.started + (total - step) * pace + pauses * pause
-        if projected <= self.run_seconds:
-            return None
         spare = self.run_seconds - (now - self.started) - pauses * pause
-        steps = min(total - 1, step + max(1, int(spare / (pace * REMAINING_DRIFT))))
-        if steps <= step:  # its next step is its last anyway
+        fits = step + max(1, int(spare / (pace * REMAINING_DRIFT)))
+        if projected > self.run_seconds:
+            steps = min(total - 1, fits)  # its next step may be its last anyway: then no change
+        elif fits > total * REFIT_SLACK:
+            steps = max(total, min(fits, self.most(fits)))
+        else:
             return None
-        cut = Shortened(step, total, steps, pace, projected, self.run_seconds)
-        self.shortened.append(cut)
-        return cut
+        if steps in (step, total):
+            return None
+        change = Refit(step, total, steps, pace, projected, self.run_seconds)
+        self.refits.append(change)
+        return change
 
     def summary(self) -> dict[str, list[dict[str, float | int]]]:
         """What changed the run's steps as it went, for the run summary's ``step_plan``."""
         changes = {
             "counted_again": [count.summary() for count in self.counts],
-            "shortened": [cut.summary() for cut in self.shortened],
+            "refitted": [change.summary() for change in self.refits],
         }
         return {key: made for key, made in changes.items() if made}
 

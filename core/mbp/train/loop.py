@@ -224,7 +224,7 @@ class Trainer:
                 if saving or last:
                     self.paused(self.save)
                 elif deadline is not None and state.step % cfg.log_every == 0:
-                    self.shorten_if_late(progress)
+                    self.refit(progress)
         finally:
             self.train.close()  # stops the prefetch thread before anything else shuts down
             for sink in self.sinks:
@@ -340,13 +340,13 @@ class Trainer:
         replan = self.deadline.replan(self.state.step, self.cfg.total_steps, time.perf_counter(), paused)
         self.take_steps(D.broadcast_int(replan.steps, self.world), replan.describe())
 
-    def shorten_if_late(self, progress: Progress) -> None:
-        """Fewer steps where the run's recent pace would end it past its budget; rank 0's decision."""
+    def refit(self, progress: Progress) -> None:
+        """The steps that fit the budget at the run's pace since its last count; rank 0's decision."""
         assert self.deadline is not None
-        cut = self.deadline.shorten_if_late(self.state.step, self.cfg.total_steps, time.perf_counter())
-        steps = D.broadcast_int(cut.steps if cut else self.cfg.total_steps, self.world)
+        change = self.deadline.refit(self.state.step, self.cfg.total_steps, time.perf_counter())
+        steps = D.broadcast_int(change.steps if change else self.cfg.total_steps, self.world)
         if steps != self.cfg.total_steps:
-            self.take_steps(steps, cut.describe() if cut else "")
+            self.take_steps(steps, change.describe() if change else "")
             progress.total = steps
 
     def take_steps(self, steps: int, why: str) -> None:
