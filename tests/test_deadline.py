@@ -96,6 +96,8 @@ def test_after_its_last_count_a_run_refits_its_steps_to_its_pace() -> None:
     more = deadline.refit(1000 + RECENT_STEPS, total, now)
     assert more is not None and more.steps == 1100 + int((540 - now - 5.0) / (0.15 * REMAINING_DRIFT))
     assert more.steps > total * 1.03 and more.projected_seconds < 540
+    # the evaluation at the old total moves to the new one: no extra evaluation (nor count) there
+    assert not deadline.pauses_at(total, more.steps, 500) and deadline.pauses_at(more.steps, more.steps, 500)
     for most, refitted in ((2200, 2200), (total, None)):  # never past what the data wants
         bounded = Deadline(540.0, 0.0, 1000, None, lambda _, most=most: most)
         for _ in range(1000):

@@ -195,6 +195,8 @@ class Deadline:
             return None
         if steps in (step, total):
             return None
+        if self.points is not None:  # the last evaluation moves with the total, not to a second one
+            self.points = [point for point in self.points if point <= step] + [steps]
         change = Refit(step, total, steps, pace, projected, self.run_seconds)
         self.refits.append(change)
         return change
