@@ -172,9 +172,10 @@ def test_a_run_planned_on_a_slow_timing_takes_the_steps_its_minutes_allow(
     # 9 s less 4 evaluations of 8 samples at 4 a step (2 steps' worth: 1 s each), over 1.2 x 0.5 s
     assert planned == 8 and again["at_step"] == math.ceil(planned / 4)
     assert again["steps"] > 2 * planned  # this machine steps a tiny model far faster
-    assert (
-        summary["steps"] == counts[-1]["steps"] and 1 <= len(counts) <= 3
-    )  # at each evaluation but the last
+    assert 1 <= len(counts) <= 3  # at each evaluation but the last
+    # after the last count the run may refit its total to its pace: the last change holds
+    changes = sorted(counts + summary["step_plan"].get("refitted", []), key=lambda change: change["at_step"])
+    assert summary["steps"] == changes[-1]["steps"]
     assert seconds < 9 + 5  # within its minutes (and the margin of a loaded machine)
     counted = f"steps counted again at step {again['at_step']} from the run's own timing: "
     assert f"{counted}{planned} -> {again['steps']}" in result.stderr
