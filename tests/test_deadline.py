@@ -56,6 +56,11 @@ def test_a_run_faster_than_planned_takes_the_steps_its_budget_has_left() -> None
     assert again.steps == round_down(987 + int((left - 2 * 5) / (0.3 * REMAINING_DRIFT))) < 2460
     assert deadline.points is not None and len(deadline.points) == 2 and deadline.points[-1] == again.steps
     assert len(deadline.counts) == 2
+    # in DDP a process whose own count differs from rank 0's follows rank 0's total
+    points = deadline.points
+    deadline.follow(987, again.steps + 100)
+    assert deadline.points[:-2] == points[:-2] and deadline.points[-1] == again.steps + 100
+    assert deadline.points[-2] == 987 + round((again.steps + 100 - 987) / 2)
 
 
 def test_a_run_slower_than_planned_is_shortened_to_end_within_its_budget() -> None:

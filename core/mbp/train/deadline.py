@@ -195,11 +195,21 @@ class Deadline:
             return None
         if steps in (step, total):
             return None
-        if self.points is not None:  # the last evaluation moves with the total, not to a second one
-            self.points = [point for point in self.points if point <= step] + [steps]
+        self.follow(step, steps)  # the last evaluation moves with the total, not to a second one
         change = Refit(step, total, steps, pace, projected, self.run_seconds)
         self.refits.append(change)
         return change
+
+    def follow(self, step: int, steps: int) -> None:
+        """The evaluations still ahead, as many as before, spread evenly from ``step`` to the total
+        ``steps`` set there: in DDP every process follows rank 0's total (a count or a refit elsewhere
+        than here), so that all of them evaluate and save at the same steps."""
+        ahead = [point for point in self.points or [] if point > step]
+        if self.points is None or not ahead:
+            return
+        spread = len(ahead)
+        later = {step + round((steps - step) * k / spread) for k in range(1, spread + 1)}
+        self.points = [point for point in self.points if point <= step] + sorted(later)
 
     def summary(self) -> dict[str, list[dict[str, float | int]]]:
         """What changed the run's steps as it went, for the run summary's ``step_plan``."""

@@ -25,7 +25,7 @@ from mbp.sinks import open_sinks
 from mbp.train import distributed as D
 from mbp.train.allocator import keep_freed_memory
 from mbp.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
-from mbp.train.deadline import deadline_of
+from mbp.train.deadline import Deadline, deadline_of
 from mbp.train.evaluate import evaluate
 from mbp.train.init import init_from as load_initial_weights
 from mbp.train.optim import make_optimizer
@@ -219,12 +219,14 @@ class Trainer:
                 saving = state.step % cfg.checkpoint_every == 0 if cfg.checkpoint_every else pausing
                 paused = self.paused(self.evaluate) if evaluating else 0.0
                 if pausing and deadline is not None and deadline.due(state.step, cfg.total_steps):
-                    self.count_again(paused)  # before the save, so that its checkpoint records the steps
+                    self.count_again(
+                        deadline, paused
+                    )  # before the save, so that its checkpoint records the steps
                     progress.total, saving = self.cfg.total_steps, True
                 if saving or last:
                     self.paused(self.save)
                 elif deadline is not None and state.step % cfg.log_every == 0:
-                    self.refit(progress)
+                    self.refit(deadline, progress)
         finally:
             self.train.close()  # stops the prefetch thread before anything else shuts down
             for sink in self.sinks:
@@ -333,23 +335,22 @@ class Trainer:
             )
         D.barrier(self.world)
 
-    def count_again(self, paused: float) -> None:
+    def count_again(self, deadline: Deadline, paused: float) -> None:
         """The steps that fit what is left of the budget, from the run's own timing (``Deadline``);
         every process takes rank 0's."""
-        assert self.deadline is not None
-        replan = self.deadline.replan(self.state.step, self.cfg.total_steps, time.perf_counter(), paused)
-        self.take_steps(D.broadcast_int(replan.steps, self.world), replan.describe())
+        replan = deadline.replan(self.state.step, self.cfg.total_steps, time.perf_counter(), paused)
+        self.take_steps(deadline, D.broadcast_int(replan.steps, self.world), replan.describe())
 
-    def refit(self, progress: Progress) -> None:
+    def refit(self, deadline: Deadline, progress: Progress) -> None:
         """The steps that fit the budget at the run's pace since its last count; rank 0's decision."""
-        assert self.deadline is not None
-        change = self.deadline.refit(self.state.step, self.cfg.total_steps, time.perf_counter())
+        change = deadline.refit(self.state.step, self.cfg.total_steps, time.perf_counter())
         steps = D.broadcast_int(change.steps if change else self.cfg.total_steps, self.world)
         if steps != self.cfg.total_steps:
-            self.take_steps(steps, change.describe() if change else "")
+            self.take_steps(deadline, steps, change.describe() if change else "")
             progress.total = steps
 
-    def take_steps(self, steps: int, why: str) -> None:
+    def take_steps(self, deadline: Deadline, steps: int, why: str) -> None:
+        deadline.follow(self.state.step, steps)  # where this process counted differently from rank 0
         self.resolved = with_steps(self.resolved, steps)
         self.cfg = self.resolved.pipeline.train
         if self.world.is_main:
