@@ -116,7 +116,12 @@ def test_after_its_last_count_a_run_refits_its_steps_to_its_pace() -> None:
     early.replan(250, 1000, 60.0, 5.0)
     for _ in range(RECENT_STEPS):
         early.stepped(0.5)
-    assert early.refit(350, early.counts[-1].steps, 115.0) is None
+    assert early.refit(350, early.counts[-1].steps, 115.0) is None  # the next count comes in time
+    for _ in range(RECENT_STEPS):  # ten times slower: at 987 it would be far past its budget
+        early.stepped(2.0)
+    cut = early.refit(450, early.counts[-1].steps, 315.0)
+    assert cut is not None and cut.steps == 450 + int((540 - 315 - 3 * 5) / (2.0 * REMAINING_DRIFT))
+    assert early.points == [450 + round((cut.steps - 450) * k / 3) for k in (1, 2, 3)]  # three left
     assert timed(1000, 300, 0.5).refit(300, 1000, 600.0) is None  # before its first count
 
 

@@ -172,24 +172,29 @@ class Deadline:
 
     def refit(self, step: int, total: int, now: float) -> Refit | None:
         """After the run's last count, the steps that fit its budget at its pace since (up to
-        ``RECENT_STEPS`` of it) and its last evaluation at the last one's seconds: fewer where the total
-        would end past the budget, more (within ``most``) where the steps that fit exceed it by
-        ``REFIT_SLACK``; None otherwise. Not before the last count: a count follows any drift until
-        then, and cutting on a slow half minute between counts made the total swing (a capitals run:
-        1,670 -> 1,526 -> 1,302 steps on 25 steps at 0.31-0.38 s, then 1,560 at the next count)."""
+        ``RECENT_STEPS`` of it) and its evaluations left at the last one's seconds: fewer where the
+        total would end past the budget, more (within ``most``) where the steps that fit exceed it by
+        ``REFIT_SLACK``; None otherwise. Between counts, fewer only where the run would reach its next
+        count too late to end within its budget (a machine slowed tenfold by other work): cutting on any
+        projection made the total swing (a capitals run: 1,670 -> 1,526 -> 1,302 steps on 25 steps at
+        0.31-0.38 s, then 1,560 at the next count). Not before the first count: the plan's margin."""
         if not self.counts or step >= total or len(self.recent) < RECENT_STEPS // 2:
             return None
         pauses = self.evaluations_left(step, total)
-        if pauses > 1:  # a count is still to come, and it times the steps since the last one
-            return None
         pace = sum(self.recent) / len(self.recent)
         pause = self.counts[-1].pause_seconds
-        projected = now - self.started + (total - step) * pace + pauses * pause
-        spare = self.run_seconds - (now - self.started) - pauses * pause
+        elapsed = now - self.started
+        projected = elapsed + (total - step) * pace + pauses * pause
+        if (
+            pauses > 1
+            and elapsed + (self.next_pause(step) - step) * pace + pauses * pause <= self.run_seconds
+        ):
+            return None  # the next count, which times the steps since the last, comes in time
+        spare = self.run_seconds - elapsed - pauses * pause
         fits = step + max(1, int(spare / (pace * REMAINING_DRIFT)))
         if projected > self.run_seconds:
             steps = min(total - 1, fits)  # its next step may be its last anyway: then no change
-        elif fits > total * REFIT_SLACK:
+        elif fits > total * REFIT_SLACK and pauses == 1:
             steps = max(total, min(fits, self.most(fits)))
         else:
             return None
@@ -218,6 +223,12 @@ class Deadline:
             "refitted": [change.summary() for change in self.refits],
         }
         return {key: made for key, made in changes.items() if made}
+
+    def next_pause(self, step: int) -> int:
+        """The run's next evaluation after ``step`` (before the last, which ``evaluations_left`` counts)."""
+        if self.eval_every is not None:
+            return (step // self.eval_every + 1) * self.eval_every
+        return min(point for point in self.points or [step + 1] if point > step)
 
     def evaluations_left(self, step: int, total: int) -> int:
         """Evaluations after ``step`` in a run of ``total`` steps, its last step's included."""
