@@ -13,7 +13,8 @@ what is left (``REMAINING_DRIFT``). After the last count a machine that slows fo
 overrun (a capitals run stepped 0.275 s a step in its third quarter and 0.357 s in its last, and ended
 at 9.7 of its 9 minutes), and one that speeds up leaves minutes unused: at each logged step from there
 the run projects its end from its pace since the count and refits its total where it would end past
-its budget, or well inside it (``Deadline.refit``).
+its budget, or well inside it (``Deadline.refit``). Between counts it only cuts, and only where the
+next count would come too late to end within the budget (a machine slowed tenfold by other work).
 
 After its first count the run evaluates (and saves) at points the deadline spreads evenly over the
 steps left, so that a new total's quarters do not bunch after an evaluation just made. Each count is
