@@ -156,6 +156,21 @@ def test_the_data_bounds_a_capped_run_and_the_plan_bounds_one_below_its_ceiling(
     assert not below.capped and deadline_of(below, None, shards, 0.0).most(5000) == below.steps
 
 
+def nine_second_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, train: str) -> list[str]:
+    """``mbp run`` arguments for a 9-second planned run (more ``train`` settings appended), planned on
+    a timing of 0.5 s a step and counted again from its own steps."""
+    registry = tmp_path / "registry.yaml"
+    given = REGISTRY[REGISTRY.index("    train:") :]
+    registry.write_text(REGISTRY.replace(given, f"    train: {{warmup_steps: 2, minutes: 0.15{train}}}\n"))
+    write_tar(tmp_path / "train-0.tar", good_samples("a", 24))
+    write_tar(tmp_path / "eval-0.tar", good_samples("e", 8))
+    args = ["run", "qa", str(tmp_path / "train-0.tar"), "--eval-shards", str(tmp_path / "eval-0.tar")]
+    args += ["--registry", str(registry), "--json", "--out", str(tmp_path / "out")]
+    time_steps_at(monkeypatch, 1, count_again=True)
+    monkeypatch.setattr(plan, "step_seconds", lambda *args: 0.5)
+    return args
+
+
 def test_a_run_planned_on_a_slow_timing_takes_the_steps_its_minutes_allow(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -163,15 +178,7 @@ def test_a_run_planned_on_a_slow_timing_takes_the_steps_its_minutes_allow(
     steps. At the first evaluation the run counts again from its own steps and trains on to the end of
     its 9 seconds; the checkpoint written there records the new total, so a resumed run takes the
     same steps."""
-    registry = tmp_path / "registry.yaml"
-    train = REGISTRY[REGISTRY.index("    train:") :]
-    registry.write_text(REGISTRY.replace(train, "    train: {warmup_steps: 2, minutes: 0.15}\n"))
-    write_tar(tmp_path / "train-0.tar", good_samples("a", 24))
-    write_tar(tmp_path / "eval-0.tar", good_samples("e", 8))
-    args = ["run", "qa", str(tmp_path / "train-0.tar"), "--eval-shards", str(tmp_path / "eval-0.tar")]
-    args += ["--registry", str(registry), "--json", "--out", str(tmp_path / "out")]
-    time_steps_at(monkeypatch, 1, count_again=True)
-    monkeypatch.setattr(plan, "step_seconds", lambda *args: 0.5)
+    args = nine_second_run(tmp_path, monkeypatch, "")
     started = time.perf_counter()
     result = invoke_mbp(*args)
     seconds = time.perf_counter() - started
@@ -202,17 +209,7 @@ def test_a_real_run_that_slows_after_its_last_count_refits_and_ends_within_its_m
 ) -> None:
     """The run counts from fast steps, then after its last count every step takes 50 ms more: its
     projected end passes its 9 seconds, so it shortens itself at a logged step."""
-    registry = tmp_path / "registry.yaml"
-    train = REGISTRY[REGISTRY.index("    train:") :]
-    registry.write_text(
-        REGISTRY.replace(train, "    train: {warmup_steps: 2, minutes: 0.15, log_every: 5}\n")
-    )
-    write_tar(tmp_path / "train-0.tar", good_samples("a", 24))
-    write_tar(tmp_path / "eval-0.tar", good_samples("e", 8))
-    args = ["run", "qa", str(tmp_path / "train-0.tar"), "--eval-shards", str(tmp_path / "eval-0.tar")]
-    args += ["--registry", str(registry), "--json", "--out", str(tmp_path / "out")]
-    time_steps_at(monkeypatch, 1, count_again=True)
-    monkeypatch.setattr(plan, "step_seconds", lambda *args: 0.5)
+    args = nine_second_run(tmp_path, monkeypatch, ", log_every: 5")
     monkeypatch.setattr(deadline_module, "RECENT_STEPS", 10)
     step = loop.Trainer.step
 
