@@ -163,8 +163,7 @@ class Deadline:
             steps = step + max(1, int(spare / (per_step * REMAINING_DRIFT)))
         steps = max(step + 1, min(round_down(steps), self.most(steps)))
         if self.eval_every is None:
-            spread = self.pauses_after(step, steps)
-            self.points = sorted({step + round((steps - step) * k / spread) for k in range(1, spread + 1)})
+            self.points = spread(step, steps, self.pauses_after(step, steps))
         count = Replan(step, total, steps, per_step, pause_seconds, left)
         self.counts.append(count)
         self.training_seconds, self.steps_timed = 0.0, 0
@@ -213,9 +212,7 @@ class Deadline:
         ahead = [point for point in self.points or [] if point > step]
         if self.points is None or not ahead:
             return
-        spread = len(ahead)
-        later = {step + round((steps - step) * k / spread) for k in range(1, spread + 1)}
-        self.points = [point for point in self.points if point <= step] + sorted(later)
+        self.points = [point for point in self.points if point <= step] + spread(step, steps, len(ahead))
 
     def summary(self) -> dict[str, list[dict[str, float | int]]]:
         """What changed the run's steps as it went, for the run summary's ``step_plan``."""
@@ -245,6 +242,11 @@ class Deadline:
             reached = len(self.counts) + 1 if self.points is not None else step * EVALUATIONS // self.planned
             return max(1, EVALUATIONS - reached)
         return total // self.eval_every - step // self.eval_every + (1 if total % self.eval_every else 0)
+
+
+def spread(step: int, steps: int, count: int) -> list[int]:
+    """``count`` evaluation points spread evenly after ``step``, the last at ``steps``."""
+    return sorted({step + round((steps - step) * k / count) for k in range(1, count + 1)})
 
 
 def round_down(steps: int) -> int:

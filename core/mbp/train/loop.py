@@ -219,9 +219,8 @@ class Trainer:
                 saving = state.step % cfg.checkpoint_every == 0 if cfg.checkpoint_every else pausing
                 paused = self.paused(self.evaluate) if evaluating else 0.0
                 if pausing and deadline is not None and deadline.due(state.step, cfg.total_steps):
-                    self.count_again(
-                        deadline, paused
-                    )  # before the save, so that its checkpoint records the steps
+                    # before the save, so that its checkpoint records the steps
+                    self.count_again(deadline, paused)
                     progress.total, saving = self.cfg.total_steps, True
                 if saving or last:
                     self.paused(self.save)
