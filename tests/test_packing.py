@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from mbp.data.batches import aligned, collate
 from mbp.data.encode import EncodedSample
-from mbp.model import decoder
+from mbp.model import decoder, kept_rows
 from mbp.model.backbone import run_segments
 from mbp.model.build import build_model
 from mbp.protocol import PAD
@@ -131,12 +131,12 @@ def test_kept_rows_rounded_up_under_cpu_autocast_add_nothing_to_the_loss(compone
         sample.weights[-2:] = 1.0  # the answer: one or two rows a sample carry weight
     batch = collate([samples[:1], samples[1:2], samples[2:]], seq_len=64, align=model.patch_len)
     keep = torch.tensor([True, False, False, True, False])
-    assert decoder._round_up_rows(keep).tolist() == [True] * 5  # fewer rows than the multiple: all
-    monkeypatch.setattr(decoder, "KEPT_ROWS_MULTIPLE", 4)
-    assert decoder._round_up_rows(keep).tolist() == [True, True, True, True, False]
+    assert kept_rows.round_up_rows(keep).tolist() == [True] * 5  # fewer rows than the multiple: all
+    monkeypatch.setattr(kept_rows, "KEPT_ROWS_MULTIPLE", 4)
+    assert kept_rows.round_up_rows(keep).tolist() == [True, True, True, True, False]
     losses = {}
     for multiple in (1, 8):
-        monkeypatch.setattr(decoder, "KEPT_ROWS_MULTIPLE", multiple)
+        monkeypatch.setattr(kept_rows, "KEPT_ROWS_MULTIPLE", multiple)
         torch.manual_seed(0)
         with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
             losses[multiple] = model.eval().loss(batch.tokens, batch.weights, batch.begins)

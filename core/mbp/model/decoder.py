@@ -26,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from mbp.errors import ConfigError
 from mbp.model.backbone import Backbone, prefill, run_segments
 from mbp.model.decoder_cache import DecoderCache
+from mbp.model.kept_rows import kept_rows
 from mbp.model.parts import LossOutput, UnitEmbedding
 from mbp.protocol import PAD, VOCAB_SIZE
 
@@ -241,40 +242,22 @@ class MultiscaleDecoder(nn.Module):
     def _weighted_rows(
         self, ids: torch.Tensor, w: torch.Tensor, begins: torch.Tensor | None, first: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """The states, targets and weights of only the last-stage rows whose targets carry weight, as
-        (1, K * P_n + B, ...) sequences; None when every row does (or the model has a single stage).
-
-        A task head that trains on answers alone leaves most bytes at weight 0: their last-stage rows
-        would be computed and multiplied by zero. Skipping them is exact and saves most of the byte-level
-        work on long contexts (a WAV clip, an image file) with a short answer.
-        """
+        """The states, targets and weights of only the last-stage rows whose targets carry weight
+        (``mbp.model.kept_rows``); None when every row does (or the model has a single stage)."""
         if self.num_stages == 1:
             return None
         length = ids.shape[1]
         padded = self.pad_input(ids)
-        size = self.patch_sizes[-1]
-        tail = padded.shape[1] - length
         # tokens predicted by the start position of their own last-stage row: each row's token 0, and
         # each packed sample's first token when samples are kept apart
         lead = torch.zeros_like(padded, dtype=torch.bool)
         lead[:, 0] = True
         if first is not None and begins is not None:
             lead[:, :length] |= begins
-        w = F.pad(w, (0, tail))
-        # the output at (row r, position 1 + j) predicts token r * P + j + 1 unless that token is a lead
-        targets = F.pad(padded[:, 1:], (0, 1), value=PAD).reshape(-1, size)
-        target_w = F.pad((w * ~lead)[:, 1:], (0, 1)).reshape(-1, size)
-        lead_rows = lead.view(-1, size)[:, 0]
-        keep = (target_w.sum(-1) > 0) | lead_rows
-        if bool(keep.all()):
+        rows = kept_rows(padded, F.pad(w, (0, padded.shape[1] - length)), lead, self.patch_sizes[-1])
+        if rows is None:
             return None
-        if keep.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            keep = _round_up_rows(keep)  # bf16 products on CPU: few shapes, kernels reused
-        out = self.stage_outputs(padded, keep, first)  # (K, P + 1, D)
-        hidden = torch.cat((out[lead_rows[keep], 0], out[:, 1:].flatten(0, 1)))[None]
-        kept_ids = torch.cat((padded.view(-1, size)[lead_rows, 0], targets[keep].flatten()))[None]
-        kept_w = torch.cat((w.view(-1, size)[lead_rows, 0], target_w[keep].flatten()))[None]
-        return hidden, kept_ids, kept_w
+        return rows.scored(self.stage_outputs(padded, rows.keep, first))
 
     def _chunk_nats(self, hidden: torch.Tensor, ids: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         logits = self.to_logits(hidden)
@@ -386,22 +369,3 @@ class MultiscaleDecoder(nn.Module):
         """Stage s's outputs ``out: (B, D_s)`` become stage s+1's inputs for the ``rows: (B,)`` mask only."""
         fresh = self._to_next_stage(s, out)
         cache.projected[s] = torch.where(rows[:, None, None], fresh, cache.projected[s])
-
-
-KEPT_ROWS_MULTIPLE = 32
-"""Kept byte-level rows are rounded up to a multiple of this (with rows of no weight, which add nothing
-to the loss): their count changes every thinned batch, and each new count was a new shape for every
-product of the byte-level stage. oneDNN makes a bf16 kernel per shape, so on an AMX CPU the bundled
-demo's bf16 steps paid for new kernels every step and trained at 57-67 KB/s against 77-83 in fp32;
-rounded, 87-92 KB/s. Only under CPU autocast: fp32 products (MKL) and GPUs have no such cost, and the
-extra rows cost the demo's fp32 step 3%."""
-
-
-def _round_up_rows(keep: torch.Tensor) -> torch.Tensor:
-    """``keep`` with the first rows it leaves out added until it holds a multiple of ``KEPT_ROWS_MULTIPLE``
-    (or every row)."""
-    missing = -int(keep.sum()) % KEPT_ROWS_MULTIPLE
-    if missing == 0:
-        return keep
-    left_out = (~keep).nonzero().flatten()[:missing]
-    return keep.index_fill(0, left_out, True)
