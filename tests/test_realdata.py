@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import numpy as np
@@ -126,3 +127,44 @@ def test_glyphs_render_at_the_size_asked() -> None:
     for size in (16, 28):
         glyph = images.render_glyph(font, "a", random.Random(0), size)  # type: ignore[arg-type]
         assert glyph is not None and glyph.shape == (size, size) and glyph.max() > 128
+
+
+def test_long_documents_are_cut_at_line_ends_into_pieces_that_fit() -> None:
+    doc = "".join(f"line {i} " + "é" * (i % 50) + "\n" for i in range(400)) + "x" * 4500 + "\n"
+    pieces = text.fitted(doc, limit=1000)
+    assert "".join(pieces) == doc
+    assert all(0 < len(p.encode()) <= 1000 for p in pieces)
+    assert all(p.endswith("\n") or set(p) == {"x"} for p in pieces)  # only the over-long line is cut inside
+
+
+def _changelog(source: str, versions: int) -> bytes:
+    entries = [
+        f"{source} (1.{v}-1) unstable; urgency=medium\n\n  * Change number {v}.\n\n"
+        f" -- A Maintainer <a@example.org>  Mon, 0{v % 9 + 1} Jan 2024 10:00:00 +0000\n\n"
+        for v in range(versions, 0, -1)
+    ]
+    return gzip.compress("".join(entries).encode())
+
+
+def test_changelogs_are_kept_once_per_source_and_split_by_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Binary packages of one source ship one changelog: it is read once, so no entry is on both sides."""
+    for index in range(40):
+        for binary in (f"lib{index}", f"lib{index}-dev", f"lib{index}-doc"):
+            (tmp_path / binary).mkdir()
+            (tmp_path / binary / "changelog.Debian.gz").write_bytes(_changelog(f"source{index}", 3))
+    monkeypatch.setattr(text, "DOC_ROOT", tmp_path)
+    built = text.build_changelogs()
+    assert built.extra["source_packages"] == 40
+    assert len(built.train) + len(built.held_out) == 40 * 3  # each entry once, not three times
+    sources = [{s.key.split("-")[0] for s in side} for side in (built.train, built.held_out)]
+    assert sources[1] and not sources[0] & sources[1]
+    first = built.train[0].fields["txt"].decode()
+    assert first.startswith("source") and first.count("urgency=") == 1 and first.endswith("+0000\n")
+
+
+def test_missing_changelogs_are_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(text, "DOC_ROOT", tmp_path)
+    with pytest.raises(MissingPrerequisiteError, match="no Debian changelogs"):
+        text.build_changelogs()

@@ -42,6 +42,8 @@ BUILDERS: dict[str, Callable[[], BuiltSet]] = {
     "speech-letters": lambda: speech.build_letters(baselines.log_mel_features),
     "text-fortunes": text.build_fortunes,
     "text-kjv": text.build_kjv,
+    "text-changelogs": text.build_changelogs,
+    "text-python": text.build_python,
 }
 PIPELINES = {
     "image-digits": "real-digits-pixels, real-digits-png",
@@ -53,6 +55,8 @@ PIPELINES = {
     "speech-letters": "real-speech-letters",
     "text-fortunes": "real-text-fortunes",
     "text-kjv": "real-text-kjv, real-text-kjv-defaults",
+    "text-changelogs": "real-text-changelogs",
+    "text-python": "real-text-python",
 }
 
 

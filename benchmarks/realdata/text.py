@@ -5,6 +5,14 @@
   (``x BACKSPACE y``) undone, the few over ``MAX_DOC_BYTES`` left out. Duplicates (the same fortune in
   two files, up to whitespace) are kept once, then the split is by a stable hash of the text: one in
   twelve held out. Training stops at 2 MB.
+- ``text-changelogs`` (a check, added in the nineteenth session and never tuned on): the Debian changelogs
+  of the installed packages (``/usr/share/doc/*/changelog.Debian.gz``), one entry (a version's notes
+  and its sign-off line) per document. Binary packages of one source ship the same changelog, so a
+  changelog is kept once and split by its **source package** (a stable-hash tenth held out). What it
+  holds depends on the packages installed, as the glyph sets depend on the fonts.
+- ``text-python`` (a check, as ``text-changelogs``): the Python standard library's top-level modules
+  of the interpreter running the build, cut at line ends into documents that fit; split by **module**
+  (a stable-hash tenth held out). Source code, not English: a kind of text the recipe was not made for.
 - ``text-kjv``: the King James Bible of Debian's ``bible-kjv-text`` (dumped by the ``bible`` program of
   ``bible-kjv``), one passage per document: a chapter cut at verse boundaries into the fewest pieces
   of about equal size that keep each under ``MAX_DOC_BYTES``, each headed ``Book C:V-V``. Split by
@@ -18,8 +26,10 @@ longer one would be skipped, not cut).
 
 from __future__ import annotations
 
+import gzip
 import re
 import subprocess
+import sysconfig
 from pathlib import Path
 
 from benchmarks.realdata.shards import (
@@ -33,6 +43,14 @@ from benchmarks.realdata.shards import (
 FORTUNE_DIR = Path("/usr/share/games/fortunes")
 FORTUNE_SKIP = frozenset({"ascii-art"})
 TRAIN_BYTES = 2_000_000
+HELD_OUT_BYTES = 250_000
+"""The checks' held-out text is capped (a stable-hash selection) so that an evaluation costs about what
+King James's held-out books do."""
+DOC_ROOT = Path("/usr/share/doc")
+CHANGELOG_ENTRY = re.compile(
+    r"^(?P<source>[a-z0-9][a-z0-9+.-]*) \([^)]*\)[^;\n]*;[^\n]*urgency=", re.MULTILINE
+)
+"""An entry's heading line: ``source (version) distribution; urgency=...``."""
 MAX_DOC_BYTES = 2000
 KJV_HELD_OUT = ("Ruth", "Esther", "Ecclesiastes", "Lamentations", "Jonah", "Galatians", "James", "1 John")
 CHAPTER = re.compile(r"^(?P<book>\S.*?) (?P<chapter>\d+)$")
@@ -180,4 +198,83 @@ def build_kjv() -> BuiltSet:
         cap(train, TRAIN_BYTES),
         held,
         {"books": len(books)},
+    )
+
+
+def key_of(name: str) -> str:
+    """A WebDataset key from a package or module name: a dot would start the field's extension."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name)
+
+
+def fitted(doc: str, limit: int = MAX_DOC_BYTES) -> list[str]:
+    """``doc`` cut at line ends into pieces of at most ``limit`` bytes (a longer line is cut too)."""
+    pieces: list[str] = []
+    current = ""
+    for line in doc.splitlines(keepends=True):
+        while len(line.encode()) > limit:
+            head = line.encode()[:limit].decode("utf-8", errors="ignore")
+            pieces += [current] if current else []
+            pieces.append(head)
+            current, line = "", line[len(head) :]
+        if len((current + line).encode()) > limit:
+            pieces.append(current)
+            current = ""
+        current += line
+    return pieces + ([current] if current else [])
+
+
+def changelog_entries(text: str) -> list[str]:
+    """A Debian changelog's entries, each from its heading line (``source (version) dist; urgency=``)
+    to the next; nothing before the first heading."""
+    starts = [match.start() for match in CHANGELOG_ENTRY.finditer(text)]
+    return [text[a:b].strip("\n") + "\n" for a, b in zip(starts, [*starts[1:], len(text)], strict=True)]
+
+
+def build_changelogs() -> BuiltSet:
+    files = sorted(DOC_ROOT.glob("*/changelog.Debian.gz"))
+    by_source: dict[str, str] = {}
+    for path in files:
+        text = decode(gzip.decompress(path.read_bytes()))
+        heading = CHANGELOG_ENTRY.search(text)
+        if heading:  # binary packages of one source ship its one changelog: kept once
+            by_source.setdefault(heading["source"], text)
+    if not by_source:
+        raise MissingPrerequisiteError(f"no Debian changelogs under {DOC_ROOT}: a Debian system has them")
+    train: list[Sample] = []
+    held: list[Sample] = []
+    for source, text in sorted(by_source.items()):
+        side = held if stable_hash(source, "changelog") % 10 == 0 else train
+        for index, entry in enumerate(changelog_entries(text)):
+            for part, piece in enumerate(fitted(entry)):
+                side.append(text_sample(f"{key_of(source)}-{index:05d}-{part}", piece))
+    return finish(
+        "text-changelogs",
+        f"Debian changelogs of the installed packages: {len(by_source)} source packages "
+        f"({len(files)} files), one entry per document",
+        "by source package: a stable-hash tenth held out (capped at 250 KB); train capped at 2 MB",
+        cap(train, TRAIN_BYTES),
+        cap(held, HELD_OUT_BYTES),
+        {"source_packages": len(by_source)},
+    )
+
+
+def build_python() -> BuiltSet:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(root.glob("*.py"))
+    if not files:
+        raise MissingPrerequisiteError(f"no Python modules in {root}")
+    train: list[Sample] = []
+    held: list[Sample] = []
+    for path in files:
+        side = held if stable_hash(path.stem, "python") % 10 == 0 else train
+        for part, piece in enumerate(fitted(decode(path.read_bytes()))):
+            side.append(text_sample(f"{key_of(path.stem)}-{part:04d}", piece))
+    return finish(
+        "text-python",
+        f"the Python {sysconfig.get_python_version()} standard library's {len(files)} top-level modules, "
+        f"cut at line ends into documents of up to {MAX_DOC_BYTES} bytes",
+        "by module: a stable-hash tenth held out (capped at 250 KB); train capped at 2 MB",
+        cap(train, TRAIN_BYTES),
+        cap(held, HELD_OUT_BYTES),
+        {"modules": len(files)},
     )
