@@ -33,8 +33,8 @@ from mbp.model.decoder import MultiscaleDecoder
 from mbp.model.io import save_model
 from mbp.plugins import get_platform
 from mbp.resolve import Resolved, resolve
-from mbp.train.evaluate import evaluate
-from mbp.train.loop import eval_batches, make_optimizer
+from mbp.train.evaluate import eval_batches, evaluate
+from mbp.train.loop import make_optimizer
 from mbp.train.rows import plan_rows
 
 from benchmarks.common import save

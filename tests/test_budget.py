@@ -10,9 +10,12 @@ from typing import Any
 
 import pytest
 from mbp.config import TrainConfig
+from mbp.data.batches import spread
+from mbp.data.skips import SkipLog
 from mbp.resolve import Resolved
 from mbp.train import budget
 from mbp.train.budget import (
+    EVAL_SHARE,
     LEAST_TRAINING,
     RUN_SECONDS,
     STEP_DRIFT,
@@ -22,7 +25,9 @@ from mbp.train.budget import (
     evaluations,
     training_seconds,
 )
-from mbp.train.plan import PASSES, plan_steps
+from mbp.train.evaluate import eval_batches
+from mbp.train.plan import PASSES, plan_run, plan_steps
+from mbp.train.recorded import recorded_eval_samples
 
 from tests.shardkit import write_tar
 from tests.test_plan import MOST_STEPS, PATCH, text_set, time_steps_at
@@ -74,6 +79,37 @@ def test_evaluations_are_taken_out_of_the_training_ceiling(
     assert plan_steps(often, shards, PATCH, eval_shards=eval_shard(tmp_path, held_out)).steps < planned.steps
 
 
+def test_a_held_out_set_too_big_for_its_share_is_evaluated_on_a_spread_subset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where evaluating every held-out sample would take over ``EVAL_SHARE`` of the run, a planned run
+    evaluates as many as fit that share (at least ``FEWEST_EVAL_SAMPLES``), spread over the set, and
+    trains for the rest; the pipeline then says how many (``data.max_eval_samples``)."""
+    time_steps_at(monkeypatch, MOST_STEPS)
+    step = TRAIN_SECONDS / MOST_STEPS
+    _, _, per_step = text_set(tmp_path, 1)
+    resolved, shards, _ = text_set(tmp_path, 3 * math.ceil(MOST_STEPS * per_step / PASSES))
+    monkeypatch.setattr(budget, "FEWEST_EVAL_SAMPLES", per_step)  # the test's sets are small
+    held_out = MOST_STEPS * per_step // 2  # four evaluations: twice the training's time
+    planned = plan_steps(resolved, shards, PATCH, eval_shards=eval_shard(tmp_path, held_out))
+    load = planned.evaluation
+    every = 4 * held_out / per_step * step
+    assert load.whole == held_out and load.samples == int(held_out * EVAL_SHARE * RUN_SECONDS / every)
+    assert planned.eval_seconds == pytest.approx(EVAL_SHARE * RUN_SECONDS, rel=1e-3)
+    assert planned.train_seconds == pytest.approx((1 - EVAL_SHARE) * RUN_SECONDS / STEP_DRIFT, rel=1e-3)
+    assert planned.steps == ceiling(step, planned.train_seconds)
+    assert f"of the {held_out:,} held-out samples, spread over them" in planned.describe()
+    assert planned.advice() is None
+    # a set of at most FEWEST_EVAL_SAMPLES is evaluated whole, however long that takes
+    monkeypatch.setattr(budget, "FEWEST_EVAL_SAMPLES", held_out)
+    whole = plan_steps(resolved, shards, PATCH, eval_shards=eval_shard(tmp_path, held_out)).evaluation
+    assert whole == EvalLoad(held_out, budget.EVALUATIONS)
+    # a pipeline's own data.max_eval_samples is what a run evaluates, and what is counted
+    capped = updated(resolved, "data", max_eval_samples=per_step)
+    load = plan_steps(capped, shards, PATCH, eval_shards=eval_shard(tmp_path, held_out)).evaluation
+    assert load == EvalLoad(per_step, budget.EVALUATIONS)
+
+
 def test_a_held_out_set_too_big_for_the_budget_leaves_half_the_training(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -81,6 +117,7 @@ def test_a_held_out_set_too_big_for_the_budget_leaves_half_the_training(
     _, _, per_step = text_set(tmp_path, 1)
     resolved, shards, _ = text_set(tmp_path, 3 * math.ceil(MOST_STEPS * per_step / PASSES))
     huge = eval_shard(tmp_path, 4 * MOST_STEPS * per_step)  # each evaluation as long as all training
+    monkeypatch.setattr(budget, "FEWEST_EVAL_SAMPLES", 4 * MOST_STEPS * per_step)  # no subset either
     planned = plan_steps(resolved, shards, PATCH, eval_shards=huge)
     assert planned.steps == int(LEAST_TRAINING * MOST_STEPS)
     # ... and says so, with the cap that keeps evaluation to a tenth of the run
@@ -91,10 +128,6 @@ def test_a_held_out_set_too_big_for_the_budget_leaves_half_the_training(
     cap = int(advice.rsplit("data.max_eval_samples: ", 1)[1].split()[0])
     capped_load = EvalLoad(cap, budget.EVALUATIONS).seconds(planned.seconds, per_step)
     assert 0.09 * RUN_SECONDS < capped_load <= 0.1 * RUN_SECONDS
-    # data.max_eval_samples is what a run evaluates, and what is counted
-    capped = updated(resolved, "data", max_eval_samples=per_step)
-    load = plan_steps(capped, shards, PATCH, eval_shards=huge).evaluation
-    assert load == EvalLoad(per_step, budget.EVALUATIONS)
 
 
 def test_train_minutes_sets_the_budget_the_ceiling_is_counted_from(
@@ -123,3 +156,41 @@ def test_train_minutes_sets_the_budget_the_ceiling_is_counted_from(
     # the budget is validated like every setting
     with pytest.raises(ValueError, match="minutes"):
         TrainConfig(minutes=0)
+
+
+def test_max_eval_samples_are_spread_over_the_held_out_set(tmp_path: Path) -> None:
+    """``data.max_eval_samples`` evaluates that many samples spread evenly over the set, not its first
+    ones: a set written class by class would otherwise be scored on its first classes only."""
+    resolved, _, _ = text_set(tmp_path, 4)
+    held_out = eval_shard(tmp_path, 100)
+    every = eval_batches(resolved, held_out, SkipLog(quiet=True), PATCH)
+    assert [s.key for b in every for s in b.samples] == [f"e{i:05d}" for i in range(100)]
+    ten = eval_batches(updated(resolved, "data", max_eval_samples=10), held_out, SkipLog(quiet=True), PATCH)
+    assert [s.key for b in ten for s in b.samples] == [f"e{i:05d}" for i in range(9, 100, 10)]
+    assert spread(3, 7)(0) is False and [i for i in range(7) if spread(3, 7)(i)] == [2, 4, 6]
+    # at least as many as the set holds: all of them
+    more = updated(resolved, "data", max_eval_samples=500)
+    assert (
+        len([s for b in eval_batches(more, held_out, SkipLog(quiet=True), PATCH) for s in b.samples]) == 100
+    )
+
+
+def test_a_planned_subset_is_written_into_the_run_s_pipeline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    time_steps_at(monkeypatch, MOST_STEPS)
+    _, _, per_step = text_set(tmp_path, 1)
+    resolved, shards, _ = text_set(tmp_path, 3 * math.ceil(MOST_STEPS * per_step / PASSES))
+    monkeypatch.setattr(budget, "FEWEST_EVAL_SAMPLES", per_step)
+    held_out = eval_shard(tmp_path, MOST_STEPS * per_step // 2)
+    plan = plan_run(resolved, shards, eval_shards=held_out)
+    assert plan.steps is not None and plan.steps.evaluation.whole == MOST_STEPS * per_step // 2
+    assert plan.resolved.pipeline.data.max_eval_samples == plan.steps.evaluation.samples
+    assert plan.steps.summary()["eval_samples_of"] == MOST_STEPS * per_step // 2
+    # a resumed run evaluates what its checkpoint's run did (its pipeline records the number)
+    recorded = {"pipeline": plan.resolved.pipeline.model_dump(mode="json")}
+    assert recorded_eval_samples(recorded) == plan.steps.evaluation.samples
+    assert recorded_eval_samples({"pipeline": {"data": {}}}) is None
+    # given steps: nothing planned, every sample evaluated
+    given = plan_run(updated(resolved, "train", steps=10), shards, eval_shards=held_out)
+    assert given.resolved.pipeline.data.max_eval_samples is None

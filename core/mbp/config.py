@@ -102,7 +102,12 @@ class DataConfig(Strict):
     pack: bool = True
     """Rows hold as many whole samples as fit, each starting on a patch boundary (evaluation always packs);
     ``false`` gives every sample a row of its own, mostly padding when samples are short."""
-    max_eval_samples: int | None = Field(default=None, gt=0)
+    max_eval_samples: int | None = Field(
+        default=None,
+        gt=0,
+        description="evaluate this many held-out samples, spread evenly over the set; unset: all, or "
+        "where their evaluations would take over a quarter of a planned run, as many as fit it",
+    )
     augment: bool | None = Field(
         default=None,
         description=(

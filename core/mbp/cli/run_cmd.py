@@ -135,8 +135,7 @@ def eval_command(
     from mbp.model.io import load_model
     from mbp.plugins import get_platform
     from mbp.resolve import resolve
-    from mbp.train.evaluate import evaluate
-    from mbp.train.loop import eval_batches
+    from mbp.train.evaluate import eval_batches, evaluate
     from mbp.train.rows import rows_of_checkpoint
     from mbp.train.rundir import check_belongs
 

@@ -7,7 +7,7 @@ import os
 import queue
 import random
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -96,6 +96,7 @@ def encoded_stream(
     world: int = 1,
     augment: bool = False,
     split: bool = False,
+    picked: Callable[[int], bool] | None = None,
 ) -> Iterator[tuple[EncodedSample, Position]]:
     """Encoded samples in a deterministic order (given the seed), with the position after each.
 
@@ -104,7 +105,8 @@ def encoded_stream(
     rank ``i % world``. ``augment``: training samples, varied by codecs that can, with a generator
     seeded by (seed, epoch, index) so that the variations replay on resume too. ``split``: samples
     longer than ``seq_len`` are kept (``batches`` cuts them across rows), and a start inside a sample
-    yields the rest of it first.
+    yields the rest of it first. ``picked``: only the samples whose index (from 0, in the stream's
+    order) it picks are encoded and yielded (an evaluation's subset, ``spread``).
     """
     position = Position(start.epoch, start.consumed) if start else Position()
     taken = start.taken if start else 0
@@ -122,7 +124,7 @@ def encoded_stream(
             if index <= position.consumed:
                 continue
             position = Position(position.epoch, index)
-            if (index - 1) % world != rank:
+            if (index - 1) % world != rank or (picked is not None and not picked(index - 1)):
                 continue
             # encoded only here: samples already consumed, or another rank's, cost a read, not a decode
             try:
@@ -153,6 +155,12 @@ def encoded_stream(
                 f"no usable sample in {len(shards)} shard(s) ({', '.join(shards[:3])}): {reasons}"
             )
         position = Position(position.epoch + 1, 0)
+
+
+def spread(count: int, whole: int) -> Callable[[int], bool]:
+    """Picks ``count`` of ``whole`` indices, evenly spread: a held-out set written class by class (as
+    shards built from one folder per class are) is then still evaluated on every class."""
+    return lambda index: (index * count) // whole != ((index + 1) * count) // whole
 
 
 SHUFFLE_BYTES = 256 << 20

@@ -1,4 +1,4 @@
-"""Evaluation: per-token cross-entropy and argmax hits, handed to the task head's metrics."""
+"""Evaluation: the held-out rows, then per-token cross-entropy and argmax hits for the head's metrics."""
 
 from __future__ import annotations
 
@@ -10,17 +10,37 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mbp.data.batches import Batch
+from mbp.data.batches import Batch, batches, encoded_stream, spread
 from mbp.data.encode import EncodedSample
-from mbp.heads import TaskHead, payload_bytes, payload_range, prompt_length
+from mbp.data.read import read_samples
+from mbp.data.skips import SkipLog
+from mbp.heads import TaskHead, payload_bytes, payload_range, prompt_length, splits_samples
 from mbp.model.decoder import MultiscaleDecoder
 from mbp.protocol import END, EOS
+from mbp.resolve import Resolved
 from mbp.train.precision import PrecisionChoice
 
 FP32 = PrecisionChoice("fp32", "evaluation default")
 
 Scored = list[tuple[EncodedSample, np.ndarray, np.ndarray]]
 """Each evaluated sample with its per-token nats and argmax hits."""
+
+
+def eval_batches(resolved: Resolved, shards: list[str], log: SkipLog, align: int = 1) -> list[Batch]:
+    """The held-out samples of ``shards`` in rows: all, or ``data.max_eval_samples`` spread over them."""
+    data = resolved.pipeline.data
+    split = splits_samples(resolved.head)
+    picked = None
+    if data.max_eval_samples:  # that many, spread over the set, not its first ones
+        whole = sum(1 for _ in read_samples(shards, SkipLog(quiet=True)))
+        picked = spread(data.max_eval_samples, whole) if whole > data.max_eval_samples else None
+    stream = encoded_stream(
+        shards, resolved.encoder, data.row_len, log, repeat=False, split=split, picked=picked
+    )
+    # packed like training (one short sample per row would spend most of the work on padding), but a
+    # text that fits a row is scored whole: cut to fill a row, its second piece would lose its context
+    packed = batches(stream, data.batch_rows, data.row_len, pack=True, align=align, split=split, fill=False)
+    return [b for b, _ in packed]
 
 
 @torch.no_grad()

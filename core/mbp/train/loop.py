@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 import time
 from collections.abc import Callable, Generator
@@ -26,13 +25,13 @@ from mbp.train import distributed as D
 from mbp.train.allocator import keep_freed_memory
 from mbp.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from mbp.train.deadline import Deadline, deadline_of
-from mbp.train.evaluate import evaluate
+from mbp.train.evaluate import eval_batches, evaluate
 from mbp.train.init import init_from as load_initial_weights
 from mbp.train.optim import make_optimizer
-from mbp.train.plan import plan_run, with_steps
+from mbp.train.plan import plan_run, with_eval_samples, with_steps
 from mbp.train.precision import PrecisionChoice
 from mbp.train.precision_plan import as_rank_zero_chose, with_precision
-from mbp.train.recorded import recorded_augment, recorded_precision, recorded_steps
+from mbp.train.recorded import recorded_augment, recorded_eval_samples, recorded_precision, recorded_steps
 from mbp.train.report import MetricsLog, Progress, run_summary
 from mbp.train.rundir import check_belongs, prepare_out, remove_leftovers, resume_point
 from mbp.train.schedule import lr_factor
@@ -52,18 +51,6 @@ def check_writable(out: Path) -> None:
         probe.unlink()
     except OSError as error:
         raise OutputError(f"--out {out}: cannot write there ({error.strerror or error})") from None
-
-
-def eval_batches(resolved: Resolved, shards: list[str], log: SkipLog, align: int = 1) -> list[Batch]:
-    data = resolved.pipeline.data
-    split = splits_samples(resolved.head)
-    stream = encoded_stream(shards, resolved.encoder, data.row_len, log, repeat=False, split=split)
-    if data.max_eval_samples:
-        stream = itertools.islice(stream, data.max_eval_samples)
-    # packed like training (one short sample per row would spend most of the work on padding), but a
-    # text that fits a row is scored whole: cut to fill a row, its second piece would lose its context
-    packed = batches(stream, data.batch_rows, data.row_len, pack=True, align=align, split=split, fill=False)
-    return [b for b, _ in packed]
 
 
 @dataclass(frozen=True)
@@ -107,6 +94,8 @@ class Trainer:
         if world.size > 1:  # precision and steps may follow timings: every process takes rank 0's
             if self.plan is not None:
                 resolved = with_steps(resolved, D.broadcast_int(resolved.pipeline.train.total_steps, world))
+                evaluated = D.broadcast_int(resolved.pipeline.data.max_eval_samples or 0, world)
+                resolved = with_eval_samples(resolved, evaluated or None)
             if setting == "auto":
                 self.precision = as_rank_zero_chose(self.precision, world)
                 resolved = with_precision(resolved, self.precision.precision)
@@ -140,8 +129,9 @@ class Trainer:
             self.checkpoint = resume_point(out, take_intact=request.take_intact, main=world.is_main)
             document = checkpoint_document(self.checkpoint, training=True)
             check_belongs(self.checkpoint, resolved.name, resolved.pipeline, document, self.model)
-            if self.plan is not None:  # the schedule the run started with, not a new timing's
+            if self.plan is not None:  # the schedule and held-out samples the run started with
                 resolved = with_steps(resolved, recorded_steps(document, resolved.pipeline.train.total_steps))
+                resolved = with_eval_samples(resolved, recorded_eval_samples(document))
             if self.variation is not None:  # as the run varied its samples before, whatever its passes now
                 varied = recorded_augment(document)
                 self.variation = dataclasses.replace(self.variation, varied=varied)

@@ -61,6 +61,13 @@ def with_steps(resolved: Resolved, steps: int) -> Resolved:
     return dataclasses.replace(resolved, pipeline=pipeline.model_copy(update={"train": train}))
 
 
+def with_eval_samples(resolved: Resolved, samples: int | None) -> Resolved:
+    """``resolved`` evaluating ``samples`` held-out samples spread over its set (None: all of them)."""
+    pipeline = resolved.pipeline
+    data = pipeline.data.model_copy(update={"max_eval_samples": samples})
+    return dataclasses.replace(resolved, pipeline=pipeline.model_copy(update={"data": data}))
+
+
 @dataclass(frozen=True)
 class StepProbe:
     per_step: float
@@ -109,6 +116,11 @@ class StepPlan:
             "step_seconds_measured": round(self.seconds, 4),
             "train_seconds_allowed": round(self.train_seconds, 1),
             "eval_seconds_estimated": round(self.eval_seconds, 1),
+            **(
+                {"eval_samples": self.evaluation.samples, "eval_samples_of": self.evaluation.whole}
+                if self.evaluation.whole
+                else {}
+            ),
         }
 
     def describe(self) -> str:
@@ -117,7 +129,7 @@ class StepPlan:
         if self.capped:
             evaluated = self.evaluation
             costs = (
-                f", {evaluated.evaluations} evaluations of {evaluated.samples:,} samples at most "
+                f", {evaluated.evaluations} evaluations of {evaluated.describe()} at most "
                 f"{self.eval_seconds:.0f} s"
                 if evaluated.evaluations and evaluated.samples
                 else ""
@@ -150,6 +162,8 @@ def plan_steps(
     per_step = probe.per_step
     run_seconds = resolved.pipeline.train.minutes * 60
     load = eval_load(resolved, eval_shards or [], ceiling(probe.seconds, training_seconds(0.0, run_seconds)))
+    if resolved.pipeline.data.max_eval_samples is None:  # the pipeline's own cap is kept as it is
+        load = load.fitted(probe.seconds, per_step, run_seconds)
     most = ceiling(probe.seconds, training_seconds(load.seconds(probe.seconds, per_step), run_seconds))
     wanted, samples = passes_steps(shards, per_step, most)
     return StepPlan(min(most, wanted), samples, per_step, wanted > most, probe.seconds, load, run_seconds)
@@ -275,6 +289,8 @@ def plan_run(
         seconds = precision.seconds.get(precision.choice.precision)
         steps = plan_steps(planned, shards, align, device, seconds, eval_shards)
         planned = with_steps(planned, steps.steps)
+        if steps.evaluation.whole:  # evaluating all would crowd out training: a spread subset
+            planned = with_eval_samples(planned, steps.evaluation.samples)
     given = planned  # the pipeline whose stream is probed, bound before planned is rebound
     per_step = (lambda: steps.per_step) if steps else (lambda: samples_per_step(given, shards, align))
     known = steps.samples if steps and not steps.capped else None  # below the ceiling: counted to the end

@@ -1,5 +1,6 @@
 """What a checkpoint's run settled by measuring, which a resumed run keeps rather than measuring again:
-its steps (at the time ceiling), its precision (``auto``) and whether its samples varied."""
+its steps (at the time ceiling), its precision (``auto``), whether its samples varied and how many
+held-out samples it evaluated."""
 
 from __future__ import annotations
 
@@ -24,3 +25,10 @@ def recorded_augment(document: dict[str, Any]) -> bool:
     """Whether a checkpoint's run varied its training samples (``data.augment``); a run recorded before
     the setting existed did not, unless its codecs said so themselves."""
     return ((document.get("pipeline") or {}).get("data") or {}).get("augment") is True
+
+
+def recorded_eval_samples(document: dict[str, Any]) -> int | None:
+    """The ``data.max_eval_samples`` a checkpoint's run evaluated (given, or planned to keep its
+    evaluations within their share of the run), else None: all of them."""
+    samples = ((document.get("pipeline") or {}).get("data") or {}).get("max_eval_samples")
+    return samples if isinstance(samples, int) and samples > 0 else None
