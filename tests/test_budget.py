@@ -57,13 +57,22 @@ def eval_shard(tmp_path: Path, count: int) -> list[str]:
     return [str(tmp_path / "eval.tar")]
 
 
+def capped_text_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, times: int = 1
+) -> tuple[Resolved, list[str], int]:
+    """A training set whose passes take ``3 * times`` the ceiling (``MOST_STEPS``, steps timed to it),
+    its shards, and the samples a step holds."""
+    time_steps_at(monkeypatch, MOST_STEPS)
+    _, _, per_step = text_set(tmp_path, 1)
+    resolved, shards, _ = text_set(tmp_path, 3 * math.ceil(times * MOST_STEPS * per_step / PASSES))
+    return resolved, shards, per_step
+
+
 def test_evaluations_are_taken_out_of_the_training_ceiling(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    time_steps_at(monkeypatch, MOST_STEPS)
+    resolved, shards, per_step = capped_text_set(tmp_path, monkeypatch)
     step = TRAIN_SECONDS / MOST_STEPS
-    _, _, per_step = text_set(tmp_path, 1)
-    resolved, shards, _ = text_set(tmp_path, 3 * math.ceil(MOST_STEPS * per_step / PASSES))
     assert plan_steps(resolved, shards, PATCH, eval_shards=[]).steps == MOST_STEPS
     # held-out samples whose four evaluations cost 250 steps' worth of time
     held_out = 250 * per_step // 4
@@ -85,10 +94,8 @@ def test_a_held_out_set_too_big_for_its_share_is_evaluated_on_a_spread_subset(
     """Where evaluating every held-out sample would take over ``EVAL_SHARE`` of the run, a planned run
     evaluates as many as fit that share (at least ``FEWEST_EVAL_SAMPLES``), spread over the set, and
     trains for the rest; the pipeline then says how many (``data.max_eval_samples``)."""
-    time_steps_at(monkeypatch, MOST_STEPS)
+    resolved, shards, per_step = capped_text_set(tmp_path, monkeypatch)
     step = TRAIN_SECONDS / MOST_STEPS
-    _, _, per_step = text_set(tmp_path, 1)
-    resolved, shards, _ = text_set(tmp_path, 3 * math.ceil(MOST_STEPS * per_step / PASSES))
     monkeypatch.setattr(budget, "FEWEST_EVAL_SAMPLES", per_step)  # the test's sets are small
     held_out = MOST_STEPS * per_step // 2  # four evaluations: twice the training's time
     planned = plan_steps(resolved, shards, PATCH, eval_shards=eval_shard(tmp_path, held_out))
@@ -113,9 +120,7 @@ def test_a_held_out_set_too_big_for_its_share_is_evaluated_on_a_spread_subset(
 def test_a_held_out_set_too_big_for_the_budget_leaves_half_the_training(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    time_steps_at(monkeypatch, MOST_STEPS)
-    _, _, per_step = text_set(tmp_path, 1)
-    resolved, shards, _ = text_set(tmp_path, 3 * math.ceil(MOST_STEPS * per_step / PASSES))
+    resolved, shards, per_step = capped_text_set(tmp_path, monkeypatch)
     huge = eval_shard(tmp_path, 4 * MOST_STEPS * per_step)  # each evaluation as long as all training
     monkeypatch.setattr(budget, "FEWEST_EVAL_SAMPLES", 4 * MOST_STEPS * per_step)  # no subset either
     planned = plan_steps(resolved, shards, PATCH, eval_shards=huge)
@@ -136,10 +141,8 @@ def test_train_minutes_sets_the_budget_the_ceiling_is_counted_from(
     """A machine that steps 4x slower (no fast bf16: 28x28 glyphs at 0.171 s a step in fp32 against
     0.042 in bf16) trains the same recipe for a quarter of the steps in nine minutes; ``train.minutes``
     gives a planned run the time, and it still stops at ``PASSES``."""
-    time_steps_at(monkeypatch, MOST_STEPS)
+    resolved, shards, per_step = capped_text_set(tmp_path, monkeypatch, times=4)
     step = TRAIN_SECONDS / MOST_STEPS
-    _, _, per_step = text_set(tmp_path, 1)
-    resolved, shards, _ = text_set(tmp_path, 3 * math.ceil(4 * MOST_STEPS * per_step / PASSES))
     held_out = eval_shard(tmp_path, 250 * per_step // 4)
     default = plan_steps(resolved, shards, PATCH, eval_shards=held_out)
     assert default.run_seconds == RUN_SECONDS and default.capped
@@ -178,9 +181,7 @@ def test_max_eval_samples_are_spread_over_the_held_out_set(tmp_path: Path) -> No
 def test_a_planned_subset_is_written_into_the_run_s_pipeline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    time_steps_at(monkeypatch, MOST_STEPS)
-    _, _, per_step = text_set(tmp_path, 1)
-    resolved, shards, _ = text_set(tmp_path, 3 * math.ceil(MOST_STEPS * per_step / PASSES))
+    resolved, shards, per_step = capped_text_set(tmp_path, monkeypatch)
     monkeypatch.setattr(budget, "FEWEST_EVAL_SAMPLES", per_step)
     held_out = eval_shard(tmp_path, MOST_STEPS * per_step // 2)
     plan = plan_run(resolved, shards, eval_shards=held_out)
