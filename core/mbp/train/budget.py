@@ -85,7 +85,7 @@ class EvalLoad:
         fits = int(self.samples * run_seconds / 10 / seconds)
         return (
             f"evaluating {self.samples:,} held-out samples {self.evaluations} times would take about "
-            f"{seconds / 60:.0f} minutes, more than half of a planned run's {run_seconds / 60:.0f}: training "
+            f"{seconds / 60:.1f} minutes, more than half of a planned run's {run_seconds / 60:g}: training "
             f"keeps {LEAST_TRAINING:.0%} of its time and the run takes longer; data.max_eval_samples: "
             f"{max(fits, 1)} would keep evaluation to a tenth of the run"
         )
