@@ -3,10 +3,8 @@ evaluating its held-out set will cost, at the measured step time (``mbp.train.bu
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
-from typing import Any
 
 import pytest
 from mbp.config import TrainConfig
@@ -45,12 +43,6 @@ def test_the_budget_is_the_run_less_its_evaluations() -> None:
     assert evaluations(None, 9000) == 4 and evaluations(1000, 9500) == 10
 
 
-def updated(resolved: Resolved, part: str, **values: Any) -> Resolved:
-    """``resolved`` with ``values`` set in its pipeline's ``part`` (``data`` or ``train``)."""
-    section = getattr(resolved.pipeline, part).model_copy(update=values)
-    return dataclasses.replace(resolved, pipeline=resolved.pipeline.model_copy(update={part: section}))
-
-
 def eval_shard(tmp_path: Path, count: int) -> list[str]:
     samples = [{"__key__": f"e{i:05d}".encode(), "txt": b"a line of text, %05d." % i} for i in range(count)]
     write_tar(tmp_path / "eval.tar", samples)
@@ -84,7 +76,7 @@ def test_evaluations_are_taken_out_of_the_training_ceiling(
     assert f"4 evaluations of {held_out:,} samples at most {costs:.0f} s" in planned.describe()
     assert planned.advice() is None  # under half the run: nothing to say
     # a pipeline that evaluates more often pays for each evaluation
-    often = updated(resolved, "train", eval_every=100)
+    often = resolved.with_settings("train", eval_every=100)
     assert plan_steps(often, shards, PATCH, eval_shards=eval_shard(tmp_path, held_out)).steps < planned.steps
 
 
@@ -112,7 +104,7 @@ def test_a_held_out_set_too_big_for_its_share_is_evaluated_on_a_spread_subset(
     whole = plan_steps(resolved, shards, PATCH, eval_shards=eval_shard(tmp_path, held_out)).evaluation
     assert whole == EvalLoad(held_out, budget.EVALUATIONS)
     # a pipeline's own data.max_eval_samples is what a run evaluates, and what is counted
-    capped = updated(resolved, "data", max_eval_samples=per_step)
+    capped = resolved.with_settings("data", max_eval_samples=per_step)
     load = plan_steps(capped, shards, PATCH, eval_shards=eval_shard(tmp_path, held_out)).evaluation
     assert load == EvalLoad(per_step, budget.EVALUATIONS)
 
@@ -146,7 +138,7 @@ def test_train_minutes_sets_the_budget_the_ceiling_is_counted_from(
     held_out = eval_shard(tmp_path, 250 * per_step // 4)
     default = plan_steps(resolved, shards, PATCH, eval_shards=held_out)
     assert default.run_seconds == RUN_SECONDS and default.capped
-    longer = plan_steps(updated(resolved, "train", minutes=36.0), shards, PATCH, eval_shards=held_out)
+    longer = plan_steps(resolved.with_settings("train", minutes=36.0), shards, PATCH, eval_shards=held_out)
     costs = 4 * (250 * per_step // 4) / per_step * step
     assert longer.run_seconds == 36 * 60 and longer.capped
     assert longer.train_seconds == pytest.approx((36 * 60 - costs) / STEP_DRIFT)
@@ -154,7 +146,7 @@ def test_train_minutes_sets_the_budget_the_ceiling_is_counted_from(
     assert "the ceiling of a 36-minute run" in longer.describe()
     assert "train.minutes gives the run more time" in longer.describe()
     # ... up to the passes a planned run makes, however long it may take
-    ample = plan_steps(updated(resolved, "train", minutes=600.0), shards, PATCH, eval_shards=held_out)
+    ample = plan_steps(resolved.with_settings("train", minutes=600.0), shards, PATCH, eval_shards=held_out)
     assert not ample.capped and ample.steps == math.ceil(PASSES * ample.samples / per_step)
     # the budget is validated like every setting
     with pytest.raises(ValueError, match="minutes"):
@@ -168,11 +160,13 @@ def test_max_eval_samples_are_spread_over_the_held_out_set(tmp_path: Path) -> No
     held_out = eval_shard(tmp_path, 100)
     every = eval_batches(resolved, held_out, SkipLog(quiet=True), PATCH)
     assert [s.key for b in every for s in b.samples] == [f"e{i:05d}" for i in range(100)]
-    ten = eval_batches(updated(resolved, "data", max_eval_samples=10), held_out, SkipLog(quiet=True), PATCH)
+    ten = eval_batches(
+        resolved.with_settings("data", max_eval_samples=10), held_out, SkipLog(quiet=True), PATCH
+    )
     assert [s.key for b in ten for s in b.samples] == [f"e{i:05d}" for i in range(9, 100, 10)]
     assert spread(3, 7)(0) is False and [i for i in range(7) if spread(3, 7)(i)] == [2, 4, 6]
     # at least as many as the set holds: all of them
-    more = updated(resolved, "data", max_eval_samples=500)
+    more = resolved.with_settings("data", max_eval_samples=500)
     assert (
         len([s for b in eval_batches(more, held_out, SkipLog(quiet=True), PATCH) for s in b.samples]) == 100
     )
@@ -193,5 +187,5 @@ def test_a_planned_subset_is_written_into_the_run_s_pipeline(
     assert recorded_eval_samples(recorded) == plan.steps.evaluation.samples
     assert recorded_eval_samples({"pipeline": {"data": {}}}) is None
     # given steps: nothing planned, every sample evaluated
-    given = plan_run(updated(resolved, "train", steps=10), shards, eval_shards=held_out)
+    given = plan_run(resolved.with_settings("train", steps=10), shards, eval_shards=held_out)
     assert given.resolved.pipeline.data.max_eval_samples is None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Literal
 
 from mbp.components import ComponentTable
 from mbp.config import Pipeline, Ref, Registry, check_pipeline, load_registry
@@ -20,6 +22,12 @@ class Resolved:
     encoder: SampleEncoder
     components: ComponentTable
     """What the pipeline's names were resolved against; the model is built from it too."""
+
+    def with_settings(self, section: Literal["data", "train"], **values: object) -> Resolved:
+        """This pipeline with ``values`` set in its ``data`` or ``train`` section, as a run settles what
+        the pipeline leaves to it (rows, steps, precision); head and encoder stay as they are."""
+        part = getattr(self.pipeline, section).model_copy(update=values)
+        return dataclasses.replace(self, pipeline=self.pipeline.model_copy(update={section: part}))
 
 
 def resolve(

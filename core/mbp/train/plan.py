@@ -56,16 +56,12 @@ PROBE_ROWS = 64
 
 
 def with_steps(resolved: Resolved, steps: int) -> Resolved:
-    pipeline = resolved.pipeline
-    train = pipeline.train.model_copy(update={"steps": steps})
-    return dataclasses.replace(resolved, pipeline=pipeline.model_copy(update={"train": train}))
+    return resolved.with_settings("train", steps=steps)
 
 
 def with_eval_samples(resolved: Resolved, samples: int | None) -> Resolved:
     """``resolved`` evaluating ``samples`` held-out samples spread over its set (None: all of them)."""
-    pipeline = resolved.pipeline
-    data = pipeline.data.model_copy(update={"max_eval_samples": samples})
-    return dataclasses.replace(resolved, pipeline=pipeline.model_copy(update={"data": data}))
+    return resolved.with_settings("data", max_eval_samples=samples)
 
 
 @dataclass(frozen=True)

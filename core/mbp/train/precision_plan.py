@@ -10,7 +10,6 @@ written into the run's pipeline (``train.precision``), so a resumed run keeps it
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -72,9 +71,7 @@ def plan_precision(
 
 
 def with_precision(resolved: Resolved, precision: str) -> Resolved:
-    pipeline = resolved.pipeline
-    train = pipeline.train.model_copy(update={"precision": precision})
-    return dataclasses.replace(resolved, pipeline=pipeline.model_copy(update={"train": train}))
+    return resolved.with_settings("train", precision=precision)
 
 
 def as_rank_zero_chose(choice: PrecisionChoice, world: D.World) -> PrecisionChoice:

@@ -9,7 +9,6 @@ as padding that the model computed on (9%; a 28x28 glyph, one 840-token sample a
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import sys
 from collections.abc import Iterator
@@ -131,9 +130,7 @@ def rows_of_checkpoint(resolved: Resolved, document: dict[str, Any], shards: lis
 
 
 def with_seq_len(resolved: Resolved, seq_len: int) -> Resolved:
-    pipeline = resolved.pipeline
-    data = pipeline.data.model_copy(update={"seq_len": seq_len})
-    return dataclasses.replace(resolved, pipeline=pipeline.model_copy(update={"data": data}))
+    return resolved.with_settings("data", seq_len=seq_len)
 
 
 def sample_lengths(resolved: Resolved, shards: list[str]) -> list[int]:

@@ -52,11 +52,9 @@ class VariationPlan:
 
 def with_augment(resolved: Resolved, varied: bool) -> Resolved:
     """``resolved`` with ``data.augment`` settled, and an encoder that varies accordingly."""
-    pipeline = resolved.pipeline
-    data = pipeline.data.model_copy(update={"augment": varied})
-    pipeline = pipeline.model_copy(update={"data": data})
-    encoder = SampleEncoder(pipeline, resolved.components, resolved.head)
-    return dataclasses.replace(resolved, pipeline=pipeline, encoder=encoder)
+    settled = resolved.with_settings("data", augment=varied)
+    encoder = SampleEncoder(settled.pipeline, resolved.components, resolved.head)
+    return dataclasses.replace(settled, encoder=encoder)
 
 
 def plan_variation(
