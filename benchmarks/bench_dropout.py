@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from mbp.config import TrainConfig
 from mbp.data.batches import Batch, batches, encoded_stream
 from mbp.data.read import expand_shards
 from mbp.data.skips import SkipLog
@@ -68,7 +69,7 @@ def main() -> None:
     data = resolved.pipeline.data
     torch.manual_seed(0)
     model = build_model(resolved.pipeline.model, components).train()
-    optimizer = make_optimizer(model, 1e-3, 0.1)
+    optimizer = make_optimizer(model, TrainConfig(lr=1e-3, weight_decay=0.1))
     stream = encoded_stream(shards, resolved.encoder, data.row_len, SkipLog(quiet=True), augment=True)
     made = batches(stream, data.batch_rows, data.row_len, pack=data.pack, align=model.patch_len)
     ready: list[Batch] = [batch for (batch, _), _ in zip(made, range(WARMUP + TIMED), strict=False)]

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import torch
+from mbp.config import TrainConfig
 from mbp.model.build import build_model
 from mbp.plugins import get_platform
 from mbp.train.allocator import keep_freed_memory
@@ -41,7 +42,7 @@ class Stepper:
     def __init__(self, global_backbone: dict[str, Any], precision: str) -> None:
         torch.manual_seed(0)
         self.model = build_model(config(global_backbone), get_platform().components).train()
-        self.optimizer = make_optimizer(self.model, 1e-3, 0.1)
+        self.optimizer = make_optimizer(self.model, TrainConfig(lr=1e-3, weight_decay=0.1))
         self.precision = choose_precision(precision, torch.device("cpu"))  # type: ignore[arg-type]
         self.tokens = torch.randint(0, 256, (ROWS, LENGTH))
         self.step()  # shapes warmed: oneDNN makes its bf16 kernels on first use

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from mbp.config import TrainConfig
 from mbp.data.batches import Batch, batches, encoded_stream
 from mbp.data.read import expand_shards, read_samples
 from mbp.data.skips import SkipLog
@@ -85,7 +86,7 @@ def bare(resolved: Resolved, ready: list[Batch]) -> dict[int, float]:
     """bytes/s of the model's training step alone over the same windows."""
     torch.manual_seed(resolved.pipeline.train.seed)
     model = build_model(resolved.pipeline.model, resolved.components).train()
-    optimizer = make_optimizer(model, 1e-3, 0.1)
+    optimizer = make_optimizer(model, TrainConfig(lr=1e-3, weight_decay=0.1))
     precision = choose_precision(resolved.pipeline.train.precision, torch.device("cpu"))
     rates, window_start, window_bytes = {}, time.perf_counter(), 0
     for index, batch in enumerate(ready, start=1):

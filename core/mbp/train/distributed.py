@@ -10,6 +10,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from mbp.train.optim import TrainingOptimizer
+
 
 @dataclass(frozen=True)
 class World:
@@ -85,8 +87,15 @@ def sharded(world: World, strategy: str) -> bool:
     return world.size > 1 and strategy == "fsdp"
 
 
+def _one_torch_optimizer(optimizer: TrainingOptimizer) -> torch.optim.Optimizer:
+    """torch's sharded state dicts take one torch optimizer: ``make_optimizer`` gives AdamW under FSDP."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"sharded checkpoints need a torch optimizer, not {type(optimizer).__name__}")
+    return optimizer
+
+
 def full_states(
-    model: nn.Module, optimizer: torch.optim.Optimizer, world: World, strategy: str
+    model: nn.Module, optimizer: TrainingOptimizer, world: World, strategy: str
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Unsharded model and optimizer state dicts (a collective under FSDP: every rank calls it). The
     optimizer's comes keyed by parameter index, as in a single process, so checkpoints move freely
@@ -101,7 +110,9 @@ def full_states(
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_state: dict[str, Any] = dict(get_model_state_dict(model, options=options))
-    by_name: dict[str, Any] = dict(get_optimizer_state_dict(model, optimizer, options=options))
+    by_name: dict[str, Any] = dict(
+        get_optimizer_state_dict(model, _one_torch_optimizer(optimizer), options=options)
+    )
     if not by_name:  # with cpu_offload only rank 0 receives the full states; the others write nothing
         return model_state, {}
     order = [name for group in by_name["param_groups"] for name in group["params"]]
@@ -115,7 +126,7 @@ def full_states(
 
 def load_optimizer(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: TrainingOptimizer,
     optim_state: dict[str, Any],
     world: World,
     strategy: str,
@@ -135,5 +146,8 @@ def load_optimizer(
         ],
     }
     set_optimizer_state_dict(
-        model, optimizer, optim_state_dict=by_name, options=StateDictOptions(full_state_dict=True)
+        model,
+        _one_torch_optimizer(optimizer),
+        optim_state_dict=by_name,
+        options=StateDictOptions(full_state_dict=True),
     )

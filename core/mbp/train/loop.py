@@ -27,11 +27,17 @@ from mbp.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from mbp.train.deadline import Deadline, deadline_of
 from mbp.train.evaluate import eval_batches, evaluate
 from mbp.train.init import init_from as load_initial_weights
-from mbp.train.optim import make_optimizer
+from mbp.train.optim import describe_optimizer, make_optimizer, settled_optimizer
 from mbp.train.plan import plan_run, with_eval_samples, with_steps
 from mbp.train.precision import PrecisionChoice
 from mbp.train.precision_plan import as_rank_zero_chose, with_precision
-from mbp.train.recorded import recorded_augment, recorded_eval_samples, recorded_precision, recorded_steps
+from mbp.train.recorded import (
+    recorded_augment,
+    recorded_eval_samples,
+    recorded_optimizer,
+    recorded_precision,
+    recorded_steps,
+)
 from mbp.train.report import MetricsLog, Progress, run_summary
 from mbp.train.rundir import check_belongs, prepare_out, remove_leftovers, resume_point
 from mbp.train.schedule import lr_factor
@@ -87,7 +93,7 @@ class Trainer:
         if world.device.type == "cpu":
             keep_freed_memory()
         setting = resolved.pipeline.train.precision
-        plan = plan_run(resolved, request.train_shards, world.device, request.eval_shards)
+        plan = plan_run(settled_optimizer(resolved), request.train_shards, world.device, request.eval_shards)
         resolved, self.rows, self.plan = plan.resolved, plan.rows, plan.steps
         self.variation = plan.variation
         self.precision = plan.precision.choice
@@ -136,6 +142,8 @@ class Trainer:
                 varied = recorded_augment(document)
                 self.variation = dataclasses.replace(self.variation, varied=varied)
                 resolved = with_augment(resolved, varied)
+            # its optimizer state belongs to the optimizer it recorded (AdamW, before there was a choice)
+            resolved = settled_optimizer(resolved, recorded_optimizer(document))
             recorded = recorded_precision(document)
             if setting == "auto" and recorded is not None and recorded != self.precision.precision:
                 self.precision = PrecisionChoice(recorded, "auto: as the run chose before it was resumed")
@@ -150,7 +158,7 @@ class Trainer:
             else None
         )
         self.wrapped = D.wrap(LossStep(self.model), world, self.cfg.strategy)
-        self.optimizer = make_optimizer(self.model, self.cfg.lr, self.cfg.weight_decay)
+        self.optimizer = make_optimizer(self.model, self.cfg)
         if optim_state is not None:
             D.load_optimizer(self.model, self.optimizer, optim_state, world, self.cfg.strategy)
         if world.is_main:
@@ -158,7 +166,7 @@ class Trainer:
             note(
                 f"training {resolved.name}: precision {self.precision.describe()}, {world.device.type}, "
                 f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters, "
-                f"dropout {resolved.pipeline.model.dropout or 0:g}, "
+                f"dropout {resolved.pipeline.model.dropout or 0:g}, {describe_optimizer(self.cfg)}, "
                 f"{self.plan.describe() if self.plan else f'{self.cfg.total_steps} steps'}, "
                 f"{rows} row{'s' if rows > 1 else ''} a step"
                 + (f", {self.rows.describe()}" if self.rows else "")

@@ -1,6 +1,6 @@
 """What a checkpoint's run settled by measuring, which a resumed run keeps rather than measuring again:
 its steps (at the time ceiling), its precision (``auto``), whether its samples varied and how many
-held-out samples it evaluated."""
+held-out samples it evaluated, and which optimizer its saved state belongs to."""
 
 from __future__ import annotations
 
@@ -32,3 +32,10 @@ def recorded_eval_samples(document: dict[str, Any]) -> int | None:
     evaluations within their share of the run), else None: all of them."""
     samples = ((document.get("pipeline") or {}).get("data") or {}).get("max_eval_samples")
     return samples if isinstance(samples, int) and samples > 0 else None
+
+
+def recorded_optimizer(document: dict[str, Any]) -> str:
+    """The ``train.optimizer`` whose state a checkpoint saved: ``adamw`` for runs recorded before the
+    setting existed, when AdamW was the only one."""
+    chosen = ((document.get("pipeline") or {}).get("train") or {}).get("optimizer")
+    return chosen if chosen in ("muon", "adamw") else "adamw"

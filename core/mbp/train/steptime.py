@@ -36,7 +36,7 @@ def step_seconds(resolved: Resolved, batches: list[Batch], device: torch.device)
     forked = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=forked):
         model = build_model(resolved.pipeline.model, resolved.components).to(device).train()
-        optimizer = make_optimizer(model, train.lr, train.weight_decay)
+        optimizer = make_optimizer(model, train)
 
         def step(index: int) -> float:
             start = time.perf_counter()
