@@ -9,33 +9,38 @@ from typing import Any
 from mbp.train.precision import Precision
 
 
+def _setting(document: dict[str, Any], section: str, key: str) -> Any:
+    """``pipeline.<section>.<key>`` as a checkpoint's document recorded it, or None where it did not."""
+    return ((document.get("pipeline") or {}).get(section) or {}).get(key)
+
+
 def recorded_steps(document: dict[str, Any], default: int) -> int:
     """The ``train.steps`` a checkpoint's run trained to (planned or given), else ``default``."""
-    steps = ((document.get("pipeline") or {}).get("train") or {}).get("steps")
+    steps = _setting(document, "train", "steps")
     return steps if isinstance(steps, int) and steps > 0 else default
 
 
 def recorded_precision(document: dict[str, Any]) -> Precision | None:
     """The precision a checkpoint's run trained in, where it recorded one (``auto`` is settled at start)."""
-    precision = ((document.get("pipeline") or {}).get("train") or {}).get("precision")
+    precision = _setting(document, "train", "precision")
     return precision if precision in ("fp32", "bf16") else None
 
 
 def recorded_augment(document: dict[str, Any]) -> bool:
     """Whether a checkpoint's run varied its training samples (``data.augment``); a run recorded before
     the setting existed did not, unless its codecs said so themselves."""
-    return ((document.get("pipeline") or {}).get("data") or {}).get("augment") is True
+    return _setting(document, "data", "augment") is True
 
 
 def recorded_eval_samples(document: dict[str, Any]) -> int | None:
     """The ``data.max_eval_samples`` a checkpoint's run evaluated (given, or planned to keep its
     evaluations within their share of the run), else None: all of them."""
-    samples = ((document.get("pipeline") or {}).get("data") or {}).get("max_eval_samples")
+    samples = _setting(document, "data", "max_eval_samples")
     return samples if isinstance(samples, int) and samples > 0 else None
 
 
 def recorded_optimizer(document: dict[str, Any]) -> str:
     """The ``train.optimizer`` whose state a checkpoint saved: ``adamw`` for runs recorded before the
     setting existed, when AdamW was the only one."""
-    chosen = ((document.get("pipeline") or {}).get("train") or {}).get("optimizer")
+    chosen = _setting(document, "train", "optimizer")
     return chosen if chosen in ("muon", "adamw") else "adamw"
