@@ -12,7 +12,7 @@ from mbp.errors import ConfigError
 from mbp.model.build import build_model
 from mbp.resolve import resolve
 from mbp.train.muon import Muon, MuonWithAdamW, orthogonalized, update_scale
-from mbp.train.optim import make_optimizer, settled_optimizer
+from mbp.train.optim import describe_optimizer, make_optimizer, settled_optimizer
 from mbp.train.recorded import recorded_optimizer
 from safetensors.torch import load_file
 
@@ -120,6 +120,11 @@ def test_fsdp_runs_adamw_and_a_muon_checkpoint_cannot_resume_under_it(tmp_path: 
     assert settled_optimizer(resolved, "adamw").pipeline.train.optimizer == "adamw"
     with pytest.raises(ConfigError, match=r"resume with train\.strategy=ddp"):
         settled_optimizer(sharded, "muon")
+    # the first line gives FSDP as the reason only where it overrode a request for Muon
+    overridden = settled_optimizer(sharded).pipeline.train
+    assert describe_optimizer(overridden, "muon") == "AdamW (FSDP shards the matrices Muon needs whole)"
+    assert describe_optimizer(overridden, "adamw") == "AdamW"
+    assert describe_optimizer(resolved.pipeline.train, "muon").startswith("Muon on the byte-level stage")
 
 
 def test_checkpoints_record_the_optimizer_and_older_ones_resume_with_adamw(tmp_path: Path) -> None:

@@ -93,6 +93,7 @@ class Trainer:
         if world.device.type == "cpu":
             keep_freed_memory()
         setting = resolved.pipeline.train.precision
+        asked_optimizer = resolved.pipeline.train.optimizer
         plan = plan_run(settled_optimizer(resolved), request.train_shards, world.device, request.eval_shards)
         resolved, self.rows, self.plan = plan.resolved, plan.rows, plan.steps
         self.variation = plan.variation
@@ -163,10 +164,11 @@ class Trainer:
             D.load_optimizer(self.model, self.optimizer, optim_state, world, self.cfg.strategy)
         if world.is_main:
             rows = resolved.pipeline.data.batch_rows
+            optimizer = describe_optimizer(self.cfg, asked_optimizer)
             note(
                 f"training {resolved.name}: precision {self.precision.describe()}, {world.device.type}, "
                 f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters, "
-                f"dropout {resolved.pipeline.model.dropout or 0:g}, {describe_optimizer(self.cfg)}, "
+                f"dropout {resolved.pipeline.model.dropout or 0:g}, {optimizer}, "
                 f"{self.plan.describe() if self.plan else f'{self.cfg.total_steps} steps'}, "
                 f"{rows} row{'s' if rows > 1 else ''} a step"
                 + (f", {self.rows.describe()}" if self.rows else "")
