@@ -78,6 +78,11 @@ def test_muon_takes_the_byte_level_stages_linear_maps_and_adamw_the_rest(compone
     assert {g["lr"] for g in optimizer.muon.param_groups + optimizer.adamw.param_groups} == {0.5}
     plain = make_optimizer(model, TrainConfig(optimizer="adamw"))
     assert isinstance(plain, torch.optim.AdamW)
+    # a byte-level stage of no layers has no matrices for Muon: AdamW alone, and the run says so
+    bare = {"stages": [MODEL["stages"][0], {**MODEL["stages"][1], "layers": 0}]}
+    fallback = make_optimizer(build_model(bare, components), TrainConfig())
+    assert isinstance(fallback, torch.optim.AdamW)
+    assert describe_optimizer(fallback, TrainConfig(), "muon") == "AdamW"
 
 
 def test_the_pair_saves_and_loads_its_state_exactly(components) -> None:
@@ -122,9 +127,12 @@ def test_fsdp_runs_adamw_and_a_muon_checkpoint_cannot_resume_under_it(tmp_path: 
         settled_optimizer(sharded, "muon")
     # the first line gives FSDP as the reason only where it overrode a request for Muon
     overridden = settled_optimizer(sharded).pipeline.train
-    assert describe_optimizer(overridden, "muon") == "AdamW (FSDP shards the matrices Muon needs whole)"
-    assert describe_optimizer(overridden, "adamw") == "AdamW"
-    assert describe_optimizer(resolved.pipeline.train, "muon").startswith("Muon on the byte-level stage")
+    model = build_model(MODEL, components)
+    adamw, muon = make_optimizer(model, overridden), make_optimizer(model, resolved.pipeline.train)
+    said = "AdamW (FSDP shards the matrices Muon needs whole)"
+    assert describe_optimizer(adamw, overridden, "muon") == said
+    assert describe_optimizer(adamw, overridden, "adamw") == "AdamW"
+    assert describe_optimizer(muon, resolved.pipeline.train, "muon").startswith("Muon on the byte-level")
 
 
 def test_checkpoints_record_the_optimizer_and_older_ones_resume_with_adamw(tmp_path: Path) -> None:

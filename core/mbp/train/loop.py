@@ -164,7 +164,7 @@ class Trainer:
             D.load_optimizer(self.model, self.optimizer, optim_state, world, self.cfg.strategy)
         if world.is_main:
             rows = resolved.pipeline.data.batch_rows
-            optimizer = describe_optimizer(self.cfg, asked_optimizer)
+            optimizer = describe_optimizer(self.optimizer, self.cfg, asked_optimizer)
             note(
                 f"training {resolved.name}: precision {self.precision.describe()}, {world.device.type}, "
                 f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters, "

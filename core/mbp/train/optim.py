@@ -60,10 +60,11 @@ def settled_optimizer(resolved: Resolved, recorded: str | None = None) -> Resolv
     return resolved if chosen == train.optimizer else resolved.with_settings("train", optimizer=chosen)
 
 
-def describe_optimizer(train: TrainConfig, asked: str) -> str:
-    """The optimizer ``train`` settled on; ``asked``, the pipeline's ``train.optimizer``, says whether
-    FSDP overrode a request for Muon (the reason is worth a word only then)."""
-    if train.optimizer == "muon":
+def describe_optimizer(optimizer: TrainingOptimizer, train: TrainConfig, asked: str) -> str:
+    """What ``make_optimizer`` built (AdamW alone where the byte-level stage has no linear maps);
+    ``asked``, the pipeline's ``train.optimizer``, says whether FSDP overrode a request for Muon (the
+    reason is worth a word only then)."""
+    if isinstance(optimizer, MuonWithAdamW):
         return "Muon on the byte-level stage and AdamW on the rest"
     overridden = asked == "muon" and train.strategy == "fsdp"
     return "AdamW" + (" (FSDP shards the matrices Muon needs whole)" if overridden else "")
