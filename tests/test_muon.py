@@ -153,3 +153,18 @@ def test_checkpoints_record_the_optimizer_and_older_ones_resume_with_adamw(tmp_p
     )
     del document["pipeline"]["train"]["optimizer"]
     assert recorded_optimizer(document) == "adamw"  # written before there was a choice
+
+
+def test_a_run_resumed_from_adamw_keeps_adamw_and_says_why(tmp_path: Path) -> None:
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(REGISTRY)
+    write_tar(tmp_path / "train-0.tar", good_samples("a", 16))
+    out = tmp_path / "run"
+    args = ["run", "qa", str(tmp_path / "train-0.tar"), "--registry", str(registry), "--out", str(out)]
+    first = invoke_mbp(*args, "--set", "train.steps=2", "--set", "train.optimizer=adamw")
+    assert first.returncode == 0, first.stderr
+    resumed = invoke_mbp(*args, "--resume", "--set", "train.steps=4")  # the pipeline asks for Muon
+    assert resumed.returncode == 0, resumed.stderr
+    assert "AdamW (the resumed checkpoint holds AdamW's state)" in resumed.stderr
+    document = json.loads((out / "checkpoints" / "step-00000004" / "config.json").read_text())
+    assert recorded_optimizer(document) == "adamw"

@@ -130,7 +130,7 @@ class Trainer:
                 f"data.seq_len {data.row_len} must be a multiple of the patch length {self.model.patch_len}"
             )
         self.state = TrainState(0, 0, 0, 0, 0)
-        optim_state = None
+        optim_state, resumed_optimizer = None, None
         self.checkpoint: Path | None = None
         if resume:
             self.checkpoint = resume_point(out, take_intact=request.take_intact, main=world.is_main)
@@ -144,7 +144,8 @@ class Trainer:
                 self.variation = dataclasses.replace(self.variation, varied=varied)
                 resolved = with_augment(resolved, varied)
             # its optimizer state belongs to the optimizer it recorded (AdamW, before there was a choice)
-            resolved = settled_optimizer(resolved, recorded_optimizer(document))
+            resumed_optimizer = recorded_optimizer(document)
+            resolved = settled_optimizer(resolved, resumed_optimizer)
             recorded = recorded_precision(document)
             if setting == "auto" and recorded is not None and recorded != self.precision.precision:
                 self.precision = PrecisionChoice(recorded, "auto: as the run chose before it was resumed")
@@ -164,7 +165,7 @@ class Trainer:
             D.load_optimizer(self.model, self.optimizer, optim_state, world, self.cfg.strategy)
         if world.is_main:
             rows = resolved.pipeline.data.batch_rows
-            optimizer = describe_optimizer(self.optimizer, self.cfg, asked_optimizer)
+            optimizer = describe_optimizer(self.optimizer, self.cfg, asked_optimizer, resumed_optimizer)
             note(
                 f"training {resolved.name}: precision {self.precision.describe()}, {world.device.type}, "
                 f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters, "

@@ -60,14 +60,19 @@ def settled_optimizer(resolved: Resolved, recorded: str | None = None) -> Resolv
     return resolved if chosen == train.optimizer else resolved.with_settings("train", optimizer=chosen)
 
 
-def describe_optimizer(optimizer: TrainingOptimizer, train: TrainConfig, asked: str) -> str:
-    """What ``make_optimizer`` built (AdamW alone where the byte-level stage has no linear maps);
-    ``asked``, the pipeline's ``train.optimizer``, says whether FSDP overrode a request for Muon (the
-    reason is worth a word only then)."""
+def describe_optimizer(
+    optimizer: TrainingOptimizer, train: TrainConfig, asked: str, recorded: str | None = None
+) -> str:
+    """What ``make_optimizer`` built (AdamW alone where the byte-level stage has no linear maps), and
+    why, where the pipeline's ``train.optimizer`` (``asked``) was Muon and the run settled on AdamW: a
+    resumed checkpoint's ``recorded`` AdamW state, or FSDP (a reason is worth a word only then)."""
     if isinstance(optimizer, MuonWithAdamW):
         return "Muon on the byte-level stage and AdamW on the rest"
-    overridden = asked == "muon" and train.strategy == "fsdp"
-    return "AdamW" + (" (FSDP shards the matrices Muon needs whole)" if overridden else "")
+    if asked != "muon" or train.optimizer != "adamw":
+        return "AdamW"
+    if recorded == "adamw":
+        return "AdamW (the resumed checkpoint holds AdamW's state)"
+    return "AdamW" + (" (FSDP shards the matrices Muon needs whole)" if train.strategy == "fsdp" else "")
 
 
 def make_optimizer(model: nn.Module, train: TrainConfig) -> TrainingOptimizer:
