@@ -238,7 +238,12 @@ def test_shards_inspect_previews_what_a_run_would_plan(
     args = ["shards", "inspect", shard, "--pipeline", "photos", "--registry", str(tmp_path / "registry.yaml")]
     report = json.loads(invoke_mbp(*args, "--json").stdout)
     described = report["run"].pop("describe")
-    assert report["run"] == {"seq_len": row, "steps": FEWEST_STEPS, "planned": ["seq_len", "steps"]}
+    assert report["run"] == {
+        "seq_len": row,
+        "steps": FEWEST_STEPS,
+        "patch": 8,
+        "planned": ["seq_len", "steps"],
+    }
     assert described.startswith(  # a sample a row, 8 rows a step; then the step time measured here
         f"rows of {row} tokens (100% of 12 samples probed fit; 0% padding), "
         "600 steps (400.0 passes over 12 samples, about 8 a step; "

@@ -5,7 +5,7 @@
   ``mbp_register_heads(register: Register[TaskHead])`` (see :mod:`mbp.hookspecs`), and mypy then checks
   what it registers against the protocols below.
 - Codecs: ``Codec`` (optionally ``SegmentExtension``, ``Augmenting``, ``ReadingView``,
-  ``ContextWeighting``) turning field bytes into a ``Segment`` and back.
+  ``ContextWeighting``, ``RowLayout``) turning field bytes into a ``Segment`` and back.
 - Backbones: ``Backbone`` (optionally ``PrefillBackbone``, ``SegmentedBackbone``) and its ``Cache``;
   test one with :mod:`mbp.testing`. ``RMSNorm`` and :mod:`small_tensor_ops` are the norm and the ops for the
   tiny tensors of generation steps that the built-in backbones use; ``Dropout`` (and ``dropout``) is their
@@ -25,7 +25,7 @@
 
 from __future__ import annotations
 
-from mbp.codec import Augmenting, Codec, ContextWeighting, ReadingView, SegmentExtension
+from mbp.codec import Augmenting, Codec, ContextWeighting, ReadingView, RowLayout, SegmentExtension
 from mbp.components import ComponentTable
 from mbp.config import ModelConfig, Pipeline
 from mbp.data.encode import EncodedSample, Span
@@ -88,6 +88,7 @@ __all__ = [
     "ReadingView",
     "Register",
     "RegularizedHead",
+    "RowLayout",
     "Segment",
     "SegmentExtension",
     "SegmentedBackbone",

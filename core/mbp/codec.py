@@ -87,6 +87,18 @@ class ContextWeighting(Protocol):
     context_weight: float | None
 
 
+@runtime_checkable
+class RowLayout(Protocol):
+    """Optional for a codec whose payloads come in rows of equal length: an image's rows of pixels, a
+    spectrogram's frames. Where a pipeline leaves the byte-level stage's ``patch`` unset, ``mbp run``
+    makes a patch one row (``mbp.train.patch_plan``): the global stage then sees the image row by row,
+    and the byte-level stage reads each row whole."""
+
+    def row_bytes(self, segment: Segment) -> int | None:
+        """Bytes in one row of ``segment``'s payload; None where it has no rows."""
+        ...
+
+
 def write_segments(
     tokens: list[int],
     skip: int,

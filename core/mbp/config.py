@@ -20,6 +20,9 @@ from mbp.components import ComponentTable, Kind
 from mbp.errors import ConfigError
 from mbp.yamlpos import line_of, load_with_lines
 
+DEFAULT_PATCH = 8
+"""The byte-level stage's patch where the pipeline gives none and no training data plans one."""
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -44,9 +47,16 @@ class StageConfig(Strict):
     )
     """Stage 1: most patches (None: unbounded). Later stages: deprecated alias of ``patch``."""
     patch: int | None = Field(
-        default=None, gt=0, description="later stages: units of the stage below (bytes at the last) per unit"
+        default=None,
+        gt=0,
+        description=(
+            "later stages: units of the stage below (bytes at the last) per unit; "
+            "unset at the last: one row of the data's rows (mbp run plans it), else 8"
+        ),
     )
-    """Later stages: units of the stage below (bytes for the last stage) per unit of the stage above."""
+    """Later stages: units of the stage below (bytes for the last stage) per unit of the stage above.
+    The byte-level stage's may be unset: ``mbp run`` plans it from the training data (one row of an
+    image's pixels or a spectrogram's frames, ``mbp.train.patch_plan``), else ``DEFAULT_PATCH``."""
     checkpoint: bool = False
 
 
@@ -73,14 +83,24 @@ class ModelConfig(Strict):
                     "(seq_len is the deprecated name of patch: give patch only)"
                 )
             size = stage.patch or stage.seq_len
-            if size is None:
+            if size is None and index < len(stages):  # the byte-level stage's is planned by the run
                 raise ValueError(f"stage {index} needs patch (its patch size)")
             out.append(stage.model_copy(update={"patch": size, "seq_len": None}))
         return out
 
     @property
+    def patches(self) -> list[int]:
+        """Each later stage's patch; the byte-level stage's ``DEFAULT_PATCH`` while it is unset."""
+        return [stage.patch or DEFAULT_PATCH for stage in self.stages[1:]]
+
+    @property
     def patch_len(self) -> int:
-        return math.prod(s.patch or 1 for s in self.stages[1:])
+        return math.prod(self.patches)
+
+    def with_byte_patch(self, patch: int) -> ModelConfig:
+        """This model with the byte-level stage's patch set to ``patch`` (a run's planned one)."""
+        stages = [*self.stages[:-1], self.stages[-1].model_copy(update={"patch": patch})]
+        return self.model_copy(update={"stages": stages})
 
 
 class DataConfig(Strict):

@@ -187,6 +187,13 @@ class WavCodec:
     def extension_of(self, segment: Segment) -> str:
         return "png" if segment.meta.get("payload") == "logmel" else self.extension
 
+    def row_bytes(self, segment: Segment) -> int | None:
+        """A spectrogram's frame (its bands); raw samples have no rows worth a patch."""
+        if segment.meta.get("payload") != "logmel":
+            return None
+        bands = segment.meta.get("bands", "")
+        return int(bands) if bands.isdigit() and int(bands) > 0 else None
+
     def spectrogram(self, segment: Segment) -> np.ndarray:
         try:
             bands = int(segment.meta["bands"])

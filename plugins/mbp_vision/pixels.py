@@ -78,6 +78,11 @@ class PixelsCodec:
         array = np.frombuffer(segment.payload, dtype=np.uint8)
         return array.reshape((height, width) if channels == 1 else (height, width, channels))
 
+    def row_bytes(self, segment: Segment) -> int | None:
+        """One row of pixels: the width times the channels of the mode."""
+        width, channels = segment.meta.get("w", ""), CHANNELS.get(segment.meta.get("mode", ""))
+        return int(width) * channels if width.isdigit() and int(width) > 0 and channels else None
+
     def to_file(self, segment: Segment) -> bytes:
         buffer = io.BytesIO()
         Image.fromarray(self.decode(segment), mode=segment.meta["mode"]).save(buffer, format="PNG")

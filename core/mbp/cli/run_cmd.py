@@ -129,6 +129,7 @@ def eval_command(
     pipeline: str, shards: tuple[str, ...], checkpoint: Path, registry_path: str | None, as_json: bool
 ) -> None:
     """Evaluate a checkpoint on SHARDS with PIPELINE's task head."""
+    from mbp.config import ModelConfig
     from mbp.data.read import expand_shards
     from mbp.data.skips import SkipLog
     from mbp.errors import DataError
@@ -136,6 +137,7 @@ def eval_command(
     from mbp.plugins import get_platform
     from mbp.resolve import resolve
     from mbp.train.evaluate import eval_batches, evaluate
+    from mbp.train.patch_plan import with_trained_patch
     from mbp.train.rows import rows_of_checkpoint
     from mbp.train.rundir import check_belongs
 
@@ -145,7 +147,8 @@ def eval_command(
     check_belongs(checkpoint, resolved.name, resolved.pipeline, document)
     log = SkipLog(quiet=as_json)
     expanded = expand_shards(shards)
-    resolved = rows_of_checkpoint(resolved, document, expanded)
+    trained = ModelConfig.model_validate(document["model"])
+    resolved = rows_of_checkpoint(with_trained_patch(resolved, trained), document, expanded)
     batches = eval_batches(resolved, expanded, log, model.patch_len)
     if not batches:  # metrics of nothing would read as a result
         reasons = ", ".join(f"{n} {kind}" for kind, n in log.reasons.items()) or "no sample in them"

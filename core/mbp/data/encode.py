@@ -92,8 +92,8 @@ class SampleEncoder:
         self.codecs = field_codecs(pipeline, components, head)
         self.optional = set(pipeline.optional)
         self.head = head
-        stages = pipeline.model.stages
-        self.row = (stages[-1].patch or 1) if len(stages) > 1 else 0
+        patches = pipeline.model.patches
+        self.row = patches[-1] if patches else 0
         """Tokens a byte-level row predicts (0: one stage, whose rows are never skipped)."""
         from mbp.heads import ThinningHead  # mbp.heads reads EncodedSample from here
 

@@ -29,7 +29,7 @@ def build_model(config: ModelConfig | dict[str, Any], components: ComponentTable
         Stage(
             build_backbone(components, s.backbone.as_dict(), s.dim, s.layers),
             s.dim,
-            s.patch if index else s.seq_len,  # the decoder's per-stage length: patch count, then patch sizes
+            cfg.patches[index - 1] if index else s.seq_len,  # per stage: patch count, then patch sizes
             s.checkpoint,
         )
         for index, s in enumerate(cfg.stages)

@@ -96,7 +96,7 @@ class Trainer:
         asked_optimizer = resolved.pipeline.train.optimizer
         plan = plan_run(settled_optimizer(resolved), request.train_shards, world.device, request.eval_shards)
         resolved, self.rows, self.plan = plan.resolved, plan.rows, plan.steps
-        self.variation = plan.variation
+        self.variation, self.patch = plan.variation, plan.patch
         self.precision = plan.precision.choice
         if world.size > 1:  # precision and steps may follow timings: every process takes rank 0's
             if self.plan is not None:
@@ -173,6 +173,7 @@ class Trainer:
                 f"{self.plan.describe() if self.plan else f'{self.cfg.total_steps} steps'}, "
                 f"{rows} row{'s' if rows > 1 else ''} a step"
                 + (f", {self.rows.describe()}" if self.rows else "")
+                + (f", {self.patch.describe()}" if self.patch else "")
                 + (f", {self.variation.describe()}" if self.variation else "")
             )
             advice = self.plan.advice() if self.plan is not None and not resume else None

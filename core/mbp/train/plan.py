@@ -28,6 +28,7 @@ from mbp.heads import splits_samples
 from mbp.model.build import build_model
 from mbp.resolve import Resolved
 from mbp.train.budget import RUN_SECONDS, TRAIN_SECONDS, EvalLoad, ceiling, evaluations, training_seconds
+from mbp.train.patch_plan import PatchPlan, plan_patch
 from mbp.train.precision_plan import PrecisionPlan, plan_precision, with_precision
 from mbp.train.rows import RowPlan, plan_rows, training_order
 from mbp.train.steptime import step_seconds
@@ -262,6 +263,8 @@ class RunPlan:
     precision: PrecisionPlan
     variation: VariationPlan | None = None
     """None where the pipeline sets ``data.augment`` or no field's codec leaves it to the run."""
+    patch: PatchPlan | None = None
+    """None where the pipeline gives the byte-level stage's patch."""
 
 
 def plan_run(
@@ -270,13 +273,15 @@ def plan_run(
     device: torch.device | None = None,
     eval_shards: list[str] | None = None,
 ) -> RunPlan:
-    """Rows, then the precision (``auto`` settled by timing both where the hardware offers bf16), then
-    steps (which count samples in those rows), then whether samples vary (from the passes those steps
-    make), for what the pipeline leaves unset. Rows are deterministic; precision and steps at the
+    """The byte-level stage's patch (rows align to it), rows, then the precision (``auto`` settled by
+    timing both where the hardware offers bf16), then steps (which count samples in those rows), then
+    whether samples vary (from the passes those steps make), for what the pipeline leaves unset. The
+    patch and rows are deterministic; precision and steps at the
     ceiling follow measured step times, so a resumed run takes those, and the variation that follows
     from the steps, from its checkpoint (``Trainer``), not from planning again."""
     device = device or torch.device("cpu")
-    planned, rows = plan_rows(resolved, shards)
+    planned, patch = plan_patch(resolved, shards)
+    planned, rows = plan_rows(planned, shards)
     align = planned.pipeline.model.patch_len
     precision = plan_precision(planned, lambda: timing_batches(planned, shards, align), device)
     planned = with_precision(planned, precision.choice.precision)
@@ -291,7 +296,7 @@ def plan_run(
     per_step = (lambda: steps.per_step) if steps else (lambda: samples_per_step(given, shards, align))
     known = steps.samples if steps and not steps.capped else None  # below the ceiling: counted to the end
     planned, variation = plan_variation(planned, shards, planned.pipeline.train.total_steps, per_step, known)
-    return RunPlan(planned, rows, steps, precision, variation)
+    return RunPlan(planned, rows, steps, precision, variation, patch)
 
 
 def preview(resolved: Resolved, shards: list[str]) -> dict[str, Any]:
@@ -302,13 +307,17 @@ def preview(resolved: Resolved, shards: list[str]) -> dict[str, Any]:
     return {
         "seq_len": rows,
         "steps": steps,
+        "patch": pipeline.model.patches[-1] if pipeline.model.patches else None,
         "planned": [
-            name for name, part in (("seq_len", plan.rows), ("steps", plan.steps)) if part is not None
+            name
+            for name, part in (("patch", plan.patch), ("seq_len", plan.rows), ("steps", plan.steps))
+            if part is not None
         ],
         "describe": ", ".join(
             [
                 plan.rows.describe() if plan.rows else f"rows of {rows} tokens (given)",
                 plan.steps.describe() if plan.steps else f"{steps} steps (given)",
+                *([plan.patch.describe()] if plan.patch else []),
                 *([plan.variation.describe()] if plan.variation else []),
             ]
         ),

@@ -1,0 +1,116 @@
+"""The byte-level stage's patch, where the pipeline leaves it unset: one row of the data's rows.
+
+A patch is what the global stage sees as one position, and the byte-level stage reads one patch at a
+time. Images and spectrograms come in rows (``RowLayout``: an image's pixels, a spectrogram's frames).
+With a patch of one row the global stage sees an image as its column of rows and every patch covers
+the same pixels of its row; with 8-byte patches a 28-pixel row straddles patches differently from row
+to row, and the global stage has four times the positions to relate. Measured on 28x28 lowercase
+glyphs from held-out fonts (9-minute runs on a 2-core EPYC, BENCHMARKS.md): patch 8 0.887 and 0.899
+(seeds 0, 1), 16 0.924, 28 (a row) 0.971, 32 on rows padded to 32 pixels 0.973; rows padded to 32 at
+patch 8 (aligned, four patches a row) 0.871: the row per position is what pays, not the alignment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+
+from mbp.codec import RowLayout
+from mbp.config import DEFAULT_PATCH, ModelConfig
+from mbp.data.encode import SampleEncoder, match_field
+from mbp.data.read import read_samples
+from mbp.data.skips import SkipLog
+from mbp.resolve import Resolved
+
+PROBE_SAMPLES = 64
+"""Training samples read for their rows (the run's first: a set's images share one size)."""
+LARGEST = 128
+"""The longest row taken whole: the global stage maps each position to patch x byte-stage width."""
+
+
+@dataclass(frozen=True)
+class PatchPlan:
+    patch: int
+    rows: dict[int, list[str]]
+    """Each row length seen in the probed samples, with the fields it came from."""
+    reason: str
+
+    def describe(self) -> str:
+        return f"patch {self.patch} ({self.reason})"
+
+
+def plan_patch(resolved: Resolved, shards: list[str]) -> tuple[Resolved, PatchPlan | None]:
+    """``resolved`` with the byte-level stage's patch planned where the pipeline leaves it unset (None:
+    given, or a model of one stage): one row where the probed samples' rows share one length, and
+    ``DEFAULT_PATCH`` where they have none or several (a mix of images and sounds)."""
+    model = resolved.pipeline.model
+    if len(model.stages) < 2 or model.stages[-1].patch is not None:
+        return resolved, None
+    rows = row_lengths(resolved, shards)
+    patch, reason = _patch_of(rows, resolved.pipeline.data.seq_len, model.patch_len // model.patches[-1])
+    return with_model(resolved, model.with_byte_patch(patch)), PatchPlan(patch, rows, reason)
+
+
+def _patch_of(rows: dict[int, list[str]], seq_len: int | None, outer: int) -> tuple[int, str]:
+    """The patch for ``rows`` and why; ``outer``: the patches of the stages above the byte-level one,
+    which a given ``seq_len`` must hold whole."""
+    if not rows:
+        return DEFAULT_PATCH, "no field in rows"
+    if len(rows) > 1:
+        return DEFAULT_PATCH, "rows of several lengths: " + ", ".join(map(str, sorted(rows)))
+    row, fields = next(iter(rows.items()))
+    named = "/".join(sorted(fields))
+    patch = patch_for_row(row)
+    if patch is None:
+        return DEFAULT_PATCH, f"{named} rows of {row} bytes have no part from 8 to {LARGEST} bytes"
+    if seq_len is not None and seq_len % (patch * outer):
+        return DEFAULT_PATCH, f"data.seq_len {seq_len} holds no whole {patch}-byte patches of {named}'s rows"
+    return patch, (f"one {row}-byte row of {named}" if patch == row else f"{named} rows of {row} bytes")
+
+
+def patch_for_row(row: int) -> int | None:
+    """The patch for rows of ``row`` bytes: the row itself from 8 to ``LARGEST`` bytes, whole rows where
+    they are shorter, else the largest part of a row in that range (None: a row with no such part)."""
+    if row < DEFAULT_PATCH:
+        return -(-DEFAULT_PATCH // row) * row
+    if row <= LARGEST:
+        return row
+    parts = [size for size in range(LARGEST, DEFAULT_PATCH - 1, -1) if row % size == 0]
+    return parts[0] if parts else None
+
+
+def row_lengths(resolved: Resolved, shards: list[str]) -> dict[int, list[str]]:
+    """The row lengths of the first training samples' fields whose codec lays them out in rows (as the
+    run encodes them: a context field through its reading view), each with its fields; a sample that
+    fails is the run's to report."""
+    codecs = resolved.encoder.codecs
+    layouts: dict[str, RowLayout] = {n: c for n, c in codecs.items() if isinstance(c, RowLayout)}
+    seen: dict[int, list[str]] = {}
+    if not layouts:
+        return seen
+    for raw in itertools.islice(read_samples(shards, SkipLog(quiet=True)), PROBE_SAMPLES):
+        for name, layout in layouts.items():
+            field = match_field(raw.fields, name)
+            try:
+                row = None if field is None else layout.row_bytes(codecs[name].encode(raw.fields[field]))
+            except Exception:  # a bad sample, or a codec's bug: the run skips and names it
+                continue
+            if row is not None and name not in seen.setdefault(row, []):
+                seen[row].append(name)
+    return seen
+
+
+def with_model(resolved: Resolved, model: ModelConfig) -> Resolved:
+    """``resolved`` with ``model`` as its model config, and an encoder that packs for its patch."""
+    pipeline = resolved.pipeline.model_copy(update={"model": model})
+    encoder = SampleEncoder(pipeline, resolved.components, resolved.head)
+    return dataclasses.replace(resolved, pipeline=pipeline, encoder=encoder)
+
+
+def with_trained_patch(resolved: Resolved, trained: ModelConfig) -> Resolved:
+    """For evaluating a checkpoint: a byte-level patch the pipeline leaves unset, as its run planned it."""
+    model = resolved.pipeline.model
+    if len(model.stages) < 2 or model.stages[-1].patch is not None or not trained.patches:
+        return resolved
+    return with_model(resolved, model.with_byte_patch(trained.patches[-1]))
