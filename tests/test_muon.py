@@ -135,12 +135,17 @@ def test_fsdp_runs_adamw_and_a_muon_checkpoint_cannot_resume_under_it(tmp_path: 
     assert describe_optimizer(muon, resolved.pipeline.train, "muon").startswith("Muon on the byte-level")
 
 
-def test_checkpoints_record_the_optimizer_and_older_ones_resume_with_adamw(tmp_path: Path) -> None:
+def run_args(tmp_path: Path, out: Path) -> list[str]:
+    """``mbp run`` of the test registry's ``qa`` pipeline on 16 samples, into ``out``."""
     registry = tmp_path / "registry.yaml"
     registry.write_text(REGISTRY)
     write_tar(tmp_path / "train-0.tar", good_samples("a", 16))
+    return ["run", "qa", str(tmp_path / "train-0.tar"), "--registry", str(registry), "--out", str(out)]
+
+
+def test_checkpoints_record_the_optimizer_and_older_ones_resume_with_adamw(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    args = ["run", "qa", str(tmp_path / "train-0.tar"), "--registry", str(registry), "--out", str(out)]
+    args = run_args(tmp_path, out)
     first = invoke_mbp(*args, "--json", "--set", "train.steps=4", "--set", "train.checkpoint_every=2")
     assert first.returncode == 0, first.stderr
     assert "Muon on the byte-level stage and AdamW on the rest" in first.stderr
@@ -156,11 +161,8 @@ def test_checkpoints_record_the_optimizer_and_older_ones_resume_with_adamw(tmp_p
 
 
 def test_a_run_resumed_from_adamw_keeps_adamw_and_says_why(tmp_path: Path) -> None:
-    registry = tmp_path / "registry.yaml"
-    registry.write_text(REGISTRY)
-    write_tar(tmp_path / "train-0.tar", good_samples("a", 16))
     out = tmp_path / "run"
-    args = ["run", "qa", str(tmp_path / "train-0.tar"), "--registry", str(registry), "--out", str(out)]
+    args = run_args(tmp_path, out)
     first = invoke_mbp(*args, "--set", "train.steps=2", "--set", "train.optimizer=adamw")
     assert first.returncode == 0, first.stderr
     resumed = invoke_mbp(*args, "--resume", "--set", "train.steps=4")  # the pipeline asks for Muon
