@@ -21,7 +21,9 @@ from tests.shardkit import wav, write_tar
 
 
 def registry(fields: str, patch: str = "", data: str = "") -> str:
-    optional = "image, tone" if "tone" in fields else ""
+    # samples with sounds may lack their image fields and the other way round
+    named = [n for n in ("image", "scene", "tone") if f"      {n}:" in fields]
+    optional = ", ".join(named) if "tone" in named else ""
     return f"""\
 pipelines:
   ask:
@@ -133,3 +135,19 @@ def test_a_run_records_the_planned_patch_and_evaluates_with_it(tmp_path: Path) -
     )
     assert scored.returncode == 0, scored.stderr
     assert "accuracy" in scored.stdout
+
+
+def test_damaged_shards_do_not_stop_the_plan(tmp_path: Path) -> None:
+    from tests.shardkit import corrupt_set
+
+    shards = corrupt_set(tmp_path / "damaged")  # an undecodable image and WAV, a cut shard, a non-tar
+    fields = "      scene: {type: pixels}\n      tone: {type: wav}\n      question: {type: text}"
+    (tmp_path / "registry.yaml").write_text(
+        registry(fields).replace("optional: []", "optional: [scene, tone]")
+    )
+    from mbp.plugins import get_platform
+
+    resolved = resolve(str(tmp_path / "registry.yaml"), "ask", components=get_platform().components)
+    _, made = plan_patch(resolved, shards)
+    assert made is not None and made.rows == {12: ["scene"], 16: ["tone"]}  # 4x4 RGB scenes, log-mel frames
+    assert made.patch == 8
