@@ -94,6 +94,11 @@ class ModelConfig(Strict):
         return [stage.patch or DEFAULT_PATCH for stage in self.stages[1:]]
 
     @property
+    def leaves_byte_patch(self) -> bool:
+        """Whether the byte-level stage's patch is left to the run (a later stage without one)."""
+        return len(self.stages) > 1 and self.stages[-1].patch is None
+
+    @property
     def patch_len(self) -> int:
         return math.prod(self.patches)
 

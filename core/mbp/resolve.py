@@ -29,6 +29,12 @@ class Resolved:
         part = getattr(self.pipeline, section).model_copy(update=values)
         return dataclasses.replace(self, pipeline=self.pipeline.model_copy(update={section: part}))
 
+    def with_encoding(self, pipeline: Pipeline) -> Resolved:
+        """``pipeline`` in place of this one, with an encoder built for it: for the settings the encoder
+        reads (the byte-level stage's patch, ``data.augment``)."""
+        encoder = SampleEncoder(pipeline, self.components, self.head)
+        return dataclasses.replace(self, pipeline=pipeline, encoder=encoder)
+
 
 def resolve(
     registry_path: str | None,

@@ -12,13 +12,12 @@ patch 8 (aligned, four patches a row) 0.871: the row per position is what pays, 
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from dataclasses import dataclass
 
 from mbp.codec import RowLayout
 from mbp.config import DEFAULT_PATCH, ModelConfig
-from mbp.data.encode import SampleEncoder, match_field
+from mbp.data.encode import match_field
 from mbp.data.read import read_samples
 from mbp.data.skips import SkipLog
 from mbp.resolve import Resolved
@@ -45,11 +44,11 @@ def plan_patch(resolved: Resolved, shards: list[str]) -> tuple[Resolved, PatchPl
     given, or a model of one stage): one row where the probed samples' rows share one length, and
     ``DEFAULT_PATCH`` where they have none or several (a mix of images and sounds)."""
     model = resolved.pipeline.model
-    if len(model.stages) < 2 or model.stages[-1].patch is not None:
+    if not model.leaves_byte_patch:
         return resolved, None
     rows = row_lengths(resolved, shards)
     patch, reason = _patch_of(rows, resolved.pipeline.data.seq_len, model.patch_len // model.patches[-1])
-    return with_model(resolved, model.with_byte_patch(patch)), PatchPlan(patch, rows, reason)
+    return with_byte_patch(resolved, patch), PatchPlan(patch, rows, reason)
 
 
 def _patch_of(rows: dict[int, list[str]], seq_len: int | None, outer: int) -> tuple[int, str]:
@@ -101,16 +100,14 @@ def row_lengths(resolved: Resolved, shards: list[str]) -> dict[int, list[str]]:
     return seen
 
 
-def with_model(resolved: Resolved, model: ModelConfig) -> Resolved:
-    """``resolved`` with ``model`` as its model config, and an encoder that packs for its patch."""
-    pipeline = resolved.pipeline.model_copy(update={"model": model})
-    encoder = SampleEncoder(pipeline, resolved.components, resolved.head)
-    return dataclasses.replace(resolved, pipeline=pipeline, encoder=encoder)
+def with_byte_patch(resolved: Resolved, patch: int) -> Resolved:
+    """``resolved`` with the byte-level stage's patch set, and an encoder that packs for it."""
+    model = resolved.pipeline.model.with_byte_patch(patch)
+    return resolved.with_encoding(resolved.pipeline.model_copy(update={"model": model}))
 
 
 def with_trained_patch(resolved: Resolved, trained: ModelConfig) -> Resolved:
     """For evaluating a checkpoint: a byte-level patch the pipeline leaves unset, as its run planned it."""
-    model = resolved.pipeline.model
-    if len(model.stages) < 2 or model.stages[-1].patch is not None or not trained.patches:
+    if not resolved.pipeline.model.leaves_byte_patch or not trained.patches:
         return resolved
-    return with_model(resolved, model.with_byte_patch(trained.patches[-1]))
+    return with_byte_patch(resolved, trained.patches[-1])

@@ -14,13 +14,11 @@ from held-out fonts a mean of 0.946 over thirteen runs of 14-20 passes / 0.954 o
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mbp.data.encode import SampleEncoder
 from mbp.data.read import read_samples
 from mbp.data.skips import SkipLog
 from mbp.resolve import Resolved
@@ -52,9 +50,7 @@ class VariationPlan:
 
 def with_augment(resolved: Resolved, varied: bool) -> Resolved:
     """``resolved`` with ``data.augment`` settled, and an encoder that varies accordingly."""
-    settled = resolved.with_settings("data", augment=varied)
-    encoder = SampleEncoder(settled.pipeline, resolved.components, resolved.head)
-    return dataclasses.replace(settled, encoder=encoder)
+    return resolved.with_encoding(resolved.with_settings("data", augment=varied).pipeline)
 
 
 def plan_variation(
