@@ -190,7 +190,7 @@ class TrainConfig(Strict):
     optimizer: Literal["muon", "adamw"] = "muon"
     """``muon``: Muon for the byte-level stage's linear maps, AdamW for every other parameter
     (``mbp.train.muon``; King James in nine minutes on a 2-core CPU: 1.887 bits per byte against AdamW's
-    1.955-1.979); ``adamw``: AdamW for everything, as runs before the twentieth session trained."""
+    1.955-1.979); ``adamw``: AdamW for everything (what FSDP runs use: Muon needs whole matrices)."""
     lr: float = Field(default=2e-3, gt=0)
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
     warmup_steps: int = Field(default=30, ge=0)
