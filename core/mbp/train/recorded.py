@@ -27,8 +27,8 @@ def recorded_precision(document: dict[str, Any]) -> Precision | None:
 
 
 def recorded_augment(document: dict[str, Any]) -> bool:
-    """Whether a checkpoint's run varied its training samples (``data.augment``); a run recorded before
-    the setting existed did not, unless its codecs said so themselves."""
+    """Whether a checkpoint's run varied its training samples (``data.augment``); one that records no
+    setting did not, unless its codecs said so themselves."""
     return _setting(document, "data", "augment") is True
 
 
