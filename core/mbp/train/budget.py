@@ -24,7 +24,7 @@ STEP_DRIFT = 1.2
 thread shares the cores, and the few thinned batches timed keep more or fewer rows than the average.
 On 28x28 glyphs, same machine, the timing read 0.0433-0.0518 s where every run stepped at 0.050-0.055
 (1.06-1.20x: the seed picks the batches timed, and the machine's state at the start varies). At 1.2 the
-worst case seen plans a 9-minute run, and a typical timing about the 400 s of training it replaced."""
+worst case seen plans a 9-minute run, and a typical timing about 400 s of training."""
 TRAIN_SECONDS = RUN_SECONDS / STEP_DRIFT
 """Training time, as measured steps, of a run with nothing to evaluate."""
 LEAST_TRAINING = 0.5
