@@ -14,8 +14,8 @@
 - ``image-letters``: the capitals A-Z rendered the same way, from the same fonts, split the same way.
   Added after mbp's defaults were fixed, and never tuned on: a check that they hold for a task with 26
   classes that the defaults were not chosen on.
-- ``image-lowercase``: the lowercase a-z, the same way but 28x28 (three times the bytes a sample). Added
-  in the ninth session as a set the defaults were not chosen on, with images the size of MNIST's.
+- ``image-lowercase``: the lowercase a-z, the same way but 28x28 (three times the bytes a sample). A set
+  the defaults were not chosen on, with images the size of MNIST's.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
   (``x BACKSPACE y``) undone, the few over ``MAX_DOC_BYTES`` left out. Duplicates (the same fortune in
   two files, up to whitespace) are kept once, then the split is by a stable hash of the text: one in
   twelve held out. Training stops at 2 MB.
-- ``text-changelogs`` (a check, added in the nineteenth session and never tuned on): the Debian changelogs
+- ``text-changelogs`` (a check, never tuned on): the Debian changelogs
   of the installed packages (``/usr/share/doc/*/changelog.Debian.gz``), one entry (a version's notes
   and its sign-off line) per document. Binary packages of one source ship the same changelog, so a
   changelog is kept once and split by its **source package** (a stable-hash tenth held out). What it

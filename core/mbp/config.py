@@ -43,7 +43,9 @@ class StageConfig(Strict):
     dim: int = Field(gt=0)
     layers: int = Field(ge=0)
     seq_len: int | None = Field(
-        default=None, gt=0, description="stage 1: most patches (unset: unbounded); later: old name of patch"
+        default=None,
+        gt=0,
+        description="stage 1: most patches (unset: unbounded); later: deprecated name of patch",
     )
     """Stage 1: most patches (None: unbounded). Later stages: deprecated alias of ``patch``."""
     patch: int | None = Field(
@@ -72,7 +74,7 @@ class ModelConfig(Strict):
     @field_validator("stages")
     @classmethod
     def _inner_stages_have_patches(cls, stages: list[StageConfig]) -> list[StageConfig]:
-        """Later stages read ``seq_len`` as ``patch`` (its old name), stored as ``patch``."""
+        """Later stages read ``seq_len`` as ``patch`` (its deprecated name), stored as ``patch``."""
         if stages[0].patch is not None:
             raise ValueError("stage 1 has no patch: its seq_len is the most patches it takes")
         out = [stages[0]]
@@ -190,7 +192,7 @@ class TrainConfig(Strict):
     optimizer: Literal["muon", "adamw"] = "muon"
     """``muon``: Muon for the byte-level stage's linear maps, AdamW for every other parameter
     (``mbp.train.muon``; King James in nine minutes on a 2-core CPU: 1.887 bits per byte against AdamW's
-    1.955-1.979); ``adamw``: AdamW for everything, as runs before the twentieth session trained."""
+    1.955-1.979); ``adamw``: AdamW for everything (what FSDP runs use: Muon needs whole matrices)."""
     lr: float = Field(default=2e-3, gt=0)
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
     warmup_steps: int = Field(default=30, ge=0)

@@ -36,17 +36,18 @@ class Register(Protocol[Component]):
 
 @hookspec
 def mbp_register_codecs(register: Register[Codec]) -> None:
-    """Register modality codecs: ``factory(**params) -> Codec``."""
+    """Register modality codecs: ``factory(params) -> Codec``, ``params`` an instance of the registered
+    pydantic model."""
 
 
 @hookspec
 def mbp_register_backbones(register: Register[Backbone]) -> None:
-    """Register sequence blocks: ``factory(dim=..., layers=..., **params) -> Backbone``."""
+    """Register sequence blocks: ``factory(params, dim=..., layers=...) -> Backbone``."""
 
 
 @hookspec
 def mbp_register_heads(register: Register[TaskHead]) -> None:
-    """Register task heads: ``factory(**params) -> TaskHead``."""
+    """Register task heads: ``factory(params) -> TaskHead``."""
 
 
 @hookspec

@@ -14,8 +14,8 @@ from mbp.resolve import Resolved
 
 def apply_overrides(resolved: Resolved, settings: list[str]) -> Pipeline:
     """The registry's pipeline with ``settings`` applied, before anything is filled in from the head:
-    set on the resolved pipeline, ``model.dropout=0`` came after the head's 0.1 had been written into
-    every backbone, and the run trained at 0.1 while its first line said 0."""
+    set on the resolved pipeline, ``model.dropout=0`` would come after the head's 0.1 is written into
+    every backbone, and the run would train at 0.1 while its first line says 0."""
     document: dict[str, Any] = resolved.registry.pipeline(resolved.name).model_dump(exclude_unset=False)
     for setting in settings:
         key, sep, text = setting.partition("=")

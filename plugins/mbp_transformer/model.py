@@ -26,11 +26,12 @@ class TransformerParams(BaseModel):
     dropout: float = Field(default=0.0, ge=0, lt=1)
     """On the residual branches, in the MLP and, unless ``attention_dropout`` is set, on attention
     probabilities (a head's default fills it in: ``RegularizedHead``)."""
-    # unset: the same as ``dropout``. Tried at the answer heads' 0.1 with none on attention: held-out loss
-    # on the context fell (letter glyphs, three seeds: 1.712/1.705/1.713 -> 1.688/1.679/1.696 bits per
-    # byte), but the answers' loss rose in 3 of 4 runs and accuracy fell on the whole (spoken letters
-    # 0.921 -> 0.891, spoken digits 0.976 -> 0.970, letter glyphs 0.986/0.981/0.984 -> 0.994/0.980/0.971).
-    # 0 makes a CPU step 1.06x faster (SDPA's fused kernel), for runs where overfitting is not the risk
+    # unset: the same as ``dropout``. At the answer heads' 0.1, none on attention lowers held-out loss on
+    # the context (letter glyphs, three seeds: 1.688/1.679/1.696 against 1.712/1.705/1.713 bits per byte)
+    # but raises the answers' loss in 3 of 4 runs and lowers accuracy on the whole (spoken letters 0.891
+    # against 0.921, spoken digits 0.970 against 0.976, letter glyphs 0.994/0.980/0.971 against
+    # 0.986/0.981/0.984). 0 makes a CPU step 1.06x faster (SDPA's fused kernel), for runs where
+    # overfitting is not the risk
     attention_dropout: float | None = Field(
         default=None, ge=0, lt=1, description="on attention probabilities; unset: dropout"
     )

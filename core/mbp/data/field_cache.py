@@ -2,10 +2,10 @@
 
 A codec's ``encode`` is a function of the field's bytes and the codec's params (the ``Codec``
 contract), so the tokens of a field are kept by the digest of its bytes. The default demo reads its
-3,000 samples four times; decoding them (PNG, WAV spectrograms) every epoch shared the 2 cores with a
-bf16 step that had become a fifth faster, and the run trained at 0.84 of its bare step's speed.
+3,000 samples four times; decoding them (PNG, WAV spectrograms) every epoch shares the 2 cores with
+the training step, and the run trains at 0.84 of its bare bf16 step's speed instead of 0.96.
 Training variations (``Augmenting`` codecs with augmentation on) are made afresh every time and never
-kept; thinned training weights are drawn per sample after the tokens, so they vary as before.
+kept; thinned training weights are drawn per sample after the tokens, so they still vary.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """How much of a planned run's wall time goes to training: the run's minutes, less what its evaluations
 will cost, at the step time measured on this machine.
 
-The ceiling used to be a fixed 400 s of training (6.7 minutes), with evaluation on top. On a 2-core Xeon
-with AMX a 28x28 glyph set (1,222 held-out samples) then took 7.7 minutes in all: 3 s planning, 8,200
-steps at 0.0536 s against 0.0486 measured before training, and four evaluations of 4.4 s. That left two
-of the ten minutes unused, while a set with ten times the held-out samples would have spent its margin
-on evaluation. So the budget is the whole run, and the evaluations are counted out of it. The step time
+The budget is the whole run, and the evaluations are counted out of it. A fixed training time with
+evaluation on top fits one held-out size only: 400 s of training on a 2-core Intel Xeon with AMX took a
+28x28 glyph set (1,222 held-out samples) 7.7 minutes in all (3 s planning, 8,200 steps at 0.0536 s
+against 0.0486 measured before training, four evaluations of 4.4 s), two of ten minutes unused, while a
+set with ten times the held-out samples would spend its margin on evaluation. The step time
 is the median of a few timings (``mbp.train.precision_plan``); planned on the fastest with a margin of
 1.1, runs of that set took 8.6-9.3 minutes, on the median with 1.05 8.9-9.7.
 """
@@ -24,7 +24,7 @@ STEP_DRIFT = 1.2
 thread shares the cores, and the few thinned batches timed keep more or fewer rows than the average.
 On 28x28 glyphs, same machine, the timing read 0.0433-0.0518 s where every run stepped at 0.050-0.055
 (1.06-1.20x: the seed picks the batches timed, and the machine's state at the start varies). At 1.2 the
-worst case seen plans a 9-minute run, and a typical timing about the 400 s of training it replaced."""
+worst case seen plans a 9-minute run, and a typical timing about 400 s of training."""
 TRAIN_SECONDS = RUN_SECONDS / STEP_DRIFT
 """Training time, as measured steps, of a run with nothing to evaluate."""
 LEAST_TRAINING = 0.5

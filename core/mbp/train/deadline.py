@@ -2,18 +2,18 @@
 steps are counted again from what the run has measured (its own steps and evaluations) instead of the
 few steps timed before it started.
 
-The plan before training times three steps of a fresh model and leaves a margin (``STEP_DRIFT``, 1.2)
-for a machine that steps slower than it timed, and it estimates evaluation from the training step. On a
-2-core AMD EPYC the King James run timed 0.319 s a step and 98 s of evaluation, then stepped at 0.285 s
-and evaluated in 4 x 8.5 s: it ended after 5.6 of its 9 minutes, still learning. Counted once at a
-quarter, the same run ended at 7.8 minutes (its later steps faster than its first quarter) and another
-at 9.7 (its later steps 17% slower): the machine drifts within a run, so the run counts at each
-evaluation until the last, each time from the steps since the count before, with a small margin on
-what is left (``REMAINING_DRIFT``). After the last count a machine that slows for good would still
-overrun (a capitals run stepped 0.275 s a step in its third quarter and 0.357 s in its last, and ended
-at 9.7 of its 9 minutes), and one that speeds up leaves minutes unused: at each logged step from there
-the run projects its end from its pace since the count and refits its total where it would end past
-its budget, or well inside it (``Deadline.refit``). Between counts it only cuts, and only where the
+The plan before training times three steps of a fresh model and leaves a margin (``STEP_DRIFT``, 1.2) for
+a machine that steps slower than it timed, and it estimates evaluation from the training step. On a 2-core
+AMD EPYC (Zen 1, AVX2, no AVX512) a King James run planned on 0.319 s a step and 98 s of evaluation, then
+stepped at 0.285 s and evaluated in 4 x 8.5 s: without a count it ends after 5.6 of its 9 minutes, still
+learning. Counted once at a quarter, one run ends at 7.8 minutes (its later steps faster than its first
+quarter) and another at 9.7 (its later steps 17% slower): the machine drifts within a run, so the run
+counts at each evaluation until the last, each time from the steps since the count before, with a small
+margin on what is left (``REMAINING_DRIFT``). After the last count a machine that slows for good would
+still overrun (a capitals run stepping 0.275 s a step in its third quarter and 0.357 s in its last ends at
+9.7 of its 9 minutes without a refit), and one that speeds up leaves minutes unused: at each logged step
+from there the run projects its end from its pace since the count and refits its total where it would end
+past its budget, or well inside it (``Deadline.refit``). Between counts it only cuts, and only where the
 next count would come too late to end within the budget (a machine slowed tenfold by other work).
 
 After its first count the run evaluates (and saves) at points the deadline spreads evenly over the
@@ -176,7 +176,7 @@ class Deadline:
         total would end past the budget, more (within ``most``) where the steps that fit exceed it by
         ``REFIT_SLACK``; None otherwise. Between counts, fewer only where the run would reach its next
         count too late to end within its budget (a machine slowed tenfold by other work): cutting on any
-        projection made the total swing (a capitals run: 1,670 -> 1,526 -> 1,302 steps on 25 steps at
+        projection makes the total swing (a capitals run: 1,670 -> 1,526 -> 1,302 steps on 25 steps at
         0.31-0.38 s, then 1,560 at the next count). Not before the first count: the plan's margin."""
         if not self.counts or step >= total or len(self.recent) < RECENT_STEPS // 2:
             return None

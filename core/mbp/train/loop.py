@@ -143,7 +143,7 @@ class Trainer:
                 varied = recorded_augment(document)
                 self.variation = dataclasses.replace(self.variation, varied=varied)
                 resolved = with_augment(resolved, varied)
-            # its optimizer state belongs to the optimizer it recorded (AdamW, before there was a choice)
+            # its optimizer state belongs to the optimizer it recorded (AdamW where it records none)
             resumed_optimizer = recorded_optimizer(document)
             resolved = settled_optimizer(resolved, resumed_optimizer)
             recorded = recorded_precision(document)

@@ -27,8 +27,8 @@ def recorded_precision(document: dict[str, Any]) -> Precision | None:
 
 
 def recorded_augment(document: dict[str, Any]) -> bool:
-    """Whether a checkpoint's run varied its training samples (``data.augment``); a run recorded before
-    the setting existed did not, unless its codecs said so themselves."""
+    """Whether a checkpoint's run varied its training samples (``data.augment``); one that records no
+    setting did not, unless its codecs said so themselves."""
     return _setting(document, "data", "augment") is True
 
 
@@ -40,7 +40,7 @@ def recorded_eval_samples(document: dict[str, Any]) -> int | None:
 
 
 def recorded_optimizer(document: dict[str, Any]) -> str:
-    """The ``train.optimizer`` whose state a checkpoint saved: ``adamw`` for runs recorded before the
-    setting existed, when AdamW was the only one."""
+    """The ``train.optimizer`` whose state a checkpoint saved: ``adamw`` where its config records no
+    optimizer (such a checkpoint holds AdamW state)."""
     chosen = _setting(document, "train", "optimizer")
     return chosen if chosen in ("muon", "adamw") else "adamw"
