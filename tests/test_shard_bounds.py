@@ -55,6 +55,7 @@ def archive_body(samples: list[dict[str, bytes]]) -> bytes:
     """The members of ``samples`` without the end-of-archive marker, for appending more after them."""
     data = tar_bytes(samples)
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.getmembers()  # read to the end: the offset is then past the last member
         return data[: tar.offset]
 
 
