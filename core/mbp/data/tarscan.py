@@ -17,6 +17,7 @@ time, and the data of a member larger than the limit is passed over without bein
 
 from __future__ import annotations
 
+import io
 import tarfile
 import zlib
 from collections.abc import Generator, Iterator
@@ -192,15 +193,20 @@ def _pax(data: bytes, offset: int, name: str | None, size: int | None) -> tuple[
 
 def _read(stream: Readable, size: int) -> bytes:
     """Up to ``size`` bytes; fewer only at the end of the stream. Read a ``CHUNK`` at a time: a read
-    of the size a header claims would allocate all of it before finding the file shorter."""
-    parts, left = [], size
+    of the size a header claims would allocate all of it before finding the file shorter. Gathered in
+    a BytesIO, whose value is its own buffer: joining a list of parts would hold the data twice."""
+    first = stream.read(min(size, CHUNK)) if size else b""
+    if len(first) == size or not first:
+        return first
+    gathered, left = io.BytesIO(first), size - len(first)
+    gathered.seek(0, io.SEEK_END)
     while left > 0:
         part = stream.read(min(left, CHUNK))
         if not part:
             break
-        parts.append(part)
+        gathered.write(part)
         left -= len(part)
-    return b"".join(parts)
+    return gathered.getvalue()
 
 
 def _pass_over(stream: Readable, size: int) -> int:
