@@ -176,3 +176,19 @@ def test_inspect_json_prints_its_warnings_on_stderr(tmp_path: Path) -> None:
     assert result.stderr.strip() == (
         "mbp: warning: shard junk.tar: damaged before its first sample (offset 0): not a tar archive"
     )
+
+
+def test_a_negative_size_is_damage(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """A base-256 size field can hold a negative number, which tarfile decodes as given; read as a
+    size it would have meant 'read the whole rest of the file'."""
+    body = archive_body([small("0000")])
+    after = tar_bytes([small("0001")])
+    (tmp_path / "neg.tar").write_bytes(body + header("0001.blob.bin", -CLAIM) + after)
+    log = SkipLog()
+    keys = [raw.key for raw in read_samples([str(tmp_path / "neg.tar")], log)]
+    assert keys == ["0000"] and log.failed == ["neg.tar"]
+    err = capfd.readouterr().err
+    assert (
+        f"shard neg.tar: damaged after sample 0000 (offset {len(body)}): "
+        f"invalid header (member 0001.blob.bin claims {-CLAIM} bytes)"
+    ) in err

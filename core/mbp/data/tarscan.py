@@ -122,6 +122,8 @@ def tar_members(stream: Readable, limit: int) -> Generator[Member, None, int]:
         size = pax_size if pax_size is not None else info.size
         if info.type in _NO_DATA_TYPES:
             size = 0  # as tarfile does: these carry no data whatever their size field says
+        if size < 0:  # a base-256 size field or a pax record can hold one
+            raise ShardDamageError(offset, f"invalid header (member {name} claims {size} bytes)", name)
         kept = info.type in _FILE_TYPES and size <= limit
         kept = kept or (info.type in (tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE) and size <= _META_LIMIT)
         data = _read(stream, size) if kept else None
