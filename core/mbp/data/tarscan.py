@@ -69,6 +69,7 @@ class Member:
     offset: int
     """Offset of the member's header in the tar stream."""
     size: int
+    """Bytes of data, as its header gives them (all of them were there: a cut member is damage)."""
 
 
 @dataclass(frozen=True)

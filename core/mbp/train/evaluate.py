@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,6 +19,7 @@ from mbp.model.decoder import MultiscaleDecoder
 from mbp.protocol import END, EOS
 from mbp.resolve import Resolved
 from mbp.train.precision import PrecisionChoice
+from mbp.train.watch import warn
 
 FP32 = PrecisionChoice("fp32", "evaluation default")
 
@@ -52,10 +52,9 @@ def held_out_batches(resolved: Resolved, shards: list[str], align: int, quiet: b
     rows = eval_batches(resolved, shards, log, align)
     if not rows and not quiet:
         reasons = ", ".join(f"{n} {kind}" for kind, n in log.reasons.items()) or "no sample in them"
-        print(
-            f"mbp: warning: no usable held-out sample in {len(shards)} shard(s) ({', '.join(shards[:3])}): "
-            f"{reasons}; the run trains without evaluation or a best checkpoint",
-            file=sys.stderr,
+        warn(
+            f"no usable held-out sample in {len(shards)} shard(s) ({', '.join(shards[:3])}): {reasons}; "
+            "the run trains without evaluation or a best checkpoint"
         )
     return rows
 
