@@ -63,7 +63,8 @@ def inspect_command(
 
     resolved = resolve(registry_path, pipeline, components=get_platform().components) if pipeline else None
     expanded = expand_shards(shards)
-    report = inspect_shards(expanded, resolved.encoder if resolved else None, SkipLog(quiet=as_json))
+    # warnings go to stderr in --json mode too: stdout holds the JSON document alone
+    report = inspect_shards(expanded, resolved.encoder if resolved else None, SkipLog())
     if resolved is not None and report["samples"]:
         report["run"] = preview(resolved, expanded)
     if as_json:

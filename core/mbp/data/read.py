@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import os
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -14,9 +15,13 @@ from webdataset.tariterators import base_plus_ext
 
 from mbp.data.skips import SkipLog
 from mbp.data.tarscan import ShardDamageError, members
-from mbp.errors import DataError
+from mbp.errors import ConfigError, DataError
 
 BUNDLED = "bundled:"
+MAX_MEMBER_BYTES = 256 << 20
+"""The default limit on one member's bytes, far above any real field: a member over the limit is
+named and skipped with its sample, unread, so that no shard can claim more memory than this."""
+LIMIT_VARIABLE = "MBP_MAX_MEMBER_BYTES"
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,20 @@ def expand_shards(patterns: Sequence[str]) -> list[str]:
         else:
             shards.append(pattern)
     return shards
+
+
+def member_limit() -> int:
+    """The limit on one member's bytes: ``MBP_MAX_MEMBER_BYTES``, else ``MAX_MEMBER_BYTES``.
+
+    Raises:
+        ConfigError: the variable is set to anything but a whole number above 0.
+    """
+    given = os.environ.get(LIMIT_VARIABLE, "").strip()
+    if not given:
+        return MAX_MEMBER_BYTES
+    if not given.isdigit() or int(given) == 0:
+        raise ConfigError(f"{LIMIT_VARIABLE} must be a whole number of bytes above 0, not {given!r}")
+    return int(given)
 
 
 def read_samples(shards: Sequence[str], log: SkipLog, kept: ShardCache | None = None) -> Iterator[RawSample]:
@@ -117,10 +136,11 @@ def shard_samples(shard: str, log: SkipLog) -> Iterator[RawSample]:
     archive, was read intact: when the damage comes first, the sample being read is left out and named.
     """
     name = Path(shard).name
+    limit = member_limit()
     current: _Pending | None = None
     last: str | None = None
     try:
-        for member in members(shard):
+        for member in members(shard, limit):
             key, suffix = base_plus_ext(member.name)
             if key is None or _is_meta(member.name):
                 continue
@@ -128,7 +148,13 @@ def shard_samples(shard: str, log: SkipLog) -> Iterator[RawSample]:
                 last = yield from current.emit(log)
                 current = None
             current = current or _Pending(shard, key)
-            current.add(suffix.lower(), member.data)
+            if member.data is None:
+                current.too_large = current.too_large or (
+                    f"member {member.name} holds {member.size} bytes, over the limit of {limit} "
+                    f"({LIMIT_VARIABLE}); not read"
+                )
+            else:
+                current.add(suffix.lower(), member.data)
         if current is not None:
             yield from current.emit(log)
     except OSError as error:
@@ -166,6 +192,8 @@ class _Pending:
         self.shard, self.key = shard, key
         self.fields: dict[str, bytes] = {}
         self.duplicate: str | None = None
+        self.too_large: str | None = None
+        """Why the sample is left out: one of its members is over the limit (its data was never read)."""
 
     def add(self, suffix: str, data: bytes) -> None:
         if suffix in self.fields:
@@ -175,7 +203,9 @@ class _Pending:
     def emit(self, log: SkipLog) -> Generator[RawSample, None, str]:
         """Yield the sample unless it is broken; return its key, for naming where damage begins."""
         raw = RawSample(self.shard, self.key, self.fields)
-        if self.duplicate is not None:
+        if self.too_large is not None:
+            log.sample(f"{raw.where}: {self.too_large}", "too large")
+        elif self.duplicate is not None:
             log.sample(f"{raw.where}: field {self.duplicate} appears twice", "bad field")
         else:
             yield raw

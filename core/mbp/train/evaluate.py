@@ -19,6 +19,7 @@ from mbp.model.decoder import MultiscaleDecoder
 from mbp.protocol import END, EOS
 from mbp.resolve import Resolved
 from mbp.train.precision import PrecisionChoice
+from mbp.train.watch import warn
 
 FP32 = PrecisionChoice("fp32", "evaluation default")
 
@@ -41,6 +42,21 @@ def eval_batches(resolved: Resolved, shards: list[str], log: SkipLog, align: int
     # text that fits a row is scored whole: cut to fill a row, its second piece would lose its context
     packed = batches(stream, data.batch_rows, data.row_len, pack=True, align=align, split=split, fill=False)
     return [b for b, _ in packed]
+
+
+def held_out_batches(resolved: Resolved, shards: list[str], align: int, quiet: bool) -> list[Batch]:
+    """A run's held-out rows (``eval_batches``). Damaged, missing and skipped held-out shards and
+    samples are reported in the lines training's are; a held-out set that yields no sample is said in
+    one line, since the run then trains without evaluations or a best checkpoint."""
+    log = SkipLog(quiet=quiet)
+    rows = eval_batches(resolved, shards, log, align)
+    if not rows and not quiet:
+        reasons = ", ".join(f"{n} {kind}" for kind, n in log.reasons.items()) or "no sample in them"
+        warn(
+            f"no usable held-out sample in {len(shards)} shard(s) ({', '.join(shards[:3])}): {reasons}; "
+            "the run trains without evaluation or a best checkpoint"
+        )
+    return rows
 
 
 @torch.no_grad()

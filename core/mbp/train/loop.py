@@ -25,7 +25,7 @@ from mbp.train import distributed as D
 from mbp.train.allocator import keep_freed_memory
 from mbp.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from mbp.train.deadline import Deadline, deadline_of
-from mbp.train.evaluate import eval_batches, evaluate
+from mbp.train.evaluate import evaluate, held_out_batches
 from mbp.train.init import init_from as load_initial_weights
 from mbp.train.optim import describe_optimizer, make_optimizer, settled_optimizer
 from mbp.train.plan import plan_run, with_eval_samples, with_steps
@@ -184,7 +184,7 @@ class Trainer:
         align = self.model.patch_len
         self.train = _train_batches(resolved, request.train_shards, self.log, self.state, world, align)
         evals = request.eval_shards
-        self.evals = eval_batches(resolved, evals, SkipLog(quiet=True), align) if evals else []
+        self.evals = held_out_batches(resolved, evals, align, quiet=not world.is_main) if evals else []
         resume_step = self.state.step if resume else None
         self.metrics = MetricsLog(out / "metrics.jsonl", resume_step) if world.is_main else None
         self.sinks = open_sinks(self.cfg.sinks, components, out, resume_step) if world.is_main else []
