@@ -261,3 +261,31 @@ def test_pack_csv_manifest(tmp_path: Path) -> None:
     assert bad.returncode == 1
     assert bad.stderr.strip().endswith("m.csv:3: 1 values for 2 columns (question.txt, answer.txt)")
     assert not list(tmp_path.glob("t-*"))
+
+
+def test_folder_of_images_to_a_checkpoint_and_an_accuracy(tmp_path: Path) -> None:
+    """The README's three commands: pack a folder of class folders, train classify-images on it (a
+    few steps of a small model: completion is the subject, learning is measured in BENCHMARKS.md),
+    evaluate the checkpoint."""
+    class_tree(tmp_path / "photos")
+    out, run = tmp_path / "shards", tmp_path / "run"
+    packed = invoke_mbp("shards", "pack", "--by-folder", str(tmp_path / "photos"), str(out))
+    assert packed.returncode == 0, packed.stderr
+    small = ["model.stages.0.dim=32", "model.stages.1.dim=16", "model.stages.0.layers=1"]
+    settings = [*small, "model.stages.1.layers=1", "data.batch_size=2", "train.precision=fp32"]
+    trained = invoke_mbp(
+        "run", "classify-images", str(out / "train-*.tar"), "--eval-shards", str(out / "eval-*.tar"),
+        "--steps", "3", "--out", str(run), *[arg for s in settings for arg in ("--set", s)], "--json",
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    summary = json.loads(trained.stdout)
+    assert summary["steps"] == 3 and summary["samples_skipped"] == 0
+    assert (run / "checkpoints" / "best" / "model.safetensors").is_file()
+    evaluated = invoke_mbp(
+        "eval", "classify-images", str(out / "eval-*.tar"), "--checkpoint", str(run / "checkpoints" / "best"),
+        "--json",
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
+    metrics = json.loads(evaluated.stdout)["metrics"]
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["majority_baseline"] == pytest.approx(1 / 3)
+    assert metrics["accuracy"] == summary["metrics"]["accuracy"]
