@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 from mbp.data.pack_folders import held_out
-from mbp.data.read import shard_samples
+from mbp.data.read import RawSample, shard_samples
 from mbp.data.skips import SkipLog
+from mbp.protocol import decode_stream
+from mbp.resolve import resolve
 from PIL import Image
 
 from tests.conftest import invoke_mbp
@@ -289,3 +291,30 @@ def test_folder_of_images_to_a_checkpoint_and_an_accuracy(tmp_path: Path) -> Non
     metrics = json.loads(evaluated.stdout)["metrics"]
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["majority_baseline"] == pytest.approx(1 / 3)
     assert metrics["accuracy"] == summary["metrics"]["accuracy"]
+
+
+def sound(path: Path, pitch: float, fmt: str, subtype: str) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    t = np.arange(4000) / 8000
+    sf.write(path, 0.5 * np.sin(2 * np.pi * pitch * t), 8000, format=fmt, subtype=subtype)
+
+
+def test_flac_and_ogg_clips_are_read_by_classify_sounds(tmp_path: Path, components) -> None:
+    """A folder of FLAC and Ogg Vorbis clips (packed as ``audio``) reads as log-mel spectrograms like
+    WAV clips do, none skipped."""
+    src = tmp_path / "src"
+    for label, pitch in (("low", 220.0), ("high", 880.0)):
+        (src / label).mkdir(parents=True)
+        sound(src / label / "a.flac", pitch, "FLAC", "PCM_16")
+        sound(src / label / "b.ogg", pitch * 1.1, "OGG", "VORBIS")
+        sound(src / label / "c.wav", pitch * 1.2, "WAV", "PCM_16")
+    report = pack_folder(src, tmp_path / "out", "--eval-fraction", "0")
+    assert report["kind"] == "audio" and report["samples"]["train"] == 6
+    encoder = resolve(None, "classify-sounds", components=components).encoder
+    for key, fields in read_side(report["train"]).items():
+        segments = decode_stream(encoder.encode(RawSample("s.tar", key, fields)).tokens).segments
+        assert [segment.codec for segment in segments] == ["wav", "text"]
+        # 0.5 s in frames 20 ms apart, 16 bands a frame, whatever the file's format
+        assert segments[0].meta["payload"] == "logmel" and len(segments[0].payload) in range(23 * 16, 27 * 16)
