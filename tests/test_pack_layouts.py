@@ -88,6 +88,21 @@ def test_pack_manifest_refuses_fields_differing_only_in_case(tmp_path: Path) -> 
     )
 
 
+def test_pack_compresses_by_the_pattern_and_leaves_no_partial_shard(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "0001.txt").write_text("kept")
+    result = invoke_mbp("shards", "pack", str(src), str(tmp_path / "out" / "s-%03d.tar.gz"), "--json")
+    assert json.loads(result.stdout) == {"shards": [str(tmp_path / "out" / "s-000.tar.gz")], "samples": 1}
+    assert (tmp_path / "out" / "s-000.tar.gz").read_bytes()[:2] == b"\x1f\x8b"  # gzip
+    # a manifest that breaks after its first sample was written leaves no shard, whole or partial
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"txt": "first"}) + "\n{broken\n")
+    failed = invoke_mbp("shards", "pack", "--manifest", str(manifest), str(tmp_path / "new" / "s-%03d.tar"))
+    assert failed.returncode == 1 and "m.jsonl:2: invalid JSON" in failed.stderr
+    assert list((tmp_path / "new").iterdir()) == []
+
+
 def test_pack_refuses_to_overwrite_shards_unless_forced(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()

@@ -15,9 +15,10 @@ import webdataset as wds
 from mbp.errors import ConfigError, DataError
 
 Sample = dict[str, bytes | str]
-PARTIAL = ".partial"
-"""Shards are written under this suffix and renamed once every sample is in, so a pack that fails
-halfway replaces nothing and leaves nothing that a glob of the output pattern would read."""
+PARTIAL = ".partial-"
+"""Shards are written under this prefix (a hidden name, its extension kept for the writer to choose
+the compression by) and renamed once every sample is in, so a pack that fails halfway replaces
+nothing and leaves nothing that a glob of the output pattern would read."""
 
 
 def samples_from_folder(folder: Path) -> Iterator[Sample]:
@@ -188,8 +189,9 @@ def pack(samples: Iterable[Sample], pattern: str, maxcount: int) -> tuple[list[s
     The shards appear under their names only once all of them are written."""
     existing_shards(pattern)  # checks the pattern
     Path(pattern).parent.mkdir(parents=True, exist_ok=True)
+    partial = str(Path(pattern).parent / (PARTIAL + Path(pattern).name))
     count = 0
-    sink = wds.ShardWriter(pattern + PARTIAL, maxcount=maxcount, verbose=0)
+    sink = wds.ShardWriter(partial, maxcount=maxcount, verbose=0)
     try:
         for sample in samples:
             sink.write(sample)
@@ -198,15 +200,14 @@ def pack(samples: Iterable[Sample], pattern: str, maxcount: int) -> tuple[list[s
         opened = sink.shard
         sink.close()
         for index in range(opened):
-            Path((pattern + PARTIAL) % index).unlink(missing_ok=True)
+            Path(partial % index).unlink(missing_ok=True)
         raise
     opened = sink.shard
     sink.close()
     written = []
     for index in range(opened):
-        partial = Path((pattern + PARTIAL) % index)
         if count == 0:
-            partial.unlink(missing_ok=True)
+            Path(partial % index).unlink(missing_ok=True)
         else:
-            written.append(str(partial.replace(pattern % index)))
+            written.append(str(Path(partial % index).replace(pattern % index)))
     return written, count
