@@ -233,6 +233,14 @@ def test_by_folder_refuses_a_mix_of_kinds_and_a_folder_without_classes(tmp_path:
     (flat / "0001.jpg").write_bytes(image((1, 2, 3), (4, 4), "JPEG"))
     result = invoke_mbp("shards", "pack", "--by-folder", str(flat), str(tmp_path / "out"))
     assert result.returncode == 1 and f"{flat}: no class folder holds" in result.stderr.splitlines()[-1]
+    usage = [
+        invoke_mbp("shards", "pack", "--by-folder", str(src)),
+        invoke_mbp("shards", "pack", str(src), str(tmp_path / "x-%d.tar"), "--seed", "1"),
+    ]
+    assert [(r.returncode, r.stderr.strip()) for r in usage] == [
+        (2, "mbp: error: give --by-folder SRC OUT_DIR (SRC: a folder of class folders)"),
+        (2, "mbp: error: --eval-fraction and --seed split a --by-folder pack; add --by-folder"),
+    ]
 
 
 def test_by_folder_keys_are_unique_and_texts_and_sounds_have_their_fields(tmp_path: Path) -> None:

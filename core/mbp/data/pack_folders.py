@@ -107,9 +107,9 @@ def pack_by_folder(request: FolderPack) -> PackReport:
 
 def scan(src: Path, out: Path) -> tuple[list[ClassFile], int]:
     """The files of known kinds in each class folder (and its sub-folders), in name order, and how many
-    entries were skipped. Hidden
-    files, files of other kinds, files beside the class folders and classes left empty are skipped,
-    each reason reported in one line."""
+    entries were skipped: hidden files, files of other kinds, files beside the class folders (each
+    reason reported in one line) and ``out`` where it lies inside ``src``. An empty class is reported
+    in one line of its own."""
     skipped: dict[str, list[str]] = defaultdict(list)
     files: list[ClassFile] = []
     for folder in sorted(src.iterdir()):
