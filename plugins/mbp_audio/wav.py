@@ -29,6 +29,8 @@ FORMATS = {
     "f32": ("FLOAT", np.float32),
     "f64": ("DOUBLE", np.float64),
 }
+DECODED = ("FLAC", "OGG")
+"""Formats read as WAV is where the payload is samples (``pcm``, ``logmel``), not the file."""
 SUBTYPE_TO_FORMAT = {subtype: fmt for fmt, (subtype, _) in FORMATS.items()}
 # what soundfile reads each format as without losing a bit (24-bit arrives in the top of an int32)
 READ_AS = {"u8": "int16", "s16": "int16", "s24": "int32", "s32": "int32", "f32": "float32", "f64": "float64"}
@@ -103,7 +105,8 @@ class WavCodec:
         except Exception as error:
             raise CodecError(f"not readable audio: {_reason(error)}") from None
         with audio:
-            if audio.format != "WAV":
+            # FLAC and Ogg decode to the same samples; only a WAV file is kept as a WAV file's bytes
+            if audio.format != "WAV" and (audio.format not in DECODED or self.payload == "file"):
                 raise CodecError(f"expected a WAV file, got {audio.format}")
             if audio.frames > self.max_seconds * audio.samplerate:
                 seconds = audio.frames / audio.samplerate
