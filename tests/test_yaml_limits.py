@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from mbp.config import load_registry
 from mbp.errors import ConfigError
 from mbp.overrides import apply_overrides
@@ -76,3 +77,20 @@ def test_set_refuses_any_alias(tmp_path: Path, components, value: str) -> None:
         apply_overrides(base, [f"model.stages={value}"])
     assert str(refused.value) == "--set model.stages: YAML aliases (*name) are not allowed in a value"
     assert "&" not in "".join(apply_overrides(base, ["data.batch_size=3"]).model_dump_json())
+
+
+def test_a_key_with_a_line_break_stays_on_its_problems_line(tmp_path: Path) -> None:
+    """Before the fix "a\\x85b: unknown key" printed as two error lines, the second naming no file."""
+    path = tmp_path / "reg.yaml"
+    path.write_text(yaml.safe_dump({"pipelines": {"p": {}}, "a\x85b": 1, "c\nd": 2, "e\u2028": 3}))
+    result = invoke_mbp("validate", str(path))
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2 and all(line.startswith(f"mbp: error: {path}:") for line in lines), lines
+    assert [line for line in lines if "unknown key" in line] == [
+        f"mbp: error: {path}:1: 'a\\x85b': unknown key",
+        f"mbp: error: {path}:3: 'c\\nd': unknown key",
+        f"mbp: error: {path}:7: 'e\\u2028': unknown key",
+    ]
+    path.write_text('pipelines: {}\n"x\\ny": 1\n"x\\ny": 2\n')
+    duplicate = invoke_mbp("validate", str(path)).stderr
+    assert duplicate == f"mbp: error: {path}:3: 'x\\ny': duplicate key (first at line 2)\n"

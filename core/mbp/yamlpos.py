@@ -65,16 +65,16 @@ class _Walk:
         self.visited += 1
         if self.visited > NODES:
             raise ConfigError(
-                f"{self.source}:{line}: {_dotted(path)}: aliases expand the registry beyond {NODES} nodes"
+                f"{self.source}:{line}: {dotted(path)}: aliases expand the registry beyond {NODES} nodes"
             )
         if id(node) in self.open:
             raise ConfigError(
-                f"{self.source}:{line}: {_dotted(path)}: an alias refers to a node that holds it"
+                f"{self.source}:{line}: {dotted(path)}: an alias refers to a node that holds it"
             )
         if node.tag.startswith("tag:yaml.org,2002:python/") or node.tag.startswith("!"):
             tag = node.tag.replace("tag:yaml.org,2002:", "!!")
             self.problems.append(
-                f"{self.source}:{line}: {_dotted(path)}: tag {tag} is not allowed (a registry is plain data)"
+                f"{self.source}:{line}: {dotted(path)}: tag {tag} is not allowed (a registry is plain data)"
             )
         self.open.add(id(node))
         if isinstance(node, yaml.MappingNode):
@@ -91,17 +91,17 @@ class _Walk:
             line = key_node.start_mark.line + 1
             if key in seen:  # PyYAML keeps the last silently: a lost setting nobody would notice
                 first = f"first at line {seen[key]}"
-                self.problems.append(
-                    f"{self.source}:{line}: {_dotted((*path, key))}: duplicate key ({first})"
-                )
+                self.problems.append(f"{self.source}:{line}: {dotted((*path, key))}: duplicate key ({first})")
                 continue
             seen[key] = line
             self.visit(value_node, (*path, key))
             self.lines[(*path, key)] = line
 
 
-def _dotted(path: Path) -> str:
-    return ".".join(str(p) for p in path) or "(top level)"
+def dotted(path: Path) -> str:
+    """``pipelines.p.fields`` for a key path; a key that holds a line break or other unprintable
+    character is quoted with it escaped, so that a problem stays on its one line."""
+    return ".".join(str(p) if str(p).isprintable() else repr(p) for p in path) or "(top level)"
 
 
 def line_of(lines: dict[Path, int], path: Path) -> int | None:
