@@ -19,7 +19,7 @@ from mbp.data.read import RawSample
 from mbp.errors import ConfigError, PluginExitError
 from mbp.hookspecs import hookimpl
 from mbp.interrupts import telling_user_interrupts
-from mbp.plugins import blame, new_platform
+from mbp.plugins import blame, new_platform, plugin_timeout
 from mbp.protocol import Segment
 from pydantic import BaseModel
 
@@ -245,3 +245,11 @@ def test_a_timeout_that_is_not_a_number_of_seconds_is_refused(
     monkeypatch.setenv("MBP_PLUGIN_TIMEOUT", value)
     with pytest.raises(ConfigError, match=rf"^MBP_PLUGIN_TIMEOUT='{value}': expected a number of seconds"):
         new_platform(entry_points=False)
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("", 60.0), ("2.5", 2.5), ("0", None)])
+def test_the_timeout_defaults_to_a_minute_and_0_lifts_it(
+    monkeypatch: pytest.MonkeyPatch, value: str, seconds: float | None
+) -> None:
+    monkeypatch.setenv("MBP_PLUGIN_TIMEOUT", value)
+    assert plugin_timeout() == seconds
