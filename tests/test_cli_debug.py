@@ -41,7 +41,7 @@ def test_the_hint_of_an_unexpected_error_names_a_flag_that_works(
     )
 
 
-@pytest.mark.parametrize("command", [*sorted(cli.commands), "import mblm"])
+@pytest.mark.parametrize("command", [*sorted(cli.commands), "shards inspect", "shards pack", "import mblm"])
 def test_every_command_takes_debug(command: str) -> None:
     result = invoke_mbp(*command.split(), "--debug", "--help")
     assert result.returncode == 0, result.stderr

@@ -37,7 +37,11 @@ def _debug_given(ctx: click.Context, param: click.Parameter, value: bool) -> Non
 
 def add_debug_option(command: click.Command) -> click.Command:
     """Give ``command`` its own ``--debug``, so that ``mbp run --debug`` works like ``mbp --debug run``
-    (an error's line tells the user to run with ``--debug`` and must not name a flag that is refused)."""
+    (an error's line tells the user to run with ``--debug`` and must not name a flag that is refused).
+    A group's commands get it too (``mbp shards inspect ... --debug``)."""
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            add_debug_option(sub)
     if not any(param.name == "debug" for param in command.params):
         command.params.append(
             click.Option(
