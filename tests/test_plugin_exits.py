@@ -75,7 +75,7 @@ pipelines:
 
 def _path(folder: Path) -> dict[str, str]:
     """The environment that adds the distributions in ``folder`` to the code under test."""
-    return {"PYTHONPATH": os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")])}
+    return {"PYTHONPATH": os.pathsep.join(p for p in [str(folder), os.environ.get("PYTHONPATH")] if p)}
 
 
 class Params(BaseModel):
