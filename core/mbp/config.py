@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mbp.components import ComponentTable, Kind
 from mbp.errors import ConfigError
-from mbp.yamlpos import line_of, load_with_lines
+from mbp.yamlpos import dotted, line_of, load_with_lines
 
 DEFAULT_PATCH = 8
 """The byte-level stage's patch where the pipeline gives none and no training data plans one."""
@@ -326,9 +326,8 @@ def format_validation(error: ValidationError, source: str, lines: dict[Any, int]
         path = (*prefix, *found["loc"])
         line = line_of(lines, path)
         where = f"{source}:{line}" if line else source
-        dotted = ".".join(str(p) for p in path) or "(top level)"
         message = "unknown key" if found["type"] == "extra_forbidden" else found["msg"]
-        problems.append(f"{where}: {dotted}: {message}")
+        problems.append(f"{where}: {dotted(path)}: {message}")
     return "\n".join(problems)
 
 

@@ -25,6 +25,11 @@ class PluginError(MbpError):
     exit_code = 2
 
 
+class PluginExitError(MbpError):
+    """Plugin code called ``sys.exit`` or raised ``KeyboardInterrupt`` while a command ran: the command
+    cannot go on, and the message names the plugin (and the sample and field where one was at hand)."""
+
+
 class NameClashError(PluginError):
     """Two plugins registered one name: ambiguous for every pipeline, so never just skipped."""
 

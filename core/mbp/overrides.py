@@ -21,15 +21,24 @@ def apply_overrides(resolved: Resolved, settings: list[str]) -> Pipeline:
         key, sep, text = setting.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {setting!r}: expected KEY=VALUE, e.g. train.steps=100")
-        try:
-            value = yaml.safe_load(text) if text else ""
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {key}: cannot parse value {text!r}") from None
-        _assign(document, key.split("."), value, key)
+        _assign(document, key.split("."), _value(key, text), key)
     try:
         return Pipeline.model_validate(document)
     except ValidationError as error:
         raise ConfigError(format_validation(error, "--set", {})) from None
+
+
+def _value(key: str, text: str) -> Any:
+    """``text`` as a YAML value. Aliases are refused: one setting has no use for them, and nested ones
+    expand a few bytes into more data than memory holds (or into data that contains itself)."""
+    if not text:
+        return ""
+    try:
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
+            raise ConfigError(f"--set {key}: YAML aliases (*name) are not allowed in a value")
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError):
+        raise ConfigError(f"--set {key}: cannot parse value {text!r}") from None
 
 
 def _assign(node: Any, path: list[str], value: Any, dotted: str) -> None:

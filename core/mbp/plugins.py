@@ -1,25 +1,33 @@
 """Loading plugins from the ``mbp`` entry-point group, each in isolation.
 
 A plugin that fails to import, or fails inside a hook, is reported on stderr in one line and skipped;
-everything else keeps working. ``MBP_STRICT_PLUGINS=1`` makes such a failure fatal and
-``MBP_DISABLE_PLUGINS=a,b`` skips plugins by entry-point name.
+everything else keeps working. That holds for ``sys.exit`` and ``KeyboardInterrupt`` raised by the plugin's
+code too: only the user's own Ctrl-C stops loading (``mbp.interrupts``). ``MBP_STRICT_PLUGINS=1`` makes
+such a failure fatal and ``MBP_DISABLE_PLUGINS=a,b`` skips plugins by entry-point name. A plugin that is
+still loading after ``MBP_PLUGIN_TIMEOUT`` seconds (default 60, 0: no limit) ends the command with exit 1
+and a line naming it: a hung import cannot be abandoned, and waiting for it forever helps nobody.
 """
 
 from __future__ import annotations
 
 import importlib.metadata as md
+import math
 import os
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from types import ModuleType, TracebackType
 from typing import Any
 
 import pluggy
 
 from mbp import hookspecs
 from mbp.components import KINDS, ComponentTable, Kind
-from mbp.errors import MbpError, PluginError
+from mbp.errors import ConfigError, MbpError, PluginError
+from mbp.interrupts import from_user, what_it_did
 
 HOOKS: dict[Kind, str] = {
     "codecs": "mbp_register_codecs",
@@ -110,14 +118,18 @@ def new_platform(extra_plugins: dict[str, object] | None = None, *, entry_points
             candidates.append((ep.name, ep.load, PluginInfo(ep.name, dist, version)))
     for name, obj in (extra_plugins or {}).items():
         candidates.append((name, partial(lambda o: o, obj), PluginInfo(name, "local", "0")))
+    limit = plugin_timeout()
     for name, load, info in candidates:
         if name in disabled:
             continue
         try:
-            plugin = load()
-            pm.register(plugin, name=name)
-            pm.check_pending()
-        except (Exception, SystemExit) as error:  # a broken plugin must never take the platform down
+            with _time_limit(limit, info, "loading"):
+                plugin = load()
+                pm.register(plugin, name=name)
+                pm.check_pending()
+        except BaseException as error:  # a broken plugin must never take the platform down
+            if from_user(error):
+                raise
             if pm.has_plugin(name):
                 pm.unregister(name=name)
             platform.failures[name] = _one_line(error)
@@ -127,8 +139,50 @@ def new_platform(extra_plugins: dict[str, object] | None = None, *, entry_points
         platform.plugins[name] = info
     for kind, hook_name in HOOKS.items():
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
-            _run_hook(platform, kind, impl)
+            info = platform.plugins.get(impl.plugin_name, PluginInfo(impl.plugin_name, "unknown", "unknown"))
+            with _time_limit(limit, info, f"running {hook_name}"):
+                _run_hook(platform, kind, impl)
     return platform
+
+
+def plugin_timeout() -> float | None:
+    """Seconds a plugin may take to load (``MBP_PLUGIN_TIMEOUT``, default 60); None: no limit."""
+    text = os.environ.get("MBP_PLUGIN_TIMEOUT", "").strip()
+    if not text:
+        return 60.0
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ConfigError(f"MBP_PLUGIN_TIMEOUT={text!r}: expected a number of seconds (0: no limit)")
+    return seconds or None
+
+
+@contextmanager
+def _time_limit(seconds: float | None, info: PluginInfo, doing: str) -> Iterator[None]:
+    """End the process with one line naming the plugin if the block outlasts ``seconds``. A watchdog
+    thread, not an alarm: it fires whatever the main thread is stuck in (a sleep, a lock, native code)."""
+    if seconds is None:
+        yield
+        return
+    message = (
+        f"mbp: error: plugin '{info.name}' ({info.dist} {info.version}) is still {doing} after "
+        f"{seconds:g} s (MBP_PLUGIN_TIMEOUT); set MBP_DISABLE_PLUGINS={info.name} to skip it\n"
+    )
+    timer = threading.Timer(seconds, _give_up, args=(message,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _give_up(message: str) -> None:
+    # straight to the descriptor: the stuck main thread may hold the lock of sys.stderr's buffer
+    os.write(2, message.encode())
+    os._exit(1)
 
 
 def _run_hook(platform: Platform, kind: Kind, impl: pluggy.HookImpl) -> None:
@@ -142,7 +196,9 @@ def _run_hook(platform: Platform, kind: Kind, impl: pluggy.HookImpl) -> None:
 
     try:
         impl.function(register=register)
-    except (Exception, SystemExit) as error:
+    except BaseException as error:
+        if from_user(error):
+            raise
         _fail(platform, name, error)
         return
     for comp in staged.entries[kind].values():
@@ -186,8 +242,8 @@ def _fail(platform: Platform, name: str, error: BaseException) -> None:
 
 
 def _one_line(error: BaseException) -> str:
-    if isinstance(error, SystemExit):
-        return f"called sys.exit({error.code!r})"
+    if not isinstance(error, Exception):
+        return what_it_did(error)
     text = f"{type(error).__name__}: {error}" if not isinstance(error, MbpError) else str(error)
     return " ".join(text.split())
 
@@ -215,3 +271,47 @@ def missing_plugin_hint(platform: Platform, kind: Kind, name: str) -> str:
         notes.insert(0, f"plugin '{name}' is installed but did not register it")
     where = f" ({'; '.join(notes)})" if notes else ""
     return f"a plugin that registers {kind[:-1]} '{name}' is needed{where}; install or enable it"
+
+
+def blame(error: BaseException, platform: Platform | None = None) -> str | None:
+    """The plugin whose code raised ``error``, as "plugin 'x' (dist 1.0)": the innermost frame of its
+    traceback in a module of a plugin or of a component it registered. None where no plugin's code ran
+    (or no platform is loaded)."""
+    platform = platform or _DEFAULT
+    if platform is None:
+        return None
+    owners = _module_owners(platform)
+    tb: TracebackType | None = error.__traceback__
+    found = None
+    while tb is not None:
+        owner = _owner(owners, str(tb.tb_frame.f_globals.get("__name__", "")))
+        found = owner or found
+        tb = tb.tb_next
+    if found is None:
+        return None
+    info = (
+        platform.plugins.get(found) or platform.failed.get(found) or PluginInfo(found, "unknown", "unknown")
+    )
+    return f"plugin '{found}' ({info.dist} {info.version})"
+
+
+def _module_owners(platform: Platform) -> dict[str, str]:
+    """Module name -> plugin: each plugin's own module and the modules of the factories it registered."""
+    owners: dict[str, str] = {}
+    for name, plugin in platform.pm.list_name_plugin():
+        module = plugin.__name__ if isinstance(plugin, ModuleType) else type(plugin).__module__
+        owners[module] = name
+    for kind in KINDS:
+        for comp in platform.components.entries[kind].values():
+            owners.setdefault(str(getattr(comp.factory, "__module__", "")), comp.plugin)
+    owners.pop("", None)
+    return owners
+
+
+def _owner(owners: dict[str, str], module: str) -> str | None:
+    """The plugin owning ``module`` or the nearest package above it that a plugin owns."""
+    while module:
+        if module in owners:
+            return owners[module]
+        module = module.rpartition(".")[0]
+    return None

@@ -1,7 +1,8 @@
 """The ``mbp`` command. Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.
 
 ``--json`` output goes to stdout as one JSON document; human output and warnings go to stderr.
-Tracebacks appear only with ``--debug``. Commands live in their own small modules.
+Tracebacks appear only with ``--debug`` (given before or after the command). Commands live in their own
+small modules.
 """
 
 from __future__ import annotations
@@ -9,51 +10,70 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from mbp import __version__
+from mbp.cli.common import DEBUG_HELP, add_debug_option, debugging, set_debug
 from mbp.errors import MbpError
+from mbp.interrupts import from_user, telling_user_interrupts, what_it_did
 
-_debug = False
+HINT = "(run with --debug for a traceback)"
 
 
 class MbpGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-            raise
-        except MbpError as error:
-            if _debug:
-                traceback.print_exc()
-            for problem in str(error).splitlines() or [type(error).__name__]:  # a config lists them all
-                click.echo(f"mbp: error: {problem}", err=True)
-            sys.exit(error.exit_code)
-        except KeyboardInterrupt:
-            click.echo("mbp: interrupted", err=True)
-            sys.exit(130)
-        except BrokenPipeError:
-            # the reader went away (`mbp plugins | head`): nothing left to say, and nothing to flush
-            # into the closed pipe at exit
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(141)
-        except Exception as error:
-            if _debug:
-                traceback.print_exc()
-            message = " ".join(f"{type(error).__name__}: {error}".split())
-            click.echo(f"mbp: error: {message} (run with --debug for a traceback)", err=True)
-            sys.exit(1)
+        with telling_user_interrupts():
+            try:
+                return super().invoke(ctx)
+            except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+                raise
+            except MbpError as error:
+                _traceback()
+                for problem in str(error).splitlines() or [type(error).__name__]:  # a config lists them all
+                    click.echo(f"mbp: error: {problem}", err=True)
+                sys.exit(error.exit_code)
+            except BrokenPipeError:
+                # the reader went away (`mbp plugins | head`): nothing left to say, and nothing to flush
+                # into the closed pipe at exit
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                sys.exit(141)
+            except (SystemExit, KeyboardInterrupt) as error:
+                if from_user(error):
+                    click.echo("mbp: interrupted", err=True)
+                    sys.exit(130)
+                _ended_by_code(error)
+            except Exception as error:
+                _traceback()
+                message = " ".join(f"{type(error).__name__}: {error}".split())
+                click.echo(f"mbp: error: {message} {HINT}", err=True)
+                sys.exit(1)
+
+
+def _traceback() -> None:
+    if debugging():
+        traceback.print_exc()
+
+
+def _ended_by_code(error: BaseException) -> NoReturn:
+    """``sys.exit`` or ``KeyboardInterrupt`` from code a command ran (mbp itself calls neither inside a
+    command): a plugin's, named from the traceback. A silent exit with the plugin's code would read as
+    the command's own verdict."""
+    from mbp.plugins import blame
+
+    _traceback()
+    who = blame(error) or "code outside mbp"
+    click.echo(f"mbp: error: {who} {what_it_did(error)} {HINT}", err=True)
+    sys.exit(1)
 
 
 @click.group(cls=MbpGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mbp")
-@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.option("--debug", is_flag=True, help=DEBUG_HELP)
 def cli(debug: bool) -> None:
     """mbp: multimodal byte modeling with multiscale decoders and plugins."""
-    global _debug
-    _debug = debug
+    set_debug(debug)
 
 
 def _register_commands() -> None:
@@ -61,7 +81,7 @@ def _register_commands() -> None:
 
     for module in (plugins_cmd, validate_cmd, shards_cmd, run_cmd, generate_cmd, import_cmd):
         for command in module.COMMANDS:
-            cli.add_command(command)
+            cli.add_command(add_debug_option(command))
 
 
 _register_commands()

@@ -7,13 +7,25 @@ from typing import Any
 
 import click
 
+_asked: dict[int, tuple[object, dict[str, click.Command]]] = {}
+
 
 def importers() -> dict[str, click.Command]:
-    """Every registered importer by name; a plugin failing in the hook is reported and skipped."""
-    from mbp.errors import PluginError
-    from mbp.plugins import get_platform, strict
+    """Every registered importer by name; a plugin failing in the hook is reported (once: ``--help``
+    asks for the list and then for each command) and skipped."""
+    from mbp.plugins import get_platform
 
     platform = get_platform()
+    if id(platform) not in _asked:
+        _asked[id(platform)] = (platform, _ask(platform))  # the platform kept, so its id stays its own
+    return _asked[id(platform)][1]
+
+
+def _ask(platform: Any) -> dict[str, click.Command]:
+    from mbp.errors import PluginError
+    from mbp.interrupts import from_user, what_it_did
+    from mbp.plugins import strict
+
     found: dict[str, click.Command] = {}
     for impl in platform.pm.hook.mbp_register_importers.get_hookimpls():
         if impl.plugin_name in platform.failures:
@@ -28,10 +40,11 @@ def importers() -> dict[str, click.Command]:
 
         try:
             impl.function(register=register)
-        except Exception as error:
-            message = (
-                f"plugin '{impl.plugin_name}' failed to register importers: {' '.join(str(error).split())}"
-            )
+        except BaseException as error:  # sys.exit in a plugin must not end `mbp import` silently
+            if from_user(error):
+                raise
+            said = str(error) if isinstance(error, Exception) else what_it_did(error)
+            message = f"plugin '{impl.plugin_name}' failed to register importers: {' '.join(said.split())}"
             if strict() or isinstance(error, PluginError):
                 raise PluginError(message) from None
             click.echo(f"mbp: {message}", err=True)
@@ -43,7 +56,10 @@ class ImportGroup(click.Group):
         return sorted(importers())
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        return importers().get(name)
+        from mbp.cli.common import add_debug_option
+
+        command = importers().get(name)
+        return None if command is None else add_debug_option(command)
 
 
 @click.group("import", cls=ImportGroup)

@@ -12,7 +12,8 @@ from mbp.components import ComponentTable
 from mbp.config import Pipeline
 from mbp.data.field_cache import FieldCache
 from mbp.data.read import RawSample
-from mbp.errors import CodecError, DataError, MissingFieldError, PluginError, ProtocolError
+from mbp.errors import CodecError, DataError, MissingFieldError, PluginError, PluginExitError, ProtocolError
+from mbp.interrupts import from_user, what_it_did
 from mbp.protocol import BOS, EOS, TOKEN_DTYPE, encode_segment
 
 if TYPE_CHECKING:  # mbp.heads reads EncodedSample from here
@@ -110,6 +111,10 @@ class SampleEncoder:
         }
         """The fields whose training encodings vary (``Augmenting``, augmentation on)."""
         self.context_weights = {name: context_weight_of(codec) for name, codec in self.codecs.items()}
+        self.plugins = {
+            name: components.get("codecs", ref.type).plugin for name, ref in pipeline.fields.items()
+        }
+        """The plugin that registered each field's codec, to name when its code ends the run."""
 
     def encode(self, raw: RawSample, augment: np.random.Generator | None = None) -> EncodedSample:
         """``augment``: a training sample, to be varied by the codecs that can (``Augmenting``)."""
@@ -134,6 +139,14 @@ class SampleEncoder:
             except Exception as error:  # a codec bug must cost one sample, named, never the run
                 detail = " ".join(f"{type(error).__name__}: {error}".split())
                 raise DataError(f"{raw.where}:field {found}: codec '{codec.name}' failed: {detail}") from None
+            except (SystemExit, KeyboardInterrupt) as error:  # the codec asked to end the run: say whose
+                if from_user(error):
+                    raise
+                did = what_it_did(error)
+                owner = self.plugins[name]
+                raise PluginExitError(
+                    f"{raw.where}:field {found}: codec '{codec.name}' (plugin '{owner}') {did}"
+                ) from None
             spans.append(Span(name, codec.name, offset, offset + len(tokens), self.context_weights[name]))
             parts.append(tokens)
             offset += len(tokens)

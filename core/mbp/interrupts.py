@@ -1,0 +1,54 @@
+"""Telling the user's Ctrl-C from a ``KeyboardInterrupt`` that code raised itself.
+
+While a command runs, the CLI's SIGINT handler raises :class:`UserInterrupt`; plugin code that raises
+``KeyboardInterrupt`` (or calls ``sys.exit``) raises something else, which the core reports as that
+plugin's failure instead of stopping as if the user had asked it to.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+
+class UserInterrupt(KeyboardInterrupt):
+    """The user pressed Ctrl-C (SIGINT arrived)."""
+
+
+def _on_sigint(signum: int, frame: FrameType | None) -> None:
+    raise UserInterrupt
+
+
+@contextmanager
+def telling_user_interrupts() -> Iterator[None]:
+    """Within the block, SIGINT raises :class:`UserInterrupt`. Only where Python's default handler is in
+    place and only on the main thread (the one signals reach); an ignored SIGINT stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def from_user(error: BaseException) -> bool:
+    """Whether ``error`` is the user's Ctrl-C. Where the CLI's handler is not in place (mbp used as a
+    library) no interrupt can be told apart, so every ``KeyboardInterrupt`` counts as the user's."""
+    if isinstance(error, UserInterrupt):
+        return True
+    return isinstance(error, KeyboardInterrupt) and signal.getsignal(signal.SIGINT) is not _on_sigint
+
+
+def what_it_did(error: BaseException) -> str:
+    """``sys.exit(3)`` -> "called sys.exit(3)"; a KeyboardInterrupt -> "raised KeyboardInterrupt"."""
+    if isinstance(error, SystemExit):
+        return f"called sys.exit({error.code!r})"
+    return f"raised {type(error).__name__}"
