@@ -37,7 +37,8 @@ def recorded_pipeline(
     directory: Path, document: dict[str, Any], components: ComponentTable
 ) -> Resolved | None:
     """The pipeline the checkpoint's run recorded, resolved as a registry's would be; None if the
-    weights were saved without one."""
+    weights were saved without one. Its ``data.max_eval_samples`` is dropped: a run may have planned
+    it to keep its evaluations short, and a checkpoint's score is over every sample it is given."""
     if "pipeline" not in document:
         return None
     try:
@@ -46,6 +47,8 @@ def recorded_pipeline(
         first = error.errors()[0]
         key = ".".join(str(p) for p in ("pipeline", *first["loc"]))
         raise CheckpointError(f"{directory}/{CONFIG}: key {key}: {first['msg']}") from None
+    data = pipeline.data.model_copy(update={"max_eval_samples": None})
+    pipeline = pipeline.model_copy(update={"data": data})
     name = str(document.get("pipeline_name") or "checkpoint")
     raw = {"pipelines": {name: document["pipeline"]}}
     registry = Registry(f"{directory}/{CONFIG}", raw, RegistryFile(pipelines={name: pipeline}), {})

@@ -156,18 +156,20 @@ class LoadedModel:
         return Continuation(tokens.tolist(), generated)
 
     def answer(self, sample: Mapping[str, bytes | str]) -> str:
-        """The answer the head's field gets from greedy decoding given the sample's other fields: what
-        ``mbp eval`` counts as the prediction (undecodable bytes shown as U+FFFD).
+        """The answer greedy decoding writes for the head's field (``vqa``'s answer, ``classify``'s label)
+        given the sample's other fields, undecodable bytes shown as U+FFFD. ``mbp eval`` counts a sample
+        correct exactly when this equals its answer; ``classify``'s confusion matrix lists these.
 
         Example::
 
             model.answer({"image": Path("cat.png").read_bytes(), "question": "what animal?"})
         """
-        from mbp.heads import prompt_length
+        from mbp.heads import FieldHead, prompt_length
         from mbp.train.evaluate import greedy_answers
 
         resolved = self._pipeline("answer")
-        target = resolved.head.generate_field
+        head = resolved.head
+        target = head.field if isinstance(head, FieldHead) else head.generate_field
         if target is None:
             raise ConfigError(
                 f"pipeline '{resolved.name}': head '{resolved.head.name}' answers no field "
