@@ -19,11 +19,12 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from mbp.components import ComponentTable
 from mbp.errors import ConfigError, DataError
 from mbp.model.decoder import MultiscaleDecoder
 from mbp.prompting import (
@@ -37,6 +38,10 @@ from mbp.prompting import (
     stop_tokens,
 )
 from mbp.resolve import Resolved
+
+if TYPE_CHECKING:
+    from mbp.data.batches import Batch
+    from mbp.data.encode import EncodedSample
 
 Shards = str | Path | Sequence[str | Path]
 """One shard (a path, a glob, ``bundled:NAME``) or several."""
@@ -62,7 +67,12 @@ class LoadedModel:
     """
 
     def __init__(
-        self, path: Path, model: MultiscaleDecoder, document: dict[str, Any], resolved: Resolved | None
+        self,
+        path: Path,
+        model: MultiscaleDecoder,
+        document: dict[str, Any],
+        resolved: Resolved | None,
+        components: ComponentTable,
     ) -> None:
         self.path = path
         """The checkpoint folder the weights came from."""
@@ -71,6 +81,8 @@ class LoadedModel:
         """The checkpoint's ``config.json``."""
         self.resolved = resolved
         """The pipeline, resolved; None for weights saved without one (generation without fields only)."""
+        self.components = components
+        """The installed plugins' codecs, backbones and heads."""
 
     @property
     def pipeline_name(self) -> str | None:
@@ -141,7 +153,7 @@ class LoadedModel:
         sampling = sampling_of(temperature, top_k, top_p, seed, flag=flag)
         if max_bytes < 1:
             raise ConfigError(f"{flag}{'max-bytes' if flag else 'max_bytes'} {max_bytes}: expected 1 or more")
-        check_codec(codec, self.model_components(), flag=flag)
+        check_codec(codec, self.components, flag=flag)
         start = prompt.encode("utf-8") if isinstance(prompt, str) else bytes(prompt)
         tokens = prompt_tokens(self.resolved, list(fields), codec, start, flag=flag)
         callback = (lambda _row, token: on_token(token)) if on_token is not None else None
@@ -237,11 +249,6 @@ class LoadedModel:
         nats = np.concatenate([n for _, n, _ in score_tokens(self.model, self._rows_of(resolved, encoded))])
         return float(nats.sum()) / len(nats) / math.log(2)
 
-    def model_components(self) -> Any:
-        from mbp.plugins import get_platform
-
-        return self.resolved.components if self.resolved is not None else get_platform().components
-
     def _pipeline(self, method: str) -> Resolved:
         if self.resolved is None:
             raise ConfigError(
@@ -250,7 +257,7 @@ class LoadedModel:
             )
         return self.resolved
 
-    def _rows_of(self, resolved: Resolved, sample: Any) -> list[Any]:
+    def _rows_of(self, resolved: Resolved, sample: EncodedSample) -> list[Batch]:
         """``sample`` in rows as evaluation lays out a held-out sample (cut into rows where the head
         splits samples)."""
         from mbp.data.batches import Position, aligned, batches
@@ -278,7 +285,7 @@ def _values(sample: Mapping[str, bytes | str] | bytes | str) -> dict[str, bytes]
     return {str(k): v.encode("utf-8") if isinstance(v, str) else bytes(v) for k, v in sample.items()}
 
 
-def _encode(resolved: Resolved, values: dict[str, bytes]) -> Any:
+def _encode(resolved: Resolved, values: dict[str, bytes]) -> EncodedSample:
     """One sample given as values, encoded through the pipeline as its held-out samples are."""
     from mbp.data.read import RawSample
 
@@ -302,13 +309,14 @@ def load(path: str | Path, *, pipeline: str | None = None, registry: str | Path 
         model = mbp.load("runs/demo/checkpoints/best")
         model = mbp.load("runs/demo", pipeline="vqa-mixed", registry="registry.yaml")
     """
+    from mbp.api import load_components
     from mbp.checkpoint_pipeline import checkpoint_folder, given_pipeline, recorded_pipeline
     from mbp.model.io import load_model
-    from mbp.plugins import get_platform
 
-    components = get_platform().components
+    components = load_components()
     directory = checkpoint_folder(Path(path))
     if pipeline is None and registry is None:
         model, document = load_model(directory, components)
-        return LoadedModel(directory, model, document, recorded_pipeline(directory, document, components))
-    return LoadedModel(directory, *given_pipeline(directory, pipeline, registry, components))
+        resolved = recorded_pipeline(directory, document, components)
+        return LoadedModel(directory, model, document, resolved, components)
+    return LoadedModel(directory, *given_pipeline(directory, pipeline, registry, components), components)

@@ -81,17 +81,17 @@ def run(
 
         summary = mbp.run("vqa-mixed", out="runs/demo", settings={"train.steps": 20})  # bundled shards
     """
+    from mbp.api import load_components
     from mbp.data.read import expand_shards
     from mbp.errors import ConfigError
     from mbp.overrides import apply_overrides
-    from mbp.plugins import get_platform
     from mbp.resolve import resolve
     from mbp.train.loop import RunRequest
     from mbp.train.loop import run as train
 
     if init_from is not None and resume:
         raise ConfigError("give --init-from (start from a checkpoint's weights) or --resume, not both")
-    components = get_platform().components
+    components = load_components()
     registry_path = str(registry) if registry is not None else None
     base = resolve(registry_path, pipeline, components=components)
     overrides = setting_lines(settings)
