@@ -185,7 +185,7 @@ class LoadedModel:
         if target is None:
             raise ConfigError(
                 f"pipeline '{resolved.name}': head '{resolved.head.name}' answers no field "
-                "(generate or bits_per_byte score such a model)"
+                "(such a model generates and scores bytes: generate, bits_per_byte)"
             )
         values = _values(sample)
         if not any(name.split(".", 1)[0] == target for name in values):

@@ -103,7 +103,7 @@ def score_tokens(
 
 def greedy_answers(model: MultiscaleDecoder, prompts: list[torch.Tensor]) -> list[bytes]:
     """What greedy decoding writes after each prompt (which ends with a segment's HDR) until the segment
-    or the sample ends: the answer evaluation scores. Prompts of one length run together (cached prefill)."""
+    or the sample ends: the answer evaluation scores. The prompts are generated together, in one batch."""
     from mbp.generate import generate
 
     generated = generate(model, prompts, max_new=ANSWER_TOKENS, stop_tokens=(END, EOS))
