@@ -169,8 +169,9 @@ class LoadedModel:
 
     def answer(self, sample: Mapping[str, bytes | str]) -> str:
         """The answer greedy decoding writes for the head's field (``vqa``'s answer, ``classify``'s label)
-        given the sample's other fields, undecodable bytes shown as U+FFFD. ``mbp eval`` counts a sample
-        correct exactly when this equals its answer; ``classify``'s confusion matrix lists these.
+        given the sample's other fields, until the segment or the sample ends; undecodable bytes show as
+        U+FFFD. ``classify``'s confusion matrix in ``mbp eval`` lists these; its ``accuracy`` counts a
+        sample correct when this is its answer and the segment was closed (not cut off by the sample's end).
 
         Example::
 
