@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import codecs as textcodecs
 import json
-import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from mbp.cli.common import say
-from mbp.errors import CheckpointError, CodecError, ConfigError
+from mbp.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mbp.codec import Codec
+    from mbp.prompting import FieldValue
 
 
 @click.command("generate")
@@ -58,88 +63,77 @@ def generate_command(
     seed: int | None,
     out_dir: Path | None,
 ) -> None:
-    """Generate bytes from a checkpoint written by `mbp run`."""
-    import torch
-    from pydantic import ValidationError
-
-    from mbp.codec import Codec, write_segments
-    from mbp.config import Pipeline
-    from mbp.data.encode import field_codecs
-    from mbp.generate import Sampling, generate
-    from mbp.model.io import load_model
+    """Generate bytes from a checkpoint written by `mbp run` (or a run folder: its best, else its last)."""
+    from mbp.codec import write_segments
+    from mbp.loaded import load
     from mbp.plugins import get_platform
-    from mbp.protocol import END, EOS, Segment, prompt_stream
+    from mbp.prompting import check_codec, check_field, sampling_of
 
     if prompt is not None and prompt_file is not None:
         raise ConfigError("give --prompt or --prompt-file, not both")
-    for option, number in (("--temperature", temperature), ("--top-p", top_p)):
-        if number is not None and not math.isfinite(number):  # click's ranges let nan and inf through
-            raise ConfigError(f"{option} {number}: expected a finite number")
+    sampling_of(temperature, top_k, top_p, seed, flag="--")
     if prompt_file is not None:
         try:
             prompt = prompt_file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
             raise ConfigError(f"--prompt-file {prompt_file}: {error}") from None
     components = get_platform().components
-    if open_codec not in components.names("codecs"):
-        valid = ", ".join(components.names("codecs"))
-        raise ConfigError(f"--codec {open_codec}: not a registered codec (valid: {valid})")
-    model, document = load_model(checkpoint, components)
-    try:
-        pipeline = Pipeline.model_validate(document["pipeline"]) if "pipeline" in document else None
-    except ValidationError as error:
-        first = error.errors()[0]
-        key = ".".join(str(p) for p in ("pipeline", *first["loc"]))
-        raise CheckpointError(f"{checkpoint}/config.json: key {key}: {first['msg']}") from None
-    segments: list[Segment] = []
-    field_codec: dict[str, Codec] = {}
-    if pipeline:  # the codecs training used, reading views included
-        field_codec = field_codecs(pipeline, components, components.build("heads", pipeline.head.as_dict()))
-    for setting in fields:
-        name, sep, value = setting.partition("=")
-        if not sep:
-            raise ConfigError(f"--field {setting!r}: expected NAME=VALUE")
-        ref = pipeline.fields.get(name) if pipeline else None
-        if ref is None:
-            known = ", ".join(pipeline.fields) if pipeline else "none (checkpoint has no pipeline)"
-            raise ConfigError(f"--field {name}: not a field of the checkpoint's pipeline (fields: {known})")
-        try:
-            data = Path(value[1:]).read_bytes() if value.startswith("@") else value.encode("utf-8")
-        except OSError as error:
-            raise ConfigError(f"--field {name}: cannot read {value[1:]}: {error.strerror}") from None
-        try:
-            segments.append(field_codec[name].encode(data))
-        except CodecError as error:
-            source = value[1:] if value.startswith("@") else "the value given"
-            raise ConfigError(f"--field {name}: {source}: {error}") from None
-    tokens = torch.as_tensor(
-        prompt_stream(segments, open_codec, (prompt or "").encode("utf-8")).astype("int64")
-    )
+    check_codec(open_codec, components, flag="--")
+    loaded = load(checkpoint)
+    values = [
+        _field_value(setting, lambda name: check_field(loaded.resolved, name, flag="--"))
+        for setting in fields
+    ]
     decoder = textcodecs.getincrementaldecoder("utf-8")("replace")
     streaming = out_dir is None and open_codec == "text"
     if streaming and prompt:
         sys.stdout.write(prompt)
 
-    def stream(row: int, token: int) -> None:
+    def stream(token: int) -> None:
         if streaming and token < 256:
             sys.stdout.write(decoder.decode(bytes([token])))
             sys.stdout.flush()
 
-    def codec_for(name: str) -> Codec:
-        return components.build("codecs", {"type": name})
-
-    sampling = Sampling(temperature, top_k, top_p, seed)
-    stops = (END, EOS) if out_dir is None else (EOS,)
-    generated = generate(
-        model, [tokens], max_new=max_bytes, sampling=sampling, stop_tokens=stops, callback=stream
-    )[0]
+    continued = loaded.continuation(
+        prompt or "",
+        fields=values,
+        codec=open_codec,
+        max_bytes=max_bytes,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        whole_sample=out_dir is not None,
+        on_token=stream,
+        flag="--",
+    )
     if streaming:
         sys.stdout.write(decoder.decode(b"", final=True) + "\n")
     if out_dir is not None:
-        written = write_segments(tokens.tolist() + generated, len(fields), out_dir, codec_for, say)
+
+        def codec_for(name: str) -> Codec:
+            return components.build("codecs", {"type": name})
+
+        written = write_segments(continued.tokens, len(fields), out_dir, codec_for, say)
         sys.stdout.write(json.dumps({"files": written}, indent=2) + "\n")
     else:
-        say(f"generated {len(generated)} tokens")
+        say(f"generated {len(continued.generated)} tokens")
+
+
+def _field_value(setting: str, check: Callable[[str], None]) -> FieldValue:
+    """``--field NAME=VALUE``: VALUE as UTF-8 text, or ``@PATH``'s bytes."""
+    from mbp.prompting import FieldValue
+
+    name, sep, value = setting.partition("=")
+    if not sep:
+        raise ConfigError(f"--field {setting!r}: expected NAME=VALUE")
+    check(name)
+    if not value.startswith("@"):
+        return FieldValue(name, value.encode("utf-8"))
+    try:
+        return FieldValue(name, Path(value[1:]).read_bytes(), value[1:])
+    except OSError as error:
+        raise ConfigError(f"--field {name}: cannot read {value[1:]}: {error.strerror}") from None
 
 
 COMMANDS = [generate_command]

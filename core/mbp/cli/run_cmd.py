@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 
 from mbp.cli.common import emit_json, json_option, registry_option, say
-from mbp.overrides import apply_overrides
 
 
 @click.command("run")
@@ -62,39 +61,21 @@ def run_command(
     as_json: bool,
 ) -> None:
     """Train and evaluate PIPELINE (default: the registry's) on SHARDS (default: data.train_shards)."""
-    from mbp.data.read import expand_shards
-    from mbp.errors import ConfigError
-    from mbp.plugins import get_platform
-    from mbp.resolve import resolve
-    from mbp.train.loop import RunRequest, run
+    from mbp.running import run
 
-    if init_from is not None and resume:
-        raise ConfigError("give --init-from (start from a checkpoint's weights) or --resume, not both")
-    components = get_platform().components
-    base = resolve(registry_path, pipeline, components=components)
     settings = list(overrides) + ([f"train.steps={steps}"] if steps is not None else [])
-    if settings:
-        resolved = resolve(registry_path, base.name, apply_overrides(base, settings), components=components)
-    else:
-        resolved = base
-    data = resolved.pipeline.data
-    train = expand_shards(list(shards) or data.train_shards)
-    if not train:
-        raise ConfigError(
-            f"pipeline '{resolved.name}' names no train shards: pass SHARDS or set data.train_shards"
-        )
-    evals = expand_shards(list(eval_shards) or data.eval_shards)
-    out = out_dir or Path("mbp-runs") / resolved.name
-    request = RunRequest(
-        out,
-        train,
-        evals,
-        resume=resume or take_intact,
+    summary = run(
+        pipeline,
+        shards,
+        out=out_dir,
+        eval_shards=eval_shards,
+        settings=settings,
+        registry=registry_path,
+        resume=resume,
+        resume_intact=take_intact,
         init_from=init_from,
         overwrite=overwrite,
-        take_intact=take_intact,
     )
-    summary = run(resolved, request)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 speaks for the run
     if as_json:
@@ -129,34 +110,17 @@ def eval_command(
     pipeline: str, shards: tuple[str, ...], checkpoint: Path, registry_path: str | None, as_json: bool
 ) -> None:
     """Evaluate a checkpoint on SHARDS with PIPELINE's task head."""
-    from mbp.config import ModelConfig
-    from mbp.data.read import expand_shards
-    from mbp.data.skips import SkipLog
-    from mbp.errors import DataError
-    from mbp.model.io import load_model
-    from mbp.plugins import get_platform
-    from mbp.resolve import resolve
-    from mbp.train.evaluate import eval_batches, evaluate
-    from mbp.train.patch_plan import with_trained_patch
-    from mbp.train.rows import rows_of_checkpoint
-    from mbp.train.rundir import check_belongs
+    from mbp.loaded import load
 
-    components = get_platform().components
-    resolved = resolve(registry_path, pipeline, components=components)
-    model, document = load_model(checkpoint, components)
-    check_belongs(checkpoint, resolved.name, resolved.pipeline, document)
-    log = SkipLog(quiet=as_json)
-    expanded = expand_shards(shards)
-    trained = ModelConfig.model_validate(document["model"])
-    resolved = rows_of_checkpoint(with_trained_patch(resolved, trained), document, expanded)
-    batches = eval_batches(resolved, expanded, log, model.patch_len)
-    if not batches:  # metrics of nothing would read as a result
-        reasons = ", ".join(f"{n} {kind}" for kind, n in log.reasons.items()) or "no sample in them"
-        raise DataError(
-            f"no usable sample in {len(expanded)} shard(s) ({', '.join(expanded[:3])}): {reasons}"
-        )
-    metrics = evaluate(model, batches, resolved.head)
-    document = {"pipeline": resolved.name, "checkpoint": str(checkpoint), "metrics": metrics, **log.summary()}
+    loaded = load(checkpoint, pipeline=pipeline, registry=registry_path)
+    evaluation = loaded.evaluate(shards, quiet=as_json)
+    metrics = evaluation.metrics
+    document = {
+        "pipeline": loaded.pipeline_name,
+        "checkpoint": str(checkpoint),
+        "metrics": metrics,
+        **evaluation.skips,
+    }
     if as_json:
         emit_json(document)
     else:

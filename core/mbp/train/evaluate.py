@@ -23,6 +23,9 @@ from mbp.train.watch import warn
 
 FP32 = PrecisionChoice("fp32", "evaluation default")
 
+ANSWER_TOKENS = 64
+"""The most tokens an answer may take when generated (its END included)."""
+
 Scored = list[tuple[EncodedSample, np.ndarray, np.ndarray]]
 """Each evaluated sample with its per-token nats and argmax hits."""
 
@@ -69,8 +72,31 @@ def evaluate(
 ) -> dict[str, Any]:
     metrics = head.metrics()
     field = head.generate_field
-    scored: Scored = []
+    was_training = model.training
+    model.eval()
+    try:
+        scored = score_tokens(model, batches, precision=precision)
+        generated = _generated(model, field, scored) if field else {}
+        for index, (sample, nats, correct) in enumerate(scored):
+            metrics.update(sample, nats, correct, generated.get(index))
+    finally:
+        model.train(was_training)
     weighted_nats, weight_sum = 0.0, 0.0
+    for sample, nats, _ in scored:
+        weighted_nats += float(np.dot(nats, sample.weights))
+        weight_sum += float(sample.weights.sum())
+    result = metrics.result()
+    # the loss training minimises, on held-out data: set beside train_bpb, it shows memorising
+    result["loss_bpb"] = weighted_nats / max(weight_sum, 1e-12) / math.log(2)
+    return result
+
+
+@torch.no_grad()
+def score_tokens(
+    model: MultiscaleDecoder, batches: Iterable[Batch], *, precision: PrecisionChoice | None = None
+) -> Scored:
+    """Each sample of ``batches``, in order, with the nats and argmax hit of each of its tokens."""
+    scored: Scored = []
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -86,17 +112,18 @@ def evaluate(
                 for sample, offset in zip(row, starts, strict=True):
                     end = offset + len(sample.tokens)
                     scored.append((sample, nats[offset:end], correct[offset:end]))
-                    weighted_nats += float(np.dot(nats[offset:end], sample.weights))
-                    weight_sum += float(sample.weights.sum())
-        generated = _generated(model, field, scored) if field else {}
-        for index, (sample, nats, correct) in enumerate(scored):
-            metrics.update(sample, nats, correct, generated.get(index))
     finally:
         model.train(was_training)
-    result = metrics.result()
-    # the loss training minimises, on held-out data: set beside train_bpb, it shows memorising
-    result["loss_bpb"] = weighted_nats / max(weight_sum, 1e-12) / math.log(2)
-    return result
+    return scored
+
+
+def greedy_answers(model: MultiscaleDecoder, prompts: list[torch.Tensor]) -> list[bytes]:
+    """What greedy decoding writes after each prompt (which ends with a segment's HDR) until the segment
+    or the sample ends: the answer evaluation scores. The prompts are generated together, in one batch."""
+    from mbp.generate import generate
+
+    generated = generate(model, prompts, max_new=ANSWER_TOKENS, stop_tokens=(END, EOS))
+    return [bytes(t for t in tokens if t < 256) for tokens in generated]
 
 
 def _generated(model: MultiscaleDecoder, field: str, scored: Scored, group: int = 16) -> dict[int, bytes]:
@@ -106,8 +133,6 @@ def _generated(model: MultiscaleDecoder, field: str, scored: Scored, group: int 
     them, so greedy decoding writes exactly the payload. The misses are generated in groups of prompts
     of one length (cached prefill runs them together), not one by one.
     """
-    from mbp.generate import generate
-
     out: dict[int, bytes] = {}
     misses: dict[int, list[int]] = {}
     for index, (sample, _, correct) in enumerate(scored):
@@ -120,8 +145,6 @@ def _generated(model: MultiscaleDecoder, field: str, scored: Scored, group: int 
         for start in range(0, len(indices), group):
             chunk = indices[start : start + group]
             prompts = [torch.as_tensor(scored[i][0].tokens[:cut].astype("int64")) for i in chunk]
-            for i, tokens in zip(
-                chunk, generate(model, prompts, max_new=64, stop_tokens=(END, EOS)), strict=True
-            ):
-                out[i] = bytes(t for t in tokens if t < 256)
+            for i, answer in zip(chunk, greedy_answers(model, prompts), strict=True):
+                out[i] = answer
     return out
