@@ -67,6 +67,7 @@ def generate_command(
     from mbp.data.encode import field_codecs
     from mbp.generate import Sampling, generate
     from mbp.model.io import load_model
+    from mbp.outdir import check_writable
     from mbp.plugins import get_platform
     from mbp.protocol import END, EOS, Segment, prompt_stream
 
@@ -75,6 +76,8 @@ def generate_command(
     for option, number in (("--temperature", temperature), ("--top-p", top_p)):
         if number is not None and not math.isfinite(number):  # click's ranges let nan and inf through
             raise ConfigError(f"{option} {number}: expected a finite number")
+    if out_dir is not None:  # before generating: output that cannot be written would be lost
+        check_writable(out_dir)
     if prompt_file is not None:
         try:
             prompt = prompt_file.read_text(encoding="utf-8")

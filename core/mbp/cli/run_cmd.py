@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
 
 import click
@@ -64,9 +65,11 @@ def run_command(
     """Train and evaluate PIPELINE (default: the registry's) on SHARDS (default: data.train_shards)."""
     from mbp.data.read import expand_shards
     from mbp.errors import ConfigError
+    from mbp.outdir import refuse_unsafe_output
     from mbp.plugins import get_platform
     from mbp.resolve import resolve
     from mbp.train.loop import RunRequest, run
+    from mbp.train.outlock import holding
 
     if init_from is not None and resume:
         raise ConfigError("give --init-from (start from a checkpoint's weights) or --resume, not both")
@@ -94,9 +97,13 @@ def run_command(
         overwrite=overwrite,
         take_intact=take_intact,
     )
-    summary = run(resolved, request)
-    if os.environ.get("RANK", "0") != "0":
-        return  # under torchrun, rank 0 speaks for the run
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 holds the folder and speaks
+    if overwrite:
+        refuse_unsafe_output(out, "--out")
+    with holding(out) if main else nullcontext():
+        summary = run(resolved, request)
+    if not main:
+        return
     if as_json:
         emit_json(summary)
         return
