@@ -21,6 +21,7 @@ from mbp.config import ModelConfig
 from mbp.errors import MbpError
 from mbp.model.build import build_model
 from mbp.model.io import save_model
+from mbp.outdir import check_writable
 from mbp.train.outlock import LOCK, OutputBusyError, holding
 
 from tests.conftest import ROOT, invoke_mbp, stage
@@ -224,6 +225,15 @@ def test_a_run_failing_after_setup_leaves_a_folder_a_plain_run_takes(trained, tm
     assert failed.returncode == 2 and "sink 'tensorboard' cannot be used" in failed.stderr
     result = run(trained, out, "--steps", "1")
     assert result.returncode == 0, result.stderr
+
+
+def test_a_write_probe_leaves_another_processs_probe_alone(tmp_path: Path) -> None:
+    """Before the fix: every probe was ``.mbp-write-probe``; two runs starting together removed each
+    other's, and one failed with 'cannot write there (No such file or directory)'."""
+    theirs = tmp_path / ".mbp-write-probe"
+    theirs.write_text("theirs")
+    check_writable(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [".mbp-write-probe"] and theirs.read_text() == "theirs"
 
 
 # --- the lock on --out -------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ replaced, rather than trusted to hold nothing else.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -20,12 +21,12 @@ class OutputError(MbpError):
 
 
 def check_writable(out: Path, option: str = "--out") -> None:
-    """Create ``out`` and write a probe file there, so that a failure shows before any work is done."""
+    """Create ``out`` and write a probe file there, so that a failure shows before any work is done.
+    The probe's name is its own: two processes probing one folder must not remove each other's."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".mbp-write-probe"
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".mbp-write-probe-") as probe:
+            probe.write(b"ok")
     except OSError as error:
         raise OutputError(f"{option} {out}: cannot write there ({error.strerror or error})") from None
 
