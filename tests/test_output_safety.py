@@ -96,6 +96,15 @@ def test_a_folder_of_only_the_files_it_gets_anew_is_swapped_whole(tmp_path: Path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
+def test_a_linked_folder_gets_the_new_files_through_the_link(tmp_path: Path) -> None:
+    """Swapping the link whole would rename the link and empty the folder it points to."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "a").write_text("old")
+    (tmp_path / "ckpt").symlink_to(tmp_path / "real")
+    write_dir_atomically(tmp_path / "ckpt", fill(a="new"))
+    assert (tmp_path / "ckpt").is_symlink() and (tmp_path / "real" / "a").read_text() == "new"
+
+
 def test_the_working_directory_as_target_loses_nothing(tmp_path: Path, monkeypatch) -> None:
     """Before the fix: the working directory emptied recursively, then OSError 'Invalid argument'."""
     here = tmp_path / "here"
@@ -178,8 +187,13 @@ def test_overwrite_removes_only_what_a_run_wrote(trained, tmp_path: Path) -> Non
     (out / "checkpoints" / "step-00000002" / "notes.txt").write_text("mine")
     (out / "checkpoints" / "saved").mkdir()
     (out / "checkpoints" / "saved" / "model.safetensors").write_text("mine")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "model.safetensors").write_text("mine")
+    (out / "checkpoints" / "damaged-step-00000001").symlink_to(tmp_path / "elsewhere")  # mbp makes no links
     result = run(trained, out, "--steps", "1", "--overwrite")
     assert result.returncode == 0, result.stderr
+    assert (tmp_path / "elsewhere" / "model.safetensors").read_text() == "mine"
+    assert (out / "checkpoints" / "damaged-step-00000001").is_symlink()
     assert files(out / "checkpoints") == [
         "mine.txt",
         "saved/model.safetensors",
@@ -189,8 +203,8 @@ def test_overwrite_removes_only_what_a_run_wrote(trained, tmp_path: Path) -> Non
         "step-00000002/notes.txt",
     ]
     assert (
-        f"mbp: --overwrite kept 3 item(s) in {out / 'checkpoints'} that a run does not write: "
-        "mine.txt, saved, step-00000002/notes.txt"
+        f"mbp: --overwrite kept 4 item(s) in {out / 'checkpoints'} that a run does not write: "
+        "damaged-step-00000001, mine.txt, saved and 1 more"
     ) in result.stderr
 
 

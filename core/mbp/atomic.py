@@ -48,8 +48,10 @@ def _put(tmp: Path, target: Path, names: list[str]) -> None:
         return
     present = list(target.iterdir())
     cwd = Path.cwd()
-    swappable = all(p.name in names and not p.is_dir() for p in present) and not (
-        cwd == target or target in cwd.parents
+    swappable = (
+        all(p.name in names and not p.is_dir() for p in present)
+        and not target.is_symlink()  # renaming the link would empty the folder it points to
+        and not (cwd == target or target in cwd.parents)
     )
     if swappable:
         old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))

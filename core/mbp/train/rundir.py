@@ -2,8 +2,10 @@
 
 A second run into a folder that holds a run would interleave two runs' checkpoints (rotation keeps the
 old run's higher steps) and replace its metrics, so that is an error unless ``--resume`` or
-``--overwrite`` says what is meant. A resumed checkpoint must belong to the pipeline (same fields, same
-model shapes) and be intact; a damaged newest one is named, with the newest intact one offered.
+``--overwrite`` says what is meant. ``--overwrite`` removes files by the names a run gives them, and
+nothing else: the folder may hold the user's own files, in ``checkpoints`` too. A resumed checkpoint
+must belong to the pipeline (same fields, same model shapes) and be intact; a damaged newest one is
+named, with the newest intact one offered.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ def holds_run(out: Path) -> bool:
     """Whether ``out`` holds what a run leaves: a checkpoint (finished or not) or metrics of a step.
     A run that ended before its first step (an error, ``--steps 0``) leaves no such thing."""
     folder = out / "checkpoints"
-    if folder.is_dir() and any(OWN_FOLDER.match(p.name) or LEFTOVER.match(p.name) for p in folder.iterdir()):
+    if folder.is_dir() and any(
+        _own_folder(p, OWN_FOLDER) or _own_folder(p, LEFTOVER) for p in folder.iterdir()
+    ):
         return True
     try:
         with open(out / "metrics.jsonl") as handle:
@@ -44,6 +48,11 @@ def holds_run(out: Path) -> bool:
         return False
     except (OSError, UnicodeDecodeError):
         return True  # unreadable: not known to be empty
+
+
+def _own_folder(path: Path, pattern: re.Pattern[str]) -> bool:
+    """A folder mbp made: its name is one mbp gives, and it is no link (mbp makes none)."""
+    return bool(pattern.match(path.name)) and path.is_dir() and not path.is_symlink()
 
 
 def _stepped(line: str) -> bool:
@@ -78,7 +87,7 @@ def remove_run(out: Path) -> None:
     folder, kept = out / "checkpoints", []
     if folder.is_dir():
         for path in sorted(folder.iterdir()):
-            if path.is_dir() and (OWN_FOLDER.match(path.name) or LEFTOVER.match(path.name)):
+            if _own_folder(path, OWN_FOLDER) or _own_folder(path, LEFTOVER):
                 kept += [f"{path.name}/{name}" for name in remove_owned(path, CHECKPOINT_FILES)]
             else:
                 kept.append(path.name)
@@ -98,7 +107,7 @@ def remove_leftovers(out: Path) -> list[str]:
         return []
     removed = []
     for path in sorted(folder.iterdir()):
-        if path.is_dir() and LEFTOVER.match(path.name) and not remove_owned(path, CHECKPOINT_FILES):
+        if _own_folder(path, LEFTOVER) and not remove_owned(path, CHECKPOINT_FILES):
             removed.append(path.name)
     if removed:
         print(f"mbp: removed {len(removed)} unfinished checkpoint folder(s) in {folder}", file=sys.stderr)
