@@ -18,13 +18,16 @@
 - Importers (``mbp_register_importers``) write ordinary mbp checkpoints from another tool's: the model's
   ``ModelConfig`` and ``Pipeline``, ``build_model``, ``MultiscaleDecoder``, ``save_model``,
   ``load_components`` (the installed plugins' component table) and the vocabulary's ``PAD`` and
-  ``VOCAB_SIZE``; ``CheckpointError`` for files that cannot be read.
+  ``VOCAB_SIZE``; ``CheckpointError`` for files that cannot be read. ``refuse_unsafe_output`` refuses an
+  output folder that is or holds the working directory or an input; ``write_file_atomically`` writes a
+  file beside the checkpoint.
 - Errors a plugin raises: ``CodecError`` for a bad value or segment (the sample is skipped and counted),
   ``ConfigError`` for parameters that cannot work together, ``DataError`` for an unusable sample.
 """
 
 from __future__ import annotations
 
+from mbp.atomic import write_file_atomically
 from mbp.codec import Augmenting, Codec, ContextWeighting, ReadingView, RowLayout, SegmentExtension
 from mbp.components import ComponentTable
 from mbp.config import ModelConfig, Pipeline
@@ -50,6 +53,7 @@ from mbp.model.decoder import MultiscaleDecoder
 from mbp.model.dropout import Dropout, dropout
 from mbp.model.io import save_model
 from mbp.model.norm import RMSNorm
+from mbp.outdir import refuse_unsafe_output
 from mbp.plugins import get_platform
 from mbp.protocol import PAD, VOCAB_SIZE, Segment
 from mbp.sinks import MetricsSink, SinkUnavailableError
@@ -104,6 +108,8 @@ __all__ = [
     "payload_bytes",
     "payload_range",
     "prompt_length",
+    "refuse_unsafe_output",
     "save_model",
     "small_tensor_ops",
+    "write_file_atomically",
 ]

@@ -12,7 +12,9 @@ Example::
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, TypedDict, cast
 
@@ -84,10 +86,12 @@ def run(
     from mbp.api import load_components
     from mbp.data.read import expand_shards
     from mbp.errors import ConfigError
+    from mbp.outdir import refuse_unsafe_output
     from mbp.overrides import apply_overrides
     from mbp.resolve import resolve
     from mbp.train.loop import RunRequest
     from mbp.train.loop import run as train
+    from mbp.train.outlock import holding
 
     if init_from is not None and resume:
         raise ConfigError("give --init-from (start from a checkpoint's weights) or --resume, not both")
@@ -106,8 +110,9 @@ def run(
             f"pipeline '{resolved.name}' names no train shards: pass SHARDS or set data.train_shards"
         )
     evals = expand_shards([str(s) for s in eval_shards] or data.eval_shards)
+    out_dir = Path(out) if out is not None else Path("mbp-runs") / resolved.name
     request = RunRequest(
-        Path(out) if out is not None else Path("mbp-runs") / resolved.name,
+        out_dir,
         train_shards,
         evals,
         resume=resume or resume_intact,
@@ -115,7 +120,11 @@ def run(
         overwrite=overwrite,
         take_intact=resume_intact,
     )
-    return cast(RunSummary, train(resolved, request))
+    if overwrite:
+        refuse_unsafe_output(out_dir, "--out")
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 holds the folder
+    with holding(out_dir) if main else nullcontext():
+        return cast(RunSummary, train(resolved, request))
 
 
 def setting_lines(settings: Settings | None) -> list[str]:

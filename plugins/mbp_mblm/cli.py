@@ -18,12 +18,16 @@ from mbp.api import (
     Pipeline,
     build_model,
     load_components,
+    refuse_unsafe_output,
     save_model,
+    write_file_atomically,
 )
 
 from mbp_mblm.convert import data_seq_len, load_state, map_state, model_config, read_params
 
 REGISTRY = "registry.yaml"
+WRITTEN = ("config.json", "model.safetensors", REGISTRY)
+"""The files an import writes: all that ``--force`` replaces in OUT_DIR."""
 
 
 def convert(config: Path, weights: Path) -> tuple[MultiscaleDecoder, ModelConfig, dict[str, Any]]:
@@ -68,15 +72,17 @@ def pipeline_for(cfg: ModelConfig, params: dict[str, Any], source: Path) -> Pipe
 @click.argument("weights", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--name", default="mblm", show_default=True, help="Pipeline name in OUT_DIR/registry.yaml.")
-@click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
+@click.option("--force", is_flag=True, help="Replace the checkpoint in OUT_DIR (its other files stay).")
 def import_mblm(config: Path, weights: Path, out_dir: Path, name: str, force: bool) -> None:
     """Import an mblm 0.4.2 model: CONFIG is the YAML its trainer wrote (its `params` section is read),
     WEIGHTS the .pth state dict (loaded with weights_only=True), OUT_DIR the mbp checkpoint to write."""
+    refuse_unsafe_output(out_dir, "OUT_DIR", (config, weights))
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in WRITTEN) if out_dir.is_dir() else []
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise ConfigError(f"{out_dir}: exists and is not empty (pass --force to replace it)")
     if not name or any(c.isspace() for c in name):
         raise ConfigError(f"--name {name!r}: a pipeline name needs characters and no spaces")
-    model, cfg, params = convert(config, weights)
+    model, cfg, params = convert(config, weights)  # read before anything in OUT_DIR is replaced
     pipeline = pipeline_for(cfg, params, config)
     extra = {
         "pipeline_name": name,
@@ -85,7 +91,10 @@ def import_mblm(config: Path, weights: Path, out_dir: Path, name: str, force: bo
     }
     save_model(out_dir, model, cfg, extra)
     registry = {"default": name, "pipelines": {name: pipeline.model_dump(mode="json", exclude_defaults=True)}}
-    (out_dir / REGISTRY).write_text(yaml.safe_dump(registry, sort_keys=False))
+    write_file_atomically(out_dir / REGISTRY, yaml.safe_dump(registry, sort_keys=False).encode())
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        click.echo(f"mbp: {out_dir}: kept {len(foreign)} item(s) mbp does not write: {shown}", err=True)
     count = sum(p.numel() for p in model.parameters())
     kinds = ", ".join(s.backbone.type for s in cfg.stages)
     click.echo(

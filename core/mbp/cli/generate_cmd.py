@@ -66,12 +66,15 @@ def generate_command(
     """Generate bytes from a checkpoint written by `mbp run` (or a run folder: its best, else its last)."""
     from mbp.codec import write_segments
     from mbp.loaded import load
+    from mbp.outdir import check_writable
     from mbp.plugins import get_platform
     from mbp.prompting import check_codec, check_field, sampling_of
 
     if prompt is not None and prompt_file is not None:
         raise ConfigError("give --prompt or --prompt-file, not both")
     sampling_of(temperature, top_k, top_p, seed, flag="--")
+    if out_dir is not None:  # before generating: output that cannot be written would be lost
+        check_writable(out_dir)
     if prompt_file is not None:
         try:
             prompt = prompt_file.read_text(encoding="utf-8")

@@ -14,11 +14,12 @@ import torch
 
 from mbp.data.batches import Batch, Position, batches, encoded_stream, prefetch, prefetch_helps
 from mbp.data.skips import SkipLog
-from mbp.errors import ConfigError, MbpError
+from mbp.errors import ConfigError
 from mbp.heads import splits_samples
 from mbp.model.build import build_model
 from mbp.model.decoder import MultiscaleDecoder
 from mbp.model.io import checkpoint_document
+from mbp.outdir import check_writable
 from mbp.resolve import Resolved
 from mbp.sinks import open_sinks
 from mbp.train import distributed as D
@@ -43,20 +44,6 @@ from mbp.train.rundir import check_belongs, prepare_out, remove_leftovers, resum
 from mbp.train.schedule import lr_factor
 from mbp.train.variation import with_augment
 from mbp.train.watch import BestKeeper, LearningWatch, PaddingWatch, length_advice, note, selection_of, warn
-
-
-class OutputError(MbpError):
-    """The output folder cannot be written."""
-
-
-def check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".mbp-write-probe"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as error:
-        raise OutputError(f"--out {out}: cannot write there ({error.strerror or error})") from None
 
 
 @dataclass(frozen=True)
@@ -110,10 +97,6 @@ class Trainer:
                 resolved = with_augment(resolved, bool(D.broadcast_int(int(self.variation.varied), world)))
         self.resolved, self.out, self.world = resolved, out, world
         self.cfg, data = resolved.pipeline.train, resolved.pipeline.data
-        prepare_out(out, resume=resume, overwrite=request.overwrite, main=world.is_main)
-        if world.is_main:
-            check_writable(out)
-            remove_leftovers(out)
         if data.batch_rows % world.size:
             raise ConfigError(
                 f"data.batch_size {data.batch_rows} must divide evenly over {world.size} processes: "
@@ -124,6 +107,11 @@ class Trainer:
         self.model: MultiscaleDecoder = build_model(resolved.pipeline.model, components)
         if request.init_from is not None and not resume:
             load_initial_weights(request.init_from, self.model, resolved.pipeline.model)
+        # only now: --overwrite may remove the checkpoint the initial weights come from
+        prepare_out(out, resume=resume, overwrite=request.overwrite, main=world.is_main)
+        if world.is_main:
+            check_writable(out)
+            remove_leftovers(out)
         self.model.to(world.device)
         if data.row_len % self.model.patch_len:
             raise ConfigError(

@@ -2,14 +2,16 @@
 
 A second run into a folder that holds a run would interleave two runs' checkpoints (rotation keeps the
 old run's higher steps) and replace its metrics, so that is an error unless ``--resume`` or
-``--overwrite`` says what is meant. A resumed checkpoint must belong to the pipeline (same fields, same
-model shapes) and be intact; a damaged newest one is named, with the newest intact one offered.
+``--overwrite`` says what is meant. ``--overwrite`` removes files by the names a run gives them, and
+nothing else: the folder may hold the user's own files, in ``checkpoints`` too. A resumed checkpoint
+must belong to the pipeline (same fields, same model shapes) and be intact; a damaged newest one is
+named, with the newest intact one offered.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,16 +21,46 @@ from torch import nn
 
 from mbp.config import Pipeline
 from mbp.errors import CheckpointError, ConfigError
-from mbp.model.io import WEIGHTS, checkpoint_document, describe_model
+from mbp.model.io import CONFIG, WEIGHTS, checkpoint_document, describe_model
+from mbp.outdir import remove_owned
 from mbp.train.checkpoint import OPTIMIZER, STEP_DIR, list_checkpoints
 
 RUN_FILES = ("metrics.jsonl", "metrics.png")
+CHECKPOINT_FILES = (WEIGHTS, OPTIMIZER, CONFIG)
+"""Every file mbp writes into a checkpoint folder: all that ``--overwrite`` removes from one."""
+OWN_FOLDER = re.compile(r"^(?:damaged-)?step-\d{8}$|^best$")
+LEFTOVER = re.compile(r"^\.(?:step-\d{8}|best)\..+$")
+"""Temporary folders of a checkpoint write (``write_dir_atomically``) that a kill left behind."""
 
 
 def holds_run(out: Path) -> bool:
-    """Whether ``out`` has anything a run writes: checkpoints (finished or not) or metrics."""
+    """Whether ``out`` holds what a run leaves: a checkpoint (finished or not) or metrics of a step.
+    A run that ended before its first step (an error, ``--steps 0``) leaves no such thing."""
     folder = out / "checkpoints"
-    return any((out / name).exists() for name in RUN_FILES) or (folder.is_dir() and any(folder.iterdir()))
+    if folder.is_dir() and any(
+        _own_folder(p, OWN_FOLDER) or _own_folder(p, LEFTOVER) for p in folder.iterdir()
+    ):
+        return True
+    try:
+        with open(out / "metrics.jsonl") as handle:
+            return any(_stepped(line) for line in handle)
+    except FileNotFoundError:
+        return False
+    except (OSError, UnicodeDecodeError):
+        return True  # unreadable: not known to be empty
+
+
+def _own_folder(path: Path, pattern: re.Pattern[str]) -> bool:
+    """A folder mbp made: its name is one mbp gives, and it is no link (mbp makes none)."""
+    return bool(pattern.match(path.name)) and path.is_dir() and not path.is_symlink()
+
+
+def _stepped(line: str) -> bool:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return bool(line.strip())
+    return not isinstance(row, dict) or not isinstance(row.get("step"), int) or row["step"] > 0
 
 
 def prepare_out(out: Path, *, resume: bool, overwrite: bool, main: bool) -> None:
@@ -45,21 +77,37 @@ def prepare_out(out: Path, *, resume: bool, overwrite: bool, main: bool) -> None
             f"--out {out} holds a run ({held}): pass --resume to continue it or --overwrite to replace it"
         )
     if main:
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
+        remove_run(out)
+
+
+def remove_run(out: Path) -> None:
+    """Remove the files a run wrote in ``out``, by their names; anything else stays, with a note."""
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    folder, kept = out / "checkpoints", []
+    if folder.is_dir():
+        for path in sorted(folder.iterdir()):
+            if _own_folder(path, OWN_FOLDER) or _own_folder(path, LEFTOVER):
+                kept += [f"{path.name}/{name}" for name in remove_owned(path, CHECKPOINT_FILES)]
+            else:
+                kept.append(path.name)
+        if not kept:
+            folder.rmdir()
+    if kept:
+        shown = ", ".join(kept[:3]) + (f" and {len(kept) - 3} more" if len(kept) > 3 else "")
+        note = f"mbp: --overwrite kept {len(kept)} item(s) in {folder} that a run does not write: {shown}"
+        print(note, file=sys.stderr)
 
 
 def remove_leftovers(out: Path) -> list[str]:
     """Remove temporary checkpoint folders that a killed write left behind (``.step-N.xxxx``); they are
-    never read, and a long series of kills would otherwise fill the disk."""
+    never read, and a long series of kills would otherwise fill the disk. Only mbp's files go."""
     folder = out / "checkpoints"
     if not folder.is_dir():
         return []
     removed = []
     for path in sorted(folder.iterdir()):
-        if path.is_dir() and path.name.startswith(".step-"):
-            shutil.rmtree(path, ignore_errors=True)
+        if _own_folder(path, LEFTOVER) and not remove_owned(path, CHECKPOINT_FILES):
             removed.append(path.name)
     if removed:
         print(f"mbp: removed {len(removed)} unfinished checkpoint folder(s) in {folder}", file=sys.stderr)
@@ -149,4 +197,12 @@ def _fields(fields: Any) -> str:
     return ", ".join(f"{k}: {(v or {}).get('type', '?')}" for k, v in fields.items())
 
 
-__all__ = ["check_belongs", "damage_of", "prepare_out", "remove_leftovers", "resume_point"]
+__all__ = [
+    "check_belongs",
+    "damage_of",
+    "holds_run",
+    "prepare_out",
+    "remove_leftovers",
+    "remove_run",
+    "resume_point",
+]
