@@ -13,7 +13,15 @@ import pytest
 from mbp.model.io import checkpoint_document
 from mbp.train import deadline as deadline_module
 from mbp.train import loop, plan, precision_plan
-from mbp.train.deadline import RECENT_STEPS, REMAINING_DRIFT, Deadline, deadline_of, round_down
+from mbp.train.deadline import (
+    NOTED_CHANGE,
+    RECENT_STEPS,
+    REMAINING_DRIFT,
+    Deadline,
+    Refit,
+    deadline_of,
+    round_down,
+)
 from mbp.train.plan import PASSES, plan_steps
 
 from tests.conftest import invoke_mbp
@@ -123,6 +131,25 @@ def test_after_its_last_count_a_run_refits_its_steps_to_its_pace() -> None:
     assert cut is not None and cut.steps == 450 + int((540 - 315 - 3 * 5) / (2.0 * REMAINING_DRIFT))
     assert early.points == [450 + round((cut.steps - 450) * k / 3) for k in (1, 2, 3)]  # three left
     assert timed(1000, 300, 0.5).refit(300, 1000, 600.0) is None  # before its first count
+
+
+def test_the_log_says_a_refit_only_where_it_moves_the_total_by_more_than_a_few_percent() -> None:
+    deadline, total, now = counted_last(0.3, RECENT_STEPS)
+    step = 1000 + RECENT_STEPS
+    cut = deadline.refit(step, total, now)  # 0.3 s a step where 0.2 was counted: a third fewer steps
+    assert cut is not None and cut.steps < total * (1 - NOTED_CHANGE) and deadline.noted(cut)
+
+    def refit_to(steps: int, at: int) -> Refit:
+        return Refit(at, deadline.refits[-1].steps, steps, 0.3, 541.0, 540.0)
+
+    # then refits of a few steps each, 25 steps apart: said once they add up to more than 2%
+    said = cut.steps
+    totals = [said - said * percent // 100 for percent in (1, 2, 3, 4, 6)]
+    noted = [deadline.noted(refit_to(steps, step + 25 * (i + 1))) for i, steps in enumerate(totals)]
+    assert NOTED_CHANGE == 0.02 and noted == [False, False, True, False, True]
+    assert not deadline.noted(refit_to(totals[-1] + 1, step + 150))
+    deadline.replan(step + 200, totals[-1], now + 60, 5.0)  # a count is always said: it is the new mark
+    assert deadline.said == deadline.counts[-1].steps
 
 
 def test_counting_again_never_passes_what_the_data_wants_and_keeps_a_given_eval_every() -> None:
@@ -259,5 +286,10 @@ def test_a_real_run_that_slows_after_its_last_count_refits_and_ends_within_its_m
         f"steps refitted at step {cuts[0]['at_step']} to the run's pace since its last count: "
         in result.stderr
     )
+    said, lines = counted[-1]["steps"], 0  # the log says a refit that moves the total by over 2%
+    for cut in cuts:
+        if abs(cut["steps"] - said) > NOTED_CHANGE * said:
+            said, lines = cut["steps"], lines + 1
+    assert result.stderr.count("steps refitted") == lines >= 1
     assert summary["steps"] == cuts[-1]["steps"]  # the last change of the total holds
     assert seconds < 9 + LOADED_MACHINE  # within its minutes
