@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from mbp.components import ComponentTable
 from mbp.model.build import build_model
 from mbp.model.decoder import MultiscaleDecoder
 from mbp.plugins import get_platform
+from mbp.train.precision import CPU_FLAGS_VARIABLE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,6 +23,40 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+FAST_BF16 = "avx512f amx_bf16"
+"""The flags of a CPU that multiplies bf16 in hardware (``auto`` precision times both precisions)."""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--cpu-flags",
+        default="",
+        help="the CPU flags every test sees unless it sets its own (MBP_CPU_FLAGS); default: none, so "
+        "auto precision is fp32 and untimed",
+    )
+
+
+@pytest.fixture(autouse=True)
+def cpu_flags(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+    """Pins the CPU's flags (``MBP_CPU_FLAGS``, which ``mbp.train.precision.cpu_flags`` and every
+    ``mbp`` process a test starts read) to ``--cpu-flags``, none by default, so that no test depends
+    on the CPU of the machine that runs it; returns a function that sets other flags
+    (``cpu_flags("amx_bf16")``)."""
+
+    def pin(flags: str) -> None:
+        monkeypatch.setenv(CPU_FLAGS_VARIABLE, flags)
+
+    pin(request.config.getoption("--cpu-flags"))
+    return pin
+
+
+@pytest.fixture(params=[False, True], ids=["no-fast-bf16", "fast-bf16"])
+def fast_bf16(request: pytest.FixtureRequest, cpu_flags: Callable[[str], None]) -> bool:
+    """Runs a test on a CPU without fast bf16 and again on one with it (``FAST_BF16``)."""
+    cpu_flags(FAST_BF16 if request.param else "")
+    return bool(request.param)
 
 
 @pytest.fixture(scope="session")

@@ -23,17 +23,17 @@ def sample(n: int, key: str = "k") -> EncodedSample:
     return EncodedSample("s.tar", key, np.arange(n, dtype=np.int64) % 200, [], np.ones(n, np.float32))
 
 
-def test_auto_precision_follows_the_cpu_flags(monkeypatch) -> None:
+def test_auto_precision_follows_the_cpu_flags(cpu_flags) -> None:
     cpu = torch.device("cpu")
-    monkeypatch.setattr(P, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    cpu_flags("avx2 fma")
     assert P.choose_precision("auto", cpu).precision == "fp32"
-    monkeypatch.setattr(P, "cpu_flags", lambda: frozenset({"avx512f", "amx_bf16"}))
+    cpu_flags("avx512f amx_bf16")
     assert P.choose_precision("auto", cpu).precision == "bf16"
-    monkeypatch.setattr(P, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    cpu_flags("avx512_bf16")
     assert P.choose_precision("auto", cpu).precision == "bf16"
     # an explicit setting is honoured whatever the hardware
     assert P.choose_precision("fp32", cpu).precision == "fp32"
-    monkeypatch.setattr(P, "cpu_flags", lambda: frozenset())
+    cpu_flags("")
     assert P.choose_precision("bf16", cpu).precision == "bf16"
 
 

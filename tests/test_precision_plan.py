@@ -5,6 +5,7 @@ is under test, not this machine's speed."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -41,10 +42,27 @@ def qa(tmp_path: Path, precision: str = "auto") -> Resolved:
     return precision_plan.with_precision(resolved, precision)
 
 
-def test_auto_keeps_bf16_only_where_it_measures_clearly_faster(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_the_cpu_flags_are_mbp_cpu_flags_where_it_is_set_and_linuxs_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(P, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    monkeypatch.setenv("MBP_CPU_FLAGS", " avx2  amx_bf16 ")
+    assert P.cpu_flags() == {"avx2", "amx_bf16"} and P.cpu_has_fast_bf16()
+    told = "auto: this CPU has AMX or AVX512-BF16 (as MBP_CPU_FLAGS says)"
+    assert P.choose_precision("auto", CPU).reason == told
+    monkeypatch.setenv("MBP_CPU_FLAGS", "")  # set and empty: a CPU with no flags, whatever Linux reports
+    assert P.cpu_flags() == frozenset() and P.choose_precision("auto", CPU).precision == "fp32"
+    monkeypatch.delenv("MBP_CPU_FLAGS")
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    reported = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    assert P.cpu_flags() == frozenset(reported)
+    assert "MBP_CPU_FLAGS" not in P.choose_precision("auto", CPU).reason
+
+
+def test_auto_keeps_bf16_only_where_it_measures_clearly_faster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpu_flags: Callable[[str], None]
+) -> None:
+    cpu_flags("amx_bf16")
     batches = lambda: [object()]  # noqa: E731 - never read: the timing is injected
     calls = timed(monkeypatch, bf16=0.5, fp32=1.0)
     plan = plan_precision(qa(tmp_path), batches, CPU)  # type: ignore[arg-type]
@@ -56,10 +74,10 @@ def test_auto_keeps_bf16_only_where_it_measures_clearly_faster(
 
 
 def test_the_choice_takes_the_fastest_timing_and_the_plan_the_median(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpu_flags: Callable[[str], None]
 ) -> None:
     """The first round pays for warming up; the fastest of a few is lucky: steps are planned on the median."""
-    monkeypatch.setattr(P, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    cpu_flags("amx_bf16")
     timings = {"bf16": iter([0.9, 0.4, 0.5]), "fp32": iter([1.2, 0.5, 0.6])}
     monkeypatch.setattr(
         precision_plan, "step_seconds", lambda resolved, *_: next(timings[resolved.pipeline.train.precision])
@@ -71,20 +89,20 @@ def test_the_choice_takes_the_fastest_timing_and_the_plan_the_median(
 
 
 def test_no_timing_where_the_hardware_has_no_fast_bf16_or_the_pipeline_names_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpu_flags: Callable[[str], None]
 ) -> None:
     calls = timed(monkeypatch, bf16=0.1, fp32=1.0)
-    monkeypatch.setattr(P, "cpu_flags", lambda: frozenset({"avx2"}))
+    cpu_flags("avx2")
     assert plan_precision(qa(tmp_path), [object()], CPU).choice.precision == "fp32"  # type: ignore[list-item]
-    monkeypatch.setattr(P, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    cpu_flags("amx_bf16")
     named = plan_precision(qa(tmp_path, "fp32"), lambda: [object()], CPU)  # type: ignore[list-item]
     assert named.choice.precision == "fp32" and named.seconds == {} and calls == []
 
 
 def test_a_resumed_run_keeps_the_precision_its_start_measured(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpu_flags: Callable[[str], None]
 ) -> None:
-    monkeypatch.setattr(P, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    cpu_flags("amx_bf16")
     registry = tmp_path / "registry.yaml"
     registry.write_text(REGISTRY)
     write_tar(tmp_path / "train-0.tar", good_samples("a", 24))

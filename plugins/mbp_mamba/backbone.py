@@ -85,8 +85,8 @@ class MambaLayer(nn.Module):
     def prefill(self, x: torch.Tensor, cache: MambaCache, index: int, rows: torch.Tensor) -> torch.Tensor:
         """``forward`` over ``x: (R, L, D)`` that also sets layer ``index``'s states of ``rows``."""
         out, conv_state, ssm_state = self.mixer(self.norm(x), return_state=True)
-        cache.conv[index][rows] = conv_state
-        cache.ssm[index][rows] = ssm_state
+        cache.conv[index][rows] = conv_state.to(cache.conv[index].dtype)  # bf16 under autocast
+        cache.ssm[index][rows] = ssm_state.to(cache.ssm[index].dtype)
         return x + out
 
     def step(self, x: torch.Tensor, cache: MambaCache, index: int, active: torch.Tensor) -> torch.Tensor:

@@ -204,13 +204,13 @@ class MblmTransformer(nn.Module):
         for index, layer in enumerate(self._blocks()):
             q, k, v = layer.attn.qkv(token_shift(x), None if angles is None else angles.to(x.dtype))
             if cache is not None:
-                cache.keys[index][rows, :, :length] = k
-                cache.values[index][rows, :, :length] = v
-                cache.shift_attn[index][rows] = x[:, -1, x.shape[-1] - half :]
+                keys, values = cache.keys[index], cache.values[index]  # bf16 under autocast: cast
+                keys[rows, :, :length], values[rows, :, :length] = k.to(keys.dtype), v.to(values.dtype)
+                cache.shift_attn[index][rows] = x[:, -1, x.shape[-1] - half :].to(keys.dtype)
             drop = layer.attn.dropout if self.training else 0.0
             x = layer.attn.merge(F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)) + x
             if cache is not None:
-                cache.shift_ff[index][rows] = x[:, -1, x.shape[-1] - half :]
+                cache.shift_ff[index][rows] = x[:, -1, x.shape[-1] - half :].to(cache.keys[index].dtype)
             x = layer.ff(token_shift(x)) + x
         if cache is not None:
             cache.lengths[rows] = length
@@ -266,6 +266,7 @@ class MblmTransformer(nn.Module):
                 cos, sin = turns[0][:, None], turns[1][:, None]
                 q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
             keys, values = cache.keys[index], cache.values[index]
+            k, v = k.to(keys.dtype), v.to(values.dtype)  # bf16 under autocast; the cache's dtype kept
             if everyone:
                 keys[rows, :, slot], values[rows, :, slot] = k, v
             else:  # rows sitting this step out keep what their slot holds
@@ -288,6 +289,7 @@ class MblmTransformer(nn.Module):
         """``token_shift`` for one position, keeping this position's second half for the next."""
         previous = states[index]
         current = x[:, x.shape[-1] - previous.shape[-1] :]
+        current = current.to(previous.dtype)
         states[index] = current if everyone else torch.where(active[:, None], current, previous)
         return shift_step(x, previous)
 

@@ -190,8 +190,8 @@ class Attention(nn.Module):
 
     def prefill(self, x: torch.Tensor, cache: KVCache, layer: int, rows: torch.Tensor) -> torch.Tensor:
         q, k, v = self._split(x, self._turns(x.shape[1], x))
-        cache.keys[layer][rows, :, : x.shape[1]] = k
-        cache.values[layer][rows, :, : x.shape[1]] = v
+        keys, values = cache.keys[layer], cache.values[layer]
+        keys[rows, :, : x.shape[1]], values[rows, :, : x.shape[1]] = k.to(keys.dtype), v.to(values.dtype)
         return self._merge(F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0))
 
     def step(self, x: torch.Tensor, cache: KVCache, layer: int, plan: StepPlan) -> torch.Tensor:
@@ -203,8 +203,8 @@ class Attention(nn.Module):
         b = x.shape[0]
         qkv = F.linear(x, self.qkv.weight, self.qkv.bias).view(b, 3, self.heads, self.head_dim)
         q, k = rotary(qkv[:, :2], plan.turns).unbind(1)  # (B, H, K), q already scaled by 1/sqrt(K)
-        v = qkv[:, 2]
         keys, values = cache.keys[layer], cache.values[layer]
+        k, v = k.to(keys.dtype), qkv[:, 2].to(values.dtype)  # bf16 under autocast; the cache's dtype kept
         if plan.active is None:
             keys[plan.rows, :, plan.slot] = k
             values[plan.rows, :, plan.slot] = v

@@ -80,15 +80,18 @@ def run_segments(backbone: torch.nn.Module, x: torch.Tensor, segments: torch.Ten
     _, which, counts = torch.unique_consecutive(labels, return_inverse=True, return_counts=True)
     where = torch.arange(labels.numel(), device=x.device) - (torch.cumsum(counts, 0) - counts)[which]
     buckets = torch.ceil(torch.log2(counts.double())).long()
-    out = flat.new_zeros(flat.shape)
+    out: torch.Tensor | None = None
     for bucket in buckets.unique().tolist():
         chosen = buckets == bucket  # the segments of this bucket
         members = chosen[which].nonzero().flatten()  # their positions
         row = (torch.cumsum(chosen, 0) - 1)[which[members]]
         rows = flat.new_zeros(int(chosen.sum()), int(counts[chosen].max()), width)
         rows = rows.index_put((row, where[members]), flat[members])
-        out = out.index_put((members,), backbone(rows)[row, where[members]])
-    return out.view(batch, length, -1)
+        outputs = backbone(rows)[row, where[members]]
+        # the outputs' dtype, not the input's: under autocast a backbone may return bf16 from fp32
+        out = outputs.new_zeros(len(flat), outputs.shape[-1]) if out is None else out
+        out = out.index_put((members,), outputs.to(out.dtype))
+    return x.clone() if out is None else out.view(batch, length, -1)  # None: x holds no positions
 
 
 def prefill(backbone: Backbone, x: torch.Tensor, cache: Cache, rows: torch.Tensor) -> torch.Tensor:

@@ -308,7 +308,8 @@ class MultiscaleDecoder(nn.Module):
             out = prefill(self._backbone(s), x, cache.caches[s], rows)
             cache.counts[s][rows] = done
             if s < self.num_stages - 1:
-                cache.projected[s][rows] = self._to_next_stage(s, out[:, -1])
+                projected = cache.projected[s]  # the weights' dtype; bf16 comes out under autocast
+                projected[rows] = self._to_next_stage(s, out[:, -1]).to(projected.dtype)
 
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:

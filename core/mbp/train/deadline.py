@@ -47,6 +47,10 @@ move the total."""
 REFIT_SLACK = 1.03
 """After the last count, the run takes more steps only where more than this share of its total fits: a
 few percent of timing noise does not move its learning-rate schedule."""
+NOTED_CHANGE = 0.02
+"""The log says a refit only where it moves the total by more than this share of the last total the log
+gave (a count's, or a refit's it said): near its end a run refitted at every logged step and said so
+three times within 75 steps, a few steps each. The run summary's ``refitted`` keeps every refit."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,11 @@ class Deadline:
     """Where the run evaluates after its first count (``eval_every`` unset): spread over the steps left."""
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_STEPS))
     refits: list[Refit] = field(default_factory=list)
+    said: int = 0
+    """The last total the log gave (``noted``): the plan's, a count's, or a refit's it said."""
+
+    def __post_init__(self) -> None:
+        self.said = self.said or self.planned
 
     def stepped(self, seconds: float) -> None:
         self.training_seconds += seconds
@@ -166,6 +175,7 @@ class Deadline:
             self.points = spread(step, steps, self.pauses_after(step, steps))
         count = Replan(step, total, steps, per_step, pause_seconds, left)
         self.counts.append(count)
+        self.said = steps  # a count is always said
         self.training_seconds, self.steps_timed = 0.0, 0
         self.recent.clear()  # the pace after a count is judged on the steps since
         return count
@@ -204,6 +214,14 @@ class Deadline:
         change = Refit(step, total, steps, pace, projected, self.run_seconds)
         self.refits.append(change)
         return change
+
+    def noted(self, change: Refit) -> bool:
+        """Whether the log says ``change``: where it moves the total by more than ``NOTED_CHANGE`` of the
+        last total the log gave, which it then becomes."""
+        if abs(change.steps - self.said) <= NOTED_CHANGE * self.said:
+            return False
+        self.said = change.steps
+        return True
 
     def follow(self, step: int, steps: int) -> None:
         """The evaluations still ahead, as many as before, spread evenly from ``step`` to the total

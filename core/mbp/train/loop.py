@@ -334,15 +334,15 @@ class Trainer:
         """The steps that fit the budget at the run's pace since its last count; rank 0's decision."""
         change = deadline.refit(self.state.step, self.cfg.total_steps, time.perf_counter())
         steps = D.broadcast_int(change.steps if change else self.cfg.total_steps, self.world)
-        if steps != self.cfg.total_steps:
-            self.take_steps(deadline, steps, change.describe() if change else "")
+        if steps != self.cfg.total_steps:  # said only where it moves the total by a few percent
+            self.take_steps(deadline, steps, change.describe() if change and deadline.noted(change) else "")
             progress.total = steps
 
     def take_steps(self, deadline: Deadline, steps: int, why: str) -> None:
         deadline.follow(self.state.step, steps)  # where this process counted differently from rank 0
         self.resolved = with_steps(self.resolved, steps)
         self.cfg = self.resolved.pipeline.train
-        if self.world.is_main:
+        if why and self.world.is_main:
             note(why)
 
     def paused(self, work: Callable[[], None]) -> float:

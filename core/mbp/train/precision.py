@@ -10,6 +10,7 @@ evaluation metrics are summed in fp32.
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -39,9 +40,27 @@ class PrecisionChoice:
         return f"{self.precision} ({self.reason})"
 
 
-@lru_cache(maxsize=1)
+CPU_FLAGS_VARIABLE = "MBP_CPU_FLAGS"
+
+
 def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags as Linux reports them (empty where /proc/cpuinfo does not exist)."""
+    """The CPU's feature flags: everything that asks what this CPU can do asks here.
+
+    ``MBP_CPU_FLAGS``, when set, overrides what the CPU reports: space-separated flags as
+    /proc/cpuinfo spells them (``MBP_CPU_FLAGS="amx_bf16"`` is a CPU with fast bf16,
+    ``MBP_CPU_FLAGS=""`` one with no flags at all). Tests pin it so that no result depends on the
+    machine that runs them, and a user can keep ``auto`` precision off bf16 on a CPU that reports
+    a flag it runs slowly. Unset, the flags are what Linux reports in /proc/cpuinfo (none where it
+    does not exist).
+    """
+    given = os.environ.get(CPU_FLAGS_VARIABLE)
+    if given is not None:
+        return frozenset(given.split())
+    return _reported_cpu_flags()
+
+
+@lru_cache(maxsize=1)
+def _reported_cpu_flags() -> frozenset[str]:
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -65,7 +84,10 @@ def choose_precision(setting: Setting, device: torch.device) -> PrecisionChoice:
             return PrecisionChoice("bf16", "auto: this GPU supports bf16")
         return PrecisionChoice("fp32", "auto: this GPU has no bf16")
     if device.type == "cpu":
+        told = f" (as {CPU_FLAGS_VARIABLE} says)" if CPU_FLAGS_VARIABLE in os.environ else ""
         if cpu_has_fast_bf16():
-            return PrecisionChoice("bf16", "auto: this CPU has AMX or AVX512-BF16")
-        return PrecisionChoice("fp32", "auto: this CPU has no AMX or AVX512-BF16, bf16 would be emulated")
+            return PrecisionChoice("bf16", f"auto: this CPU has AMX or AVX512-BF16{told}")
+        return PrecisionChoice(
+            "fp32", f"auto: this CPU has no AMX or AVX512-BF16{told}, bf16 would be emulated"
+        )
     return PrecisionChoice("fp32", f"auto: no bf16 policy for {device.type}")
