@@ -54,3 +54,28 @@ def test_a_damaged_held_out_shard_beside_a_good_one_is_named(tmp_path: Path) -> 
         "mbp: warning: shard junk.tar: damaged before its first sample (offset 0): not a tar archive"
     ]
     assert summary["metrics"]["loss_bpb"] > 0 and (tmp_path / "out" / "checkpoints" / "best").is_dir()
+
+
+def test_eval_json_names_a_damaged_shard_on_stderr(tmp_path: Path) -> None:
+    """``mbp eval --json`` keeps stdout to its JSON document and still names a damaged shard on stderr,
+    as ``mbp run`` does (it printed nothing there)."""
+    write_tar(tmp_path / "train.tar", good_samples("a", 8))
+    write_tar(tmp_path / "eval.tar", good_samples("e", 4))
+    run(tmp_path, ["train.tar"], [])
+    (tmp_path / "junk.tar").write_bytes(b"not a tar archive " * 60)
+    result = invoke_mbp(
+        "eval",
+        "qa",
+        str(tmp_path / "eval.tar"),
+        str(tmp_path / "junk.tar"),
+        "--checkpoint",
+        str(tmp_path / "out" / "checkpoints" / "step-00000003"),
+        "--registry",
+        str(tmp_path / "registry.yaml"),
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["metrics"]["loss_bpb"] > 0
+    assert "mbp: warning: shard junk.tar: damaged before its first sample (offset 0): not a tar archive" in (
+        result.stderr.splitlines()
+    )

@@ -113,7 +113,7 @@ def eval_command(
     from mbp.loaded import load
 
     loaded = load(checkpoint, pipeline=pipeline, registry=registry_path)
-    evaluation = loaded.evaluate(shards, quiet=as_json)
+    evaluation = loaded.evaluate(shards)  # warnings go to stderr, --json or not: stdout holds only JSON
     metrics = evaluation.metrics
     document = {
         "pipeline": loaded.pipeline_name,
