@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -66,6 +65,7 @@ def run_command(
     from mbp.errors import ConfigError
     from mbp.plugins import get_platform
     from mbp.resolve import resolve
+    from mbp.train.distributed import speaks_for_run
     from mbp.train.loop import RunRequest, run
 
     if init_from is not None and resume:
@@ -95,7 +95,7 @@ def run_command(
         take_intact=take_intact,
     )
     summary = run(resolved, request)
-    if os.environ.get("RANK", "0") != "0":
+    if not speaks_for_run():
         return  # under torchrun, rank 0 speaks for the run
     if as_json:
         emit_json(summary)
