@@ -28,7 +28,14 @@ from mbp.overrides import apply_overrides
 @click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a pipeline field by dotted path."
 )
-@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue from the last checkpoint in --out. A setting that changes how the run trains "
+    "(data.batch_size, data.seq_len, train.lr...) may differ from the checkpoint's: a warning names "
+    "each, old -> new, and the resume is no longer exact. More --steps extend the run; fewer than "
+    "the checkpoint's step are an error.",
+)
 @click.option(
     "--init-from",
     "init_from",
@@ -132,11 +139,12 @@ def eval_command(
     from mbp.config import ModelConfig
     from mbp.data.read import expand_shards
     from mbp.data.skips import SkipLog
-    from mbp.errors import DataError
+    from mbp.errors import ConfigError, DataError
     from mbp.model.io import load_model
     from mbp.plugins import get_platform
     from mbp.resolve import resolve
     from mbp.train.evaluate import eval_batches, evaluate
+    from mbp.train.init import first_difference
     from mbp.train.patch_plan import with_trained_patch
     from mbp.train.rows import rows_of_checkpoint
     from mbp.train.rundir import check_belongs
@@ -148,7 +156,13 @@ def eval_command(
     log = SkipLog(quiet=as_json)
     expanded = expand_shards(shards)
     trained = ModelConfig.model_validate(document["model"])
-    resolved = rows_of_checkpoint(with_trained_patch(resolved, trained), document, expanded)
+    resolved = with_trained_patch(resolved, trained)  # a byte-level patch left unset: the checkpoint's
+    difference = first_difference(trained.model_dump(), resolved.pipeline.model.model_dump())
+    if difference:  # the weights would load (they bring their own config) and score as the pipeline's
+        raise ConfigError(
+            f"--checkpoint {checkpoint}: not a model of pipeline '{resolved.name}': {difference}"
+        )
+    resolved = rows_of_checkpoint(resolved, document, expanded)
     batches = eval_batches(resolved, expanded, log, model.patch_len)
     if not batches:  # metrics of nothing would read as a result
         reasons = ", ".join(f"{n} {kind}" for kind, n in log.reasons.items()) or "no sample in them"
