@@ -4,6 +4,7 @@ cannot train names why, and a checkpoint of another model is not evaluated under
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -74,6 +75,19 @@ def test_a_checkpoint_is_never_written_with_a_non_finite_tensor(tmp_path: Path) 
     assert first_nonfinite({**weights, "b": torch.tensor([1.0, float("inf")])}, {}) == "weight b"
     overflowed = {"state": {0: {"exp_avg": torch.zeros(3)}, 1: {"exp_avg_sq": torch.tensor([float("nan")])}}}
     assert first_nonfinite(weights, overflowed) == "optimizer state 1.exp_avg_sq"
+
+
+def test_the_gradient_norm_is_read_with_clipping_or_without() -> None:
+    """Without ``train.clip`` the norm is still read: a NaN gradient must stop the step all the same."""
+    from mbp.train.distributed import grad_norm
+
+    model = torch.nn.Linear(2, 1, bias=False)
+    model.weight.grad = torch.tensor([[3.0, 4.0]])
+    assert float(grad_norm(model, None)) == 5.0 and model.weight.grad.tolist() == [[3.0, 4.0]]
+    assert float(grad_norm(model, 1.0)) == 5.0  # the norm before clipping
+    assert float(model.weight.grad.norm()) == pytest.approx(1.0, rel=1e-5)
+    model.weight.grad = torch.tensor([[float("nan"), 0.0]])
+    assert math.isnan(float(grad_norm(model, None)))
 
 
 @pytest.fixture(scope="module")

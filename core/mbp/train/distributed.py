@@ -95,13 +95,12 @@ def all_reduce_sum(value: torch.Tensor, world: World) -> torch.Tensor:
 def grad_norm(model: nn.Module, clip: float | None) -> torch.Tensor:
     """The gradients' total norm, after clipping them to ``clip`` when it is given; under FSDP the full
     norm over every shard, the same on every process (as under DDP, whose gradients are all-reduced)."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    norm = (
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        if clip
-        else torch.nn.utils.get_total_norm(grads)
-    )
     from torch.distributed.tensor import DTensor
+
+    if clip:
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
 
     return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
