@@ -7,6 +7,8 @@ import json
 import math
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,6 +64,34 @@ def test_a_diverging_run_stops_at_its_step_and_names_the_last_finite_checkpoint(
     assert finite_files(out) == ({kept: True} if kept else {})
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1]  # the diverged step is not logged
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_every_process_of_a_diverging_run_stops_at_the_same_step(
+    setup, tmp_path: Path, strategy: str
+) -> None:
+    """The step's health is agreed over the processes: none waits forever for one that stopped."""
+    registry, shard = setup
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    args = ["run", "qa", shard, "--registry", registry, "--out", str(tmp_path / "out"), "--json"]
+    settings = [
+        "train.lr=1e6",
+        "train.precision=fp32",
+        "train.checkpoint_every=1",
+        f"train.strategy={strategy}",
+    ]
+    result = subprocess.run(
+        [torchrun, "--nproc_per_node=2", "--master_port=29541", "-m", "mbp.cli", *args]
+        + [word for setting in settings for word in ("--set", setting)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0 and result.stdout == ""
+    stops = re.findall(r"mbp: error: training diverged at step (\d+)", result.stderr)
+    assert len(stops) == 2 and len(set(stops)) == 1, result.stderr  # both processes, the same step
+    assert all(finite_files(tmp_path / "out").values())
 
 
 def test_a_checkpoint_is_never_written_with_a_non_finite_tensor(tmp_path: Path) -> None:
