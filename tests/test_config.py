@@ -46,6 +46,10 @@ def test_shipped_registry_is_valid_and_top_level_copy_is_the_same(components) ->
             GOOD.replace("dim: 32", "dim: thirty"),
             "reg.yaml:8: pipelines.tiny.model.stages.0.dim: Input should be a valid integer",
         ),
+        (  # a boolean is no count: YAML's `true` once read as 1
+            GOOD.replace("dim: 32", "dim: true"),
+            "reg.yaml:8: pipelines.tiny.model.stages.0.dim: Input should be a valid integer, not a boolean",
+        ),
         (
             GOOD.replace("head: {type: lm}", "head: {type: lm}\n    heed: 1"),
             "reg.yaml:6: pipelines.tiny.heed: unknown key",
@@ -119,6 +123,33 @@ def test_cli_config_errors_exit_2_in_one_line(args: list[str], fragment: str, tm
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("train.steps=true", "train.steps: Input should be a valid integer, not a boolean"),
+        ("data.batch_size=false", "data.batch_size: Input should be a valid integer, not a boolean"),
+        ("train.seed=true", "train.seed: Input should be a valid integer, not a boolean"),
+        ("train.lr=true", "train.lr: Input should be a valid number, not a boolean"),
+        ("train.lr=inf", "train.lr: Input should be a finite number"),  # YAML's word, read as a float
+        ("train.lr=.inf", "train.lr: Input should be a finite number"),
+        ("train.lr=.nan", "train.lr: Input should be a finite number"),
+        ("train.weight_decay=.inf", "train.weight_decay: Input should be a finite number"),
+        ("train.clip=.inf", "train.clip: Input should be a finite number"),
+        ("train.minutes=.inf", "train.minutes: Input should be a finite number"),
+    ],
+)
+def test_set_refuses_booleans_as_numbers_and_infinite_floats(
+    setting: str, message: str, tmp_path: Path
+) -> None:
+    """``train.steps=true`` once trained 1 step and ``train.lr=inf`` trained to NaN, both exit 0."""
+    result = invoke_mbp("run", "--registry", write(tmp_path, GOOD), "--set", setting)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"mbp: error: --set: {message}"]
+    for number in ("train.lr=1", "train.lr=3e-4"):  # YAML reads an int, then a string
+        whole = invoke_mbp("run", "--registry", write(tmp_path, GOOD), "--set", number)
+        assert "names no train shards" in whole.stderr  # past validation: the next check refuses
 
 
 def test_validate_command(tmp_path: Path) -> None:

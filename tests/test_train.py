@@ -171,6 +171,28 @@ def test_resume_without_checkpoint_is_an_error(setup, tmp_path: Path) -> None:
     assert result.returncode == 1 and "--resume: no checkpoint in" in result.stderr
 
 
+def test_a_stray_rank_variable_leaves_a_plain_run_its_summary(
+    setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lone RANK (torchrun sets it with WORLD_SIZE and the rest) once hid a plain run's summary."""
+    registry, shards, _ = setup
+    for name in ("WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    plain = run_here(registry, shards, tmp_path / "plain", "--steps", "2")
+    assert plain.returncode == 0, plain.stderr
+    assert json.loads(plain.stdout)["steps"] == 2
+    monkeypatch.setenv("WORLD_SIZE", "2")  # but no rendezvous to join: not started by torchrun
+    half = run_here(registry, shards, tmp_path / "half", "--steps", "2")
+    assert half.returncode == 2 and half.stdout == ""
+    assert half.stderr.strip().splitlines() == [
+        "mbp: error: WORLD_SIZE=2 asks for a distributed run, but MASTER_ADDR, MASTER_PORT are unset: "
+        "start it with torchrun, or unset WORLD_SIZE for a single process"
+    ]
+    assert not (tmp_path / "half").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_process_gloo_matches_one_process(setup, tmp_path: Path, strategy: str) -> None:

@@ -12,9 +12,11 @@ import math
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.functional_validators import BeforeValidator
+from pydantic_core import PydanticCustomError
 
 from mbp.components import ComponentTable, Kind
 from mbp.errors import ConfigError
@@ -24,8 +26,27 @@ DEFAULT_PATCH = 8
 """The byte-level stage's patch where the pipeline gives none and no training data plans one."""
 
 
+def _no_boolean(kind: str) -> BeforeValidator:
+    def check(value: Any) -> Any:
+        if isinstance(value, bool):
+            raise PydanticCustomError("number_type", f"Input should be a valid {kind}, not a boolean")
+        return value
+
+    return BeforeValidator(check)
+
+
+Count = Annotated[int, _no_boolean("integer")]
+"""An int that is no boolean, where pydantic reads ``true`` as 1 (``train.steps=true`` would train one
+step)."""
+Rate = Annotated[float, _no_boolean("number")]
+"""A float that is no boolean; YAML's ``lr: 3e-4`` is a string, which pydantic reads as a number."""
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown keys are errors, and no float is infinite or NaN (an infinite learning rate trains
+    nothing but NaN)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Ref(BaseModel):
@@ -40,15 +61,15 @@ class Ref(BaseModel):
 
 class StageConfig(Strict):
     backbone: Ref
-    dim: int = Field(gt=0)
-    layers: int = Field(ge=0)
-    seq_len: int | None = Field(
+    dim: Count = Field(gt=0)
+    layers: Count = Field(ge=0)
+    seq_len: Count | None = Field(
         default=None,
         gt=0,
         description="stage 1: most patches (unset: unbounded); later: deprecated name of patch",
     )
     """Stage 1: most patches (None: unbounded). Later stages: deprecated alias of ``patch``."""
-    patch: int | None = Field(
+    patch: Count | None = Field(
         default=None,
         gt=0,
         description=(
@@ -64,8 +85,8 @@ class StageConfig(Strict):
 
 class ModelConfig(Strict):
     stages: list[StageConfig] = Field(min_length=1)
-    loss_chunk: int | None = Field(default=None, gt=0)
-    dropout: float | None = Field(
+    loss_chunk: Count | None = Field(default=None, gt=0)
+    dropout: Rate | None = Field(
         default=None, ge=0, lt=1, description="for backbones taking `dropout` but setting none; unset: head's"
     )
     """Dropout of every stage whose backbone takes a ``dropout`` parameter and does not set one. None: the
@@ -113,23 +134,23 @@ class ModelConfig(Strict):
 class DataConfig(Strict):
     train_shards: list[str] = Field(default_factory=list)
     eval_shards: list[str] = Field(default_factory=list)
-    seq_len: int | None = Field(
+    seq_len: Count | None = Field(
         default=None,
         gt=0,
         description="tokens a row; unset: holds 99% of training samples, about 1024 for shorter ones",
     )
     """Tokens a row. None: planned from the training samples by ``mbp.train.plan`` (``row_len``)."""
-    batch_size: int | None = Field(
+    batch_size: Count | None = Field(
         default=None, gt=0, description="rows a step; unset: the head's (lm 1, else 8)"
     )
     """Rows a step. None: the head's (``mbp.api.BatchingHead``: 1 for ``lm``), else ``DEFAULT_BATCH``."""
-    shuffle_buffer: int = Field(default=1000, ge=0)
+    shuffle_buffer: Count = Field(default=1000, ge=0)
     """Samples drawn at random from a pool this large (shard order shuffled too), so that a set written
     class by class still trains on mixed batches; 0 reads the shards in order."""
     pack: bool = True
     """Rows hold as many whole samples as fit, each starting on a patch boundary (evaluation always packs);
     ``false`` gives every sample a row of its own, mostly padding when samples are short."""
-    max_eval_samples: int | None = Field(
+    max_eval_samples: Count | None = Field(
         default=None,
         gt=0,
         description="evaluate this many held-out samples, spread evenly over the set; unset: all, or "
@@ -169,7 +190,7 @@ varies within a run."""
 
 
 class TrainConfig(Strict):
-    steps: int | None = Field(
+    steps: Count | None = Field(
         default=None,
         ge=0,
         description=(
@@ -178,7 +199,7 @@ class TrainConfig(Strict):
         ),
     )
     """None: planned from the training set by ``mbp.train.plan`` before the run starts."""
-    minutes: float = Field(
+    minutes: Rate = Field(
         default=RUN_MINUTES,
         gt=0,
         description=(
@@ -193,23 +214,23 @@ class TrainConfig(Strict):
     """``muon``: Muon for the byte-level stage's linear maps, AdamW for every other parameter
     (``mbp.train.muon``; King James in nine minutes on a 2-core CPU: 1.887 bits per byte against AdamW's
     1.955-1.979); ``adamw``: AdamW for everything (what FSDP runs use: Muon needs whole matrices)."""
-    lr: float = Field(default=2e-3, gt=0)
-    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
-    warmup_steps: int = Field(default=30, ge=0)
-    weight_decay: float = Field(default=0.1, ge=0)
-    grad_accum: int = Field(default=1, gt=0)
-    clip: float | None = Field(default=1.0, gt=0)
+    lr: Rate = Field(default=2e-3, gt=0)
+    min_lr_ratio: Rate = Field(default=0.1, ge=0, le=1)
+    warmup_steps: Count = Field(default=30, ge=0)
+    weight_decay: Rate = Field(default=0.1, ge=0)
+    grad_accum: Count = Field(default=1, gt=0)
+    clip: Rate | None = Field(default=1.0, gt=0)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """bf16 autocast where the hardware multiplies bf16 fast (``auto``), or forced either way."""
     bf16: bool | None = None
     """Deprecated: ``bf16: true`` is ``precision: bf16``, ``false`` is ``fp32``."""
-    eval_every: int | None = Field(default=None, gt=0)
+    eval_every: Count | None = Field(default=None, gt=0)
     """Steps between evaluations; None: four a run, among which the best checkpoint is kept."""
-    checkpoint_every: int | None = Field(default=None, gt=0)
+    checkpoint_every: Count | None = Field(default=None, gt=0)
     """Steps between checkpoints; None: at each evaluation."""
-    keep_checkpoints: int = Field(default=2, gt=0)
-    log_every: int = Field(default=25, gt=0)
-    seed: int = 0
+    keep_checkpoints: Count = Field(default=2, gt=0)
+    log_every: Count = Field(default=25, gt=0)
+    seed: Count = 0
     strategy: Literal["ddp", "fsdp"] = "ddp"
     sinks: list[Ref] | None = None
     """Metrics sinks registered by plugins (e.g. ``{type: tensorboard}``); None: every available one."""

@@ -12,7 +12,6 @@ Example::
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -89,6 +88,7 @@ def run(
     from mbp.outdir import refuse_unsafe_output
     from mbp.overrides import apply_overrides
     from mbp.resolve import resolve
+    from mbp.train.distributed import speaks_for_run
     from mbp.train.loop import RunRequest
     from mbp.train.loop import run as train
     from mbp.train.outlock import holding
@@ -122,8 +122,8 @@ def run(
     )
     if overwrite:
         refuse_unsafe_output(out_dir, "--out")
-    main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 holds the folder
-    with holding(out_dir) if main else nullcontext():
+    # under torchrun, rank 0 holds the folder
+    with holding(out_dir) if speaks_for_run() else nullcontext():
         return cast(RunSummary, train(resolved, request))
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -28,7 +27,14 @@ from mbp.cli.common import emit_json, json_option, registry_option, say
 @click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a pipeline field by dotted path."
 )
-@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue from the last checkpoint in --out. A setting that changes how the run trains "
+    "(data.batch_size, data.seq_len, train.lr...) may differ from the checkpoint's: a warning names "
+    "each, old -> new, and the resume is no longer exact. More --steps extend the run; fewer than "
+    "the checkpoint's step are an error.",
+)
 @click.option(
     "--init-from",
     "init_from",
@@ -62,6 +68,7 @@ def run_command(
 ) -> None:
     """Train and evaluate PIPELINE (default: the registry's) on SHARDS (default: data.train_shards)."""
     from mbp.running import run
+    from mbp.train.distributed import speaks_for_run
 
     settings = list(overrides) + ([f"train.steps={steps}"] if steps is not None else [])
     summary = run(
@@ -76,7 +83,7 @@ def run_command(
         init_from=init_from,
         overwrite=overwrite,
     )
-    if os.environ.get("RANK", "0") != "0":
+    if not speaks_for_run():
         return  # under torchrun, rank 0 speaks for the run
     if as_json:
         emit_json(summary)

@@ -44,6 +44,21 @@ def _optimizer_tensors(optim_state: dict[str, Any]) -> tuple[dict[str, torch.Ten
     return tensors, {"param_groups": optim_state["param_groups"]}
 
 
+def first_nonfinite(model_state: dict[str, torch.Tensor], optim_state: dict[str, Any]) -> str | None:
+    """The first weight or optimizer tensor holding an infinity or NaN (named), else None: checked before
+    a save, since a step whose loss and gradients were finite can still overflow its update."""
+    named = [(f"weight {k}", v) for k, v in model_state.items()]
+    named += [
+        (f"optimizer state {index}.{key}", value)
+        for index, entry in optim_state.get("state", {}).items()
+        for key, value in entry.items()
+    ]
+    for name, tensor in named:
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not tensor.isfinite().all():
+            return name
+    return None
+
+
 def save_checkpoint(
     out: Path,
     model_state: dict[str, torch.Tensor],

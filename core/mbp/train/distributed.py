@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from mbp.errors import ConfigError
 from mbp.train.optim import TrainingOptimizer
 
 
@@ -24,11 +25,38 @@ class World:
         return self.rank == 0
 
 
+RENDEZVOUS = ("RANK", "MASTER_ADDR", "MASTER_PORT")
+"""What torchrun sets besides WORLD_SIZE, and a process group needs to be joined."""
+
+
+def launched_size() -> int:
+    """The processes torchrun started: ``WORLD_SIZE`` when it is over 1, with the rest of torchrun's
+    variables; 1 for a plain run, whatever a stray ``RANK`` or ``LOCAL_RANK`` says."""
+    given = os.environ.get("WORLD_SIZE", "1")
+    try:
+        size = int(given)
+    except ValueError:
+        raise ConfigError(f"WORLD_SIZE={given!r}: expected a count of processes (torchrun sets it)") from None
+    missing = [name for name in RENDEZVOUS if name not in os.environ]
+    if size > 1 and missing:
+        raise ConfigError(
+            f"WORLD_SIZE={size} asks for a distributed run, but {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} unset: start it with torchrun, or unset WORLD_SIZE "
+            "for a single process"
+        )
+    return max(size, 1)
+
+
+def speaks_for_run() -> bool:
+    """Whether this process prints the run's result: a plain run's one process, or torchrun's rank 0."""
+    return launched_size() == 1 or os.environ["RANK"] == "0"
+
+
 def init_world() -> World:
     """Join the process group torchrun describes (gloo on CPU, NCCL on GPU); a plain run is a world of 1."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
+    size = launched_size()
     if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0")) if size > 1 else 0
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     else:
@@ -62,6 +90,19 @@ def all_reduce_sum(value: torch.Tensor, world: World) -> torch.Tensor:
     if world.size > 1:
         dist.all_reduce(value)
     return value
+
+
+def grad_norm(model: nn.Module, clip: float | None) -> torch.Tensor:
+    """The gradients' total norm, after clipping them to ``clip`` when it is given; under FSDP the full
+    norm over every shard, the same on every process (as under DDP, whose gradients are all-reduced)."""
+    from torch.distributed.tensor import DTensor
+
+    if clip:
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
 
 def broadcast_int(value: int, world: World) -> int:

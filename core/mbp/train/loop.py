@@ -24,7 +24,7 @@ from mbp.resolve import Resolved
 from mbp.sinks import open_sinks
 from mbp.train import distributed as D
 from mbp.train.allocator import keep_freed_memory
-from mbp.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from mbp.train.checkpoint import TrainState, first_nonfinite, load_checkpoint, save_checkpoint
 from mbp.train.deadline import Deadline, deadline_of
 from mbp.train.evaluate import evaluate, held_out_batches
 from mbp.train.init import init_from as load_initial_weights
@@ -38,12 +38,22 @@ from mbp.train.recorded import (
     recorded_optimizer,
     recorded_precision,
     recorded_steps,
+    resume_changes,
 )
 from mbp.train.report import MetricsLog, Progress, run_summary
 from mbp.train.rundir import check_belongs, prepare_out, remove_leftovers, resume_point
 from mbp.train.schedule import lr_factor
 from mbp.train.variation import with_augment
-from mbp.train.watch import BestKeeper, LearningWatch, PaddingWatch, length_advice, note, selection_of, warn
+from mbp.train.watch import (
+    BestKeeper,
+    LearningWatch,
+    PaddingWatch,
+    diverged,
+    length_advice,
+    note,
+    selection_of,
+    warn,
+)
 
 
 @dataclass(frozen=True)
@@ -139,6 +149,9 @@ class Trainer:
                 self.precision = PrecisionChoice(recorded, "auto: as the run chose before it was resumed")
                 resolved = with_precision(resolved, recorded)
             self.resolved, self.cfg = resolved, resolved.pipeline.train
+            changes = resume_changes(self.checkpoint, document, resolved.pipeline)
+            if changes and world.is_main:
+                warn(changes)
             self.state, optim_state = load_checkpoint(self.checkpoint, self.model)
         if self.plan is not None:
             self.plan = dataclasses.replace(self.plan, steps=self.cfg.total_steps)
@@ -254,7 +267,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.lr * factor
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum, tokens = 0.0, 0
+        losses, tokens = [], 0
         for _ in range(cfg.grad_accum):
             batch, position = next(self.train)
             ids, weights = batch.tokens.to(world.device), batch.weights.to(world.device)
@@ -262,19 +275,29 @@ class Trainer:
             with self.precision.autocast(world.device):
                 loss = self.wrapped(ids, weights, begins)
             (loss / cfg.grad_accum).backward()
-            loss_sum += float(loss.detach()) / cfg.grad_accum
+            losses.append(loss.detach().float())
             tokens += batch.num_tokens * world.size
             if world.is_main:
                 self.padding.observe(batch.num_tokens, batch.tokens.numel())
             state.samples_seen += batch.samples_started * world.size
             state.epoch, state.consumed, state.taken = position.epoch, position.consumed, position.taken
-        if cfg.clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
+        loss_sum = self.finite(torch.stack(losses).mean(), D.grad_norm(self.model, cfg.clip))
         self.optimizer.step()
         state.step += 1
         state.samples_skipped = self.log.samples_skipped
         self.window_tokens += tokens
         return loss_sum, tokens
+
+    def finite(self, loss: torch.Tensor, norm: torch.Tensor) -> float:
+        """The step's loss, read with its gradient norm in the step's one transfer from the device; a
+        non-finite one on any process stops every process before the optimizer applies it."""
+        health = torch.stack([loss, norm.float()])
+        agreed = D.all_reduce_sum(health.clone(), self.world) if self.world.size > 1 else health
+        values = torch.cat([health, agreed]).tolist()
+        if not all(map(math.isfinite, values)):
+            what = f"loss {values[0]:g}, gradient norm {values[1]:g}"
+            raise diverged(self.state.step + 1, what, self.checkpoint, self.cfg.lr)
+        return values[0]
 
     def log_train(self, loss: float) -> None:
         self.last_train_bpb = loss / math.log(2)
@@ -312,6 +335,11 @@ class Trainer:
 
     def save(self) -> None:
         model_state, optim_state = D.full_states(self.model, self.optimizer, self.world, self.cfg.strategy)
+        bad = first_nonfinite(model_state, optim_state) if self.world.is_main else None
+        if D.broadcast_int(int(bad is not None), self.world):  # rank 0 holds the full states
+            raise diverged(
+                self.state.step, f"{bad or 'a tensor'} is not finite", self.checkpoint, self.cfg.lr
+            )
         if self.world.is_main:
             self.checkpoint = save_checkpoint(
                 self.out,

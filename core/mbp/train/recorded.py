@@ -1,12 +1,36 @@
 """What a checkpoint's run settled by measuring, which a resumed run keeps rather than measuring again:
 its steps (at the time ceiling), its precision (``auto``), whether its samples varied and how many
-held-out samples it evaluated, and which optimizer its saved state belongs to."""
+held-out samples it evaluated, and which optimizer its saved state belongs to. And what a resume may
+not take silently: settings that make it train otherwise than the uninterrupted run, and steps it has
+already passed."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
+from mbp.config import Pipeline
+from mbp.errors import ConfigError
 from mbp.train.precision import Precision
+
+EXACT = (
+    ("data", "seq_len"),
+    ("data", "batch_size"),
+    ("data", "pack"),
+    ("data", "shuffle_buffer"),
+    ("data", "augment"),
+    ("train", "seed"),
+    ("train", "grad_accum"),
+    ("train", "lr"),
+    ("train", "min_lr_ratio"),
+    ("train", "warmup_steps"),
+    ("train", "weight_decay"),
+    ("train", "clip"),
+    ("train", "precision"),
+)
+"""The settings a resumed run must keep to train as the uninterrupted one would have: the rows and the
+order of its samples, and its updates. ``train.steps`` is not among them: more steps extend a run."""
 
 
 def _setting(document: dict[str, Any], section: str, key: str) -> Any:
@@ -44,3 +68,32 @@ def recorded_optimizer(document: dict[str, Any]) -> str:
     optimizer (such a checkpoint holds AdamW state)."""
     chosen = _setting(document, "train", "optimizer")
     return chosen if chosen in ("muon", "adamw") else "adamw"
+
+
+def resume_changes(directory: Path, document: dict[str, Any], pipeline: Pipeline) -> str | None:
+    """The warning a resume from ``directory`` gives where ``pipeline`` changes ``EXACT`` settings the
+    checkpoint recorded (old -> new, each named), else None. A resume that could train no step is a
+    ``ConfigError``: ``train.steps`` below the checkpoint's step would otherwise end at once, silently."""
+    done, steps = int(document["train_state"]["step"]), pipeline.train.total_steps
+    if steps < done:
+        raise ConfigError(
+            f"--resume: {directory.name} is at step {done}, past train.steps {steps}: nothing would train; "
+            f"pass --steps above {done} to train on"
+        )
+    ours = pipeline.model_dump(mode="json")
+    changes = [
+        f"{section}.{key} {_shown(_setting(document, section, key))} -> {_shown(ours[section][key])}"
+        for section, key in EXACT
+        if key in ((document.get("pipeline") or {}).get(section) or {})  # recorded before it existed: unknown
+        and _setting(document, section, key) != ours[section][key]
+    ]
+    if not changes:
+        return None
+    return (
+        f"--resume from {directory.name} changes {', '.join(changes)}: training goes on with the new "
+        "settings, no longer as the uninterrupted run would have"
+    )
+
+
+def _shown(value: Any) -> str:
+    return "unset" if value is None else value if isinstance(value, str) else json.dumps(value)

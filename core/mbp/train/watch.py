@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from mbp.config import Pipeline
+from mbp.errors import MbpError
 from mbp.model.io import CONFIG, save_model
 
 BEST = "best"
@@ -29,6 +30,21 @@ def selection_of(head: Any) -> tuple[str, Mode]:
     """The held-out metric a head's runs are judged by (``selection`` on the head), else the loss."""
     chosen = getattr(head, "selection", None)
     return chosen if chosen else ("loss_bpb", "min")
+
+
+class DivergedError(MbpError):
+    """Training produced a non-finite loss, gradient norm or saved tensor; nothing from that step on is
+    applied or saved, so every checkpoint the run leaves holds finite numbers."""
+
+
+def diverged(step: int, what: str, checkpoint: Path | None, lr: float) -> DivergedError:
+    """The one line that stops a diverged run: the step, what went non-finite, where to go back to."""
+    back = (
+        f"the last finite checkpoint is {checkpoint}" if checkpoint else "no checkpoint was saved before it"
+    )
+    return DivergedError(
+        f"training diverged at step {step} ({what}): {back}; a lower train.lr (now {lr:g}) may help"
+    )
 
 
 def warn(line: str) -> None:
