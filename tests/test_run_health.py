@@ -206,5 +206,5 @@ def test_eval_refuses_a_checkpoint_of_another_model(
         return
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip().splitlines() == [
-        f"mbp: error: --checkpoint {checkpoint}: not a model of pipeline 'qa': {refusal}"
+        f"mbp: error: {checkpoint}: checkpoint of pipeline 'qa' is not a model of pipeline 'qa': {refusal}"
     ]

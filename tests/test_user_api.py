@@ -132,8 +132,8 @@ def test_a_pipeline_that_does_not_fit_the_checkpoint_is_refused(trained: Trained
     with pytest.raises(ConfigError) as model:
         mbp.load(checkpoint, registry=wide)  # the checkpoint's pipeline name, in another registry
     assert str(model.value) == (
-        f"{checkpoint}: checkpoint of pipeline 'ask' has model transformer dim 32 x1 / transformer dim 16 x1 "
-        "patch 4; pipeline 'ask' has transformer dim 48 x1 / transformer dim 16 x1 patch 4"
+        f"{checkpoint}: checkpoint of pipeline 'ask' is not a model of pipeline 'ask': "
+        "model.stages.0.dim: checkpoint has 32, the pipeline 48"
     )
     cli = invoke_mbp("eval", "ask", trained.evals, "--checkpoint", str(checkpoint), "--registry", str(wide))
     assert cli.returncode == 2 and cli.stderr.strip() == f"mbp: error: {model.value}"

@@ -12,7 +12,7 @@ from mbp.components import ComponentTable
 from mbp.config import ModelConfig, Pipeline, Registry, RegistryFile, check_pipeline
 from mbp.errors import CheckpointError, ConfigError
 from mbp.model.decoder import MultiscaleDecoder
-from mbp.model.io import CONFIG, checkpoint_document, describe_model, load_model
+from mbp.model.io import CONFIG, checkpoint_document, load_model
 from mbp.resolve import Resolved, resolve, resolve_head, with_batch_size, with_dropout
 
 
@@ -80,17 +80,15 @@ def given_pipeline(
 
 
 def check_model(directory: Path, resolved: Resolved, trained: ModelConfig, document: dict[str, Any]) -> None:
-    """The pipeline's model has the checkpoint's stages (backbone, width, depth, patch): the weights are
-    the checkpoint's either way, so a pipeline that differs would describe a model it does not run."""
-    ours = resolved.pipeline.model
+    """The pipeline's model is the checkpoint's in every weight-relevant setting (backbones and their
+    parameters, widths, depths, patches; rates such as dropout may differ): the weights are the
+    checkpoint's either way, so a pipeline that differs would describe a model it does not run."""
+    from mbp.train.init import first_difference
 
-    def stages(model: ModelConfig) -> list[tuple[str, int, int, int | None]]:
-        return [(s.backbone.type, s.dim, s.layers, s.patch) for s in model.stages]
-
-    if stages(ours) != stages(trained):
+    difference = first_difference(trained.model_dump(), resolved.pipeline.model.model_dump())
+    if difference:
         theirs_name = str(document.get("pipeline_name", "?"))
         raise ConfigError(
-            f"{directory}: checkpoint of pipeline '{theirs_name}' has model "
-            f"{describe_model(trained.model_dump())}; pipeline '{resolved.name}' has "
-            f"{describe_model(ours.model_dump())}"
+            f"{directory}: checkpoint of pipeline '{theirs_name}' is not a model of pipeline "
+            f"'{resolved.name}': {difference}"
         )
