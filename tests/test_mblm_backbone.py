@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mbp.generate import generate, generate_uncached
+from mbp.generate import generate
 from mbp.model.build import build_model
-from mbp.testing import assert_backbone_causal, assert_model_causal, assert_step_matches_forward
+from mbp.testing import (
+    assert_backbone_causal,
+    assert_model_causal,
+    assert_step_matches_forward,
+    generate_uncached,
+)
 from mbp_mblm import block as mblm_block
 from mbp_mblm.block import MblmTransformer, MblmTransformerParams, token_shift
 
