@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from mbp.generate import Sampling, generate, prime, sample_next
+from mbp.model import kv_plan
 from mbp.protocol import END, EOS, PAD
 from mbp.testing import generate_uncached
-from mbp_transformer import model as transformer_model
 
 from tests.conftest import tiny_model
 
@@ -35,7 +35,7 @@ def test_cached_greedy_equals_uncached(components, backbones: tuple[str, ...]) -
 
 def test_long_cache_attention_path_matches_too(components, monkeypatch: pytest.MonkeyPatch) -> None:
     # steps attend by a broadcast product on short caches and by SDPA on long ones: check the SDPA path
-    monkeypatch.setattr(transformer_model, "SMALL_ATTENTION", 0)
+    monkeypatch.setattr(kv_plan, "SMALL_ATTENTION", 0)
     model = tiny_model(components, 2).eval()
     prompts = [torch.randint(0, 256, (n,)) for n in (3, 12, 17)]
     cached = generate(model, prompts, max_new=20, stop_tokens=())

@@ -9,9 +9,11 @@
 - Codecs: ``Codec`` (optionally ``SegmentExtension``, ``Augmenting``, ``ReadingView``,
   ``ContextWeighting``, ``RowLayout``) turning field bytes into a ``Segment`` and back.
 - Backbones: ``Backbone`` (optionally ``PrefillBackbone``, ``SegmentedBackbone``) and its ``Cache``;
-  test one with :mod:`mbp.testing`. ``RMSNorm`` and :mod:`small_tensor_ops` are the norm and the ops for the
-  tiny tensors of generation steps that the built-in backbones use; ``Dropout`` (and ``dropout``) is their
-  dropout, with a CPU mask several times cheaper than torch's.
+  test one with :mod:`mbp.testing`. A KV cache plans each generation step's row positions and visibility
+  with a ``KVPlanner`` (its ``KVPlan`` writes the new keys and values); ``small_attention`` says when that
+  step's attention runs as a broadcast product. ``RMSNorm`` and :mod:`small_tensor_ops` are the norm and
+  the ops for the tiny tensors of generation steps that the built-in backbones use; ``Dropout`` (and
+  ``dropout``) is their dropout, with a CPU mask several times cheaper than torch's.
 - Task heads: ``TaskHead`` (optionally ``FieldHead``, ``BatchingHead``, ``RegularizedHead``,
   ``SplittingHead``, ``ThinningHead``) and its ``Metrics``, reading ``EncodedSample``s; ``payload_range``,
   ``payload_bytes`` and ``prompt_length`` find a field's payload in a sample.
@@ -55,6 +57,7 @@ from mbp.model.build import build_model
 from mbp.model.decoder import MultiscaleDecoder
 from mbp.model.dropout import Dropout, dropout
 from mbp.model.io import save_model
+from mbp.model.kv_plan import KVPlan, KVPlanner, small_attention
 from mbp.model.norm import RMSNorm
 from mbp.outdir import refuse_unsafe_output
 from mbp.plugins import get_platform
@@ -83,6 +86,8 @@ __all__ = [
     "Dropout",
     "EncodedSample",
     "FieldHead",
+    "KVPlan",
+    "KVPlanner",
     "MbpError",
     "Metrics",
     "MetricsSink",
@@ -114,6 +119,7 @@ __all__ = [
     "prompt_length",
     "refuse_unsafe_output",
     "save_model",
+    "small_attention",
     "small_tensor_ops",
     "write_file_atomically",
 ]
