@@ -103,3 +103,45 @@ def test_factories_receive_the_validated_params_model(components: ComponentTable
     backbone = components.build("backbones", {"type": "transformer", "heads": 2}, dim=16, layers=1)
     assert backbone.params == components.get("backbones", "transformer").params(heads=2)
     assert components.build("codecs", {"type": "pixels", "size": [4, 3]}).size == (4, 3)
+
+
+def test_every_built_in_hook_declares_the_typed_register_of_its_hookspec() -> None:
+    # mypy checks what a plugin registers only through the annotation of ``register``: an untyped
+    # ``Register`` would let a sink or importer of any shape through
+    import importlib
+
+    from mbp import hookspecs
+
+    specs = {
+        name: inspect.signature(getattr(hookspecs, name)).parameters["register"].annotation
+        for name in dir(hookspecs)
+        if name.startswith("mbp_register_")
+    }
+    assert specs["mbp_register_sinks"] == "Register[MetricsSink]"
+    assert specs["mbp_register_importers"] == "RegisterImporter"
+    declared = {}
+    for package in sorted(PLUGIN_PACKAGES - {"mbp_rot13"}):  # the built-in ones
+        module = importlib.import_module(package)
+        for hook in specs.keys() & set(vars(module)):
+            parameters = inspect.signature(getattr(module, hook)).parameters
+            declared[(package, hook)] = parameters["register"].annotation
+    assert len(declared) >= 9 and {hook for _, hook in declared} == set(specs)
+    assert {key: text for key, text in declared.items() if text != specs[key[1]]} == {}
+
+
+def test_the_sink_and_importer_contracts_are_public() -> None:
+    from mbp_mblm.cli import import_mblm
+    from mbp_tracking.tensorboard import TensorBoardSink
+
+    assert {"MetricsSink", "RegisterImporter", "Register"} <= set(api.__all__)
+    found: dict[str, object] = {}
+
+    def register(name: str, command: object, /) -> None:
+        found[name] = command
+
+    importer_hook: api.RegisterImporter = register
+    import mbp_mblm
+
+    mbp_mblm.mbp_register_importers(importer_hook)
+    assert found == {"mblm": import_mblm}
+    assert {"write", "close"} <= set(vars(TensorBoardSink))  # what the training loop calls

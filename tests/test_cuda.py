@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mbp.generate import generate, generate_uncached
+from mbp.generate import generate
+from mbp.testing import generate_uncached
 from mbp_mamba import backbone
 from mbp_mamba.backbone import Mamba, MambaParams
 from mbp_mamba.kernels import fused_scan

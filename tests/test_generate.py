@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mbp.generate import Sampling, generate, generate_uncached, prime, sample_next
+from mbp.generate import Sampling, generate, prime, sample_next
+from mbp.model import kv_plan
 from mbp.protocol import END, EOS, PAD
-from mbp_transformer import model as transformer_model
+from mbp.testing import generate_uncached
 
 from tests.conftest import tiny_model
 
@@ -34,12 +35,23 @@ def test_cached_greedy_equals_uncached(components, backbones: tuple[str, ...]) -
 
 def test_long_cache_attention_path_matches_too(components, monkeypatch: pytest.MonkeyPatch) -> None:
     # steps attend by a broadcast product on short caches and by SDPA on long ones: check the SDPA path
-    monkeypatch.setattr(transformer_model, "SMALL_ATTENTION", 0)
+    monkeypatch.setattr(kv_plan, "SMALL_ATTENTION", 0)
     model = tiny_model(components, 2).eval()
     prompts = [torch.randint(0, 256, (n,)) for n in (3, 12, 17)]
     cached = generate(model, prompts, max_new=20, stop_tokens=())
     for prompt, tokens in zip(prompts, cached, strict=True):
         assert tokens == generate_uncached(model, prompt, 20)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_the_uncached_reference_leaves_the_mode_it_found(components, training: bool) -> None:
+    model = tiny_model(components, 2).train(training)
+    seen: list[bool] = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(module.training))
+    tokens = generate_uncached(model, torch.tensor([257, 1, 2]), 3)
+    assert len(tokens) == 3 and seen == [False] * 3  # decoded in eval mode: no dropout
+    assert model.training is training
+    assert all(m.training is training for m in model.modules())
 
 
 @pytest.mark.parametrize("stages", [1, 2, 3])

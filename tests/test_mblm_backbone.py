@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mbp.generate import generate, generate_uncached
+from mbp.generate import generate
+from mbp.model import kv_plan
 from mbp.model.build import build_model
-from mbp.testing import assert_backbone_causal, assert_model_causal, assert_step_matches_forward
-from mbp_mblm import block as mblm_block
+from mbp.testing import (
+    assert_backbone_causal,
+    assert_model_causal,
+    assert_step_matches_forward,
+    generate_uncached,
+)
 from mbp_mblm.block import MblmTransformer, MblmTransformerParams, token_shift
 
 VARIANTS = {
@@ -87,7 +92,7 @@ def test_decoder_with_mblm_stages_is_causal_and_caches_exactly(components, stage
 
 def test_long_cache_attention_path_matches_too(components, monkeypatch: pytest.MonkeyPatch) -> None:
     # one step attends by a broadcast product on short caches and by SDPA on long ones: check SDPA's
-    monkeypatch.setattr(mblm_block, "SMALL_ATTENTION", 0)
+    monkeypatch.setattr(kv_plan, "SMALL_ATTENTION", 0)
     model = build_model(model_config(2), components).eval()
     prompts = [torch.randint(0, 256, (n,)) for n in (3, 9)]
     cached = generate(model, prompts, max_new=20, stop_tokens=())

@@ -1,21 +1,26 @@
 """Everything a plugin author needs from mbp, in one import; the rest of core is internal and may move.
 
-- Hooks: ``hookimpl`` and ``Register``; a plugin implements ``mbp_register_codecs(register:
-  Register[Codec])``, ``mbp_register_backbones(register: Register[Backbone])`` or
-  ``mbp_register_heads(register: Register[TaskHead])`` (see :mod:`mbp.hookspecs`), and mypy then checks
-  what it registers against the protocols below.
+- Hooks: ``hookimpl``, ``Register`` and ``RegisterImporter``; a plugin implements
+  ``mbp_register_codecs(register: Register[Codec])``, ``mbp_register_backbones(register:
+  Register[Backbone])``, ``mbp_register_heads(register: Register[TaskHead])``,
+  ``mbp_register_sinks(register: Register[MetricsSink])`` or ``mbp_register_importers(register:
+  RegisterImporter)`` (see :mod:`mbp.hookspecs`), and mypy then checks what it registers against the
+  protocols below.
 - Codecs: ``Codec`` (optionally ``SegmentExtension``, ``Augmenting``, ``ReadingView``,
   ``ContextWeighting``, ``RowLayout``) turning field bytes into a ``Segment`` and back.
 - Backbones: ``Backbone`` (optionally ``PrefillBackbone``, ``SegmentedBackbone``) and its ``Cache``;
-  test one with :mod:`mbp.testing`. ``RMSNorm`` and :mod:`small_tensor_ops` are the norm and the ops for the
-  tiny tensors of generation steps that the built-in backbones use; ``Dropout`` (and ``dropout``) is their
-  dropout, with a CPU mask several times cheaper than torch's.
+  test one with :mod:`mbp.testing`. A KV cache plans each generation step's row positions and visibility
+  with a ``KVPlanner`` (its ``KVPlan`` writes the new keys and values); ``small_attention`` says when that
+  step's attention runs as a broadcast product. ``RMSNorm`` and :mod:`small_tensor_ops` are the norm and
+  the ops for the tiny tensors of generation steps that the built-in backbones use; ``Dropout`` (and
+  ``dropout``) is their dropout, with a CPU mask several times cheaper than torch's.
 - Task heads: ``TaskHead`` (optionally ``FieldHead``, ``BatchingHead``, ``RegularizedHead``,
   ``SplittingHead``, ``ThinningHead``) and its ``Metrics``, reading ``EncodedSample``s; ``payload_range``,
   ``payload_bytes`` and ``prompt_length`` find a field's payload in a sample.
-- Metrics sinks (``mbp_register_sinks``): ``MetricsSink``; a sink whose library is missing raises
-  ``SinkUnavailableError``.
-- Importers (``mbp_register_importers``) write ordinary mbp checkpoints from another tool's: the model's
+- Metrics sinks (``mbp_register_sinks``): ``MetricsSink`` (``write(row)`` per metric row, ``close()``);
+  a sink whose library is missing raises ``SinkUnavailableError``.
+- Importers (``mbp_register_importers``): a ``click.Command`` each, registered through
+  ``RegisterImporter``, that writes ordinary mbp checkpoints from another tool's: the model's
   ``ModelConfig`` and ``Pipeline``, ``build_model``, ``MultiscaleDecoder``, ``save_model``,
   ``load_components`` (the installed plugins' component table) and the vocabulary's ``PAD`` and
   ``VOCAB_SIZE``; ``CheckpointError`` for files that cannot be read. ``refuse_unsafe_output`` refuses an
@@ -45,13 +50,14 @@ from mbp.heads import (
     payload_range,
     prompt_length,
 )
-from mbp.hookspecs import Register, hookimpl
+from mbp.hookspecs import Register, RegisterImporter, hookimpl
 from mbp.model import small_tensor_ops
 from mbp.model.backbone import Backbone, Cache, PrefillBackbone, SegmentedBackbone
 from mbp.model.build import build_model
 from mbp.model.decoder import MultiscaleDecoder
 from mbp.model.dropout import Dropout, dropout
 from mbp.model.io import save_model
+from mbp.model.kv_plan import KVPlan, KVPlanner, small_attention
 from mbp.model.norm import RMSNorm
 from mbp.outdir import refuse_unsafe_output
 from mbp.plugins import get_platform
@@ -80,6 +86,8 @@ __all__ = [
     "Dropout",
     "EncodedSample",
     "FieldHead",
+    "KVPlan",
+    "KVPlanner",
     "MbpError",
     "Metrics",
     "MetricsSink",
@@ -91,6 +99,7 @@ __all__ = [
     "RMSNorm",
     "ReadingView",
     "Register",
+    "RegisterImporter",
     "RegularizedHead",
     "RowLayout",
     "Segment",
@@ -110,6 +119,7 @@ __all__ = [
     "prompt_length",
     "refuse_unsafe_output",
     "save_model",
+    "small_attention",
     "small_tensor_ops",
     "write_file_atomically",
 ]

@@ -9,16 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING
 
 import torch
 
 from mbp.model.decoder import MultiscaleDecoder
 from mbp.model.decoder_cache import DecoderCache
 from mbp.protocol import BOS, EOS, PAD
-
-if TYPE_CHECKING:
-    pass
 
 Callback = Callable[[int, int], None]
 """Called with (row, token) for every generated token."""
@@ -112,18 +108,3 @@ def generate(
         return out
     finally:
         model.train(was_training)
-
-
-@torch.inference_mode()
-def generate_uncached(model: MultiscaleDecoder, prompt: torch.Tensor, max_new: int) -> list[int]:
-    """Greedy decoding by a full forward at every step: the reference the cached path must match."""
-    model.eval()
-    sequence = prompt.clone()
-    out: list[int] = []
-    for _ in range(max_new):
-        padded = torch.cat((sequence, sequence.new_full((1,), PAD)))
-        logits = model(padded[None])[0, -1]
-        token = int(sample_next(logits[None], Sampling(), None)[0])
-        out.append(token)
-        sequence = torch.cat((sequence, sequence.new_full((1,), token)))
-    return out

@@ -16,9 +16,13 @@ from mbp.errors import ConfigError, MbpError
 
 @runtime_checkable
 class MetricsSink(Protocol):
-    def write(self, row: dict[str, Any]) -> None: ...
+    """What the training loop calls on a sink, on the main process only."""
 
-    def close(self) -> None: ...
+    def write(self, row: dict[str, Any]) -> None:
+        """One metric row, as ``metrics.jsonl`` receives it."""
+
+    def close(self) -> None:
+        """The run ended (finished, stopped or failed): flush and release what the sink holds."""
 
 
 class SinkUnavailableError(MbpError):

@@ -1,7 +1,8 @@
 """A reusable test harness for backbones and whole models; third-party plugin tests import it.
 
-Every check runs in eval mode and, unless told otherwise, in float64 so "unchanged" can mean exactly
-unchanged: a causal model's outputs before position t do not move at all when the input at t changes.
+``generate_uncached`` is the reference that cached generation must match. Every check runs in eval mode
+and, unless told otherwise, in float64 so "unchanged" can mean exactly unchanged: a causal model's
+outputs before position t do not move at all when the input at t changes.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from mbp.generate import Sampling, sample_next
 from mbp.model.backbone import prefill, run_segments
 from mbp.model.decoder import MultiscaleDecoder
+from mbp.protocol import PAD
 
 
 def _positions(length: int, chosen: Iterable[int] | None) -> list[int]:
@@ -114,3 +117,23 @@ def assert_segments_kept_apart(
         moved = (got - alone).abs().max().item()
         assert moved <= 1e-9, f"segment {index} differs from running it alone by {moved:.3g}"
         offset += part.shape[1]
+
+
+@torch.inference_mode()
+def generate_uncached(model: MultiscaleDecoder, prompt: torch.Tensor, max_new: int) -> list[int]:
+    """Greedy decoding by a full forward at every step: the reference the cached path must match. Runs in
+    eval mode and leaves the model in the mode it found."""
+    was_training = model.training
+    model.eval()
+    try:
+        sequence = prompt.clone()
+        out: list[int] = []
+        for _ in range(max_new):
+            padded = torch.cat((sequence, sequence.new_full((1,), PAD)))
+            logits = model(padded[None])[0, -1]
+            token = int(sample_next(logits[None], Sampling(), None)[0])
+            out.append(token)
+            sequence = torch.cat((sequence, sequence.new_full((1,), token)))
+        return out
+    finally:
+        model.train(was_training)

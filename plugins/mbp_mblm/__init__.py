@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from mbp.api import Backbone, Register, hookimpl
+from mbp.api import Backbone, Register, RegisterImporter, hookimpl
 
 from mbp_mblm.block import MblmTransformer, MblmTransformerParams
 
@@ -14,7 +14,7 @@ def mbp_register_backbones(register: Register[Backbone]) -> None:
 
 
 @hookimpl
-def mbp_register_importers(register: Register) -> None:
+def mbp_register_importers(register: RegisterImporter) -> None:
     from mbp_mblm.cli import import_mblm
 
     register("mblm", import_mblm)

@@ -18,12 +18,10 @@ from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
+from mbp.api import KVPlanner, small_attention
 from mbp.api import small_tensor_ops as small
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
-
-SMALL_ATTENTION = 1 << 16
-"""Cache sizes (B x H x T x K) up to which one step's attention runs as a broadcast product."""
 
 
 class MblmTransformerParams(BaseModel):
@@ -95,6 +93,7 @@ class MblmCache:
         self.shift_ff = [like.new_zeros(batch, half) for _ in range(layers)]
         self.lengths = torch.zeros(batch, dtype=torch.long, device=like.device)
         self.batch, self.capacity = batch, capacity
+        self.planner = KVPlanner(batch, capacity, like.device)
 
     def reset(self, rows: torch.Tensor) -> None:
         self.lengths = torch.where(rows, torch.zeros_like(self.lengths), self.lengths)
@@ -243,18 +242,10 @@ class MblmTransformer(nn.Module):
         dominate: 2-D products on the weights instead of module calls, plain writes when every row
         advances, and attention over a short cache as a broadcast product."""
         pos = cache.lengths
-        everyone = bool(active.all())
-        slot = pos if everyone else pos.clamp(max=cache.capacity - 1)  # idle rows may be full
-        low, high = (int(v) for v in torch.aminmax(slot))
-        top = high if everyone else int(pos[active].max()) if bool(active.any()) else 0
-        if top >= cache.capacity:
-            raise RuntimeError(f"cache capacity {cache.capacity} exceeded")
-        span = high + 1
-        # rows at different positions must not see the stale slots beyond their own
-        visible = None if low == high else torch.arange(span, device=x.device) <= slot[:, None]
-        rows = torch.arange(x.shape[0], device=x.device)
+        plan = cache.planner.plan(pos, active)
+        everyone = plan.active is None
         x = self._position_step(x, pos)
-        angles = self._angles(slot)
+        angles = self._angles(plan.slot)
         turns = None if angles is None else (angles.cos().to(x.dtype), angles.sin().to(x.dtype))
         for index, layer in enumerate(self._blocks()):
             attn, ff = layer.attn, layer.ff
@@ -267,13 +258,9 @@ class MblmTransformer(nn.Module):
                 q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
             keys, values = cache.keys[index], cache.values[index]
             k, v = k.to(keys.dtype), v.to(values.dtype)  # bf16 under autocast; the cache's dtype kept
-            if everyone:
-                keys[rows, :, slot], values[rows, :, slot] = k, v
-            else:  # rows sitting this step out keep what their slot holds
-                on = active[:, None, None]
-                keys[rows, :, slot] = torch.where(on, k, keys[rows, :, slot])
-                values[rows, :, slot] = torch.where(on, v, values[rows, :, slot])
-            y = self._attend(q, keys[:, :, :span], values[:, :, :span], visible)
+            plan.write(keys, k)
+            plan.write(values, v)
+            y = self._attend(q, keys[:, :, : plan.span], values[:, :, : plan.span], plan.visible)
             x = F.linear(y.flatten(1), attn.to_out.weight) + x
             h = ff.norm(self._shift(x, cache.shift_ff, index, active, everyone))
             h = F.linear(h, ff.up.weight, ff.up.bias)
@@ -299,7 +286,7 @@ class MblmTransformer(nn.Module):
     ) -> torch.Tensor:
         """One query per row, ``q: (B, H, K)``, over ``keys/values: (B, H, S, K)``; returns (B, H, K)."""
         scale = q.shape[-1] ** -0.5
-        if keys.numel() <= SMALL_ATTENTION:
+        if small_attention(keys):
             scores = (q[:, :, None] * keys).sum(-1) * scale  # (B, H, S)
             if visible is not None:
                 scores = scores.masked_fill(~visible[:, None], float("-inf"))

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from mbp.api import Register, hookimpl
+from mbp.api import MetricsSink, Register, hookimpl
 
 from mbp_tracking.tensorboard import TensorBoardParams, TensorBoardSink
 
 
 @hookimpl
-def mbp_register_sinks(register: Register) -> None:
+def mbp_register_sinks(register: Register[MetricsSink]) -> None:
     register("tensorboard", TensorBoardSink, TensorBoardParams)

@@ -10,12 +10,9 @@ from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
-from mbp.api import Dropout, RMSNorm, dropout, small_tensor_ops
+from mbp.api import Dropout, KVPlan, KVPlanner, RMSNorm, dropout, small_attention, small_tensor_ops
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
-
-SMALL_ATTENTION = 1 << 16
-"""Cache sizes (B x S x H x K) up to which one step's attention runs as a broadcast product."""
 
 
 class TransformerParams(BaseModel):
@@ -79,12 +76,8 @@ class Rotary(torch.autograd.Function):
 class StepPlan:
     """What every layer of one generation step shares: computed once per step, not once per layer."""
 
-    rows: torch.Tensor  # (B,) row indices
-    slot: torch.Tensor  # (B,) cache slot each row writes
+    kv: KVPlan  # where each row writes and what it sees
     turns: torch.Tensor  # (B, 2, 1, K/2) query (scaled) and key rotations at each row's position
-    span: int  # cache slots any row can see
-    visible: torch.Tensor | None  # (B, span), None when every row sits at the same position
-    active: torch.Tensor | None  # (B,) rows that advance, None when all do
 
 
 class KVCache:
@@ -110,22 +103,11 @@ class KVCache:
         # pre-multiplied by attention's 1/sqrt(K) so that steps need not scale the scores
         turns = rotations(torch.arange(capacity, device=like.device), head_dim, rope_base, like.dtype)
         self.turns = torch.stack((turns * head_dim**-0.5, turns), dim=1)
-        self.rows = torch.arange(batch, device=like.device)
-        self.positions = torch.arange(capacity, device=like.device)
+        self.planner = KVPlanner(batch, capacity, like.device)
 
     def plan(self, active: torch.Tensor) -> StepPlan:
-        everyone = bool(active.all())
-        pos = self.lengths
-        # rows sitting out may be full; they write nothing
-        slot = pos if everyone else pos.clamp(max=self.capacity - 1)
-        low, high = (int(v) for v in torch.aminmax(slot))
-        top = high if everyone else int(pos[active].max())
-        if top >= self.capacity:
-            raise RuntimeError(f"KV cache capacity {self.capacity} exceeded")
-        # rows at different positions must not see the stale slots beyond their own
-        visible = None if low == high else self.positions[: high + 1] <= pos[:, None]
-        turns = self.turns[slot][:, :, None, :]
-        return StepPlan(self.rows, slot, turns, high + 1, visible, None if everyone else active)
+        kv = self.planner.plan(self.lengths, active)
+        return StepPlan(kv, self.turns[kv.slot][:, :, None, :])
 
     def reset(self, rows: torch.Tensor) -> None:
         self.lengths = torch.where(rows, torch.zeros_like(self.lengths), self.lengths)
@@ -205,21 +187,17 @@ class Attention(nn.Module):
         q, k = rotary(qkv[:, :2], plan.turns).unbind(1)  # (B, H, K), q already scaled by 1/sqrt(K)
         keys, values = cache.keys[layer], cache.values[layer]
         k, v = k.to(keys.dtype), qkv[:, 2].to(values.dtype)  # bf16 under autocast; the cache's dtype kept
-        if plan.active is None:
-            keys[plan.rows, :, plan.slot] = k
-            values[plan.rows, :, plan.slot] = v
-        else:  # rows sitting this step out keep what their slot holds
-            keep = plan.active[:, None, None]
-            keys[plan.rows, :, plan.slot] = torch.where(keep, k, keys[plan.rows, :, plan.slot])
-            values[plan.rows, :, plan.slot] = torch.where(keep, v, values[plan.rows, :, plan.slot])
-        keys, values = keys[:, :, : plan.span], values[:, :, : plan.span]
-        if b * plan.span * x.shape[1] <= SMALL_ATTENTION:
+        kv = plan.kv
+        kv.write(keys, k)
+        kv.write(values, v)
+        keys, values = keys[:, :, : kv.span], values[:, :, : kv.span]
+        if small_attention(keys):
             scores = (q[:, :, None] * keys).sum(-1)  # (B, H, S)
-            if plan.visible is not None:
-                scores = scores.masked_fill(~plan.visible[:, None], float("-inf"))
+            if kv.visible is not None:
+                scores = scores.masked_fill(~kv.visible[:, None], float("-inf"))
             y = (torch.softmax(scores, -1)[..., None] * values).sum(-2)
         else:
-            mask = None if plan.visible is None else plan.visible[:, None, None]
+            mask = None if kv.visible is None else kv.visible[:, None, None]
             y = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=mask, scale=1.0)
             y = y[:, :, 0]
         return F.linear(y.reshape(b, -1), self.out.weight, self.out.bias)
