@@ -297,3 +297,11 @@ def test_inspect_and_run_over_http(server: str, tmp_path: Path) -> None:
     summary = json.loads(result.stdout)
     assert summary["steps"] == 2 and summary["failed_shards"] == [missing]
     assert f"mbp: warning: shard {missing} failed: HTTP 404 Not Found" in result.stderr.splitlines()
+
+
+def test_inspect_names_a_pipe_shard_by_its_command(tmp_path: Path) -> None:
+    (tmp_path / "x.tar.gz").write_bytes(GZ)
+    shard = f"pipe:cat {tmp_path / 'x.tar.gz'}"
+    result = invoke_mbp("shards", "inspect", shard, "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["shards"] == [{"path": shard, "name": shard, "samples": SAMPLES}]
