@@ -104,12 +104,17 @@ def run(
     else:
         resolved = base
     data = resolved.pipeline.data
-    train_shards = expand_shards([str(s) for s in shards] or data.train_shards)
+    # shards from the config may name no command unless the user allows it (MBP_ALLOW_PIPE=1)
+    train_shards = expand_shards([str(s) for s in shards]) or expand_shards(
+        data.train_shards, origin="data.train_shards"
+    )
     if not train_shards:
         raise ConfigError(
             f"pipeline '{resolved.name}' names no train shards: pass SHARDS or set data.train_shards"
         )
-    evals = expand_shards([str(s) for s in eval_shards] or data.eval_shards)
+    evals = expand_shards([str(s) for s in eval_shards]) or expand_shards(
+        data.eval_shards, origin="data.eval_shards"
+    )
     out_dir = Path(out) if out is not None else Path("mbp-runs") / resolved.name
     request = RunRequest(
         out_dir,

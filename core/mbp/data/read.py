@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import webdataset as wds
+from braceexpand import braceexpand
 from webdataset.tariterators import base_plus_ext
 
 from mbp.data.skips import SkipLog
-from mbp.data.tarscan import ShardDamageError, members
+from mbp.data.sources import SourceError, check_source, is_stream, shard_members, shard_name
+from mbp.data.tarscan import ShardDamageError
 from mbp.errors import ConfigError, DataError
 
 BUNDLED = "bundled:"
@@ -32,26 +34,43 @@ class RawSample:
 
     @property
     def where(self) -> str:
-        return f"{Path(self.shard).name}:sample {self.key}"
+        return f"{shard_name(self.shard)}:sample {self.key}"
 
 
 def bundled_dir() -> Path:
     return Path(str(resources.files("mbp") / "bundled"))
 
 
-def expand_shards(patterns: Sequence[str]) -> list[str]:
-    """Expand globs and ``bundled:NAME`` (shards shipped with mbp); an unmatched pattern is an error."""
+def expand_shards(patterns: Sequence[str], *, origin: str | None = None) -> list[str]:
+    """Expand brace lists (``train-{000000..000099}.tar``, ``{a,b}``, as webdataset does), then globs
+    and ``bundled:NAME`` (shards shipped with mbp); an unmatched glob is an error. URLs and ``pipe:``
+    commands are kept as they are (a ``?`` in a URL is no glob).
+
+    Args:
+        origin: the config key the patterns come from, when they do (``data.train_shards``): a config
+            names no command unless the user allows it (see :func:`mbp.data.sources.check_source`).
+
+    Raises:
+        ConfigError: unbalanced braces, an unknown URL scheme, or a command from a config.
+        DataError: a glob matches no file.
+    """
     shards: list[str] = []
-    for pattern in patterns:
-        if pattern.startswith(BUNDLED):
-            pattern = str(bundled_dir() / pattern[len(BUNDLED) :])
-        if any(ch in pattern for ch in "*?["):
-            matched = sorted(glob.glob(pattern))
-            if not matched:
-                raise DataError(f"no shard matches {pattern}")
-            shards += matched
-        else:
-            shards.append(pattern)
+    for given in patterns:
+        try:
+            expanded = list(braceexpand(given))
+        except ValueError:  # braceexpand's UnbalancedBracesError, which its type stubs leave out
+            raise ConfigError(f"shard pattern {given}: unbalanced braces") from None
+        for pattern in expanded:
+            check_source(pattern, origin)
+            if pattern.startswith(BUNDLED):
+                pattern = str(bundled_dir() / pattern[len(BUNDLED) :])
+            if not is_stream(pattern) and any(ch in pattern for ch in "*?["):
+                matched = sorted(glob.glob(pattern))
+                if not matched:
+                    raise DataError(f"no shard matches {pattern}")
+                shards += matched
+            else:
+                shards.append(pattern)
     return shards
 
 
@@ -135,12 +154,12 @@ def shard_samples(shard: str, log: SkipLog) -> Iterator[RawSample]:
     lower-cased). A sample is complete only once the next sample's first header, or the end of the
     archive, was read intact: when the damage comes first, the sample being read is left out and named.
     """
-    name = Path(shard).name
+    name = shard_name(shard)
     limit = member_limit()
     current: _Pending | None = None
     last: str | None = None
     try:
-        for member in members(shard, limit):
+        for member in shard_members(shard, limit):
             key, suffix = base_plus_ext(member.name)
             if key is None or _is_meta(member.name):
                 continue
@@ -159,6 +178,8 @@ def shard_samples(shard: str, log: SkipLog) -> Iterator[RawSample]:
             yield from current.emit(log)
     except OSError as error:
         log.shard(name, f"cannot read: {error.strerror or error}")
+    except SourceError as error:
+        log.shard(name, error.reason)
     except ShardDamageError as damage:
         if damage.whole and current is not None:  # the archive ended properly: the sample is whole
             last = yield from current.emit(log)

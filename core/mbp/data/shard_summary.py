@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,6 +10,7 @@ import numpy as np
 from mbp.data.encode import SampleEncoder
 from mbp.data.read import read_samples
 from mbp.data.skips import SkipLog
+from mbp.data.sources import shard_name
 from mbp.errors import DataError, skip_kind
 
 
@@ -30,7 +30,7 @@ def inspect_shards(shards: list[str], encoder: SampleEncoder | None, log: SkipLo
                     lengths.append(len(encoder.encode(raw).tokens))
                 except DataError as error:
                     log.sample(str(error), skip_kind(error))
-        report["shards"].append({"path": shard, "name": Path(shard).name, "samples": count})
+        report["shards"].append({"path": shard, "name": shard_name(shard), "samples": count})
         report["samples"] += count
     report["fields"] = dict(sorted(fields.items()))
     if encoder is not None:

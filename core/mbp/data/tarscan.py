@@ -82,9 +82,9 @@ class GzipCheck:
     """True when the bytes that came out cannot be trusted (bad data or trailer), not merely cut short."""
 
 
-def members(path: str | Path, limit: int) -> Iterator[Member]:
+def members(path: str | Path, limit: int) -> Generator[Member, None, int]:
     """The file members of the tar or tar.gz shard at ``path``, in order; the data of those over
-    ``limit`` bytes is left out (``Member.data`` is None).
+    ``limit`` bytes is left out (``Member.data`` is None). Returns where the tar archive ends.
 
     Raises:
         OSError: the file cannot be opened.
@@ -94,8 +94,7 @@ def members(path: str | Path, limit: int) -> Iterator[Member]:
         gzipped = handle.read(2) == GZIP_MAGIC
     if not gzipped:
         with open(path, "rb") as handle:
-            yield from tar_members(handle, limit)
-        return
+            return (yield from tar_members(handle, limit))
     check = check_gzip(path)
     if check.corrupt:
         raise ShardDamageError(0, f"{check.problem}; no sample of a corrupt gzip stream can be vouched for")
@@ -108,6 +107,7 @@ def members(path: str | Path, limit: int) -> Iterator[Member]:
         raise
     if check.problem:  # cut after the end-of-archive marker: all samples are there, the file is not
         raise ShardDamageError(end, check.problem, whole=True)
+    return end
 
 
 def tar_members(stream: Readable, limit: int) -> Generator[Member, None, int]:
