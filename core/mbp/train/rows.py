@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 
 from mbp.data.batches import Position, aligned, encoded_stream
-from mbp.data.encode import EncodedSample
 from mbp.data.skips import SkipLog
 from mbp.heads import splits_samples
 from mbp.resolve import Resolved
+from mbp.sample import EncodedSample
 
 SHORTEST_ROW = 1024
 LONGEST_ROW = 65536
