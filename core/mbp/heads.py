@@ -59,14 +59,9 @@ class RegularizedHead(Protocol):
 @runtime_checkable
 class BatchingHead(Protocol):
     """Optional for a head: the rows a step its task learns most from in a run of minutes, where
-    ``data.batch_size`` is unset (without it: ``DEFAULT_BATCH``)."""
+    ``data.batch_size`` is unset (without it: ``mbp.planning_constants.DEFAULT_BATCH``)."""
 
     batch_size: int
-
-
-DEFAULT_BATCH = 8
-"""Rows a step for a head that names none: answer heads' rows pack several short samples each, and 8
-rows (a few dozen samples) make a steady gradient for a few thousand labelled samples."""
 
 
 @runtime_checkable
