@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from mbp.model.io import checkpoint_document
+from mbp.model.checkpoint_files import checkpoint_document
 from mbp.planning_constants import PASSES
 from mbp.train import deadline as deadline_module
 from mbp.train import loop, plan, precision_plan

@@ -45,9 +45,9 @@ from mbp.hookspecs import Register, hookimpl
 from mbp.model import small_tensor_ops
 from mbp.model.backbone import Backbone, Cache, PrefillBackbone, SegmentedBackbone
 from mbp.model.build import build_model
+from mbp.model.checkpoint_files import save_model
 from mbp.model.decoder import MultiscaleDecoder
 from mbp.model.dropout import Dropout, dropout
-from mbp.model.io import save_model
 from mbp.model.norm import RMSNorm
 from mbp.outdir import refuse_unsafe_output
 from mbp.plugins import get_platform

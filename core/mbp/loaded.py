@@ -313,7 +313,7 @@ def load(path: str | Path, *, pipeline: str | None = None, registry: str | Path 
     """
     from mbp.api import load_components
     from mbp.checkpoint_pipeline import checkpoint_folder, given_pipeline, recorded_pipeline
-    from mbp.model.io import load_model
+    from mbp.model.checkpoint_files import load_model
 
     components = load_components()
     directory = checkpoint_folder(Path(path))
