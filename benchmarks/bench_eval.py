@@ -29,8 +29,8 @@ from mbp.data.read import expand_shards
 from mbp.data.skips import SkipLog
 from mbp.heads import splits_samples
 from mbp.model.build import build_model
+from mbp.model.checkpoint_files import save_model
 from mbp.model.decoder import MultiscaleDecoder
-from mbp.model.io import save_model
 from mbp.plugins import get_platform
 from mbp.resolve import Resolved, resolve
 from mbp.train.evaluate import eval_batches, evaluate

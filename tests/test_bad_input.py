@@ -15,7 +15,7 @@ from mbp.data.encode import SampleEncoder
 from mbp.data.skips import SkipLog
 from mbp.hookspecs import hookimpl
 from mbp.model.build import build_model
-from mbp.model.io import save_model
+from mbp.model.checkpoint_files import save_model
 from mbp.plugins import new_platform
 from mbp.protocol import BOS, END, HDR, SEG, Segment, decode_lenient
 from pydantic import BaseModel

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from mbp.components import ComponentTable
 from mbp.data.batches import Batch, collate
-from mbp.data.encode import EncodedSample
 from mbp.data.read import RawSample
 from mbp.generate import generate, prime
 from mbp.model.build import build_model
@@ -23,6 +22,7 @@ from mbp.model.decoder import MultiscaleDecoder
 from mbp.overrides import apply_overrides
 from mbp.plugins import get_platform
 from mbp.resolve import resolve
+from mbp.sample import EncodedSample
 from mbp.train import steptime
 from mbp.train.evaluate import evaluate
 from mbp.train.precision import Precision, PrecisionChoice

@@ -10,10 +10,10 @@ import pytest
 from mbp.config import TrainConfig
 from mbp.data.batches import spread
 from mbp.data.skips import SkipLog
+from mbp.planning_constants import EVAL_SHARE, EVALUATIONS, PASSES
 from mbp.resolve import Resolved
 from mbp.train import budget
 from mbp.train.budget import (
-    EVAL_SHARE,
     LEAST_TRAINING,
     RUN_SECONDS,
     STEP_DRIFT,
@@ -24,7 +24,7 @@ from mbp.train.budget import (
     training_seconds,
 )
 from mbp.train.evaluate import eval_batches
-from mbp.train.plan import PASSES, plan_run, plan_steps
+from mbp.train.plan import plan_run, plan_steps
 from mbp.train.recorded import recorded_eval_samples
 
 from tests.shardkit import write_tar
@@ -102,11 +102,11 @@ def test_a_held_out_set_too_big_for_its_share_is_evaluated_on_a_spread_subset(
     # a set of at most FEWEST_EVAL_SAMPLES is evaluated whole, however long that takes
     monkeypatch.setattr(budget, "FEWEST_EVAL_SAMPLES", held_out)
     whole = plan_steps(resolved, shards, PATCH, eval_shards=eval_shard(tmp_path, held_out)).evaluation
-    assert whole == EvalLoad(held_out, budget.EVALUATIONS)
+    assert whole == EvalLoad(held_out, EVALUATIONS)
     # a pipeline's own data.max_eval_samples is what a run evaluates, and what is counted
     capped = resolved.with_settings("data", max_eval_samples=per_step)
     load = plan_steps(capped, shards, PATCH, eval_shards=eval_shard(tmp_path, held_out)).evaluation
-    assert load == EvalLoad(per_step, budget.EVALUATIONS)
+    assert load == EvalLoad(per_step, EVALUATIONS)
 
 
 def test_a_held_out_set_too_big_for_the_budget_leaves_half_the_training(
@@ -123,7 +123,7 @@ def test_a_held_out_set_too_big_for_the_budget_leaves_half_the_training(
         advice is not None and f"evaluating {4 * MOST_STEPS * per_step:,} held-out samples 4 times" in advice
     )
     cap = int(advice.rsplit("data.max_eval_samples: ", 1)[1].split()[0])
-    capped_load = EvalLoad(cap, budget.EVALUATIONS).seconds(planned.seconds, per_step)
+    capped_load = EvalLoad(cap, EVALUATIONS).seconds(planned.seconds, per_step)
     assert 0.09 * RUN_SECONDS < capped_load <= 0.1 * RUN_SECONDS
 
 

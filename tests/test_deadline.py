@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from mbp.model.io import checkpoint_document
+from mbp.model.checkpoint_files import checkpoint_document
+from mbp.planning_constants import PASSES
 from mbp.train import deadline as deadline_module
 from mbp.train import loop, plan, precision_plan
 from mbp.train.deadline import (
@@ -23,7 +24,7 @@ from mbp.train.deadline import (
     deadline_of,
     round_down,
 )
-from mbp.train.plan import PASSES, plan_steps
+from mbp.train.plan import plan_steps
 
 from tests.conftest import invoke_mbp
 from tests.shardkit import REGISTRY, good_samples, write_tar

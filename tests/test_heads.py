@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 from mbp.data.batches import collate
-from mbp.data.encode import EncodedSample, Span, context_weight_of
+from mbp.data.encode import context_weight_of
 from mbp.errors import PluginError
 from mbp.generate import generate
-from mbp.heads import payload_range, prompt_length
 from mbp.protocol import BOS, END, EOS, Segment, encode_segment
+from mbp.sample import EncodedSample, Span, payload_range, prompt_length
 from mbp.train.evaluate import evaluate
 
 from tests.conftest import tiny_model

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from mbp.data.batches import batches, collate
-from mbp.data.encode import EncodedSample
+from mbp.sample import EncodedSample
 from mbp.train import precision as P
 from mbp.train.watch import BestKeeper, LearningWatch, PaddingWatch, length_advice
 

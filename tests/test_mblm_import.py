@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from mbp.cli import cli
 from mbp.config import ModelConfig
 from mbp.generate import generate
-from mbp.model.io import load_model
+from mbp.model.checkpoint_files import load_model
 from mbp.resolve import resolve
 from mbp_mblm.cli import convert
 from safetensors.torch import load_file

@@ -11,7 +11,7 @@ import torch
 from mbp.config import ModelConfig
 from mbp.errors import CheckpointError, ConfigError
 from mbp.model.build import build_model
-from mbp.model.io import load_model, save_model
+from mbp.model.checkpoint_files import load_model, save_model
 from mbp.protocol import PAD, VOCAB_SIZE
 from mbp.testing import assert_backbone_causal, assert_model_causal, assert_step_matches_forward
 

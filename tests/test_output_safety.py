@@ -20,7 +20,7 @@ from mbp.atomic import write_dir_atomically
 from mbp.config import ModelConfig
 from mbp.errors import MbpError
 from mbp.model.build import build_model
-from mbp.model.io import save_model
+from mbp.model.checkpoint_files import save_model
 from mbp.outdir import check_writable
 from mbp.train.outlock import LOCK, OutputBusyError, holding
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from mbp.data.batches import aligned, collate
-from mbp.data.encode import EncodedSample
 from mbp.model import decoder, kept_rows
 from mbp.model.backbone import run_segments
 from mbp.model.build import build_model
 from mbp.protocol import PAD
+from mbp.sample import EncodedSample
 from mbp.testing import assert_segments_kept_apart
 
 from tests.conftest import Exposing, stage, tiny_model

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mbp.data.batches import Batch, Position, batches, encoded_stream
-from mbp.data.encode import EncodedSample, Span
 from mbp.data.skips import SkipLog
 from mbp.heads import splits_samples
 from mbp.plugins import get_platform
 from mbp.protocol import PAD
 from mbp.resolve import Resolved, resolve
+from mbp.sample import EncodedSample, Span
 from safetensors.torch import load_file
 
 from tests.conftest import invoke_mbp

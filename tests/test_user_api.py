@@ -246,7 +246,7 @@ def test_a_checkpoint_without_a_pipeline_generates_and_says_what_else_needs_one(
 ) -> None:
     from mbp.config import ModelConfig
     from mbp.model.build import build_model
-    from mbp.model.io import save_model
+    from mbp.model.checkpoint_files import save_model
 
     config = ModelConfig.model_validate(
         {"stages": [{"backbone": {"type": "transformer", "heads": 2}, "dim": 16, "layers": 1},

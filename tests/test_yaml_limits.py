@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 from mbp.config import load_registry
+from mbp.config.yamlpos import NODES, load_with_lines
 from mbp.errors import ConfigError
 from mbp.overrides import apply_overrides
 from mbp.resolve import resolve
-from mbp.yamlpos import NODES, load_with_lines
 
 from tests.conftest import invoke_mbp
 from tests.test_config import GOOD

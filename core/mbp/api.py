@@ -36,7 +36,6 @@ from mbp.atomic import write_file_atomically
 from mbp.codec import Augmenting, Codec, ContextWeighting, ReadingView, RowLayout, SegmentExtension
 from mbp.components import ComponentTable
 from mbp.config import ModelConfig, Pipeline
-from mbp.data.encode import EncodedSample, Span
 from mbp.errors import CheckpointError, CodecError, ConfigError, DataError, MbpError, PluginError
 from mbp.heads import (
     BatchingHead,
@@ -46,22 +45,20 @@ from mbp.heads import (
     SplittingHead,
     TaskHead,
     ThinningHead,
-    payload_bytes,
-    payload_range,
-    prompt_length,
 )
 from mbp.hookspecs import Register, RegisterImporter, hookimpl
 from mbp.model import small_tensor_ops
 from mbp.model.backbone import Backbone, Cache, PrefillBackbone, SegmentedBackbone
 from mbp.model.build import build_model
+from mbp.model.checkpoint_files import save_model
 from mbp.model.decoder import MultiscaleDecoder
 from mbp.model.dropout import Dropout, dropout
-from mbp.model.io import save_model
 from mbp.model.kv_plan import KVPlan, KVPlanner, small_attention
 from mbp.model.norm import RMSNorm
 from mbp.outdir import refuse_unsafe_output
 from mbp.plugins import get_platform
 from mbp.protocol import PAD, VOCAB_SIZE, Segment
+from mbp.sample import EncodedSample, Span, payload_bytes, payload_range, prompt_length
 from mbp.sinks import MetricsSink, SinkUnavailableError
 
 

@@ -11,8 +11,8 @@ from pydantic import ValidationError
 from mbp.components import ComponentTable
 from mbp.config import ModelConfig, Pipeline, Registry, RegistryFile, check_pipeline
 from mbp.errors import CheckpointError, ConfigError
+from mbp.model.checkpoint_files import CONFIG, checkpoint_document, load_model
 from mbp.model.decoder import MultiscaleDecoder
-from mbp.model.io import CONFIG, checkpoint_document, load_model
 from mbp.resolve import Resolved, resolve, resolve_head, with_batch_size, with_dropout
 
 

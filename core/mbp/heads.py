@@ -13,8 +13,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from mbp.data.encode import EncodedSample, Span
-from mbp.protocol import HDR
+from mbp.sample import EncodedSample
 
 
 @runtime_checkable
@@ -60,14 +59,9 @@ class RegularizedHead(Protocol):
 @runtime_checkable
 class BatchingHead(Protocol):
     """Optional for a head: the rows a step its task learns most from in a run of minutes, where
-    ``data.batch_size`` is unset (without it: ``DEFAULT_BATCH``)."""
+    ``data.batch_size`` is unset (without it: ``mbp.planning_constants.DEFAULT_BATCH``)."""
 
     batch_size: int
-
-
-DEFAULT_BATCH = 8
-"""Rows a step for a head that names none: answer heads' rows pack several short samples each, and 8
-rows (a few dozen samples) make a steady gradient for a few thousand labelled samples."""
 
 
 @runtime_checkable
@@ -93,21 +87,3 @@ class ThinningHead(Protocol):
 
 def splits_samples(head: TaskHead) -> bool:
     return isinstance(head, SplittingHead) and head.split_samples
-
-
-def payload_range(sample: EncodedSample, span: Span) -> tuple[int, int]:
-    """Token indices ``[first, last)`` of a segment's payload plus its END marker."""
-    window = sample.tokens[span.start : span.end]
-    hdr = span.start + int(np.flatnonzero(window == HDR)[0])
-    return hdr + 1, span.end
-
-
-def payload_bytes(sample: EncodedSample, field: str) -> bytes:
-    """The payload of ``field``'s segment as it stands in the sample (its END marker left out)."""
-    first, last = payload_range(sample, sample.span(field))
-    return sample.tokens[first : last - 1].astype(np.uint8).tobytes()
-
-
-def prompt_length(sample: EncodedSample, field: str) -> int:
-    """Tokens up to and including the HDR of ``field``: what a generator is given."""
-    return payload_range(sample, sample.span(field))[0]

@@ -41,7 +41,7 @@ from mbp.resolve import Resolved
 
 if TYPE_CHECKING:
     from mbp.data.batches import Batch
-    from mbp.data.encode import EncodedSample
+    from mbp.sample import EncodedSample
 
 Shards = str | Path | Sequence[str | Path]
 """One shard (a path, a glob, ``bundled:NAME``) or several."""
@@ -177,7 +177,8 @@ class LoadedModel:
 
             model.answer({"image": Path("cat.png").read_bytes(), "question": "what animal?"})
         """
-        from mbp.heads import FieldHead, prompt_length
+        from mbp.heads import FieldHead
+        from mbp.sample import prompt_length
         from mbp.train.evaluate import greedy_answers
 
         resolved = self._pipeline("answer")
@@ -312,7 +313,7 @@ def load(path: str | Path, *, pipeline: str | None = None, registry: str | Path 
     """
     from mbp.api import load_components
     from mbp.checkpoint_pipeline import checkpoint_folder, given_pipeline, recorded_pipeline
-    from mbp.model.io import load_model
+    from mbp.model.checkpoint_files import load_model
 
     components = load_components()
     directory = checkpoint_folder(Path(path))

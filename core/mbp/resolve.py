@@ -10,7 +10,8 @@ from mbp.components import ComponentTable
 from mbp.config import Pipeline, Ref, Registry, check_pipeline, load_registry
 from mbp.data.encode import SampleEncoder
 from mbp.errors import ConfigError
-from mbp.heads import DEFAULT_BATCH, BatchingHead, FieldHead, RegularizedHead, TaskHead
+from mbp.heads import BatchingHead, FieldHead, RegularizedHead, TaskHead
+from mbp.planning_constants import DEFAULT_BATCH
 
 
 @dataclass
@@ -80,13 +81,21 @@ def build_problems(registry: Registry, name: str, components: ComponentTable) ->
             except (ConfigError, ValueError, TypeError) as error:
                 where = registry.where(("pipelines", name, "model"))
                 problems.append(f"{where}: pipelines.{name}.model: {error}")
-    patch = pipeline.model.patch_len
-    if pipeline.data.seq_len is not None and pipeline.data.seq_len % patch:
+    patch = misfit_patch(pipeline)
+    if patch is not None:
         problems.append(
             f"{registry.where(('pipelines', name, 'data', 'seq_len'))}: pipelines.{name}.data.seq_len: "
             f"{pipeline.data.seq_len} is not a multiple of the patch length {patch}"
         )
     return problems
+
+
+def misfit_patch(pipeline: Pipeline) -> int | None:
+    """The patch length, where ``data.seq_len`` is set and is no multiple of it (a row would end inside a
+    patch, which the model cannot take); else None."""
+    patch = pipeline.model.patch_len
+    seq_len = pipeline.data.seq_len
+    return patch if seq_len is not None and seq_len % patch else None
 
 
 def resolve_head(registry: Registry, name: str, pipeline: Pipeline, components: ComponentTable) -> TaskHead:

@@ -14,11 +14,12 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from mbp.data.encode import EncodedSample, SampleEncoder
+from mbp.data.encode import SampleEncoder
 from mbp.data.read import RawSample, ShardCache, read_samples
 from mbp.data.skips import SkipLog
 from mbp.errors import DataError, skip_kind
 from mbp.protocol import PAD
+from mbp.sample import EncodedSample
 
 T = TypeVar("T")
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from mbp.codec import Augmenting, Codec, ContextWeighting, ReadingView
@@ -13,54 +10,10 @@ from mbp.config import Pipeline
 from mbp.data.field_cache import FieldCache
 from mbp.data.read import RawSample
 from mbp.errors import CodecError, DataError, MissingFieldError, PluginError, PluginExitError, ProtocolError
+from mbp.heads import FieldHead, TaskHead, ThinningHead
 from mbp.interrupts import from_user, what_it_did
 from mbp.protocol import BOS, EOS, TOKEN_DTYPE, encode_segment
-
-if TYPE_CHECKING:  # mbp.heads reads EncodedSample from here
-    from mbp.heads import TaskHead
-
-
-@dataclass(frozen=True)
-class Span:
-    """Tokens ``start:end`` (SEG to END inclusive) hold the segment of ``field`` made by ``codec``."""
-
-    field: str
-    codec: str
-    start: int
-    end: int
-    context_weight: float | None = None
-    """The codec's weight for these tokens as an answer's context (``mbp.api.ContextWeighting``)."""
-
-
-@dataclass
-class EncodedSample:
-    shard: str
-    key: str
-    tokens: np.ndarray
-    spans: list[Span]
-    weights: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    first: int = 0
-    """Where ``tokens`` start in the whole sample: non-zero for a piece cut off a longer sample."""
-
-    @property
-    def where(self) -> str:
-        from pathlib import Path
-
-        return f"{Path(self.shard).name}:sample {self.key}"
-
-    def span(self, field_name: str) -> Span:
-        return next(s for s in self.spans if s.field == field_name)
-
-    def piece(self, start: int, end: int | None = None) -> EncodedSample:
-        """Tokens ``start:end`` of this sample as a sample of their own, spans cut to fit."""
-        end = len(self.tokens) if end is None else min(end, len(self.tokens))
-        spans = [
-            Span(s.field, s.codec, max(s.start, start) - start, min(s.end, end) - start)
-            for s in self.spans
-            if s.start < end and s.end > start
-        ]
-        weights = self.weights[start:end] if len(self.weights) else self.weights
-        return EncodedSample(self.shard, self.key, self.tokens[start:end], spans, weights, self.first + start)
+from mbp.sample import EncodedSample, Span
 
 
 def match_field(fields: dict[str, bytes], wanted: str) -> str | None:
@@ -74,8 +27,6 @@ def match_field(fields: dict[str, bytes], wanted: str) -> str | None:
 def field_codecs(pipeline: Pipeline, components: ComponentTable, head: TaskHead) -> dict[str, Codec]:
     """Each field's codec; a field that a head answers from (not the answer itself) gets the codec's
     reading view (``ReadingView``). Training, evaluation and ``mbp generate`` all encode through this."""
-    from mbp.heads import FieldHead
-
     answered = head.field if isinstance(head, FieldHead) else None
     codecs: dict[str, Codec] = {}
     for name, ref in pipeline.fields.items():
@@ -96,8 +47,6 @@ class SampleEncoder:
         patches = pipeline.model.patches
         self.row = patches[-1] if patches else 0
         """Tokens a byte-level row predicts (0: one stage, whose rows are never skipped)."""
-        from mbp.heads import ThinningHead  # mbp.heads reads EncodedSample from here
-
         self.thinning = head if self.row > 1 and isinstance(head, ThinningHead) else None
         """The head, where it thins training weights and the model can skip rows; else None."""
         self.cache = FieldCache()

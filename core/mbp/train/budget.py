@@ -15,10 +15,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from mbp.config import EVALUATIONS, RUN_MINUTES
+from mbp.planning_constants import EVAL_SHARE, EVALUATIONS, RUN_MINUTES
 
 RUN_SECONDS = RUN_MINUTES * 60
-"""A planned run's wall time where ``train.minutes`` is unset (``mbp.config.RUN_MINUTES``)."""
+"""A planned run's wall time where ``train.minutes`` is unset (``mbp.planning_constants.RUN_MINUTES``)."""
 STEP_DRIFT = 1.2
 """The run's own steps over the step measured before it (the median of a few timings): the prefetching
 thread shares the cores, and the few thinned batches timed keep more or fewer rows than the average.
@@ -32,11 +32,6 @@ LEAST_TRAINING = 0.5
 set too big for the budget makes the run longer, and says so (``advice``)."""
 
 
-EVAL_SHARE = 0.25
-"""The share of a planned run its evaluations may take (as estimated) before they read a spread subset of
-its held-out set instead of all of it (``EvalLoad.fitted``). A test split of 10,000 28x28 images on the
-2-core AMD EPYC (fp32: 1,222 of them evaluate in 17-20 s) would take about 140 s an evaluation; four
-of them would leave the run under half its minutes to train, and longer than planned."""
 FEWEST_EVAL_SAMPLES = 2000
 """A cut held-out set keeps at least this many samples: an accuracy's standard error is then at most 1.1
 points. Every set of the real-data suite (at most 1,222 held out) is evaluated whole."""

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from mbp.atomic import write_dir_atomically
 from mbp.config import Pipeline
 from mbp.errors import CheckpointError
-from mbp.model.io import CONFIG, WEIGHTS, checkpoint_document, load_weights
+from mbp.model.checkpoint_files import CONFIG, WEIGHTS, checkpoint_document, load_weights
 
 OPTIMIZER = "optimizer.safetensors"
 STEP_DIR = re.compile(r"^step-(\d{8})$")

@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mbp.config import EVALUATIONS
+from mbp.planning_constants import EVALUATIONS
 from mbp.train.plan import StepPlan, passes_steps
 
 REPLAN_AT = 0.25

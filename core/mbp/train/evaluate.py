@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from mbp.data.batches import Batch, batches, encoded_stream, spread
-from mbp.data.encode import EncodedSample
 from mbp.data.read import read_samples
 from mbp.data.skips import SkipLog
-from mbp.heads import TaskHead, payload_bytes, payload_range, prompt_length, splits_samples
+from mbp.heads import TaskHead, splits_samples
 from mbp.model.decoder import MultiscaleDecoder
 from mbp.protocol import END, EOS
 from mbp.resolve import Resolved
+from mbp.sample import EncodedSample, payload_bytes, payload_range, prompt_length
 from mbp.train.precision import PrecisionChoice
 from mbp.train.watch import warn
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from mbp.config import ModelConfig
 from mbp.errors import CheckpointError, ConfigError
-from mbp.model.io import WEIGHTS, load_weights, read_config
+from mbp.model.checkpoint_files import WEIGHTS, load_weights, read_config
 
 IGNORED = {"checkpoint", "loss_chunk"}
 """Model settings that change how a model runs, not its weights: they may differ from the checkpoint's.

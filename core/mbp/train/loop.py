@@ -17,8 +17,8 @@ from mbp.data.skips import SkipLog
 from mbp.errors import ConfigError
 from mbp.heads import splits_samples
 from mbp.model.build import build_model
+from mbp.model.checkpoint_files import checkpoint_document
 from mbp.model.decoder import MultiscaleDecoder
-from mbp.model.io import checkpoint_document
 from mbp.outdir import check_writable
 from mbp.resolve import Resolved
 from mbp.sinks import open_sinks

@@ -16,13 +16,14 @@ import itertools
 from dataclasses import dataclass
 
 from mbp.codec import RowLayout
-from mbp.config import DEFAULT_PATCH, ModelConfig
+from mbp.config import ModelConfig
 from mbp.data.encode import match_field
 from mbp.data.read import read_samples
 from mbp.data.skips import SkipLog
+from mbp.planning_constants import DEFAULT_PATCH
 from mbp.resolve import Resolved
 
-PROBE_SAMPLES = 64
+PATCH_PROBE_SAMPLES = 64
 """Training samples read for their rows (the run's first: a set's images share one size)."""
 LARGEST = 128
 """The longest row taken whole: the global stage maps each position to patch x byte-stage width."""
@@ -62,7 +63,8 @@ def _patch_of(rows: dict[int, list[str]], seq_len: int | None, outer: int) -> tu
     named = "/".join(sorted(fields))
     patch = patch_for_row(row)
     if patch is None:
-        return DEFAULT_PATCH, f"{named} rows of {row} bytes have no part from 8 to {LARGEST} bytes"
+        reason = f"{named} rows of {row} bytes have no part from {DEFAULT_PATCH} to {LARGEST} bytes"
+        return DEFAULT_PATCH, reason
     if seq_len is not None and seq_len % (patch * outer):
         return DEFAULT_PATCH, f"data.seq_len {seq_len} holds no whole {patch}-byte patches of {named}'s rows"
     return patch, (f"one {row}-byte row of {named}" if patch == row else f"{named} rows of {row} bytes")
@@ -88,7 +90,7 @@ def row_lengths(resolved: Resolved, shards: list[str]) -> dict[int, list[str]]:
     seen: dict[int, list[str]] = {}
     if not layouts:
         return seen
-    for raw in itertools.islice(read_samples(shards, SkipLog(quiet=True)), PROBE_SAMPLES):
+    for raw in itertools.islice(read_samples(shards, SkipLog(quiet=True)), PATCH_PROBE_SAMPLES):
         for name, layout in layouts.items():
             field = match_field(raw.fields, name)
             try:

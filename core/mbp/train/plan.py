@@ -26,6 +26,7 @@ from mbp.data.read import read_samples
 from mbp.data.skips import SkipLog
 from mbp.heads import splits_samples
 from mbp.model.build import build_model
+from mbp.planning_constants import FEWEST_STEPS, PASSES
 from mbp.resolve import Resolved
 from mbp.train.budget import RUN_SECONDS, TRAIN_SECONDS, EvalLoad, ceiling, evaluations, training_seconds
 from mbp.train.patch_plan import PatchPlan, plan_patch
@@ -34,19 +35,6 @@ from mbp.train.rows import RowPlan, plan_rows, training_order
 from mbp.train.steptime import step_seconds
 from mbp.train.variation import VariationPlan, plan_variation
 
-PASSES = 30
-"""Passes over the training set. Letter glyphs went 0.910 / 0.948 / 0.981 at 2.5 / 3.3 / 5 passes, but
-spoken letter names (26 classes) were 0.811 / 0.876 / 0.895 at 6 / 9 / 12 passes: 6 was too few for the
-harder set, and the best checkpoint is kept, so extra passes on an easy set cost minutes, not accuracy.
-A pass of an answer head costs half a full one (``ThinningHead`` scores a quarter of the context
-rows a step), and the ceiling is time (``TRAIN_SECONDS``): at 15 passes most sets of the real-data
-suite stop after 1-4 minutes on a 2-core Intel Xeon with AMX. At 30 against 15, same machine and seed,
-held-out accuracy rises or holds on all but one: letter glyphs 0.980 -> 0.990 (seed 1: 0.995), spoken
-letters 0.895 -> 0.926, spoken commands 0.929 -> 0.939, spoken digits 0.980 -> 0.983, 8x8 digits
-0.906 -> 0.916, digit glyphs 1.000 -> 0.994, PNG glyphs 0.247 -> 0.260; PNG digits 0.229 -> 0.182,
-memorised (held-out loss rising from the
-second evaluation on, whose 0.205 is the kept best). No run took over 6.2 minutes."""
-FEWEST_STEPS = 600
 # The ceiling is time: the steps that fit the run's budget (``mbp.train.budget``) at the step time
 # measured on this machine, not a count of arithmetic: 14 TFLOP is 6.5 minutes on a 2-core AMD EPYC
 # (AVX2, no AVX512-BF16) and under 3 on a 2-core Intel Xeon with AMX; a measured step follows the
@@ -327,8 +315,6 @@ def preview(resolved: Resolved, shards: list[str]) -> dict[str, Any]:
 
 
 __all__ = [
-    "FEWEST_STEPS",
-    "PASSES",
     "PROBE_ROWS",
     "TRAIN_SECONDS",
     "RunPlan",

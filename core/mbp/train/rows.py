@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 
 from mbp.data.batches import Position, aligned, encoded_stream
-from mbp.data.encode import EncodedSample
 from mbp.data.skips import SkipLog
 from mbp.heads import splits_samples
+from mbp.planning_constants import ROW_COVERAGE, SHORTEST_ROW
 from mbp.resolve import Resolved
+from mbp.sample import EncodedSample
 
-SHORTEST_ROW = 1024
 LONGEST_ROW = 65536
 """A planned row holds at most this many tokens: longer samples are skipped, and the run's last line
 says which ``data.seq_len`` would hold them."""
@@ -31,7 +31,7 @@ LONGEST_SPLIT_ROW = 2048
 """A head that trains on pieces of samples (``lm``) needs no sample whole in a row, so its planned rows
 stop here: lm-text's row, which learned English to 0.8 x xz within minutes. A row sized to long
 documents (chapters, books) made every step costlier and left minutes for a few hundred steps."""
-PROBE_SAMPLES = 512
+LENGTH_PROBE_SAMPLES = 512
 """Samples encoded from the start of the (shuffled) training stream to measure their lengths."""
 
 
@@ -71,7 +71,7 @@ def plan_rows(resolved: Resolved, shards: list[str]) -> tuple[Resolved, RowPlan 
     if pipeline.model.stages[0].seq_len is not None:
         longest = min(longest, pipeline.model.stages[0].seq_len * patch)
     lengths = np.asarray(sample_lengths(resolved, shards))
-    need = int(np.quantile(lengths, 0.99, method="inverted_cdf")) if len(lengths) else 0
+    need = int(np.quantile(lengths, ROW_COVERAGE, method="inverted_cdf")) if len(lengths) else 0
     seq_len = min(max(aligned(need, patch), aligned(SHORTEST_ROW, patch)), longest - longest % patch)
     padding: float | None = None
     if not split and pipeline.data.pack and len(lengths):
@@ -134,9 +134,9 @@ def with_seq_len(resolved: Resolved, seq_len: int) -> Resolved:
 
 
 def sample_lengths(resolved: Resolved, shards: list[str]) -> list[int]:
-    """Encoded lengths of the training stream's first ``PROBE_SAMPLES`` samples."""
+    """Encoded lengths of the training stream's first ``LENGTH_PROBE_SAMPLES`` samples."""
     stream = training_order(resolved, shards, sys.maxsize)  # nothing is too long to be measured
-    return [len(sample.tokens) for sample, _ in itertools.islice(stream, PROBE_SAMPLES)]
+    return [len(sample.tokens) for sample, _ in itertools.islice(stream, LENGTH_PROBE_SAMPLES)]
 
 
 def training_order(
@@ -160,10 +160,9 @@ def training_order(
 
 
 __all__ = [
+    "LENGTH_PROBE_SAMPLES",
     "LONGEST_ROW",
     "LONGEST_SPLIT_ROW",
-    "PROBE_SAMPLES",
-    "SHORTEST_ROW",
     "RowPlan",
     "packed_rows",
     "plan_rows",

@@ -21,7 +21,7 @@ from torch import nn
 
 from mbp.config import Pipeline
 from mbp.errors import CheckpointError, ConfigError
-from mbp.model.io import CONFIG, WEIGHTS, checkpoint_document, describe_model
+from mbp.model.checkpoint_files import CONFIG, WEIGHTS, checkpoint_document, describe_model
 from mbp.outdir import remove_owned
 from mbp.train.checkpoint import OPTIMIZER, STEP_DIR, list_checkpoints
 

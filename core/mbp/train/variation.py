@@ -21,10 +21,8 @@ from dataclasses import dataclass
 
 from mbp.data.read import read_samples
 from mbp.data.skips import SkipLog
+from mbp.planning_constants import AUGMENT_PASSES
 from mbp.resolve import Resolved
-
-AUGMENT_PASSES = 15
-"""Passes over the training set from which a run varies its samples."""
 
 
 @dataclass(frozen=True)

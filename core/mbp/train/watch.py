@@ -20,7 +20,7 @@ import torch
 
 from mbp.config import Pipeline
 from mbp.errors import MbpError
-from mbp.model.io import CONFIG, save_model
+from mbp.model.checkpoint_files import CONFIG, save_model
 
 BEST = "best"
 Mode = Literal["max", "min"]

@@ -1,29 +1,29 @@
-"""registry.yaml: pipelines that wire registered component names together.
-
-Validation runs in two passes. Pass one checks the shape of the file and of every reference
-``{type: <registered name>, ...params}``. Pass two checks each reference's parameters against the
-registering plugin's own pydantic model. Errors carry the file, line and dotted path, and list valid names.
-Nothing named in a config is ever imported: names resolve only through the component table.
-"""
+"""The shape of a pipeline: the pydantic models a registry file's pipelines are read into (pass one of
+validation). Component references stay unchecked here (``Ref``): their parameters belong to the plugins
+that register them (``mbp.config.checks``). Settings a run plans when they are unset are described from
+the planner's numbers (``mbp.planning_constants``)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from importlib import resources
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.functional_validators import BeforeValidator
 from pydantic_core import PydanticCustomError
 
-from mbp.components import ComponentTable, Kind
-from mbp.errors import ConfigError
-from mbp.yamlpos import dotted, line_of, load_with_lines
-
-DEFAULT_PATCH = 8
-"""The byte-level stage's patch where the pipeline gives none and no training data plans one."""
+from mbp.planning_constants import (
+    AUGMENT_PASSES,
+    DEFAULT_BATCH,
+    DEFAULT_PATCH,
+    EVAL_SHARE,
+    EVALUATIONS,
+    FEWEST_STEPS,
+    PASSES,
+    ROW_COVERAGE,
+    RUN_MINUTES,
+    SHORTEST_ROW,
+)
 
 
 def _no_boolean(kind: str) -> BeforeValidator:
@@ -74,7 +74,7 @@ class StageConfig(Strict):
         gt=0,
         description=(
             "later stages: units of the stage below (bytes at the last) per unit; "
-            "unset at the last: one row of the data's rows (mbp run plans it), else 8"
+            f"unset at the last: one row of the data's rows (mbp run plans it), else {DEFAULT_PATCH}"
         ),
     )
     """Later stages: units of the stage below (bytes for the last stage) per unit of the stage above.
@@ -137,11 +137,14 @@ class DataConfig(Strict):
     seq_len: Count | None = Field(
         default=None,
         gt=0,
-        description="tokens a row; unset: holds 99% of training samples, about 1024 for shorter ones",
+        description=(
+            f"tokens a row; unset: holds {ROW_COVERAGE:.0%} of training samples, "
+            f"about {SHORTEST_ROW} for shorter ones"
+        ),
     )
     """Tokens a row. None: planned from the training samples by ``mbp.train.plan`` (``row_len``)."""
     batch_size: Count | None = Field(
-        default=None, gt=0, description="rows a step; unset: the head's (lm 1, else 8)"
+        default=None, gt=0, description=f"rows a step; unset: the head's (lm 1, else {DEFAULT_BATCH})"
     )
     """Rows a step. None: the head's (``mbp.api.BatchingHead``: 1 for ``lm``), else ``DEFAULT_BATCH``."""
     shuffle_buffer: Count = Field(default=1000, ge=0)
@@ -154,13 +157,13 @@ class DataConfig(Strict):
         default=None,
         gt=0,
         description="evaluate this many held-out samples, spread evenly over the set; unset: all, or "
-        "where their evaluations would take over a quarter of a planned run, as many as fit it",
+        f"where their evaluations would take over {EVAL_SHARE:.0%} of a planned run, as many as fit it",
     )
     augment: bool | None = Field(
         default=None,
         description=(
             "vary training samples with the codecs that offer it (images shifted); "
-            "unset: when the run trains at least 15 passes over its training set"
+            f"unset: when the run trains at least {AUGMENT_PASSES} passes over its training set"
         ),
     )
     """Whether fields whose codec leaves its own ``augment`` unset vary in training. None: planned
@@ -181,20 +184,12 @@ class DataConfig(Strict):
         return self.seq_len
 
 
-EVALUATIONS = 4
-"""Evaluations of a run whose pipeline leaves ``train.eval_every`` unset (every quarter of the run)."""
-RUN_MINUTES = 9.0
-"""A planned run's wall time, evaluation included, where ``train.minutes`` is unset: nine minutes, one
-under the ten a run is given, for starting the process, writing checkpoints and a machine whose speed
-varies within a run."""
-
-
 class TrainConfig(Strict):
     steps: Count | None = Field(
         default=None,
         ge=0,
         description=(
-            "unset: 30 passes over the training set, at least 600 steps, "
+            f"unset: {PASSES} passes over the training set, at least {FEWEST_STEPS} steps, "
             "at most the steps that fit train.minutes on this machine, evaluation included"
         ),
     )
@@ -204,7 +199,7 @@ class TrainConfig(Strict):
         gt=0,
         description=(
             "wall time a run with train.steps unset aims at, evaluation included, at the step time "
-            "measured on this machine; it still stops at 30 passes"
+            f"measured on this machine; it still stops at {PASSES} passes"
         ),
     )
     """The budget a planned run's steps are counted from (``mbp.train.budget``): the same recipe learns
@@ -225,7 +220,7 @@ class TrainConfig(Strict):
     bf16: bool | None = None
     """Deprecated: ``bf16: true`` is ``precision: bf16``, ``false`` is ``fp32``."""
     eval_every: Count | None = Field(default=None, gt=0)
-    """Steps between evaluations; None: four a run, among which the best checkpoint is kept."""
+    """Steps between evaluations; None: ``EVALUATIONS`` a run, among which the best checkpoint is kept."""
     checkpoint_every: Count | None = Field(default=None, gt=0)
     """Steps between checkpoints; None: at each evaluation."""
     keep_checkpoints: Count = Field(default=2, gt=0)
@@ -278,149 +273,3 @@ class Pipeline(Strict):
 class RegistryFile(Strict):
     default: str | None = None
     pipelines: dict[str, Pipeline] = Field(min_length=1)
-
-
-class Registry:
-    """A validated registry file."""
-
-    def __init__(self, source: str, raw: dict[str, Any], parsed: RegistryFile, lines: dict[Any, int]):
-        self.source = source
-        self.raw = raw
-        self.parsed = parsed
-        self.lines = lines
-
-    @property
-    def default_pipeline(self) -> str:
-        return self.parsed.default or next(iter(self.parsed.pipelines))
-
-    def pipeline(self, name: str | None) -> Pipeline:
-        name = name or self.default_pipeline
-        if name not in self.parsed.pipelines:
-            valid = ", ".join(self.parsed.pipelines)
-            raise ConfigError(f"{self.source}: unknown pipeline '{name}' (valid: {valid})")
-        return self.parsed.pipelines[name]
-
-    def where(self, path: tuple[str | int, ...]) -> str:
-        line = line_of(self.lines, path)
-        return f"{self.source}:{line}" if line else self.source
-
-
-def default_registry_path() -> Path:
-    return Path(str(resources.files("mbp") / "registry.yaml"))
-
-
-def load_registry(path: str | Path | None = None) -> Registry:
-    """Read and validate pass one of a registry file (default: the one shipped with mbp)."""
-    file = Path(path) if path is not None else default_registry_path()
-    source = str(path) if path is not None else "registry.yaml (built-in)"
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{source}: registry file not found") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{source}: cannot read registry file: {error}") from None
-    raw, lines = load_with_lines(text, source)
-    if raw is None:
-        raise ConfigError(f"{source}: registry file is empty (expected a top-level 'pipelines:' mapping)")
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}:1: expected a mapping with a top-level 'pipelines:' key")
-    return Registry(source, raw, parse_registry(raw, source, lines), lines)
-
-
-def parse_registry(raw: dict[str, Any], source: str, lines: dict[Any, int]) -> RegistryFile:
-    try:
-        parsed = RegistryFile.model_validate(raw)
-    except ValidationError as error:
-        raise ConfigError(format_validation(error, source, lines)) from None
-    if parsed.default is not None and parsed.default not in parsed.pipelines:
-        raise ConfigError(
-            f"{source}:{line_of(lines, ('default',))}: default pipeline '{parsed.default}' is not defined "
-            f"(valid: {', '.join(parsed.pipelines)})"
-        )
-    return parsed
-
-
-def format_validation(error: ValidationError, source: str, lines: dict[Any, int], prefix: tuple = ()) -> str:
-    """Every problem pydantic found, one a line: ``file:line: dotted.path: message``."""
-    problems = []
-    for found in error.errors():
-        path = (*prefix, *found["loc"])
-        line = line_of(lines, path)
-        where = f"{source}:{line}" if line else source
-        message = "unknown key" if found["type"] == "extra_forbidden" else found["msg"]
-        problems.append(f"{where}: {dotted(path)}: {message}")
-    return "\n".join(problems)
-
-
-def refs_of(pipeline: Pipeline) -> list[tuple[Kind, tuple[str | int, ...], Ref]]:
-    """Every component reference in a pipeline, with its kind and path inside the pipeline."""
-    refs: list[tuple[Kind, tuple[str | int, ...], Ref]] = [
-        ("codecs", ("fields", field), ref) for field, ref in pipeline.fields.items()
-    ]
-    refs.append(("heads", ("head",), pipeline.head))
-    refs += [
-        ("backbones", ("model", "stages", i, "backbone"), stage.backbone)
-        for i, stage in enumerate(pipeline.model.stages)
-    ]
-    refs += [("sinks", ("train", "sinks", i), ref) for i, ref in enumerate(pipeline.train.sinks or [])]
-    return refs
-
-
-def check_pipeline(registry: Registry, name: str, components: ComponentTable) -> None:
-    """Pass two: every reference names a registered component and its parameters fit that component.
-    Raises one ConfigError listing every bad reference, one a line."""
-    pipeline = registry.pipeline(name)
-    problems = []
-    for kind, path, ref in refs_of(pipeline):
-        full = ("pipelines", name, *path)
-        try:
-            check_ref(kind, ref, components, registry.where(full), ".".join(map(str, full)))
-        except ConfigError as error:
-            problems.append(str(error))
-    if problems:
-        raise ConfigError("\n".join(problems))
-
-
-def check_ref(kind: Kind, ref: Ref, components: ComponentTable, where: str, dotted: str) -> None:
-    if ref.type in components.clashes[kind]:
-        raise ConfigError(f"{where}: {dotted}.type: {components.clashes[kind][ref.type]}")
-    names = components.names(kind)
-    if ref.type not in names:
-        valid = ", ".join(names) or "none registered"
-        raise ConfigError(
-            f"{where}: {dotted}.type: unknown {kind[:-1]} '{ref.type}' (valid: {valid}); "
-            f"{components.explain_missing(kind, ref.type)}"
-        )
-    component = components.get(kind, ref.type)
-    params = {k: v for k, v in ref.as_dict().items() if k != "type"}
-    try:
-        component.params.model_validate(params)
-    except ValidationError as error:
-        first = error.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        if first["type"] == "extra_forbidden":
-            valid = ", ".join(component.params.model_fields) or "none"
-            raise ConfigError(
-                f"{where}: {dotted}.{key}: unknown parameter of {kind[:-1]} '{ref.type}' (valid: {valid})"
-            ) from None
-        raise ConfigError(f"{where}: {dotted}.{key}: {first['msg']}") from None
-
-
-def check_registry(
-    registry: Registry,
-    components: ComponentTable,
-    then: Callable[[Registry, str, ComponentTable], list[str]] | None = None,
-) -> None:
-    """Pass two for every pipeline, and ``then`` (more checks, returning problems) for each pipeline
-    that passes it; one ConfigError lists the problems of all of them."""
-    problems = []
-    for name in registry.parsed.pipelines:
-        try:
-            check_pipeline(registry, name, components)
-        except ConfigError as error:
-            problems.append(str(error))
-            continue  # a pipeline with unknown components cannot be checked further
-        if then is not None:
-            problems += then(registry, name, components)
-    if problems:
-        raise ConfigError("\n".join(problems))
