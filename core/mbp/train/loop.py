@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mbp.config import TrainConfig
 from mbp.data.batches import Batch, Position, batches, encoded_stream, prefetch, prefetch_helps
 from mbp.data.skips import SkipLog
 from mbp.errors import ConfigError
@@ -21,39 +22,23 @@ from mbp.model.checkpoint_files import checkpoint_document
 from mbp.model.decoder import MultiscaleDecoder
 from mbp.outdir import check_writable
 from mbp.resolve import Resolved
-from mbp.sinks import open_sinks
 from mbp.train import distributed as D
 from mbp.train.allocator import keep_freed_memory
+from mbp.train.cadence import Cadence
 from mbp.train.checkpoint import TrainState, first_nonfinite, load_checkpoint, save_checkpoint
 from mbp.train.deadline import Deadline, deadline_of
 from mbp.train.evaluate import evaluate, held_out_batches
 from mbp.train.init import init_from as load_initial_weights
-from mbp.train.optim import describe_optimizer, make_optimizer, settled_optimizer
-from mbp.train.plan import plan_run, with_eval_samples, with_steps
-from mbp.train.precision import PrecisionChoice
-from mbp.train.precision_plan import as_rank_zero_chose, with_precision
-from mbp.train.recorded import (
-    recorded_augment,
-    recorded_eval_samples,
-    recorded_optimizer,
-    recorded_precision,
-    recorded_steps,
-    resume_changes,
-)
-from mbp.train.report import MetricsLog, Progress, run_summary
+from mbp.train.optim import describe_optimizer, make_optimizer
+from mbp.train.plan import StepPlan, with_steps
+from mbp.train.record import RunRecord
+from mbp.train.recorded import recorded_optimizer, resume_changes
+from mbp.train.report import Progress, run_summary
 from mbp.train.rundir import check_belongs, prepare_out, remove_leftovers, resume_point
 from mbp.train.schedule import lr_factor
-from mbp.train.variation import with_augment
-from mbp.train.watch import (
-    BestKeeper,
-    LearningWatch,
-    PaddingWatch,
-    diverged,
-    length_advice,
-    note,
-    selection_of,
-    warn,
-)
+from mbp.train.settle import Settled, as_recorded, settle
+from mbp.train.step import LossStep, train_step
+from mbp.train.watch import PaddingWatch, diverged, length_advice, note, warn
 
 
 @dataclass(frozen=True)
@@ -84,175 +69,173 @@ def run(resolved: Resolved, request: RunRequest) -> dict[str, Any]:
 class Trainer:
     """One training run: the model, its optimizer and data, and what gets logged and saved."""
 
+    plan: StepPlan | None
+    checkpoint: Path | None
+
     def __init__(self, resolved: Resolved, request: RunRequest, world: D.World) -> None:
         self.started = time.perf_counter()  # rows carry seconds since here: planning shows as the first gap
-        out, resume = request.out, request.resume
+        self.request, self.world, self.out = request, world, request.out
+        self.asked = resolved.pipeline.train  # as given, before planning settles precision and optimizer
         if world.device.type == "cpu":
             keep_freed_memory()
-        setting = resolved.pipeline.train.precision
-        asked_optimizer = resolved.pipeline.train.optimizer
-        plan = plan_run(settled_optimizer(resolved), request.train_shards, world.device, request.eval_shards)
-        resolved, self.rows, self.plan = plan.resolved, plan.rows, plan.steps
-        self.variation, self.patch = plan.variation, plan.patch
-        self.precision = plan.precision.choice
-        if world.size > 1:  # precision and steps may follow timings: every process takes rank 0's
-            if self.plan is not None:
-                resolved = with_steps(resolved, D.broadcast_int(resolved.pipeline.train.total_steps, world))
-                evaluated = D.broadcast_int(resolved.pipeline.data.max_eval_samples or 0, world)
-                resolved = with_eval_samples(resolved, evaluated or None)
-            if setting == "auto":
-                self.precision = as_rank_zero_chose(self.precision, world)
-                resolved = with_precision(resolved, self.precision.precision)
-            if self.variation is not None:
-                resolved = with_augment(resolved, bool(D.broadcast_int(int(self.variation.varied), world)))
-        self.resolved, self.out, self.world = resolved, out, world
-        self.cfg, data = resolved.pipeline.train, resolved.pipeline.data
-        if data.batch_rows % world.size:
-            raise ConfigError(
-                f"data.batch_size {data.batch_rows} must divide evenly over {world.size} processes: "
-                f"set data.batch_size to a multiple of {world.size}"
-            )
-        torch.manual_seed(self.cfg.seed)
-        components = resolved.components
-        self.model: MultiscaleDecoder = build_model(resolved.pipeline.model, components)
-        if request.init_from is not None and not resume:
-            load_initial_weights(request.init_from, self.model, resolved.pipeline.model)
-        # only now: --overwrite may remove the checkpoint the initial weights come from
-        prepare_out(out, resume=resume, overwrite=request.overwrite, main=world.is_main)
-        if world.is_main:
-            check_writable(out)
-            remove_leftovers(out)
-        self.model.to(world.device)
-        if data.row_len % self.model.patch_len:
-            raise ConfigError(
-                f"data.seq_len {data.row_len} must be a multiple of the patch length {self.model.patch_len}"
-            )
-        self.state = TrainState(0, 0, 0, 0, 0)
-        optim_state, resumed_optimizer = None, None
-        self.checkpoint: Path | None = None
-        if resume:
-            self.checkpoint = resume_point(out, take_intact=request.take_intact, main=world.is_main)
-            document = checkpoint_document(self.checkpoint, training=True)
-            check_belongs(self.checkpoint, resolved.name, resolved.pipeline, document, self.model)
-            if self.plan is not None:  # the schedule and held-out samples the run started with
-                resolved = with_steps(resolved, recorded_steps(document, resolved.pipeline.train.total_steps))
-                resolved = with_eval_samples(resolved, recorded_eval_samples(document))
-            if self.variation is not None:  # as the run varied its samples before, whatever its passes now
-                varied = recorded_augment(document)
-                self.variation = dataclasses.replace(self.variation, varied=varied)
-                resolved = with_augment(resolved, varied)
-            # its optimizer state belongs to the optimizer it recorded (AdamW where it records none)
-            resumed_optimizer = recorded_optimizer(document)
-            resolved = settled_optimizer(resolved, resumed_optimizer)
-            recorded = recorded_precision(document)
-            if setting == "auto" and recorded is not None and recorded != self.precision.precision:
-                self.precision = PrecisionChoice(recorded, "auto: as the run chose before it was resumed")
-                resolved = with_precision(resolved, recorded)
-            self.resolved, self.cfg = resolved, resolved.pipeline.train
-            changes = resume_changes(self.checkpoint, document, resolved.pipeline)
-            if changes and world.is_main:
-                warn(changes)
-            self.state, optim_state = load_checkpoint(self.checkpoint, self.model)
+        self._take(settle(resolved, request.train_shards, request.eval_shards, world))
+        self._setup_model()
+        self.state, self.checkpoint = TrainState(0, 0, 0, 0, 0), None
+        optim_state, resumed_optimizer = self._resume() if request.resume else (None, None)
         if self.plan is not None:
             self.plan = dataclasses.replace(self.plan, steps=self.cfg.total_steps)
         self.deadline = (  # a resumed run's clock started with the resume: it keeps its recorded steps
             deadline_of(self.plan, self.cfg.eval_every, request.train_shards, self.started)
-            if self.plan is not None and not resume
+            if self.plan is not None and not request.resume
             else None
         )
-        self.wrapped = D.wrap(LossStep(self.model), world, self.cfg.strategy)
-        self.optimizer = make_optimizer(self.model, self.cfg)
-        if optim_state is not None:
-            D.load_optimizer(self.model, self.optimizer, optim_state, world, self.cfg.strategy)
+        self._setup_optimizer(optim_state)
         if world.is_main:
-            rows = resolved.pipeline.data.batch_rows
-            optimizer = describe_optimizer(self.optimizer, self.cfg, asked_optimizer, resumed_optimizer)
-            note(
-                f"training {resolved.name}: precision {self.precision.describe()}, {world.device.type}, "
-                f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters, "
-                f"dropout {resolved.pipeline.model.dropout or 0:g}, {optimizer}, "
-                f"{self.plan.describe() if self.plan else f'{self.cfg.total_steps} steps'}, "
-                f"{rows} row{'s' if rows > 1 else ''} a step"
-                + (f", {self.rows.describe()}" if self.rows else "")
-                + (f", {self.patch.describe()}" if self.patch else "")
-                + (f", {self.variation.describe()}" if self.variation else "")
+            self._announce(resumed_optimizer)
+        self._setup_data()
+
+    @property
+    def cfg(self) -> TrainConfig:
+        """The run's training settings; ``total_steps`` is the run's bound, changed only by a recount."""
+        return self.resolved.pipeline.train
+
+    def _take(self, settled: Settled) -> None:
+        self.settled, self.resolved, self.plan = settled, settled.resolved, settled.plan
+        self.precision, self.rows = settled.precision, settled.rows
+        self.patch, self.variation = settled.patch, settled.variation
+
+    def _setup_model(self) -> None:
+        resolved, request, world = self.resolved, self.request, self.world
+        torch.manual_seed(self.cfg.seed)
+        self.model: MultiscaleDecoder = build_model(resolved.pipeline.model, resolved.components)
+        if request.init_from is not None and not request.resume:
+            load_initial_weights(request.init_from, self.model, resolved.pipeline.model)
+        # only now: --overwrite may remove the checkpoint the initial weights come from
+        prepare_out(self.out, resume=request.resume, overwrite=request.overwrite, main=world.is_main)
+        if world.is_main:
+            check_writable(self.out)
+            remove_leftovers(self.out)
+        self.model.to(world.device)
+        row_len = resolved.pipeline.data.row_len
+        if row_len % self.model.patch_len:
+            raise ConfigError(
+                f"data.seq_len {row_len} must be a multiple of the patch length {self.model.patch_len}"
             )
-            advice = self.plan.advice() if self.plan is not None and not resume else None
-            if advice:
-                warn(advice)
+
+    def _resume(self) -> tuple[dict[str, Any], str | None]:
+        """The newest checkpoint's weights and state, and the settings it recorded; its optimizer state
+        and the optimizer it recorded."""
+        self.checkpoint = resume_point(
+            self.out, take_intact=self.request.take_intact, main=self.world.is_main
+        )
+        document = checkpoint_document(self.checkpoint, training=True)
+        resolved = self.resolved
+        check_belongs(self.checkpoint, resolved.name, resolved.pipeline, document, self.model)
+        self._take(as_recorded(self.settled, document, self.asked.precision))
+        changes = resume_changes(self.checkpoint, document, self.resolved.pipeline)
+        if changes and self.world.is_main:
+            warn(changes)
+        self.state, optim_state = load_checkpoint(self.checkpoint, self.model)
+        return optim_state, recorded_optimizer(document)
+
+    def _setup_optimizer(self, optim_state: dict[str, Any] | None) -> None:
+        world, cfg = self.world, self.cfg
+        self.wrapped = D.wrap(LossStep(self.model), world, cfg.strategy)
+        self.optimizer = make_optimizer(self.model, cfg)
+        if optim_state is not None:
+            D.load_optimizer(self.model, self.optimizer, optim_state, world, cfg.strategy)
+
+    def _announce(self, resumed_optimizer: str | None) -> None:
+        resolved, cfg = self.resolved, self.cfg
+        rows = resolved.pipeline.data.batch_rows
+        optimizer = describe_optimizer(self.optimizer, cfg, self.asked.optimizer, resumed_optimizer)
+        note(
+            f"training {resolved.name}: precision {self.precision.describe()}, {self.world.device.type}, "
+            f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters, "
+            f"dropout {resolved.pipeline.model.dropout or 0:g}, {optimizer}, "
+            f"{self.plan.describe() if self.plan else f'{cfg.total_steps} steps'}, "
+            f"{rows} row{'s' if rows > 1 else ''} a step"
+            + (f", {self.rows.describe()}" if self.rows else "")
+            + (f", {self.patch.describe()}" if self.patch else "")
+            + (f", {self.variation.describe()}" if self.variation else "")
+        )
+        advice = self.plan.advice() if self.plan is not None and not self.request.resume else None
+        if advice:
+            warn(advice)
+
+    def _setup_data(self) -> None:
+        resolved, request, world, out = self.resolved, self.request, self.world, self.out
         self.log = SkipLog(quiet=not world.is_main)
         self.log.samples_skipped = self.state.samples_skipped
         align = self.model.patch_len
         self.train = _train_batches(resolved, request.train_shards, self.log, self.state, world, align)
         evals = request.eval_shards
         self.evals = held_out_batches(resolved, evals, align, quiet=not world.is_main) if evals else []
-        resume_step = self.state.step if resume else None
-        self.metrics = MetricsLog(out / "metrics.jsonl", resume_step) if world.is_main else None
-        self.sinks = open_sinks(self.cfg.sinks, components, out, resume_step) if world.is_main else []
-        self.best = BestKeeper(out, *selection_of(resolved.head))
-        self.learning = LearningWatch(self.best.path)
-        self.padding = PaddingWatch(data.row_len, data.pack)
-        self.last_train_bpb: float | None = None
-        self.last_eval: dict[str, Any] = {}
-        # throughput window: bytes trained since the last log line, over wall time minus eval and saving
-        self.window_start, self.window_tokens = time.perf_counter(), 0
+        self.cadence = Cadence(evaluates=bool(self.evals), deadline=self.deadline)
+        resume_step = self.state.step if request.resume else None
+        self.record = RunRecord(resolved, out, resume_step, world.is_main, self.started)
+        self.padding = PaddingWatch(resolved.pipeline.data.row_len, resolved.pipeline.data.pack)
 
     def run(self) -> dict[str, Any]:
-        state = self.state
-        progress = Progress(self.cfg.total_steps, state.step)
+        self.progress = Progress(self.cfg.total_steps, self.state.step)
         self.wrapped.train()
         try:
-            while state.step < self.cfg.total_steps:
-                cfg, started = self.cfg, time.perf_counter()
-                loss, tokens = self.step()
-                seconds = time.perf_counter() - started
-                if self.deadline is not None:
-                    self.deadline.stepped(seconds)
-                progress.update(state.step, loss, tokens / seconds)
-                last = state.step == cfg.total_steps
-                if state.step % cfg.log_every == 0 or last:
-                    self.log_train(loss)
-                deadline, every = self.deadline, cfg.evaluate_every
-                pausing = (
-                    deadline.pauses_at(state.step, cfg.total_steps, every)
-                    if deadline
-                    else state.step % every == 0
-                )
-                evaluating = bool(self.evals) and (pausing or last)
-                saving = state.step % cfg.checkpoint_every == 0 if cfg.checkpoint_every else pausing
-                paused = self.paused(self.evaluate) if evaluating else 0.0
-                if pausing and deadline is not None and deadline.due(state.step, cfg.total_steps):
-                    # before the save, so that its checkpoint records the steps
-                    self.count_again(deadline, paused)
-                    progress.total, saving = self.cfg.total_steps, True
-                if saving or last:
-                    self.paused(self.save)
-                elif deadline is not None and state.step % cfg.log_every == 0:
-                    self.refit(deadline, progress)
+            while self.state.step < self.cfg.total_steps:
+                self.after(self.timed_step())
         finally:
             self.train.close()  # stops the prefetch thread before anything else shuts down
-            for sink in self.sinks:
-                sink.close()
-        progress.done()
-        data = self.resolved.pipeline.data
-        skipped = self.log.reasons["too long"]
-        advice = length_advice(self.log.lengths, data.row_len, self.model.patch_len, skipped)
+            self.record.close()
+        self.progress.done()
+        return self.summary()
+
+    def timed_step(self) -> float:
+        """One step, its seconds told to the deadline and the progress line; its loss."""
+        started = time.perf_counter()
+        loss, tokens = self.step()
+        seconds = time.perf_counter() - started
+        if self.deadline is not None:
+            self.deadline.stepped(seconds)
+        self.progress.update(self.state.step, loss, tokens / seconds)
+        return loss
+
+    def after(self, loss: float) -> None:
+        """What the cadence has due after the step just taken, in its order."""
+        due, deadline = self.cadence.due(self.state.step, self.cfg), self.deadline
+        if "log" in due:
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.record.log_train(self.state.step, loss, lr, self.state.samples_seen)
+        paused = self.record.paused(self.evaluate) if "evaluate" in due else 0.0
+        if "recount" in due and deadline is not None:
+            self.count_again(deadline, paused)
+        if "save" in due:
+            self.record.paused(self.save)
+        if "refit" in due and deadline is not None:
+            self.refit(deadline)
+
+    def summary(self) -> dict[str, Any]:
+        """What ``mbp run --json`` prints, after saying what the run's lengths and curve advise."""
+        data, cfg = self.resolved.pipeline.data, self.cfg
+        advice = length_advice(
+            self.log.lengths, data.row_len, self.model.patch_len, self.log.reasons["too long"]
+        )
         if advice and self.world.is_main:
             warn(advice)
         capped = self.plan is not None and self.plan.capped
-        cfg = self.cfg
-        unfinished = self.learning.at_end(self.best.step, cfg.total_steps, cfg.minutes if capped else None)
+        record = self.record
+        unfinished = record.learning.at_end(
+            record.best.step, cfg.total_steps, cfg.minutes if capped else None
+        )
         if unfinished and self.world.is_main:
             note(unfinished)
         summary = run_summary(
-            self.resolved, state, self.log, self.last_eval, self.checkpoint, self.out, self.metrics
+            self.resolved, self.state, self.log, record.last_eval, self.checkpoint, self.out, record.metrics
         )
         summary["precision"] = self.precision.precision
-        summary["best"] = self.best.describe()
+        summary["best"] = record.best.describe()
         if self.rows is not None:
             summary["row_plan"] = self.rows.summary()
         if self.variation is not None:
-            summary["variation"] = self.variation.summary(bool(self.resolved.pipeline.data.augment))
+            summary["variation"] = self.variation.summary(bool(data.augment))
         if self.plan is not None:
             changes = self.deadline.summary() if self.deadline is not None else {}
             summary["step_plan"] = {**self.plan.summary(), **changes}
@@ -266,30 +249,28 @@ class Trainer:
         )
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.lr * factor
-        self.optimizer.zero_grad(set_to_none=True)
-        losses, tokens = [], 0
-        for _ in range(cfg.grad_accum):
-            batch, position = next(self.train)
-            ids, weights = batch.tokens.to(world.device), batch.weights.to(world.device)
-            begins = batch.begins.to(world.device)
-            with self.precision.autocast(world.device):
-                loss = self.wrapped(ids, weights, begins)
-            (loss / cfg.grad_accum).backward()
-            losses.append(loss.detach().float())
-            tokens += batch.num_tokens * world.size
-            if world.is_main:
-                self.padding.observe(batch.num_tokens, batch.tokens.numel())
-            state.samples_seen += batch.samples_started * world.size
-            state.epoch, state.consumed, state.taken = position.epoch, position.consumed, position.taken
-        loss_sum = self.finite(torch.stack(losses).mean(), D.grad_norm(self.model, cfg.clip))
-        self.optimizer.step()
+        drawn = [self.draw() for _ in range(cfg.grad_accum)]
+        result = train_step(
+            self.wrapped, self.model, self.optimizer, drawn, self.precision, cfg.clip, self.finite
+        )
         state.step += 1
         state.samples_skipped = self.log.samples_skipped
-        self.window_tokens += tokens
-        return loss_sum, tokens
+        tokens = result.tokens * world.size
+        self.record.trained(tokens)
+        return result.loss, tokens
 
-    def finite(self, loss: torch.Tensor, norm: torch.Tensor) -> float:
-        """The step's loss, read with its gradient norm in the step's one transfer from the device; a
+    def draw(self) -> Batch:
+        """The next batch of this process, counted in the run's state as it is drawn."""
+        batch, position = next(self.train)
+        world, state = self.world, self.state
+        if world.is_main:
+            self.padding.observe(batch.num_tokens, batch.tokens.numel())
+        state.samples_seen += batch.samples_started * world.size
+        state.epoch, state.consumed, state.taken = position.epoch, position.consumed, position.taken
+        return batch
+
+    def finite(self, loss: torch.Tensor, norm: torch.Tensor) -> tuple[float, float]:
+        """The step's loss and gradient norm, read in the step's one transfer from the device; a
         non-finite one on any process stops every process before the optimizer applies it."""
         health = torch.stack([loss, norm.float()])
         agreed = D.all_reduce_sum(health.clone(), self.world) if self.world.size > 1 else health
@@ -297,41 +278,13 @@ class Trainer:
         if not all(map(math.isfinite, values)):
             what = f"loss {values[0]:g}, gradient norm {values[1]:g}"
             raise diverged(self.state.step + 1, what, self.checkpoint, self.cfg.lr)
-        return values[0]
-
-    def log_train(self, loss: float) -> None:
-        self.last_train_bpb = loss / math.log(2)
-        self.write(
-            {
-                "kind": "train",
-                "step": self.state.step,
-                "loss": loss,
-                "train_bpb": self.last_train_bpb,
-                "lr": self.optimizer.param_groups[0]["lr"],
-                "samples_seen": self.state.samples_seen,
-                "bytes_per_s": self.window_tokens / (time.perf_counter() - self.window_start),
-            }
-        )
-        self.window_start, self.window_tokens = time.perf_counter(), 0
-
-    def write(self, row: dict[str, Any]) -> None:
-        row["elapsed_s"] = round(time.perf_counter() - self.started, 3)
-        if self.metrics:
-            self.metrics.write(row)
-        for sink in self.sinks:
-            sink.write(row)
+        return values[0], values[1]
 
     def evaluate(self) -> None:
         started = time.perf_counter()
-        self.last_eval = evaluate(self.model, self.evals, self.resolved.head, precision=self.precision)
-        shown = {k: v for k, v in self.last_eval.items() if k != "confusion"}
-        seconds = round(time.perf_counter() - started, 3)
-        row = {"kind": "eval", "step": self.state.step, "eval_bpb": self.last_eval.get("bpb"), **shown}
-        self.write({**row, "eval_seconds": seconds})
-        if self.world.is_main:
-            resolved = self.resolved
-            self.best.offer(self.state.step, self.last_eval, self.model, resolved.name, resolved.pipeline)
-            self.learning.observe(self.state.step, self.last_eval.get("loss_bpb"), self.last_train_bpb)
+        result = evaluate(self.model, self.evals, self.resolved.head, precision=self.precision)
+        seconds = time.perf_counter() - started
+        self.record.evaluated(self.state.step, result, seconds, self.model, self.resolved)
 
     def save(self) -> None:
         model_state, optim_state = D.full_states(self.model, self.optimizer, self.world, self.cfg.strategy)
@@ -358,39 +311,20 @@ class Trainer:
         replan = deadline.replan(self.state.step, self.cfg.total_steps, time.perf_counter(), paused)
         self.take_steps(deadline, D.broadcast_int(replan.steps, self.world), replan.describe())
 
-    def refit(self, deadline: Deadline, progress: Progress) -> None:
+    def refit(self, deadline: Deadline) -> None:
         """The steps that fit the budget at the run's pace since its last count; rank 0's decision."""
         change = deadline.refit(self.state.step, self.cfg.total_steps, time.perf_counter())
         steps = D.broadcast_int(change.steps if change else self.cfg.total_steps, self.world)
         if steps != self.cfg.total_steps:  # said only where it moves the total by a few percent
             self.take_steps(deadline, steps, change.describe() if change and deadline.noted(change) else "")
-            progress.total = steps
 
     def take_steps(self, deadline: Deadline, steps: int, why: str) -> None:
+        """``steps`` as the run's bound, in the settings its checkpoints record."""
         deadline.follow(self.state.step, steps)  # where this process counted differently from rank 0
         self.resolved = with_steps(self.resolved, steps)
-        self.cfg = self.resolved.pipeline.train
+        self.progress.total = steps
         if why and self.world.is_main:
             note(why)
-
-    def paused(self, work: Callable[[], None]) -> float:
-        """Run work that is not training and keep it out of the throughput window; its seconds."""
-        started = time.perf_counter()
-        work()
-        seconds = time.perf_counter() - started
-        self.window_start += seconds
-        return seconds
-
-
-class LossStep(torch.nn.Module):
-    """The model's loss as a forward(), so DDP and FSDP hooks see it and synchronise gradients."""
-
-    def __init__(self, model: MultiscaleDecoder) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, ids: torch.Tensor, weights: torch.Tensor, begins: torch.Tensor) -> torch.Tensor:
-        return self.model.loss(ids, weights, begins).loss
 
 
 def _train_batches(

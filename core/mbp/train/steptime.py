@@ -19,6 +19,7 @@ from mbp.model.build import build_model
 from mbp.resolve import Resolved
 from mbp.train.optim import make_optimizer
 from mbp.train.precision import choose_precision
+from mbp.train.step import LossStep, train_step
 
 TIMED_STEPS = 3
 """Batches timed, each after an untimed step on the same batch: the first step at a new shape allocates
@@ -36,20 +37,13 @@ def step_seconds(resolved: Resolved, batches: list[Batch], device: torch.device)
     forked = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=forked):
         model = build_model(resolved.pipeline.model, resolved.components).to(device).train()
-        optimizer = make_optimizer(model, train)
+        optimizer, loss_of = make_optimizer(model, train), LossStep(model)
 
         def step(index: int) -> float:
             start = time.perf_counter()
-            for part in range(train.grad_accum):
-                batch = batches[(index * train.grad_accum + part) % len(batches)]
-                ids, weights = batch.tokens.to(device), batch.weights.to(device)
-                with precision.autocast(device):
-                    loss = model.loss(ids, weights, batch.begins.to(device)).loss
-                (loss / train.grad_accum).backward()
-            if train.clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), train.clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            parts = range(index * train.grad_accum, (index + 1) * train.grad_accum)
+            micro_batches = [batches[part % len(batches)] for part in parts]
+            train_step(loss_of, model, optimizer, micro_batches, precision, train.clip)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             return time.perf_counter() - start
