@@ -290,7 +290,9 @@ def test_a_real_run_that_slows_after_its_last_count_refits_and_ends_within_its_m
         pytest.skip("the machine spent most of the run's 9 seconds before its first count")
     assert "refitted" in summary["step_plan"], result.stderr
     cuts = summary["step_plan"]["refitted"]
-    assert cuts and all(cut["step_seconds"] > 0.1 for cut in cuts)
+    # the pace the run ends on is the slowed one; a refit before the slowing took hold (a loaded machine
+    # can refit up first, from its few steps since the count) measured the fast pace
+    assert cuts and cuts[-1]["step_seconds"] > 0.1
     counted = summary["step_plan"]["counted_again"]
     after = [cut for cut in cuts if cut["at_step"] > counted[-1]["at_step"]]
     totals = [counted[-1]["steps"]] + [cut["steps"] for cut in after]
