@@ -15,7 +15,10 @@ import json
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, TypedDict, cast
+from typing import TYPE_CHECKING, Any, TypedDict, cast
+
+if TYPE_CHECKING:
+    from mbp.resolve import Resolved
 
 Settings = Mapping[str, object] | Sequence[str]
 """Pipeline overrides by dotted path: values by key (``{"train.steps": 50}``), or ``KEY=VALUE`` strings
@@ -82,12 +85,8 @@ def run(
 
         summary = mbp.run("vqa-mixed", out="runs/demo", settings={"train.steps": 20})  # bundled shards
     """
-    from mbp.api import load_components
-    from mbp.data.read import expand_shards
     from mbp.errors import ConfigError
     from mbp.outdir import refuse_unsafe_output
-    from mbp.overrides import apply_overrides
-    from mbp.resolve import resolve
     from mbp.train.distributed import speaks_for_run
     from mbp.train.loop import RunRequest
     from mbp.train.loop import run as train
@@ -95,26 +94,8 @@ def run(
 
     if init_from is not None and resume:
         raise ConfigError("give --init-from (start from a checkpoint's weights) or --resume, not both")
-    components = load_components()
-    registry_path = str(registry) if registry is not None else None
-    base = resolve(registry_path, pipeline, components=components)
-    overrides = setting_lines(settings)
-    if overrides:
-        resolved = resolve(registry_path, base.name, apply_overrides(base, overrides), components=components)
-    else:
-        resolved = base
-    data = resolved.pipeline.data
-    # shards from the config may name no command unless the user allows it (MBP_ALLOW_PIPE=1)
-    train_shards = expand_shards([str(s) for s in shards]) or expand_shards(
-        data.train_shards, origin="data.train_shards"
-    )
-    if not train_shards:
-        raise ConfigError(
-            f"pipeline '{resolved.name}' names no train shards: pass SHARDS or set data.train_shards"
-        )
-    evals = expand_shards([str(s) for s in eval_shards]) or expand_shards(
-        data.eval_shards, origin="data.eval_shards"
-    )
+    resolved = resolved_with(pipeline, registry, setting_lines(settings))
+    train_shards, evals = shard_lists(resolved, shards, eval_shards)
     out_dir = Path(out) if out is not None else Path("mbp-runs") / resolved.name
     request = RunRequest(
         out_dir,
@@ -130,6 +111,43 @@ def run(
     # under torchrun, rank 0 holds the folder
     with holding(out_dir) if speaks_for_run() else nullcontext():
         return cast(RunSummary, train(resolved, request))
+
+
+def resolved_with(pipeline: str | None, registry: str | Path | None, overrides: list[str]) -> Resolved:
+    """``pipeline`` from ``registry`` (default: the shipped one) with ``overrides`` applied, resolved
+    against the installed plugins."""
+    from mbp.api import load_components
+    from mbp.overrides import apply_overrides
+    from mbp.resolve import resolve
+
+    components = load_components()
+    registry_path = str(registry) if registry is not None else None
+    base = resolve(registry_path, pipeline, components=components)
+    if not overrides:
+        return base
+    return resolve(registry_path, base.name, apply_overrides(base, overrides), components=components)
+
+
+def shard_lists(
+    resolved: Resolved, shards: Sequence[str | Path], eval_shards: Sequence[str | Path]
+) -> tuple[list[str], list[str]]:
+    """The training and held-out shards: those given, else the pipeline's. Shards from the config may
+    name no command unless the user allows it (``MBP_ALLOW_PIPE=1``)."""
+    from mbp.data.read import expand_shards
+    from mbp.errors import ConfigError
+
+    data = resolved.pipeline.data
+    train_shards = expand_shards([str(s) for s in shards]) or expand_shards(
+        data.train_shards, origin="data.train_shards"
+    )
+    if not train_shards:
+        raise ConfigError(
+            f"pipeline '{resolved.name}' names no train shards: pass SHARDS or set data.train_shards"
+        )
+    evals = expand_shards([str(s) for s in eval_shards]) or expand_shards(
+        data.eval_shards, origin="data.eval_shards"
+    )
+    return train_shards, evals
 
 
 def setting_lines(settings: Settings | None) -> list[str]:
