@@ -18,7 +18,7 @@ from mbp.data.encode import SampleEncoder
 from mbp.data.read import RawSample
 from mbp.errors import ConfigError, PluginExitError
 from mbp.hookspecs import hookimpl
-from mbp.interrupts import telling_user_interrupts
+from mbp.interrupts import UserInterrupt, from_user, telling_user_interrupts
 from mbp.plugins import blame, new_platform, plugin_timeout
 from mbp.protocol import Segment
 from pydantic import BaseModel
@@ -228,6 +228,9 @@ def test_the_users_ctrl_c_while_a_plugin_loads_is_an_interrupt(tmp_path: Path) -
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a terminal's Ctrl-C: where the tests run with SIGINT ignored (a background job), the child
+        # would inherit that and never see it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     for _ in range(600):  # the interpreter and torch start first: up to a minute on a busy machine
         if ready.exists() or process.poll() is not None:
@@ -253,3 +256,15 @@ def test_the_timeout_defaults_to_a_minute_and_0_lifts_it(
 ) -> None:
     monkeypatch.setenv("MBP_PLUGIN_TIMEOUT", value)
     assert plugin_timeout() == seconds
+
+
+def test_a_plugins_interrupt_is_the_plugins_where_sigint_is_ignored() -> None:
+    """A background job or a CI runner starts with SIGINT ignored: no Ctrl-C can arrive there, so a
+    KeyboardInterrupt is a plugin's (it ended the whole test run where it was taken for the user's)."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        assert not from_user(KeyboardInterrupt())
+        assert from_user(UserInterrupt())
+        assert not from_user(SystemExit(1))
+    finally:
+        signal.signal(signal.SIGINT, previous)

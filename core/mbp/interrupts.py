@@ -40,11 +40,16 @@ def telling_user_interrupts() -> Iterator[None]:
 
 
 def from_user(error: BaseException) -> bool:
-    """Whether ``error`` is the user's Ctrl-C. Where the CLI's handler is not in place (mbp used as a
-    library) no interrupt can be told apart, so every ``KeyboardInterrupt`` counts as the user's."""
+    """Whether ``error`` is the user's Ctrl-C. Where SIGINT is ignored (a background job, some CI
+    runners) no Ctrl-C can arrive, so every ``KeyboardInterrupt`` was raised by code; where the CLI's
+    handler is not in place otherwise (mbp used as a library) none can be told apart, so every
+    ``KeyboardInterrupt`` counts as the user's."""
     if isinstance(error, UserInterrupt):
         return True
-    return isinstance(error, KeyboardInterrupt) and signal.getsignal(signal.SIGINT) is not _on_sigint
+    if not isinstance(error, KeyboardInterrupt):
+        return False
+    handler = signal.getsignal(signal.SIGINT)
+    return handler is not _on_sigint and handler is not signal.SIG_IGN
 
 
 def what_it_did(error: BaseException) -> str:
