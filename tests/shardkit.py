@@ -71,8 +71,10 @@ def wav() -> bytes:
     return buffer.getvalue()
 
 
-def write_tar(path: Path, samples: list[dict[str, bytes]]) -> None:
-    with tarfile.open(path, "w") as tar:
+def tar_bytes(samples: list[dict[str, bytes]]) -> bytes:
+    """An uncompressed tar of ``samples``, one member a field (``KEY.FIELD``)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
         for sample in samples:
             key = sample["__key__"].decode()
             for field, data in sample.items():
@@ -81,6 +83,11 @@ def write_tar(path: Path, samples: list[dict[str, bytes]]) -> None:
                 info = tarfile.TarInfo(f"{key}.{field}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def write_tar(path: Path, samples: list[dict[str, bytes]]) -> None:
+    path.write_bytes(tar_bytes(samples))
 
 
 def qa(key: str, **fields: bytes) -> dict[str, bytes]:

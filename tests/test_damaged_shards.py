@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from mbp.data.read import read_samples
 from mbp.data.skips import SkipLog
 
-from tests.shardkit import write_tar
+from tests.shardkit import tar_bytes, write_tar
 
 SAMPLES = 6
 
@@ -33,19 +33,7 @@ def samples() -> list[dict[str, bytes]]:
     ]
 
 
-def shard_bytes() -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for sample in samples():
-            for field, data in sample.items():
-                if field != "__key__":
-                    info = tarfile.TarInfo(f"{sample['__key__'].decode()}.{field}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
-TAR = shard_bytes()
+TAR = tar_bytes(samples())
 GZ = gzip.compress(TAR, mtime=0)
 
 

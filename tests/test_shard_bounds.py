@@ -20,7 +20,7 @@ from mbp.data.read import read_samples
 from mbp.data.skips import SkipLog
 
 from tests.conftest import invoke_mbp
-from tests.shardkit import write_tar
+from tests.shardkit import tar_bytes, write_tar
 
 LIMIT = 1 << 20
 BIG = 32 << 20
@@ -37,18 +37,6 @@ def header(name: str, size: int, form: Format = tarfile.GNU_FORMAT) -> bytes:
     info = tarfile.TarInfo(name)
     info.size = size
     return info.tobuf(format=form)
-
-
-def tar_bytes(samples: list[dict[str, bytes]]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for sample in samples:
-            for field, data in sample.items():
-                if field != "__key__":
-                    info = tarfile.TarInfo(f"{sample['__key__'].decode()}.{field}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def archive_body(samples: list[dict[str, bytes]]) -> bytes:

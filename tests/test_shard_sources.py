@@ -22,24 +22,12 @@ from mbp.data.sources import ALLOW_PIPE_VARIABLE
 from mbp.errors import ConfigError
 
 from tests.conftest import invoke_mbp
-from tests.shardkit import REGISTRY, good_samples, write_tar
+from tests.shardkit import REGISTRY, good_samples, tar_bytes, write_tar
 
 SAMPLES = 6
 
 
-def tar_bytes() -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for sample in good_samples("s", SAMPLES):
-            for field, data in sample.items():
-                if field != "__key__":
-                    info = tarfile.TarInfo(f"{sample['__key__'].decode()}.{field}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
-TAR = tar_bytes()
+TAR = tar_bytes(good_samples("s", SAMPLES))
 GZ = gzip.compress(TAR, mtime=0)
 
 
