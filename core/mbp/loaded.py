@@ -219,10 +219,7 @@ class LoadedModel:
         resolved = rows_of_checkpoint(resolved, self.document, expanded)
         batches = eval_batches(resolved, expanded, log, self.model.patch_len)
         if not batches:  # metrics of nothing would read as a result
-            reasons = ", ".join(f"{n} {kind}" for kind, n in log.reasons.items()) or "no sample in them"
-            raise DataError(
-                f"no usable sample in {len(expanded)} shard(s) ({', '.join(expanded[:3])}): {reasons}"
-            )
+            raise DataError(f"no usable sample in {log.why_none(expanded)}")
         return Evaluation(evaluate(self.model, batches, resolved.head), log.summary())
 
     def bits_per_byte(self, sample: SampleValues) -> float:

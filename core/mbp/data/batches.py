@@ -146,15 +146,13 @@ def encoded_stream(
         if not repeat:
             return
         if not yielded_any and whole_epoch:
-            reasons = ", ".join(f"{n} {kind}" for kind, n in log.reasons.items()) or "none read"
+            why = log.why_none(shards, "none read")
             if log.reasons["too long"] and log.lengths:
-                reasons += (
+                why += (
                     f" (the longest has {max(log.lengths)} tokens, over data.seq_len {seq_len}; "
                     "unset, data.seq_len is sized to the samples)"
                 )
-            raise DataError(
-                f"no usable sample in {len(shards)} shard(s) ({', '.join(shards[:3])}): {reasons}"
-            )
+            raise DataError(f"no usable sample in {why}")
         position = Position(position.epoch + 1, 0)
 
 

@@ -57,6 +57,12 @@ class SkipLog:
         suffix = " (further skips are counted, not printed)" if total == self.max_lines else ""
         print(f"mbp: warning: {line}{suffix}", file=sys.stderr)
 
+    def why_none(self, shards: list[str], none: str = "no sample in them") -> str:
+        """Why ``shards`` gave no usable sample, for the one line that says so: ``N shard(s) (the first
+        three): count reason, ...``, or ``none`` where nothing was skipped."""
+        reasons = ", ".join(f"{n} {kind}" for kind, n in self.reasons.items()) or none
+        return f"{len(shards)} shard(s) ({', '.join(shards[:3])}): {reasons}"
+
     def summary(self) -> dict[str, object]:
         return {
             "samples_skipped": self.samples_skipped,

@@ -54,9 +54,8 @@ def held_out_batches(resolved: Resolved, shards: list[str], align: int, quiet: b
     log = SkipLog(quiet=quiet)
     rows = eval_batches(resolved, shards, log, align)
     if not rows and not quiet:
-        reasons = ", ".join(f"{n} {kind}" for kind, n in log.reasons.items()) or "no sample in them"
         warn(
-            f"no usable held-out sample in {len(shards)} shard(s) ({', '.join(shards[:3])}): {reasons}; "
+            f"no usable held-out sample in {log.why_none(shards)}; "
             "the run trains without evaluation or a best checkpoint"
         )
     return rows
