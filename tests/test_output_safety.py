@@ -321,6 +321,27 @@ def test_sigterm_releases_the_lock(tmp_path: Path, capsys) -> None:
     assert capsys.readouterr().err == ""
 
 
+def test_sigterm_during_a_run_says_terminated_and_blames_no_plugin(trained, tmp_path: Path) -> None:
+    """``timeout`` or a scheduler ending a run sends SIGTERM wherever the run is, often inside a codec
+    or a backbone: the exit is 143 with one line saying so, never a plugin "calling sys.exit"."""
+    _, registry, shard = trained
+    out = tmp_path / "T"
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'core'}:{ROOT / 'plugins'}"}
+    args = ["run", "qa", shard, "--registry", registry, "--out", str(out), "--steps", "100000"]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "mbp.cli", *args], stderr=subprocess.PIPE, text=True, env=env
+    )
+    assert child.stderr is not None
+    first = child.stderr.readline()
+    assert first.startswith("mbp: training qa"), first
+    child.send_signal(signal.SIGTERM)
+    rest = child.stderr.read()
+    assert child.wait(timeout=60) == 128 + signal.SIGTERM
+    assert rest.splitlines()[-1:] == ["mbp: terminated (SIGTERM)"], rest
+    assert "plugin" not in rest and "sys.exit" not in rest
+    assert not (out / LOCK).exists()
+
+
 def test_a_killed_holders_lock_is_taken_over_with_a_note(tmp_path: Path, capsys) -> None:
     code = held_then(tmp_path, signal.SIGKILL)
     assert code == -signal.SIGKILL

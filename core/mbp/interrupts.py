@@ -18,6 +18,14 @@ class UserInterrupt(KeyboardInterrupt):
     """The user pressed Ctrl-C (SIGINT arrived)."""
 
 
+class Terminated(SystemExit):
+    """SIGTERM arrived (``kill``, ``timeout``, a scheduler ending the job): raised where a command turns
+    the signal into an exit so that its ``finally`` blocks run. Nobody's code called ``sys.exit``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+
+
 def _on_sigint(signum: int, frame: FrameType | None) -> None:
     raise UserInterrupt
 
@@ -40,11 +48,11 @@ def telling_user_interrupts() -> Iterator[None]:
 
 
 def from_user(error: BaseException) -> bool:
-    """Whether ``error`` is the user's Ctrl-C. Where SIGINT is ignored (a background job, some CI
-    runners) no Ctrl-C can arrive, so every ``KeyboardInterrupt`` was raised by code; where the CLI's
-    handler is not in place otherwise (mbp used as a library) none can be told apart, so every
-    ``KeyboardInterrupt`` counts as the user's."""
-    if isinstance(error, UserInterrupt):
+    """Whether ``error`` is the user's Ctrl-C or a SIGTERM from outside. Where SIGINT is ignored (a
+    background job, some CI runners) no Ctrl-C can arrive, so every ``KeyboardInterrupt`` was raised by
+    code; where the CLI's handler is not in place otherwise (mbp used as a library) none can be told
+    apart, so every ``KeyboardInterrupt`` counts as the user's."""
+    if isinstance(error, (UserInterrupt, Terminated)):
         return True
     if not isinstance(error, KeyboardInterrupt):
         return False

@@ -17,7 +17,7 @@ import click
 from mbp import __version__
 from mbp.cli.common import DEBUG_HELP, add_debug_option, debugging, set_debug
 from mbp.errors import MbpError
-from mbp.interrupts import from_user, telling_user_interrupts, what_it_did
+from mbp.interrupts import Terminated, from_user, telling_user_interrupts, what_it_did
 
 HINT = "(run with --debug for a traceback)"
 
@@ -40,6 +40,9 @@ class MbpGroup(click.Group):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 sys.exit(141)
             except (SystemExit, KeyboardInterrupt) as error:
+                if isinstance(error, Terminated):
+                    click.echo("mbp: terminated (SIGTERM)", err=True)
+                    sys.exit(error.code)
                 if from_user(error):
                     click.echo("mbp: interrupted", err=True)
                     sys.exit(130)

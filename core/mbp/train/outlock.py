@@ -21,6 +21,7 @@ from pathlib import Path
 from types import FrameType
 
 from mbp.errors import MbpError
+from mbp.interrupts import Terminated
 from mbp.outdir import check_writable
 
 LOCK = ".mbp.lock"
@@ -81,13 +82,13 @@ def _read(fd: int) -> str:
 
 @contextmanager
 def _sigterm_exits() -> Iterator[None]:
-    """SIGTERM raises SystemExit(143) so that ``finally`` blocks (the lock's among them) run."""
+    """SIGTERM raises :class:`Terminated` (exit 143): ``finally`` blocks (the lock's among them) run."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def terminate(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
+        raise Terminated(signum)
 
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
