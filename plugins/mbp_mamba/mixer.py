@@ -84,10 +84,10 @@ class Mamba2(nn.Module):
         (the PyTorch path always: the fused kernel returns no states). On CUDA with mamba-ssm installed,
         a plain forward runs its fused kernel on these same weights."""
         if not return_state:
-            kernel = fused_scan() if u.is_cuda and u.dtype in FUSED_DTYPES else None
-            if kernel is not None:
+            fused = fused_scan() if u.is_cuda and u.dtype in FUSED_DTYPES else None
+            if fused is not None:
                 announce("mamba-ssm fused CUDA")
-                return self._fused(u, kernel)
+                return self._fused(u, fused)
             announce("PyTorch chunked-SSD")
         length = u.shape[1]
         z, xbc_raw, dt = self._split(self.in_proj(u))
