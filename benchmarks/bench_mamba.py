@@ -12,7 +12,7 @@ import subprocess
 import time
 
 import torch
-from mbp.generate import Sampling, prime, sample_next
+from mbp.generate import Sampling, sample_next
 from mbp.model.build import build_model
 from mbp.plugins import get_platform
 from mbp_mamba.backbone import Mamba, MambaParams
@@ -39,7 +39,7 @@ def per_byte(prompt: int, new: int = 256) -> float:
     }
     model = build_model(config, get_platform().components).eval()
     with torch.no_grad():
-        state, logits = prime(model, [torch.randint(0, 256, (prompt,))], new)  # prefill, not timed
+        state, logits = model.prime([torch.randint(0, 256, (prompt,))], new)  # prefill, not timed
         start = time.perf_counter()
         for _ in range(new):
             logits = model.step(sample_next(logits, Sampling(), None), state)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 
-import mbp_mamba.backbone as backbone
+import mbp_mamba.mixer as mixer
 import torch
 from mbp_mamba.backbone import Mamba, MambaParams
 from mbp_mamba.kernels import fused_scan
@@ -41,15 +41,15 @@ def main() -> None:
     fused_grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
     model.zero_grad()
     x.grad = None
-    original = backbone.fused_scan
-    backbone.fused_scan = lambda: None  # force the PyTorch path
+    original = mixer.fused_scan
+    mixer.fused_scan = lambda: None  # force the PyTorch path
     try:
         torch_out = model(x)
         torch_out.sum().backward()
         torch_grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
         torch_s = timed(model, x)
     finally:
-        backbone.fused_scan = original
+        mixer.fused_scan = original
     fused_s = timed(model, x)
     print(
         json.dumps(

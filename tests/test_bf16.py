@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from mbp.components import ComponentTable
 from mbp.data.batches import Batch, collate
 from mbp.data.read import RawSample
-from mbp.generate import generate, prime
+from mbp.generate import generate
 from mbp.model.build import build_model
 from mbp.model.decoder import MultiscaleDecoder
 from mbp.overrides import apply_overrides
@@ -80,7 +80,7 @@ def measured(model: MultiscaleDecoder, batch: Batch, choice: PrecisionChoice) ->
         nats = F.cross_entropy(logits.flatten(0, 1), batch.tokens.flatten(), reduction="none")
         prompts = [batch.tokens[0, :11], batch.tokens[1, :6]]
         with choice.autocast(CPU):
-            _, logits = prime(model, prompts, max_new=4)
+            _, logits = model.prime(prompts, max_new=4)
     return {"loss": loss.detach().double(), "grads": grads, "nats": nats.double(), "logits": logits.double()}
 
 

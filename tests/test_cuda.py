@@ -8,7 +8,7 @@ import pytest
 import torch
 from mbp.generate import generate
 from mbp.testing import generate_uncached
-from mbp_mamba import backbone
+from mbp_mamba import mixer
 from mbp_mamba.backbone import Mamba, MambaParams
 from mbp_mamba.kernels import fused_scan
 
@@ -49,7 +49,7 @@ def test_fused_mamba_kernel_matches_the_pytorch_scan(monkeypatch: pytest.MonkeyP
     model = Mamba(MambaParams(state=32, headdim=32, groups=2, chunk=32), dim=128, layers=2).cuda()
     x = torch.randn(2, 1000, 128, device="cuda")  # not a multiple of either chunk length
     fused, fused_grads = _outputs_and_grads(model, x)
-    monkeypatch.setattr(backbone, "fused_scan", lambda: None)
+    monkeypatch.setattr(mixer, "fused_scan", lambda: None)
     reference, reference_grads = _outputs_and_grads(model, x)
     # mamba-ssm's Triton matmuls run in TF32 (10-bit mantissa); PyTorch's fp32 path does not, hence 1e-2.
     torch.testing.assert_close(fused, reference, rtol=1e-2, atol=1e-2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mbp.generate import Sampling, generate, prime, sample_next
+from mbp.generate import Sampling, generate, sample_next
 from mbp.model import kv_plan
 from mbp.protocol import END, EOS, PAD
 from mbp.testing import generate_uncached
@@ -58,7 +58,7 @@ def test_the_uncached_reference_leaves_the_mode_it_found(components, training: b
 def test_cached_logits_track_the_full_forward(components, stages: int) -> None:
     model = tiny_model(components, stages).double().eval()
     ids = torch.randint(0, 256, (1, 30))
-    state, logits = prime(model, [ids[0, :7]], max_new=30)
+    state, logits = model.prime([ids[0, :7]], max_new=30)
     full = model(torch.cat((ids, ids.new_full((1, 1), PAD)), dim=1))[0]
     steps = [logits[0]] + [model.step(ids[0, t : t + 1], state)[0] for t in range(7, 30)]
     torch.testing.assert_close(torch.stack(steps), full[7:31], rtol=0, atol=1e-10)
@@ -174,4 +174,4 @@ def test_generation_reaches_the_decoder_only_through_its_public_methods(componen
     assert sampled == generate(model, prompts, max_new=15, sampling=Sampling(1.0, seed=1), stop_tokens=())
     assert generate_uncached(watched, prompts[0], 3) == generate_uncached(model, prompts[0], 3)  # type: ignore[arg-type]
     modes = {"parameters", "training", "train", "eval"}
-    assert watched.used == modes | {"allocate_cache", "prefill", "step", "forward"}
+    assert watched.used == modes | {"prime", "step", "forward"}

@@ -1,5 +1,5 @@
-"""Generation: sampling and the loop. The decoder owns its inference state (``allocate_cache``,
-``prefill``, ``step``); this module reaches it through those methods only.
+"""Generation: sampling and the loop. The decoder owns its inference state and how prompts start it
+(``prime``, ``step``); this module reaches it through those methods only.
 
 Legend: B rows, V vocabulary.
 """
@@ -13,7 +13,6 @@ from functools import cache
 import torch
 
 from mbp.model.decoder import MultiscaleDecoder
-from mbp.model.decoder_cache import DecoderCache
 from mbp.protocol import BOS, EOS, PAD
 
 Callback = Callable[[int, int], None]
@@ -27,23 +26,6 @@ class Sampling:
     top_k: int | None = None
     top_p: float | None = None
     seed: int | None = None
-
-
-def prime(
-    model: MultiscaleDecoder, prompts: Sequence[torch.Tensor], max_new: int
-) -> tuple[DecoderCache, torch.Tensor]:
-    """A cache holding ``prompts`` (one row each) and the logits of each row's next token (B, V)."""
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token (a sample starts with BOS)")
-    device = next(model.parameters()).device
-    state = model.allocate_cache(len(prompts), max(len(p) for p in prompts) + max_new + 1)
-    # every prompt but its last token; the step on that one yields the next token's logits
-    heads = [p[:-1].to(device) for p in prompts]
-    sizes = [len(h) for h in heads]
-    for size in sorted(set(sizes)):  # rows of one prompt length prefill together
-        rows = [row for row, other in enumerate(sizes) if other == size]
-        model.prefill(torch.stack([heads[r] for r in rows]), state, torch.tensor(rows, device=device))
-    return state, model.step(torch.stack([p[-1] for p in prompts]).to(device), state)
 
 
 @cache
@@ -89,7 +71,7 @@ def generate(
     if sampling.seed is not None:
         generator = torch.Generator(device=next(model.parameters()).device).manual_seed(sampling.seed)
     try:
-        state, logits = prime(model, prompts, max_new)
+        state, logits = model.prime(prompts, max_new)
         out: list[list[int]] = [[] for _ in prompts]
         done = [False] * len(prompts)
         stops = set(stop_tokens)

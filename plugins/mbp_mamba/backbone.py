@@ -9,11 +9,7 @@ from mbp.api import RMSNorm
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from mbp_mamba.kernels import announce, fused_scan
 from mbp_mamba.mixer import Mamba2
-
-# causal-conv1d's kernels take these alone; float64 (exact tests, say) runs the PyTorch path.
-FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 class MambaParams(BaseModel):
@@ -56,31 +52,7 @@ class MambaLayer(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.norm(x)
-        kernel = fused_scan() if h.is_cuda and h.dtype in FUSED_DTYPES else None
-        if kernel is None:
-            announce("PyTorch chunked-SSD")
-            return x + self.mixer(h)
-        announce("mamba-ssm fused CUDA")
-        m = self.mixer
-        out = kernel(
-            m.in_proj(h),
-            m.conv1d.weight[:, 0],
-            m.conv1d.bias,
-            m.dt_bias,
-            -torch.exp(m.A_log.float()),
-            D=m.D,
-            chunk_size=256,
-            activation="silu",
-            rmsnorm_weight=m.norm.weight,
-            rmsnorm_eps=m.norm.eps,
-            outproj_weight=m.out_proj.weight,
-            outproj_bias=None,
-            headdim=m.headdim,
-            ngroups=m.groups,
-            norm_before_gate=False,
-        )
-        return x + out
+        return x + self.mixer(self.norm(x))
 
     def prefill(self, x: torch.Tensor, cache: MambaCache, index: int, rows: torch.Tensor) -> torch.Tensor:
         """``forward`` over ``x: (R, L, D)`` that also sets layer ``index``'s states of ``rows``."""

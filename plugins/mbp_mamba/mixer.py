@@ -8,12 +8,18 @@ G groups, K conv kernel.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mbp_mamba.kernels import announce, fused_scan
 from mbp_mamba.ssd import ssd_chunked
+
+# causal-conv1d's kernels take these alone; float64 (exact tests, say) runs the PyTorch path.
+FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 class GatedRMSNorm(nn.Module):
@@ -74,6 +80,15 @@ class Mamba2(nn.Module):
     def forward(
         self, u: torch.Tensor, return_state: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``u: (B, L, D) -> (B, L, D)``; with ``return_state``, also the conv and SSM states after it
+        (the PyTorch path always: the fused kernel returns no states). On CUDA with mamba-ssm installed,
+        a plain forward runs its fused kernel on these same weights."""
+        if not return_state:
+            fused = fused_scan() if u.is_cuda and u.dtype in FUSED_DTYPES else None
+            if fused is not None:
+                announce("mamba-ssm fused CUDA")
+                return self._fused(u, fused)
+            announce("PyTorch chunked-SSD")
         length = u.shape[1]
         z, xbc_raw, dt = self._split(self.in_proj(u))
         xbc = F.silu(self.conv1d(xbc_raw.transpose(1, 2))[..., :length].transpose(1, 2))
@@ -90,6 +105,30 @@ class Mamba2(nn.Module):
             else xbc_raw.transpose(1, 2)[..., -kernel:]
         )
         return out, conv_state, final
+
+    def _fused(self, u: torch.Tensor, kernel: Callable[..., Any]) -> torch.Tensor:
+        """``forward`` as mamba-ssm's one fused kernel: in-projection, conv, scan, gated norm and
+        out-projection, with this mixer's parameters."""
+        return cast(
+            torch.Tensor,
+            kernel(
+                self.in_proj(u),
+                self.conv1d.weight[:, 0],
+                self.conv1d.bias,
+                self.dt_bias,
+                -torch.exp(self.A_log.float()),
+                D=self.D,
+                chunk_size=256,
+                activation="silu",
+                rmsnorm_weight=self.norm.weight,
+                rmsnorm_eps=self.norm.eps,
+                outproj_weight=self.out_proj.weight,
+                outproj_bias=None,
+                headdim=self.headdim,
+                ngroups=self.groups,
+                norm_before_gate=False,
+            ),
+        )
 
     def step(
         self, u: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor

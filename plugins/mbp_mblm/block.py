@@ -18,10 +18,13 @@ from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
-from mbp.api import KVPlanner, small_attention
+from mbp.api import KVPlan, KVPlanner, small_attention
 from mbp.api import small_tensor_ops as small
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
+
+Turns = tuple[torch.Tensor, torch.Tensor]
+"""One step's rotary cosines and sines, (B, K) each."""
 
 
 class MblmTransformerParams(BaseModel):
@@ -101,6 +104,18 @@ class MblmCache:
             for index, state in enumerate(states):
                 states[index] = torch.where(rows[:, None], torch.zeros_like(state), state)
 
+    @staticmethod
+    def shift(x: torch.Tensor, states: list[torch.Tensor], index: int, plan: KVPlan) -> torch.Tensor:
+        """``token_shift`` for one position ``x: (B, D)``, keeping this position's second half in
+        ``states[index]`` for the next (only for the rows that advance)."""
+        previous = states[index]
+        current = x[:, x.shape[-1] - previous.shape[-1] :]
+        current = current.to(previous.dtype)
+        states[index] = (
+            current if plan.active is None else torch.where(plan.active[:, None], current, previous)
+        )
+        return shift_step(x, previous)
+
 
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int, head_dim: int, dropout: float) -> None:
@@ -125,6 +140,38 @@ class Attention(nn.Module):
     def merge(self, y: torch.Tensor) -> torch.Tensor:
         return self.to_out(y.transpose(1, 2).flatten(-2))
 
+    def step(
+        self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, plan: KVPlan, turns: Turns | None
+    ) -> torch.Tensor:
+        """One position per row, ``x: (B, D)`` (token-shifted): writes its key and value into ``keys`` and
+        ``values`` (B, H, T, K) at the plan's slots and attends over them. 2-D products on the weights
+        instead of module calls: at (B, D) fixed per-op costs dominate."""
+        h = self.norm(x)
+        q = F.linear(h, self.to_q.weight).view(len(h), self.heads, self.head_dim)
+        k, v = F.linear(h, self.to_kv.weight).view(len(h), 2, self.heads, self.head_dim).unbind(1)
+        if turns is not None:
+            cos, sin = turns[0][:, None], turns[1][:, None]
+            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        k, v = k.to(keys.dtype), v.to(values.dtype)  # bf16 under autocast; the cache's dtype kept
+        plan.write(keys, k)
+        plan.write(values, v)
+        y = attend(q, keys[:, :, : plan.span], values[:, :, : plan.span], plan.visible)
+        return F.linear(y.flatten(1), self.to_out.weight)
+
+
+def attend(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible: torch.Tensor | None
+) -> torch.Tensor:
+    """One query per row, ``q: (B, H, K)``, over ``keys/values: (B, H, S, K)``; returns (B, H, K)."""
+    scale = q.shape[-1] ** -0.5
+    if small_attention(keys):
+        scores = (q[:, :, None] * keys).sum(-1) * scale  # (B, H, S)
+        if visible is not None:
+            scores = scores.masked_fill(~visible[:, None], float("-inf"))
+        return (torch.softmax(scores, -1)[..., None] * values).sum(-2)
+    mask = None if visible is None else visible[:, None, None]
+    return F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=mask)[:, :, 0]
+
 
 class FeedForward(nn.Module):
     def __init__(self, dim: int, mult: int, dropout: float) -> None:
@@ -137,12 +184,51 @@ class FeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(self.drop(F.gelu(self.up(self.norm(x)))))
 
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` for ``x: (B, D)`` with 2-D products (no dropout: generation runs in eval)."""
+        h = F.linear(self.norm(x), self.up.weight, self.up.bias)
+        h = small.gelu(h) if h.numel() <= small.SMALL else F.gelu(h)
+        return F.linear(h, self.down.weight, self.down.bias)
+
 
 class Layer(nn.Module):
+    """``x = attn(shift(x)) + x; x = ff(shift(x)) + x``."""
+
     def __init__(self, dim: int, p: MblmTransformerParams) -> None:
         super().__init__()
         self.attn = Attention(dim, p.heads, p.head_dim, p.attn_dropout)
         self.ff = FeedForward(dim, p.ff_mult, p.ff_dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        angles: torch.Tensor | None,
+        cache: MblmCache | None = None,
+        index: int = 0,
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The layer over ``x: (B, L, D)``, rotating queries and keys by ``angles: (L, K)``; with ``cache``,
+        also keeps layer ``index``'s keys, values and shift states for ``rows: (B,)`` of it."""
+        half = x.shape[-1] // 2
+        q, k, v = self.attn.qkv(token_shift(x), None if angles is None else angles.to(x.dtype))
+        if cache is not None:
+            keys, values, length = cache.keys[index], cache.values[index], x.shape[1]
+            keys[rows, :, :length], values[rows, :, :length] = k.to(keys.dtype), v.to(values.dtype)
+            cache.shift_attn[index][rows] = x[:, -1, x.shape[-1] - half :].to(keys.dtype)  # bf16: cast
+        drop = self.attn.dropout if self.training else 0.0
+        x = self.attn.merge(F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)) + x
+        if cache is not None:
+            cache.shift_ff[index][rows] = x[:, -1, x.shape[-1] - half :].to(cache.keys[index].dtype)
+        return self.ff(token_shift(x)) + x
+
+    def step(
+        self, x: torch.Tensor, cache: MblmCache, index: int, plan: KVPlan, turns: Turns | None
+    ) -> torch.Tensor:
+        """``forward`` for one position per row, ``x: (B, D)``, with layer ``index``'s states in ``cache``;
+        rows the plan leaves out keep their shift states."""
+        shifted = cache.shift(x, cache.shift_attn, index, plan)
+        x = self.attn.step(shifted, cache.keys[index], cache.values[index], plan, turns) + x
+        return self.ff.step(cache.shift(x, cache.shift_ff, index, plan)) + x
 
 
 def token_shift(x: torch.Tensor) -> torch.Tensor:
@@ -199,18 +285,8 @@ class MblmTransformer(nn.Module):
         x = self._positioned(x)
         length = x.shape[1]
         angles = self._angles(torch.arange(length, device=x.device))
-        half = x.shape[-1] // 2
         for index, layer in enumerate(self._blocks()):
-            q, k, v = layer.attn.qkv(token_shift(x), None if angles is None else angles.to(x.dtype))
-            if cache is not None:
-                keys, values = cache.keys[index], cache.values[index]  # bf16 under autocast: cast
-                keys[rows, :, :length], values[rows, :, :length] = k.to(keys.dtype), v.to(values.dtype)
-                cache.shift_attn[index][rows] = x[:, -1, x.shape[-1] - half :].to(keys.dtype)
-            drop = layer.attn.dropout if self.training else 0.0
-            x = layer.attn.merge(F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)) + x
-            if cache is not None:
-                cache.shift_ff[index][rows] = x[:, -1, x.shape[-1] - half :].to(cache.keys[index].dtype)
-            x = layer.ff(token_shift(x)) + x
+            x = layer(x, angles, cache, index, rows)
         if cache is not None:
             cache.lengths[rows] = length
         return self.norm(x)
@@ -238,58 +314,14 @@ class MblmTransformer(nn.Module):
         return torch.where((pos > 0)[:, None], moved, x)
 
     def step(self, x: torch.Tensor, cache: MblmCache, active: torch.Tensor) -> torch.Tensor:
-        """One position per row, ``x: (B, D)``. Written for (B, D) tensors, where fixed per-op costs
-        dominate: 2-D products on the weights instead of module calls, plain writes when every row
-        advances, and attention over a short cache as a broadcast product."""
+        """One position per row, ``x: (B, D)``: one plan of cache slots and one rotation per step, shared
+        by every layer."""
         pos = cache.lengths
         plan = cache.planner.plan(pos, active)
-        everyone = plan.active is None
         x = self._position_step(x, pos)
         angles = self._angles(plan.slot)
         turns = None if angles is None else (angles.cos().to(x.dtype), angles.sin().to(x.dtype))
         for index, layer in enumerate(self._blocks()):
-            attn, ff = layer.attn, layer.ff
-            shifted = self._shift(x, cache.shift_attn, index, active, everyone)
-            h = attn.norm(shifted)
-            q = F.linear(h, attn.to_q.weight).view(len(h), attn.heads, attn.head_dim)
-            k, v = F.linear(h, attn.to_kv.weight).view(len(h), 2, attn.heads, attn.head_dim).unbind(1)
-            if turns is not None:
-                cos, sin = turns[0][:, None], turns[1][:, None]
-                q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
-            keys, values = cache.keys[index], cache.values[index]
-            k, v = k.to(keys.dtype), v.to(values.dtype)  # bf16 under autocast; the cache's dtype kept
-            plan.write(keys, k)
-            plan.write(values, v)
-            y = self._attend(q, keys[:, :, : plan.span], values[:, :, : plan.span], plan.visible)
-            x = F.linear(y.flatten(1), attn.to_out.weight) + x
-            h = ff.norm(self._shift(x, cache.shift_ff, index, active, everyone))
-            h = F.linear(h, ff.up.weight, ff.up.bias)
-            h = small.gelu(h) if h.numel() <= small.SMALL else F.gelu(h)
-            x = F.linear(h, ff.down.weight, ff.down.bias) + x
+            x = layer.step(x, cache, index, plan, turns)
         cache.lengths = cache.lengths + active.long()
         return self.norm(x)
-
-    @staticmethod
-    def _shift(
-        x: torch.Tensor, states: list[torch.Tensor], index: int, active: torch.Tensor, everyone: bool
-    ) -> torch.Tensor:
-        """``token_shift`` for one position, keeping this position's second half for the next."""
-        previous = states[index]
-        current = x[:, x.shape[-1] - previous.shape[-1] :]
-        current = current.to(previous.dtype)
-        states[index] = current if everyone else torch.where(active[:, None], current, previous)
-        return shift_step(x, previous)
-
-    @staticmethod
-    def _attend(
-        q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible: torch.Tensor | None
-    ) -> torch.Tensor:
-        """One query per row, ``q: (B, H, K)``, over ``keys/values: (B, H, S, K)``; returns (B, H, K)."""
-        scale = q.shape[-1] ** -0.5
-        if small_attention(keys):
-            scores = (q[:, :, None] * keys).sum(-1) * scale  # (B, H, S)
-            if visible is not None:
-                scores = scores.masked_fill(~visible[:, None], float("-inf"))
-            return (torch.softmax(scores, -1)[..., None] * values).sum(-2)
-        mask = None if visible is None else visible[:, None, None]
-        return F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=mask)[:, :, 0]

@@ -27,7 +27,7 @@ from mbp.errors import ConfigError
 from mbp.model.backbone import Backbone, prefill, run_segments
 from mbp.model.decoder_cache import DecoderCache
 from mbp.model.kept_rows import kept_rows
-from mbp.model.parts import LossOutput, UnitEmbedding
+from mbp.model.parts import LossOutput, ParamGroups, UnitEmbedding
 from mbp.protocol import PAD, VOCAB_SIZE
 
 CHECKPOINT_POSITIONS = 1 << 14
@@ -260,10 +260,23 @@ class MultiscaleDecoder(nn.Module):
         return rows.scored(self.stage_outputs(padded, rows.keep, first))
 
     def _chunk_nats(self, hidden: torch.Tensor, ids: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        ce, _ = self.token_nats(hidden, ids)
+        return (ce * w.to(ce.dtype).flatten()).sum()
+
+    def token_nats(self, hidden: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nats ``(N,)`` of the N tokens ``ids: (..., L)`` given ``hidden()``'s states ``(..., L, D_n)``, and
+        their logits ``(N, V)``: the loss and evaluation both score here (bf16 in fp32, fp64 kept)."""
         logits = self.to_logits(hidden)
-        wide = torch.promote_types(logits.dtype, torch.float32)  # bf16 logits are scored in fp32, fp64 kept
-        ce = F.cross_entropy(logits.to(wide).flatten(0, 1), ids.long().flatten(), reduction="none")
-        return (ce * w.to(wide).flatten()).sum()
+        wide = logits.to(torch.promote_types(logits.dtype, torch.float32)).reshape(-1, logits.shape[-1])
+        return F.cross_entropy(wide, ids.long().flatten(), reduction="none"), wide
+
+    def param_groups(self) -> ParamGroups:
+        """The parameters by how training treats them; the byte-level stage is the last one."""
+        return ParamGroups.of(self, skip_decay=self.start_tokens, byte_level=self.backbones[-1])
+
+    def sharding_units(self) -> list[nn.Module]:
+        """What FSDP shards one by one before the rest: each stage's backbone."""
+        return list(self.backbones)
 
     # Inference: the wiring of ``stage_outputs`` one position at a time, as in state-spaces/mamba every
     # level owns its cache. The last stage advances on every token; a coarser stage advances only for
@@ -281,6 +294,20 @@ class MultiscaleDecoder(nn.Module):
             like.new_zeros(batch, self.patch_sizes[s], self.dims[s]) for s in range(1, self.num_stages)
         ]
         return DecoderCache(caches, history, projected)
+
+    def prime(self, prompts: Sequence[torch.Tensor], max_new: int) -> tuple[DecoderCache, torch.Tensor]:
+        """A cache holding ``prompts`` (a row each, room for ``max_new`` more) and each row's next logits
+        (B, V): a prompt is prefilled but for its last token, whose step yields them (see ``prefill``)."""
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token (a sample starts with BOS)")
+        device = next(self.parameters()).device
+        cache = self.allocate_cache(len(prompts), max(len(p) for p in prompts) + max_new + 1)
+        sizes = [len(p) - 1 for p in prompts]
+        for size in sorted(set(sizes)):
+            rows = [row for row, other in enumerate(sizes) if other == size]
+            heads = torch.stack([prompts[r][:-1] for r in rows]).to(device)
+            self.prefill(heads, cache, torch.tensor(rows, device=device))
+        return cache, self.step(torch.stack([p[-1] for p in prompts]).to(device), cache)
 
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor, cache: DecoderCache, rows: torch.Tensor) -> None:

@@ -1,8 +1,10 @@
-"""Small pieces of the multiscale decoder: how a coarse stage embeds its units, and what the loss returns."""
+"""Small pieces of the multiscale decoder: how a coarse stage embeds its units, what the loss returns, and
+its parameters grouped as training treats them."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +25,35 @@ class LossOutput:
     @property
     def bits_per_byte(self) -> float:
         return float(self.nats / self.weight.clamp_min(1e-12)) / math.log(2)
+
+
+@dataclass(frozen=True)
+class ParamGroups:
+    """A model's parameters by how training treats them, each list in ``parameters()`` order."""
+
+    decayed: list[nn.Parameter]
+    """Matrices (2-D and up): weight decay applies."""
+    plain: list[nn.Parameter]
+    """Vectors, and the matrices exempted (learned start tokens are embeddings): no weight decay."""
+    byte_level: list[nn.Parameter]
+    """The trainable weights of the byte-level stage's linear maps, all of them in ``decayed``: what Muon
+    orthogonalizes (not, say, a state-space model's 2-D decay rates)."""
+
+    @classmethod
+    def of(
+        cls, model: nn.Module, *, skip_decay: Iterable[nn.Parameter], byte_level: nn.Module
+    ) -> ParamGroups:
+        exempt = {id(p) for p in skip_decay}
+        linear = {
+            id(m.weight) for m in byte_level.modules() if isinstance(m, nn.Linear) and m.weight.requires_grad
+        }
+        params = list(model.parameters())
+        decays = [p.ndim >= 2 and id(p) not in exempt for p in params]
+        return cls(
+            decayed=[p for p, d in zip(params, decays, strict=True) if d],
+            plain=[p for p, d in zip(params, decays, strict=True) if not d],
+            byte_level=[p for p in params if id(p) in linear],
+        )
 
 
 class UnitEmbedding(nn.Module):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,17 +69,16 @@ def init_world() -> World:
     return World(dist.get_rank(), size, device)
 
 
-def wrap(model: nn.Module, world: World, strategy: str) -> nn.Module:
-    """DDP, or FSDP2 sharding each stage's backbone and then the rest. FSDP2 replaces parameters, so
-    optimizers must be made after this."""
+def wrap(model: nn.Module, world: World, strategy: str, units: Sequence[nn.Module]) -> nn.Module:
+    """DDP, or FSDP2 sharding each of ``units`` (the decoder's ``sharding_units``) and then the rest of
+    ``model``. FSDP2 replaces parameters, so optimizers must be made after this."""
     if world.size == 1:
         return model
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        inner = getattr(model, "model", model)
-        for backbone in getattr(inner, "backbones", []):
-            fully_shard(backbone)
+        for unit in units:
+            fully_shard(unit)
         fully_shard(model)
         return model
     return nn.parallel.DistributedDataParallel(

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mbp.data.batches import Batch, batches, encoded_stream, spread
 from mbp.data.read import read_samples
@@ -105,8 +104,9 @@ def score_tokens(
             with (precision or FP32).autocast(device):
                 hidden = model.hidden(tokens, batch.begins.to(device))
             for index, (row, starts) in enumerate(zip(batch.rows, batch.starts, strict=True)):
-                logits = model.to_logits(hidden[index].float())
-                nats = F.cross_entropy(logits, tokens[index], reduction="none").cpu().numpy()
+                # scored in fp32 whatever the precision of the states
+                token_nats, logits = model.token_nats(hidden[index].float(), tokens[index])
+                nats = token_nats.cpu().numpy()
                 correct = (logits.argmax(-1) == tokens[index]).cpu().numpy()
                 for sample, offset in zip(row, starts, strict=True):
                     end = offset + len(sample.tokens)

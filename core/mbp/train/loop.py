@@ -140,7 +140,7 @@ class Trainer:
 
     def _setup_optimizer(self, optim_state: dict[str, Any] | None) -> None:
         world, cfg = self.world, self.cfg
-        self.wrapped = D.wrap(LossStep(self.model), world, cfg.strategy)
+        self.wrapped = D.wrap(LossStep(self.model), world, cfg.strategy, self.model.sharding_units())
         self.optimizer = make_optimizer(self.model, cfg)
         if optim_state is not None:
             D.load_optimizer(self.model, self.optimizer, optim_state, world, cfg.strategy)

@@ -11,6 +11,7 @@ from torch import nn
 
 from mbp.config import TrainConfig
 from mbp.errors import ConfigError
+from mbp.model.decoder import MultiscaleDecoder
 from mbp.resolve import Resolved
 from mbp.train.muon import Muon, MuonWithAdamW
 
@@ -30,14 +31,10 @@ class TrainingOptimizer(Protocol):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
 
 
-def _decays(name: str, p: nn.Parameter) -> bool:
-    return p.ndim >= 2 and "start_tokens" not in name
-
-
-def _adamw(named: list[tuple[str, nn.Parameter]], lr: float, weight_decay: float) -> torch.optim.AdamW:
-    decay = [p for n, p in named if _decays(n, p)]
-    rest = [p for n, p in named if not _decays(n, p)]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+def _adamw(
+    decayed: list[nn.Parameter], plain: list[nn.Parameter], lr: float, weight_decay: float
+) -> torch.optim.AdamW:
+    groups = [{"params": decayed, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
     # the fused kernel updates every parameter in one pass (CPU and CUDA); identical arithmetic
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=True)
 
@@ -75,18 +72,12 @@ def describe_optimizer(
     return "AdamW" + (" (FSDP shards the matrices Muon needs whole)" if train.strategy == "fsdp" else "")
 
 
-def make_optimizer(model: nn.Module, train: TrainConfig) -> TrainingOptimizer:
-    """``train.optimizer`` for ``model`` (a ``MultiscaleDecoder``)."""
-    named = list(model.named_parameters())
-    backbones = getattr(model, "backbones", None)
-    if train.optimizer == "adamw" or backbones is None:
-        return _adamw(named, train.lr, train.weight_decay)
-    # the weights of its linear maps: not a state-space model's 2-D decay rates (Mamba's A_log)
-    linear = (m.weight for m in backbones[-1].modules() if isinstance(m, nn.Linear))
-    byte_level = {id(p) for p in linear if p.requires_grad}
-    matrices = [p for _, p in named if id(p) in byte_level]
-    if not matrices:  # a byte-level stage of no layers, or of none made of linear maps
-        return _adamw(named, train.lr, train.weight_decay)
-    muon = Muon(matrices, lr=train.lr, weight_decay=train.weight_decay)
-    rest = [(n, p) for n, p in named if id(p) not in byte_level]
-    return MuonWithAdamW(muon, _adamw(rest, train.lr, train.weight_decay))
+def make_optimizer(model: MultiscaleDecoder, train: TrainConfig) -> TrainingOptimizer:
+    """``train.optimizer`` for ``model``, over the parameter groups it names (``param_groups``)."""
+    groups = model.param_groups()
+    if train.optimizer == "adamw" or not groups.byte_level:  # a byte-level stage without linear maps
+        return _adamw(groups.decayed, groups.plain, train.lr, train.weight_decay)
+    muon = Muon(groups.byte_level, lr=train.lr, weight_decay=train.weight_decay)
+    byte_level = {id(p) for p in groups.byte_level}
+    rest = [p for p in groups.decayed if id(p) not in byte_level]
+    return MuonWithAdamW(muon, _adamw(rest, groups.plain, train.lr, train.weight_decay))
