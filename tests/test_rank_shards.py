@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 import torch.multiprocessing as mp
 from mbp.data import read
 from mbp.data.batches import Position, encoded_stream
@@ -95,7 +96,7 @@ def counting_opens(monkeypatch: pytest.MonkeyPatch | None = None) -> list[str]:
     if monkeypatch is not None:
         monkeypatch.setattr(read, "shard_samples", counted)
     else:
-        read.shard_samples = counted  # type: ignore[assignment]
+        read.shard_samples = counted
     return opened
 
 
@@ -203,7 +204,7 @@ def gloo_rank(rank: int, world: int, port: int, folder: str) -> None:
         epochs, first_epoch_opens = epochs_of(shards, encoder, rank, world, counting_opens())
         ahead = list(itertools.islice(stream(shards, encoder, rank, world), 6))
         at = ahead[2 + rank][1]  # each rank stops at a different sample
-        positions = gather_positions((at.epoch, at.consumed, at.taken), torch_cpu())
+        positions = gather_positions((at.epoch, at.consumed, at.taken), torch.device("cpu"))
         start = Position(*resumed_at(shards, positions, (0, 0, 0), rank, world))
         resumed = [key for key, _ in itertools.islice(stream(shards, encoder, rank, world, start), 3 - rank)]
         found = {
@@ -217,12 +218,6 @@ def gloo_rank(rank: int, world: int, port: int, folder: str) -> None:
             (Path(folder) / "found.json").write_text(json.dumps(every))
     finally:
         dist.destroy_process_group()
-
-
-def torch_cpu():  # type: ignore[no-untyped-def]
-    import torch
-
-    return torch.device("cpu")
 
 
 @pytest.mark.slow

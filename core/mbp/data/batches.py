@@ -100,7 +100,7 @@ def encoded_stream(
     split: bool = False,
     picked: Callable[[int], bool] | None = None,
     workers: int = 0,
-) -> Iterator[tuple[EncodedSample, Position]]:
+) -> Generator[tuple[EncodedSample, Position], None, None]:
     """Encoded samples in a deterministic order (given the seed and the world size), with the position
     after each.
 
