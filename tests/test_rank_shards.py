@@ -195,7 +195,7 @@ def gloo_rank(rank: int, world: int, port: int, folder: str) -> None:
     """One process of a gloo group: its opens, its keys of epochs 0 and 1, and a resume at its own
     sample after a gathered checkpoint position, all gathered to rank 0, which writes them down."""
     import torch.distributed as dist
-    from mbp.data.ranks import gather_positions
+    from mbp.data.ranks import gather_positions, whole_run_log
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
@@ -207,7 +207,13 @@ def gloo_rank(rank: int, world: int, port: int, folder: str) -> None:
         positions = gather_positions((at.epoch, at.consumed, at.taken), torch.device("cpu"))
         start = Position(*resumed_at(shards, positions, (0, 0, 0), rank, world))
         resumed = [key for key, _ in itertools.islice(stream(shards, encoder, rank, world, start), 3 - rank)]
+        skipped = SkipLog(quiet=True)
+        for _ in range(rank + 1):
+            skipped.sample(f"rank {rank}'s sample", "bad field")
+        skipped.shard(f"s{rank % 2}.tar", "gone")
+        merged = whole_run_log(skipped, shards, world)
         found = {
+            "skips": [merged.samples_skipped, merged.shards_failed, merged.failed, dict(merged.reasons)],
             "opens": first_epoch_opens,
             "epochs": epochs,
             "resumed_right": resumed == [key for key, _ in ahead[3 + rank :]],
@@ -237,4 +243,12 @@ def test_gloo_ranks_open_only_their_shards(tmp_path: Path, world: int) -> None:
         names = [Path(shard).name for shard in mine]
         assert found[rank]["opens"] == names  # epoch 0: its own shards, each once, and no other
         assert found[rank]["resumed_right"]
+        # every rank's skips, added up on every rank: the run's summary counts each once
+        skips = sum(range(1, world + 1))
+        assert found[rank]["skips"] == [
+            skips,
+            world,
+            ["s0.tar", "s1.tar"],
+            {"bad field": skips, "shard": world},
+        ]
     assert [len(rank["opens"]) for rank in found] == ([4, 4] if world == 2 else [2, 2, 2, 2])

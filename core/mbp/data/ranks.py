@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 import torch
 
+from mbp.data.skips import SkipLog
 from mbp.data.sources import is_stream
 
 
@@ -112,3 +113,24 @@ def resumed_at(
             file=sys.stderr,
         )
     return epoch, 0, 0
+
+
+def whole_run_log(log: SkipLog, shards: Sequence[str], world: int) -> SkipLog:
+    """What every process skipped, on every process: a collective call. Where each process read shards of
+    its own, the counts add up; where every process read every shard, each counted the same damage, and
+    its own log already tells the run's."""
+    if not splits_shards(shards, world):
+        return log
+    import torch.distributed as dist
+
+    every: list[SkipLog | None] = [None] * world
+    dist.all_gather_object(every, log)
+    merged = SkipLog(quiet=True)
+    for each in every:
+        assert each is not None, "all_gather_object fills every place"
+        merged.samples_skipped += each.samples_skipped
+        merged.shards_failed += each.shards_failed
+        merged.reasons.update(each.reasons)
+        merged.failed += [name for name in each.failed if name not in merged.failed]
+    merged.lengths = log.lengths
+    return merged

@@ -14,7 +14,7 @@ import torch
 
 from mbp.config import TrainConfig
 from mbp.data.batches import Batch, Position, batches, encoded_stream, prefetch, prefetch_helps
-from mbp.data.ranks import gather_positions, resumed_at, splits_shards
+from mbp.data.ranks import gather_positions, resumed_at, splits_shards, whole_run_log
 from mbp.data.skips import SkipLog
 from mbp.data.workers import planned_workers
 from mbp.errors import ConfigError
@@ -169,7 +169,8 @@ class Trainer:
         resolved, request, world, out = self.resolved, self.request, self.world, self.out
         # where each process reads shards of its own, each names the damage it meets
         self.log = SkipLog(quiet=not world.is_main and not splits_shards(request.train_shards, world.size))
-        self.log.samples_skipped = self.state.samples_skipped
+        # the run's count so far is rank 0's to carry: the others count what they skip from here
+        self.log.samples_skipped = self.state.samples_skipped if world.is_main else 0
         align = self.model.patch_len
         self.train = _train_batches(resolved, request.train_shards, self.log, self.state, world, align)
         evals = request.eval_shards
@@ -230,8 +231,9 @@ class Trainer:
         )
         if unfinished and self.world.is_main:
             note(unfinished)
+        log = whole_run_log(self.log, self.request.train_shards, self.world.size)
         summary = run_summary(
-            self.resolved, self.state, self.log, record.last_eval, self.checkpoint, self.out, record.metrics
+            self.resolved, self.state, log, record.last_eval, self.checkpoint, self.out, record.metrics
         )
         summary["precision"] = self.precision.precision
         summary["best"] = record.best.describe()
@@ -299,6 +301,9 @@ class Trainer:
         if self.world.size > 1:
             at = (self.state.epoch, self.state.consumed, self.state.taken)
             self.state.ranks = gather_positions(at, self.world.device)
+            self.state.samples_skipped = whole_run_log(
+                self.log, self.request.train_shards, self.world.size
+            ).samples_skipped
         if self.world.is_main:
             self.checkpoint = save_checkpoint(
                 self.out,
