@@ -5,6 +5,8 @@ a resumed stream stands where it stood. Unset, the count is planned from the cor
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from mbp.data.batches import Position, batches, encoded_stream
 from mbp.data.encode import SampleEncoder
 from mbp.data.skips import SkipLog
 from mbp.data.workers import planned_workers
+from mbp.errors import DataError
 from mbp.plugins import get_platform
 from mbp.resolve import resolve
 
@@ -97,3 +100,24 @@ def test_unset_workers_are_planned_from_the_cores_left(
     monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
     assert planned_workers(None, torch.device(device)) == planned
     assert planned_workers(3, torch.device(device)) == 3  # a given count is kept
+
+
+def test_a_worker_killed_ends_the_stream_with_one_line(tmp_path: Path) -> None:
+    shards = make_shards(tmp_path)
+    encoder = encoder_in(tmp_path)
+    parent = os.getpid()
+    codec = encoder.codecs["answer"]
+    plain = codec.encode
+
+    def dies_in_a_worker(data: bytes):  # type: ignore[no-untyped-def]
+        if os.getpid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return plain(data)
+
+    codec.encode = dies_in_a_worker  # type: ignore[method-assign]
+    with pytest.raises(DataError) as raised:
+        drawn(shards, encoder, 4, workers=1)
+    assert str(raised.value) == (
+        "a data.workers process ended abruptly (killed, or out of memory?) while encoding samples; "
+        "set data.workers: 0 to encode in the training process"
+    )

@@ -18,13 +18,14 @@ import os
 import signal
 from collections import deque
 from collections.abc import Iterator
-from multiprocessing.pool import AsyncResult
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
 
-from mbp.errors import DataError
+from mbp.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from mbp.data.encode import SampleEncoder
@@ -55,13 +56,24 @@ def planned_workers(setting: int | None, device: torch.device) -> int:
     the machine's cores (``LOCAL_WORLD_SIZE`` processes share them, as torchrun starts them) less torch's
     threads on a CPU, less 2 on a GPU (the thread driving it and the reader). Fewer than 2 left: 0, the
     stream decodes in the training process, as one worker would only add a hop. On a 2-core CPU that is
-    always 0; on a 16-core GPU machine with one process, 8 (``MOST_WORKERS``)."""
+    always 0; on a 16-core GPU machine with one process, 8 (``MOST_WORKERS``); 0 where processes cannot
+    be forked.
+
+    Raises:
+        ConfigError: workers asked for where processes cannot be forked.
+    """
+    forks = "fork" in multiprocessing.get_all_start_methods()
     if setting is not None:
+        if setting and not forks:
+            raise ConfigError(
+                f"data.workers {setting}: worker processes are forks, which this system lacks; set 0"
+            )
         return setting
-    share = cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    local = os.environ.get("LOCAL_WORLD_SIZE", "1").strip()
+    share = cores() // (int(local) if local.isdigit() and int(local) > 0 else 1)
     busy = torch.get_num_threads() if device.type == "cpu" else 2
     left = share - busy
-    return min(left, MOST_WORKERS) if left >= 2 else 0
+    return min(left, MOST_WORKERS) if left >= 2 and forks else 0
 
 
 def encode_in_order(
@@ -85,8 +97,9 @@ def _pooled(
     workers: int,
 ) -> Iterator[tuple[T, EncodedSample | DataError | None]]:
     context = multiprocessing.get_context("fork")
-    pending: deque[tuple[list[T], AsyncResult[list[EncodedSample | DataError]] | None]] = deque()
-    with context.Pool(workers, initializer=_start, initargs=(encoder,)) as pool:
+    pending: deque[tuple[list[T], Future[list[EncodedSample | DataError]] | None]] = deque()
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start, initargs=(encoder,))
+    try:
         tags: list[T] = []
         chunk: list[tuple[RawSample, tuple[int, ...] | None]] = []
         size = 0
@@ -94,7 +107,7 @@ def _pooled(
         def send() -> None:
             nonlocal tags, chunk, size
             if chunk:
-                pending.append((tags, pool.apply_async(_encode_chunk, (chunk,))))
+                pending.append((tags, pool.submit(_encode_chunk, chunk)))
                 tags, chunk, size = [], [], 0
 
         for tag, raw, varied in items:
@@ -112,16 +125,25 @@ def _pooled(
         send()
         while pending:
             yield from _taken(pending.popleft())
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _taken(
-    entry: tuple[list[T], AsyncResult[list[EncodedSample | DataError]] | None],
+    entry: tuple[list[T], Future[list[EncodedSample | DataError]] | None],
 ) -> Iterator[tuple[T, EncodedSample | DataError | None]]:
     tags, result = entry
     if result is None:
         yield tags[0], None
         return
-    yield from zip(tags, result.get(), strict=True)
+    try:
+        outcomes = result.result()
+    except BrokenProcessPool:
+        raise DataError(
+            "a data.workers process ended abruptly (killed, or out of memory?) while encoding samples; "
+            "set data.workers: 0 to encode in the training process"
+        ) from None
+    yield from zip(tags, outcomes, strict=True)
 
 
 def _start(encoder: SampleEncoder) -> None:
