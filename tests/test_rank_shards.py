@@ -19,6 +19,7 @@ from mbp.data.batches import Position, encoded_stream
 from mbp.data.encode import SampleEncoder
 from mbp.data.ranks import deal, epoch_order, resumed_at, shard_weights
 from mbp.data.skips import SkipLog
+from mbp.errors import DataError
 from mbp.plugins import get_platform
 from mbp.resolve import resolve
 
@@ -155,6 +156,19 @@ def test_fewer_shards_than_ranks_split_samples_with_one_warning(
         "share of the samples; write at least 4 shards (ideally many more) so that each process reads only "
         "its own"
     ]
+
+
+def test_a_process_whose_own_shards_give_nothing_says_so(tmp_path: Path) -> None:
+    shards = make_shards(tmp_path)[:1]
+    (tmp_path / "junk.tar").write_bytes(b"not a tar " * 10)
+    shards.append(str(tmp_path / "junk.tar"))
+    encoder = encoder_in(tmp_path)
+    assert len(list(itertools.islice(stream(shards, encoder, 0, 2), 5))) == 5  # the good shard is rank 0's
+    with pytest.raises(DataError) as raised:
+        next(stream(shards, encoder, 1, 2))
+    assert (
+        str(raised.value) == f"no usable sample in 1 shard(s) ({shards[1]}): 1 shard, read by process 1 of 2"
+    )
 
 
 def test_every_rank_resumes_at_its_own_next_sample(tmp_path: Path) -> None:

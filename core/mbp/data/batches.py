@@ -118,10 +118,11 @@ def encoded_stream(
     taken = start.taken if start else 0
     yielded_any = False
     jobs = _jobs(shards, log, seed, shuffle_buffer, start, repeat, rank, world, augment, picked)
-    for (position, whole_epoch), outcome in encode_in_order(jobs, encoder, workers):
+    for (position, read_whole), outcome in encode_in_order(jobs, encoder, workers):
         if outcome is None:  # an epoch's end
-            if not yielded_any and whole_epoch:
-                raise DataError(f"no usable sample in {_why_none(shards, log, seq_len)}")
+            if not yielded_any and read_whole is not None:
+                whose = f", read by process {rank} of {world}" if len(read_whole) < len(shards) else ""
+                raise DataError(f"no usable sample in {_why_none(read_whole, log, seq_len)}{whose}")
             yielded_any = False
             continue
         if isinstance(outcome, DataError):
@@ -151,9 +152,9 @@ def _jobs(
     world: int,
     augment: bool,
     picked: Callable[[int], bool] | None,
-) -> Iterator[tuple[tuple[Position, bool], RawSample | None, tuple[int, ...] | None]]:
+) -> Iterator[tuple[tuple[Position, list[str] | None], RawSample | None, tuple[int, ...] | None]]:
     """The samples this process encodes, each with its position and its variation's seed; after each
-    epoch (when repeating) a marker without a sample, saying whether the epoch was read whole."""
+    epoch (when repeating) a marker without a sample, with the shards it read where it read them whole."""
     position = Position(start.epoch, start.consumed) if start else Position()
     kept = ShardCache() if repeat else None  # a stream read once has nothing to keep
     own = splits_shards(shards, world)
@@ -176,10 +177,10 @@ def _jobs(
                 continue
             # encoded only later: samples already consumed, or another rank's, cost a read, not a decode
             varied = _variation(seed, position.epoch, index, rank if own else None) if augment else None
-            yield (position, False), raw, varied
+            yield (position, None), raw, varied
         if not repeat:
             return
-        yield (position, whole_epoch), None, None
+        yield (position, order if whole_epoch else None), None, None
         position = Position(position.epoch + 1, 0)
 
 
