@@ -168,6 +168,13 @@ class DataConfig(Strict):
     )
     """Whether fields whose codec leaves its own ``augment`` unset vary in training. None: planned
     (``mbp.train.variation``) and written into the run's pipeline, so a resumed run keeps it."""
+    workers: Count | None = Field(
+        default=None,
+        ge=0,
+        description="processes that decode and encode training samples (0: the training process does); "
+        "unset: the cores left after the step's, 0 where fewer than 2 are left",
+    )
+    """Decoding processes (``mbp.data.workers``); the batches are the same with any number."""
 
     @property
     def batch_rows(self) -> int:

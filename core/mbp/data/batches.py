@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import random
 import threading
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
@@ -15,8 +14,10 @@ import numpy as np
 import torch
 
 from mbp.data.encode import SampleEncoder
+from mbp.data.ranks import deal, epoch_order, shard_weights, splits_shards, warn_unsplit
 from mbp.data.read import RawSample, ShardCache, read_samples
 from mbp.data.skips import SkipLog
+from mbp.data.workers import encode_in_order
 from mbp.errors import DataError, skip_kind
 from mbp.protocol import PAD
 from mbp.sample import EncodedSample
@@ -98,62 +99,105 @@ def encoded_stream(
     augment: bool = False,
     split: bool = False,
     picked: Callable[[int], bool] | None = None,
-) -> Iterator[tuple[EncodedSample, Position]]:
-    """Encoded samples in a deterministic order (given the seed), with the position after each.
+    workers: int = 0,
+) -> Generator[tuple[EncodedSample, Position], None, None]:
+    """Encoded samples in a deterministic order (given the seed and the world size), with the position
+    after each.
 
     Resuming from a position replays the same order and skips what was already consumed, so a
-    resumed run sees exactly the samples an uninterrupted one would. Sample ``i`` of the stream goes to
-    rank ``i % world``. ``augment``: training samples, varied by codecs that can, with a generator
-    seeded by (seed, epoch, index) so that the variations replay on resume too. ``split``: samples
-    longer than ``seq_len`` are kept (``batches`` cuts them across rows), and a start inside a sample
-    yields the rest of it first. ``picked``: only the samples whose index (from 0, in the stream's
-    order) it picks are encoded and yielded (an evaluation's subset, ``spread``).
+    resumed run sees exactly the samples an uninterrupted one would. With ``world`` processes and at
+    least as many shards, each reads whole shards of its own (:mod:`mbp.data.ranks`) and its position
+    counts its own stream; with fewer, sample ``i`` of the stream goes to rank ``i % world``.
+    ``augment``: training samples, varied by codecs that can, with a generator seeded by (seed, epoch,
+    index) so that the variations replay on resume too. ``split``: samples longer than ``seq_len`` are
+    kept (``batches`` cuts them across rows), and a start inside a sample yields the rest of it first.
+    ``picked``: only the samples whose index (from 0, in the stream's order) it picks are encoded and
+    yielded (an evaluation's subset, ``spread``). ``workers``: processes that encode
+    (:mod:`mbp.data.workers`); the samples are the same with any number.
     """
-    position = Position(start.epoch, start.consumed) if start else Position()
     taken = start.taken if start else 0
+    yielded_any = False
+    jobs = _jobs(shards, log, seed, shuffle_buffer, start, repeat, rank, world, augment, picked)
+    for (position, read_whole), outcome in encode_in_order(jobs, encoder, workers):
+        if outcome is None:  # an epoch's end
+            if not yielded_any and read_whole is not None:
+                whose = f", read by process {rank} of {world}" if len(read_whole) < len(shards) else ""
+                raise DataError(f"no usable sample in {_why_none(read_whole, log, seq_len)}{whose}")
+            yielded_any = False
+            continue
+        if isinstance(outcome, DataError):
+            log.sample(str(outcome), skip_kind(outcome))
+            continue
+        sample = outcome
+        log.encoded(len(sample.tokens))
+        if taken:  # the sample a resumed stream stopped inside: its untrained rest
+            sample, taken = sample.piece(taken), 0
+        if len(sample.tokens) > seq_len and not split:
+            log.sample(
+                f"{sample.where}: {len(sample.tokens)} tokens, over data.seq_len {seq_len}", "too long"
+            )
+            continue
+        yielded_any = True
+        yield sample, position
+
+
+def _jobs(
+    shards: list[str],
+    log: SkipLog,
+    seed: int,
+    shuffle_buffer: int,
+    start: Position | None,
+    repeat: bool,
+    rank: int,
+    world: int,
+    augment: bool,
+    picked: Callable[[int], bool] | None,
+) -> Iterator[tuple[tuple[Position, list[str] | None], RawSample | None, tuple[int, ...] | None]]:
+    """The samples this process encodes, each with its position and its variation's seed; after each
+    epoch (when repeating) a marker without a sample, with the shards it read where it read them whole."""
+    position = Position(start.epoch, start.consumed) if start else Position()
     kept = ShardCache() if repeat else None  # a stream read once has nothing to keep
+    own = splits_shards(shards, world)
+    weights = shard_weights(shards) if own else {}
+    if world > 1 and not own and rank == 0:
+        warn_unsplit(shards, world)
     while True:
         whole_epoch = position.consumed == 0  # a resumed epoch may legitimately have nothing left
         rng = np.random.default_rng([seed, position.epoch])
-        order = list(shards)
-        if shuffle_buffer > 0:
-            random.Random(seed + position.epoch).shuffle(order)
+        order = epoch_order(shards, seed, position.epoch, shuffle_buffer > 0)
+        if own:
+            order = deal(order, weights, world)[rank]
         index = 0
-        yielded_any = False
         for raw in _shuffled(read_samples(order, log, kept), shuffle_buffer, rng):
             index += 1
             if index <= position.consumed:
                 continue
             position = Position(position.epoch, index)
-            if (index - 1) % world != rank or (picked is not None and not picked(index - 1)):
+            if (not own and (index - 1) % world != rank) or (picked is not None and not picked(index - 1)):
                 continue
-            # encoded only here: samples already consumed, or another rank's, cost a read, not a decode
-            try:
-                varied = np.random.default_rng([seed, position.epoch, index]) if augment else None
-                sample = encoder.encode(raw, varied)
-            except DataError as error:
-                log.sample(str(error), skip_kind(error))
-                continue
-            log.encoded(len(sample.tokens))
-            if taken:  # the sample a resumed stream stopped inside: its untrained rest
-                sample, taken = sample.piece(taken), 0
-            if len(sample.tokens) > seq_len and not split:
-                message = f"{sample.where}: {len(sample.tokens)} tokens, over data.seq_len {seq_len}"
-                log.sample(message, "too long")
-                continue
-            yielded_any = True
-            yield sample, position
+            # encoded only later: samples already consumed, or another rank's, cost a read, not a decode
+            varied = _variation(seed, position.epoch, index, rank if own else None) if augment else None
+            yield (position, None), raw, varied
         if not repeat:
             return
-        if not yielded_any and whole_epoch:
-            why = log.why_none(shards, "none read")
-            if log.reasons["too long"] and log.lengths:
-                why += (
-                    f" (the longest has {max(log.lengths)} tokens, over data.seq_len {seq_len}; "
-                    "unset, data.seq_len is sized to the samples)"
-                )
-            raise DataError(f"no usable sample in {why}")
+        yield (position, order if whole_epoch else None), None, None
         position = Position(position.epoch + 1, 0)
+
+
+def _variation(seed: int, epoch: int, index: int, rank: int | None) -> tuple[int, ...]:
+    """The seed of a sample's training variation; a process reading shards of its own counts its own
+    samples, so its rank keeps its variations apart from another's sample of the same index."""
+    return (seed, epoch, index) if rank is None else (seed, epoch, index, rank)
+
+
+def _why_none(shards: list[str], log: SkipLog, seq_len: int) -> str:
+    why = log.why_none(shards, "none read")
+    if log.reasons["too long"] and log.lengths:
+        why += (
+            f" (the longest has {max(log.lengths)} tokens, over data.seq_len {seq_len}; "
+            "unset, data.seq_len is sized to the samples)"
+        )
+    return why
 
 
 def spread(count: int, whole: int) -> Callable[[int], bool]:

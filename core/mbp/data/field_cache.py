@@ -53,5 +53,9 @@ class FieldCache:
                 self.held += tokens.nbytes
         return tokens
 
+    def forked(self) -> None:
+        """Made usable in a forked process: the fields kept so far stay, the lock is new."""
+        self._lock = threading.Lock()
+
     def __len__(self) -> int:
         return len(self._tokens)

@@ -93,8 +93,8 @@ def read_samples(shards: Sequence[str], log: SkipLog, kept: ShardCache | None = 
     or corrupt is reported and left; the samples wholly before the damage still arrive. ``kept``: shards
     read before come from memory (``ShardCache``).
 
-    Every process reads every shard: training splits by sample instead (see ``encoded_stream``) so
-    that every world size sees the same global batches.
+    Reads every shard of ``shards``: which shards a process of a distributed run reads is decided
+    before (:mod:`mbp.data.ranks`).
     """
 
     def expand(src: Any) -> Iterator[RawSample]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -56,6 +56,8 @@ class _TrainStateDoc(BaseModel):
     samples_seen: int = Field(ge=0)
     samples_skipped: int = Field(ge=0)
     taken: int = Field(default=0, ge=0)
+    ranks: list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=3, max_length=3)]] | None = None
+    """Each process's (epoch, consumed, taken) in a run of several (``mbp.data.ranks``)."""
 
 
 class _OptimizerDoc(BaseModel):

@@ -32,6 +32,8 @@ class TrainState:
     samples_skipped: int
     taken: int = 0
     """Tokens of the next sample already trained: a sample cut across rows (``Position.taken``)."""
+    ranks: list[list[int]] | None = None
+    """Under several processes, each one's (epoch, consumed, taken), by rank (``mbp.data.ranks``)."""
 
 
 def _optimizer_tensors(optim_state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -14,7 +14,9 @@ import torch
 
 from mbp.config import TrainConfig
 from mbp.data.batches import Batch, Position, batches, encoded_stream, prefetch, prefetch_helps
+from mbp.data.ranks import gather_positions, resumed_at, splits_shards, whole_run_log
 from mbp.data.skips import SkipLog
+from mbp.data.workers import planned_workers
 from mbp.errors import ConfigError
 from mbp.heads import splits_samples
 from mbp.model.build import build_model
@@ -165,8 +167,10 @@ class Trainer:
 
     def _setup_data(self) -> None:
         resolved, request, world, out = self.resolved, self.request, self.world, self.out
-        self.log = SkipLog(quiet=not world.is_main)
-        self.log.samples_skipped = self.state.samples_skipped
+        # where each process reads shards of its own, each names the damage it meets
+        self.log = SkipLog(quiet=not world.is_main and not splits_shards(request.train_shards, world.size))
+        # the run's count so far is rank 0's to carry: the others count what they skip from here
+        self.log.samples_skipped = self.state.samples_skipped if world.is_main else 0
         align = self.model.patch_len
         self.train = _train_batches(resolved, request.train_shards, self.log, self.state, world, align)
         evals = request.eval_shards
@@ -227,8 +231,9 @@ class Trainer:
         )
         if unfinished and self.world.is_main:
             note(unfinished)
+        log = whole_run_log(self.log, self.request.train_shards, self.world.size)
         summary = run_summary(
-            self.resolved, self.state, self.log, record.last_eval, self.checkpoint, self.out, record.metrics
+            self.resolved, self.state, log, record.last_eval, self.checkpoint, self.out, record.metrics
         )
         summary["precision"] = self.precision.precision
         summary["best"] = record.best.describe()
@@ -293,6 +298,12 @@ class Trainer:
             raise diverged(
                 self.state.step, f"{bad or 'a tensor'} is not finite", self.checkpoint, self.cfg.lr
             )
+        if self.world.size > 1:
+            at = (self.state.epoch, self.state.consumed, self.state.taken)
+            self.state.ranks = gather_positions(at, self.world.device)
+            self.state.samples_skipped = whole_run_log(
+                self.log, self.request.train_shards, self.world.size
+            ).samples_skipped
         if self.world.is_main:
             self.checkpoint = save_checkpoint(
                 self.out,
@@ -332,6 +343,7 @@ def _train_batches(
 ) -> Generator[tuple[Batch, Position], None, None]:
     data, cfg = resolved.pipeline.data, resolved.pipeline.train
     split = splits_samples(resolved.head)
+    at = (world.rank, world.size)
     stream = encoded_stream(
         shards,
         resolved.encoder,
@@ -339,11 +351,12 @@ def _train_batches(
         log,
         seed=cfg.seed,
         shuffle_buffer=data.shuffle_buffer,
-        start=Position(state.epoch, state.consumed, state.taken),
+        start=Position(*resumed_at(shards, state.ranks, (state.epoch, state.consumed, state.taken), *at)),
         rank=world.rank,
         world=world.size,
         augment=True,
         split=split,
+        workers=planned_workers(data.workers, world.device),
     )
     rows = batches(
         stream, data.batch_rows // world.size, data.row_len, pack=data.pack, align=align, split=split
