@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -98,6 +99,14 @@ def tiny_model(
     dims, lens = [32, 16, 16][:stages], [None, 4, 3][:stages]
     config = {"stages": [stage(names[i], dims[i], 1 if i else 2, lens[i]) for i in range(stages)]}
     return build_model(config, components)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now: a fixed rendezvous port clashes with another suite running
+    the same test on the machine."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        return int(held.getsockname()[1])
 
 
 def run_mbp(

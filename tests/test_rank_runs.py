@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
 from tests.shardkit import REGISTRY, corrupt_set, good_samples, write_tar
-from tests.test_rank_shards import free_port
 
 FLAT = ["--set", "train.warmup_steps=0", "--set", "train.min_lr_ratio=1", "--set", "train.precision=fp32"]
 """A constant learning rate: a run of 4 steps resumed to 6 follows the schedule of one run of 6."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import socket
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from mbp.errors import DataError
 from mbp.plugins import get_platform
 from mbp.resolve import resolve
 
+from tests.conftest import free_port
 from tests.shardkit import write_tar
 from tests.test_augment import REGISTRY, glyph
 
@@ -197,12 +197,6 @@ def test_a_checkpoint_of_another_world_size_starts_its_epoch_over(
         "mbp: warning: the checkpoint's data positions are those of 2 process(es), and 4 split the shards "
         "differently: the data stream starts epoch 2 over"
     )
-
-
-def free_port() -> int:
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
-        return int(held.getsockname()[1])
 
 
 def gloo_rank(rank: int, world: int, port: int, folder: str) -> None:

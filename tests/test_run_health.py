@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import invoke_mbp
+from tests.conftest import free_port, invoke_mbp
 from tests.shardkit import REGISTRY, good_samples, write_tar
 
 
@@ -82,7 +82,7 @@ def test_every_process_of_a_diverging_run_stops_at_the_same_step(
         f"train.strategy={strategy}",
     ]
     result = subprocess.run(
-        [torchrun, "--nproc_per_node=2", "--master_port=29541", "-m", "mbp.cli", *args]
+        [torchrun, "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "mbp.cli", *args]
         + [word for setting in settings for word in ("--set", setting)],
         capture_output=True,
         text=True,

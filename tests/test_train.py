@@ -20,7 +20,7 @@ from mbp.model.build import build_model
 from mbp.resolve import resolve
 from safetensors.torch import load_file
 
-from tests.conftest import invoke_mbp, run_mbp
+from tests.conftest import free_port, invoke_mbp, run_mbp
 from tests.shardkit import REGISTRY, corrupt_set, good_samples, png, qa, write_tar
 
 
@@ -212,7 +212,7 @@ def test_two_process_gloo_matches_one_process(setup, tmp_path: Path, strategy: s
         [
             torchrun,
             "--nproc_per_node=2",
-            "--master_port=29533",
+            f"--master_port={free_port()}",
             "-m",
             *run_args(registry, shards, tmp_path / "two", *settings),
         ],
