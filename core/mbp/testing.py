@@ -7,7 +7,7 @@ outputs before position t do not move at all when the input at t changes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -77,13 +77,21 @@ def assert_model_causal(
     length: int | None = None,
     positions: Iterable[int] | None = None,
     atol: float = 0.0,
+    ids: torch.Tensor | None = None,
+    starts_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> None:
     """Changing token t leaves every logit before position t+1 unchanged (logit t predicts token t from
-    tokens < t), for positions inside patches and on patch boundaries."""
+    tokens < t), for positions inside patches and on patch boundaries. ``ids: (2, L)`` replaces the
+    random tokens; ``starts_of`` places varying patches (``(B, L)`` tokens to ``(B, L)`` bool starts,
+    as a boundary rule does), placed anew for every changed input."""
     model = model.double().eval()
-    length = length or 3 * model.patch_len + 5
-    ids = torch.randint(0, 256, (2, length))
-    base = model(ids)
+    length = length or (ids.shape[1] if ids is not None else 3 * model.patch_len + 5)
+    ids = torch.randint(0, 256, (2, length)) if ids is None else ids
+
+    def run(tokens: torch.Tensor) -> torch.Tensor:
+        return model(tokens) if starts_of is None else model(tokens, starts=starts_of(tokens))
+
+    base = run(ids)
     patch = model.patch_len
     chosen = (
         positions if positions is not None else {0, patch - 1, patch, patch + 1, 2 * patch - 1, length - 1}
@@ -91,7 +99,7 @@ def assert_model_causal(
     for t in _positions(length, [p for p in chosen if 0 <= p < length]):
         moved = ids.clone()
         moved[:, t] = (moved[:, t] + 1 + torch.randint(0, 254, (2,))) % 256
-        out = model(moved)
+        out = run(moved)
         before = (out[:, : t + 1] - base[:, : t + 1]).abs().max().item()
         assert before <= atol, f"logits up to position {t} moved by {before:.3g} when token {t} changed"
         if t + 1 < length:

@@ -28,6 +28,7 @@ from mbp.model.backbone import Backbone, prefill, run_segments
 from mbp.model.decoder_cache import DecoderCache
 from mbp.model.kept_rows import kept_rows
 from mbp.model.parts import LossOutput, UnitEmbedding
+from mbp.model.varying_patches import varying_hidden
 from mbp.protocol import PAD, VOCAB_SIZE
 
 CHECKPOINT_POSITIONS = 1 << 14
@@ -94,12 +95,19 @@ class MultiscaleDecoder(nn.Module):
             )
         return F.pad(ids, (0, -length % self.patch_len), value=PAD)
 
-    def hidden(self, ids: torch.Tensor, begins: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden(
+        self, ids: torch.Tensor, begins: torch.Tensor | None = None, starts: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Last-stage states that predict each token: ``ids: (B, L) -> (B, L, D_n)``.
 
         Position t's state has seen tokens < t only. ``begins: (B, L)`` bool marks where packed samples
         start (at multiples of ``patch_len``): each sample then sees only itself, exactly as if alone.
+        ``starts: (B, L)`` bool, when given, marks where byte-level patches start (of any length up to
+        the last stage's ``seq_len``; ``mbp.model.varying_patches``); packed samples may then begin at
+        any patch start. Without it every patch has the last stage's full length.
         """
+        if starts is not None:
+            return varying_hidden(self, ids, starts, begins)
         return self._hidden(ids, begins, self.first_patches(begins))
 
     def _hidden(
@@ -201,15 +209,21 @@ class MultiscaleDecoder(nn.Module):
         ]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    def forward(self, ids: torch.Tensor, begins: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, ids: torch.Tensor, begins: torch.Tensor | None = None, starts: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Logits ``(B, L, V)`` predicting each token from the tokens before it (of its own sample)."""
-        return self.to_logits(self.hidden(ids, begins))
+        return self.to_logits(self.hidden(ids, begins, starts))
 
     def loss(
-        self, ids: torch.Tensor, weights: torch.Tensor | None = None, begins: torch.Tensor | None = None
+        self,
+        ids: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        begins: torch.Tensor | None = None,
+        starts: torch.Tensor | None = None,
     ) -> LossOutput:
-        """Weighted cross-entropy of predicting ``ids`` (PAD targets never count); ``begins`` as in
-        ``hidden``.
+        """Weighted cross-entropy of predicting ``ids`` (PAD targets never count); ``begins`` and
+        ``starts`` as in ``hidden``.
 
         With ``loss_chunk`` set, logits are made and dropped chunk by chunk (recomputed in backward),
         so the full (B, L, V) logits never exist at once.
@@ -217,10 +231,12 @@ class MultiscaleDecoder(nn.Module):
         w = (ids != PAD).float()
         if weights is not None:
             w = w * weights.float()
-        first = self.first_patches(begins)  # once: both paths need it, and it syncs with the device
-        sparse = self._weighted_rows(ids, w, begins, first)
+        first = None if starts is not None else self.first_patches(begins)  # once: it syncs with the device
+        sparse = None if starts is not None else self._weighted_rows(ids, w, begins, first)
         if sparse is not None:
             hidden, ids, w = sparse
+        elif starts is not None:  # varying patches: every patch runs
+            hidden = varying_hidden(self, ids, starts, begins)
         else:
             hidden = self._hidden(ids, begins, first)
         w = w.to(hidden.dtype)

@@ -1,0 +1,138 @@
+"""Byte-level patches of varying length: causal, packed samples as if alone, the fixed path's numbers
+where every patch is full, gradients to every parameter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from mbp.boundaries import WordStarts, patch_starts
+from mbp.model.decoder import MultiscaleDecoder
+from mbp.model.varying_patches import cut_long_patches, patch_layout
+from mbp.protocol import HDR, SEG
+from mbp.testing import assert_model_causal
+
+from tests.conftest import tiny_model
+
+RULES = {"t": WordStarts()}
+STACKS = [("transformer",) * 2, ("transformer",) * 3, ("mamba", "transformer"), ("transformer", "mamba")]
+
+
+def text_tokens(rows: int, length: int) -> torch.Tensor:
+    """``rows`` text segments (``SEG t HDR`` and words) of ``length`` tokens: words of 1 to 8 bytes."""
+    alphabet = torch.tensor(list(b"abcdefgh  ,\n"))
+    body = alphabet[torch.randint(0, len(alphabet), (rows, length - 3))]
+    return torch.cat((torch.tensor([SEG, ord("t"), HDR]).expand(rows, 3), body), dim=1)
+
+
+def starts_by_rule(model: MultiscaleDecoder) -> object:
+    longest = model.patch_sizes[-1]
+
+    def starts_of(ids: torch.Tensor) -> torch.Tensor:
+        rows = [patch_starts(row.numpy(), RULES, longest) for row in ids]
+        return torch.from_numpy(np.stack(rows))
+
+    return starts_of
+
+
+def test_layout_puts_each_patch_at_a_grid_slot_and_aligns_samples_to_stage_one_units() -> None:
+    starts = torch.tensor([[1, 0, 1, 1, 0, 0, 1, 0, 0]], dtype=torch.bool)
+    assert cut_long_patches(starts, 2).int().tolist() == [[1, 0, 1, 1, 0, 1, 1, 0, 1]]
+    layout = patch_layout(starts, None, longest=3, group=1)
+    assert layout.slots.tolist() == [[0, 1, 3, 6, 7, 8, 9, 10, 11]]
+    assert layout.sizes.tolist() == [2, 1, 3, 3] and layout.width == 12
+    # a sample begins at token 3: with 2 patches a stage-1 unit, its first patch moves to slot 2
+    begins = torch.zeros_like(starts)
+    begins[0, 3] = True
+    layout = patch_layout(starts, begins, longest=3, group=2)
+    assert layout.slots.tolist() == [[0, 1, 3, 6, 7, 8, 9, 10, 11]]  # 2 patches before: aligned already
+    begins[0, 3], begins[0, 2] = False, True
+    starts[0, 3] = False
+    layout = patch_layout(starts, begins, longest=3, group=2)
+    # patches [0:2], then the sample from token 2: [2:6] is cut into 3 + 1, [6:9]
+    assert layout.slots.tolist() == [[0, 1, 6, 7, 8, 9, 12, 13, 14]]
+    assert layout.sizes.tolist() == [2, 0, 3, 1, 3, 0] and layout.width == 18
+    assert layout.begins is not None and layout.begins.nonzero()[:, 1].tolist() == [6]
+
+
+@pytest.mark.parametrize("backbones", STACKS, ids="-".join)
+def test_varying_patches_are_causal(components, backbones: tuple[str, ...]) -> None:
+    model = tiny_model(components, len(backbones), backbones)
+    ids = text_tokens(2, 40)
+    starts_of = starts_by_rule(model)
+    sizes = torch.diff(torch.cat((starts_of(ids)[0].nonzero().flatten(), torch.tensor([40]))))
+    assert len(set(sizes.tolist())) > 2  # patches of several lengths
+    # not bit-exact: a later patch's length changes which patches share a byte-level batch, and a
+    # batched product's rounding depends on its batch; a leak moves logits by far more than 1e-12
+    assert_model_causal(model, ids=ids, starts_of=starts_of, positions=range(0, 40, 4), atol=1e-12)
+
+
+@pytest.mark.parametrize("stages", [2, 3])
+def test_full_patches_reproduce_the_fixed_path(components, stages: int) -> None:
+    model = tiny_model(components, stages).double().eval()
+    ids = torch.randint(0, 256, (2, 29))
+    longest = model.patch_sizes[-1]
+    starts = torch.arange(29).expand(2, -1) % longest == 0
+    torch.testing.assert_close(model(ids, starts=starts), model(ids), rtol=0, atol=1e-10)
+    starts = torch.zeros_like(starts)  # the longest cut makes the same patches
+    torch.testing.assert_close(model(ids, starts=starts), model(ids), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("backbones", STACKS, ids="-".join)
+def test_packed_samples_with_varying_patches_score_as_if_alone(
+    components, backbones: tuple[str, ...]
+) -> None:
+    model = tiny_model(components, len(backbones), backbones).double().train()
+    starts_of = starts_by_rule(model)
+    samples = [text_tokens(1, n)[0] for n in (17, 4, 30)]
+    ids = torch.cat(samples)[None]
+    starts = torch.cat([starts_of(s[None])[0] for s in samples])[None]
+    begins = torch.zeros_like(starts)
+    begins[0, [0, 17, 21]] = True
+    packed = model(ids, begins, starts)[0]
+    offset = 0
+    for sample in samples:
+        alone = model(sample[None], starts=starts_of(sample[None]))[0]
+        torch.testing.assert_close(packed[offset : offset + len(sample)], alone, rtol=0, atol=1e-10)
+        offset += len(sample)
+    # the loss and its gradients are those of the samples one by one
+    model.zero_grad()
+    model.loss(ids, begins=begins, starts=starts).loss.backward()
+    packed_grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    total = sum(
+        F.cross_entropy(model(s[None], starts=starts_of(s[None]))[0], s, reduction="sum") for s in samples
+    )
+    (total / ids.shape[1]).backward()
+    alone_grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    assert len(packed_grads) == len(alone_grads) == len(list(model.parameters()))  # every parameter learns
+    for a, b in zip(packed_grads, alone_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+
+
+def test_loss_with_varying_patches_is_the_weighted_cross_entropy_of_the_logits(components) -> None:
+    model = tiny_model(components, 2).train()
+    ids = text_tokens(2, 33)
+    starts = starts_by_rule(model)(ids)
+    weights = torch.rand(2, 33)
+    result = model.loss(ids, weights, starts=starts)
+    ce = F.cross_entropy(model(ids, starts=starts).transpose(1, 2), ids, reduction="none")
+    assert result.loss.item() == pytest.approx(((ce * weights).sum() / weights.sum()).item(), rel=1e-5)
+    result.loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_the_harness_catches_boundaries_that_look_ahead(components) -> None:
+    """A patch that ends before a space (its start decided by the token after it) reveals that space to
+    the state predicting it: the causality check must fail. (A start decided by its own token is safe:
+    the state predicting that token is the same whether a patch starts there or not.)"""
+    model = tiny_model(components, 2)
+
+    def ahead(ids: torch.Tensor) -> torch.Tensor:
+        return F.pad(ids[:, 1:] == ord(" "), (0, 1))
+
+    ids = text_tokens(2, 40)
+    with pytest.raises(AssertionError, match="moved"):
+        assert_model_causal(model, ids=ids, starts_of=ahead, positions=range(4, 40), atol=1e-12)
+    assert_model_causal(model, ids=ids, starts_of=lambda ids: ids == ord(" "), positions=range(4, 40, 5))
