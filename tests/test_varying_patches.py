@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from mbp.boundaries import WordStarts, patch_starts
+from mbp.generate import Sampling, sample_next
 from mbp.model.decoder import MultiscaleDecoder
 from mbp.model.varying_patches import cut_long_patches, patch_layout
 from mbp.protocol import HDR, SEG
-from mbp.testing import assert_model_causal
+from mbp.testing import assert_model_causal, generate_uncached
 
 from tests.conftest import tiny_model
 
@@ -136,3 +137,40 @@ def test_the_harness_catches_boundaries_that_look_ahead(components) -> None:
     with pytest.raises(AssertionError, match="moved"):
         assert_model_causal(model, ids=ids, starts_of=ahead, positions=range(4, 40), atol=1e-12)
     assert_model_causal(model, ids=ids, starts_of=lambda ids: ids == ord(" "), positions=range(4, 40, 5))
+
+
+def generate_cached(
+    model: MultiscaleDecoder, prompts: list[torch.Tensor], max_new: int, rules: dict
+) -> list[list[int]]:
+    """Greedy decoding through the decoder's cache with boundaries placed online by ``rules``."""
+    cache = model.allocate_cache(len(prompts), max(len(p) for p in prompts) + max_new + 1, rules)
+    for row, prompt in enumerate(prompts):
+        model.prefill(prompt[None, :-1], cache, torch.tensor([row]))
+    logits = model.step(torch.stack([p[-1] for p in prompts]), cache)
+    out: list[list[int]] = [[] for _ in prompts]
+    for _ in range(max_new):
+        tokens = sample_next(logits, Sampling(), None)
+        for row, token in enumerate(tokens.tolist()):
+            out[row].append(token)
+        logits = model.step(tokens, cache)
+    return out
+
+
+@pytest.mark.parametrize(
+    "backbones", [("transformer",) * 2, ("transformer",) * 3, ("mamba", "transformer")], ids="-".join
+)
+def test_cached_generation_with_online_boundaries_equals_uncached(
+    components, backbones: tuple[str, ...]
+) -> None:
+    model = tiny_model(components, len(backbones), backbones).eval()
+    with torch.no_grad():  # a bias toward spaces: generated text has words, so patches of many lengths
+        model.to_logits.bias[ord(" ")] += 2.0
+    # phases across patch boundaries: prompts ending inside the header, on a word start, inside words
+    full = text_tokens(1, 30)[0]
+    prompts = [full[:n] for n in (1, 3, 9, 16, 16, 30)]
+    cached = generate_cached(model, prompts, 16, RULES)
+    for prompt, tokens in zip(prompts, cached, strict=True):
+        assert tokens == generate_uncached(model, prompt, 16, RULES)
+    assert len({t for row in cached for t in row}) > 5, "a degenerate model would make this test vacuous"
+    placed = patch_starts(np.array(prompts[-1].tolist() + cached[-1]), RULES, model.patch_sizes[-1])
+    assert len(set(np.diff(np.flatnonzero(placed)).tolist())) > 2, "generated patches of one length"

@@ -7,12 +7,13 @@ outputs before position t do not move at all when the input at t changes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
+from mbp.boundaries import BoundaryRule, patch_starts
 from mbp.generate import Sampling, sample_next
 from mbp.model.backbone import prefill, run_segments
 from mbp.model.decoder import MultiscaleDecoder
@@ -128,9 +129,15 @@ def assert_segments_kept_apart(
 
 
 @torch.inference_mode()
-def generate_uncached(model: MultiscaleDecoder, prompt: torch.Tensor, max_new: int) -> list[int]:
-    """Greedy decoding by a full forward at every step: the reference the cached path must match. Runs in
-    eval mode and leaves the model in the mode it found."""
+def generate_uncached(
+    model: MultiscaleDecoder,
+    prompt: torch.Tensor,
+    max_new: int,
+    rules: Mapping[str, BoundaryRule] | None = None,
+) -> list[int]:
+    """Greedy decoding by a full forward at every step: the reference the cached path must match. With
+    boundary ``rules``, each forward's byte-level patches are those ``patch_starts`` places on the whole
+    sequence. Runs in eval mode and leaves the model in the mode it found."""
     was_training = model.training
     model.eval()
     try:
@@ -138,7 +145,11 @@ def generate_uncached(model: MultiscaleDecoder, prompt: torch.Tensor, max_new: i
         out: list[int] = []
         for _ in range(max_new):
             padded = torch.cat((sequence, sequence.new_full((1,), PAD)))
-            logits = model(padded[None])[0, -1]
+            starts = None
+            if rules is not None:
+                placed = patch_starts(padded.cpu().numpy(), rules, model.patch_sizes[-1])
+                starts = torch.from_numpy(placed)[None].to(padded.device)
+            logits = model(padded[None], starts=starts)[0, -1]
             token = int(sample_next(logits[None], Sampling(), None)[0])
             out.append(token)
             sequence = torch.cat((sequence, sequence.new_full((1,), token)))

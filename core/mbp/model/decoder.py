@@ -14,7 +14,7 @@ stage, shifted right by one through the very first start token, so no output eve
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -23,12 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from mbp.boundaries import BoundaryRule
 from mbp.errors import ConfigError
 from mbp.model.backbone import Backbone, prefill, run_segments
 from mbp.model.decoder_cache import DecoderCache
 from mbp.model.kept_rows import kept_rows
 from mbp.model.parts import LossOutput, UnitEmbedding
 from mbp.model.varying_patches import varying_hidden
+from mbp.model.varying_steps import end_placed_patches, grid_capacity, grid_prompts, placers
 from mbp.protocol import PAD, VOCAB_SIZE
 
 CHECKPOINT_POSITIONS = 1 << 14
@@ -287,16 +289,22 @@ class MultiscaleDecoder(nn.Module):
     # exactly as the parallel forward wires it. Rows are independent: prompts of different lengths sit
     # at different phases of their patches, and masked backbone steps keep them apart.
 
-    def allocate_cache(self, batch: int, max_len: int) -> DecoderCache:
-        """Inference state for ``batch`` rows of up to ``max_len`` tokens each."""
+    def allocate_cache(
+        self, batch: int, max_len: int, rules: Mapping[str, BoundaryRule] | None = None
+    ) -> DecoderCache:
+        """Inference state for ``batch`` rows of up to ``max_len`` tokens each. With boundary ``rules``
+        (``mbp.boundaries``), byte-level patches start where the rules place them as tokens arrive
+        (``mbp.model.varying_steps``); without, every patch has the last stage's full length."""
         like = next(self.parameters()).detach()
+        rules = rules if self.num_stages > 1 else None  # one stage: no patches
+        max_len = grid_capacity(max_len, rules, self.patch_sizes[-1])
         capacities = [max_len // self.units[0] + 2] + [p + 1 for p in self.patch_sizes[1:]]
         caches = [self._backbone(s).allocate_cache(batch, capacities[s]) for s in range(self.num_stages)]
         history = torch.full((batch, max_len), PAD, dtype=torch.long, device=like.device)
         projected = [
             like.new_zeros(batch, self.patch_sizes[s], self.dims[s]) for s in range(1, self.num_stages)
         ]
-        return DecoderCache(caches, history, projected)
+        return DecoderCache(caches, history, projected, placers(rules, batch, self.patch_sizes[-1]))
 
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor, cache: DecoderCache, rows: torch.Tensor) -> None:
@@ -306,6 +314,12 @@ class MultiscaleDecoder(nn.Module):
         a prompt ends on a patch boundary (whose predicting state lies in the previous patch), so a
         prompt is prefilled without its last token and no full forward over it is needed.
         """
+        if cache.placers is None:
+            return self._prefill(ids, cache, rows)
+        for grid, row in grid_prompts(ids, rows, cache.placers, self.patch_sizes[-1], self.units[0]):
+            self._prefill(grid, cache, row)  # varying patches: each row's prompt laid out in its grid
+
+    def _prefill(self, ids: torch.Tensor, cache: DecoderCache, rows: torch.Tensor) -> None:
         count, length = ids.shape
         cache.history[rows, :length] = ids
         cache.lengths[rows] = length
@@ -342,6 +356,10 @@ class MultiscaleDecoder(nn.Module):
         if last > 0:
             cache.counts[last] = cache.counts[last] + 1
             completed = cache.counts[last] == self.patch_sizes[last]
+            if cache.placers is not None:  # varying patches: the next token may start a patch
+                completed, cache.lengths = end_placed_patches(
+                    tokens, completed, cache.placers, cache.lengths, self.patch_sizes[last]
+                )
             if bool(completed.any()):  # most steps end here: no row finished a patch
                 self._advance_coarse_stages(completed, cache)
         return logits
