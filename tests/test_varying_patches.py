@@ -9,12 +9,14 @@ import torch
 import torch.nn.functional as F
 from mbp.boundaries import WordStarts, patch_starts
 from mbp.generate import Sampling, sample_next
+from mbp.model.build import build_model
 from mbp.model.decoder import MultiscaleDecoder
 from mbp.model.varying_patches import cut_long_patches, patch_layout
 from mbp.protocol import HDR, SEG
 from mbp.testing import assert_model_causal, generate_uncached
 
 from tests.conftest import tiny_model
+from tests.test_mblm_backbone import model_config
 
 RULES = {"t": WordStarts()}
 STACKS = [("transformer",) * 2, ("transformer",) * 3, ("mamba", "transformer"), ("transformer", "mamba")]
@@ -174,3 +176,24 @@ def test_cached_generation_with_online_boundaries_equals_uncached(
     assert len({t for row in cached for t in row}) > 5, "a degenerate model would make this test vacuous"
     placed = patch_starts(np.array(prompts[-1].tolist() + cached[-1]), RULES, model.patch_sizes[-1])
     assert len(set(np.diff(np.flatnonzero(placed)).tolist())) > 2, "generated patches of one length"
+
+
+@pytest.mark.parametrize("stages", [2, 3])
+def test_mblm_stages_take_varying_patches(components, stages: int) -> None:
+    """mblm's own blocks (fixed positions in the byte-level stage included): causal, packed samples as
+    if alone, and cached generation equal to the full forward."""
+    model = build_model(model_config(stages), components).double().eval()
+    starts_of = starts_by_rule(model)
+    assert_model_causal(
+        model, ids=text_tokens(2, 30), starts_of=starts_of, positions=range(0, 30, 5), atol=1e-12
+    )
+    samples = [text_tokens(1, n)[0] for n in (11, 19)]
+    starts = torch.cat([starts_of(s[None])[0] for s in samples])[None]
+    begins = torch.zeros_like(starts)
+    begins[0, [0, 11]] = True
+    packed = model(torch.cat(samples)[None], begins, starts)[0]
+    alone = torch.cat([model(s[None], starts=starts_of(s[None]))[0] for s in samples])
+    torch.testing.assert_close(packed, alone, rtol=0, atol=1e-10)
+    prompts = [samples[1][:n] for n in (2, 9, 19)]
+    for prompt, tokens in zip(prompts, generate_cached(model, prompts, 12, RULES), strict=True):
+        assert tokens == generate_uncached(model, prompt, 12, RULES)
