@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from mbp.boundaries import WordStarts, patch_starts
 from mbp.generate import Sampling, sample_next
+from mbp.model import kept_rows
 from mbp.model.build import build_model
 from mbp.model.decoder import MultiscaleDecoder
 from mbp.model.varying_patches import cut_long_patches, patch_layout
@@ -197,3 +198,19 @@ def test_mblm_stages_take_varying_patches(components, stages: int) -> None:
     prompts = [samples[1][:n] for n in (2, 9, 19)]
     for prompt, tokens in zip(prompts, generate_cached(model, prompts, 12, RULES), strict=True):
         assert tokens == generate_uncached(model, prompt, 12, RULES)
+
+
+def test_cpu_autocast_rounds_patch_batches_up_and_keeps_the_loss(components, monkeypatch) -> None:
+    """Under CPU bf16 autocast each batch of same-length patches is topped up to a multiple of
+    ``KEPT_ROWS_MULTIPLE`` rows (few shapes, kernels reused); the extra rows' outputs are dropped."""
+    model = tiny_model(components, 2).eval()
+    ids = text_tokens(3, 50)
+    starts = starts_by_rule(model)(ids)
+    full = model.loss(ids, starts=starts).loss.item()
+    losses = {}
+    for multiple in (1, 8):
+        monkeypatch.setattr(kept_rows, "KEPT_ROWS_MULTIPLE", multiple)
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+            losses[multiple] = model.loss(ids, starts=starts).loss.item()
+    assert losses[8] == pytest.approx(losses[1], rel=1e-2)
+    assert losses[1] == pytest.approx(full, rel=0.05)  # bf16 keeps ~3 significant digits

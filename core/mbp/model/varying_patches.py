@@ -8,8 +8,8 @@ stages see the row as a *grid*: every patch written at the start of a slot of P 
 PAD, so that a coarse unit is G patches, exactly as a fixed-patch model sees P-byte patches, and the
 coarse stages run the fixed path's wiring on the grid. The byte-level stage does not run on the grid's
 padding: each patch is a sequence of its own (its start token and its bytes, each byte given the coarse
-stage's projected output for its patch and position), and patches run in batches of similar length (up
-to a power of two), so padding at most doubles the byte-level work and mostly costs far less.
+stage's projected output for its patch and position), patches of one length batched together, so the
+byte-level stage runs bytes + patches positions, no padding.
 
 Position t's state has seen tokens < t only when every start at position j is decided by tokens up to
 j (``mbp.boundaries`` decides by tokens before j): the state predicting token j is the output after
@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mbp.errors import ConfigError
+from mbp.model import kept_rows
 from mbp.protocol import PAD
 
 
@@ -165,28 +165,37 @@ def byte_stage(
     model: MultiscaleDecoder, grid: torch.Tensor, previous: torch.Tensor, sizes: torch.Tensor
 ) -> torch.Tensor:
     """The byte-level stage's outputs (B * K, P + 1, D_n) over the patches of ``grid``, each run as a
-    sequence of its own and only as long as it is (``sizes: (B * K,)``); zeros where nothing ran. The
-    first patch always runs: its start position predicts the first token."""
+    sequence of its own and only as long as it is (``sizes: (B * K,)``), patches of one length in one
+    batch; zeros where nothing ran. The first patch always runs: its start position predicts the
+    first token."""
     last = model.num_stages - 1
     longest = model.patch_sizes[last]
     tokens = model.embeddings[last](grid.view(-1, longest)) + previous  # (B * K, P, D_n)
     x = torch.cat((model._start(last, tokens.shape[0])[:, None], tokens), dim=1)
-    sizes = sizes.clone()
-    sizes[0] = sizes[0].clamp_min(1)
-    widths = _widths(sizes, longest)
-    out: torch.Tensor | None = None
+    widths = patch_widths(sizes)
+    widths[0] = widths[0].clamp_min(1)
+    places, values = [], []
     for width in widths[widths > 0].unique().tolist():
         rows = (widths == width).nonzero().flatten()
-        part = model._run(last, x[rows, :width])
-        out = part.new_zeros(x.shape[0], x.shape[1], part.shape[-1]) if out is None else out
-        out = out.index_put((rows,), F.pad(part, (0, 0, 0, x.shape[1] - width)))
-    assert out is not None  # the first patch always runs
-    return out
+        part = model._run(last, x[_few_shapes(rows, x), :width])[: len(rows)]
+        places.append((rows[:, None] * (longest + 1) + torch.arange(width, device=rows.device)).flatten())
+        values.append(part.flatten(0, 1))
+    flat = torch.cat(values)
+    out = flat.new_zeros(x.shape[0] * (longest + 1), flat.shape[-1]).index_put((torch.cat(places),), flat)
+    return out.view(x.shape[0], longest + 1, -1)
 
 
-def _widths(sizes: torch.Tensor, longest: int) -> torch.Tensor:
-    """(M,) positions each patch runs with: its start and its bytes, rounded up to a power of two plus
-    one (at most ``longest + 1``); 0 for empty patches, which do not run."""
-    bucket = torch.ceil(torch.log2(sizes.clamp_min(1).double())).long()
-    widths = (2**bucket + 1).clamp(max=longest + 1)
-    return torch.where(sizes > 0, widths, 0)
+def _few_shapes(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``rows`` with its first repeated up to a multiple of ``KEPT_ROWS_MULTIPLE`` under CPU autocast
+    (the extra outputs are dropped): bf16 products on CPU make a kernel per shape, and a batch's count
+    of patches of each length changes every step (see ``mbp.model.kept_rows``)."""
+    if not (like.device.type == "cpu" and torch.is_autocast_enabled("cpu")):
+        return rows
+    missing = -len(rows) % kept_rows.KEPT_ROWS_MULTIPLE
+    return torch.cat((rows, rows[:1].expand(missing)))
+
+
+def patch_widths(sizes: torch.Tensor) -> torch.Tensor:
+    """(M,) positions each patch of ``sizes: (M,)`` tokens runs: its start and its bytes; 0 for empty
+    patches, which do not run."""
+    return torch.where(sizes > 0, sizes + 1, 0)
