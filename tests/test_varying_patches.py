@@ -214,3 +214,34 @@ def test_cpu_autocast_rounds_patch_batches_up_and_keeps_the_loss(components, mon
             losses[multiple] = model.loss(ids, starts=starts).loss.item()
     assert losses[8] == pytest.approx(losses[1], rel=1e-2)
     assert losses[1] == pytest.approx(full, rel=0.05)  # bf16 keeps ~3 significant digits
+
+
+@pytest.mark.parametrize("stages", [2, 3])
+def test_answer_only_loss_runs_only_the_weighted_patches(components, stages: int, monkeypatch) -> None:
+    """Weights on a few tokens: only the patches predicting them run, with the dense loss and gradients."""
+    model = tiny_model(components, stages).double().train()
+    ids = text_tokens(2, 40)
+    starts = starts_by_rule(model)(ids)
+    begins = torch.zeros_like(starts)
+    begins[:, [0, 20]] = True
+    starts[:, 20] = True
+    weights = torch.zeros(2, 40)
+    weights[0, [20, 31, 32]] = 1.0  # a packed sample's first token, and two inside it
+    weights[1, 5] = 0.5
+    ran: list[int] = []  # byte-level rows run
+    run, last = model._run, model.num_stages - 1
+    monkeypatch.setattr(
+        model, "_run", lambda s, x, seg=None: (s == last and ran.append(len(x))) or run(s, x, seg)
+    )
+    sparse = model.loss(ids, weights, begins, starts)
+    assert sum(ran) <= 5  # one patch a weighted token, and the first patch (which always runs)
+    model.zero_grad()
+    sparse.loss.backward()
+    sparse_grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    ce = F.cross_entropy(model(ids, begins, starts).transpose(1, 2), ids, reduction="none")
+    dense = (ce * weights).sum() / weights.sum()
+    dense.backward()
+    assert sparse.loss.item() == pytest.approx(dense.item(), rel=1e-9)
+    for a, b in zip(sparse_grads, [p.grad for p in model.parameters() if p.grad is not None], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-10)

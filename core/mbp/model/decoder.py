@@ -238,7 +238,7 @@ class MultiscaleDecoder(nn.Module):
         if sparse is not None:
             hidden, ids, w = sparse
         elif starts is not None:  # varying patches: every patch runs
-            hidden = varying_hidden(self, ids, starts, begins)
+            hidden = varying_hidden(self, ids, starts, begins, w)
         else:
             hidden = self._hidden(ids, begins, first)
         w = w.to(hidden.dtype)

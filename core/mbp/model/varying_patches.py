@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mbp.errors import ConfigError
@@ -117,9 +118,15 @@ def to_grid(ids: torch.Tensor, layout: PatchLayout) -> torch.Tensor:
 
 
 def varying_hidden(
-    model: MultiscaleDecoder, ids: torch.Tensor, starts: torch.Tensor, begins: torch.Tensor | None
+    model: MultiscaleDecoder,
+    ids: torch.Tensor,
+    starts: torch.Tensor,
+    begins: torch.Tensor | None,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``MultiscaleDecoder.hidden`` with the byte-level patches ``starts: (B, L)`` places."""
+    """``MultiscaleDecoder.hidden`` with the byte-level patches ``starts: (B, L)`` places. With
+    ``weights: (B, L)``, only the patches whose states predict a token of weight > 0 run (as
+    ``mbp.model.kept_rows`` does for fixed patches): the other tokens' states are zeros."""
     batch, length = ids.shape
     if length == 0:
         raise ConfigError("cannot run the model on an empty input")
@@ -130,7 +137,8 @@ def varying_hidden(
     grid = model.pad_input(to_grid(ids, layout))
     first = model.first_patches(layout.begins)
     previous = coarse_inputs(model, grid, first)  # (B * K, P, D_n)
-    out = byte_stage(model, grid, previous, layout.sizes)  # (B * K, P + 1, D_n)
+    sizes = layout.sizes if weights is None else _weighted_sizes(layout, begins, weights)
+    out = byte_stage(model, grid, previous, sizes)  # (B * K, P + 1, D_n)
     after = out[:, 1:].reshape(batch, -1, out.shape[-1])  # grid-aligned: the state after each byte
     index = layout.slots[:, :-1, None].expand(-1, -1, out.shape[-1])
     row_starts = out[:, 0].view(batch, -1, out.shape[-1])  # each patch's start position
@@ -140,6 +148,24 @@ def varying_hidden(
     # so does a packed sample's first patch's start position predict its first token
     lead = row_starts.gather(1, (layout.slots // longest)[..., None].expand(-1, -1, out.shape[-1]))
     return torch.where(begins[..., None], lead, hidden)
+
+
+def _weighted_sizes(layout: PatchLayout, begins: torch.Tensor | None, weights: torch.Tensor) -> torch.Tensor:
+    """``layout.sizes`` with 0 for every patch no token of weight > 0 is predicted from: token t is
+    predicted from the patch of token t - 1, or from its own patch's start where it begins a row or a
+    packed sample."""
+    batch = layout.slots.shape[0]
+    per_row = layout.sizes.numel() // batch
+    rows = torch.arange(batch, device=weights.device)[:, None]
+    patches = layout.slots // (layout.width // per_row) + rows * per_row  # (B, L) into (B * K,)
+    lead = torch.zeros_like(weights, dtype=torch.bool)
+    lead[:, 0] = True
+    if begins is not None:
+        lead |= begins
+    source = torch.where(lead, patches, F.pad(patches[:, :-1], (1, 0)))
+    needed = torch.zeros_like(layout.sizes, dtype=torch.bool)
+    needed[source[weights > 0]] = True
+    return torch.where(needed, layout.sizes, 0)
 
 
 def coarse_inputs(model: MultiscaleDecoder, grid: torch.Tensor, first: torch.Tensor | None) -> torch.Tensor:

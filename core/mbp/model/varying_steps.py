@@ -59,5 +59,7 @@ def end_placed_patches(
     full ones, or ones whose next token starts a patch) and their grid ``lengths: (B,)``, moved to the
     next slot where a patch ends early."""
     ends = [placer.push(token) for placer, token in zip(row_placers, tokens.tolist(), strict=True)]
-    completed = completed | torch.tensor(ends, device=completed.device)
-    return completed, torch.where(completed, -(-lengths // longest) * longest, lengths)
+    if not any(ends):  # most steps: no patch ends, nothing to change on the device
+        return completed, lengths
+    early = torch.tensor(ends, device=completed.device)
+    return completed | early, torch.where(early, -(-lengths // longest) * longest, lengths)
