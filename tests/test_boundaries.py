@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -11,8 +12,11 @@ from mbp.boundaries import (
     PatchPlacer,
     WordStarts,
     cut_long,
+    describe,
     patch_starts,
     payload_starts,
+    rule_from_json,
+    rule_to_json,
 )
 from mbp.protocol import BOS, END, EOS, HDR, PAD, SEG, Segment, encode_sample
 
@@ -118,3 +122,15 @@ def test_starts_of_a_prefix_are_the_prefix_of_the_starts() -> None:
     whole = patch_starts(tokens, rules, longest=6)
     for cut in (1, 2, 50, 137, 299):
         assert patch_starts(tokens[:cut], rules, longest=6).tolist() == whole[:cut].tolist()
+
+
+def test_rules_round_trip_through_json_and_describe_themselves() -> None:
+    for rule in (FixedLength(28), WordStarts(), WordStarts(longest=12)):
+        assert rule_from_json(json.loads(json.dumps(rule_to_json(rule)))) == rule
+    assert [describe(r) for r in (FixedLength(28), WordStarts(), WordStarts(12))] == [
+        "fixed 28",
+        "words",
+        "words (cut at 12)",
+    ]
+    with pytest.raises(ValueError, match="not a boundary rule"):
+        rule_from_json({"rule": "entropy"})

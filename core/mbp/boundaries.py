@@ -204,3 +204,27 @@ class PatchPlacer:
             start = token in DELIMITERS and not self._previous
         self._previous = token in DELIMITERS
         return start
+
+
+def rule_to_json(rule: BoundaryRule) -> dict[str, int | str | None]:
+    """``rule`` as a JSON-ready dict, for a checkpoint's record of where its patches fell."""
+    if isinstance(rule, FixedLength):
+        return {"rule": "fixed", "length": rule.length}
+    return {"rule": "words", "longest": rule.longest}
+
+
+def rule_from_json(data: Mapping[str, object]) -> BoundaryRule:
+    """The rule ``rule_to_json`` wrote; ValueError naming what is wrong otherwise."""
+    kind, length, longest = data.get("rule"), data.get("length"), data.get("longest")
+    if kind == "fixed" and isinstance(length, int):
+        return FixedLength(length)
+    if kind == "words" and (longest is None or isinstance(longest, int)):
+        return WordStarts(longest)
+    raise ValueError(f"not a boundary rule: {dict(data)!r} (expected rule: fixed with a length, or words)")
+
+
+def describe(rule: BoundaryRule) -> str:
+    """``rule`` in a few words, for a run's first line: ``fixed 28``, ``words``, ``words (cut at 12)``."""
+    if isinstance(rule, FixedLength):
+        return f"fixed {rule.length}"
+    return "words" if rule.longest is None else f"words (cut at {rule.longest})"
