@@ -46,6 +46,8 @@ def test_layout_puts_each_patch_at_a_grid_slot_and_aligns_samples_to_stage_one_u
     layout = patch_layout(starts, None, longest=3, group=1)
     assert layout.slots.tolist() == [[0, 1, 3, 6, 7, 8, 9, 10, 11]]
     assert layout.sizes.tolist() == [2, 1, 3, 3] and layout.width == 12
+    rounded = patch_layout(starts, None, longest=3, group=1, multiple=3)  # padding patches at the end
+    assert rounded.sizes.tolist() == [2, 1, 3, 3, 0, 0] and rounded.width == 18
     # a sample begins at token 3: with 2 patches a stage-1 unit, its first patch moves to slot 2
     begins = torch.zeros_like(starts)
     begins[0, 3] = True

@@ -18,6 +18,7 @@ token j - 1 whether a patch starts at j or not, and what follows sees the start 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -39,6 +40,8 @@ class MultiscaleDecoder(Protocol):
     dims: list[int]
     embeddings: nn.ModuleList
 
+    @property
+    def max_len(self) -> int | None: ...
     def hidden(self, ids: torch.Tensor, begins: torch.Tensor | None = None) -> torch.Tensor: ...
     def pad_input(self, ids: torch.Tensor) -> torch.Tensor: ...
     def first_patches(self, begins: torch.Tensor | None) -> torch.Tensor | None: ...
@@ -46,6 +49,10 @@ class MultiscaleDecoder(Protocol):
     def _restart(self, x: torch.Tensor, first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
     def _run(self, s: int, x: torch.Tensor, segments: torch.Tensor | None = None) -> torch.Tensor: ...
     def _to_next_stage(self, s: int, out: torch.Tensor) -> torch.Tensor: ...
+
+
+GRID_PATCHES_MULTIPLE = 16
+"""Under CPU autocast a row's grid patches are rounded up to a multiple of this (see ``varying_hidden``)."""
 
 
 @dataclass(frozen=True)
@@ -72,10 +79,13 @@ def cut_long_patches(starts: torch.Tensor, longest: int) -> torch.Tensor:
     return starts | ((index - last) % longest == 0)
 
 
-def patch_layout(starts: torch.Tensor, begins: torch.Tensor | None, longest: int, group: int) -> PatchLayout:
+def patch_layout(
+    starts: torch.Tensor, begins: torch.Tensor | None, longest: int, group: int, multiple: int | None = None
+) -> PatchLayout:
     """The grid of ``starts: (B, L)`` (packed samples, ``begins: (B, L)``, start patches too), no patch
     longer than ``longest``; each packed sample begins at a multiple of ``group`` patches (a stage-1
-    unit), after padding patches where its predecessor's count falls short."""
+    unit), after padding patches where its predecessor's count falls short. A row's patches are
+    rounded up to a multiple of ``multiple`` (a multiple of ``group``; default ``group``)."""
     batch, length = starts.shape
     device = starts.device
     starts = cut_long_patches(starts if begins is None else starts | begins, longest)
@@ -85,7 +95,8 @@ def patch_layout(starts: torch.Tensor, begins: torch.Tensor | None, longest: int
     if begins is not None and group > 1:
         patch = patch + _alignment(starts, begins, patch, group)
     count = int(patch[:, -1].max()) + 1
-    per_row = -(-count // group) * group
+    multiple = multiple or group
+    per_row = -(-count // multiple) * multiple
     slots = patch * longest + place
     sizes = torch.zeros(batch * per_row, dtype=torch.long, device=device)
     flat_patch = (patch + torch.arange(batch, device=device)[:, None] * per_row).flatten()
@@ -133,7 +144,13 @@ def varying_hidden(
     if model.num_stages == 1:
         return model.hidden(ids, begins)  # no stage below the first: nothing to patch
     longest = model.patch_sizes[-1]
-    layout = patch_layout(starts, begins, longest, model.units[0] // longest)
+    group = model.units[0] // longest
+    layout = patch_layout(starts, begins, longest, group)
+    if ids.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        # bf16 products on CPU make a kernel per shape, and the patch count changes every batch: a few
+        # counts instead (padding patches run in the coarse stages only), within the stage-1 limit
+        rounded = patch_layout(starts, begins, longest, group, math.lcm(group, GRID_PATCHES_MULTIPLE))
+        layout = layout if model.max_len is not None and rounded.width > model.max_len else rounded
     grid = model.pad_input(to_grid(ids, layout))
     first = model.first_patches(layout.begins)
     previous = coarse_inputs(model, grid, first)  # (B * K, P, D_n)
