@@ -104,9 +104,8 @@ class MultiscaleDecoder(nn.Module):
 
         Position t's state has seen tokens < t only. ``begins: (B, L)`` bool marks where packed samples
         start (at multiples of ``patch_len``): each sample then sees only itself, exactly as if alone.
-        ``starts: (B, L)`` bool, when given, marks where byte-level patches start (of any length up to
-        the last stage's ``seq_len``; ``mbp.model.varying_patches``); packed samples may then begin at
-        any patch start. Without it every patch has the last stage's full length.
+        ``starts: (B, L)`` bool marks where byte-level patches start (``mbp.model.varying_patches``);
+        without it every patch is full. Packed samples may then begin at any patch start.
         """
         if starts is not None:
             return varying_hidden(self, ids, starts, begins)
@@ -237,7 +236,7 @@ class MultiscaleDecoder(nn.Module):
         sparse = None if starts is not None else self._weighted_rows(ids, w, begins, first)
         if sparse is not None:
             hidden, ids, w = sparse
-        elif starts is not None:  # varying patches: every patch runs
+        elif starts is not None:  # varying patches: those predicting a weighted token run
             hidden = varying_hidden(self, ids, starts, begins, w)
         else:
             hidden = self._hidden(ids, begins, first)
@@ -292,11 +291,9 @@ class MultiscaleDecoder(nn.Module):
     def allocate_cache(
         self, batch: int, max_len: int, rules: Mapping[str, BoundaryRule] | None = None
     ) -> DecoderCache:
-        """Inference state for ``batch`` rows of up to ``max_len`` tokens each. With boundary ``rules``
-        (``mbp.boundaries``), byte-level patches start where the rules place them as tokens arrive
-        (``mbp.model.varying_steps``); without, every patch has the last stage's full length."""
+        """Inference state for ``batch`` rows of up to ``max_len`` tokens each; with boundary ``rules``,
+        byte-level patches start where they place them (``mbp.model.varying_steps``)."""
         like = next(self.parameters()).detach()
-        rules = rules if self.num_stages > 1 else None  # one stage: no patches
         max_len = grid_capacity(max_len, rules, self.patch_sizes[-1])
         capacities = [max_len // self.units[0] + 2] + [p + 1 for p in self.patch_sizes[1:]]
         caches = [self._backbone(s).allocate_cache(batch, capacities[s]) for s in range(self.num_stages)]
