@@ -145,11 +145,11 @@ def generate_uncached(
         out: list[int] = []
         for _ in range(max_new):
             padded = torch.cat((sequence, sequence.new_full((1,), PAD)))
-            starts = None
-            if rules is not None:
+            if rules is None:
+                logits = model(padded[None])[0, -1]
+            else:
                 placed = patch_starts(padded.cpu().numpy(), rules, model.patch_sizes[-1])
-                starts = torch.from_numpy(placed)[None].to(padded.device)
-            logits = model(padded[None], starts=starts)[0, -1]
+                logits = model(padded[None], starts=torch.from_numpy(placed)[None].to(padded.device))[0, -1]
             token = int(sample_next(logits[None], Sampling(), None)[0])
             out.append(token)
             sequence = torch.cat((sequence, sequence.new_full((1,), token)))
