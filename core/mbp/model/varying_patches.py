@@ -144,13 +144,14 @@ def varying_hidden(
     if model.num_stages == 1:
         return model.hidden(ids, begins)  # no stage below the first: nothing to patch
     longest = model.patch_sizes[-1]
-    group = model.units[0] // longest
-    layout = patch_layout(starts, begins, longest, group)
+    group = multiple = model.units[0] // longest
     if ids.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         # bf16 products on CPU make a kernel per shape, and the patch count changes every batch: a few
-        # counts instead (padding patches run in the coarse stages only), within the stage-1 limit
-        rounded = patch_layout(starts, begins, longest, group, math.lcm(group, GRID_PATCHES_MULTIPLE))
-        layout = layout if model.max_len is not None and rounded.width > model.max_len else rounded
+        # counts instead (padding patches run in the coarse stages only)
+        multiple = math.lcm(group, GRID_PATCHES_MULTIPLE)
+    layout = patch_layout(starts, begins, longest, group, multiple)
+    if multiple != group and model.max_len is not None and layout.width > model.max_len:
+        layout = patch_layout(starts, begins, longest, group)  # the stage-1 limit comes first
     grid = model.pad_input(to_grid(ids, layout))
     first = model.first_patches(layout.begins)
     previous = coarse_inputs(model, grid, first)  # (B * K, P, D_n)
