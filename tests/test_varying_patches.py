@@ -3,6 +3,8 @@ where every patch is full, gradients to every parameter."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import torch
@@ -30,7 +32,8 @@ def text_tokens(rows: int, length: int) -> torch.Tensor:
     return torch.cat((torch.tensor([SEG, ord("t"), HDR]).expand(rows, 3), body), dim=1)
 
 
-def starts_by_rule(model: MultiscaleDecoder) -> object:
+def starts_by_rule(model: MultiscaleDecoder) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Patch starts placed by ``RULES`` on each row, as the data path places them."""
     longest = model.patch_sizes[-1]
 
     def starts_of(ids: torch.Tensor) -> torch.Tensor:
@@ -48,7 +51,7 @@ def test_layout_puts_each_patch_at_a_grid_slot_and_aligns_samples_to_stage_one_u
     assert layout.sizes.tolist() == [2, 1, 3, 3] and layout.width == 12
     rounded = patch_layout(starts, None, longest=3, group=1, multiple=3)  # padding patches at the end
     assert rounded.sizes.tolist() == [2, 1, 3, 3, 0, 0] and rounded.width == 18
-    # a sample begins at token 3: with 2 patches a stage-1 unit, its first patch moves to slot 2
+    # 2 patches a stage-1 unit: a sample beginning at token 3 has 2 patches before it, aligned already
     begins = torch.zeros_like(starts)
     begins[0, 3] = True
     layout = patch_layout(starts, begins, longest=3, group=2)
@@ -56,7 +59,8 @@ def test_layout_puts_each_patch_at_a_grid_slot_and_aligns_samples_to_stage_one_u
     begins[0, 3], begins[0, 2] = False, True
     starts[0, 3] = False
     layout = patch_layout(starts, begins, longest=3, group=2)
-    # patches [0:2], then the sample from token 2: [2:6] is cut into 3 + 1, [6:9]
+    # one patch before a sample beginning at token 2: a padding patch moves it to patch 2; its tokens
+    # [2:6] are cut into 3 + 1, then [6:9]
     assert layout.slots.tolist() == [[0, 1, 6, 7, 8, 9, 12, 13, 14]]
     assert layout.sizes.tolist() == [2, 0, 3, 1, 3, 0] and layout.width == 18
     assert layout.begins is not None and layout.begins.nonzero()[:, 1].tolist() == [6]
