@@ -7,12 +7,13 @@ outputs before position t do not move at all when the input at t changes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
+from mbp.boundaries import BoundaryRule, patch_starts
 from mbp.generate import Sampling, sample_next
 from mbp.model.backbone import prefill, run_segments
 from mbp.model.decoder import MultiscaleDecoder
@@ -77,13 +78,21 @@ def assert_model_causal(
     length: int | None = None,
     positions: Iterable[int] | None = None,
     atol: float = 0.0,
+    ids: torch.Tensor | None = None,
+    starts_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> None:
     """Changing token t leaves every logit before position t+1 unchanged (logit t predicts token t from
-    tokens < t), for positions inside patches and on patch boundaries."""
+    tokens < t), for positions inside patches and on patch boundaries. ``ids: (2, L)`` replaces the
+    random tokens; ``starts_of`` places varying patches (``(B, L)`` tokens to ``(B, L)`` bool starts,
+    as a boundary rule does), placed anew for every changed input."""
     model = model.double().eval()
-    length = length or 3 * model.patch_len + 5
-    ids = torch.randint(0, 256, (2, length))
-    base = model(ids)
+    length = length or (ids.shape[1] if ids is not None else 3 * model.patch_len + 5)
+    ids = torch.randint(0, 256, (2, length)) if ids is None else ids
+
+    def run(tokens: torch.Tensor) -> torch.Tensor:
+        return model(tokens) if starts_of is None else model(tokens, starts=starts_of(tokens))
+
+    base = run(ids)
     patch = model.patch_len
     chosen = (
         positions if positions is not None else {0, patch - 1, patch, patch + 1, 2 * patch - 1, length - 1}
@@ -91,7 +100,7 @@ def assert_model_causal(
     for t in _positions(length, [p for p in chosen if 0 <= p < length]):
         moved = ids.clone()
         moved[:, t] = (moved[:, t] + 1 + torch.randint(0, 254, (2,))) % 256
-        out = model(moved)
+        out = run(moved)
         before = (out[:, : t + 1] - base[:, : t + 1]).abs().max().item()
         assert before <= atol, f"logits up to position {t} moved by {before:.3g} when token {t} changed"
         if t + 1 < length:
@@ -120,9 +129,15 @@ def assert_segments_kept_apart(
 
 
 @torch.inference_mode()
-def generate_uncached(model: MultiscaleDecoder, prompt: torch.Tensor, max_new: int) -> list[int]:
-    """Greedy decoding by a full forward at every step: the reference the cached path must match. Runs in
-    eval mode and leaves the model in the mode it found."""
+def generate_uncached(
+    model: MultiscaleDecoder,
+    prompt: torch.Tensor,
+    max_new: int,
+    rules: Mapping[str, BoundaryRule] | None = None,
+) -> list[int]:
+    """Greedy decoding by a full forward at every step: the reference the cached path must match. With
+    boundary ``rules``, each forward's byte-level patches are those ``patch_starts`` places on the whole
+    sequence. Runs in eval mode and leaves the model in the mode it found."""
     was_training = model.training
     model.eval()
     try:
@@ -130,7 +145,11 @@ def generate_uncached(model: MultiscaleDecoder, prompt: torch.Tensor, max_new: i
         out: list[int] = []
         for _ in range(max_new):
             padded = torch.cat((sequence, sequence.new_full((1,), PAD)))
-            logits = model(padded[None])[0, -1]
+            if rules is None:
+                logits = model(padded[None])[0, -1]
+            else:
+                placed = patch_starts(padded.cpu().numpy(), rules, model.patch_sizes[-1])
+                logits = model(padded[None], starts=torch.from_numpy(placed)[None].to(padded.device))[0, -1]
             token = int(sample_next(logits[None], Sampling(), None)[0])
             out.append(token)
             sequence = torch.cat((sequence, sequence.new_full((1,), token)))

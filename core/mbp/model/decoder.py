@@ -14,7 +14,7 @@ stage, shifted right by one through the very first start token, so no output eve
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -23,11 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from mbp.boundaries import BoundaryRule
 from mbp.errors import ConfigError
 from mbp.model.backbone import Backbone, prefill, run_segments
 from mbp.model.decoder_cache import DecoderCache
 from mbp.model.kept_rows import kept_rows
 from mbp.model.parts import LossOutput, ParamGroups, UnitEmbedding
+from mbp.model.varying_patches import varying_hidden
+from mbp.model.varying_steps import end_placed_patches, grid_capacity, grid_prompts, placers
 from mbp.protocol import PAD, VOCAB_SIZE
 
 CHECKPOINT_POSITIONS = 1 << 14
@@ -94,12 +97,18 @@ class MultiscaleDecoder(nn.Module):
             )
         return F.pad(ids, (0, -length % self.patch_len), value=PAD)
 
-    def hidden(self, ids: torch.Tensor, begins: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden(
+        self, ids: torch.Tensor, begins: torch.Tensor | None = None, starts: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Last-stage states that predict each token: ``ids: (B, L) -> (B, L, D_n)``.
 
         Position t's state has seen tokens < t only. ``begins: (B, L)`` bool marks where packed samples
         start (at multiples of ``patch_len``): each sample then sees only itself, exactly as if alone.
+        ``starts: (B, L)`` bool marks where byte-level patches start (``mbp.model.varying_patches``);
+        without it every patch is full. Packed samples may then begin at any patch start.
         """
+        if starts is not None:
+            return varying_hidden(self, ids, starts, begins)
         return self._hidden(ids, begins, self.first_patches(begins))
 
     def _hidden(
@@ -201,15 +210,21 @@ class MultiscaleDecoder(nn.Module):
         ]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    def forward(self, ids: torch.Tensor, begins: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, ids: torch.Tensor, begins: torch.Tensor | None = None, starts: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Logits ``(B, L, V)`` predicting each token from the tokens before it (of its own sample)."""
-        return self.to_logits(self.hidden(ids, begins))
+        return self.to_logits(self.hidden(ids, begins, starts))
 
     def loss(
-        self, ids: torch.Tensor, weights: torch.Tensor | None = None, begins: torch.Tensor | None = None
+        self,
+        ids: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        begins: torch.Tensor | None = None,
+        starts: torch.Tensor | None = None,
     ) -> LossOutput:
-        """Weighted cross-entropy of predicting ``ids`` (PAD targets never count); ``begins`` as in
-        ``hidden``.
+        """Weighted cross-entropy of predicting ``ids`` (PAD targets never count); ``begins`` and
+        ``starts`` as in ``hidden``.
 
         With ``loss_chunk`` set, logits are made and dropped chunk by chunk (recomputed in backward),
         so the full (B, L, V) logits never exist at once.
@@ -217,10 +232,12 @@ class MultiscaleDecoder(nn.Module):
         w = (ids != PAD).float()
         if weights is not None:
             w = w * weights.float()
-        first = self.first_patches(begins)  # once: both paths need it, and it syncs with the device
-        sparse = self._weighted_rows(ids, w, begins, first)
+        first = None if starts is not None else self.first_patches(begins)  # once: it syncs with the device
+        sparse = None if starts is not None else self._weighted_rows(ids, w, begins, first)
         if sparse is not None:
             hidden, ids, w = sparse
+        elif starts is not None:  # varying patches: those predicting a weighted token run
+            hidden = varying_hidden(self, ids, starts, begins, w)
         else:
             hidden = self._hidden(ids, begins, first)
         w = w.to(hidden.dtype)
@@ -284,24 +301,34 @@ class MultiscaleDecoder(nn.Module):
     # exactly as the parallel forward wires it. Rows are independent: prompts of different lengths sit
     # at different phases of their patches, and masked backbone steps keep them apart.
 
-    def allocate_cache(self, batch: int, max_len: int) -> DecoderCache:
-        """Inference state for ``batch`` rows of up to ``max_len`` tokens each."""
+    def allocate_cache(
+        self, batch: int, max_len: int, rules: Mapping[str, BoundaryRule] | None = None
+    ) -> DecoderCache:
+        """Inference state for ``batch`` rows of up to ``max_len`` tokens each; with boundary ``rules``,
+        byte-level patches start where they place them (``mbp.model.varying_steps``)."""
         like = next(self.parameters()).detach()
+        max_len = grid_capacity(max_len, rules, self.patch_sizes[-1])
         capacities = [max_len // self.units[0] + 2] + [p + 1 for p in self.patch_sizes[1:]]
         caches = [self._backbone(s).allocate_cache(batch, capacities[s]) for s in range(self.num_stages)]
         history = torch.full((batch, max_len), PAD, dtype=torch.long, device=like.device)
         projected = [
             like.new_zeros(batch, self.patch_sizes[s], self.dims[s]) for s in range(1, self.num_stages)
         ]
-        return DecoderCache(caches, history, projected)
+        return DecoderCache(caches, history, projected, placers(rules, batch, self.patch_sizes[-1]))
 
-    def prime(self, prompts: Sequence[torch.Tensor], max_new: int) -> tuple[DecoderCache, torch.Tensor]:
-        """A cache holding ``prompts`` (a row each, room for ``max_new`` more) and each row's next logits
-        (B, V): a prompt is prefilled but for its last token, whose step yields them (see ``prefill``)."""
+    def prime(
+        self,
+        prompts: Sequence[torch.Tensor],
+        max_new: int,
+        rules: Mapping[str, BoundaryRule] | None = None,
+    ) -> tuple[DecoderCache, torch.Tensor]:
+        """A cache holding ``prompts`` (a row each, room for ``max_new`` more; patches placed by
+        ``rules`` where given) and each row's next logits (B, V): a prompt is prefilled but for its last
+        token, whose step yields them (see ``prefill``)."""
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token (a sample starts with BOS)")
         device = next(self.parameters()).device
-        cache = self.allocate_cache(len(prompts), max(len(p) for p in prompts) + max_new + 1)
+        cache = self.allocate_cache(len(prompts), max(len(p) for p in prompts) + max_new + 1, rules)
         sizes = [len(p) - 1 for p in prompts]
         for size in sorted(set(sizes)):
             rows = [row for row, other in enumerate(sizes) if other == size]
@@ -317,6 +344,12 @@ class MultiscaleDecoder(nn.Module):
         a prompt ends on a patch boundary (whose predicting state lies in the previous patch), so a
         prompt is prefilled without its last token and no full forward over it is needed.
         """
+        if cache.placers is None:
+            return self._prefill(ids, cache, rows)
+        for grid, row in grid_prompts(ids, rows, cache.placers, self.patch_sizes[-1], self.units[0]):
+            self._prefill(grid, cache, row)  # varying patches: each row's prompt laid out in its grid
+
+    def _prefill(self, ids: torch.Tensor, cache: DecoderCache, rows: torch.Tensor) -> None:
         count, length = ids.shape
         cache.history[rows, :length] = ids
         cache.lengths[rows] = length
@@ -353,6 +386,10 @@ class MultiscaleDecoder(nn.Module):
         if last > 0:
             cache.counts[last] = cache.counts[last] + 1
             completed = cache.counts[last] == self.patch_sizes[last]
+            if cache.placers is not None:  # varying patches: the next token may start a patch
+                completed, cache.lengths = end_placed_patches(
+                    tokens, completed, cache.placers, cache.lengths, self.patch_sizes[last]
+                )
             if bool(completed.any()):  # most steps end here: no row finished a patch
                 self._advance_coarse_stages(completed, cache)
         return logits

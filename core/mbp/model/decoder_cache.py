@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from mbp.boundaries import PatchPlacer
 from mbp.model.backbone import Cache
 
 
@@ -17,7 +18,13 @@ class DecoderCache:
     Made by ``MultiscaleDecoder.allocate_cache`` and changed only by its ``prefill`` and ``step``.
     """
 
-    def __init__(self, caches: list[Cache], history: torch.Tensor, projected: list[torch.Tensor]) -> None:
+    def __init__(
+        self,
+        caches: list[Cache],
+        history: torch.Tensor,
+        projected: list[torch.Tensor],
+        placers: list[PatchPlacer] | None = None,
+    ) -> None:
         batch, device = history.shape[0], history.device
         self.caches = caches
         self.history = history
@@ -28,6 +35,10 @@ class DecoderCache:
         """Per stage (B,): units in the stage's current sequence, its start token not counted."""
         self.projected = projected
         """Per stage s < n - 1 (B, P_{s+1}, D_{s+1}): what stage s+1 adds to its inputs, by position."""
+        self.placers = placers
+        """Per row, where byte-level patches start (``mbp.model.varying_steps``); None: fixed patches.
+        With placers, ``history`` and ``lengths`` count grid positions: each patch at the start of a
+        slot of the last stage's ``seq_len``, PAD after it."""
         self.rows = torch.arange(batch, device=device)
         self.everyone = torch.ones(batch, dtype=torch.bool, device=device)
 

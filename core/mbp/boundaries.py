@@ -1,0 +1,230 @@
+"""Where byte-level patches start: declarative boundary rules, and the patch starts of a token stream.
+
+Every rule is online: whether token ``i`` starts a patch follows from tokens ``< i`` alone, so generation
+places boundaries as it goes exactly where training saw them (``PatchPlacer``), and a causal model never
+learns from a boundary that reveals the byte it predicts.
+
+The stream's own structure places boundaries too: after every marker but ``SEG`` and ``PAD`` a patch
+starts, so ``BOS`` is a patch of its own, ``SEG header HDR`` is one (cut where it is long), a payload
+starts a patch and its ``END`` closes its last one, and ``EOS`` stands alone. Inside a payload the rule of
+its codec (named by the segment header) places them; a codec without a rule gets fixed patches of the
+longest length. Nowhere does a patch grow past ``longest``: a longer run is cut every ``longest`` tokens.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from mbp.protocol import HDR, PAD, SEG
+
+
+@dataclass(frozen=True)
+class FixedLength:
+    """Patches of ``length`` payload bytes, counted from the payload's first byte: one image row, one
+    spectrogram frame, or a fixed length for bytes without structure (raw PCM, file bytes)."""
+
+    length: int
+
+    def __post_init__(self) -> None:
+        if self.length < 1:
+            raise ValueError(f"a fixed patch length must be at least 1, got {self.length}")
+
+
+@dataclass(frozen=True)
+class WordStarts:
+    """A patch starts at the byte after a space, newline or punctuation byte (``DELIMITERS``) that
+    follows a word, as SpaceByte places its global blocks: a word keeps the delimiter that ends it, and
+    the rest of a run of delimiters (indentation, blank lines, ``, ``) leads the next word's patch
+    instead of making a patch of every byte. Words longer than ``longest`` (None: the model's longest
+    patch) are cut every ``longest`` bytes."""
+
+    longest: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.longest is not None and self.longest < 1:
+            raise ValueError(f"a word's longest patch must be at least 1, got {self.longest}")
+
+
+BoundaryRule = FixedLength | WordStarts
+
+DELIMITERS = frozenset((string.whitespace + string.punctuation).encode("ascii"))
+"""ASCII whitespace and punctuation: the bytes after which ``WordStarts`` begins a patch. Bytes of
+multi-byte UTF-8 characters are never delimiters, so a word in any script stays whole."""
+
+_IS_DELIMITER = np.zeros(PAD + 1, dtype=bool)
+_IS_DELIMITER[list(DELIMITERS)] = True
+
+_NO_START_AFTER = (SEG, PAD)
+"""Markers after which no patch starts: ``SEG`` opens a header patch, and a ``PAD`` run is filler that
+only the longest cut splits (a patch of every padding token would be pure waste)."""
+
+
+def rule_longest(rule: BoundaryRule, longest: int) -> int:
+    """The longest patch ``rule`` allows inside a model whose longest patch is ``longest``."""
+    if isinstance(rule, WordStarts) and rule.longest is not None:
+        return min(rule.longest, longest)
+    return longest
+
+
+def payload_starts(payload: np.ndarray, rule: BoundaryRule) -> np.ndarray:
+    """(N,) bool: the bytes of ``payload: (N,)`` where ``rule`` starts a patch (before any longest cut);
+    the first byte always."""
+    index = np.arange(len(payload))
+    if isinstance(rule, FixedLength):
+        return np.asarray(index % rule.length == 0)
+    values = np.asarray(payload, dtype=np.int64)
+    delimiter = _IS_DELIMITER[values.clip(0, PAD)]
+    after = np.concatenate(([False], delimiter[:-1]))  # the byte before is a delimiter
+    after_word = np.concatenate(([False], after[:-1]))  # ... and the one before that is too
+    return np.asarray((index == 0) | (after & ~after_word))
+
+
+def cut_long(starts: np.ndarray, longest: np.ndarray | int) -> np.ndarray:
+    """``starts: (N,)`` with a start added wherever ``longest`` tokens have passed since the last one
+    (``longest`` per position, or one number); position 0 always starts."""
+    starts = starts.copy()
+    if len(starts) == 0:
+        return starts
+    starts[0] = True
+    index = np.arange(len(starts))
+    last = np.maximum.accumulate(np.where(starts, index, 0))
+    return np.asarray(starts | ((index - last) % np.asarray(longest) == 0))
+
+
+def patch_starts(tokens: np.ndarray, rules: Mapping[str, BoundaryRule], longest: int) -> np.ndarray:
+    """(L,) bool: where the patches of ``tokens: (L,)`` start, each payload by the rule ``rules`` names
+    for its codec (fixed ``longest`` patches for a codec not named), no patch longer than ``longest``.
+
+    The same starts ``PatchPlacer`` places one token at a time. ``tokens`` is a whole sample, a row of
+    them, or the start of one (a prompt); a piece cut from the middle of a sample takes its starts from
+    the whole sample's, cut alike."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    length = len(tokens)
+    if length == 0:
+        return np.zeros(0, dtype=bool)
+    previous = np.concatenate(([SEG], tokens[:-1]))
+    starts = (previous >= PAD) & ~np.isin(previous, _NO_START_AFTER)
+    limit = np.full(length, longest, dtype=np.int64)
+    for first, stop, codec in _payloads(tokens):
+        fixed = FixedLength(longest)
+        rule = fixed if codec is None else rules.get(codec, fixed)
+        starts[first:stop] |= payload_starts(tokens[first:stop], rule)
+        limit[first:stop] = rule_longest(rule, longest)
+    return cut_long(starts, _limits_by_patch(starts, limit))
+
+
+def _limits_by_patch(starts: np.ndarray, limit: np.ndarray) -> np.ndarray:
+    """The longest cut in force at each position: the limit where a rule last started a patch (a patch
+    a cut starts keeps the limit of the one it was cut from)."""
+    index = np.arange(len(starts))
+    starts = starts.copy()
+    starts[0] = True
+    return np.asarray(limit[np.maximum.accumulate(np.where(starts, index, 0))])
+
+
+def _payloads(tokens: np.ndarray) -> list[tuple[int, int, str | None]]:
+    """``(first, stop, codec)`` of every payload in ``tokens``: the positions ``first:stop`` its rule
+    places, from the byte after ``HDR`` to the marker that ends it (included: the rule says whether that
+    marker starts a patch, as it must before seeing it), and the codec its header names (None when the
+    ``HDR`` follows no ``SEG`` header)."""
+    markers = np.flatnonzero(tokens >= PAD)
+    found: list[tuple[int, int, str | None]] = []
+    for place, hdr in enumerate(markers.tolist()):
+        if tokens[hdr] != HDR:
+            continue
+        opened = place > 0 and tokens[markers[place - 1]] == SEG
+        codec = header_codec(tokens[markers[place - 1] + 1 : hdr]) if opened else None
+        stop = int(markers[place + 1]) + 1 if place + 1 < len(markers) else len(tokens)
+        found.append((hdr + 1, stop, codec))
+    return found
+
+
+def header_codec(header: np.ndarray | list[int]) -> str:
+    """The codec a segment header names: its text up to the first space."""
+    return bytes(int(t) for t in header).split(b" ", 1)[0].decode("ascii", errors="replace")
+
+
+class PatchPlacer:
+    """``patch_starts`` one token at a time, for generation: after each token it says whether the next
+    one starts a patch. One placer follows one row; ``reset`` starts it over for a new sequence."""
+
+    def __init__(self, rules: Mapping[str, BoundaryRule], longest: int) -> None:
+        self.rules = dict(rules)
+        self.longest = longest
+        self.reset()
+
+    def reset(self) -> None:
+        self.next_starts = True
+        """Whether the next token starts a patch (the first one does)."""
+        self._rule_start = True  # whether a rule (not a cut) starts the next token's patch
+        self._next_limit = self.longest
+        self._limit = self.longest
+        self._count = 0  # tokens of the current patch consumed
+        self._header: list[int] | None = None  # a SEG header being read
+        self._rule: BoundaryRule | None = None  # the payload rule in force, None outside a payload
+        self._index = 0  # payload bytes consumed
+        self._previous = False  # whether the payload byte before the last one is a delimiter
+
+    def push(self, token: int) -> bool:
+        """Consume ``token``; return whether the token after it starts a patch."""
+        if self.next_starts:
+            self._count = 0
+        if self._rule_start:  # a patch a cut starts keeps the limit of the one it was cut from
+            self._limit = self._next_limit
+        self._count += 1
+        self._rule_start = self._advance(token)
+        self._next_limit = self.longest if self._rule is None else rule_longest(self._rule, self.longest)
+        self.next_starts = self._rule_start or self._count == self._limit
+        return self.next_starts
+
+    def _advance(self, token: int) -> bool:
+        """Follow the stream's grammar through ``token``; whether a boundary rule starts the next one."""
+        if token >= PAD:
+            opened = self._header
+            self._header = [] if token == SEG else None
+            self._rule = None
+            if token == HDR:
+                codec = header_codec(opened) if opened is not None else None
+                fixed = FixedLength(self.longest)
+                self._rule = fixed if codec is None else self.rules.get(codec, fixed)
+                self._index, self._previous = 0, False
+            return token not in _NO_START_AFTER
+        if self._header is not None:
+            self._header.append(token)
+        if self._rule is None:
+            return False
+        self._index += 1
+        if isinstance(self._rule, FixedLength):
+            start = self._index % self._rule.length == 0
+        else:
+            start = token in DELIMITERS and not self._previous
+        self._previous = token in DELIMITERS
+        return start
+
+
+def rule_to_json(rule: BoundaryRule) -> dict[str, int | str | None]:
+    """``rule`` as a JSON-ready dict, for a checkpoint's record of where its patches fell."""
+    if isinstance(rule, FixedLength):
+        return {"rule": "fixed", "length": rule.length}
+    return {"rule": "words", "longest": rule.longest}
+
+
+def rule_from_json(data: Mapping[str, object]) -> BoundaryRule:
+    """The rule ``rule_to_json`` wrote; ValueError naming what is wrong otherwise."""
+    kind, length, longest = data.get("rule"), data.get("length"), data.get("longest")
+    if kind == "fixed" and isinstance(length, int):
+        return FixedLength(length)
+    if kind == "words" and (longest is None or isinstance(longest, int)):
+        return WordStarts(longest)
+    raise ValueError(f"not a boundary rule: {dict(data)!r} (expected rule: fixed with a length, or words)")
+
+
+def describe(rule: BoundaryRule) -> str:
+    """``rule`` in a few words, for a run's first line: ``fixed 28``, ``words``, ``words (cut at 12)``."""
+    if isinstance(rule, FixedLength):
+        return f"fixed {rule.length}"
+    return "words" if rule.longest is None else f"words (cut at {rule.longest})"

@@ -1,0 +1,245 @@
+"""Byte-level patches of varying length in the multiscale decoder.
+
+Legend as in ``mbp.model.decoder``, and: P the last stage's longest patch (its ``seq_len``), G byte-level
+patches per stage-1 unit (``U_1 / P``; 1 for two stages), K grid patches per row, M patches run.
+
+Patch starts (``starts: (B, L)`` bool) cut each row into byte-level patches of 1 to P bytes. The coarse
+stages see the row as a *grid*: every patch written at the start of a slot of P tokens and padded with
+PAD, so that a coarse unit is G patches, exactly as a fixed-patch model sees P-byte patches, and the
+coarse stages run the fixed path's wiring on the grid. The byte-level stage does not run on the grid's
+padding: each patch is a sequence of its own (its start token and its bytes, each byte given the coarse
+stage's projected output for its patch and position), patches of one length batched together, so the
+byte-level stage runs bytes + patches positions, no padding.
+
+Position t's state has seen tokens < t only when every start at position j is decided by tokens up to
+j (``mbp.boundaries`` decides by tokens before j): the state predicting token j is the output after
+token j - 1 whether a patch starts at j or not, and what follows sees the start only after token j.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mbp.errors import ConfigError
+from mbp.model import kept_rows
+from mbp.protocol import PAD
+
+
+class MultiscaleDecoder(Protocol):
+    """What this module uses of ``mbp.model.decoder.MultiscaleDecoder`` (which imports this module)."""
+
+    num_stages: int
+    patch_sizes: list[int]
+    units: list[int]
+    dims: list[int]
+    embeddings: nn.ModuleList
+
+    @property
+    def max_len(self) -> int | None: ...
+    def hidden(self, ids: torch.Tensor, begins: torch.Tensor | None = None) -> torch.Tensor: ...
+    def pad_input(self, ids: torch.Tensor) -> torch.Tensor: ...
+    def first_patches(self, begins: torch.Tensor | None) -> torch.Tensor | None: ...
+    def _start(self, s: int, rows: int) -> torch.Tensor: ...
+    def _restart(self, x: torch.Tensor, first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def _run(self, s: int, x: torch.Tensor, segments: torch.Tensor | None = None) -> torch.Tensor: ...
+    def _to_next_stage(self, s: int, out: torch.Tensor) -> torch.Tensor: ...
+
+
+GRID_PATCHES_MULTIPLE = 16
+"""Under CPU autocast a row's grid patches are rounded up to a multiple of this (see ``varying_hidden``)."""
+
+
+@dataclass(frozen=True)
+class PatchLayout:
+    """Where each token of a (B, L) batch sits in its (B, K * P) grid."""
+
+    slots: torch.Tensor
+    """(B, L) long: each token's grid position (patch * P + its place in the patch)."""
+    width: int
+    """K * P: the grid's length, a multiple of the stage-1 unit."""
+    sizes: torch.Tensor
+    """(B * K,) long: tokens in each grid patch (0 for the padding patches that align a sample)."""
+    begins: torch.Tensor | None
+    """(B, K * P) bool: where packed samples begin in the grid, None when none is marked."""
+
+
+def cut_long_patches(starts: torch.Tensor, longest: int) -> torch.Tensor:
+    """``starts: (B, L)`` with the first token starting and a start added wherever ``longest`` tokens
+    have passed since the last one (``mbp.boundaries.cut_long`` on every row)."""
+    index = torch.arange(starts.shape[1], device=starts.device).expand_as(starts)
+    starts = starts.clone()
+    starts[:, 0] = True
+    last = torch.where(starts, index, 0).cummax(dim=1).values
+    return starts | ((index - last) % longest == 0)
+
+
+def patch_layout(
+    starts: torch.Tensor, begins: torch.Tensor | None, longest: int, group: int, multiple: int | None = None
+) -> PatchLayout:
+    """The grid of ``starts: (B, L)`` (packed samples, ``begins: (B, L)``, start patches too), no patch
+    longer than ``longest``; each packed sample begins at a multiple of ``group`` patches (a stage-1
+    unit), after padding patches where its predecessor's count falls short. A row's patches are
+    rounded up to a multiple of ``multiple`` (a multiple of ``group``; default ``group``)."""
+    batch, length = starts.shape
+    device = starts.device
+    starts = cut_long_patches(starts if begins is None else starts | begins, longest)
+    index = torch.arange(length, device=device).expand_as(starts)
+    place = index - torch.where(starts, index, 0).cummax(dim=1).values  # place in its patch
+    patch = starts.long().cumsum(1) - 1  # patch number along the row
+    if begins is not None and group > 1:
+        patch = patch + _alignment(starts, begins, patch, group)
+    count = int(patch[:, -1].max()) + 1
+    multiple = multiple or group
+    per_row = -(-count // multiple) * multiple
+    slots = patch * longest + place
+    sizes = torch.zeros(batch * per_row, dtype=torch.long, device=device)
+    flat_patch = (patch + torch.arange(batch, device=device)[:, None] * per_row).flatten()
+    sizes.index_add_(0, flat_patch, torch.ones_like(flat_patch))
+    grid_begins = None
+    if begins is not None:
+        grid_begins = torch.zeros(batch, per_row * longest, dtype=torch.bool, device=device)
+        grid_begins.scatter_(1, slots, begins)
+    return PatchLayout(slots, per_row * longest, sizes, grid_begins)
+
+
+def _alignment(starts: torch.Tensor, begins: torch.Tensor, patch: torch.Tensor, group: int) -> torch.Tensor:
+    """(B, L) long: the padding patches before each token's sample, so that every sample's first patch
+    is a multiple of ``group``: each sample's patch count rounded up, summed over the samples before."""
+    opens = begins.clone()
+    opens[:, 0] = True
+    sample = opens.long().cumsum(1) - 1  # (B, L) sample number along the row
+    samples = int(sample[:, -1].max()) + 1
+    counts = torch.zeros(starts.shape[0], samples, dtype=torch.long, device=starts.device)
+    counts.scatter_add_(1, sample, starts.long())
+    shortfall = -counts % group  # padding patches after each sample
+    before = shortfall.cumsum(1) - shortfall  # before each sample
+    return before.gather(1, sample)
+
+
+def to_grid(ids: torch.Tensor, layout: PatchLayout) -> torch.Tensor:
+    """``ids: (B, L)`` written into the grid (B, K * P), PAD elsewhere."""
+    grid = ids.new_full((ids.shape[0], layout.width), PAD)
+    return grid.scatter_(1, layout.slots, ids)
+
+
+def varying_hidden(
+    model: MultiscaleDecoder,
+    ids: torch.Tensor,
+    starts: torch.Tensor,
+    begins: torch.Tensor | None,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``MultiscaleDecoder.hidden`` with the byte-level patches ``starts: (B, L)`` places. With
+    ``weights: (B, L)``, only the patches whose states predict a token of weight > 0 run (as
+    ``mbp.model.kept_rows`` does for fixed patches): the other tokens' states are zeros."""
+    batch, length = ids.shape
+    if length == 0:
+        raise ConfigError("cannot run the model on an empty input")
+    if model.num_stages == 1:
+        return model.hidden(ids, begins)  # no stage below the first: nothing to patch
+    longest = model.patch_sizes[-1]
+    group = multiple = model.units[0] // longest
+    if ids.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        # bf16 products on CPU make a kernel per shape, and the patch count changes every batch: a few
+        # counts instead (padding patches run in the coarse stages only)
+        multiple = math.lcm(group, GRID_PATCHES_MULTIPLE)
+    layout = patch_layout(starts, begins, longest, group, multiple)
+    if multiple != group and model.max_len is not None and layout.width > model.max_len:
+        layout = patch_layout(starts, begins, longest, group)  # the stage-1 limit comes first
+    grid = model.pad_input(to_grid(ids, layout))
+    first = model.first_patches(layout.begins)
+    previous = coarse_inputs(model, grid, first)  # (B * K, P, D_n)
+    sizes = layout.sizes if weights is None else _weighted_sizes(layout, begins, weights)
+    out = byte_stage(model, grid, previous, sizes)  # (B * K, P + 1, D_n)
+    after = out[:, 1:].reshape(batch, -1, out.shape[-1])  # grid-aligned: the state after each byte
+    index = layout.slots[:, :-1, None].expand(-1, -1, out.shape[-1])
+    row_starts = out[:, 0].view(batch, -1, out.shape[-1])  # each patch's start position
+    hidden = torch.cat((row_starts[:, :1], after.gather(1, index)), dim=1)  # the first predicts token 0
+    if begins is None or first is None:
+        return hidden
+    # so does a packed sample's first patch's start position predict its first token
+    lead = row_starts.gather(1, (layout.slots // longest)[..., None].expand(-1, -1, out.shape[-1]))
+    return torch.where(begins[..., None], lead, hidden)
+
+
+def _weighted_sizes(layout: PatchLayout, begins: torch.Tensor | None, weights: torch.Tensor) -> torch.Tensor:
+    """``layout.sizes`` with 0 for every patch no token of weight > 0 is predicted from: token t is
+    predicted from the patch of token t - 1, or from its own patch's start where it begins a row or a
+    packed sample."""
+    batch = layout.slots.shape[0]
+    per_row = layout.sizes.numel() // batch
+    rows = torch.arange(batch, device=weights.device)[:, None]
+    patches = layout.slots // (layout.width // per_row) + rows * per_row  # (B, L) into (B * K,)
+    lead = torch.zeros_like(weights, dtype=torch.bool)
+    lead[:, 0] = True
+    if begins is not None:
+        lead |= begins
+    source = torch.where(lead, patches, F.pad(patches[:, :-1], (1, 0)))
+    needed = torch.zeros_like(layout.sizes, dtype=torch.bool)
+    needed[source[weights > 0]] = True
+    return torch.where(needed, layout.sizes, 0)
+
+
+def coarse_inputs(model: MultiscaleDecoder, grid: torch.Tensor, first: torch.Tensor | None) -> torch.Tensor:
+    """What the coarse stages add to the byte-level stage's inputs: (B * K, P, D_n) for ``grid: (B, K * P)``.
+    The wiring of ``MultiscaleDecoder.stage_outputs`` for every stage but the last."""
+    previous: torch.Tensor | None = None
+    for s in range(model.num_stages - 1):
+        units = grid.view(-1, model.units[s])
+        seq = model.patch_sizes[s] if s > 0 else grid.shape[1] // model.units[0]
+        tokens = model.embeddings[s](units).view(-1, seq, model.dims[s])
+        if previous is not None:
+            tokens = tokens + previous
+        x = torch.cat((model._start(s, tokens.shape[0])[:, None], tokens), dim=1)
+        segments = None
+        if s == 0 and first is not None:
+            x, segments = model._restart(x, first)
+        previous = model._to_next_stage(s, model._run(s, x, segments)[:, :-1])
+    assert previous is not None  # at least two stages
+    return previous
+
+
+def byte_stage(
+    model: MultiscaleDecoder, grid: torch.Tensor, previous: torch.Tensor, sizes: torch.Tensor
+) -> torch.Tensor:
+    """The byte-level stage's outputs (B * K, P + 1, D_n) over the patches of ``grid``, each run as a
+    sequence of its own and only as long as it is (``sizes: (B * K,)``), patches of one length in one
+    batch; zeros where nothing ran. The first patch always runs: its start position predicts the
+    first token."""
+    last = model.num_stages - 1
+    longest = model.patch_sizes[last]
+    tokens = model.embeddings[last](grid.view(-1, longest)) + previous  # (B * K, P, D_n)
+    x = torch.cat((model._start(last, tokens.shape[0])[:, None], tokens), dim=1)
+    widths = patch_widths(sizes)
+    widths[0] = widths[0].clamp_min(1)
+    places, values = [], []
+    for width in widths[widths > 0].unique().tolist():
+        rows = (widths == width).nonzero().flatten()
+        part = model._run(last, x[_few_shapes(rows, x), :width])[: len(rows)]
+        places.append((rows[:, None] * (longest + 1) + torch.arange(width, device=rows.device)).flatten())
+        values.append(part.flatten(0, 1))
+    flat = torch.cat(values)
+    out = flat.new_zeros(x.shape[0] * (longest + 1), flat.shape[-1]).index_put((torch.cat(places),), flat)
+    return out.view(x.shape[0], longest + 1, -1)
+
+
+def _few_shapes(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``rows`` with its first repeated up to a multiple of ``KEPT_ROWS_MULTIPLE`` under CPU autocast
+    (the extra outputs are dropped): bf16 products on CPU make a kernel per shape, and a batch's count
+    of patches of each length changes every step (see ``mbp.model.kept_rows``)."""
+    if not (like.device.type == "cpu" and torch.is_autocast_enabled("cpu")):
+        return rows
+    missing = -len(rows) % kept_rows.KEPT_ROWS_MULTIPLE
+    return torch.cat((rows, rows[:1].expand(missing)))
+
+
+def patch_widths(sizes: torch.Tensor) -> torch.Tensor:
+    """(M,) positions each patch of ``sizes: (M,)`` tokens runs: its start and its bytes; 0 for empty
+    patches, which do not run."""
+    return torch.where(sizes > 0, sizes + 1, 0)
