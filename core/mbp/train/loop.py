@@ -13,10 +13,9 @@ from typing import Any
 import torch
 
 from mbp.config import TrainConfig
-from mbp.data.batches import Batch, Position, batches, encoded_stream, prefetch, prefetch_helps
+from mbp.data.batches import Batch, Position, batches, prefetch, prefetch_helps
 from mbp.data.skips import SkipLog
 from mbp.errors import ConfigError
-from mbp.heads import splits_samples
 from mbp.model.build import build_model
 from mbp.model.checkpoint_files import checkpoint_document
 from mbp.model.decoder import MultiscaleDecoder
@@ -330,20 +329,10 @@ class Trainer:
 def _train_batches(
     resolved: Resolved, shards: list[str], log: SkipLog, state: TrainState, world: D.World, align: int
 ) -> Generator[tuple[Batch, Position], None, None]:
-    data, cfg = resolved.pipeline.data, resolved.pipeline.train
-    split = splits_samples(resolved.head)
-    stream = encoded_stream(
-        shards,
-        resolved.encoder,
-        data.row_len,
-        log,
-        seed=cfg.seed,
-        shuffle_buffer=data.shuffle_buffer,
-        start=Position(state.epoch, state.consumed, state.taken),
-        rank=world.rank,
-        world=world.size,
-        augment=True,
-        split=split,
+    data, split = resolved.pipeline.data, resolved.split
+    start = Position(state.epoch, state.consumed, state.taken)
+    stream = resolved.stream(training=True, augment=True).samples(
+        shards, log, start=start, rank=world.rank, world=world.size
     )
     rows = batches(
         stream, data.batch_rows // world.size, data.row_len, pack=data.pack, align=align, split=split
