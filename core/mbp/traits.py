@@ -99,8 +99,8 @@ def _warn_old(
     _warned.add(type(plugin))
     warnings.warn(
         f"{who} ({type(plugin).__module__}.{type(plugin).__qualname__}) declares {', '.join(used)} through "
-        "deprecated optional protocols, read as that for one more release; declare "
-        f"`{attribute} = {_shown(value)}` instead",
+        f"the deprecated optional protocols; declare `{attribute} = {_shown(value)}` (mbp.api) instead: "
+        "the old ones are read for one more release",
         PluginDeprecationWarning,
         stacklevel=4,
     )
