@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-from mbp.codec import write_segments
 from mbp.config import Pipeline
 from mbp.data.batches import encoded_stream
 from mbp.data.encode import SampleEncoder
@@ -19,6 +18,7 @@ from mbp.model.checkpoint_files import save_model
 from mbp.plugins import new_platform
 from mbp.protocol import BOS, END, HDR, SEG, Segment, decode_lenient
 from mbp.resolve import pipeline_codecs
+from mbp.segment_files import write_segments
 from mbp.traits import head_defaults
 from pydantic import BaseModel
 

@@ -3,18 +3,15 @@
 A codec turns the bytes of one shard field (a file) into a :class:`~mbp.protocol.Segment`, and a
 segment back into a value (``decode``) or a file (``to_file``). Lossless settings must round-trip:
 ``to_file(encode(data)) == data`` for ``text``, ``image`` and ``wav``; pixel for pixel for ``pixels``.
-``write_segments`` is the core's one use of ``to_file``: generated segments become files.
+``mbp.segment_files.write_segments`` is the core's one use of ``to_file``: generated segments become files.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from mbp.errors import MbpError
-from mbp.protocol import Segment, decode_lenient
+from mbp.protocol import Segment
 
 Augment = Literal["never", "run", "always"]
 
@@ -82,39 +79,3 @@ class Codec(Protocol):
     def to_file(self, segment: Segment) -> bytes:
         """The segment as file bytes that a user can open; raise CodecError on bad input."""
         ...
-
-
-def write_segments(
-    tokens: list[int],
-    skip: int,
-    out_dir: Path,
-    codec_for: Callable[[str], Codec],
-    warn: Callable[[str], None],
-) -> list[str]:
-    """Write every segment of a token stream after the first ``skip`` as a file through its codec, as
-    ``codec_for`` builds it by the segment's codec name (a cut-off last one too, named ``-partial``); a
-    segment its codec rejects keeps its raw payload."""
-    from mbp.traits import codec_traits, file_extension  # the codec's traits are read as it is built
-
-    decoded = decode_lenient(tokens)
-    if decoded.broken:  # sampling can emit any token: keep every segment before the break
-        warn(f"generated stream breaks the segment format ({decoded.broken}); kept what came before")
-    segments = decoded.segments[skip:] + ([decoded.partial] if decoded.partial else [])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for index, segment in enumerate(segments):
-        partial = decoded.partial is segment
-        try:
-            codec = codec_for(segment.codec)
-            data = codec.to_file(segment)
-            ext = file_extension(codec, codec_traits(codec), segment)
-        except MbpError as error:
-            warn(
-                f"segment {index} ({segment.codec or '?'}{', cut off' if partial else ''}) not decodable: "
-                f"{error}; raw payload kept"
-            )
-            data, ext = segment.payload, "bin"
-        path = out_dir / f"segment-{index:02d}{'-partial' if partial else ''}.{ext}"
-        path.write_bytes(data)
-        written.append(str(path))
-    return written
