@@ -65,7 +65,7 @@ class Resolved:
 
     def with_encoding(self, pipeline: Pipeline) -> Resolved:
         """``pipeline`` in place of this one, with an encoder built for it: for the settings the encoder
-        reads (the byte-level stage's patch, ``data.augment``)."""
+        reads (the byte-level stage's patch, ``data.augment``). Its codecs, and what they declared, stay."""
         encoder = SampleEncoder(pipeline, self.encoder.fields, self.head, self.defaults)
         return dataclasses.replace(self, pipeline=pipeline, encoder=encoder)
 
