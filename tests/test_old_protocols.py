@@ -135,3 +135,14 @@ def test_the_example_plugin_loads_unchanged_without_a_warning(tmp_path: Path) ->
     assert got.encoder.fields["txt"].traits == CodecTraits() and got.encoder.fields["txt"].plugin == "rot13"
     sample = got.encoder.encode(RawSample("s.tar", "0", {"txt": b"hello"}))
     assert bytes(sample.tokens[-7:-2].astype(np.uint8)) == b"uryyb"  # ... payload, END, EOS
+
+
+def test_the_command_says_a_plugins_deprecation_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from mbp.cli import _plugin_warnings_in_one_line
+
+    others: list[str] = []
+    show = _plugin_warnings_in_one_line(lambda message, *rest: others.append(str(message)))
+    show(PluginDeprecationWarning("codec 'grid' declares row_bytes ..."), PluginDeprecationWarning, "f.py", 1)
+    show(UserWarning("not a plugin's"), UserWarning, "f.py", 2)
+    assert capsys.readouterr().err == "mbp: warning: codec 'grid' declares row_bytes ...\n"
+    assert others == ["not a plugin's"]
