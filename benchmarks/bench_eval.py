@@ -27,7 +27,6 @@ import torch
 from mbp.data.batches import batches, encoded_stream
 from mbp.data.read import expand_shards
 from mbp.data.skips import SkipLog
-from mbp.heads import splits_samples
 from mbp.model.build import build_model
 from mbp.model.checkpoint_files import save_model
 from mbp.model.decoder import MultiscaleDecoder
@@ -47,7 +46,7 @@ TRAIN_STEPS = 20
 def training_rate(resolved: Resolved, model: MultiscaleDecoder) -> float:
     data = resolved.pipeline.data
     shards = expand_shards(data.train_shards)
-    split = splits_samples(resolved.head)
+    split = resolved.split
     log = SkipLog(quiet=True)
     stream = encoded_stream(
         shards,

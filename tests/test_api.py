@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from mbp import api
 from mbp.components import ComponentTable
+from mbp.traits import codec_traits, head_defaults
 
 from tests.conftest import ROOT
 
@@ -55,19 +56,21 @@ def test_built_in_components_satisfy_the_protocols_at_run_time(components: Compo
     codecs = {name: components.build("codecs", {"type": name}) for name in components.names("codecs")}
     assert set(codecs) >= {"text", "pixels", "image", "wav"}
     assert all(isinstance(codec, api.Codec) for codec in codecs.values())
-    assert {name for name, codec in codecs.items() if isinstance(codec, api.SegmentExtension)} == {
-        "image",
-        "wav",
+    traits = {name: codec_traits(codec) for name, codec in codecs.items()}
+    assert {name for name, t in traits.items() if t.segment_extension} == {"image", "wav"}
+    assert {name: t.augment for name, t in traits.items() if t.augment != "never"} == {
+        "pixels": "run",
+        "image": "run",
     }
-    assert {name for name, codec in codecs.items() if isinstance(codec, api.Augmenting)} == {
-        "pixels",
-        "image",
-        "wav",
-    }
-    assert {name for name, codec in codecs.items() if isinstance(codec, api.ReadingView)} == {"wav"}
+    assert {name for name, t in traits.items() if t.reading_view} == {"wav"}
+    assert {name for name, t in traits.items() if t.rows} == {"pixels", "wav"}
     heads = {name: components.build("heads", {"type": name}) for name in components.names("heads")}
     assert all(isinstance(head, api.TaskHead) for head in heads.values())
-    assert {name for name, head in heads.items() if isinstance(head, api.FieldHead)} == {"vqa", "classify"}
+    defaults = {name: head_defaults(head) for name, head in heads.items()}
+    assert {name: d.answers for name, d in defaults.items() if d.answers} == {
+        "vqa": "answer",
+        "classify": "label",
+    }
     segmented = set()
     for name in components.names("backbones"):
         backbone = components.build("backbones", {"type": name}, dim=32, layers=1)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from mbp.api import Augmenting
 from mbp.data.batches import Position, encoded_stream
 from mbp.data.skips import SkipLog
 from mbp.resolve import resolve
+from mbp.traits import codec_traits
 from PIL import Image
 
 from tests.shardkit import write_tar
@@ -42,7 +42,7 @@ def glyph(seed: int, size: int = 16) -> bytes:
 
 def test_pixels_shift_training_images_by_at_most_an_eighth(components) -> None:
     codec = components.build("codecs", {"type": "pixels", "mode": "L", "augment": True})
-    assert isinstance(codec, Augmenting)
+    assert codec_traits(codec).augment == "always"
     data = glyph(0)
     plain = codec.decode(codec.encode(data)).astype(int)
     moves = set()
@@ -62,7 +62,7 @@ def test_pixels_shift_training_images_by_at_most_an_eighth(components) -> None:
     off = components.build("codecs", {"type": "pixels", "mode": "L", "augment": False})
     assert off.encode_augmented(data, np.random.default_rng(0)) == off.encode(data)
     unset = components.build("codecs", {"type": "pixels", "mode": "L"})  # the run decides; asked, it varies
-    assert unset.augment is None
+    assert codec_traits(unset).augment == "run" and codec_traits(off).augment == "never"
     assert unset.encode_augmented(data, np.random.default_rng(1)) == codec.encode_augmented(
         data, np.random.default_rng(1)
     )
@@ -89,7 +89,7 @@ def test_png_files_are_shifted_and_saved_again_jpeg_stays(components) -> None:
     jpeg = buffer.getvalue()
     assert codec.encode_augmented(jpeg, np.random.default_rng(0)) == codec.encode(jpeg)
     lossy = components.build("codecs", {"type": "image", "reencode": "jpeg"})  # never varied: kept
-    assert lossy.augment is False
+    assert codec_traits(lossy).augment == "never"
     assert lossy.encode_augmented(data, np.random.default_rng(0)) == lossy.encode(data)
 
 
@@ -98,7 +98,9 @@ def test_logmel_training_clips_vary_and_pcm_stays_exact(components) -> None:
     buffer = io.BytesIO()
     sf.write(buffer, 0.5 * np.sin(2 * np.pi * 700 * time), 8000, subtype="PCM_16", format="WAV")
     data = buffer.getvalue()
-    assert components.build("codecs", {"type": "wav", "payload": "logmel"}).augment is False  # measured
+    assert (
+        codec_traits(components.build("codecs", {"type": "wav", "payload": "logmel"})).augment == "never"
+    )  # measured
     logmel = components.build("codecs", {"type": "wav", "payload": "logmel", "augment": True})
     plain = logmel.encode(data)
     lengths = {len(logmel.encode_augmented(data, np.random.default_rng(s)).payload) for s in range(8)}

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-from mbp.codec import write_segments
 from mbp.config import Pipeline
 from mbp.data.batches import encoded_stream
 from mbp.data.encode import SampleEncoder
@@ -18,6 +17,9 @@ from mbp.model.build import build_model
 from mbp.model.checkpoint_files import save_model
 from mbp.plugins import new_platform
 from mbp.protocol import BOS, END, HDR, SEG, Segment, decode_lenient
+from mbp.resolve import pipeline_codecs
+from mbp.segment_files import write_segments
+from mbp.traits import head_defaults
 from pydantic import BaseModel
 
 from tests.conftest import invoke_mbp, run_mbp
@@ -117,7 +119,10 @@ def test_codec_raising_a_foreign_error_costs_one_named_sample(tmp_path: Path, ca
         }
     )
     head = platform.components.build("heads", {"type": "lm"})
-    encoder = SampleEncoder(pipeline, platform.components, head)
+    defaults = head_defaults(head)
+    encoder = SampleEncoder(
+        pipeline, pipeline_codecs(pipeline, platform.components, defaults), head, defaults
+    )
     samples = [{"__key__": f"{i:02d}".encode(), "blob": b"boom" if i == 1 else b"fine"} for i in range(3)]
     write_tar(tmp_path / "s.tar", samples)
     log = SkipLog()

@@ -3,11 +3,10 @@ budget of minutes), ``DEFAULT_BATCH`` for a head that names none; a pipeline's o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from mbp.api import BatchingHead
+from mbp.api import HeadDefaults
 from mbp.planning_constants import DEFAULT_BATCH
 from mbp.plugins import get_platform
 from mbp.resolve import resolve, with_batch_size
@@ -32,20 +31,15 @@ def test_answer_heads_take_the_default_batch(tmp_path: Path) -> None:
     assert resolved_rows(tmp_path, qa_registry("type: classify, label_field: answer"), "ask") == 8
 
 
-@dataclass
-class WideHead:
-    batch_size: int = 32
-
-
 def test_a_third_party_head_names_its_own_batch(tmp_path: Path) -> None:
-    assert isinstance(WideHead(), BatchingHead)
+    wide = HeadDefaults(batch_size=32)
     (tmp_path / "registry.yaml").write_text(qa_registry())
     resolved = resolve(str(tmp_path / "registry.yaml"), "ask", components=get_platform().components)
     unset = resolved.pipeline.model_copy(
         update={"data": resolved.pipeline.data.model_copy(update={"batch_size": None})}
     )
-    assert with_batch_size(unset, WideHead()).data.batch_size == 32  # type: ignore[arg-type]
-    assert with_batch_size(resolved.pipeline, WideHead()).data.batch_size == 8  # type: ignore[arg-type]
+    assert with_batch_size(unset, wide).data.batch_size == 32
+    assert with_batch_size(resolved.pipeline, wide).data.batch_size == 8
 
 
 def test_an_unresolved_batch_is_not_read_as_a_number() -> None:

@@ -208,8 +208,8 @@ def test_random_input_raises_only_project_errors(
 
 
 def test_generated_segments_are_written_as_files_through_their_codecs(components, tmp_path) -> None:
-    from mbp.codec import write_segments
     from mbp.protocol import END, HDR, SEG, prompt_stream
+    from mbp.segment_files import write_segments
 
     from tests.shardkit import png
 

@@ -8,13 +8,14 @@ import mbp.generate as mbp_generate
 import numpy as np
 import pytest
 import torch
+from mbp.codec import CodecTraits
 from mbp.data.batches import collate
-from mbp.data.encode import context_weight_of
 from mbp.errors import PluginError
 from mbp.generate import generate
 from mbp.protocol import BOS, END, EOS, Segment, encode_segment
 from mbp.sample import EncodedSample, Span, payload_range, prompt_length
 from mbp.train.evaluate import evaluate
+from mbp.traits import codec_traits
 
 from tests.conftest import tiny_model
 
@@ -48,7 +49,9 @@ def test_vqa_weights_only_the_answer_and_eos(components) -> None:
 def test_context_weight_is_the_codecs_unless_the_head_gives_one(components) -> None:
     s = sample(b"what colour?", b"red")
     q = s.spans[0]
-    s.spans[0] = Span(q.field, q.codec, q.start, q.end, context_weight=0.3)  # a ContextWeighting codec's
+    s.spans[0] = Span(
+        q.field, q.codec, q.start, q.end, context_weight=0.3
+    )  # a codec's CodecTraits.context_weight
     by_codec = head(components, "vqa").token_weights(s)
     assert np.allclose(by_codec[q.start : q.end], 0.3) and np.isclose(by_codec[0], 0.01)  # BOS: default
     answer = s.span("answer")
@@ -59,16 +62,16 @@ def test_context_weight_is_the_codecs_unless_the_head_gives_one(components) -> N
 
 def test_a_codecs_context_weight_is_checked_and_named(components) -> None:
     reading = components.build("codecs", {"type": "wav"}).for_reading()
-    assert context_weight_of(reading) == pytest.approx(0.1)  # the log-mel view
-    assert context_weight_of(components.build("codecs", {"type": "pixels"})) is None
+    assert codec_traits(reading).context_weight == pytest.approx(0.1)  # the log-mel view
+    assert codec_traits(components.build("codecs", {"type": "pixels"})).context_weight is None
 
     class Loud:
-        name, extension, context_weight = "loud", "bin", 2.0
+        name, extension, traits = "loud", "bin", CodecTraits(context_weight=2.0)
 
     with pytest.raises(
         PluginError, match=r"codec 'loud': context_weight must be a number in \[0, 1\], got 2.0"
     ):
-        context_weight_of(Loud())  # type: ignore[arg-type]
+        codec_traits(Loud())  # type: ignore[arg-type]
 
 
 def test_lm_bits_per_byte_overall_and_per_codec(components) -> None:

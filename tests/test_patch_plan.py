@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mbp.api import RowLayout, build_model
+from mbp.api import build_model
 from mbp.config import ModelConfig
 from mbp.resolve import resolve
 from mbp.train.patch_plan import patch_for_row, plan_patch
+from mbp.traits import codec_traits
 from PIL import Image
 from pydantic import ValidationError
 
@@ -82,7 +83,7 @@ def test_only_the_byte_level_stage_may_leave_its_patch_to_the_run(components) ->
 
 def test_pixels_and_spectrograms_say_how_long_their_rows_are(components) -> None:
     pixels = components.build("codecs", {"type": "pixels", "mode": "RGB"})
-    assert isinstance(pixels, RowLayout)
+    assert codec_traits(pixels).rows and not codec_traits(components.build("codecs", {"type": "text"})).rows
     assert pixels.row_bytes(pixels.encode(picture(12, 5, 0))) == 36  # 12 pixels of 3 bytes
     sound = components.build("codecs", {"type": "wav"})
     assert sound.row_bytes(sound.encode(wav())) is None  # raw samples: no rows

@@ -21,6 +21,8 @@ from mbp.hookspecs import hookimpl
 from mbp.interrupts import UserInterrupt, from_user, telling_user_interrupts
 from mbp.plugins import blame, new_platform, plugin_timeout
 from mbp.protocol import Segment
+from mbp.resolve import pipeline_codecs
+from mbp.traits import head_defaults
 from pydantic import BaseModel
 
 from tests.conftest import run_mbp
@@ -110,7 +112,10 @@ def test_codec_ending_the_process_names_sample_field_and_plugin() -> None:
         }
     )
     head = platform.components.build("heads", {"type": "lm"})
-    encoder = SampleEncoder(pipeline, platform.components, head)
+    defaults = head_defaults(head)
+    encoder = SampleEncoder(
+        pipeline, pipeline_codecs(pipeline, platform.components, defaults), head, defaults
+    )
     with telling_user_interrupts(), pytest.raises(PluginExitError) as ended:
         encoder.encode(RawSample("/d/s.tar", "07", {"blob.bin": b"exit"}))
     assert (

@@ -183,10 +183,38 @@ def test_plugins_json_is_pure_json() -> None:
 
 
 def test_schema_lists_every_component() -> None:
-    result = run_mbp("schema")
+    result = run_mbp("schema", "--json")
     document = json.loads(result.stdout)
     assert "heads" in document["backbones"]["transformer"]["params"]["properties"]
     assert set(document["codecs"]) >= {"text", "pixels", "image", "wav"}
+
+
+def test_schema_lists_each_codecs_traits_and_each_heads_defaults() -> None:
+    document = json.loads(run_mbp("schema", "--json").stdout)
+    assert document["codecs"]["pixels"]["traits"] == {
+        "context_weight": None,
+        "augment": "run",
+        "rows": True,
+        "reading_view": False,
+        "segment_extension": False,
+    }
+    assert document["codecs"]["wav"]["reading_traits"]["context_weight"] == 0.1  # the log-mel view's
+    assert document["heads"]["lm"]["defaults"] == {
+        "answers": None,
+        "batch_size": 1,
+        "dropout": 0.0,
+        "split_samples": True,
+        "thins_context": False,
+        "selection_metric": "bpb",
+        "selection_mode": "min",
+    }
+    assert "traits" not in document["backbones"]["transformer"]
+    text = run_mbp("schema").stdout.splitlines()
+    at = text.index("  lm (plugin tasks): params: none")
+    assert text[at + 1] == (
+        "    defaults: answers=None, batch_size=1, dropout=0.0, split_samples=True, thins_context=False, "
+        "selection_metric=bpb, selection_mode=min"
+    )
 
 
 def test_example_plugin_source_registers_a_codec() -> None:

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from mbp.data.batches import Batch, Position, batches, encoded_stream
 from mbp.data.skips import SkipLog
-from mbp.heads import splits_samples
 from mbp.plugins import get_platform
 from mbp.protocol import PAD
 from mbp.resolve import Resolved, resolve
 from mbp.sample import EncodedSample, Span
+from mbp.traits import head_defaults
 from safetensors.torch import load_file
 
 from tests.conftest import invoke_mbp
@@ -57,11 +57,11 @@ def packed(resolved: Resolved, shards: list[str], start: Position | None = None,
 
 def test_only_heads_that_say_so_cut_samples(tmp_path: Path) -> None:
     resolved, _, _ = texts(tmp_path)
-    assert splits_samples(resolved.head)
+    assert resolved.split and resolved.defaults.split_samples
     components = get_platform().components
     for name in ("vqa", "classify"):
         head = components.build("heads", {"type": name, **({"answer_field": "a"} if name == "vqa" else {})})
-        assert not splits_samples(head)
+        assert not head_defaults(head).split_samples
 
 
 def test_rows_are_full_and_the_pieces_are_the_texts_in_order(tmp_path: Path) -> None:

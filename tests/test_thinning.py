@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from mbp.api import ThinningHead
 from mbp.data.batches import encoded_stream
 from mbp.data.skips import SkipLog
 from mbp.protocol import PAD
 from mbp.resolve import resolve
 from mbp.train.plan import TRAIN_SECONDS, ceiling, probe_steps
 from mbp.train.rows import with_seq_len
+from mbp.traits import head_defaults
 
 from tests.conftest import tiny_model
 from tests.shardkit import qa_registry, write_tar
@@ -34,7 +34,7 @@ def target_rows(weights: np.ndarray, row: int) -> np.ndarray:
 def test_thinned_rows_are_all_or_nothing_and_keep_the_expected_weight(components) -> None:
     s = sample(bytes(range(97, 123)) * 8, b"yes")
     vqa = head(components, "vqa", context_weight=0.1, context_rows=0.25)
-    assert isinstance(vqa, ThinningHead)
+    assert head_defaults(vqa).thins_context and not head_defaults(head(components, "lm")).thins_context
     full = vqa.token_weights(s)
     answer = full == 1.0
     draws = np.stack([vqa.training_weights(s, np.random.default_rng(seed), 8) for seed in range(400)])

@@ -6,17 +6,23 @@
   ``mbp_register_sinks(register: Register[MetricsSink])`` or ``mbp_register_importers(register:
   RegisterImporter)`` (see :mod:`mbp.hookspecs`), and mypy then checks what it registers against the
   protocols below.
-- Codecs: ``Codec`` (optionally ``SegmentExtension``, ``Augmenting``, ``ReadingView``,
-  ``ContextWeighting``, ``RowLayout``) turning field bytes into a ``Segment`` and back.
+- Codecs: ``Codec`` turning field bytes into a ``Segment`` and back, with what it declares about itself
+  in one ``CodecTraits`` value (its ``traits``: context weight, augmentation, rows, reading view,
+  per-segment extension), read once when a pipeline is resolved.
 - Backbones: ``Backbone`` (optionally ``PrefillBackbone``, ``SegmentedBackbone``) and its ``Cache``;
   test one with :mod:`mbp.testing`. A KV cache plans each generation step's row positions and visibility
   with a ``KVPlanner`` (its ``KVPlan`` writes the new keys and values); ``small_attention`` says when that
   step's attention runs as a broadcast product. ``RMSNorm`` and :mod:`small_tensor_ops` are the norm and
   the ops for the tiny tensors of generation steps that the built-in backbones use; ``Dropout`` (and
   ``dropout``) is their dropout, with a CPU mask several times cheaper than torch's.
-- Task heads: ``TaskHead`` (optionally ``FieldHead``, ``BatchingHead``, ``RegularizedHead``,
-  ``SplittingHead``, ``ThinningHead``) and its ``Metrics``, reading ``EncodedSample``s; ``payload_range``,
+- Task heads: ``TaskHead`` and its ``Metrics``, reading ``EncodedSample``s, with the training defaults
+  its task sets in one ``HeadDefaults`` value (its ``defaults``: answered field, rows a step, dropout,
+  splitting, context thinning, the metric that picks the best checkpoint); ``payload_range``,
   ``payload_bytes`` and ``prompt_length`` find a field's payload in a sample.
+- Deprecated for one release: the optional protocols ``SegmentExtension``, ``Augmenting``,
+  ``ReadingView``, ``ContextWeighting``, ``RowLayout``, ``FieldHead``, ``BatchingHead``,
+  ``RegularizedHead``, ``SplittingHead`` and ``ThinningHead``. A plugin written against them is read
+  into the equivalent traits or defaults, with one ``PluginDeprecationWarning`` naming them.
 - Metrics sinks (``mbp_register_sinks``): ``MetricsSink`` (``write(row)`` per metric row, ``close()``);
   a sink whose library is missing raises ``SinkUnavailableError``.
 - Importers (``mbp_register_importers``): a ``click.Command`` each, registered through
@@ -33,20 +39,24 @@
 from __future__ import annotations
 
 from mbp.atomic import write_file_atomically
-from mbp.codec import Augmenting, Codec, ContextWeighting, ReadingView, RowLayout, SegmentExtension
+from mbp.codec import Codec, CodecTraits
 from mbp.components import ComponentTable
 from mbp.config import ModelConfig, Pipeline
 from mbp.errors import CheckpointError, CodecError, ConfigError, DataError, MbpError, PluginError
-from mbp.heads import (
+from mbp.heads import HeadDefaults, Metrics, TaskHead
+from mbp.hookspecs import Register, RegisterImporter, hookimpl
+from mbp.legacy_protocols import (
+    Augmenting,
     BatchingHead,
+    ContextWeighting,
     FieldHead,
-    Metrics,
+    ReadingView,
     RegularizedHead,
+    RowLayout,
+    SegmentExtension,
     SplittingHead,
-    TaskHead,
     ThinningHead,
 )
-from mbp.hookspecs import Register, RegisterImporter, hookimpl
 from mbp.model import small_tensor_ops
 from mbp.model.backbone import Backbone, Cache, PrefillBackbone, SegmentedBackbone
 from mbp.model.build import build_model
@@ -60,6 +70,7 @@ from mbp.plugins import get_platform
 from mbp.protocol import PAD, VOCAB_SIZE, Segment
 from mbp.sample import EncodedSample, Span, payload_bytes, payload_range, prompt_length
 from mbp.sinks import MetricsSink, SinkUnavailableError
+from mbp.traits import PluginDeprecationWarning
 
 
 def load_components() -> ComponentTable:
@@ -77,12 +88,14 @@ __all__ = [
     "CheckpointError",
     "Codec",
     "CodecError",
+    "CodecTraits",
     "ConfigError",
     "ContextWeighting",
     "DataError",
     "Dropout",
     "EncodedSample",
     "FieldHead",
+    "HeadDefaults",
     "KVPlan",
     "KVPlanner",
     "MbpError",
@@ -91,6 +104,7 @@ __all__ = [
     "ModelConfig",
     "MultiscaleDecoder",
     "Pipeline",
+    "PluginDeprecationWarning",
     "PluginError",
     "PrefillBackbone",
     "RMSNorm",

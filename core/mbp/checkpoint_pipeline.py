@@ -13,7 +13,7 @@ from mbp.config import ModelConfig, Pipeline, Registry, RegistryFile, check_pipe
 from mbp.errors import CheckpointError, ConfigError
 from mbp.model.checkpoint_files import CONFIG, checkpoint_document, load_model
 from mbp.model.decoder import MultiscaleDecoder
-from mbp.resolve import Resolved, resolve, resolve_head, with_batch_size, with_dropout
+from mbp.resolve import Resolved, resolve, resolved_pipeline
 
 
 def checkpoint_folder(path: Path) -> Path:
@@ -53,11 +53,7 @@ def recorded_pipeline(
     raw = {"pipelines": {name: document["pipeline"]}}
     registry = Registry(f"{directory}/{CONFIG}", raw, RegistryFile(pipelines={name: pipeline}), {})
     check_pipeline(registry, name, components)
-    head = resolve_head(registry, name, pipeline, components)
-    pipeline = with_batch_size(with_dropout(pipeline, head, components), head)
-    from mbp.data.encode import SampleEncoder
-
-    return Resolved(registry, name, pipeline, head, SampleEncoder(pipeline, components, head), components)
+    return resolved_pipeline(registry, name, pipeline, components)
 
 
 def given_pipeline(

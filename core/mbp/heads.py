@@ -9,10 +9,12 @@ generated text itself (a confusion matrix) say so with ``generate_field``.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from mbp.planning_constants import DEFAULT_BATCH
 from mbp.sample import EncodedSample
 
 
@@ -27,6 +29,10 @@ class Metrics(Protocol):
 
 @runtime_checkable
 class TaskHead(Protocol):
+    """The methods every head has. What it sets by default is declared in ``defaults: HeadDefaults`` (an
+    attribute; absent: ``HeadDefaults()``); a head whose defaults set ``thins_context`` also has
+    ``training_weights(sample, rng, row) -> np.ndarray`` (float32, one weight a token)."""
+
     name: str
     generate_field: str | None
     """The field whose generated payload ``Metrics.update`` receives; None: nothing is generated."""
@@ -40,50 +46,33 @@ class TaskHead(Protocol):
         ...
 
 
-@runtime_checkable
-class FieldHead(Protocol):
-    """Optional for a head: the one field it answers (``vqa``, ``classify``); the core checks that the
-    pipeline has that field before anything is trained."""
+@dataclass(frozen=True)
+class HeadDefaults:
+    """What a head declares about its task, as its ``defaults`` attribute: one value, read once when the
+    pipeline is resolved, never asked again. A head without ``defaults`` has these. Each sets what a
+    pipeline leaves unset; a pipeline's own setting wins."""
 
-    field: str
-
-
-@runtime_checkable
-class RegularizedHead(Protocol):
-    """Optional for a head: the dropout its task wants in every backbone that takes a ``dropout`` parameter,
-    where neither the backbone's reference nor ``model.dropout`` sets one (without it: none)."""
-
-    dropout: float
-
-
-@runtime_checkable
-class BatchingHead(Protocol):
-    """Optional for a head: the rows a step its task learns most from in a run of minutes, where
-    ``data.batch_size`` is unset (without it: ``mbp.planning_constants.DEFAULT_BATCH``)."""
-
-    batch_size: int
-
-
-@runtime_checkable
-class SplittingHead(Protocol):
-    """Optional for a head: ``split_samples`` True when any window of a sample is a sample of its task
-    (``lm``: text reads the same in any window), so rows may cut samples instead of skipping long ones
-    and padding short ones (``mbp.data.batches.batches``). Without it, samples stay whole: a question
-    cut off from its answer teaches nothing."""
-
-    split_samples: bool
-
-
-@runtime_checkable
-class ThinningHead(Protocol):
-    """Optional for a head: training weights that score only part of a sample's cheap-to-skip tokens
-    each step, drawn from ``rng`` (seeded per sample, so a resumed run draws the same). ``row`` is the
-    byte-level stage's row length: the row starting at a sample's token ``r * row + 1`` predicts its
-    tokens up to ``(r + 1) * row`` (samples start on row boundaries), and a row whose targets all weigh
-    0 is skipped by the model, exactly. Evaluation always uses ``token_weights``."""
-
-    def training_weights(self, sample: EncodedSample, rng: np.random.Generator, row: int) -> np.ndarray: ...
-
-
-def splits_samples(head: TaskHead) -> bool:
-    return isinstance(head, SplittingHead) and head.split_samples
+    answers: str | None = None
+    """The one field the head answers (``vqa``, ``classify``): the pipeline must have it, last, and every
+    field before it is context, encoded through its codec's reading view. None: no field is answered."""
+    batch_size: int = DEFAULT_BATCH
+    """Rows a step where ``data.batch_size`` is unset: the rows a step its task learns most from in a run
+    of minutes."""
+    dropout: float = 0.0
+    """Dropout, in [0, 1), for every backbone that takes a ``dropout`` parameter where neither the
+    backbone's reference nor ``model.dropout`` sets one."""
+    split_samples: bool = False
+    """True when any window of a sample is a sample of the task (``lm``: text reads the same in any
+    window), so rows may cut samples instead of skipping long ones and padding short ones
+    (``mbp.data.batches.batches``). False: samples stay whole; a question cut off from its answer
+    teaches nothing."""
+    thins_context: bool = False
+    """Training weights come from the head's ``training_weights(sample, rng, row)``, which may score only
+    part of a sample's cheap-to-skip tokens each step (``row`` is the byte-level stage's row length: the
+    row starting at a sample's token ``r * row + 1`` predicts its tokens up to ``(r + 1) * row``, and a
+    row whose targets all weigh 0 is skipped by the model, exactly); ``rng`` is seeded per sample, so a
+    resumed run draws the same. False, and always in evaluation: ``token_weights``."""
+    selection_metric: str = "loss_bpb"
+    """The held-out metric that picks the best checkpoint (``out/checkpoints/best``)."""
+    selection_mode: Literal["min", "max"] = "min"
+    """Whether ``selection_metric`` is best low or high."""

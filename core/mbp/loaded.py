@@ -177,13 +177,11 @@ class LoadedModel:
 
             model.answer({"image": Path("cat.png").read_bytes(), "question": "what animal?"})
         """
-        from mbp.heads import FieldHead
         from mbp.sample import prompt_length
         from mbp.train.evaluate import greedy_answers
 
         resolved = self._pipeline("answer")
-        head = resolved.head
-        target = head.field if isinstance(head, FieldHead) else head.generate_field
+        target = resolved.defaults.answers or resolved.head.generate_field
         if target is None:
             raise ConfigError(
                 f"pipeline '{resolved.name}': head '{resolved.head.name}' answers no field "
@@ -260,7 +258,6 @@ class LoadedModel:
         """``sample`` in rows as evaluation lays out a held-out sample (cut into rows where the head
         splits samples)."""
         from mbp.data.batches import Position, aligned, batches
-        from mbp.heads import splits_samples
         from mbp.train.rows import with_seq_len
 
         align = self.model.patch_len
@@ -270,7 +267,7 @@ class LoadedModel:
                 recorded if isinstance(recorded, int) and recorded > 0 else aligned(len(sample.tokens), align)
             )
             resolved = with_seq_len(resolved, size)
-        data, split = resolved.pipeline.data, splits_samples(resolved.head)
+        data, split = resolved.pipeline.data, resolved.split
         if len(sample.tokens) > data.row_len and not split:
             raise DataError(f"{sample.where}: {len(sample.tokens)} tokens, over data.seq_len {data.row_len}")
         stream = iter([(sample, Position())])

@@ -1,17 +1,25 @@
-"""Resolving a pipeline into live objects: validated config, codecs, head, model."""
+"""Resolving a pipeline into live objects: validated config, codecs, head, model.
+
+This is where the core reads what each plugin declares (a codec's ``CodecTraits``, a head's
+``HeadDefaults``, through :mod:`mbp.traits`); the ``Resolved`` pipeline carries both, and nothing after it
+asks a plugin object what it is."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 from mbp.components import ComponentTable
 from mbp.config import Pipeline, Ref, Registry, check_pipeline, load_registry
+from mbp.data.batches import Position, encoded_stream
 from mbp.data.encode import SampleEncoder
+from mbp.data.skips import SkipLog
 from mbp.errors import ConfigError
-from mbp.heads import BatchingHead, FieldHead, RegularizedHead, TaskHead
-from mbp.planning_constants import DEFAULT_BATCH
+from mbp.heads import HeadDefaults, TaskHead
+from mbp.sample import EncodedSample
+from mbp.traits import FieldCodec, field_codec, head_defaults
 
 
 @dataclass
@@ -23,6 +31,31 @@ class Resolved:
     encoder: SampleEncoder
     components: ComponentTable
     """What the pipeline's names were resolved against; the model is built from it too."""
+    defaults: HeadDefaults
+    """What the head declared (``mbp.traits.head_defaults``), read once."""
+
+    @property
+    def split(self) -> bool:
+        """Whether rows may cut samples (``HeadDefaults.split_samples``)."""
+        return self.defaults.split_samples
+
+    def stream(
+        self, *, training: bool, repeat: bool = True, augment: bool = False, seq_len: int | None = None
+    ) -> Stream:
+        """The encoded stream's settings for this pipeline: a training stream is shuffled and seeded as
+        ``train.seed`` and ``data.shuffle_buffer`` say; a held-out one is read in order. ``augment``:
+        samples varied and weighted as training's are. ``seq_len``: rows of that many tokens instead of
+        ``data.seq_len``'s."""
+        data, train = self.pipeline.data, self.pipeline.train
+        return Stream(
+            self.encoder,
+            data.row_len if seq_len is None else seq_len,
+            seed=train.seed if training else 0,
+            shuffle_buffer=data.shuffle_buffer if training else 0,
+            split=self.split,
+            augment=augment,
+            repeat=repeat,
+        )
 
     def with_settings(self, section: Literal["data", "train"], **values: object) -> Resolved:
         """This pipeline with ``values`` set in its ``data`` or ``train`` section, as a run settles what
@@ -32,9 +65,52 @@ class Resolved:
 
     def with_encoding(self, pipeline: Pipeline) -> Resolved:
         """``pipeline`` in place of this one, with an encoder built for it: for the settings the encoder
-        reads (the byte-level stage's patch, ``data.augment``)."""
-        encoder = SampleEncoder(pipeline, self.components, self.head)
+        reads (the byte-level stage's patch, ``data.augment``). Its codecs, and what they declared, stay."""
+        encoder = SampleEncoder(pipeline, self.encoder.fields, self.head, self.defaults)
         return dataclasses.replace(self, pipeline=pipeline, encoder=encoder)
+
+
+@dataclass(frozen=True)
+class Stream:
+    """The encoded stream's parameters, built in one place (``Resolved.stream``)."""
+
+    encoder: SampleEncoder
+    seq_len: int
+    seed: int
+    shuffle_buffer: int
+    split: bool
+    augment: bool
+    repeat: bool
+
+    def samples(
+        self,
+        shards: list[str],
+        log: SkipLog,
+        *,
+        start: Position | None = None,
+        rank: int = 0,
+        world: int = 1,
+        picked: Callable[[int], bool] | None = None,
+        workers: int = 0,
+    ) -> Iterator[tuple[EncodedSample, Position]]:
+        """The stream over ``shards`` (``mbp.data.batches.encoded_stream``), from ``start``, for ``rank``
+        of ``world`` processes, of the samples ``picked`` picks, encoded by ``workers`` processes."""
+        return encoded_stream(
+            shards,
+            self.encoder,
+            self.seq_len,
+            log,
+            seed=self.seed,
+            shuffle_buffer=self.shuffle_buffer,
+            start=start,
+            repeat=self.repeat,
+            rank=rank,
+            world=world,
+            augment=self.augment,
+            split=self.split,
+            picked=picked,
+            workers=workers,
+        )
 
 
 def resolve(
@@ -49,9 +125,33 @@ def resolve(
     name = name or registry.default_pipeline
     check_pipeline(registry, name, components)
     pipeline = pipeline or registry.pipeline(name)
-    head = resolve_head(registry, name, pipeline, components)
-    pipeline = with_batch_size(with_dropout(pipeline, head, components), head)
-    return Resolved(registry, name, pipeline, head, SampleEncoder(pipeline, components, head), components)
+    return resolved_pipeline(registry, name, pipeline, components)
+
+
+def resolved_pipeline(
+    registry: Registry, name: str, pipeline: Pipeline, components: ComponentTable
+) -> Resolved:
+    """``pipeline`` (checked) with its head and codecs built and what they declare read: the defaults its
+    head sets are written into it, so the run, its checkpoints and its summary all show them."""
+    head, defaults = resolve_head(registry, name, pipeline, components)
+    pipeline = with_batch_size(with_dropout(pipeline, defaults, components), defaults)
+    fields = pipeline_codecs(pipeline, components, defaults)
+    encoder = SampleEncoder(pipeline, fields, head, defaults)
+    return Resolved(registry, name, pipeline, head, encoder, components, defaults)
+
+
+def pipeline_codecs(
+    pipeline: Pipeline, components: ComponentTable, defaults: HeadDefaults
+) -> dict[str, FieldCodec]:
+    """Each field's codec with its traits; a field that a head answers from (not the answer itself) gets
+    the codec's reading view. Training, evaluation and ``mbp generate`` all encode through these."""
+    answered = defaults.answers
+    fields = {}
+    for name, ref in pipeline.fields.items():
+        codec = components.build("codecs", ref.as_dict())
+        plugin = components.get("codecs", ref.type).plugin
+        fields[name] = field_codec(codec, plugin, read_only=answered is not None and name != answered)
+    return fields
 
 
 def build_problems(registry: Registry, name: str, components: ComponentTable) -> list[str]:
@@ -98,10 +198,13 @@ def misfit_patch(pipeline: Pipeline) -> int | None:
     return patch if seq_len is not None and seq_len % patch else None
 
 
-def resolve_head(registry: Registry, name: str, pipeline: Pipeline, components: ComponentTable) -> TaskHead:
-    """The pipeline's head, checked to target one of its fields."""
+def resolve_head(
+    registry: Registry, name: str, pipeline: Pipeline, components: ComponentTable
+) -> tuple[TaskHead, HeadDefaults]:
+    """The pipeline's head and its defaults, checked to target one of its fields."""
     head: TaskHead = components.build("heads", pipeline.head.as_dict())
-    target = head.field if isinstance(head, FieldHead) else None  # the segment a vqa/classify head answers
+    defaults = head_defaults(head)
+    target = defaults.answers  # the segment a vqa/classify head answers
     if target is not None and target not in pipeline.fields:
         raise ConfigError(
             f"{registry.where(('pipelines', name, 'head'))}: head '{pipeline.head.type}' targets field "
@@ -115,26 +218,26 @@ def resolve_head(registry: Registry, name: str, pipeline: Pipeline, components: 
             f"'{target}' from the fields before it, so it must come last; move {', '.join(map(repr, later))} "
             f"above '{target}'"
         )
-    return head
+    return head, defaults
 
 
-def with_batch_size(pipeline: Pipeline, head: TaskHead) -> Pipeline:
-    """The pipeline with ``data.batch_size`` filled in from the head (else ``DEFAULT_BATCH``) if unset, so
+def with_batch_size(pipeline: Pipeline, defaults: HeadDefaults) -> Pipeline:
+    """The pipeline with ``data.batch_size`` filled in from the head's defaults if unset, so
     the run, its checkpoints and its summary all show the rows a step it trained with."""
     if pipeline.data.batch_size is not None:
         return pipeline
-    rows = head.batch_size if isinstance(head, BatchingHead) else DEFAULT_BATCH
+    rows = defaults.batch_size
     return pipeline.model_copy(update={"data": pipeline.data.model_copy(update={"batch_size": rows})})
 
 
-def with_dropout(pipeline: Pipeline, head: TaskHead, components: ComponentTable) -> Pipeline:
-    """The pipeline with ``model.dropout`` (or else the head's) written into every stage whose backbone
-    takes a ``dropout`` parameter and leaves it unset, so the run, its checkpoints and its summary all
-    show the dropout that was trained with."""
+def with_dropout(pipeline: Pipeline, defaults: HeadDefaults, components: ComponentTable) -> Pipeline:
+    """The pipeline with ``model.dropout`` (or else the head's default) written into every stage whose
+    backbone takes a ``dropout`` parameter and leaves it unset, so the run, its checkpoints and its
+    summary all show the dropout that was trained with."""
     model = pipeline.model
     dropout = model.dropout
     if dropout is None:
-        dropout = head.dropout if isinstance(head, RegularizedHead) else 0.0
+        dropout = defaults.dropout
     stages, taken = [], False
     for stage in model.stages:
         ref = stage.backbone.as_dict()

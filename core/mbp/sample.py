@@ -21,7 +21,7 @@ class Span:
     start: int
     end: int
     context_weight: float | None = None
-    """The codec's weight for these tokens as an answer's context (``mbp.api.ContextWeighting``)."""
+    """The codec's weight for these tokens as an answer's context (``CodecTraits.context_weight``)."""
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 import soundfile as sf
-from mbp.api import CodecError, Segment
+from mbp.api import CodecError, CodecTraits, Segment
 from pydantic import BaseModel, ConfigDict, Field
 
 from mbp_audio.logmel import log_mel_power, mask_bands_and_frames, quantize_db, vary_speed
@@ -79,9 +79,14 @@ class WavCodec:
         self.bits = params.bits
         self.max_seconds = params.max_seconds
         self.augment = params.augment
-        self.context_weight = LOGMEL_CONTEXT_WEIGHT if self.payload == "logmel" else None
-        """``mbp.api.ContextWeighting``: log-mel frames read as an answer's context weigh more than
-        the answer heads' default."""
+        self.traits = CodecTraits(
+            # log-mel frames read as an answer's context weigh more than the answer heads' default
+            context_weight=LOGMEL_CONTEXT_WEIGHT if self.payload == "logmel" else None,
+            augment="always" if params.augment else "never",
+            rows=True,
+            reading_view=True,
+            segment_extension=True,
+        )
 
     def encode(self, data: bytes) -> Segment:
         return self._encode(data, None)

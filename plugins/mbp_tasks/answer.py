@@ -1,7 +1,7 @@
 """``vqa`` and ``classify``: the answer (or label) segment is generated from the context segments.
 
 Training weights the answer segment fully and the context segments by ``context_weight``; unset (the
-default), each field's codec gives its weight (``mbp.api.ContextWeighting``: 0.1 for ``wav``'s log-mel
+default), each field's codec gives its weight (``CodecTraits.context_weight``: 0.1 for ``wav``'s log-mel
 view) and other fields get ``CONTEXT_WEIGHT``, 0.01. Next-byte prediction on the context teaches the
 model what its inputs look like, which a label of a few bytes a sample cannot. At weight 0 the model
 learns slowly (spoken digits after 200 steps: 0.41 held-out accuracy at 0 against 0.75 at 0.1; 28x28
@@ -12,7 +12,7 @@ the answer, whose few bytes are then a tenth of the loss or less (28x28 glyphs: 
 That context loss is most of a step's cost (the byte-level stage runs on every row that carries weight),
 so each training sample scores only ``context_rows`` of its context rows, drawn afresh each time it is
 seen, at ``context_weight / context_rows``: the expected loss is unchanged, and the model skips the
-other rows exactly (``mbp.api.ThinningHead``).
+other rows exactly (``HeadDefaults.thins_context``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 import numpy as np
-from mbp.api import EncodedSample, payload_bytes, payload_range
+from mbp.api import EncodedSample, HeadDefaults, payload_bytes, payload_range
 from pydantic import BaseModel, ConfigDict, Field
 
 from mbp_tasks.lm import BitsPerByte
@@ -91,19 +91,27 @@ class AnswerMetrics:
         return out
 
 
+DROPOUT = 0.1
+"""Labelled sets are small and seen many times over in a run: without dropout the held-out loss turns up
+within a few hundred steps (held-out glyphs from pixels 0.983 without, 0.989-0.994 with)."""
+
+
+def answer_defaults(field: str) -> HeadDefaults:
+    """What an answer head sets: the field it answers, dropout, context thinning, accuracy picks the best."""
+    return HeadDefaults(
+        answers=field, dropout=DROPOUT, thins_context=True, selection_metric="accuracy", selection_mode="max"
+    )
+
+
 class VqaHead:
     name = "vqa"
-    selection = ("accuracy", "max")
-    """The held-out metric the best checkpoint is kept by."""
-    dropout = 0.1
-    """Labelled sets are small and seen many times over in a run: without dropout the held-out loss turns
-    up within a few hundred steps (held-out glyphs from pixels 0.983 without, 0.989-0.994 with)."""
 
     def __init__(self, params: AnswerParams) -> None:
         self.field = params.answer_field
         self.context_weight = params.context_weight
         self.context_rows = params.context_rows
         self.generate_field: str | None = None
+        self.defaults = answer_defaults(self.field)
 
     def answer_mask(self, sample: EncodedSample) -> np.ndarray:
         answer = np.zeros(len(sample.tokens), dtype=bool)
@@ -118,7 +126,7 @@ class VqaHead:
 
     def _weights(self, sample: EncodedSample, answer: np.ndarray) -> np.ndarray:
         """1 on the answer; the context at ``context_weight``, or where that is unset at each field's
-        codec's weight (``mbp.api.ContextWeighting``), else ``CONTEXT_WEIGHT``."""
+        codec's weight (``CodecTraits.context_weight``), else ``CONTEXT_WEIGHT``."""
         given = self.context_weight
         context = np.full(len(answer), CONTEXT_WEIGHT if given is None else given, np.float32)
         if given is None:
@@ -155,6 +163,7 @@ class ClassifyHead(VqaHead):
         self.context_weight = params.context_weight
         self.context_rows = params.context_rows
         self.generate_field = params.label_field
+        self.defaults = answer_defaults(self.field)
 
     def metrics(self) -> AnswerMetrics:
         return AnswerMetrics(self.field, confusion=True)

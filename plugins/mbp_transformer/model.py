@@ -22,7 +22,7 @@ class TransformerParams(BaseModel):
     mlp: Literal["swiglu", "gelu"] = "swiglu"
     dropout: float = Field(default=0.0, ge=0, lt=1)
     """On the residual branches, in the MLP and, unless ``attention_dropout`` is set, on attention
-    probabilities (a head's default fills it in: ``RegularizedHead``)."""
+    probabilities (a head's default fills it in: ``HeadDefaults.dropout``)."""
     # unset: the same as ``dropout``. At the answer heads' 0.1, none on attention lowers held-out loss on
     # the context (letter glyphs, three seeds: 1.688/1.679/1.696 against 1.712/1.705/1.713 bits per byte)
     # but raises the answers' loss in 3 of 4 runs and lowers accuracy on the whole (spoken letters 0.891

@@ -6,12 +6,12 @@ import io
 from typing import Literal
 
 import numpy as np
-from mbp.api import CodecError, Segment
+from mbp.api import CodecError, CodecTraits, Segment
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from mbp_vision.pillow import open_image
-from mbp_vision.pixels import shifted
+from mbp_vision.pixels import AUGMENT, shifted
 
 SAVE_FORMAT = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 
@@ -41,7 +41,8 @@ class ImageCodec:
         self.quality = params.quality
         self.max_pixels = params.max_pixels
         # a re-encoded (lossy) image is never varied: saying so keeps its encodings across epochs
-        self.augment = False if params.reencode is not None else params.augment
+        augment = False if params.reencode is not None else params.augment
+        self.traits = CodecTraits(augment=AUGMENT[augment], segment_extension=True)
 
     def encode(self, data: bytes) -> Segment:
         image = open_image(data, self.max_pixels, decode=self.reencode is not None)
@@ -58,7 +59,7 @@ class ImageCodec:
         """A lossless training image (PNG, BMP) moved by a few pixels and saved again in its format:
         the same picture in new file bytes, which is what a model of file bytes must learn to see
         through. Lossy and re-encoded images stay as ``encode`` makes them."""
-        if self.augment is False:
+        if self.traits.augment == "never":
             return self.encode(data)
         image = open_image(data, self.max_pixels)
         fmt = (image.format or "").upper()

@@ -6,13 +6,15 @@ import io
 from typing import Literal
 
 import numpy as np
-from mbp.api import CodecError, Segment
+from mbp.api import CodecError, CodecTraits, Segment
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from mbp_vision.pillow import open_image
 
 CHANNELS = {"L": 1, "RGB": 3}
+AUGMENT: dict[bool | None, Literal["never", "run", "always"]] = {None: "run", True: "always", False: "never"}
+"""A codec's ``augment`` parameter as ``CodecTraits.augment``: unset leaves it to the run."""
 
 
 class PixelsParams(BaseModel):
@@ -39,7 +41,7 @@ class PixelsCodec:
         self.mode = params.mode
         self.size = params.size
         self.max_pixels = params.max_pixels
-        self.augment = params.augment
+        self.traits = CodecTraits(augment=AUGMENT[params.augment], rows=True)
 
     def encode(self, data: bytes) -> Segment:
         return self._segment(np.asarray(self._open(data)))
@@ -47,7 +49,7 @@ class PixelsCodec:
     def encode_augmented(self, data: bytes, rng: np.random.Generator) -> Segment:
         """A training image moved by a few pixels: where a digit or object sits is not what it is, and
         a model that saw each image at one place learns that it is."""
-        if self.augment is False:
+        if self.traits.augment == "never":
             return self.encode(data)
         return self._segment(shifted(np.asarray(self._open(data)), rng))
 

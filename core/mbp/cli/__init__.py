@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import Any, NoReturn
+import warnings
+from typing import Any, NoReturn, TextIO
 
 import click
 
@@ -77,6 +78,31 @@ def _ended_by_code(error: BaseException) -> NoReturn:
 def cli(debug: bool) -> None:
     """mbp: multimodal byte modeling with multiscale decoders and plugins."""
     set_debug(debug)
+    if not getattr(warnings.showwarning, "one_line", False):  # once, however often the group runs
+        warnings.showwarning = _plugin_warnings_in_one_line(warnings.showwarning)
+
+
+def _plugin_warnings_in_one_line(show: Any) -> Any:
+    """``warnings.showwarning`` that says a plugin's deprecation as one ``mbp: warning:`` line, as every
+    other warning of the command reads; other warnings as ``show`` does."""
+
+    def shown(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        from mbp.traits import PluginDeprecationWarning
+
+        if issubclass(category, PluginDeprecationWarning):
+            click.echo(f"mbp: warning: {message}", err=True)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    shown.one_line = True  # type: ignore[attr-defined]
+    return shown
 
 
 def _register_commands() -> None:

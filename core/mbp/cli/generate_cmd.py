@@ -64,11 +64,11 @@ def generate_command(
     out_dir: Path | None,
 ) -> None:
     """Generate bytes from a checkpoint written by `mbp run` (or a run folder: its best, else its last)."""
-    from mbp.codec import write_segments
     from mbp.loaded import load
     from mbp.outdir import check_writable
     from mbp.plugins import get_platform
     from mbp.prompting import check_codec, check_field, sampling_of
+    from mbp.segment_files import write_segments
 
     if prompt is not None and prompt_file is not None:
         raise ConfigError("give --prompt or --prompt-file, not both")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import click
 
 from mbp.cli.common import emit_json, say
-from mbp.components import KINDS
+from mbp.components import KINDS, ComponentTable, Kind
 from mbp.config import Pipeline, check_registry, load_registry
+from mbp.errors import MbpError
 from mbp.plugins import get_platform
 
 
@@ -24,16 +28,61 @@ def validate_command(registry: str | None) -> None:
 
 
 @click.command("schema")
-def schema_command() -> None:
-    """Print the JSON schema of every registered component and of a pipeline."""
+@click.option("--json", "as_json", is_flag=True, help="The JSON schema of every component and of a pipeline.")
+def schema_command(as_json: bool) -> None:
+    """List every registered component with its parameters, each codec's traits and each head's
+    defaults (as built with default parameters); ``--json``: the same with the parameters' JSON schemas,
+    and a pipeline's."""
     components = get_platform().components
-    document: dict = {"pipeline": Pipeline.model_json_schema()}
+    document: dict[str, Any] = {"pipeline": Pipeline.model_json_schema()}
     for kind in KINDS:
         document[kind] = {
-            name: {"plugin": comp.plugin, "params": comp.params.model_json_schema()}
+            name: {
+                "plugin": comp.plugin,
+                "params": comp.params.model_json_schema(),
+                **declared(components, kind, name),
+            }
             for name, comp in sorted(components.entries[kind].items())
         }
-    emit_json(document)
+    if as_json:
+        emit_json(document)
+        return
+    for kind in KINDS:
+        click.echo(f"{kind}:")
+        for name, entry in document[kind].items():
+            click.echo("\n".join(described(name, entry)))
+
+
+def described(name: str, entry: dict[str, Any]) -> list[str]:
+    """One component's lines in ``mbp schema``'s listing."""
+    params = ", ".join(entry["params"].get("properties", {})) or "none"
+    lines = [f"  {name} (plugin {entry['plugin']}): params: {params}"]
+    for key in ("traits", "reading_traits", "defaults", "declared"):
+        value = entry.get(key)
+        if value is not None:
+            shown = value if isinstance(value, str) else ", ".join(f"{k}={v}" for k, v in value.items())
+            lines.append(f"    {key.replace('_', ' ')}: {shown}")
+    return lines
+
+
+def declared(components: ComponentTable, kind: Kind, name: str) -> dict[str, Any]:
+    """What a codec (``traits``, and ``reading_traits`` for its reading view) or a head (``defaults``)
+    declares when built with default parameters; ``declared`` says why it could not be built so."""
+    from mbp.traits import codec_traits, head_defaults
+
+    if kind not in ("codecs", "heads"):
+        return {}
+    try:
+        built = components.build(kind, {"type": name})
+        if kind == "heads":
+            return {"defaults": dataclasses.asdict(head_defaults(built))}
+        traits = codec_traits(built)
+        found = {"traits": dataclasses.asdict(traits)}
+        if traits.reading_view:
+            found["reading_traits"] = dataclasses.asdict(codec_traits(built.for_reading()))
+        return found
+    except MbpError as error:
+        return {"declared": f"set by its parameters, and none builds it by default ({error})"}
 
 
 COMMANDS = [validate_command, schema_command]

@@ -90,7 +90,7 @@ class ModelConfig(Strict):
         default=None, ge=0, lt=1, description="for backbones taking `dropout` but setting none; unset: head's"
     )
     """Dropout of every stage whose backbone takes a ``dropout`` parameter and does not set one. None: the
-    head's (``mbp.api.RegularizedHead``): 0.1 for ``vqa``/``classify``, 0 for ``lm``."""
+    head's (``HeadDefaults.dropout``): 0.1 for ``vqa``/``classify``, 0 for ``lm``."""
 
     @field_validator("stages")
     @classmethod
@@ -146,7 +146,7 @@ class DataConfig(Strict):
     batch_size: Count | None = Field(
         default=None, gt=0, description=f"rows a step; unset: the head's (lm 1, else {DEFAULT_BATCH})"
     )
-    """Rows a step. None: the head's (``mbp.api.BatchingHead``: 1 for ``lm``), else ``DEFAULT_BATCH``."""
+    """Rows a step. None: the head's (``HeadDefaults.batch_size``: 1 for ``lm``, else ``DEFAULT_BATCH``)."""
     shuffle_buffer: Count = Field(default=1000, ge=0)
     """Samples drawn at random from a pool this large (shard order shuffled too), so that a set written
     class by class still trains on mixed batches; 0 reads the shards in order."""

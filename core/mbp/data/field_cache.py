@@ -4,8 +4,8 @@ A codec's ``encode`` is a function of the field's bytes and the codec's params (
 contract), so the tokens of a field are kept by the digest of its bytes. The default demo reads its
 3,000 samples four times; decoding them (PNG, WAV spectrograms) every epoch shares the 2 cores with
 the training step, and the run trains at 0.84 of its bare bf16 step's speed instead of 0.96.
-Training variations (``Augmenting`` codecs with augmentation on) are made afresh every time and never
-kept; thinned training weights are drawn per sample after the tokens, so they still vary.
+Training variations (``CodecTraits.augment``) are made afresh every time and never kept; thinned
+training weights are drawn per sample after the tokens, so they still vary.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Which byte-level rows of a batch carry weight in the loss, so the decoder runs only those.
 
-A task head that trains on answers alone leaves most bytes at weight 0 (and ``ThinningHead``s score
-only a share of the context rows): their last-stage rows would be computed and multiplied by zero.
+A task head that trains on answers alone leaves most bytes at weight 0 (and heads that thin the context,
+``HeadDefaults.thins_context``, score only a share of the context rows): their last-stage rows would be
+computed and multiplied by zero.
 Skipping them is exact, because those rows are independent sequences, and saves most of the
 byte-level work on long contexts (a WAV clip, an image file) with a short answer.
 

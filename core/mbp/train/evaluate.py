@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from mbp.data.batches import Batch, batches, encoded_stream, spread
+from mbp.data.batches import Batch, batches, spread
 from mbp.data.read import read_samples
 from mbp.data.skips import SkipLog
-from mbp.heads import TaskHead, splits_samples
+from mbp.heads import TaskHead
 from mbp.model.decoder import MultiscaleDecoder
 from mbp.protocol import END, EOS
 from mbp.resolve import Resolved
@@ -31,15 +31,12 @@ Scored = list[tuple[EncodedSample, np.ndarray, np.ndarray]]
 
 def eval_batches(resolved: Resolved, shards: list[str], log: SkipLog, align: int = 1) -> list[Batch]:
     """The held-out samples of ``shards`` in rows: all, or ``data.max_eval_samples`` spread over them."""
-    data = resolved.pipeline.data
-    split = splits_samples(resolved.head)
+    data, split = resolved.pipeline.data, resolved.split
     picked = None
     if data.max_eval_samples:  # that many, spread over the set, not its first ones
         whole = sum(1 for _ in read_samples(shards, SkipLog(quiet=True)))
         picked = spread(data.max_eval_samples, whole) if whole > data.max_eval_samples else None
-    stream = encoded_stream(
-        shards, resolved.encoder, data.row_len, log, repeat=False, split=split, picked=picked
-    )
+    stream = resolved.stream(training=False, repeat=False).samples(shards, log, picked=picked)
     # packed like training (one short sample per row would spend most of the work on padding), but a
     # text that fits a row is scored whole: cut to fill a row, its second piece would lose its context
     packed = batches(stream, data.batch_rows, data.row_len, pack=True, align=align, split=split, fill=False)

@@ -13,12 +13,11 @@ from typing import Any
 import torch
 
 from mbp.config import TrainConfig
-from mbp.data.batches import Batch, Position, batches, encoded_stream, prefetch, prefetch_helps
+from mbp.data.batches import Batch, Position, batches, prefetch, prefetch_helps
 from mbp.data.ranks import gather_positions, resumed_at, splits_shards, whole_run_log
 from mbp.data.skips import SkipLog
 from mbp.data.workers import planned_workers
 from mbp.errors import ConfigError
-from mbp.heads import splits_samples
 from mbp.model.build import build_model
 from mbp.model.checkpoint_files import checkpoint_document
 from mbp.model.decoder import MultiscaleDecoder
@@ -341,21 +340,15 @@ class Trainer:
 def _train_batches(
     resolved: Resolved, shards: list[str], log: SkipLog, state: TrainState, world: D.World, align: int
 ) -> Generator[tuple[Batch, Position], None, None]:
-    data, cfg = resolved.pipeline.data, resolved.pipeline.train
-    split = splits_samples(resolved.head)
+    data, split = resolved.pipeline.data, resolved.split
     at = (world.rank, world.size)
-    stream = encoded_stream(
+    start = Position(*resumed_at(shards, state.ranks, (state.epoch, state.consumed, state.taken), *at))
+    stream = resolved.stream(training=True, augment=True).samples(
         shards,
-        resolved.encoder,
-        data.row_len,
         log,
-        seed=cfg.seed,
-        shuffle_buffer=data.shuffle_buffer,
-        start=Position(*resumed_at(shards, state.ranks, (state.epoch, state.consumed, state.taken), *at)),
+        start=start,
         rank=world.rank,
         world=world.size,
-        augment=True,
-        split=split,
         workers=planned_workers(data.workers, world.device),
     )
     rows = batches(

@@ -1,7 +1,8 @@
 """The byte-level stage's patch, where the pipeline leaves it unset: one row of the data's rows.
 
 A patch is what the global stage sees as one position, and the byte-level stage reads one patch at a
-time. Images and spectrograms come in rows (``RowLayout``: an image's pixels, a spectrogram's frames).
+time. Images and spectrograms come in rows (``CodecTraits.rows``: an image's pixels, a spectrogram's
+frames).
 With a patch of one row the global stage sees an image as its column of rows and every patch covers
 the same pixels of its row; with 8-byte patches a 28-pixel row straddles patches differently from row
 to row, and the global stage has four times the positions to relate. Measured on 28x28 lowercase
@@ -15,7 +16,6 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from mbp.codec import RowLayout
 from mbp.config import ModelConfig
 from mbp.data.encode import match_field
 from mbp.data.read import read_samples
@@ -86,7 +86,7 @@ def row_lengths(resolved: Resolved, shards: list[str]) -> dict[int, list[str]]:
     run encodes them: a context field through its reading view), each with its fields; a sample that
     fails is the run's to report."""
     codecs = resolved.encoder.codecs
-    layouts: dict[str, RowLayout] = {n: c for n, c in codecs.items() if isinstance(c, RowLayout)}
+    layouts = {n: f for n, f in resolved.encoder.fields.items() if f.traits.rows}
     seen: dict[int, list[str]] = {}
     if not layouts:
         return seen

@@ -24,7 +24,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from mbp.data.batches import Batch, batches
 from mbp.data.read import read_samples
 from mbp.data.skips import SkipLog
-from mbp.heads import splits_samples
 from mbp.model.build import build_model
 from mbp.planning_constants import FEWEST_STEPS, PASSES
 from mbp.resolve import Resolved
@@ -237,8 +236,7 @@ def _probe_batches(resolved: Resolved, shards: list[str], align: int, augment: b
     """The training stream's first ``PROBE_ROWS`` rows, in batches as training packs them."""
     data = resolved.pipeline.data
     stream = training_order(resolved, shards, data.row_len, augment=augment)
-    split = splits_samples(resolved.head)
-    packed = batches(stream, data.batch_rows, data.row_len, pack=data.pack, align=align, split=split)
+    packed = batches(stream, data.batch_rows, data.row_len, pack=data.pack, align=align, split=resolved.split)
     for batch, _ in itertools.islice(packed, math.ceil(PROBE_ROWS / data.batch_rows)):
         yield batch
 

@@ -14,7 +14,7 @@ from torch import nn
 from mbp.resolve import Resolved
 from mbp.sinks import open_sinks
 from mbp.train.report import MetricsLog
-from mbp.train.watch import BestKeeper, LearningWatch, selection_of
+from mbp.train.watch import BestKeeper, LearningWatch
 
 
 class RunRecord:
@@ -28,7 +28,8 @@ class RunRecord:
         self.metrics = MetricsLog(out / "metrics.jsonl", resume_step) if main else None
         sinks = resolved.pipeline.train.sinks
         self.sinks = open_sinks(sinks, resolved.components, out, resume_step) if main else []
-        self.best = BestKeeper(out, *selection_of(resolved.head))
+        defaults = resolved.defaults
+        self.best = BestKeeper(out, defaults.selection_metric, defaults.selection_mode)
         self.learning = LearningWatch(self.best.path)
         self.last_train_bpb: float | None = None
         self.last_eval: dict[str, Any] = {}

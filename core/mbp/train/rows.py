@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from mbp.data.batches import Position, aligned, encoded_stream
+from mbp.data.batches import Position, aligned
 from mbp.data.skips import SkipLog
-from mbp.heads import splits_samples
 from mbp.planning_constants import ROW_COVERAGE, SHORTEST_ROW
 from mbp.resolve import Resolved
 from mbp.sample import EncodedSample
@@ -66,7 +65,7 @@ def plan_rows(resolved: Resolved, shards: list[str]) -> tuple[Resolved, RowPlan 
     if pipeline.data.seq_len is not None:
         return resolved, None
     patch = pipeline.model.patch_len
-    split = splits_samples(resolved.head)
+    split = resolved.split
     longest = LONGEST_SPLIT_ROW if split else LONGEST_ROW
     if pipeline.model.stages[0].seq_len is not None:
         longest = min(longest, pipeline.model.stages[0].seq_len * patch)
@@ -145,18 +144,8 @@ def training_order(
     """One pass of the training stream's first epoch, shuffled as training shuffles it: shards written
     one kind of sample at a time would otherwise start unrepresentative. ``augment``: samples varied and
     weighted as training's are."""
-    data, train = resolved.pipeline.data, resolved.pipeline.train
-    return encoded_stream(
-        shards,
-        resolved.encoder,
-        seq_len,
-        SkipLog(quiet=True),
-        seed=train.seed,
-        shuffle_buffer=data.shuffle_buffer,
-        repeat=False,
-        augment=augment,
-        split=splits_samples(resolved.head),
-    )
+    stream = resolved.stream(training=True, repeat=False, augment=augment, seq_len=seq_len)
+    return stream.samples(shards, SkipLog(quiet=True))
 
 
 __all__ = [

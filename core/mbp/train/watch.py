@@ -26,12 +26,6 @@ BEST = "best"
 Mode = Literal["max", "min"]
 
 
-def selection_of(head: Any) -> tuple[str, Mode]:
-    """The held-out metric a head's runs are judged by (``selection`` on the head), else the loss."""
-    chosen = getattr(head, "selection", None)
-    return chosen if chosen else ("loss_bpb", "min")
-
-
 class DivergedError(MbpError):
     """Training produced a non-finite loss, gradient norm or saved tensor; nothing from that step on is
     applied or saved, so every checkpoint the run leaves holds finite numbers."""
