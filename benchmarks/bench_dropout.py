@@ -22,10 +22,10 @@ from mbp.data.read import expand_shards
 from mbp.data.skips import SkipLog
 from mbp.model import dropout as mbp_dropout
 from mbp.model.build import build_model
+from mbp.planning.plan import plan_run
 from mbp.plugins import get_platform
 from mbp.resolve import resolve
 from mbp.train.loop import make_optimizer
-from mbp.train.plan import plan_run
 from mbp_transformer import model as transformer
 from torch import Tensor
 

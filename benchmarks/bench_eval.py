@@ -31,11 +31,11 @@ from mbp.heads import splits_samples
 from mbp.model.build import build_model
 from mbp.model.checkpoint_files import save_model
 from mbp.model.decoder import MultiscaleDecoder
+from mbp.planning.rows import plan_rows
 from mbp.plugins import get_platform
 from mbp.resolve import Resolved, resolve
 from mbp.train.evaluate import eval_batches, evaluate
 from mbp.train.loop import make_optimizer
-from mbp.train.rows import plan_rows
 
 from benchmarks.common import save
 

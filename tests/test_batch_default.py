@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from mbp.api import BatchingHead
-from mbp.planning_constants import DEFAULT_BATCH
+from mbp.planning.constants import DEFAULT_BATCH
 from mbp.plugins import get_platform
 from mbp.resolve import resolve, with_batch_size
 

@@ -1,5 +1,5 @@
 """A planned run's minutes include its evaluations: the training ceiling is the run's budget less what
-evaluating its held-out set will cost, at the measured step time (``mbp.train.budget``)."""
+evaluating its held-out set will cost, at the measured step time (``mbp.planning.budget``)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,8 @@ import pytest
 from mbp.config import TrainConfig
 from mbp.data.batches import spread
 from mbp.data.skips import SkipLog
-from mbp.planning_constants import EVAL_SHARE, EVALUATIONS, PASSES
-from mbp.resolve import Resolved
-from mbp.train import budget
-from mbp.train.budget import (
+from mbp.planning import budget
+from mbp.planning.budget import (
     LEAST_TRAINING,
     RUN_SECONDS,
     STEP_DRIFT,
@@ -23,9 +21,11 @@ from mbp.train.budget import (
     evaluations,
     training_seconds,
 )
+from mbp.planning.constants import EVAL_SHARE, EVALUATIONS, PASSES
+from mbp.planning.plan import plan_run, plan_steps
+from mbp.planning.recorded import recorded_eval_samples
+from mbp.resolve import Resolved
 from mbp.train.evaluate import eval_batches
-from mbp.train.plan import plan_run, plan_steps
-from mbp.train.recorded import recorded_eval_samples
 
 from tests.shardkit import write_tar
 from tests.test_plan import MOST_STEPS, PATCH, text_set, time_steps_at

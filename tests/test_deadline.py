@@ -1,6 +1,6 @@
 """A planned run counts its steps again at each evaluation from a quarter of the way in, from its own
 step time and its last evaluation, and after its last count refits its steps to its recent pace, so
-that it ends within its budget (``mbp.train.deadline``)."""
+that it ends within its budget (``mbp.planning.deadline``)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 from mbp.model.checkpoint_files import checkpoint_document
-from mbp.planning_constants import FEWEST_STEPS, PASSES
-from mbp.train import deadline as deadline_module
-from mbp.train import loop, plan, precision_plan
-from mbp.train.deadline import (
+from mbp.planning import deadline as deadline_module
+from mbp.planning import plan, precision_plan
+from mbp.planning.constants import FEWEST_STEPS, PASSES
+from mbp.planning.deadline import (
     NOTED_CHANGE,
     RECENT_STEPS,
     REMAINING_DRIFT,
@@ -24,7 +24,8 @@ from mbp.train.deadline import (
     deadline_of,
     round_down,
 )
-from mbp.train.plan import plan_steps
+from mbp.planning.plan import plan_steps
+from mbp.train import loop
 
 from tests.conftest import invoke_mbp
 from tests.shardkit import REGISTRY, good_samples, write_tar

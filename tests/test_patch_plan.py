@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from mbp.api import RowLayout, build_model
 from mbp.config import ModelConfig
+from mbp.planning.patch_plan import patch_for_row, plan_patch
 from mbp.resolve import resolve
-from mbp.train.patch_plan import patch_for_row, plan_patch
 from PIL import Image
 from pydantic import ValidationError
 

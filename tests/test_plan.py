@@ -13,14 +13,22 @@ import pytest
 import torch
 from mbp.data.batches import Position, aligned, batches
 from mbp.data.read import RawSample
-from mbp.planning_constants import FEWEST_STEPS, PASSES
+from mbp.planning import plan, precision_plan
+from mbp.planning.constants import FEWEST_STEPS, PASSES
+from mbp.planning.plan import TRAIN_SECONDS, plan_steps, probe_steps
+from mbp.planning.rows import (
+    LONGEST_SPLIT_ROW,
+    packed_rows,
+    plan_rows,
+    row_padding,
+    tightest_row,
+    with_seq_len,
+)
 from mbp.plugins import get_platform
 from mbp.protocol import PAD
 from mbp.resolve import Resolved, resolve
 from mbp.sample import EncodedSample
-from mbp.train import loop, plan, precision_plan
-from mbp.train.plan import TRAIN_SECONDS, plan_steps, probe_steps
-from mbp.train.rows import LONGEST_SPLIT_ROW, packed_rows, plan_rows, row_padding, tightest_row, with_seq_len
+from mbp.train import loop
 
 from tests.conftest import invoke_mbp
 from tests.shardkit import REGISTRY, good_samples, lm_registry, png, qa, tiny_registry, write_tar

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from mbp.planning import precision_plan
+from mbp.planning.precision_plan import CLEARLY_FASTER, ROUNDS, plan_precision
+from mbp.planning.recorded import recorded_precision
 from mbp.plugins import get_platform
 from mbp.resolve import Resolved, resolve
 from mbp.train import precision as P
-from mbp.train import precision_plan
-from mbp.train.precision_plan import CLEARLY_FASTER, ROUNDS, plan_precision
-from mbp.train.recorded import recorded_precision
 
 from tests.conftest import invoke_mbp
 from tests.shardkit import REGISTRY, good_samples, write_tar

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from mbp.api import ThinningHead
 from mbp.data.batches import encoded_stream
 from mbp.data.skips import SkipLog
+from mbp.planning.plan import TRAIN_SECONDS, ceiling, probe_steps
+from mbp.planning.rows import with_seq_len
 from mbp.protocol import PAD
 from mbp.resolve import resolve
-from mbp.train.plan import TRAIN_SECONDS, ceiling, probe_steps
-from mbp.train.rows import with_seq_len
 
 from tests.conftest import tiny_model
 from tests.shardkit import qa_registry, write_tar

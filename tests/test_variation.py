@@ -8,10 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from mbp.planning_constants import AUGMENT_PASSES
+from mbp.planning.constants import AUGMENT_PASSES
+from mbp.planning.recorded import recorded_augment
+from mbp.planning.variation import plan_variation, with_augment
 from mbp.resolve import Resolved, resolve
-from mbp.train.recorded import recorded_augment
-from mbp.train.variation import plan_variation, with_augment
 from safetensors.torch import load_file
 
 from tests.conftest import invoke_mbp

@@ -57,7 +57,7 @@ class Augmenting(Protocol):
     seeded by the sample's place in the stream, so a resumed run sees the same variations. Whether it
     is called follows an ``augment`` attribute: true for every training sample, false never (the
     field's encodings are then kept across epochs like any other codec's), None or no attribute as the
-    run's ``data.augment`` says (``mbp.train.variation``: from 15 passes over the training set)."""
+    run's ``data.augment`` says (``mbp.planning.variation``: from 15 passes over the training set)."""
 
     def encode_augmented(self, data: bytes, rng: np.random.Generator) -> Segment:
         """Like ``encode``, varied by ``rng``; raise CodecError on bad input."""
@@ -91,7 +91,7 @@ class ContextWeighting(Protocol):
 class RowLayout(Protocol):
     """Optional for a codec whose payloads come in rows of equal length: an image's rows of pixels, a
     spectrogram's frames. Where a pipeline leaves the byte-level stage's ``patch`` unset, ``mbp run``
-    makes a patch one row (``mbp.train.patch_plan``): the global stage then sees the image row by row,
+    makes a patch one row (``mbp.planning.patch_plan``): the global stage then sees the image row by row,
     and the byte-level stage reads each row whole."""
 
     def row_bytes(self, segment: Segment) -> int | None:

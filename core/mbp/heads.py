@@ -59,7 +59,7 @@ class RegularizedHead(Protocol):
 @runtime_checkable
 class BatchingHead(Protocol):
     """Optional for a head: the rows a step its task learns most from in a run of minutes, where
-    ``data.batch_size`` is unset (without it: ``mbp.planning_constants.DEFAULT_BATCH``)."""
+    ``data.batch_size`` is unset (without it: ``mbp.planning.constants.DEFAULT_BATCH``)."""
 
     batch_size: int
 

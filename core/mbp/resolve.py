@@ -11,7 +11,7 @@ from mbp.config import Pipeline, Ref, Registry, check_pipeline, load_registry
 from mbp.data.encode import SampleEncoder
 from mbp.errors import ConfigError
 from mbp.heads import BatchingHead, FieldHead, RegularizedHead, TaskHead
-from mbp.planning_constants import DEFAULT_BATCH
+from mbp.planning.constants import DEFAULT_BATCH
 
 
 @dataclass

@@ -13,7 +13,7 @@ steps counted; a refit only where nothing is saved (a save is a pause, a refit t
 
 
 class Counts(Protocol):
-    """Where a run with a time budget pauses and counts again (``mbp.train.deadline.Deadline``)."""
+    """Where a run with a time budget pauses and counts again (``mbp.planning.deadline.Deadline``)."""
 
     def pauses_at(self, step: int, total: int, every: int) -> bool: ...
 

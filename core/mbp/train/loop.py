@@ -21,22 +21,22 @@ from mbp.model.build import build_model
 from mbp.model.checkpoint_files import checkpoint_document
 from mbp.model.decoder import MultiscaleDecoder
 from mbp.outdir import check_writable
+from mbp.planning.deadline import Deadline, deadline_of
+from mbp.planning.plan import StepPlan, with_steps
+from mbp.planning.recorded import recorded_optimizer, resume_changes
+from mbp.planning.settle import Settled, as_recorded, settle
 from mbp.resolve import Resolved
 from mbp.train import distributed as D
 from mbp.train.allocator import keep_freed_memory
 from mbp.train.cadence import Cadence
 from mbp.train.checkpoint import TrainState, first_nonfinite, load_checkpoint, save_checkpoint
-from mbp.train.deadline import Deadline, deadline_of
 from mbp.train.evaluate import evaluate, held_out_batches
 from mbp.train.init import init_from as load_initial_weights
 from mbp.train.optim import describe_optimizer, make_optimizer
-from mbp.train.plan import StepPlan, with_steps
 from mbp.train.record import RunRecord
-from mbp.train.recorded import recorded_optimizer, resume_changes
 from mbp.train.report import Progress, run_summary
 from mbp.train.rundir import check_belongs, prepare_out, remove_leftovers, resume_point
 from mbp.train.schedule import lr_factor
-from mbp.train.settle import Settled, as_recorded, settle
 from mbp.train.step import LossStep, train_step
 from mbp.train.watch import PaddingWatch, diverged, length_advice, note, warn
 

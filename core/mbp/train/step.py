@@ -1,6 +1,6 @@
 """One training step: the only place that accumulates gradients, clips them and updates the weights.
 
-``Trainer`` steps the run with it and the step timer (:mod:`mbp.train.steptime`) times it, so that what
+``Trainer`` steps the run with it and the step timer (:mod:`mbp.planning.steptime`) times it, so that what
 a plan measures is the step the run takes.
 """
 

@@ -20,7 +20,7 @@ from mbp.config import ModelConfig
 from mbp.data.encode import match_field
 from mbp.data.read import read_samples
 from mbp.data.skips import SkipLog
-from mbp.planning_constants import DEFAULT_PATCH
+from mbp.planning.constants import DEFAULT_PATCH
 from mbp.resolve import Resolved
 
 PATCH_PROBE_SAMPLES = 64

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from mbp.data.read import read_samples
 from mbp.data.skips import SkipLog
-from mbp.planning_constants import AUGMENT_PASSES
+from mbp.planning.constants import AUGMENT_PASSES
 from mbp.resolve import Resolved
 
 

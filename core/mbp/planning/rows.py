@@ -20,7 +20,7 @@ import numpy as np
 from mbp.data.batches import Position, aligned, encoded_stream
 from mbp.data.skips import SkipLog
 from mbp.heads import splits_samples
-from mbp.planning_constants import ROW_COVERAGE, SHORTEST_ROW
+from mbp.planning.constants import ROW_COVERAGE, SHORTEST_ROW
 from mbp.resolve import Resolved
 from mbp.sample import EncodedSample
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import torch
 
 from mbp.data.batches import Batch
+from mbp.planning.steptime import step_seconds
 from mbp.resolve import Resolved
 from mbp.train import distributed as D
 from mbp.train.precision import PrecisionChoice, choose_precision
-from mbp.train.steptime import step_seconds
 
 CLEARLY_FASTER = 0.95
 """bf16 is kept when its step takes at most this share of fp32's: fp32 is exact, and timings vary by a

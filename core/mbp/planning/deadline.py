@@ -32,8 +32,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mbp.planning_constants import EVALUATIONS
-from mbp.train.plan import StepPlan, passes_steps
+from mbp.planning.constants import EVALUATIONS
+from mbp.planning.plan import StepPlan, passes_steps
 
 REPLAN_AT = 0.25
 """The share of the planned steps from which the run counts again (its first evaluation, by default)."""

@@ -1,4 +1,4 @@
-"""What a run trains, settled before its first step: the plan (:mod:`mbp.train.plan`) as rank 0 made it,
+"""What a run trains, settled before its first step: the plan (:mod:`mbp.planning.plan`) as rank 0 made it,
 on every process; on resume, as the checkpoint recorded it."""
 
 from __future__ import annotations
@@ -8,22 +8,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from mbp.errors import ConfigError
-from mbp.resolve import Resolved
-from mbp.train import distributed as D
-from mbp.train.optim import settled_optimizer
-from mbp.train.patch_plan import PatchPlan
-from mbp.train.plan import StepPlan, plan_run, with_eval_samples, with_steps
-from mbp.train.precision import PrecisionChoice
-from mbp.train.precision_plan import as_rank_zero_chose, with_precision
-from mbp.train.recorded import (
+from mbp.planning.patch_plan import PatchPlan
+from mbp.planning.plan import StepPlan, plan_run, with_eval_samples, with_steps
+from mbp.planning.precision_plan import as_rank_zero_chose, with_precision
+from mbp.planning.recorded import (
     recorded_augment,
     recorded_eval_samples,
     recorded_optimizer,
     recorded_precision,
     recorded_steps,
 )
-from mbp.train.rows import RowPlan
-from mbp.train.variation import VariationPlan, with_augment
+from mbp.planning.rows import RowPlan
+from mbp.planning.variation import VariationPlan, with_augment
+from mbp.resolve import Resolved
+from mbp.train import distributed as D
+from mbp.train.optim import settled_optimizer
+from mbp.train.precision import PrecisionChoice
 
 
 @dataclass(frozen=True)

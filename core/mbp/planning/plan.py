@@ -1,12 +1,12 @@
 """The steps a run takes from its data when its pipeline leaves ``train.steps`` unset (rows:
-:mod:`mbp.train.rows`), and the plan of a whole run: rows, precision, steps.
+:mod:`mbp.planning.rows`), and the plan of a whole run: rows, precision, steps.
 
 A fixed step count suits one data-set size: 600 steps were 26 passes over 1,500 8x8 digits (held-out
 loss rising after 13) but 3 over 4,316 letter glyphs (still learning at the end: 0.948, where 1,200
 steps gave 0.98). So the default is counted in passes over the training set, with a floor for small sets
 (the best checkpoint by held-out metric is kept, so extra passes cost time, not quality) and a ceiling
-in time: the steps that fit the run's budget less its evaluations (:mod:`mbp.train.budget`) at the
-step time measured on this machine, at the run's precision (:mod:`mbp.train.steptime`).
+in time: the steps that fit the run's budget less its evaluations (:mod:`mbp.planning.budget`) at the
+step time measured on this machine, at the run's precision (:mod:`mbp.planning.steptime`).
 """
 
 from __future__ import annotations
@@ -26,16 +26,16 @@ from mbp.data.read import read_samples
 from mbp.data.skips import SkipLog
 from mbp.heads import splits_samples
 from mbp.model.build import build_model
-from mbp.planning_constants import FEWEST_STEPS, PASSES
+from mbp.planning.budget import RUN_SECONDS, TRAIN_SECONDS, EvalLoad, ceiling, evaluations, training_seconds
+from mbp.planning.constants import FEWEST_STEPS, PASSES
+from mbp.planning.patch_plan import PatchPlan, plan_patch
+from mbp.planning.precision_plan import PrecisionPlan, plan_precision, with_precision
+from mbp.planning.rows import RowPlan, plan_rows, training_order
+from mbp.planning.steptime import step_seconds
+from mbp.planning.variation import VariationPlan, plan_variation
 from mbp.resolve import Resolved
-from mbp.train.budget import RUN_SECONDS, TRAIN_SECONDS, EvalLoad, ceiling, evaluations, training_seconds
-from mbp.train.patch_plan import PatchPlan, plan_patch
-from mbp.train.precision_plan import PrecisionPlan, plan_precision, with_precision
-from mbp.train.rows import RowPlan, plan_rows, training_order
-from mbp.train.steptime import step_seconds
-from mbp.train.variation import VariationPlan, plan_variation
 
-# The ceiling is time: the steps that fit the run's budget (``mbp.train.budget``) at the step time
+# The ceiling is time: the steps that fit the run's budget (``mbp.planning.budget``) at the step time
 # measured on this machine, not a count of arithmetic: 14 TFLOP is 6.5 minutes on a 2-core AMD EPYC
 # (AVX2, no AVX512-BF16) and under 3 on a 2-core Intel Xeon with AMX; a measured step follows the
 # model, the batches, the precision and the machine: byte-level rows the model skips (``ThinningHead``,
@@ -62,7 +62,7 @@ class StepProbe:
     flops: float
     """Floating-point operations of one training step, forward and backward."""
     seconds: float
-    """One training step's time on this machine, measured (``mbp.train.steptime``)."""
+    """One training step's time on this machine, measured (``mbp.planning.steptime``)."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class StepPlan:
 
     @property
     def train_seconds(self) -> float:
-        """Training time the ceiling allows: the run's budget less its evaluations (``mbp.train.budget``)."""
+        """Training time the ceiling allows: the run's budget less its evaluations (``budget``)."""
         return training_seconds(self.eval_seconds, self.run_seconds)
 
     def advice(self) -> str | None:
