@@ -25,6 +25,7 @@ from mbp.planning.deadline import (
     round_down,
 )
 from mbp.planning.plan import plan_steps
+from mbp.planning.probe import Probe
 from mbp.train import loop
 
 from tests.conftest import invoke_mbp
@@ -177,13 +178,13 @@ def test_the_data_bounds_a_capped_run_and_the_plan_bounds_one_below_its_ceiling(
     resolved, shards, per_step = text_set(tmp_path, 1)
     resolved, shards, _ = text_set(tmp_path, math.ceil(1000 * per_step / PASSES))  # 30 passes: 1,000 steps
     time_steps_at(monkeypatch, 400)
-    capped = plan_steps(resolved, shards, PATCH)
+    capped = plan_steps(resolved, Probe(shards), PATCH)
     assert capped.steps == 400 and capped.capped
     wanted = math.ceil(PASSES * math.ceil(1000 * per_step / PASSES) / per_step)
-    assert deadline_of(capped, None, shards, 0.0).most(5000) == wanted >= 1000
+    assert deadline_of(capped, None, Probe(shards), 0.0).most(5000) == wanted >= 1000
     time_steps_at(monkeypatch, 4000)
-    below = plan_steps(resolved, shards, PATCH)
-    assert not below.capped and deadline_of(below, None, shards, 0.0).most(5000) == below.steps
+    below = plan_steps(resolved, Probe(shards), PATCH)
+    assert not below.capped and deadline_of(below, None, Probe(shards), 0.0).most(5000) == below.steps
 
 
 LOADED_MACHINE = 5.0
@@ -275,7 +276,7 @@ def test_a_real_run_that_slows_after_its_last_count_refits_and_ends_within_its_m
         if (
             counts
             and trainer.deadline is not None
-            and trainer.deadline.evaluations_left(trainer.state.step, trainer.cfg.total_steps) == 1
+            and trainer.deadline.evaluations_left(trainer.state.step, trainer.settings.steps) == 1
         ):
             time.sleep(0.1)
         return step(trainer)

@@ -17,7 +17,6 @@ from mbp.planning.constants import (
     DEFAULT_BATCH,
     DEFAULT_PATCH,
     EVAL_SHARE,
-    EVALUATIONS,
     FEWEST_STEPS,
     PASSES,
     ROW_COVERAGE,
@@ -229,17 +228,6 @@ class TrainConfig(Strict):
     strategy: Literal["ddp", "fsdp"] = "ddp"
     sinks: list[Ref] | None = None
     """Metrics sinks registered by plugins (e.g. ``{type: tensorboard}``); None: every available one."""
-
-    @property
-    def total_steps(self) -> int:
-        """``steps``, once given or planned from the data."""
-        if self.steps is None:
-            raise ValueError("train.steps is planned from the data before the run is scheduled")
-        return self.steps
-
-    @property
-    def evaluate_every(self) -> int:
-        return self.eval_every or max(1, math.ceil(self.total_steps / EVALUATIONS))
 
     @model_validator(mode="after")
     def _bf16_is_a_precision(self) -> TrainConfig:

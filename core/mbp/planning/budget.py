@@ -90,6 +90,11 @@ def evaluations(eval_every: int | None, most_steps: int) -> int:
     return EVALUATIONS if eval_every is None else math.ceil(most_steps / eval_every)
 
 
+def evaluate_every(eval_every: int | None, steps: int) -> int:
+    """Steps between evaluations of a run of ``steps``: ``train.eval_every``, else ``EVALUATIONS`` a run."""
+    return eval_every or max(1, math.ceil(steps / EVALUATIONS))
+
+
 def training_seconds(evaluation_seconds: float, run_seconds: float) -> float:
     """Seconds of measured steps a run of ``run_seconds`` trains for when its evaluations are estimated
     to take ``evaluation_seconds``."""

@@ -12,25 +12,19 @@ step time measured on this machine, at the run's precision (:mod:`mbp.planning.s
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from mbp.data.batches import Batch, batches
-from mbp.data.read import read_samples
-from mbp.data.skips import SkipLog
-from mbp.heads import splits_samples
-from mbp.model.build import build_model
-from mbp.planning.budget import RUN_SECONDS, TRAIN_SECONDS, EvalLoad, ceiling, evaluations, training_seconds
+from mbp.planning.budget import RUN_SECONDS, EvalLoad, ceiling, evaluations, training_seconds
 from mbp.planning.constants import FEWEST_STEPS, PASSES
 from mbp.planning.patch_plan import PatchPlan, plan_patch
 from mbp.planning.precision_plan import PrecisionPlan, plan_precision, with_precision
-from mbp.planning.rows import RowPlan, plan_rows, training_order
+from mbp.planning.probe import Probe
+from mbp.planning.rows import RowPlan, plan_rows
+from mbp.planning.settings import RunSettings
 from mbp.planning.steptime import step_seconds
 from mbp.planning.variation import VariationPlan, plan_variation
 from mbp.resolve import Resolved
@@ -40,10 +34,8 @@ from mbp.resolve import Resolved
 # (AVX2, no AVX512-BF16) and under 3 on a 2-core Intel Xeon with AMX; a measured step follows the
 # model, the batches, the precision and the machine: byte-level rows the model skips (``ThinningHead``,
 # ``context_weight: 0``) cost nothing, and a machine that multiplies in bf16 trains more steps in the
-# same minutes. A measured ceiling can differ by
-# a step or two between runs, so a run to be repeated exactly names its steps (``train.steps``).
-PROBE_ROWS = 64
-"""Rows packed from the stream's first samples to measure how many samples a step holds."""
+# same minutes. A measured ceiling can differ by a step or two between runs, so a run to be repeated
+# exactly names its steps (``train.steps``).
 
 
 def with_steps(resolved: Resolved, steps: int) -> Resolved:
@@ -53,16 +45,6 @@ def with_steps(resolved: Resolved, steps: int) -> Resolved:
 def with_eval_samples(resolved: Resolved, samples: int | None) -> Resolved:
     """``resolved`` evaluating ``samples`` held-out samples spread over its set (None: all of them)."""
     return resolved.with_settings("data", max_eval_samples=samples)
-
-
-@dataclass(frozen=True)
-class StepProbe:
-    per_step: float
-    """Samples in one step's rows (all processes and accumulated batches together)."""
-    flops: float
-    """Floating-point operations of one training step, forward and backward."""
-    seconds: float
-    """One training step's time on this machine, measured (``mbp.planning.steptime``)."""
 
 
 @dataclass(frozen=True)
@@ -135,118 +117,55 @@ class StepPlan:
 
 def plan_steps(
     resolved: Resolved,
-    shards: list[str],
+    probe: Probe,
     align: int,
     device: torch.device | None = None,
     seconds: float | None = None,
-    eval_shards: list[str] | None = None,
 ) -> StepPlan:
-    """``PASSES`` over ``shards``, at least ``FEWEST_STEPS`` and at most ``ceiling`` (which wins: steps
+    """``PASSES`` over the probed set, at least ``FEWEST_STEPS`` and at most ``ceiling`` (which wins: steps
     long enough that the floor would outlast the minutes are held to them): the run's budget less what
-    evaluating ``eval_shards`` will cost. Reads at most the samples the ceiling needs, and encodes only
-    the first ``PROBE_ROWS`` rows' worth."""
-    probe = probe_steps(resolved, shards, align, device, seconds)
-    per_step = probe.per_step
+    evaluating the probe's held-out set will cost. Counts at most the samples the ceiling needs, and
+    encodes only the first ``PROBE_ROWS`` rows' worth."""
+    per_step = probe.per_step(resolved, align)
+    if not probe.batches(resolved, align, augment=False):
+        seconds = 0.0  # nothing packs, nothing to time
+    elif seconds is None:
+        seconds = probe_seconds(resolved, probe, align, device or torch.device("cpu"))
     run_seconds = resolved.pipeline.train.minutes * 60
-    load = eval_load(resolved, eval_shards or [], ceiling(probe.seconds, training_seconds(0.0, run_seconds)))
+    load = eval_load(resolved, probe, ceiling(seconds, training_seconds(0.0, run_seconds)))
     if resolved.pipeline.data.max_eval_samples is None:  # the pipeline's own cap is kept as it is
-        load = load.fitted(probe.seconds, per_step, run_seconds)
-    most = ceiling(probe.seconds, training_seconds(load.seconds(probe.seconds, per_step), run_seconds))
-    wanted, samples = passes_steps(shards, per_step, most)
-    return StepPlan(min(most, wanted), samples, per_step, wanted > most, probe.seconds, load, run_seconds)
+        load = load.fitted(seconds, per_step, run_seconds)
+    most = ceiling(seconds, training_seconds(load.seconds(seconds, per_step), run_seconds))
+    wanted, samples = passes_steps(probe, per_step, most)
+    return StepPlan(min(most, wanted), samples, per_step, wanted > most, seconds, load, run_seconds)
 
 
-def passes_steps(shards: list[str], per_step: float, most: int) -> tuple[int, int]:
-    """The steps of ``PASSES`` over ``shards`` (at least ``FEWEST_STEPS``) and the samples counted:
+def probe_seconds(resolved: Resolved, probe: Probe, align: int, device: torch.device) -> float:
+    """One step's measured seconds on the probe's batches as training weights them (0 where the data
+    packs no batch)."""
+    timed = probe.timing_batches(resolved, align) or probe.batches(resolved, align, augment=False)
+    return step_seconds(resolved, timed, device) if timed else 0.0
+
+
+def passes_steps(probe: Probe, per_step: float, most: int) -> tuple[int, int]:
+    """The steps of ``PASSES`` over the probed set (at least ``FEWEST_STEPS``) and the samples counted:
     counting stops once the passes would take more than ``most`` steps."""
-    enough = math.ceil(most * per_step / PASSES) + 1
-    samples = sum(1 for _ in itertools.islice(read_samples(shards, SkipLog(quiet=True)), enough))
+    samples = probe.count(math.ceil(most * per_step / PASSES) + 1)
     return max(FEWEST_STEPS, math.ceil(PASSES * samples / per_step)), samples
 
 
-def eval_load(resolved: Resolved, eval_shards: list[str], most_steps: int) -> EvalLoad:
+def eval_load(resolved: Resolved, probe: Probe, most_steps: int) -> EvalLoad:
     """The held-out samples a run will evaluate (read, not encoded) and how often."""
-    if not eval_shards:
+    if not probe.has_held_out:
         return EvalLoad()
-    limit = resolved.pipeline.data.max_eval_samples
-    samples = sum(1 for _ in itertools.islice(read_samples(eval_shards, SkipLog(quiet=True)), limit))
+    samples = probe.held_out_count(resolved.pipeline.data.max_eval_samples)
     return EvalLoad(samples, evaluations(resolved.pipeline.train.eval_every, most_steps))
-
-
-def probe_steps(
-    resolved: Resolved,
-    shards: list[str],
-    align: int,
-    device: torch.device | None = None,
-    seconds: float | None = None,
-) -> StepProbe:
-    """Samples in one step, from the training stream's own packing of its first samples, what a step
-    computes and how long it takes on ``device`` (default CPU). A head that thins training weights
-    (``ThinningHead``) is probed again on the rows weighted (and varied) as training weights them;
-    other heads' weights do not vary."""
-    per_step, probed = _packing(resolved, shards, align)
-    if resolved.encoder.thinning is not None:
-        probed = list(_probe_batches(resolved, shards, align, augment=True)) or probed
-    if not probed:
-        return StepProbe(per_step, 0.0, 0.0)
-    flops = step_flops(resolved, probed[0]) * resolved.pipeline.train.grad_accum
-    if seconds is None:
-        seconds = step_seconds(resolved, probed, device or torch.device("cpu"))
-    return StepProbe(per_step, flops, seconds)
-
-
-def samples_per_step(resolved: Resolved, shards: list[str], align: int) -> float:
-    """Samples in one step's rows (all processes and accumulated batches together), as the training
-    stream packs its first samples."""
-    return _packing(resolved, shards, align)[0]
-
-
-def _packing(resolved: Resolved, shards: list[str], align: int) -> tuple[float, list[Batch]]:
-    """Samples a step and the probe's batches (unvaried, unthinned)."""
-    data, train = resolved.pipeline.data, resolved.pipeline.train
-    rows = samples = 0
-    probed: list[Batch] = []  # the batches whose arithmetic is counted and whose steps are timed
-    for batch in _probe_batches(resolved, shards, align, augment=False):
-        rows += len(batch.rows)
-        samples += batch.samples_started
-        probed.append(batch)
-    per_row = samples / rows if rows else 1.0
-    return per_row * data.batch_rows * train.grad_accum, probed
-
-
-def timing_batches(resolved: Resolved, shards: list[str], align: int) -> list[Batch]:
-    """The probe's batches as training weights them (thinned where the head thins)."""
-    return list(_probe_batches(resolved, shards, align, augment=resolved.encoder.thinning is not None))
-
-
-def step_flops(resolved: Resolved, batch: Batch) -> float:
-    """Floating-point operations of a training step on ``batch``: the loss's forward counted by torch's
-    FlopCounterMode on a model of the pipeline's shapes (fresh weights; torch's random state is left as
-    it was), x3 for the backward, which costs about twice the forward in matrix products. The counter
-    sees matrix products and attention (the Mamba path's chunked scan is einsums, so it is seen too),
-    not elementwise work, which the measured GFLOP/s already pays for."""
-    with torch.random.fork_rng(devices=[]):
-        model = build_model(resolved.pipeline.model, resolved.components).eval()
-        counter = FlopCounterMode(display=False)
-        with torch.no_grad(), counter:
-            model.loss(batch.tokens, batch.weights, batch.begins)
-    return 3.0 * counter.get_total_flops()
-
-
-def _probe_batches(resolved: Resolved, shards: list[str], align: int, augment: bool) -> Iterator[Batch]:
-    """The training stream's first ``PROBE_ROWS`` rows, in batches as training packs them."""
-    data = resolved.pipeline.data
-    stream = training_order(resolved, shards, data.row_len, augment=augment)
-    split = splits_samples(resolved.head)
-    packed = batches(stream, data.batch_rows, data.row_len, pack=data.pack, align=align, split=split)
-    for batch, _ in itertools.islice(packed, math.ceil(PROBE_ROWS / data.batch_rows)):
-        yield batch
 
 
 @dataclass(frozen=True)
 class RunPlan:
-    resolved: Resolved
-    """The pipeline with ``data.seq_len`` and ``train.steps`` given or planned: checkpoints keep both."""
+    settings: RunSettings
+    """What the run trains with: the pipeline's own settings where it gives them, else planned."""
     rows: RowPlan | None
     steps: StepPlan | None
     """None where the pipeline gives the value."""
@@ -256,48 +175,72 @@ class RunPlan:
     patch: PatchPlan | None = None
     """None where the pipeline gives the byte-level stage's patch."""
 
+    def settled(self, settings: RunSettings) -> RunPlan:
+        """This plan with ``settings`` as the run's (agreed, or recorded on resume): its step plan then
+        says their steps."""
+        steps = dataclasses.replace(self.steps, steps=settings.steps) if self.steps is not None else None
+        return dataclasses.replace(self, settings=settings, steps=steps)
 
-def plan_run(
-    resolved: Resolved,
-    shards: list[str],
-    device: torch.device | None = None,
-    eval_shards: list[str] | None = None,
-) -> RunPlan:
+    def describe(self, batch_rows: int) -> str:
+        """The run's first line on its steps, rows, patch and variation (``batch_rows``: rows a step)."""
+        steps = self.steps.describe() if self.steps else f"{self.settings.steps} steps"
+        parts = [steps, f"{batch_rows} row{'s' if batch_rows > 1 else ''} a step"]
+        return ", ".join(
+            parts + [part.describe() for part in (self.rows, self.patch, self.variation) if part]
+        )
+
+    def summary(self, varied: bool, changes: dict[str, Any]) -> dict[str, Any]:
+        """The run summary's account of what was planned (``varied``: as the run went; ``changes``: what
+        changed its steps as it went, ``Deadline.summary``)."""
+        summary: dict[str, Any] = {}
+        if self.rows is not None:
+            summary["row_plan"] = self.rows.summary()
+        if self.variation is not None:
+            summary["variation"] = self.variation.summary(varied)
+        if self.steps is not None:
+            summary["step_plan"] = {**self.steps.summary(), **changes}
+        return summary
+
+
+def plan_run(resolved: Resolved, probe: Probe, device: torch.device | None = None) -> RunPlan:
     """The byte-level stage's patch (rows align to it), rows, then the precision (``auto`` settled by
     timing both where the hardware offers bf16), then steps (which count samples in those rows), then
-    whether samples vary (from the passes those steps make), for what the pipeline leaves unset. The
-    patch and rows are deterministic; precision and steps at the
+    whether samples vary (from the passes those steps make), for what the pipeline leaves unset, all
+    from one ``probe`` of the data. The patch and rows are deterministic; precision and steps at the
     ceiling follow measured step times, so a resumed run takes those, and the variation that follows
-    from the steps, from its checkpoint (``Trainer``), not from planning again."""
+    from the steps, from its checkpoint (``mbp.planning.settle``), not from planning again."""
     device = device or torch.device("cpu")
-    planned, patch = plan_patch(resolved, shards)
-    planned, rows = plan_rows(planned, shards)
+    planned, patch = plan_patch(resolved, probe)
+    planned, rows = plan_rows(planned, probe)
     align = planned.pipeline.model.patch_len
-    precision = plan_precision(planned, lambda: timing_batches(planned, shards, align), device)
+    precision = plan_precision(planned, lambda: probe.timing_batches(planned, align), device)
     planned = with_precision(planned, precision.choice.precision)
     steps = None
     if planned.pipeline.train.steps is None:
         seconds = precision.seconds.get(precision.choice.precision)
-        steps = plan_steps(planned, shards, align, device, seconds, eval_shards)
+        steps = plan_steps(planned, probe, align, device, seconds)
         planned = with_steps(planned, steps.steps)
         if steps.evaluation.whole:  # evaluating all would crowd out training: a spread subset
             planned = with_eval_samples(planned, steps.evaluation.samples)
     given = planned  # the pipeline whose stream is probed, bound before planned is rebound
-    per_step = (lambda: steps.per_step) if steps else (lambda: samples_per_step(given, shards, align))
+    per_step = (lambda: steps.per_step) if steps else (lambda: probe.per_step(given, align))
     known = steps.samples if steps and not steps.capped else None  # below the ceiling: counted to the end
-    planned, variation = plan_variation(planned, shards, planned.pipeline.train.total_steps, per_step, known)
-    return RunPlan(planned, rows, steps, precision, variation, patch)
+    total = planned.pipeline.train.steps or 0  # set: given, or planned above
+    planned, variation = plan_variation(planned, probe, total, per_step, known)
+    settings = RunSettings.of(planned, precision.choice)
+    return RunPlan(settings, rows, steps, precision, variation, patch)
 
 
 def preview(resolved: Resolved, shards: list[str]) -> dict[str, Any]:
-    """What ``mbp run`` would train on ``shards``: its rows and steps, given by the pipeline or planned."""
-    plan = plan_run(resolved, shards)
-    pipeline = plan.resolved.pipeline
-    rows, steps = pipeline.data.row_len, pipeline.train.total_steps
+    """What ``mbp run`` would train on ``shards``: its rows and steps, given by the pipeline or planned,
+    by the code that plans a run (``plan_run``) and in the words its first line uses."""
+    plan = plan_run(resolved, Probe(shards))
+    settings = plan.settings
+    rows, steps = settings.row_len, settings.steps
     return {
         "seq_len": rows,
         "steps": steps,
-        "patch": pipeline.model.patches[-1] if pipeline.model.patches else None,
+        "patch": settings.patch,
         "planned": [
             name
             for name, part in (("patch", plan.patch), ("seq_len", plan.rows), ("steps", plan.steps))
@@ -312,22 +255,3 @@ def preview(resolved: Resolved, shards: list[str]) -> dict[str, Any]:
             ]
         ),
     }
-
-
-__all__ = [
-    "PROBE_ROWS",
-    "TRAIN_SECONDS",
-    "RunPlan",
-    "StepPlan",
-    "StepProbe",
-    "ceiling",
-    "passes_steps",
-    "plan_run",
-    "plan_steps",
-    "preview",
-    "probe_steps",
-    "samples_per_step",
-    "step_flops",
-    "timing_batches",
-    "with_steps",
-]

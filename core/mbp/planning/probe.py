@@ -1,0 +1,140 @@
+"""The training data as planning sees it, read once per run: its first samples, their encoded lengths,
+the first rows as training packs them, and the set's size, counted only as far as a planner asks.
+
+Every planner (patch, rows, precision, steps, variation) and every recount of a planned run's steps
+(``mbp.planning.deadline``) asks this one object, so a run reads its shards for planning once: the
+samples read are counted as they pass, and a later count goes on from where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from mbp.data.batches import Batch, Position, batches, encoded_stream
+from mbp.data.read import RawSample, read_samples
+from mbp.data.skips import SkipLog
+from mbp.heads import splits_samples
+from mbp.resolve import Resolved
+from mbp.sample import EncodedSample
+
+FIRST_SAMPLES = 64
+"""Raw samples kept from the start of the training set (in shard order) for the patch's rows: a set's
+images share one size."""
+LENGTH_SAMPLES = 512
+"""Samples encoded from the start of the (shuffled) training stream to measure their lengths."""
+PROBE_ROWS = 64
+"""Rows packed from the stream's first samples to measure how many samples a step holds, and timed."""
+
+
+@dataclass
+class Counter:
+    """Samples of a shard list counted as far as asked, the reading kept open to go on from there."""
+
+    shards: list[str]
+    kept: int = 0
+    """Samples from the start kept whole (``first``)."""
+    first: list[RawSample] = field(default_factory=list)
+    counted: int = 0
+    ended: bool = False
+    reading: Iterator[RawSample] | None = None
+
+    def count(self, most: int | None) -> int:
+        """Samples in the set, counted up to ``most`` (None: all of them)."""
+        if self.reading is None and not self.ended:
+            self.reading = read_samples(self.shards, SkipLog(quiet=True))
+        while not self.ended and (most is None or self.counted < most):
+            sample = next(self.reading, None) if self.reading is not None else None
+            if sample is None:
+                self.ended, self.reading = True, None
+                break
+            if self.counted < self.kept:
+                self.first.append(sample)
+            self.counted += 1
+        return self.counted if most is None else min(self.counted, most)
+
+
+class Probe:
+    """One run's look at its data before (and while) it trains, each part read at most once."""
+
+    def __init__(self, shards: list[str], eval_shards: list[str] | None = None) -> None:
+        self.shards = shards
+        self.training = Counter(shards, kept=FIRST_SAMPLES)
+        self.held_out = Counter(eval_shards or [])
+        self.has_held_out = bool(eval_shards)
+        self._lengths: list[int] | None = None
+        self._packed: dict[tuple[int, int, bool], list[Batch]] = {}
+
+    def first_samples(self) -> list[RawSample]:
+        """The training set's first ``FIRST_SAMPLES`` samples, in shard order."""
+        self.training.count(FIRST_SAMPLES)
+        return self.training.first
+
+    def count(self, most: int | None) -> int:
+        """Training samples, counted up to ``most``."""
+        return self.training.count(most)
+
+    def held_out_count(self, most: int | None) -> int:
+        """Held-out samples, counted up to ``most`` (None: all)."""
+        return self.held_out.count(most)
+
+    def lengths(self, resolved: Resolved) -> list[int]:
+        """Encoded lengths of the training stream's first ``LENGTH_SAMPLES`` samples."""
+        if self._lengths is None:
+            stream = training_order(resolved, self.shards, sys.maxsize)  # nothing is too long to measure
+            self._lengths = [len(sample.tokens) for sample, _ in itertools.islice(stream, LENGTH_SAMPLES)]
+        return self._lengths
+
+    def batches(self, resolved: Resolved, align: int, augment: bool) -> list[Batch]:
+        """The training stream's first ``PROBE_ROWS`` rows, in batches as training packs them; ``augment``:
+        varied and weighted as training's are (a ``ThinningHead`` thins them)."""
+        key = (resolved.pipeline.data.row_len, align, augment)
+        if key not in self._packed:
+            self._packed[key] = list(_probe_batches(resolved, self.shards, align, augment))
+        return self._packed[key]
+
+    def timing_batches(self, resolved: Resolved, align: int) -> list[Batch]:
+        """The batches a step is timed on: weighted as training weights them (thinned where the head
+        thins), else the plain ones."""
+        return self.batches(resolved, align, augment=resolved.encoder.thinning is not None)
+
+    def per_step(self, resolved: Resolved, align: int) -> float:
+        """Samples in one step's rows (all processes and accumulated batches together), as the training
+        stream packs its first samples (unvaried, unthinned)."""
+        probed = self.batches(resolved, align, augment=False)
+        rows = sum(len(batch.rows) for batch in probed)
+        samples = sum(batch.samples_started for batch in probed)
+        per_row = samples / rows if rows else 1.0
+        return per_row * resolved.pipeline.data.batch_rows * resolved.pipeline.train.grad_accum
+
+
+def _probe_batches(resolved: Resolved, shards: list[str], align: int, augment: bool) -> Iterator[Batch]:
+    data = resolved.pipeline.data
+    stream = training_order(resolved, shards, data.row_len, augment=augment)
+    split = splits_samples(resolved.head)
+    packed = batches(stream, data.batch_rows, data.row_len, pack=data.pack, align=align, split=split)
+    for batch, _ in itertools.islice(packed, math.ceil(PROBE_ROWS / data.batch_rows)):
+        yield batch
+
+
+def training_order(
+    resolved: Resolved, shards: list[str], seq_len: int, augment: bool = False
+) -> Iterator[tuple[EncodedSample, Position]]:
+    """One pass of the training stream's first epoch, shuffled as training shuffles it: shards written
+    one kind of sample at a time would otherwise start unrepresentative. ``augment``: samples varied and
+    weighted as training's are."""
+    data, train = resolved.pipeline.data, resolved.pipeline.train
+    return encoded_stream(
+        shards,
+        resolved.encoder,
+        seq_len,
+        SkipLog(quiet=True),
+        seed=train.seed,
+        shuffle_buffer=data.shuffle_buffer,
+        repeat=False,
+        augment=augment,
+        split=splits_samples(resolved.head),
+    )
