@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from mbp.data.batches import Batch, Position, batches, encoded_stream
+from mbp.data.encode import SampleEncoder
 from mbp.data.read import RawSample, read_samples
 from mbp.data.skips import SkipLog
 from mbp.heads import splits_samples
@@ -65,7 +66,7 @@ class Probe:
         self.training = Counter(shards, kept=FIRST_SAMPLES)
         self.held_out = Counter(eval_shards or [])
         self.has_held_out = bool(eval_shards)
-        self._lengths: list[int] | None = None
+        self.encoded: Encoded | None = None
         self._packed: dict[tuple[int, int, bool], list[Batch]] = {}
 
     def first_samples(self) -> list[RawSample]:
@@ -83,18 +84,28 @@ class Probe:
 
     def lengths(self, resolved: Resolved) -> list[int]:
         """Encoded lengths of the training stream's first ``LENGTH_SAMPLES`` samples."""
-        if self._lengths is None:
-            stream = training_order(resolved, self.shards, sys.maxsize)  # nothing is too long to measure
-            self._lengths = [len(sample.tokens) for sample, _ in itertools.islice(stream, LENGTH_SAMPLES)]
-        return self._lengths
+        samples = itertools.islice(self._encoded(resolved).samples(), LENGTH_SAMPLES)
+        return [len(sample.tokens) for sample, _ in samples]
 
     def batches(self, resolved: Resolved, align: int, augment: bool) -> list[Batch]:
         """The training stream's first ``PROBE_ROWS`` rows, in batches as training packs them; ``augment``:
         varied and weighted as training's are (a ``ThinningHead`` thins them)."""
-        key = (resolved.pipeline.data.row_len, align, augment)
+        data = resolved.pipeline.data
+        key = (data.row_len, align, augment)
         if key not in self._packed:
-            self._packed[key] = list(_probe_batches(resolved, self.shards, align, augment))
+            if augment:
+                stream = training_order(resolved, self.shards, data.row_len, augment=True)
+            else:  # the samples the lengths were measured on, those too long for a row skipped
+                stream = self._encoded(resolved).samples(longest=data.row_len)
+            self._packed[key] = list(_packed(resolved, stream, align))
         return self._packed[key]
+
+    def _encoded(self, resolved: Resolved) -> Encoded:
+        """The training stream's samples as encoded for ``resolved`` (unvaried), kept as they are read."""
+        if self.encoded is None or self.encoded.encoder is not resolved.encoder:
+            stream = training_order(resolved, self.shards, sys.maxsize)  # nothing is too long to measure
+            self.encoded = Encoded(resolved.encoder, stream, splits_samples(resolved.head))
+        return self.encoded
 
     def timing_batches(self, resolved: Resolved, align: int) -> list[Batch]:
         """The batches a step is timed on: weighted as training weights them (thinned where the head
@@ -111,9 +122,37 @@ class Probe:
         return per_row * resolved.pipeline.data.batch_rows * resolved.pipeline.train.grad_accum
 
 
-def _probe_batches(resolved: Resolved, shards: list[str], align: int, augment: bool) -> Iterator[Batch]:
+@dataclass
+class Encoded:
+    """One reading of the training stream (unvaried), its samples kept as they are encoded, so that the
+    row lengths and the packed rows are measured on the same samples, read once."""
+
+    encoder: SampleEncoder
+    stream: Iterator[tuple[EncodedSample, Position]]
+    split: bool
+    """The head trains on pieces of samples: none is too long for a row."""
+    kept: list[tuple[EncodedSample, Position]] = field(default_factory=list)
+
+    def samples(self, longest: int | None = None) -> Iterator[tuple[EncodedSample, Position]]:
+        """The stream from its start, read further as asked; ``longest``: samples over it skipped, as a
+        stream of rows that long skips them (a head that splits samples keeps them)."""
+        index = 0
+        while True:
+            if index == len(self.kept):
+                read = next(self.stream, None)
+                if read is None:
+                    return
+                self.kept.append(read)
+            sample, position = self.kept[index]
+            index += 1
+            if longest is None or self.split or len(sample.tokens) <= longest:
+                yield sample, position
+
+
+def _packed(
+    resolved: Resolved, stream: Iterator[tuple[EncodedSample, Position]], align: int
+) -> Iterator[Batch]:
     data = resolved.pipeline.data
-    stream = training_order(resolved, shards, data.row_len, augment=augment)
     split = splits_samples(resolved.head)
     packed = batches(stream, data.batch_rows, data.row_len, pack=data.pack, align=align, split=split)
     for batch, _ in itertools.islice(packed, math.ceil(PROBE_ROWS / data.batch_rows)):
