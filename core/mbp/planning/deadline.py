@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mbp.planning.constants import EVALUATIONS
-from mbp.planning.plan import StepPlan, passes_steps
+from mbp.planning.plan import StepCount, passes_steps
 from mbp.planning.probe import Probe
 
 REPLAN_AT = 0.25
@@ -274,7 +274,7 @@ def round_down(steps: int) -> int:
     return steps // unit * unit
 
 
-def deadline_of(plan: StepPlan, eval_every: int | None, probe: Probe, started: float) -> Deadline:
+def deadline_of(plan: StepCount, eval_every: int | None, probe: Probe, started: float) -> Deadline:
     """The deadline of a run planned by ``plan``: at the ceiling, the data allows up to ``PASSES``
     (counted on by the run's ``probe``, as far as needed); below it, the plan already is what the data
     wants."""

@@ -48,7 +48,7 @@ def with_eval_samples(resolved: Resolved, samples: int | None) -> Resolved:
 
 
 @dataclass(frozen=True)
-class StepPlan:
+class StepCount:
     steps: int
     samples: int
     """Training samples counted; at the ceiling, counting stops once it is reached."""
@@ -121,7 +121,7 @@ def plan_steps(
     align: int,
     device: torch.device | None = None,
     seconds: float | None = None,
-) -> StepPlan:
+) -> StepCount:
     """``PASSES`` over the probed set, at least ``FEWEST_STEPS`` and at most ``ceiling`` (which wins: steps
     long enough that the floor would outlast the minutes are held to them): the run's budget less what
     evaluating the probe's held-out set will cost. Counts at most the samples the ceiling needs, and
@@ -137,7 +137,7 @@ def plan_steps(
         load = load.fitted(seconds, per_step, run_seconds)
     most = ceiling(seconds, training_seconds(load.seconds(seconds, per_step), run_seconds))
     wanted, samples = passes_steps(probe, per_step, most)
-    return StepPlan(min(most, wanted), samples, per_step, wanted > most, seconds, load, run_seconds)
+    return StepCount(min(most, wanted), samples, per_step, wanted > most, seconds, load, run_seconds)
 
 
 def probe_seconds(resolved: Resolved, probe: Probe, align: int, device: torch.device) -> float:
@@ -167,7 +167,7 @@ class RunPlan:
     settings: RunSettings
     """What the run trains with: the pipeline's own settings where it gives them, else planned."""
     rows: RowPlan | None
-    steps: StepPlan | None
+    steps: StepCount | None
     """None where the pipeline gives the value."""
     precision: PrecisionPlan
     variation: VariationPlan | None = None
