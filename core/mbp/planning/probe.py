@@ -67,7 +67,8 @@ class Probe:
         self.held_out = Counter(eval_shards or [])
         self.has_held_out = bool(eval_shards)
         self.encoded: Encoded | None = None
-        self._packed: dict[tuple[int, int, bool], list[Batch]] = {}
+        self._packed: dict[tuple[SampleEncoder, int, int, int, bool], list[Batch]] = {}
+        """Batches packed, by the encoder and the rows they were packed for."""
 
     def first_samples(self) -> list[RawSample]:
         """The training set's first ``FIRST_SAMPLES`` samples, in shard order."""
@@ -91,7 +92,7 @@ class Probe:
         """The training stream's first ``PROBE_ROWS`` rows, in batches as training packs them; ``augment``:
         varied and weighted as training's are (a ``ThinningHead`` thins them)."""
         data = resolved.pipeline.data
-        key = (data.row_len, align, augment)
+        key = (resolved.encoder, data.row_len, data.batch_rows, align, augment)
         if key not in self._packed:
             if augment:
                 stream = training_order(resolved, self.shards, data.row_len, augment=True)
