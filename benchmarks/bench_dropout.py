@@ -22,10 +22,11 @@ from mbp.data.read import expand_shards
 from mbp.data.skips import SkipLog
 from mbp.model import dropout as mbp_dropout
 from mbp.model.build import build_model
+from mbp.planning.plan import plan_run
+from mbp.planning.probe import Probe
 from mbp.plugins import get_platform
 from mbp.resolve import resolve
-from mbp.train.loop import make_optimizer
-from mbp.train.plan import plan_run
+from mbp.train.optim import make_optimizer
 from mbp_transformer import model as transformer
 from torch import Tensor
 
@@ -65,7 +66,7 @@ def main() -> None:
     components = get_platform().components
     resolved = resolve(args.registry, args.pipeline, components=components)
     shards = expand_shards(resolved.pipeline.data.train_shards)
-    resolved = plan_run(resolved, shards).resolved
+    resolved = plan_run(resolved, Probe(shards)).settings.applied(resolved)
     data = resolved.pipeline.data
     torch.manual_seed(0)
     model = build_model(resolved.pipeline.model, components).train()

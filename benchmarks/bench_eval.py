@@ -30,11 +30,12 @@ from mbp.data.skips import SkipLog
 from mbp.model.build import build_model
 from mbp.model.checkpoint_files import save_model
 from mbp.model.decoder import MultiscaleDecoder
+from mbp.planning.probe import Probe
+from mbp.planning.rows import plan_rows
 from mbp.plugins import get_platform
 from mbp.resolve import Resolved, resolve
 from mbp.train.evaluate import eval_batches, evaluate
-from mbp.train.loop import make_optimizer
-from mbp.train.rows import plan_rows
+from mbp.train.optim import make_optimizer
 
 from benchmarks.common import save
 
@@ -97,7 +98,7 @@ def main() -> None:
         sys.exit(f"bench_eval: no {args.registry}: build the suite (python -m benchmarks.realdata.build)")
     components = get_platform().components
     resolved = resolve(args.registry, PIPELINE, components=components)
-    resolved, _ = plan_rows(resolved, expand_shards(resolved.pipeline.data.train_shards))
+    resolved, _ = plan_rows(resolved, Probe(expand_shards(resolved.pipeline.data.train_shards)))
     torch.manual_seed(0)
     model = build_model(resolved.pipeline.model, resolved.components)
     shards = expand_shards(resolved.pipeline.data.eval_shards)

@@ -32,8 +32,10 @@ from mbp.overrides import apply_overrides
 from mbp.plugins import get_platform
 from mbp.resolve import Resolved, resolve
 from mbp.train.allocator import keep_freed_memory
-from mbp.train.loop import RunRequest, make_optimizer, run
+from mbp.train.loop import run
+from mbp.train.optim import make_optimizer
 from mbp.train.precision import choose_precision
+from mbp.train.rundir import RunRequest
 
 from benchmarks.common import save
 
@@ -79,7 +81,7 @@ def training_batches(resolved: Resolved) -> list[Batch]:
     made = batches(
         stream, data.batch_rows, data.row_len, pack=data.pack, align=resolved.pipeline.model.patch_len
     )
-    return [batch for (batch, _), _ in zip(made, range(train.total_steps), strict=False)]
+    return [batch for (batch, _), _ in zip(made, range(train.steps or 0), strict=False)]
 
 
 def bare(resolved: Resolved, ready: list[Batch]) -> dict[int, float]:
@@ -118,7 +120,7 @@ def one_round(bare_first: bool) -> dict[str, float | str | bool]:
         1 for _ in read_samples(expand_shards(resolved.pipeline.data.train_shards), SkipLog(quiet=True))
     )
     first_epoch = max(step for step, samples in seen.items() if samples <= epoch)
-    steps = resolved.pipeline.train.total_steps
+    steps = resolved.pipeline.train.steps or 0
     result: dict[str, float | str | bool] = {
         "precision": resolved.pipeline.train.precision,
         "bare_first": bare_first,

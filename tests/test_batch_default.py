@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from mbp.api import HeadDefaults
-from mbp.planning_constants import DEFAULT_BATCH
+from mbp.planning.constants import DEFAULT_BATCH
 from mbp.plugins import get_platform
 from mbp.resolve import resolve, with_batch_size
 

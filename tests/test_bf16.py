@@ -20,13 +20,13 @@ from mbp.generate import generate
 from mbp.model.build import build_model
 from mbp.model.decoder import MultiscaleDecoder
 from mbp.overrides import apply_overrides
+from mbp.planning import steptime
+from mbp.planning.steptime import step_seconds
 from mbp.plugins import get_platform
 from mbp.resolve import resolve
 from mbp.sample import EncodedSample
-from mbp.train import steptime
 from mbp.train.evaluate import evaluate
 from mbp.train.precision import Precision, PrecisionChoice
-from mbp.train.steptime import step_seconds
 
 from tests.conftest import stage
 

@@ -1,5 +1,5 @@
 """A planned run's minutes include its evaluations: the training ceiling is the run's budget less what
-evaluating its held-out set will cost, at the measured step time (``mbp.train.budget``)."""
+evaluating its held-out set will cost, at the measured step time (``mbp.planning.budget``)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,8 @@ import pytest
 from mbp.config import TrainConfig
 from mbp.data.batches import spread
 from mbp.data.skips import SkipLog
-from mbp.planning_constants import EVAL_SHARE, EVALUATIONS, PASSES
-from mbp.resolve import Resolved
-from mbp.train import budget
-from mbp.train.budget import (
+from mbp.planning import budget
+from mbp.planning.budget import (
     LEAST_TRAINING,
     RUN_SECONDS,
     STEP_DRIFT,
@@ -23,9 +21,12 @@ from mbp.train.budget import (
     evaluations,
     training_seconds,
 )
+from mbp.planning.constants import EVAL_SHARE, EVALUATIONS, PASSES
+from mbp.planning.plan import plan_run, plan_steps
+from mbp.planning.probe import Probe
+from mbp.planning.recorded import recorded_eval_samples
+from mbp.resolve import Resolved
 from mbp.train.evaluate import eval_batches
-from mbp.train.plan import plan_run, plan_steps
-from mbp.train.recorded import recorded_eval_samples
 
 from tests.shardkit import write_tar
 from tests.test_plan import MOST_STEPS, PATCH, text_set, time_steps_at
@@ -65,10 +66,10 @@ def test_evaluations_are_taken_out_of_the_training_ceiling(
 ) -> None:
     resolved, shards, per_step = capped_text_set(tmp_path, monkeypatch)
     step = TRAIN_SECONDS / MOST_STEPS
-    assert plan_steps(resolved, shards, PATCH, eval_shards=[]).steps == MOST_STEPS
+    assert plan_steps(resolved, Probe(shards), PATCH).steps == MOST_STEPS
     # held-out samples whose four evaluations cost 250 steps' worth of time
     held_out = 250 * per_step // 4
-    planned = plan_steps(resolved, shards, PATCH, eval_shards=eval_shard(tmp_path, held_out))
+    planned = plan_steps(resolved, Probe(shards, eval_shard(tmp_path, held_out)), PATCH)
     costs = 4 * held_out / per_step * step
     assert planned.eval_seconds == pytest.approx(costs)
     assert planned.train_seconds == pytest.approx((RUN_SECONDS - costs) / STEP_DRIFT)
@@ -77,7 +78,7 @@ def test_evaluations_are_taken_out_of_the_training_ceiling(
     assert planned.advice() is None  # under half the run: nothing to say
     # a pipeline that evaluates more often pays for each evaluation
     often = resolved.with_settings("train", eval_every=100)
-    assert plan_steps(often, shards, PATCH, eval_shards=eval_shard(tmp_path, held_out)).steps < planned.steps
+    assert plan_steps(often, Probe(shards, eval_shard(tmp_path, held_out)), PATCH).steps < planned.steps
 
 
 def test_a_held_out_set_too_big_for_its_share_is_evaluated_on_a_spread_subset(
@@ -90,7 +91,7 @@ def test_a_held_out_set_too_big_for_its_share_is_evaluated_on_a_spread_subset(
     step = TRAIN_SECONDS / MOST_STEPS
     monkeypatch.setattr(budget, "FEWEST_EVAL_SAMPLES", per_step)  # the test's sets are small
     held_out = MOST_STEPS * per_step // 2  # four evaluations: twice the training's time
-    planned = plan_steps(resolved, shards, PATCH, eval_shards=eval_shard(tmp_path, held_out))
+    planned = plan_steps(resolved, Probe(shards, eval_shard(tmp_path, held_out)), PATCH)
     load = planned.evaluation
     every = 4 * held_out / per_step * step
     assert load.whole == held_out and load.samples == int(held_out * EVAL_SHARE * RUN_SECONDS / every)
@@ -101,11 +102,11 @@ def test_a_held_out_set_too_big_for_its_share_is_evaluated_on_a_spread_subset(
     assert planned.advice() is None
     # a set of at most FEWEST_EVAL_SAMPLES is evaluated whole, however long that takes
     monkeypatch.setattr(budget, "FEWEST_EVAL_SAMPLES", held_out)
-    whole = plan_steps(resolved, shards, PATCH, eval_shards=eval_shard(tmp_path, held_out)).evaluation
+    whole = plan_steps(resolved, Probe(shards, eval_shard(tmp_path, held_out)), PATCH).evaluation
     assert whole == EvalLoad(held_out, EVALUATIONS)
     # a pipeline's own data.max_eval_samples is what a run evaluates, and what is counted
     capped = resolved.with_settings("data", max_eval_samples=per_step)
-    load = plan_steps(capped, shards, PATCH, eval_shards=eval_shard(tmp_path, held_out)).evaluation
+    load = plan_steps(capped, Probe(shards, eval_shard(tmp_path, held_out)), PATCH).evaluation
     assert load == EvalLoad(per_step, EVALUATIONS)
 
 
@@ -115,7 +116,7 @@ def test_a_held_out_set_too_big_for_the_budget_leaves_half_the_training(
     resolved, shards, per_step = capped_text_set(tmp_path, monkeypatch)
     huge = eval_shard(tmp_path, 4 * MOST_STEPS * per_step)  # each evaluation as long as all training
     monkeypatch.setattr(budget, "FEWEST_EVAL_SAMPLES", 4 * MOST_STEPS * per_step)  # no subset either
-    planned = plan_steps(resolved, shards, PATCH, eval_shards=huge)
+    planned = plan_steps(resolved, Probe(shards, huge), PATCH)
     assert planned.steps == int(LEAST_TRAINING * MOST_STEPS)
     # ... and says so, with the cap that keeps evaluation to a tenth of the run
     advice = planned.advice()
@@ -136,9 +137,9 @@ def test_train_minutes_sets_the_budget_the_ceiling_is_counted_from(
     resolved, shards, per_step = capped_text_set(tmp_path, monkeypatch, times=4)
     step = TRAIN_SECONDS / MOST_STEPS
     held_out = eval_shard(tmp_path, 250 * per_step // 4)
-    default = plan_steps(resolved, shards, PATCH, eval_shards=held_out)
+    default = plan_steps(resolved, Probe(shards, held_out), PATCH)
     assert default.run_seconds == RUN_SECONDS and default.capped
-    longer = plan_steps(resolved.with_settings("train", minutes=36.0), shards, PATCH, eval_shards=held_out)
+    longer = plan_steps(resolved.with_settings("train", minutes=36.0), Probe(shards, held_out), PATCH)
     costs = 4 * (250 * per_step // 4) / per_step * step
     assert longer.run_seconds == 36 * 60 and longer.capped
     assert longer.train_seconds == pytest.approx((36 * 60 - costs) / STEP_DRIFT)
@@ -146,7 +147,7 @@ def test_train_minutes_sets_the_budget_the_ceiling_is_counted_from(
     assert "the ceiling of a 36-minute run" in longer.describe()
     assert "train.minutes gives the run more time" in longer.describe()
     # ... up to the passes a planned run makes, however long it may take
-    ample = plan_steps(resolved.with_settings("train", minutes=600.0), shards, PATCH, eval_shards=held_out)
+    ample = plan_steps(resolved.with_settings("train", minutes=600.0), Probe(shards, held_out), PATCH)
     assert not ample.capped and ample.steps == math.ceil(PASSES * ample.samples / per_step)
     # the budget is validated like every setting
     with pytest.raises(ValueError, match="minutes"):
@@ -178,14 +179,14 @@ def test_a_planned_subset_is_written_into_the_run_s_pipeline(
     resolved, shards, per_step = capped_text_set(tmp_path, monkeypatch)
     monkeypatch.setattr(budget, "FEWEST_EVAL_SAMPLES", per_step)
     held_out = eval_shard(tmp_path, MOST_STEPS * per_step // 2)
-    plan = plan_run(resolved, shards, eval_shards=held_out)
+    plan = plan_run(resolved, Probe(shards, held_out))
     assert plan.steps is not None and plan.steps.evaluation.whole == MOST_STEPS * per_step // 2
-    assert plan.resolved.pipeline.data.max_eval_samples == plan.steps.evaluation.samples
+    assert plan.settings.eval_samples == plan.steps.evaluation.samples
     assert plan.steps.summary()["eval_samples_of"] == MOST_STEPS * per_step // 2
     # a resumed run evaluates what its checkpoint's run did (its pipeline records the number)
-    recorded = {"pipeline": plan.resolved.pipeline.model_dump(mode="json")}
+    recorded = {"pipeline": plan.settings.applied(resolved).pipeline.model_dump(mode="json")}
     assert recorded_eval_samples(recorded) == plan.steps.evaluation.samples
     assert recorded_eval_samples({"pipeline": {"data": {}}}) is None
     # given steps: nothing planned, every sample evaluated
-    given = plan_run(resolved.with_settings("train", steps=10), shards, eval_shards=held_out)
-    assert given.resolved.pipeline.data.max_eval_samples is None
+    given = plan_run(resolved.with_settings("train", steps=10), Probe(shards, held_out))
+    assert given.settings.eval_samples is None

@@ -9,7 +9,8 @@ from mbp.train.cadence import Cadence, Event
 
 
 def steps_with(cadence: Cadence, train: TrainConfig, event: Event) -> list[int]:
-    return [step for step in range(1, train.total_steps + 1) if event in cadence.due(step, train)]
+    total = train.steps or 0
+    return [step for step in range(1, total + 1) if event in cadence.due(step, total, train)]
 
 
 def test_fixed_steps_log_evaluate_and_save_on_their_multiples_and_at_the_last_step() -> None:
@@ -70,8 +71,8 @@ def test_a_recount_moves_the_last_step() -> None:
     evaluation, a log line and a save at step 70, and 100 is no longer a step of it."""
     deadline = Counts({30, 60}, recount_from=50)
     cadence = Cadence(evaluates=True, deadline=deadline)
-    assert cadence.due(60, TrainConfig(steps=100, log_every=25)) == {"evaluate", "recount", "save"}
+    assert cadence.due(60, 100, TrainConfig(steps=100, log_every=25)) == {"evaluate", "recount", "save"}
     counted = TrainConfig(steps=70, log_every=25)
-    assert cadence.due(70, counted) == {"log", "evaluate", "save"}
+    assert cadence.due(70, 70, counted) == {"log", "evaluate", "save"}
     assert steps_with(cadence, counted, "save") == [30, 60, 70]
     assert steps_with(cadence, counted, "log") == [25, 50, 70]

@@ -1,6 +1,6 @@
 """A planned run counts its steps again at each evaluation from a quarter of the way in, from its own
 step time and its last evaluation, and after its last count refits its steps to its recent pace, so
-that it ends within its budget (``mbp.train.deadline``)."""
+that it ends within its budget (``mbp.planning.deadline``)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 from mbp.model.checkpoint_files import checkpoint_document
-from mbp.planning_constants import FEWEST_STEPS, PASSES
-from mbp.train import deadline as deadline_module
-from mbp.train import loop, plan, precision_plan
-from mbp.train.deadline import (
+from mbp.planning import deadline as deadline_module
+from mbp.planning import plan, precision_plan
+from mbp.planning.constants import FEWEST_STEPS, PASSES
+from mbp.planning.deadline import (
     NOTED_CHANGE,
     RECENT_STEPS,
     REMAINING_DRIFT,
@@ -24,7 +24,9 @@ from mbp.train.deadline import (
     deadline_of,
     round_down,
 )
-from mbp.train.plan import plan_steps
+from mbp.planning.plan import plan_steps
+from mbp.planning.probe import Probe
+from mbp.train import loop
 
 from tests.conftest import invoke_mbp
 from tests.shardkit import REGISTRY, good_samples, write_tar
@@ -176,13 +178,13 @@ def test_the_data_bounds_a_capped_run_and_the_plan_bounds_one_below_its_ceiling(
     resolved, shards, per_step = text_set(tmp_path, 1)
     resolved, shards, _ = text_set(tmp_path, math.ceil(1000 * per_step / PASSES))  # 30 passes: 1,000 steps
     time_steps_at(monkeypatch, 400)
-    capped = plan_steps(resolved, shards, PATCH)
+    capped = plan_steps(resolved, Probe(shards), PATCH)
     assert capped.steps == 400 and capped.capped
     wanted = math.ceil(PASSES * math.ceil(1000 * per_step / PASSES) / per_step)
-    assert deadline_of(capped, None, shards, 0.0).most(5000) == wanted >= 1000
+    assert deadline_of(capped, None, Probe(shards), 0.0).most(5000) == wanted >= 1000
     time_steps_at(monkeypatch, 4000)
-    below = plan_steps(resolved, shards, PATCH)
-    assert not below.capped and deadline_of(below, None, shards, 0.0).most(5000) == below.steps
+    below = plan_steps(resolved, Probe(shards), PATCH)
+    assert not below.capped and deadline_of(below, None, Probe(shards), 0.0).most(5000) == below.steps
 
 
 LOADED_MACHINE = 5.0
@@ -274,7 +276,7 @@ def test_a_real_run_that_slows_after_its_last_count_refits_and_ends_within_its_m
         if (
             counts
             and trainer.deadline is not None
-            and trainer.deadline.evaluations_left(trainer.state.step, trainer.cfg.total_steps) == 1
+            and trainer.deadline.evaluations_left(trainer.state.step, trainer.settings.steps) == 1
         ):
             time.sleep(0.1)
         return step(trainer)

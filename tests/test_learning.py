@@ -12,7 +12,7 @@ import pytest
 import torch
 from mbp.data.batches import batches, collate
 from mbp.sample import EncodedSample
-from mbp.train import precision as P
+from mbp.train import precision as policy
 from mbp.train.watch import BestKeeper, LearningWatch, PaddingWatch, length_advice
 
 from tests.conftest import invoke_mbp
@@ -26,15 +26,15 @@ def sample(n: int, key: str = "k") -> EncodedSample:
 def test_auto_precision_follows_the_cpu_flags(cpu_flags) -> None:
     cpu = torch.device("cpu")
     cpu_flags("avx2 fma")
-    assert P.choose_precision("auto", cpu).precision == "fp32"
+    assert policy.choose_precision("auto", cpu).precision == "fp32"
     cpu_flags("avx512f amx_bf16")
-    assert P.choose_precision("auto", cpu).precision == "bf16"
+    assert policy.choose_precision("auto", cpu).precision == "bf16"
     cpu_flags("avx512_bf16")
-    assert P.choose_precision("auto", cpu).precision == "bf16"
+    assert policy.choose_precision("auto", cpu).precision == "bf16"
     # an explicit setting is honoured whatever the hardware
-    assert P.choose_precision("fp32", cpu).precision == "fp32"
+    assert policy.choose_precision("fp32", cpu).precision == "fp32"
     cpu_flags("")
-    assert P.choose_precision("bf16", cpu).precision == "bf16"
+    assert policy.choose_precision("bf16", cpu).precision == "bf16"
 
 
 def test_packed_samples_start_on_patch_boundaries() -> None:

@@ -10,10 +10,10 @@ import torch
 from mbp.config import TrainConfig
 from mbp.errors import ConfigError
 from mbp.model.build import build_model
+from mbp.planning.recorded import recorded_optimizer
 from mbp.resolve import resolve
 from mbp.train.muon import Muon, MuonWithAdamW, orthogonalized, update_scale
 from mbp.train.optim import describe_optimizer, make_optimizer, settled_optimizer
-from mbp.train.recorded import recorded_optimizer
 from safetensors.torch import load_file
 
 from tests.conftest import invoke_mbp

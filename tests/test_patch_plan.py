@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from mbp.api import build_model
 from mbp.config import ModelConfig
+from mbp.planning.patch_plan import patch_for_row, plan_patch
+from mbp.planning.probe import Probe
 from mbp.resolve import resolve
-from mbp.train.patch_plan import patch_for_row, plan_patch
 from mbp.traits import codec_traits
 from PIL import Image
 from pydantic import ValidationError
@@ -95,7 +96,7 @@ def plan(tmp_path: Path, fields: str, shards: list[str], patch: str = "", data: 
     from mbp.plugins import get_platform
 
     resolved = resolve(str(tmp_path / "registry.yaml"), "ask", components=get_platform().components)
-    planned, made = plan_patch(resolved, shards)
+    planned, made = plan_patch(resolved, Probe(shards))
     assert planned.encoder.row == planned.pipeline.model.patches[-1]  # the encoder packs for it
     return planned.pipeline.model.patches[-1], made.reason if made else "given"
 
@@ -149,6 +150,6 @@ def test_damaged_shards_do_not_stop_the_plan(tmp_path: Path) -> None:
     from mbp.plugins import get_platform
 
     resolved = resolve(str(tmp_path / "registry.yaml"), "ask", components=get_platform().components)
-    _, made = plan_patch(resolved, shards)
+    _, made = plan_patch(resolved, Probe(shards))
     assert made is not None and made.rows == {12: ["scene"], 16: ["tone"]}  # 4x4 RGB scenes, log-mel frames
     assert made.patch == 8

@@ -13,19 +13,30 @@ import pytest
 import torch
 from mbp.data.batches import Position, aligned, batches
 from mbp.data.read import RawSample
-from mbp.planning_constants import FEWEST_STEPS, PASSES
+from mbp.planning import plan, precision_plan
+from mbp.planning.budget import TRAIN_SECONDS
+from mbp.planning.constants import FEWEST_STEPS, PASSES
+from mbp.planning.plan import plan_steps, probe_seconds
+from mbp.planning.probe import Probe
+from mbp.planning.rows import (
+    LONGEST_SPLIT_ROW,
+    packed_rows,
+    plan_rows,
+    row_padding,
+    tightest_row,
+    with_seq_len,
+)
 from mbp.plugins import get_platform
 from mbp.protocol import PAD
 from mbp.resolve import Resolved, resolve
 from mbp.sample import EncodedSample
-from mbp.train import loop, plan, precision_plan
-from mbp.train.plan import TRAIN_SECONDS, plan_steps, probe_steps
-from mbp.train.rows import LONGEST_SPLIT_ROW, packed_rows, plan_rows, row_padding, tightest_row, with_seq_len
+from mbp.train import loop
 
 from tests.conftest import invoke_mbp
 from tests.shardkit import REGISTRY, good_samples, lm_registry, png, qa, tiny_registry, write_tar
 
 PATCH, SEQ_LEN, BATCH = 4, 128, 2
+CPU = torch.device("cpu")
 QA = {"question": b"what colour?", "answer": b"red"}
 TEXT = lm_registry(PATCH, f"seq_len: {SEQ_LEN}, batch_size: {BATCH}")
 
@@ -69,7 +80,7 @@ def test_steps_are_passes_over_the_training_set_within_bounds(
         "many": 3 * math.ceil(MOST_STEPS * per_step / PASSES),  # three times what the ceiling needs
     }[scale]
     resolved, shards, _ = text_set(tmp_path, count)
-    plan = plan_steps(resolved, shards, PATCH)
+    plan = plan_steps(resolved, Probe(shards), PATCH)
     assert plan.per_step == per_step
     if scale == "few":
         assert (plan.steps, plan.samples) == (FEWEST_STEPS, count)
@@ -149,16 +160,18 @@ def test_rows_hold_99_percent_of_the_samples_and_about_1024_tokens(tmp_path: Pat
         ([8] * 197 + [32] * 3, aligned(3 * 32 * 32 + overhead, 8)),
         ([8] * 198 + [32] * 2, 1024 // small * small),  # 1% of the samples may be left out
     ]:
-        planned, plan = plan_rows(resolved, [image_set(tmp_path, sides)])
+        planned, plan = plan_rows(resolved, Probe([image_set(tmp_path, sides)]))
         assert plan is not None and planned.pipeline.data.seq_len == plan.seq_len == expected
         assert plan.covered == sum(3 * s * s + overhead <= expected for s in sides) / len(sides)
     # a row within stage 1's most patches, and a given seq_len left alone
     capped = resolved.pipeline.model_copy(deep=True)
     capped.model.stages[0].seq_len = 200
-    planned, plan = plan_rows(dataclasses.replace(resolved, pipeline=capped), [image_set(tmp_path, [32])])
+    planned, plan = plan_rows(
+        dataclasses.replace(resolved, pipeline=capped), Probe([image_set(tmp_path, [32])])
+    )
     assert plan is not None and plan.seq_len == 1600
     given = with_seq_len(resolved, 512)
-    assert plan_rows(given, [image_set(tmp_path, [32])]) == (given, None)
+    assert plan_rows(given, Probe([image_set(tmp_path, [32])])) == (given, None)
 
 
 def test_short_samples_get_rows_trimmed_to_what_packing_fills() -> None:
@@ -268,12 +281,12 @@ def long_texts(tmp_path: Path, head: str, dims: tuple[int, int] = (16, 16)) -> t
 
 def test_a_head_that_splits_samples_plans_rows_of_at_most_2048(tmp_path: Path) -> None:
     resolved, shards = long_texts(tmp_path, "type: lm")
-    planned, rows = plan_rows(resolved, shards)
+    planned, rows = plan_rows(resolved, Probe(shards))
     assert rows is not None and rows.seq_len == planned.pipeline.data.seq_len == LONGEST_SPLIT_ROW
     assert rows.covered == 0.0 and "longer ones are split across rows" in rows.describe()
     # an answer head needs each sample whole in a row: its rows fit the texts
     resolved, shards = long_texts(tmp_path, "type: vqa, answer_field: answer")
-    planned, rows = plan_rows(resolved, shards)
+    planned, rows = plan_rows(resolved, Probe(shards))
     assert rows is not None and rows.seq_len > 5000 and rows.covered == 1.0
 
 
@@ -282,13 +295,10 @@ def test_the_ceiling_is_the_training_time_over_the_measured_step_and_wins_over_t
 ) -> None:
     resolved, shards = long_texts(tmp_path, "type: lm")
     planned = with_seq_len(resolved, 256)
-    probe = probe_steps(planned, shards, PATCH)
-    assert 0 < probe.seconds < 5  # measured: a tiny model's step, on whatever machine runs this
-    wide, _ = long_texts(tmp_path, "type: lm", dims=(64, 64))
-    assert probe_steps(with_seq_len(wide, 256), shards, PATCH).flops > 4 * probe.flops  # 4x the width
+    assert 0 < probe_seconds(planned, Probe(shards), PATCH, CPU) < 5  # measured: a tiny model's step
     # steps that take a hundredth of the training time each: 100 steps, under the floor of 600
     time_steps_at(monkeypatch, 100)
-    steps = plan_steps(planned, shards, PATCH)
+    steps = plan_steps(planned, Probe(shards), PATCH)
     assert steps.steps == 100 < FEWEST_STEPS and steps.capped
     assert "train.minutes gives the run more time" in steps.describe()
     assert f"{TRAIN_SECONDS / 100:.3g} s a step measured" in steps.describe()
@@ -296,10 +306,10 @@ def test_the_ceiling_is_the_training_time_over_the_measured_step_and_wins_over_t
     assert [plan.ceiling(TRAIN_SECONDS / n, TRAIN_SECONDS) for n in (7, 1234.5, 98765)] == [7, 1200, 98000]
 
 
-def test_counting_the_arithmetic_leaves_torchs_random_state_alone(tmp_path: Path) -> None:
+def test_timing_a_step_leaves_torchs_random_state_alone(tmp_path: Path) -> None:
     resolved, shards = long_texts(tmp_path, "type: lm")
     before = torch.random.get_rng_state()
-    probe_steps(with_seq_len(resolved, 256), shards, PATCH)
+    probe_seconds(with_seq_len(resolved, 256), Probe(shards), PATCH, CPU)
     assert torch.equal(torch.random.get_rng_state(), before)
 
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from mbp.planning import precision_plan
+from mbp.planning.precision_plan import CLEARLY_FASTER, ROUNDS, plan_precision
+from mbp.planning.recorded import recorded_precision
 from mbp.plugins import get_platform
 from mbp.resolve import Resolved, resolve
-from mbp.train import precision as P
-from mbp.train import precision_plan
-from mbp.train.precision_plan import CLEARLY_FASTER, ROUNDS, plan_precision
-from mbp.train.recorded import recorded_precision
+from mbp.train import precision as policy
 
 from tests.conftest import invoke_mbp
 from tests.shardkit import REGISTRY, good_samples, write_tar
@@ -46,17 +46,17 @@ def test_the_cpu_flags_are_mbp_cpu_flags_where_it_is_set_and_linuxs_elsewhere(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("MBP_CPU_FLAGS", " avx2  amx_bf16 ")
-    assert P.cpu_flags() == {"avx2", "amx_bf16"} and P.cpu_has_fast_bf16()
+    assert policy.cpu_flags() == {"avx2", "amx_bf16"} and policy.cpu_has_fast_bf16()
     told = "auto: this CPU has AMX or AVX512-BF16 (as MBP_CPU_FLAGS says)"
-    assert P.choose_precision("auto", CPU).reason == told
+    assert policy.choose_precision("auto", CPU).reason == told
     monkeypatch.setenv("MBP_CPU_FLAGS", "")  # set and empty: a CPU with no flags, whatever Linux reports
-    assert P.cpu_flags() == frozenset() and P.choose_precision("auto", CPU).precision == "fp32"
+    assert policy.cpu_flags() == frozenset() and policy.choose_precision("auto", CPU).precision == "fp32"
     monkeypatch.delenv("MBP_CPU_FLAGS")
     cpuinfo = Path("/proc/cpuinfo")
     lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
     reported = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
-    assert P.cpu_flags() == frozenset(reported)
-    assert "MBP_CPU_FLAGS" not in P.choose_precision("auto", CPU).reason
+    assert policy.cpu_flags() == frozenset(reported)
+    assert "MBP_CPU_FLAGS" not in policy.choose_precision("auto", CPU).reason
 
 
 def test_auto_keeps_bf16_only_where_it_measures_clearly_faster(

@@ -9,9 +9,9 @@ import pytest
 import torch
 from mbp.data.batches import Batch
 from mbp.overrides import apply_overrides
+from mbp.planning import steptime
 from mbp.resolve import resolve
 from mbp.train import step as step_module
-from mbp.train import steptime
 from mbp.train.precision import PrecisionChoice
 from mbp.train.step import LossStep, StepResult, train_step
 

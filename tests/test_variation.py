@@ -8,10 +8,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from mbp.planning_constants import AUGMENT_PASSES
+from mbp.planning.constants import AUGMENT_PASSES
+from mbp.planning.probe import Probe
+from mbp.planning.recorded import recorded_augment
+from mbp.planning.variation import plan_variation, with_augment
 from mbp.resolve import Resolved, resolve
-from mbp.train.recorded import recorded_augment
-from mbp.train.variation import plan_variation, with_augment
 from safetensors.torch import load_file
 
 from tests.conftest import invoke_mbp
@@ -52,27 +53,27 @@ def test_fields_follow_the_run_unless_their_codec_pins_it(tmp_path: Path, compon
 def test_a_run_varies_its_samples_from_fifteen_passes(tmp_path: Path, components) -> None:
     resolved, paths = digits(tmp_path, components), shards(tmp_path, 20)
     assert AUGMENT_PASSES == 15
-    varied, plan = plan_variation(resolved, paths, 75, lambda: 4.0)  # 300 samples trained: 15 passes
+    varied, plan = plan_variation(resolved, Probe(paths), 75, lambda: 4.0)  # 300 samples trained: 15 passes
     assert plan is not None and plan.varied and plan.passes == pytest.approx(15.0)
     assert varied.pipeline.data.augment is True and list(varied.encoder.varying) == ["image"]
     assert "image varied (15.0 passes" in plan.describe()
-    plain, plan = plan_variation(resolved, paths, 74, lambda: 4.0)  # 14.8 passes
+    plain, plan = plan_variation(resolved, Probe(paths), 74, lambda: 4.0)  # 14.8 passes
     assert plan is not None and not plan.varied and plan.passes is None  # counting stopped at 20
     assert plain.pipeline.data.augment is False and not plain.encoder.varying
     assert "image not varied (under 15 passes)" in plan.describe()
     # a size the step plan already counted is taken, not counted again: no shards to read here
-    _, plan = plan_variation(resolved, [], 75, lambda: 4.0, known_samples=20)
+    _, plan = plan_variation(resolved, Probe([]), 75, lambda: 4.0, known_samples=20)
     assert plan is not None and plan.varied and plan.passes == pytest.approx(15.0)
-    _, plan = plan_variation(resolved, [], 75, lambda: 4.0, known_samples=21)
+    _, plan = plan_variation(resolved, Probe([]), 75, lambda: 4.0, known_samples=21)
     assert plan is not None and not plan.varied
 
     def never() -> float:
         raise AssertionError("samples a step are only probed when there is something to settle")
 
     given = with_augment(resolved, False)
-    assert plan_variation(given, paths, 75, never) == (given, None)
+    assert plan_variation(given, Probe(paths), 75, never) == (given, None)
     pinned = digits(tmp_path, components, ", augment: false")
-    assert plan_variation(pinned, paths, 75, never) == (pinned, None)
+    assert plan_variation(pinned, Probe(paths), 75, never) == (pinned, None)
 
 
 def test_a_checkpoint_records_the_variation_and_a_resume_replays_it(tmp_path: Path, components) -> None:

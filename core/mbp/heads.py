@@ -14,7 +14,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from mbp.planning_constants import DEFAULT_BATCH
+from mbp.planning.constants import DEFAULT_BATCH
 from mbp.sample import EncodedSample
 
 

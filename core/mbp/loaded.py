@@ -208,8 +208,8 @@ class LoadedModel:
         """:meth:`score` with what was skipped; ``quiet`` keeps skip warnings off stderr."""
         from mbp.data.read import expand_shards
         from mbp.data.skips import SkipLog
+        from mbp.planning.rows import rows_of_checkpoint
         from mbp.train.evaluate import eval_batches, evaluate
-        from mbp.train.rows import rows_of_checkpoint
 
         resolved = self._pipeline("score")
         log = SkipLog(quiet=quiet)
@@ -258,7 +258,7 @@ class LoadedModel:
         """``sample`` in rows as evaluation lays out a held-out sample (cut into rows where the head
         splits samples)."""
         from mbp.data.batches import Position, aligned, batches
-        from mbp.train.rows import with_seq_len
+        from mbp.planning.rows import with_seq_len
 
         align = self.model.patch_len
         if resolved.pipeline.data.seq_len is None:

@@ -88,9 +88,9 @@ def run(
     from mbp.errors import ConfigError
     from mbp.outdir import refuse_unsafe_output
     from mbp.train.distributed import speaks_for_run
-    from mbp.train.loop import RunRequest
     from mbp.train.loop import run as train
     from mbp.train.outlock import holding
+    from mbp.train.rundir import RunRequest
 
     if init_from is not None and resume:
         raise ConfigError("give --init-from (start from a checkpoint's weights) or --resume, not both")

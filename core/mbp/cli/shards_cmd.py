@@ -131,9 +131,9 @@ def inspect_command(
     """Samples, fields (counts and sizes) and, with --pipeline, encoded lengths in tokens and what a run on
     these shards would train: rows and steps, given by the pipeline or planned from the samples."""
     from mbp.data.shard_summary import inspect_shards
+    from mbp.planning.plan import preview
     from mbp.plugins import get_platform
     from mbp.resolve import resolve
-    from mbp.train.plan import preview
 
     resolved = resolve(registry_path, pipeline, components=get_platform().components) if pipeline else None
     expanded = expand_shards(shards)

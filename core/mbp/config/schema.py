@@ -1,7 +1,7 @@
 """The shape of a pipeline: the pydantic models a registry file's pipelines are read into (pass one of
 validation). Component references stay unchecked here (``Ref``): their parameters belong to the plugins
 that register them (``mbp.config.checks``). Settings a run plans when they are unset are described from
-the planner's numbers (``mbp.planning_constants``)."""
+the planner's numbers (``mbp.planning.constants``)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.functional_validators import BeforeValidator
 from pydantic_core import PydanticCustomError
 
-from mbp.planning_constants import (
+from mbp.planning.constants import (
     AUGMENT_PASSES,
     DEFAULT_BATCH,
     DEFAULT_PATCH,
     EVAL_SHARE,
-    EVALUATIONS,
     FEWEST_STEPS,
     PASSES,
     ROW_COVERAGE,
@@ -79,7 +78,7 @@ class StageConfig(Strict):
     )
     """Later stages: units of the stage below (bytes for the last stage) per unit of the stage above.
     The byte-level stage's may be unset: ``mbp run`` plans it from the training data (one row of an
-    image's pixels or a spectrogram's frames, ``mbp.train.patch_plan``), else ``DEFAULT_PATCH``."""
+    image's pixels or a spectrogram's frames, ``mbp.planning.patch_plan``), else ``DEFAULT_PATCH``."""
     checkpoint: bool = False
 
 
@@ -142,7 +141,7 @@ class DataConfig(Strict):
             f"about {SHORTEST_ROW} for shorter ones"
         ),
     )
-    """Tokens a row. None: planned from the training samples by ``mbp.train.plan`` (``row_len``)."""
+    """Tokens a row. None: planned from the training samples by ``mbp.planning.plan`` (``row_len``)."""
     batch_size: Count | None = Field(
         default=None, gt=0, description=f"rows a step; unset: the head's (lm 1, else {DEFAULT_BATCH})"
     )
@@ -167,7 +166,7 @@ class DataConfig(Strict):
         ),
     )
     """Whether fields whose codec leaves its own ``augment`` unset vary in training. None: planned
-    (``mbp.train.variation``) and written into the run's pipeline, so a resumed run keeps it."""
+    (``mbp.planning.variation``) and written into the run's pipeline, so a resumed run keeps it."""
     workers: Count | None = Field(
         default=None,
         ge=0,
@@ -200,7 +199,7 @@ class TrainConfig(Strict):
             "at most the steps that fit train.minutes on this machine, evaluation included"
         ),
     )
-    """None: planned from the training set by ``mbp.train.plan`` before the run starts."""
+    """None: planned from the training set by ``mbp.planning.plan`` before the run starts."""
     minutes: Rate = Field(
         default=RUN_MINUTES,
         gt=0,
@@ -209,7 +208,7 @@ class TrainConfig(Strict):
             f"measured on this machine; it still stops at {PASSES} passes"
         ),
     )
-    """The budget a planned run's steps are counted from (``mbp.train.budget``): the same recipe learns
+    """The budget a planned run's steps are counted from (``mbp.planning.budget``): the same recipe learns
     more where it may take longer, as on a machine without fast bf16 products, which steps a 4x slower
     (28x28 glyphs: 0.171 s a step in fp32 on a 2-core AMD EPYC, 0.042 s in bf16 on a 2-core AMX Xeon)."""
     optimizer: Literal["muon", "adamw"] = "muon"
@@ -236,17 +235,6 @@ class TrainConfig(Strict):
     strategy: Literal["ddp", "fsdp"] = "ddp"
     sinks: list[Ref] | None = None
     """Metrics sinks registered by plugins (e.g. ``{type: tensorboard}``); None: every available one."""
-
-    @property
-    def total_steps(self) -> int:
-        """``steps``, once given or planned from the data."""
-        if self.steps is None:
-            raise ValueError("train.steps is planned from the data before the run is scheduled")
-        return self.steps
-
-    @property
-    def evaluate_every(self) -> int:
-        return self.eval_every or max(1, math.ceil(self.total_steps / EVALUATIONS))
 
     @model_validator(mode="after")
     def _bf16_is_a_precision(self) -> TrainConfig:

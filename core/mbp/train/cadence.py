@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from mbp.config import TrainConfig
+from mbp.planning.budget import evaluate_every
 
 Event = Literal["log", "evaluate", "recount", "save", "refit"]
 """In the order the run does them: a recount comes before the save, so that its checkpoint records the
@@ -13,7 +14,7 @@ steps counted; a refit only where nothing is saved (a save is a pause, a refit t
 
 
 class Counts(Protocol):
-    """Where a run with a time budget pauses and counts again (``mbp.train.deadline.Deadline``)."""
+    """Where a run with a time budget pauses and counts again (``mbp.planning.deadline.Deadline``)."""
 
     def pauses_at(self, step: int, total: int, every: int) -> bool: ...
 
@@ -28,16 +29,12 @@ class Cadence:
     evaluates: bool
     deadline: Counts | None = None
 
-    def due(self, step: int, train: TrainConfig) -> frozenset[Event]:
-        """The events after ``step`` of ``train.total_steps``: a log line every ``log_every`` steps, an
-        evaluation at each pause (``evaluate_every``, or where the deadline places them), a save at each
+    def due(self, step: int, total: int, train: TrainConfig) -> frozenset[Event]:
+        """The events after ``step`` of ``total``: a log line every ``log_every`` steps, an evaluation at
+        each pause (every ``evaluate_every`` steps, or where the deadline places them), a save at each
         pause or every ``checkpoint_every`` steps; all three at the last step."""
-        total, deadline = train.total_steps, self.deadline
-        last = step == total
-        if deadline is not None:
-            pausing = deadline.pauses_at(step, total, train.evaluate_every)
-        else:
-            pausing = step % train.evaluate_every == 0
+        deadline, every, last = self.deadline, evaluate_every(train.eval_every, total), step == total
+        pausing = deadline.pauses_at(step, total, every) if deadline is not None else step % every == 0
         logging = step % train.log_every == 0
         events: set[Event] = set()
         if logging or last:

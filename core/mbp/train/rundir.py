@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,23 @@ from mbp.errors import CheckpointError, ConfigError
 from mbp.model.checkpoint_files import CONFIG, WEIGHTS, checkpoint_document, describe_model
 from mbp.outdir import remove_owned
 from mbp.train.checkpoint import OPTIMIZER, STEP_DIR, list_checkpoints
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """Where a run writes and what it reads, beyond what its pipeline says."""
+
+    out: Path
+    train_shards: list[str]
+    eval_shards: list[str]
+    resume: bool = False
+    init_from: Path | None = None
+    """A checkpoint whose weights the model starts from (ignored when resuming)."""
+    overwrite: bool = False
+    """Replace a run already in ``out``."""
+    take_intact: bool = False
+    """Resume from the newest intact checkpoint when the newest is damaged."""
+
 
 RUN_FILES = ("metrics.jsonl", "metrics.png")
 CHECKPOINT_FILES = (WEIGHTS, OPTIMIZER, CONFIG)

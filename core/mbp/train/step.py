@@ -1,6 +1,6 @@
 """One training step: the only place that accumulates gradients, clips them and updates the weights.
 
-``Trainer`` steps the run with it and the step timer (:mod:`mbp.train.steptime`) times it, so that what
+``Trainer`` steps the run with it and the step timer (:mod:`mbp.planning.steptime`) times it, so that what
 a plan measures is the step the run takes.
 """
 
@@ -14,7 +14,7 @@ from torch import nn
 
 from mbp.data.batches import Batch
 from mbp.model.decoder import MultiscaleDecoder
-from mbp.train import distributed as D
+from mbp.train import distributed
 from mbp.train.optim import TrainingOptimizer
 from mbp.train.precision import PrecisionChoice
 
@@ -74,6 +74,6 @@ def train_step(
         (loss / len(micro_batches)).backward()
         losses.append(loss.detach().float())
         tokens += batch.num_tokens
-    loss_value, norm_value = settle(torch.stack(losses).mean(), D.grad_norm(model, clip))
+    loss_value, norm_value = settle(torch.stack(losses).mean(), distributed.grad_norm(model, clip))
     optimizer.step()
     return StepResult(loss_value, norm_value, tokens)

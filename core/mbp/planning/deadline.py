@@ -32,8 +32,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mbp.planning_constants import EVALUATIONS
-from mbp.train.plan import StepPlan, passes_steps
+from mbp.planning.constants import EVALUATIONS
+from mbp.planning.plan import StepCount, passes_steps
+from mbp.planning.probe import Probe
 
 REPLAN_AT = 0.25
 """The share of the planned steps from which the run counts again (its first evaluation, by default)."""
@@ -273,14 +274,15 @@ def round_down(steps: int) -> int:
     return steps // unit * unit
 
 
-def deadline_of(plan: StepPlan, eval_every: int | None, shards: list[str], started: float) -> Deadline:
+def deadline_of(plan: StepCount, eval_every: int | None, probe: Probe, started: float) -> Deadline:
     """The deadline of a run planned by ``plan``: at the ceiling, the data allows up to ``PASSES``
-    (counted again, as far as needed); below it, the plan already is what the data wants."""
+    (counted on by the run's ``probe``, as far as needed); below it, the plan already is what the data
+    wants."""
     if plan.capped:
         per_step = plan.per_step
 
         def most(steps: int) -> int:
-            return passes_steps(shards, per_step, steps)[0]
+            return passes_steps(probe, per_step, steps)[0]
 
     else:
         planned = plan.steps

@@ -13,18 +13,14 @@ patch 8 (aligned, four patches a row) 0.871: the row per position is what pays, 
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 from mbp.config import ModelConfig
 from mbp.data.encode import match_field
-from mbp.data.read import read_samples
-from mbp.data.skips import SkipLog
-from mbp.planning_constants import DEFAULT_PATCH
+from mbp.planning.constants import DEFAULT_PATCH
+from mbp.planning.probe import Probe
 from mbp.resolve import Resolved
 
-PATCH_PROBE_SAMPLES = 64
-"""Training samples read for their rows (the run's first: a set's images share one size)."""
 LARGEST = 128
 """The longest row taken whole: the global stage maps each position to patch x byte-stage width."""
 
@@ -40,14 +36,14 @@ class PatchPlan:
         return f"patch {self.patch} ({self.reason})"
 
 
-def plan_patch(resolved: Resolved, shards: list[str]) -> tuple[Resolved, PatchPlan | None]:
+def plan_patch(resolved: Resolved, probe: Probe) -> tuple[Resolved, PatchPlan | None]:
     """``resolved`` with the byte-level stage's patch planned where the pipeline leaves it unset (None:
     given, or a model of one stage): one row where the probed samples' rows share one length, and
     ``DEFAULT_PATCH`` where they have none or several (a mix of images and sounds)."""
     model = resolved.pipeline.model
     if not model.leaves_byte_patch:
         return resolved, None
-    rows = row_lengths(resolved, shards)
+    rows = row_lengths(resolved, probe)
     patch, reason = _patch_of(rows, resolved.pipeline.data.seq_len, model.patch_len // model.patches[-1])
     return with_byte_patch(resolved, patch), PatchPlan(patch, rows, reason)
 
@@ -81,7 +77,7 @@ def patch_for_row(row: int) -> int | None:
     return parts[0] if parts else None
 
 
-def row_lengths(resolved: Resolved, shards: list[str]) -> dict[int, list[str]]:
+def row_lengths(resolved: Resolved, probe: Probe) -> dict[int, list[str]]:
     """The row lengths of the first training samples' fields whose codec lays them out in rows (as the
     run encodes them: a context field through its reading view), each with its fields; a sample that
     fails is the run's to report."""
@@ -90,7 +86,7 @@ def row_lengths(resolved: Resolved, shards: list[str]) -> dict[int, list[str]]:
     seen: dict[int, list[str]] = {}
     if not layouts:
         return seen
-    for raw in itertools.islice(read_samples(shards, SkipLog(quiet=True)), PATCH_PROBE_SAMPLES):
+    for raw in probe.first_samples():
         for name, layout in layouts.items():
             field = match_field(raw.fields, name)
             try:

@@ -9,19 +9,15 @@ as padding that the model computed on (9%; a 28x28 glyph, one 840-token sample a
 
 from __future__ import annotations
 
-import itertools
-import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from mbp.data.batches import Position, aligned
-from mbp.data.skips import SkipLog
-from mbp.planning_constants import ROW_COVERAGE, SHORTEST_ROW
+from mbp.data.batches import aligned
+from mbp.planning.constants import ROW_COVERAGE, SHORTEST_ROW
+from mbp.planning.probe import Probe
 from mbp.resolve import Resolved
-from mbp.sample import EncodedSample
 
 LONGEST_ROW = 65536
 """A planned row holds at most this many tokens: longer samples are skipped, and the run's last line
@@ -30,8 +26,6 @@ LONGEST_SPLIT_ROW = 2048
 """A head that trains on pieces of samples (``lm``) needs no sample whole in a row, so its planned rows
 stop here: lm-text's row, which learned English to 0.8 x xz within minutes. A row sized to long
 documents (chapters, books) made every step costlier and left minutes for a few hundred steps."""
-LENGTH_PROBE_SAMPLES = 512
-"""Samples encoded from the start of the (shuffled) training stream to measure their lengths."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +50,7 @@ class RowPlan:
         return {"seq_len": self.seq_len, "covered": round(self.covered, 4), "padding": padding}
 
 
-def plan_rows(resolved: Resolved, shards: list[str]) -> tuple[Resolved, RowPlan | None]:
+def plan_rows(resolved: Resolved, probe: Probe) -> tuple[Resolved, RowPlan | None]:
     """``resolved`` with ``data.seq_len`` set from the training samples if the pipeline leaves it unset:
     the 99th percentile of their lengths, rounded up to the patch length, within [``SHORTEST_ROW``,
     ``LONGEST_ROW``] (``LONGEST_SPLIT_ROW`` for a head that splits samples across rows; within stage 1's
@@ -69,7 +63,7 @@ def plan_rows(resolved: Resolved, shards: list[str]) -> tuple[Resolved, RowPlan 
     longest = LONGEST_SPLIT_ROW if split else LONGEST_ROW
     if pipeline.model.stages[0].seq_len is not None:
         longest = min(longest, pipeline.model.stages[0].seq_len * patch)
-    lengths = np.asarray(sample_lengths(resolved, shards))
+    lengths = np.asarray(probe.lengths(resolved))
     need = int(np.quantile(lengths, ROW_COVERAGE, method="inverted_cdf")) if len(lengths) else 0
     seq_len = min(max(aligned(need, patch), aligned(SHORTEST_ROW, patch)), longest - longest % patch)
     padding: float | None = None
@@ -125,31 +119,14 @@ def rows_of_checkpoint(resolved: Resolved, document: dict[str, Any], shards: lis
     trained = ((document.get("pipeline") or {}).get("data") or {}).get("seq_len")
     if isinstance(trained, int) and trained > 0:
         return with_seq_len(resolved, trained)
-    return plan_rows(resolved, shards)[0]
+    return plan_rows(resolved, Probe(shards))[0]
 
 
 def with_seq_len(resolved: Resolved, seq_len: int) -> Resolved:
     return resolved.with_settings("data", seq_len=seq_len)
 
 
-def sample_lengths(resolved: Resolved, shards: list[str]) -> list[int]:
-    """Encoded lengths of the training stream's first ``LENGTH_PROBE_SAMPLES`` samples."""
-    stream = training_order(resolved, shards, sys.maxsize)  # nothing is too long to be measured
-    return [len(sample.tokens) for sample, _ in itertools.islice(stream, LENGTH_PROBE_SAMPLES)]
-
-
-def training_order(
-    resolved: Resolved, shards: list[str], seq_len: int, augment: bool = False
-) -> Iterator[tuple[EncodedSample, Position]]:
-    """One pass of the training stream's first epoch, shuffled as training shuffles it: shards written
-    one kind of sample at a time would otherwise start unrepresentative. ``augment``: samples varied and
-    weighted as training's are."""
-    stream = resolved.stream(training=True, repeat=False, augment=augment, seq_len=seq_len)
-    return stream.samples(shards, SkipLog(quiet=True))
-
-
 __all__ = [
-    "LENGTH_PROBE_SAMPLES",
     "LONGEST_ROW",
     "LONGEST_SPLIT_ROW",
     "RowPlan",
@@ -157,8 +134,6 @@ __all__ = [
     "plan_rows",
     "row_padding",
     "rows_of_checkpoint",
-    "sample_lengths",
     "tightest_row",
-    "training_order",
     "with_seq_len",
 ]

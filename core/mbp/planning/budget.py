@@ -6,7 +6,7 @@ evaluation on top fits one held-out size only: 400 s of training on a 2-core Int
 28x28 glyph set (1,222 held-out samples) 7.7 minutes in all (3 s planning, 8,200 steps at 0.0536 s
 against 0.0486 measured before training, four evaluations of 4.4 s), two of ten minutes unused, while a
 set with ten times the held-out samples would spend its margin on evaluation. The step time
-is the median of a few timings (``mbp.train.precision_plan``); planned on the fastest with a margin of
+is the median of a few timings (``mbp.planning.precision_plan``); planned on the fastest with a margin of
 1.1, runs of that set took 8.6-9.3 minutes, on the median with 1.05 8.9-9.7.
 """
 
@@ -15,10 +15,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from mbp.planning_constants import EVAL_SHARE, EVALUATIONS, RUN_MINUTES
+from mbp.planning.constants import EVAL_SHARE, EVALUATIONS, RUN_MINUTES
 
 RUN_SECONDS = RUN_MINUTES * 60
-"""A planned run's wall time where ``train.minutes`` is unset (``mbp.planning_constants.RUN_MINUTES``)."""
+"""A planned run's wall time where ``train.minutes`` is unset (``mbp.planning.constants.RUN_MINUTES``)."""
 STEP_DRIFT = 1.2
 """The run's own steps over the step measured before it (the median of a few timings): the prefetching
 thread shares the cores, and the few thinned batches timed keep more or fewer rows than the average.
@@ -88,6 +88,11 @@ class EvalLoad:
 
 def evaluations(eval_every: int | None, most_steps: int) -> int:
     return EVALUATIONS if eval_every is None else math.ceil(most_steps / eval_every)
+
+
+def evaluate_every(eval_every: int | None, steps: int) -> int:
+    """Steps between evaluations of a run of ``steps``: ``train.eval_every``, else ``EVALUATIONS`` a run."""
+    return eval_every or max(1, math.ceil(steps / EVALUATIONS))
 
 
 def training_seconds(evaluation_seconds: float, run_seconds: float) -> float:

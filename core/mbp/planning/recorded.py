@@ -70,11 +70,12 @@ def recorded_optimizer(document: dict[str, Any]) -> str:
     return chosen if chosen in ("muon", "adamw") else "adamw"
 
 
-def resume_changes(directory: Path, document: dict[str, Any], pipeline: Pipeline) -> str | None:
+def resume_changes(directory: Path, document: dict[str, Any], pipeline: Pipeline, steps: int) -> str | None:
     """The warning a resume from ``directory`` gives where ``pipeline`` changes ``EXACT`` settings the
-    checkpoint recorded (old -> new, each named), else None. A resume that could train no step is a
-    ``ConfigError``: ``train.steps`` below the checkpoint's step would otherwise end at once, silently."""
-    done, steps = int(document["train_state"]["step"]), pipeline.train.total_steps
+    checkpoint recorded (old -> new, each named), else None. A resume that could train no step (of
+    ``steps``, the run's settled bound) is a ``ConfigError``: ``train.steps`` below the checkpoint's
+    step would otherwise end at once, silently."""
+    done = int(document["train_state"]["step"])
     if steps < done:
         raise ConfigError(
             f"--resume: {directory.name} is at step {done}, past train.steps {steps}: nothing would train; "

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import torch
 
 from mbp.data.batches import Batch
+from mbp.planning.steptime import step_seconds
 from mbp.resolve import Resolved
-from mbp.train import distributed as D
+from mbp.train import distributed
 from mbp.train.precision import PrecisionChoice, choose_precision
-from mbp.train.steptime import step_seconds
 
 CLEARLY_FASTER = 0.95
 """bf16 is kept when its step takes at most this share of fp32's: fp32 is exact, and timings vary by a
@@ -74,10 +74,10 @@ def with_precision(resolved: Resolved, precision: str) -> Resolved:
     return resolved.with_settings("train", precision=precision)
 
 
-def as_rank_zero_chose(choice: PrecisionChoice, world: D.World) -> PrecisionChoice:
+def as_rank_zero_chose(choice: PrecisionChoice, world: distributed.World) -> PrecisionChoice:
     """Rank 0's precision on every process: ``auto`` follows timings, which differ between processes,
     and processes that multiply in different precisions would drift apart."""
-    bf16 = bool(D.broadcast_int(int(choice.precision == "bf16"), world))
+    bf16 = bool(distributed.broadcast_int(int(choice.precision == "bf16"), world))
     if bf16 == (choice.precision == "bf16"):
         return choice
     return PrecisionChoice("bf16" if bf16 else "fp32", "auto: as rank 0 measured")

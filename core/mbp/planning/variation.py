@@ -14,14 +14,12 @@ from held-out fonts a mean of 0.946 over thirteen runs of 14-20 passes / 0.954 o
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mbp.data.read import read_samples
-from mbp.data.skips import SkipLog
-from mbp.planning_constants import AUGMENT_PASSES
+from mbp.planning.constants import AUGMENT_PASSES
+from mbp.planning.probe import Probe
 from mbp.resolve import Resolved
 
 
@@ -53,13 +51,13 @@ def with_augment(resolved: Resolved, varied: bool) -> Resolved:
 
 def plan_variation(
     resolved: Resolved,
-    shards: list[str],
+    probe: Probe,
     steps: int,
     per_step: Callable[[], float],
     known_samples: int | None = None,
 ) -> tuple[Resolved, VariationPlan | None]:
     """Settle an unset ``data.augment``: on where ``steps`` of ``per_step()`` samples (asked only when
-    there is something to settle) make at least ``AUGMENT_PASSES`` passes over ``shards``. The set's
+    there is something to settle) make at least ``AUGMENT_PASSES`` passes over the probed set. The set's
     size is ``known_samples`` where the caller counted it to the end (the step plan, below its ceiling);
     else counted here, at most the samples that would still allow that. Nothing to settle (None) where
     ``data.augment`` is set or no field's codec leaves it to the run."""
@@ -70,7 +68,7 @@ def plan_variation(
     most = math.floor(steps * samples_a_step / AUGMENT_PASSES)  # more samples than this: fewer passes
     samples = known_samples
     if samples is None:
-        samples = sum(1 for _ in itertools.islice(read_samples(shards, SkipLog(quiet=True)), most + 1))
+        samples = probe.count(most + 1)
     counted = 0 < samples <= most
     passes = steps * samples_a_step / samples if counted else None
     return with_augment(resolved, counted), VariationPlan(counted, fields, passes)
