@@ -153,9 +153,7 @@ def _packed(
     resolved: Resolved, stream: Iterator[tuple[EncodedSample, Position]], align: int
 ) -> Iterator[Batch]:
     data = resolved.pipeline.data
-    packed = batches(
-        stream, data.batch_rows, data.row_len, pack=data.pack, align=align, split=resolved.split
-    )
+    packed = batches(stream, data.batch_rows, data.row_len, pack=data.pack, align=align, split=resolved.split)
     for batch, _ in itertools.islice(packed, math.ceil(PROBE_ROWS / data.batch_rows)):
         yield batch
 
