@@ -37,12 +37,11 @@ from typing import Any
 import numpy as np
 import torch
 from mbp.data import read
-from mbp.data.batches import Batch, batches, encoded_stream
+from mbp.data.batches import Batch, batches
 from mbp.data.field_cache import FieldCache
 from mbp.data.ranks import deal, epoch_order, shard_weights
 from mbp.data.read import expand_shards, read_samples
 from mbp.data.skips import SkipLog
-from mbp.heads import splits_samples
 from mbp.model.build import build_model
 from mbp.plugins import get_platform
 from mbp.resolve import Resolved, resolve
@@ -68,18 +67,8 @@ def resolved_of(registry: str, pipeline: str) -> Resolved:
 def samples_per_second(resolved: Resolved, shards: list[str], samples: int, workers: int) -> float:
     """Encoded samples/s of the first ``samples`` of a fresh training stream (nothing kept yet)."""
     resolved.encoder.cache = FieldCache()  # nothing kept from an earlier measurement
-    data = resolved.pipeline.data
-    stream = encoded_stream(
-        shards,
-        resolved.encoder,
-        data.row_len,
-        SkipLog(quiet=True),
-        seed=0,
-        shuffle_buffer=data.shuffle_buffer,
-        augment=True,
-        split=splits_samples(resolved.head),
-        workers=workers,
-    )
+    training = resolved.stream(training=True, augment=True)
+    stream = training.samples(shards, SkipLog(quiet=True), workers=workers)
     started = time.perf_counter()
     count = sum(1 for _ in itertools.islice(stream, samples))
     seconds = time.perf_counter() - started
@@ -90,8 +79,8 @@ def samples_per_second(resolved: Resolved, shards: list[str], samples: int, work
 def gpu_need(resolved: Resolved, shards: list[str]) -> dict[str, float]:
     """The samples/s one H100 would consume at ``UTILISATION`` of its peak on this pipeline's step."""
     data = resolved.pipeline.data
-    split = splits_samples(resolved.head)
-    stream = encoded_stream(shards, resolved.encoder, data.row_len, SkipLog(quiet=True), split=split)
+    split = resolved.split
+    stream = resolved.stream(training=False).samples(shards, SkipLog(quiet=True))
     packed = batches(stream, data.batch_rows, data.row_len, pack=data.pack, align=8, split=split)
     batch: Batch = next(packed)[0]
     stream.close()

@@ -60,7 +60,7 @@ def training_rate(resolved: Resolved, model: MultiscaleDecoder) -> float:
     )
     made = batches(stream, data.batch_rows, data.row_len, pack=data.pack, align=model.patch_len, split=split)
     ready = [batch for (batch, _), _ in zip(made, range(TRAIN_STEPS + 3), strict=False)]
-    optimizer = make_optimizer(model, 1e-3, 0.1)
+    optimizer = make_optimizer(model, resolved.pipeline.train.model_copy(update={"lr": 1e-3}))
     model.train()
     start, trained = 0.0, 0
     for index, batch in enumerate(ready):

@@ -7,7 +7,7 @@ asks a plugin object what it is."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -92,7 +92,7 @@ class Stream:
         world: int = 1,
         picked: Callable[[int], bool] | None = None,
         workers: int = 0,
-    ) -> Iterator[tuple[EncodedSample, Position]]:
+    ) -> Generator[tuple[EncodedSample, Position], None, None]:
         """The stream over ``shards`` (``mbp.data.batches.encoded_stream``), from ``start``, for ``rank``
         of ``world`` processes, of the samples ``picked`` picks, encoded by ``workers`` processes."""
         return encoded_stream(
