@@ -44,6 +44,7 @@ BUILDERS: dict[str, Callable[[], BuiltSet]] = {
     "text-kjv": text.build_kjv,
     "text-changelogs": text.build_changelogs,
     "text-python": text.build_python,
+    "text-manpages-de": text.build_manpages_de,
 }
 PIPELINES = {
     "image-digits": "real-digits-pixels, real-digits-png",
@@ -57,6 +58,7 @@ PIPELINES = {
     "text-kjv": "real-text-kjv, real-text-kjv-defaults",
     "text-changelogs": "real-text-changelogs",
     "text-python": "real-text-python",
+    "text-manpages-de": "real-text-manpages-de",
 }
 
 

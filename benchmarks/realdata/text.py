@@ -1,4 +1,4 @@
-"""English text sets for the ``lm`` head (field ``txt``, one document per sample):
+"""Text sets for the ``lm`` head (field ``txt``, one document per sample):
 
 - ``text-fortunes``: the fortune cookies of Debian's ``fortunes`` package (fortune-mod data: quotes,
   jokes, poems, definitions; ``ascii-art`` left out), one fortune per document, terminal overstrike
@@ -13,6 +13,10 @@
 - ``text-python`` (a check, as ``text-changelogs``): the Python standard library's top-level modules
   of the interpreter running the build, cut at line ends into documents that fit; split by **module**
   (a stable-hash tenth held out). Source code, not English: a kind of text the recipe was not made for.
+- ``text-manpages-de`` (a check, as ``text-changelogs``): the German manual pages installed under
+  ``/usr/share/man/de`` (man-db's and the base system's translations), rendered to plain UTF-8 text
+  by ``man``, cut at line ends into documents that fit; split by **page** (a stable-hash tenth held
+  out). Not English: German prose with umlauts, ß and long compounds.
 - ``text-kjv``: the King James Bible of Debian's ``bible-kjv-text`` (dumped by the ``bible`` program of
   ``bible-kjv``), one passage per document: a chapter cut at verse boundaries into the fewest pieces
   of about equal size that keep each under ``MAX_DOC_BYTES``, each headed ``Book C:V-V``. Split by
@@ -47,6 +51,7 @@ HELD_OUT_BYTES = 250_000
 """The checks' held-out text is capped (a stable-hash selection) so that an evaluation costs about what
 King James's held-out books do."""
 DOC_ROOT = Path("/usr/share/doc")
+GERMAN_MAN = Path("/usr/share/man/de")
 CHANGELOG_ENTRY = re.compile(
     r"^(?P<source>[a-z0-9][a-z0-9+.-]*) \([^)]*\)[^;\n]*;[^\n]*urgency=", re.MULTILINE
 )
@@ -277,4 +282,38 @@ def build_python() -> BuiltSet:
         cap(train, TRAIN_BYTES),
         cap(held, HELD_OUT_BYTES),
         {"modules": len(files)},
+    )
+
+
+def rendered_page(path: Path) -> str:
+    """A manual page as ``man`` shows it, in plain UTF-8 text (no overstrike, no hyphenation)."""
+    done = subprocess.run(
+        ["man", "--nh", "--nj", "-l", str(path)],
+        capture_output=True,
+        env={"MANWIDTH": "80", "LANG": "C.UTF-8", "MAN_KEEP_FORMATTING": "", "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    return OVERSTRIKE.sub("", decode(done.stdout)) if done.returncode == 0 else ""
+
+
+def build_manpages_de() -> BuiltSet:
+    require_command("man", "man-db")
+    pages = sorted(GERMAN_MAN.glob("man*/*.gz"))
+    if not pages:
+        raise MissingPrerequisiteError(f"no German manual pages in {GERMAN_MAN}: apt-get install manpages-de")
+    train: list[Sample] = []
+    held: list[Sample] = []
+    for path in pages:
+        name = path.name.removesuffix(".gz")
+        side = held if stable_hash(name, "manpage-de") % 10 == 0 else train
+        for part, piece in enumerate(fitted(rendered_page(path))):
+            side.append(text_sample(f"{key_of(name)}-{part:04d}", piece))
+    return finish(
+        "text-manpages-de",
+        f"the {len(pages)} German manual pages under {GERMAN_MAN}, rendered by man, cut at line ends "
+        f"into documents of up to {MAX_DOC_BYTES} bytes",
+        "by page: a stable-hash tenth held out (capped at 250 KB); train capped at 2 MB",
+        cap(train, TRAIN_BYTES),
+        cap(held, HELD_OUT_BYTES),
+        {"pages": len(pages)},
     )
