@@ -118,7 +118,7 @@ class Trainer:
             remove_leftovers(self.out)
         self.model.to(world.device)
         row_len = resolved.pipeline.data.row_len
-        if row_len % self.model.patch_len:
+        if row_len % self.model.pack_align:  # varying patches: any row length
             raise ConfigError(
                 f"data.seq_len {row_len} must be a multiple of the patch length {self.model.patch_len}"
             )
@@ -170,7 +170,7 @@ class Trainer:
         self.log = SkipLog(quiet=not world.is_main and not splits_shards(request.train_shards, world.size))
         # the run's count so far is rank 0's to carry: the others count what they skip from here
         self.log.samples_skipped = self.state.samples_skipped if world.is_main else 0
-        align = self.model.patch_len
+        align = self.model.pack_align
         self.train = _train_batches(resolved, request.train_shards, self.log, self.state, world, align)
         evals = request.eval_shards
         self.evals = held_out_batches(resolved, evals, align, quiet=not world.is_main) if evals else []

@@ -1,0 +1,126 @@
+"""The model's boundary rules, where a pipeline leaves the byte-level ``patch`` unset: each field's
+patches placed as its codec declares (``CodecTraits.boundaries``), one row where it lays its payload
+out in rows, a fixed length otherwise; the longest of them is the byte-level stage's patch.
+
+A patch that follows the data's structure is what pays: one image row or one spectrogram frame a patch
+beat 8-byte patches on held-out glyphs and spoken commands (BENCHMARKS.md), and fixed patches cut text
+anywhere in a word where SpaceByte's word starts do not. The rules become part of the model config
+(``model.boundaries``), so training, evaluation and generation all place patches alike.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from mbp.boundaries import BoundaryRule, FixedLength, WordStarts, patch_starts
+from mbp.config import ModelConfig
+from mbp.planning_constants import DEFAULT_PATCH
+from mbp.traits import FieldCodec
+
+WORD_LONGEST = 16
+"""The longest word patch where a codec's ``WordStarts`` names none: a longer word is cut (SpaceByte
+and BLT patches of English text average 4 to 8 bytes; 16 keeps all but the rarest words whole)."""
+LONGEST_ROW = 128
+"""The longest row taken whole as a patch; a longer one is cut into its largest part up to this."""
+
+
+@dataclass(frozen=True)
+class BoundaryPlan:
+    """Where a model's byte-level patches start: ``rules`` by codec (``model.boundaries``), none longer
+    than ``longest`` (the byte-level stage's patch)."""
+
+    rules: dict[str, BoundaryRule]
+    longest: int
+    fields: dict[str, str]
+    """Each field's rule in words, for the run's first line."""
+
+    def describe(self, mean: float | None = None) -> str:
+        """``boundaries: txt word starts (longest 16), image one 32-byte row; mean patch 5.3 bytes``."""
+        text = "boundaries: " + ", ".join(f"{name} {words}" for name, words in self.fields.items())
+        return text if mean is None else f"{text}; mean patch {mean:.1f} bytes"
+
+    def apply(self, model: ModelConfig) -> ModelConfig:
+        """``model`` with these rules and its byte-level patch set to the longest."""
+        return model.with_boundaries(self.rules, self.longest)
+
+
+def plan_boundaries(
+    model: ModelConfig, fields: Mapping[str, FieldCodec], rows: Mapping[int, list[str]]
+) -> BoundaryPlan | None:
+    """The rules for ``model``'s pipeline, from its ``fields`` as the run encodes them and ``rows``:
+    each row length seen in the probed training samples with the fields it came from. None where the
+    byte-level ``patch`` is set (``patch: N`` fixes one length) or the model has one stage."""
+    if not model.leaves_byte_patch:
+        return None
+    row_of = {name: row for row, names in rows.items() for name in names}
+    chosen = {name: _field_rule(field, row_of.get(name)) for name, field in fields.items()}
+    by_codec: dict[str, BoundaryRule] = {}
+    for name, (rule, _) in chosen.items():
+        codec = fields[name].codec.name
+        by_codec[codec] = _merged(by_codec[codec], rule) if codec in by_codec else rule
+    longest = max([DEFAULT_PATCH if not by_codec else 1, *(_length(rule) for rule in by_codec.values())])
+    described = {name: words for name, (_, words) in chosen.items()}
+    for name, field in fields.items():
+        if by_codec[field.codec.name] != chosen[name][0]:  # two fields of one codec share a rule
+            described[name] = _words(by_codec[field.codec.name])
+    return BoundaryPlan(by_codec, longest, described)
+
+
+def _field_rule(field: FieldCodec, row: int | None) -> tuple[BoundaryRule, str]:
+    """One field's rule and its description: the codec's declared one, else one row, else fixed."""
+    declared = field.traits.boundaries
+    if isinstance(declared, WordStarts):
+        rule: BoundaryRule = WordStarts(declared.longest or WORD_LONGEST)
+        return rule, _words(rule)
+    if declared is not None:
+        return declared, _words(declared)
+    if field.traits.rows and row is not None:
+        patch = row_patch(row)
+        if patch == row:
+            return FixedLength(row), f"one {row}-byte row"
+        return FixedLength(patch), f"{patch} bytes of {row}-byte rows"
+    return FixedLength(DEFAULT_PATCH), _words(FixedLength(DEFAULT_PATCH))
+
+
+def row_patch(row: int) -> int:
+    """The patch for rows of ``row`` bytes: the row itself up to ``LONGEST_ROW``, whole rows where one is
+    shorter than ``DEFAULT_PATCH``, else the largest part of a row from ``DEFAULT_PATCH`` to
+    ``LONGEST_ROW`` bytes (``DEFAULT_PATCH`` where it has none)."""
+    if row < DEFAULT_PATCH:
+        return -(-DEFAULT_PATCH // row) * row
+    if row <= LONGEST_ROW:
+        return row
+    parts = [size for size in range(LONGEST_ROW, DEFAULT_PATCH - 1, -1) if row % size == 0]
+    return parts[0] if parts else DEFAULT_PATCH
+
+
+def _merged(first: BoundaryRule, second: BoundaryRule) -> BoundaryRule:
+    """One rule for two fields of one codec (a segment header names the codec, not the field): fixed
+    lengths meet at their greatest common divisor, so each field's patches still tile its rows."""
+    if isinstance(first, FixedLength) and isinstance(second, FixedLength):
+        return FixedLength(math.gcd(first.length, second.length))
+    return first
+
+
+def _length(rule: BoundaryRule) -> int:
+    return rule.length if isinstance(rule, FixedLength) else rule.longest or WORD_LONGEST
+
+
+def _words(rule: BoundaryRule) -> str:
+    if isinstance(rule, FixedLength):
+        return f"fixed {rule.length} bytes"
+    return f"word starts (longest {rule.longest or WORD_LONGEST})"
+
+
+def mean_patch(plan: BoundaryPlan, samples: Iterable[np.ndarray]) -> float | None:
+    """The mean byte-level patch, in tokens, of ``samples`` (token sequences) under ``plan``; None for
+    no samples."""
+    tokens = patches = 0
+    for sample in samples:
+        tokens += len(sample)
+        patches += int(patch_starts(sample, plan.rules, plan.longest).sum())
+    return tokens / patches if patches else None
