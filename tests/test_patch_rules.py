@@ -4,6 +4,9 @@ model config, and ``patch: N`` still fixes one length."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import mbp
 import numpy as np
 import pytest
 import torch
@@ -12,7 +15,15 @@ from mbp.boundaries import patch_starts
 from mbp.components import ComponentTable
 from mbp.config import ModelConfig
 from mbp.errors import PluginError
-from mbp.patch_rules import WORD_LONGEST, BoundaryPlan, mean_patch, plan_boundaries, row_patch
+from mbp.patch_rules import (
+    WORD_LONGEST,
+    BoundaryPlan,
+    mean_patch,
+    plan_boundaries,
+    row_patch,
+    with_planned_boundaries,
+    with_trained_boundaries,
+)
 from mbp.protocol import Segment, encode_sample
 from mbp.resolve import Resolved, resolve
 from mbp.traits import codec_traits
@@ -125,3 +136,25 @@ def test_the_model_places_its_patches_by_the_rules_it_records(components: Compon
     assert model.pack_align == 1
     fixed = build_model(run.pipeline.model.with_byte_patch(8), components)
     assert fixed.patch_starts(torch.from_numpy(ids).long()) is None and fixed.pack_align == 8
+
+
+def test_a_run_plans_the_rules_from_its_training_samples(components: ComponentTable) -> None:
+    run = resolve(None, "vqa-mixed", components=components)
+    shards = sorted(str(p) for p in (Path(mbp.__file__).parent / "bundled").glob("train-*.tar.gz"))
+    planned, plan = with_planned_boundaries(run, shards)
+    assert plan is not None and plan.mean is not None and 1 < plan.mean < 48
+    # the bundled demo: 48-byte scene rows (16 RGB pixels) and 16-band log-mel tone frames
+    assert plan.rules["pixels"] == FixedLength(48) and plan.rules["wav"] == FixedLength(16)
+    model = planned.pipeline.model
+    assert model.stages[-1].patch == 48 and model.boundary_rules == plan.rules and model.pack_align == 1
+    assert plan.describe().endswith(f"; mean patch {plan.mean:.1f} bytes")
+    fixed = resolve(None, "lm-text", components=components)
+    assert with_planned_boundaries(fixed, shards) == (fixed, None)
+
+
+def test_a_checkpoints_rules_serve_the_pipeline_that_left_them_unset(components: ComponentTable) -> None:
+    run = resolve(None, "vqa-mixed", components=components)
+    trained = run.pipeline.model.with_boundaries({"text": WordStarts(16)}, 16)
+    served = with_trained_boundaries(run, trained).pipeline.model
+    assert served == trained
+    assert with_trained_boundaries(run, run.pipeline.model.with_byte_patch(8)) is run

@@ -10,20 +10,29 @@ anywhere in a word where SpaceByte's word starts do not. The rules become part o
 
 from __future__ import annotations
 
+import itertools
 import math
+import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from mbp.boundaries import BoundaryRule, FixedLength, WordStarts, patch_starts
 from mbp.config import ModelConfig
+from mbp.data.skips import SkipLog
 from mbp.planning_constants import DEFAULT_PATCH
+from mbp.protocol import decode_stream
+from mbp.resolve import Resolved
+from mbp.sample import EncodedSample
 from mbp.traits import FieldCodec
 
 WORD_LONGEST = 16
 """The longest word patch where a codec's ``WordStarts`` names none: a longer word is cut (SpaceByte
 and BLT patches of English text average 4 to 8 bytes; 16 keeps all but the rarest words whole)."""
+PROBE_SAMPLES = 64
+"""Training samples read for their rows and patches, in the training stream's shuffled order (a set
+written one kind of sample at a time would otherwise show one modality only)."""
 LONGEST_ROW = 128
 """The longest row taken whole as a patch; a longer one is cut into its largest part up to this."""
 
@@ -37,9 +46,12 @@ class BoundaryPlan:
     longest: int
     fields: dict[str, str]
     """Each field's rule in words, for the run's first line."""
+    mean: float | None = None
+    """The mean patch, in tokens, of the probed samples (None: not measured)."""
 
     def describe(self, mean: float | None = None) -> str:
         """``boundaries: txt word starts (longest 16), image one 32-byte row; mean patch 5.3 bytes``."""
+        mean = self.mean if mean is None else mean
         text = "boundaries: " + ", ".join(f"{name} {words}" for name, words in self.fields.items())
         return text if mean is None else f"{text}; mean patch {mean:.1f} bytes"
 
@@ -124,3 +136,52 @@ def mean_patch(plan: BoundaryPlan, samples: Iterable[np.ndarray]) -> float | Non
         tokens += len(sample)
         patches += int(patch_starts(sample, plan.rules, plan.longest).sum())
     return tokens / patches if patches else None
+
+
+def with_planned_boundaries(resolved: Resolved, shards: list[str]) -> tuple[Resolved, BoundaryPlan | None]:
+    """``resolved`` with its model's boundary rules planned from the first training samples where the
+    pipeline leaves the byte-level patch unset (``plan_boundaries``), and the plan; else unchanged and
+    None."""
+    if not resolved.pipeline.model.leaves_byte_patch:
+        return resolved, None
+    samples = probe_samples(resolved, shards)
+    plan = plan_boundaries(resolved.pipeline.model, resolved.encoder.fields, field_rows(resolved, samples))
+    if plan is None:
+        return resolved, None
+    plan = replace(plan, mean=mean_patch(plan, (sample.tokens for sample in samples)))
+    pipeline = resolved.pipeline.model_copy(update={"model": plan.apply(resolved.pipeline.model)})
+    return resolved.with_encoding(pipeline), plan
+
+
+def with_trained_boundaries(resolved: Resolved, trained: ModelConfig) -> Resolved:
+    """For a checkpoint's pipeline: the boundary rules and byte-level patch its run planned, where the
+    pipeline leaves them unset (evaluation, ``mbp.load`` and generation then patch as training did)."""
+    model = resolved.pipeline.model
+    if trained.boundaries is None or model.boundaries is not None or len(model.stages) < 2:
+        return resolved
+    configured = model.with_byte_patch(trained.patches[-1]).model_copy(
+        update={"boundaries": trained.boundaries}
+    )
+    return resolved.with_encoding(resolved.pipeline.model_copy(update={"model": configured}))
+
+
+def probe_samples(resolved: Resolved, shards: list[str], count: int = PROBE_SAMPLES) -> list[EncodedSample]:
+    """The first ``count`` samples of the training stream, whole, as training shuffles them."""
+    stream = resolved.stream(training=True, repeat=False, seq_len=sys.maxsize)
+    return [sample for sample, _ in itertools.islice(stream.samples(shards, SkipLog(quiet=True)), count)]
+
+
+def field_rows(resolved: Resolved, samples: Iterable[EncodedSample]) -> dict[int, list[str]]:
+    """Each row length of ``samples``' fields whose codec lays them out in rows, with its fields."""
+    fields = resolved.encoder.fields
+    seen: dict[int, list[str]] = {}
+    for sample in samples:
+        for span in sample.spans:
+            field = fields.get(span.field)
+            if field is None or not field.traits.rows or sample.first != 0:
+                continue
+            segments = decode_stream(sample.tokens[span.start : span.end]).segments
+            row = field.row_bytes(segments[0]) if segments else None
+            if row is not None and span.field not in seen.setdefault(row, []):
+                seen[row].append(span.field)
+    return seen

@@ -135,6 +135,11 @@ class ModelConfig(Strict):
         return math.prod(self.patches)
 
     @property
+    def pack_align(self) -> int:
+        """Where packed samples may start: any token with boundary rules, else a multiple of the patch."""
+        return 1 if self.boundaries is not None else self.patch_len
+
+    @property
     def boundary_rules(self) -> dict[str, BoundaryRule] | None:
         """``boundaries`` as ``mbp.boundaries`` rules by codec (None: fixed patches)."""
         return rules_of(self.boundaries)
