@@ -158,3 +158,19 @@ def test_a_checkpoints_rules_serve_the_pipeline_that_left_them_unset(components:
     served = with_trained_boundaries(run, trained).pipeline.model
     assert served == trained
     assert with_trained_boundaries(run, run.pipeline.model.with_byte_patch(8)) is run
+
+
+def test_the_rest_of_a_text_split_across_rows_keeps_its_word_patches(components: ComponentTable) -> None:
+    run = resolved("lm-text", components)
+    plan = plan_boundaries(run.pipeline.model, run.encoder.fields, {})
+    assert plan is not None
+    model = build_model(plan.apply(run.pipeline.model), components)
+    whole = encode_sample([Segment("text", b"the cat sat on the mat, then it ran")])
+    cut = 20  # inside "on": the second row begins mid-payload, its header in the first row
+    rows = torch.from_numpy(np.stack([whole[:cut], whole[cut : 2 * cut]]).astype(np.int64))
+    placed = model.patch_starts(rows)
+    assert placed is not None
+    expected = patch_starts(whole, plan.rules, 16)[cut : 2 * cut]
+    expected[0] = True  # a row's first token starts a patch
+    assert placed[1].numpy().tolist() == expected.tolist()
+    assert placed[1].sum() == 6  # "n " "the " "mat, " "then " "it " "ran..."

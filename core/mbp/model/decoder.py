@@ -129,11 +129,13 @@ class MultiscaleDecoder(nn.Module):
 
     def patch_starts(self, ids: torch.Tensor) -> torch.Tensor | None:
         """``(B, L)`` bool: where the model's ``rules`` start the byte-level patches of ``ids: (B, L)``
-        (each row read as whole samples or the start of one); None for a model without rules."""
+        (each row read as whole samples, the start of one, or, where the rules name one codec, the rest
+        of one split across rows); None for a model without rules."""
         if self.rules is None:
             return None
         rows = ids.detach().cpu().numpy()
-        placed = np.stack([patch_starts(row, self.rules, self.patch_sizes[-1]) for row in rows])
+        lead = next(iter(self.rules)) if len(self.rules) == 1 else None  # a row that continues a sample
+        placed = np.stack([patch_starts(row, self.rules, self.patch_sizes[-1], lead) for row in rows])
         return torch.from_numpy(placed).to(ids.device)
 
     def _hidden(
