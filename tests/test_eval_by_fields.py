@@ -39,12 +39,12 @@ def test_accuracy_per_set_of_present_fields(components) -> None:
         scored_sample({"question": b"one plus one?", "answer": b"2"}, True),
     ]
     out = by_present_fields(head, scored, {})
-    assert out["accuracy[scene]"] == pytest.approx(1 / 3)
-    assert out["eval_samples[scene]"] == 3
-    assert out["accuracy[tone]"] == 1.0 and out["eval_samples[tone]"] == 1
     # a sample with only the fields every sample has is named by them
-    assert out["accuracy[question+answer]"] == 1.0
-    assert not any(key.startswith("confusion") for key in out)
+    assert out == {
+        "accuracy[scene]": pytest.approx(1 / 3),
+        "accuracy[tone]": 1.0,
+        "accuracy[question+answer]": 1.0,
+    }
 
 
 def test_one_set_of_fields_adds_nothing(components) -> None:

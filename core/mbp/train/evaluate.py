@@ -87,9 +87,10 @@ def evaluate(
 
 
 def by_present_fields(head: TaskHead, scored: Scored, generated: dict[int, bytes]) -> dict[str, Any]:
-    """The head's numeric metrics of each set of present fields, as ``accuracy[scene]``, where the
-    samples come in more than one: a mixed pipeline's total hides the modality that lags. A set is named
-    by its fields that some samples lack (by all its fields where it has none of those)."""
+    """The head's task metric (the first number its metrics give) of each set of present fields, as
+    ``accuracy[scene]``, where the samples come in more than one: a mixed pipeline's total hides the
+    modality that lags. A set is named by its fields that some samples lack (by all its fields where it
+    has none of those)."""
     present = [[span.field for span in sample.spans] for sample, _, _ in scored]
     common = set.intersection(*map(set, present)) if present else set()
     groups: dict[str, list[int]] = {}
@@ -101,8 +102,8 @@ def by_present_fields(head: TaskHead, scored: Scored, generated: dict[int, bytes
         metrics = head.metrics()
         for index in indices:
             metrics.update(*scored[index], generated.get(index))
-        numbers = {k: v for k, v in metrics.result().items() if isinstance(v, int | float)}
-        out.update({f"{key}[{name}]": value for key, value in numbers.items()})
+        key, value = next((k, v) for k, v in metrics.result().items() if isinstance(v, int | float))
+        out[f"{key}[{name}]"] = value
     return out
 
 
