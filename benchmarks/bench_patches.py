@@ -99,8 +99,9 @@ def one_round(args: argparse.Namespace, arms: dict[str, list[str]], index: int, 
     order = list(arms) if index % 2 == 0 else list(reversed(arms))
     row = {name: run_arm(args, arms[name], work / f"{name}-{index}") for name in order}
     for key in METRICS:
-        if key in row["fixed"]["metrics"] and key in row["boundaries"]["metrics"]:
-            row[f"{key}_ratio"] = row["boundaries"]["metrics"][key] / max(row["fixed"]["metrics"][key], 1e-12)
+        fixed, boundaries = row["fixed"]["metrics"].get(key), row["boundaries"]["metrics"].get(key)
+        if fixed and boundaries is not None:  # no ratio to a fixed arm that scored 0
+            row[f"{key}_ratio"] = boundaries / fixed
     return row
 
 
