@@ -39,6 +39,7 @@
 from __future__ import annotations
 
 from mbp.atomic import write_file_atomically
+from mbp.boundaries import BoundaryRule, FixedLength, WordStarts
 from mbp.codec import Codec, CodecTraits
 from mbp.components import ComponentTable
 from mbp.config import ModelConfig, Pipeline
@@ -84,6 +85,7 @@ __all__ = [
     "Augmenting",
     "Backbone",
     "BatchingHead",
+    "BoundaryRule",
     "Cache",
     "CheckpointError",
     "Codec",
@@ -95,6 +97,7 @@ __all__ = [
     "Dropout",
     "EncodedSample",
     "FieldHead",
+    "FixedLength",
     "HeadDefaults",
     "KVPlan",
     "KVPlanner",
@@ -121,6 +124,7 @@ __all__ = [
     "SplittingHead",
     "TaskHead",
     "ThinningHead",
+    "WordStarts",
     "build_model",
     "dropout",
     "hookimpl",

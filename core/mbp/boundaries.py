@@ -95,13 +95,16 @@ def cut_long(starts: np.ndarray, longest: np.ndarray | int) -> np.ndarray:
     return np.asarray(starts | ((index - last) % np.asarray(longest) == 0))
 
 
-def patch_starts(tokens: np.ndarray, rules: Mapping[str, BoundaryRule], longest: int) -> np.ndarray:
+def patch_starts(
+    tokens: np.ndarray, rules: Mapping[str, BoundaryRule], longest: int, lead: str | None = None
+) -> np.ndarray:
     """(L,) bool: where the patches of ``tokens: (L,)`` start, each payload by the rule ``rules`` names
     for its codec (fixed ``longest`` patches for a codec not named), no patch longer than ``longest``.
 
     The same starts ``PatchPlacer`` places one token at a time. ``tokens`` is a whole sample, a row of
     them, or the start of one (a prompt); a piece cut from the middle of a sample takes its starts from
-    the whole sample's, cut alike."""
+    the whole sample's, cut alike. ``lead``: the codec of a payload ``tokens`` begins inside of (the
+    rest of a sample split across rows), whose header lies in an earlier row."""
     tokens = np.asarray(tokens, dtype=np.int64)
     length = len(tokens)
     if length == 0:
@@ -109,7 +112,11 @@ def patch_starts(tokens: np.ndarray, rules: Mapping[str, BoundaryRule], longest:
     previous = np.concatenate(([SEG], tokens[:-1]))
     starts = (previous >= PAD) & ~np.isin(previous, _NO_START_AFTER)
     limit = np.full(length, longest, dtype=np.int64)
-    for first, stop, codec in _payloads(tokens):
+    payloads = _payloads(tokens)
+    if lead is not None and tokens[0] < PAD:  # the row begins inside a payload: the rest of one
+        markers = np.flatnonzero(tokens >= PAD)
+        payloads.insert(0, (0, int(markers[0]) + 1 if len(markers) else length, lead))
+    for first, stop, codec in payloads:
         fixed = FixedLength(longest)
         rule = fixed if codec is None else rules.get(codec, fixed)
         starts[first:stop] |= payload_starts(tokens[first:stop], rule)

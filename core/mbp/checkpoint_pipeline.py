@@ -61,7 +61,7 @@ def given_pipeline(
 ) -> tuple[MultiscaleDecoder, dict[str, Any], Resolved]:
     """The model and ``name`` from ``registry`` (default: the pipeline the checkpoint names), checked
     to fit it; a byte-level patch the pipeline leaves to the run is the one the checkpoint trained."""
-    from mbp.planning.patch_plan import with_trained_patch
+    from mbp.planning.patch_plan import with_trained_boundaries, with_trained_patch
     from mbp.train.rundir import check_belongs
 
     if name is None:
@@ -70,7 +70,7 @@ def given_pipeline(
     model, document = load_model(directory, components)
     check_belongs(directory, resolved.name, resolved.pipeline, document)
     trained = ModelConfig.model_validate(document["model"])
-    resolved = with_trained_patch(resolved, trained)
+    resolved = with_trained_boundaries(with_trained_patch(resolved, trained), trained)
     check_model(directory, resolved, trained, document)
     return model, document, resolved
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from mbp.boundaries import BoundaryRule
 from mbp.protocol import Segment
 
 Augment = Literal["never", "run", "always"]
@@ -43,6 +44,13 @@ class CodecTraits:
     segment_extension: bool = False
     """``extension_of(segment)`` names a generated file's extension (``png`` or ``jpg`` for an image);
     else ``Codec.extension`` does."""
+    boundaries: BoundaryRule | None = None
+    """Where the byte-level patches of this codec's payloads start, where a pipeline leaves the
+    byte-level ``patch`` unset (``mbp.boundaries``): ``WordStarts()`` for text, ``FixedLength(n)`` for a
+    fixed structure. None: one row where the codec has ``rows`` (the row ``row_bytes`` gives on the
+    data, the same for every row of a pipeline's field), else fixed patches of the default length (raw
+    PCM, file bytes). A rule is online, decided by the bytes before each position, so generation places
+    boundaries where training saw them; segment headers and markers get patches of their own."""
 
 
 @runtime_checkable

@@ -215,7 +215,7 @@ class LoadedModel:
         log = SkipLog(quiet=quiet)
         expanded = expand_shards(_shard_list(shards))
         resolved = rows_of_checkpoint(resolved, self.document, expanded)
-        batches = eval_batches(resolved, expanded, log, self.model.patch_len)
+        batches = eval_batches(resolved, expanded, log, self.model.pack_align)
         if not batches:  # metrics of nothing would read as a result
             raise DataError(f"no usable sample in {log.why_none(expanded)}")
         return Evaluation(evaluate(self.model, batches, resolved.head), log.summary())
@@ -260,7 +260,7 @@ class LoadedModel:
         from mbp.data.batches import Position, aligned, batches
         from mbp.planning.rows import with_seq_len
 
-        align = self.model.patch_len
+        align = self.model.pack_align
         if resolved.pipeline.data.seq_len is None:
             recorded = ((self.document.get("pipeline") or {}).get("data") or {}).get("seq_len")
             size = (

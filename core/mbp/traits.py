@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from mbp.boundaries import FixedLength, WordStarts
 from mbp.codec import Codec, CodecTraits
 from mbp.errors import PluginError
 from mbp.heads import HeadDefaults, TaskHead
@@ -56,6 +57,11 @@ def codec_traits(codec: Codec) -> CodecTraits:
     if traits.augment not in ("never", "run", "always"):
         raise PluginError(
             f"codec '{codec.name}': traits.augment must be never, run or always, got {traits.augment!r}"
+        )
+    if traits.boundaries is not None and not isinstance(traits.boundaries, FixedLength | WordStarts):
+        raise PluginError(
+            f"codec '{codec.name}': traits.boundaries must be a FixedLength or WordStarts (mbp.api) or None, "
+            f"got {type(traits.boundaries).__name__}"
         )
     named = [method for flag, method in TRAIT_METHODS.items() if getattr(traits, flag)]
     named += ["encode_augmented"] if traits.augment != "never" else []

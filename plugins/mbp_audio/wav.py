@@ -83,7 +83,7 @@ class WavCodec:
             # log-mel frames read as an answer's context weigh more than the answer heads' default
             context_weight=LOGMEL_CONTEXT_WEIGHT if self.payload == "logmel" else None,
             augment="always" if params.augment else "never",
-            rows=True,
+            rows=True,  # boundaries unset: one log-mel frame (its row); raw PCM and file bytes fixed
             reading_view=True,
             segment_extension=True,
         )

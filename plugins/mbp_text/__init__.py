@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mbp.api import Codec, CodecError, Register, Segment, hookimpl
+from mbp.api import Codec, CodecError, CodecTraits, Register, Segment, WordStarts, hookimpl
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -14,6 +14,8 @@ class TextParams(BaseModel):
 class TextCodec:
     name = "text"
     extension = "txt"
+    traits = CodecTraits(boundaries=WordStarts())
+    """A byte-level patch a word (SpaceByte's placement), where the pipeline leaves the patch unset."""
 
     def __init__(self, params: TextParams) -> None:
         self.strip = params.strip

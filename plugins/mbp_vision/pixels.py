@@ -41,6 +41,7 @@ class PixelsCodec:
         self.mode = params.mode
         self.size = params.size
         self.max_pixels = params.max_pixels
+        # boundaries unset: a byte-level patch is one row, planned from the data's row length
         self.traits = CodecTraits(augment=AUGMENT[params.augment], rows=True)
 
     def encode(self, data: bytes) -> Segment:

@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.functional_validators import BeforeValidator
 from pydantic_core import PydanticCustomError
 
+from mbp.boundaries import BoundaryRule
+from mbp.config.boundary_rules import RuleConfig, rules_of, to_config
 from mbp.planning.constants import (
     AUGMENT_PASSES,
     DEFAULT_BATCH,
@@ -90,6 +92,13 @@ class ModelConfig(Strict):
     )
     """Dropout of every stage whose backbone takes a ``dropout`` parameter and does not set one. None: the
     head's (``HeadDefaults.dropout``): 0.1 for ``vqa``/``classify``, 0 for ``lm``."""
+    boundaries: dict[str, RuleConfig] | None = Field(
+        default=None, description="where byte-level patches start, by codec; unset: fixed patches"
+    )
+    """Where the byte-level patches of each codec's payloads start (``mbp.config.boundary_rules``), the
+    last stage's ``patch`` the longest; codecs not named get fixed patches of that length, and segment
+    headers and markers patches of their own. None: every patch is the last stage's ``patch`` long.
+    ``mbp run`` sets it from the codecs' declared boundaries where the byte-level patch is unset."""
 
     @field_validator("stages")
     @classmethod
@@ -123,6 +132,21 @@ class ModelConfig(Strict):
     @property
     def patch_len(self) -> int:
         return math.prod(self.patches)
+
+    @property
+    def pack_align(self) -> int:
+        """Where packed samples may start: any token with boundary rules, else a multiple of the patch."""
+        return 1 if self.boundaries is not None else self.patch_len
+
+    @property
+    def boundary_rules(self) -> dict[str, BoundaryRule] | None:
+        """``boundaries`` as ``mbp.boundaries`` rules by codec (None: fixed patches)."""
+        return rules_of(self.boundaries)
+
+    def with_boundaries(self, rules: dict[str, BoundaryRule], longest: int) -> ModelConfig:
+        """This model with byte-level patches placed by ``rules``, none longer than ``longest``."""
+        configs = {codec: to_config(rule) for codec, rule in rules.items()}
+        return self.with_byte_patch(longest).model_copy(update={"boundaries": configs})
 
     def with_byte_patch(self, patch: int) -> ModelConfig:
         """This model with the byte-level stage's patch set to ``patch`` (a run's planned one)."""

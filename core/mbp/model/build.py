@@ -34,4 +34,4 @@ def build_model(config: ModelConfig | dict[str, Any], components: ComponentTable
         )
         for index, s in enumerate(cfg.stages)
     ]
-    return MultiscaleDecoder(stages, loss_chunk=cfg.loss_chunk)
+    return MultiscaleDecoder(stages, loss_chunk=cfg.loss_chunk, rules=cfg.boundary_rules)

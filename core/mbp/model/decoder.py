@@ -18,12 +18,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from mbp.boundaries import BoundaryRule
+from mbp.boundaries import BoundaryRule, patch_starts
 from mbp.errors import ConfigError
 from mbp.model.backbone import Backbone, prefill, run_segments
 from mbp.model.decoder_cache import DecoderCache
@@ -46,9 +47,17 @@ class Stage:
 
 class MultiscaleDecoder(nn.Module):
     def __init__(
-        self, stages: Sequence[Stage], *, vocab_size: int = VOCAB_SIZE, loss_chunk: int | None = None
+        self,
+        stages: Sequence[Stage],
+        *,
+        vocab_size: int = VOCAB_SIZE,
+        loss_chunk: int | None = None,
+        rules: Mapping[str, BoundaryRule] | None = None,
     ) -> None:
         super().__init__()
+        self.rules = None if rules is None or len(stages) == 1 else dict(rules)
+        """The model's boundary rules by codec (``mbp.boundaries``): where set, ``hidden``, ``loss`` and
+        generation place byte-level patches by them, the last stage's patch the longest; None: fixed."""
         if not stages:
             raise ConfigError("a multiscale decoder needs at least one stage")
         for index, stage in enumerate(stages[1:], start=2):
@@ -84,6 +93,12 @@ class MultiscaleDecoder(nn.Module):
         return self.units[0]
 
     @property
+    def pack_align(self) -> int:
+        """Where packed samples may start: any token with boundary rules (a sample's ``BOS`` starts a
+        patch of its own), else a multiple of ``patch_len``."""
+        return 1 if self.rules is not None else self.patch_len
+
+    @property
     def max_len(self) -> int | None:
         """The longest input in tokens, or None when stage 1 has no fixed length."""
         return None if self.seq_lens[0] is None else int(self.seq_lens[0]) * self.patch_len
@@ -107,9 +122,21 @@ class MultiscaleDecoder(nn.Module):
         ``starts: (B, L)`` bool marks where byte-level patches start (``mbp.model.varying_patches``);
         without it every patch is full. Packed samples may then begin at any patch start.
         """
+        starts = self.patch_starts(ids) if starts is None else starts
         if starts is not None:
             return varying_hidden(self, ids, starts, begins)
         return self._hidden(ids, begins, self.first_patches(begins))
+
+    def patch_starts(self, ids: torch.Tensor) -> torch.Tensor | None:
+        """``(B, L)`` bool: where the model's ``rules`` start the byte-level patches of ``ids: (B, L)``
+        (each row read as whole samples, the start of one, or, where the rules name one codec, the rest
+        of one split across rows); None for a model without rules."""
+        if self.rules is None:
+            return None
+        rows = ids.detach().cpu().numpy()
+        lead = next(iter(self.rules)) if len(self.rules) == 1 else None  # a row that continues a sample
+        placed = np.stack([patch_starts(row, self.rules, self.patch_sizes[-1], lead) for row in rows])
+        return torch.from_numpy(placed).to(ids.device)
 
     def _hidden(
         self, ids: torch.Tensor, begins: torch.Tensor | None, first: torch.Tensor | None
@@ -232,6 +259,7 @@ class MultiscaleDecoder(nn.Module):
         w = (ids != PAD).float()
         if weights is not None:
             w = w * weights.float()
+        starts = self.patch_starts(ids) if starts is None else starts
         first = None if starts is not None else self.first_patches(begins)  # once: it syncs with the device
         sparse = None if starts is not None else self._weighted_rows(ids, w, begins, first)
         if sparse is not None:
@@ -307,6 +335,7 @@ class MultiscaleDecoder(nn.Module):
         """Inference state for ``batch`` rows of up to ``max_len`` tokens each; with boundary ``rules``,
         byte-level patches start where they place them (``mbp.model.varying_steps``)."""
         like = next(self.parameters()).detach()
+        rules = self.rules if rules is None else rules
         max_len = grid_capacity(max_len, rules, self.patch_sizes[-1])
         capacities = [max_len // self.units[0] + 2] + [p + 1 for p in self.patch_sizes[1:]]
         caches = [self._backbone(s).allocate_cache(batch, capacities[s]) for s in range(self.num_stages)]

@@ -20,7 +20,7 @@ import torch
 
 from mbp.planning.budget import RUN_SECONDS, EvalLoad, ceiling, evaluations, training_seconds
 from mbp.planning.constants import FEWEST_STEPS, PASSES
-from mbp.planning.patch_plan import PatchPlan, plan_patch
+from mbp.planning.patch_plan import BoundaryPlan, with_planned_boundaries
 from mbp.planning.precision_plan import PrecisionPlan, plan_precision, with_precision
 from mbp.planning.probe import Probe
 from mbp.planning.rows import RowPlan, plan_rows
@@ -172,7 +172,7 @@ class RunPlan:
     precision: PrecisionPlan
     variation: VariationPlan | None = None
     """None where the pipeline sets ``data.augment`` or no field's codec leaves it to the run."""
-    patch: PatchPlan | None = None
+    patch: BoundaryPlan | None = None
     """None where the pipeline gives the byte-level stage's patch."""
 
     def settled(self, settings: RunSettings) -> RunPlan:
@@ -210,9 +210,9 @@ def plan_run(resolved: Resolved, probe: Probe, device: torch.device | None = Non
     ceiling follow measured step times, so a resumed run takes those, and the variation that follows
     from the steps, from its checkpoint (``mbp.planning.settle``), not from planning again."""
     device = device or torch.device("cpu")
-    planned, patch = plan_patch(resolved, probe)
+    planned, patch = with_planned_boundaries(resolved, probe)
     planned, rows = plan_rows(planned, probe)
-    align = planned.pipeline.model.patch_len
+    align = planned.pipeline.model.pack_align
     precision = plan_precision(planned, lambda: probe.timing_batches(planned, align), device)
     planned = with_precision(planned, precision.choice.precision)
     steps = None

@@ -82,6 +82,10 @@ class Probe:
         """Held-out samples, counted up to ``most`` (None: all)."""
         return self.held_out.count(most)
 
+    def samples(self, resolved: Resolved, count: int) -> list[EncodedSample]:
+        """The training stream's first ``count`` samples, whole, as training shuffles them (unvaried)."""
+        return [sample for sample, _ in itertools.islice(self._encoded(resolved).samples(), count)]
+
     def lengths(self, resolved: Resolved) -> list[int]:
         """Encoded lengths of the training stream's first ``LENGTH_SAMPLES`` samples."""
         samples = itertools.islice(self._encoded(resolved).samples(), LENGTH_SAMPLES)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from mbp.config.boundary_rules import RuleConfig
 from mbp.resolve import Resolved
 from mbp.train.precision import PrecisionChoice
 
@@ -21,7 +22,11 @@ class RunSettings:
     row_len: int
     """Tokens a row (``data.seq_len``, given or planned)."""
     patch: int | None
-    """The byte-level stage's patch (given, or planned from the data's rows); None: a model of one stage."""
+    """The byte-level stage's patch, its longest where ``boundaries`` place them (given, or planned
+    from the data); None: a model of one stage."""
+    boundaries: dict[str, RuleConfig] | None
+    """Where byte-level patches start, by codec (``model.boundaries``: given, or planned from the
+    codecs' declared boundaries where the pipeline leaves the patch unset); None: fixed patches."""
     precision: PrecisionChoice
     steps: int
     """The run's bound: ``train.steps`` given, planned, recorded, or counted again during the run."""
@@ -42,6 +47,7 @@ class RunSettings:
         return cls(
             row_len=data.seq_len,
             patch=model.patches[-1] if model.patches else None,
+            boundaries=model.boundaries,
             precision=precision,
             steps=train.steps,
             eval_samples=data.max_eval_samples,
@@ -59,6 +65,8 @@ class RunSettings:
         model = pipeline.model
         if self.patch is not None and model.leaves_byte_patch:
             model = model.with_byte_patch(self.patch)
+            if model.boundaries is None and self.boundaries is not None:
+                model = model.model_copy(update={"boundaries": self.boundaries})
         data = pipeline.data.model_copy(
             update={"seq_len": self.row_len, "max_eval_samples": self.eval_samples, "augment": self.augment}
         )

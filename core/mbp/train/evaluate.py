@@ -80,10 +80,31 @@ def evaluate(
     for sample, nats, _ in scored:
         weighted_nats += float(np.dot(nats, sample.weights))
         weight_sum += float(sample.weights.sum())
-    result = metrics.result()
+    result = {**metrics.result(), **by_present_fields(head, scored, generated)}
     # the loss training minimises, on held-out data: set beside train_bpb, it shows memorising
     result["loss_bpb"] = weighted_nats / max(weight_sum, 1e-12) / math.log(2)
     return result
+
+
+def by_present_fields(head: TaskHead, scored: Scored, generated: dict[int, bytes]) -> dict[str, Any]:
+    """The head's task metric (the first number its metrics give) of each set of present fields, as
+    ``accuracy[scene]``, where the samples come in more than one: a mixed pipeline's total hides the
+    modality that lags. A set is named by its fields that some samples lack (by all its fields where it
+    has none of those)."""
+    present = [[span.field for span in sample.spans] for sample, _, _ in scored]
+    common = set.intersection(*map(set, present)) if present else set()
+    groups: dict[str, list[int]] = {}
+    for index, fields in enumerate(present):
+        named = [f for f in fields if f not in common] or fields
+        groups.setdefault("+".join(named), []).append(index)
+    out: dict[str, Any] = {}
+    for name, indices in groups.items() if len(groups) > 1 else ():
+        metrics = head.metrics()
+        for index in indices:
+            metrics.update(*scored[index], generated.get(index))
+        key, value = next((k, v) for k, v in metrics.result().items() if isinstance(v, int | float))
+        out[f"{key}[{name}]"] = value
+    return out
 
 
 @torch.no_grad()

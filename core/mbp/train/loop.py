@@ -129,7 +129,7 @@ class Trainer:
 
     def _setup_data(self) -> None:
         resolved, request, world, out = self.resolved, self.request, self.world, self.out
-        align = self.model.patch_len
+        align = self.model.pack_align
         self.stream = TrainingStream(resolved, request.train_shards, self.state, world, align)
         evals = request.eval_shards
         self.evals = held_out_batches(resolved, evals, align, quiet=not world.is_main) if evals else []

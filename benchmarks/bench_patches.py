@@ -1,0 +1,147 @@
+"""Do patches that follow the data beat fixed ones? A registry pipeline run as a user runs it (its
+defaults, ``train.minutes`` given, one seed), once with fixed byte-level patches and once with the
+boundaries its codecs declare, alternating which goes first round by round, on the same machine.
+
+The fixed arm sets the last stage's ``patch`` (``--fixed 8``, or ``--fixed row``: the row of the
+probed samples where every field has one length, else 8); the boundaries arm leaves it unset, so the
+run plans its boundary rules (``mbp.patch_rules``). ``--explicit`` passes the planned rules to the
+run through ``--set model.boundaries=...`` instead, for a checkout whose run plans only a fixed patch.
+Prints each arm's held-out bits per byte (``loss_bpb``) and accuracy where the head reports one, and
+the ratios boundaries / fixed (bits per byte under 1 and accuracy over 1 favour the boundaries).
+
+Run: python -m benchmarks.bench_patches PIPELINE [--registry FILE] [--minutes 9] [--rounds 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import save
+
+METRICS = ("loss_bpb", "accuracy")
+
+
+def resolved_pipeline(name: str, registry: str | None) -> Any:
+    from mbp.plugins import get_platform
+    from mbp.resolve import resolve
+
+    return resolve(registry, name, components=get_platform().components)
+
+
+def byte_stage(resolved: Any) -> int:
+    """The index of the byte-level stage, for ``--set model.stages.N.patch``."""
+    return len(resolved.pipeline.model.stages) - 1
+
+
+def fixed_patch(resolved: Any, shards: list[str], fixed: str) -> int:
+    """``fixed`` as a number; ``row``: the probed samples' one row length as a patch, else 8."""
+    if fixed != "row":
+        return int(fixed)
+    from mbp.planning.patch_plan import field_rows, probe_samples, row_patch
+    from mbp.planning_constants import DEFAULT_PATCH
+
+    rows = field_rows(resolved, probe_samples(resolved, shards))
+    return row_patch(next(iter(rows))) if len(rows) == 1 else DEFAULT_PATCH
+
+
+def explicit_rules(resolved: Any, shards: list[str]) -> list[str]:
+    """``--set`` settings that give the run the rules a run would plan for ``resolved``."""
+    from mbp.config.boundary_rules import to_config
+    from mbp.planning.patch_plan import with_planned_boundaries
+
+    model = resolved.pipeline.model
+    unset = model.model_copy(
+        update={"stages": [*model.stages[:-1], model.stages[-1].model_copy(update={"patch": None})]}
+    )
+    pipeline = resolved.pipeline.model_copy(update={"model": unset})
+    _, plan = with_planned_boundaries(resolved.with_encoding(pipeline), shards)
+    if plan is None:
+        raise SystemExit("bench_patches: the pipeline's model has one stage: no byte-level patch to place")
+    rules = {codec: to_config(rule).model_dump() for codec, rule in plan.rules.items()}
+    return [
+        f"model.boundaries={json.dumps(rules)}",
+        f"model.stages.{byte_stage(resolved)}.patch={plan.longest}",
+    ]
+
+
+def run_arm(args: argparse.Namespace, settings: list[str], out: Path) -> dict[str, Any]:
+    command = [
+        sys.executable,
+        "-m",
+        "mbp.cli",
+        "run",
+        args.pipeline,
+        "--out",
+        str(out),
+        "--json",
+        "--overwrite",
+    ]
+    command += ["--registry", args.registry] if args.registry else []
+    for setting in [f"train.minutes={args.minutes}", f"train.seed={args.seed}", *args.set, *settings]:
+        command += ["--set", setting]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"bench_patches: {' '.join(command)} failed: {done.stderr.strip()[-400:]}")
+    summary = json.loads(done.stdout)
+    first = next((line for line in done.stderr.splitlines() if line.strip()), "")
+    kept = {key: summary["metrics"][key] for key in METRICS if key in summary["metrics"]}
+    return {"metrics": kept, "steps": summary["steps"], "first_line": first}
+
+
+def one_round(args: argparse.Namespace, arms: dict[str, list[str]], index: int, work: Path) -> dict[str, Any]:
+    order = list(arms) if index % 2 == 0 else list(reversed(arms))
+    row = {name: run_arm(args, arms[name], work / f"{name}-{index}") for name in order}
+    for key in METRICS:
+        fixed, boundaries = row["fixed"]["metrics"].get(key), row["boundaries"]["metrics"].get(key)
+        if fixed and boundaries is not None:  # no ratio to a fixed arm that scored 0
+            row[f"{key}_ratio"] = boundaries / fixed
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_patches", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("pipeline")
+    parser.add_argument("--registry", default=None)
+    parser.add_argument("--minutes", type=float, default=9.0, help="train.minutes of each run")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fixed", default="8", help="the fixed arm's patch: a number, or row")
+    parser.add_argument("--explicit", action="store_true", help="pass the planned rules by --set")
+    parser.add_argument("--set", action="append", default=[], help="a further --set for both arms")
+    args = parser.parse_args()
+    resolved = resolved_pipeline(args.pipeline, args.registry)
+    shards = resolved.pipeline.data.train_shards
+    from mbp.data.read import expand_shards
+
+    shards = expand_shards(shards)
+    stage = byte_stage(resolved)
+    arms = {
+        "fixed": [f"model.stages.{stage}.patch={fixed_patch(resolved, shards, args.fixed)}"],
+        "boundaries": explicit_rules(resolved, shards)
+        if args.explicit
+        else [f"model.stages.{stage}.patch=null"],
+    }
+    with tempfile.TemporaryDirectory(prefix="bench_patches-") as work:
+        rounds = [one_round(args, arms, index, Path(work)) for index in range(args.rounds)]
+    summary = {
+        f"{key}_ratio": statistics.median(r[f"{key}_ratio"] for r in rounds)
+        for key in METRICS
+        if all(f"{key}_ratio" in r for r in rounds)
+    }
+    save(
+        f"bench_patches_{args.pipeline}",
+        {"pipeline": args.pipeline, "arms": arms, "summary": summary, "rounds": rounds},
+    )
+
+
+if __name__ == "__main__":
+    main()
