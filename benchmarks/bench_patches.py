@@ -4,7 +4,7 @@ boundaries its codecs declare, alternating which goes first round by round, on t
 
 The fixed arm sets the last stage's ``patch`` (``--fixed 8``, or ``--fixed row``: the row of the
 probed samples where every field has one length, else 8); the boundaries arm leaves it unset, so the
-run plans its boundary rules (``mbp.patch_rules``). ``--explicit`` passes the planned rules to the
+run plans its boundary rules (``mbp.planning.patch_plan``). ``--explicit`` passes the planned rules to the
 run through ``--set model.boundaries=...`` instead, for a checkout whose run plans only a fixed patch.
 Prints each arm's held-out bits per byte (``loss_bpb``) and accuracy where the head reports one, and
 the ratios boundaries / fixed (bits per byte under 1 and accuracy over 1 favour the boundaries).
@@ -44,10 +44,11 @@ def fixed_patch(resolved: Any, shards: list[str], fixed: str) -> int:
     """``fixed`` as a number; ``row``: the probed samples' one row length as a patch, else 8."""
     if fixed != "row":
         return int(fixed)
-    from mbp.planning.patch_plan import field_rows, probe_samples, row_patch
-    from mbp.planning_constants import DEFAULT_PATCH
+    from mbp.planning.constants import DEFAULT_PATCH
+    from mbp.planning.patch_plan import PROBE_SAMPLES, field_rows, row_patch
+    from mbp.planning.probe import Probe
 
-    rows = field_rows(resolved, probe_samples(resolved, shards))
+    rows = field_rows(resolved, Probe(shards).samples(resolved, PROBE_SAMPLES))
     return row_patch(next(iter(rows))) if len(rows) == 1 else DEFAULT_PATCH
 
 
@@ -55,13 +56,14 @@ def explicit_rules(resolved: Any, shards: list[str]) -> list[str]:
     """``--set`` settings that give the run the rules a run would plan for ``resolved``."""
     from mbp.config.boundary_rules import to_config
     from mbp.planning.patch_plan import with_planned_boundaries
+    from mbp.planning.probe import Probe
 
     model = resolved.pipeline.model
     unset = model.model_copy(
         update={"stages": [*model.stages[:-1], model.stages[-1].model_copy(update={"patch": None})]}
     )
     pipeline = resolved.pipeline.model_copy(update={"model": unset})
-    _, plan = with_planned_boundaries(resolved.with_encoding(pipeline), shards)
+    _, plan = with_planned_boundaries(resolved.with_encoding(pipeline), Probe(shards))
     if plan is None:
         raise SystemExit("bench_patches: the pipeline's model has one stage: no byte-level patch to place")
     rules = {codec: to_config(rule).model_dump() for codec, rule in plan.rules.items()}
