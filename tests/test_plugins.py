@@ -197,7 +197,9 @@ def test_schema_lists_each_codecs_traits_and_each_heads_defaults() -> None:
         "rows": True,
         "reading_view": False,
         "segment_extension": False,
+        "boundaries": None,  # one row of its rows, planned from the data
     }
+    assert document["codecs"]["text"]["traits"]["boundaries"] == {"rule": "words", "longest": None}
     assert document["codecs"]["wav"]["reading_traits"]["context_weight"] == 0.1  # the log-mel view's
     assert document["heads"]["lm"]["defaults"] == {
         "answers": None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -12,6 +12,9 @@ from mbp.components import KINDS, ComponentTable, Kind
 from mbp.config import Pipeline, check_registry, load_registry
 from mbp.errors import MbpError
 from mbp.plugins import get_platform
+
+if TYPE_CHECKING:
+    from mbp.codec import CodecTraits
 
 
 @click.command("validate")
@@ -77,12 +80,22 @@ def declared(components: ComponentTable, kind: Kind, name: str) -> dict[str, Any
         if kind == "heads":
             return {"defaults": dataclasses.asdict(head_defaults(built))}
         traits = codec_traits(built)
-        found = {"traits": dataclasses.asdict(traits)}
+        found = {"traits": _traits_document(traits)}
         if traits.reading_view:
-            found["reading_traits"] = dataclasses.asdict(codec_traits(built.for_reading()))
+            found["reading_traits"] = _traits_document(codec_traits(built.for_reading()))
         return found
     except MbpError as error:
         return {"declared": f"set by its parameters, and none builds it by default ({error})"}
+
+
+def _traits_document(traits: CodecTraits) -> dict[str, Any]:
+    """``traits`` as JSON: a boundary rule as its checkpoint record (``{"rule": "words", ...}``)."""
+    from mbp.boundaries import rule_to_json
+
+    document = dataclasses.asdict(traits)
+    if traits.boundaries is not None:
+        document["boundaries"] = rule_to_json(traits.boundaries)
+    return document
 
 
 COMMANDS = [validate_command, schema_command]
