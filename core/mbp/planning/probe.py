@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from mbp.config import settled_batch_size, settled_seq_len
 from mbp.data.batches import Batch, Position, batches
 from mbp.data.encode import SampleEncoder
 from mbp.data.read import RawSample, read_samples
@@ -91,12 +92,13 @@ class Probe:
         """The training stream's first ``PROBE_ROWS`` rows, in batches as training packs them; ``augment``:
         varied and weighted as training's are (a ``ThinningHead`` thins them)."""
         data = resolved.pipeline.data
-        key = (resolved.encoder, data.row_len, data.batch_rows, align, augment)
+        seq_len = settled_seq_len(data)
+        key = (resolved.encoder, seq_len, settled_batch_size(data), align, augment)
         if key not in self._packed:
             if augment:
-                stream = training_order(resolved, self.shards, data.row_len, augment=True)
+                stream = training_order(resolved, self.shards, seq_len, augment=True)
             else:  # the samples the lengths were measured on, those too long for a row skipped
-                stream = self._encoded(resolved).samples(longest=data.row_len)
+                stream = self._encoded(resolved).samples(longest=seq_len)
             self._packed[key] = list(_packed(resolved, stream, align))
         return self._packed[key]
 
@@ -119,7 +121,7 @@ class Probe:
         rows = sum(len(batch.rows) for batch in probed)
         samples = sum(batch.samples_started for batch in probed)
         per_row = samples / rows if rows else 1.0
-        return per_row * resolved.pipeline.data.batch_rows * resolved.pipeline.train.grad_accum
+        return per_row * settled_batch_size(resolved.pipeline.data) * resolved.pipeline.train.grad_accum
 
 
 @dataclass
@@ -153,8 +155,9 @@ def _packed(
     resolved: Resolved, stream: Iterator[tuple[EncodedSample, Position]], align: int
 ) -> Iterator[Batch]:
     data = resolved.pipeline.data
-    packed = batches(stream, data.batch_rows, data.row_len, pack=data.pack, align=align, split=resolved.split)
-    for batch, _ in itertools.islice(packed, math.ceil(PROBE_ROWS / data.batch_rows)):
+    rows = settled_batch_size(data)
+    packed = batches(stream, rows, settled_seq_len(data), pack=data.pack, align=align, split=resolved.split)
+    for batch, _ in itertools.islice(packed, math.ceil(PROBE_ROWS / rows)):
         yield batch
 
 
