@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -58,6 +59,31 @@ class Counter:
         return self.counted if most is None else min(self.counted, most)
 
 
+@dataclass
+class Reading:
+    """The time spent drawing encoded samples from a training stream (reading, shuffling, decoding,
+    encoding), and what they held: the data path's rate on this machine, from samples the plan reads
+    anyway."""
+
+    seconds: float = 0.0
+    samples: int = 0
+    tokens: int = 0
+
+    def timed(
+        self, stream: Iterator[tuple[EncodedSample, Position]]
+    ) -> Iterator[tuple[EncodedSample, Position]]:
+        """``stream``, each draw timed and counted here."""
+        while True:
+            began = time.perf_counter()
+            read = next(stream, None)
+            self.seconds += time.perf_counter() - began
+            if read is None:
+                return
+            self.samples += 1
+            self.tokens += len(read[0].tokens)
+            yield read
+
+
 class Probe:
     """One run's look at its data before (and while) it trains, each part read at most once."""
 
@@ -69,6 +95,8 @@ class Probe:
         self.encoded: Encoded | None = None
         self._packed: dict[tuple[SampleEncoder, int, int, int, bool], list[Batch]] = {}
         """Batches packed, by the encoder and the rows they were packed for."""
+        self.readings = {False: Reading(), True: Reading()}
+        """The training stream's readings, unvaried (False) and varied as training varies it (True)."""
 
     def first_samples(self) -> list[RawSample]:
         """The training set's first ``FIRST_SAMPLES`` samples, in shard order."""
@@ -96,7 +124,9 @@ class Probe:
         key = (resolved.encoder, seq_len, settled_batch_size(data), align, augment)
         if key not in self._packed:
             if augment:
-                stream = training_order(resolved, self.shards, seq_len, augment=True)
+                stream = self.readings[True].timed(
+                    training_order(resolved, self.shards, seq_len, augment=True)
+                )
             else:  # the samples the lengths were measured on, those too long for a row skipped
                 stream = self._encoded(resolved).samples(longest=seq_len)
             self._packed[key] = list(_packed(resolved, stream, align))
@@ -106,8 +136,17 @@ class Probe:
         """The training stream's samples as encoded for ``resolved`` (unvaried), kept as they are read."""
         if self.encoded is None or self.encoded.encoder is not resolved.encoder:
             stream = training_order(resolved, self.shards, sys.maxsize)  # nothing is too long to measure
+            stream = self.readings[False].timed(stream)
             self.encoded = Encoded(resolved.encoder, stream, resolved.split)
         return self.encoded
+
+    def reading(self) -> tuple[Reading, bool] | None:
+        """The training stream's reading so far and whether its samples were varied as training's are:
+        the varied one where planning read it, else the unvaried one; None where none was read."""
+        for augmented in (True, False):
+            if self.readings[augmented].samples and self.readings[augmented].seconds > 0:
+                return self.readings[augmented], augmented
+        return None
 
     def timing_batches(self, resolved: Resolved, align: int) -> list[Batch]:
         """The batches a step is timed on: weighted as training weights them (thinned where the head
