@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from mbp.config import settled_batch_size, settled_seq_len
 from mbp.data import read
 from mbp.data.batches import Batch, batches
 from mbp.data.field_cache import FieldCache
@@ -81,7 +82,9 @@ def gpu_need(resolved: Resolved, shards: list[str]) -> dict[str, float]:
     data = resolved.pipeline.data
     split = resolved.split
     stream = resolved.stream(training=False).samples(shards, SkipLog(quiet=True))
-    packed = batches(stream, data.batch_rows, data.row_len, pack=data.pack, align=8, split=split)
+    packed = batches(
+        stream, settled_batch_size(data), settled_seq_len(data), pack=data.pack, align=8, split=split
+    )
     batch: Batch = next(packed)[0]
     stream.close()
     model = build_model(resolved.pipeline.model, resolved.components).eval()

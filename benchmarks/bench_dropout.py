@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from mbp.config import TrainConfig
+from mbp.config import TrainConfig, settled_batch_size, settled_seq_len
 from mbp.data.batches import Batch, batches, encoded_stream
 from mbp.data.read import expand_shards
 from mbp.data.skips import SkipLog
@@ -71,8 +71,12 @@ def main() -> None:
     torch.manual_seed(0)
     model = build_model(resolved.pipeline.model, components).train()
     optimizer = make_optimizer(model, TrainConfig(lr=1e-3, weight_decay=0.1))
-    stream = encoded_stream(shards, resolved.encoder, data.row_len, SkipLog(quiet=True), augment=True)
-    made = batches(stream, data.batch_rows, data.row_len, pack=data.pack, align=model.patch_len)
+    stream = encoded_stream(
+        shards, resolved.encoder, settled_seq_len(data), SkipLog(quiet=True), augment=True
+    )
+    made = batches(
+        stream, settled_batch_size(data), settled_seq_len(data), pack=data.pack, align=model.patch_len
+    )
     ready: list[Batch] = [batch for (batch, _), _ in zip(made, range(WARMUP + TIMED), strict=False)]
 
     def step(batch: Batch) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from mbp.config import settled_batch_size, settled_seq_len
 from mbp.data.batches import batches, encoded_stream
 from mbp.data.read import expand_shards
 from mbp.data.skips import SkipLog
@@ -52,13 +53,20 @@ def training_rate(resolved: Resolved, model: MultiscaleDecoder) -> float:
     stream = encoded_stream(
         shards,
         resolved.encoder,
-        data.row_len,
+        settled_seq_len(data),
         log,
         shuffle_buffer=data.shuffle_buffer,
         augment=True,
         split=split,
     )
-    made = batches(stream, data.batch_rows, data.row_len, pack=data.pack, align=model.patch_len, split=split)
+    made = batches(
+        stream,
+        settled_batch_size(data),
+        settled_seq_len(data),
+        pack=data.pack,
+        align=model.patch_len,
+        split=split,
+    )
     ready = [batch for (batch, _), _ in zip(made, range(TRAIN_STEPS + 3), strict=False)]
     optimizer = make_optimizer(model, resolved.pipeline.train.model_copy(update={"lr": 1e-3}))
     model.train()

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from mbp.config import TrainConfig
+from mbp.config import TrainConfig, settled_batch_size, settled_seq_len
 from mbp.data.batches import Batch, batches, encoded_stream
 from mbp.data.read import expand_shards, read_samples
 from mbp.data.skips import SkipLog
@@ -72,14 +72,18 @@ def training_batches(resolved: Resolved) -> list[Batch]:
     stream = encoded_stream(
         expand_shards(data.train_shards),
         resolved.encoder,
-        data.row_len,
+        settled_seq_len(data),
         SkipLog(),
         seed=train.seed,
         shuffle_buffer=data.shuffle_buffer,
         augment=True,
     )
     made = batches(
-        stream, data.batch_rows, data.row_len, pack=data.pack, align=resolved.pipeline.model.patch_len
+        stream,
+        settled_batch_size(data),
+        settled_seq_len(data),
+        pack=data.pack,
+        align=resolved.pipeline.model.patch_len,
     )
     return [batch for (batch, _), _ in zip(made, range(train.steps or 0), strict=False)]
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from mbp.api import HeadDefaults
+from mbp.config import settled_batch_size
 from mbp.planning.constants import DEFAULT_BATCH
 from mbp.plugins import get_platform
 from mbp.resolve import resolve, with_batch_size
@@ -17,8 +18,7 @@ from tests.shardkit import lm_registry, qa_registry
 def resolved_rows(tmp_path: Path, text: str, name: str) -> int:
     (tmp_path / "registry.yaml").write_text(text)
     resolved = resolve(str(tmp_path / "registry.yaml"), name, components=get_platform().components)
-    assert resolved.pipeline.data.batch_size == resolved.pipeline.data.batch_rows
-    return resolved.pipeline.data.batch_rows
+    return settled_batch_size(resolved.pipeline.data)
 
 
 def test_lm_trains_one_row_a_step_unless_the_pipeline_says_otherwise(tmp_path: Path) -> None:
@@ -46,4 +46,4 @@ def test_an_unresolved_batch_is_not_read_as_a_number() -> None:
     from mbp.config import DataConfig
 
     with pytest.raises(ValueError, match="batch_size is filled in from the head"):
-        _ = DataConfig().batch_rows
+        settled_batch_size(DataConfig())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -252,6 +253,10 @@ def test_shards_inspect_previews_what_a_run_would_plan(
     args = ["shards", "inspect", shard, "--pipeline", "photos", "--registry", str(tmp_path / "registry.yaml")]
     report = json.loads(invoke_mbp(*args, "--json").stdout)
     described = report["run"].pop("describe")
+    rate = report["run"].pop("data_path")  # timed on the samples the plan read: numbers, not their size
+    assert rate["samples"] > 0 and isinstance(rate["augmented"], bool)
+    for name in ("samples_per_s", "mb_per_s", "step_samples_per_s"):
+        assert isinstance(rate[name], float) and rate[name] > 0, name
     assert report["run"] == {
         "seq_len": row,
         "steps": FEWEST_STEPS,
@@ -265,6 +270,11 @@ def test_shards_inspect_previews_what_a_run_would_plan(
     assert described.endswith(", image varied (400.0 passes; data.augment)")  # from 15 passes
     shown = invoke_mbp(*args).stdout
     assert f"  mbp run would train: rows of {row} tokens" in shown
+    assert re.search(
+        r"\n  data path on this machine: [\d,.]+ encoded samples/s, [\d.e+-]+ MB/s of tokens \(the first \d+ "
+        r"training samples, shuffled[^)]*\); a step takes [\d,.]+ samples/s\n",
+        shown,
+    ), shown
 
 
 def long_texts(tmp_path: Path, head: str, dims: tuple[int, int] = (16, 16)) -> tuple[Resolved, list[str]]:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from mbp.components import ComponentTable
+from mbp.config import settled_batch_size, settled_seq_len
 from mbp.errors import ConfigError, DataError
 from mbp.model.decoder import MultiscaleDecoder
 from mbp.prompting import (
@@ -268,10 +269,13 @@ class LoadedModel:
             )
             resolved = with_seq_len(resolved, size)
         data, split = resolved.pipeline.data, resolved.split
-        if len(sample.tokens) > data.row_len and not split:
-            raise DataError(f"{sample.where}: {len(sample.tokens)} tokens, over data.seq_len {data.row_len}")
+        seq_len = settled_seq_len(data)
+        if len(sample.tokens) > seq_len and not split:
+            raise DataError(f"{sample.where}: {len(sample.tokens)} tokens, over data.seq_len {seq_len}")
         stream = iter([(sample, Position())])
-        laid = batches(stream, data.batch_rows, data.row_len, pack=True, align=align, split=split, fill=False)
+        laid = batches(
+            stream, settled_batch_size(data), seq_len, pack=True, align=align, split=split, fill=False
+        )
         return [batch for batch, _ in laid]
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from mbp.components import ComponentTable
-from mbp.config import Pipeline, Ref, Registry, check_pipeline, load_registry
+from mbp.config import Pipeline, Ref, Registry, check_pipeline, load_registry, settled_seq_len
 from mbp.data.batches import Position, encoded_stream
 from mbp.data.encode import SampleEncoder
 from mbp.data.skips import SkipLog
@@ -49,7 +49,7 @@ class Resolved:
         data, train = self.pipeline.data, self.pipeline.train
         return Stream(
             self.encoder,
-            data.row_len if seq_len is None else seq_len,
+            settled_seq_len(data) if seq_len is None else seq_len,
             seed=train.seed if training else 0,
             shuffle_buffer=data.shuffle_buffer if training else 0,
             split=self.split,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -121,7 +122,8 @@ def _pack_by_folder(
 @click.option(
     "--pipeline",
     default=None,
-    help="Also report encoded lengths, and the rows and steps `mbp run` would train.",
+    help="Also report encoded lengths, the rows and steps `mbp run` would train, and the data path's rate "
+    "on this machine beside what a step takes.",
 )
 @registry_option
 @json_option
@@ -153,9 +155,23 @@ def inspect_command(
         click.echo(f"  tokens per sample: min {t['min']}, median {t['median']:.0f}, max {t['max']}")
     if report.get("run"):
         click.echo(f"  mbp run would train: {report['run']['describe']}")
+        if rate := report["run"].get("data_path"):
+            click.echo(f"  data path on this machine: {_describe_rate(rate)}")
     click.echo(f"  samples skipped: {report['samples_skipped']}, shards failed: {report['shards_failed']}")
     if report["failed_shards"]:
         click.echo(f"  failed: {', '.join(report['failed_shards'])}")
+
+
+def _describe_rate(rate: dict[str, Any]) -> str:
+    """The training stream's timed rate, and what a step takes where it was measured."""
+    stream = "shuffled and varied as training reads them" if rate["augmented"] else "shuffled, not varied"
+    line = (
+        f"{rate['samples_per_s']:,g} encoded samples/s, {rate['mb_per_s']:g} MB/s of tokens "
+        f"(the first {rate['samples']} training samples, {stream})"
+    )
+    if "step_samples_per_s" in rate:
+        line += f"; a step takes {rate['step_samples_per_s']:,g} samples/s"
+    return line
 
 
 COMMANDS = [shards_group]

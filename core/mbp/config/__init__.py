@@ -28,6 +28,8 @@ from mbp.config.schema import (
     StageConfig,
     Strict,
     TrainConfig,
+    settled_batch_size,
+    settled_seq_len,
 )
 
 __all__ = [
@@ -50,4 +52,6 @@ __all__ = [
     "load_registry",
     "parse_registry",
     "refs_of",
+    "settled_batch_size",
+    "settled_seq_len",
 ]

@@ -165,7 +165,7 @@ class DataConfig(Strict):
             f"about {SHORTEST_ROW} for shorter ones"
         ),
     )
-    """Tokens a row. None: planned from the training samples by ``mbp.planning.plan`` (``row_len``)."""
+    """Tokens a row. None: planned from the training samples (``mbp.planning``: ``RunSettings.row_len``)."""
     batch_size: Count | None = Field(
         default=None, gt=0, description=f"rows a step; unset: the head's (lm 1, else {DEFAULT_BATCH})"
     )
@@ -199,19 +199,20 @@ class DataConfig(Strict):
     )
     """Decoding processes (``mbp.data.workers``); the batches are the same with any number."""
 
-    @property
-    def batch_rows(self) -> int:
-        """``batch_size``, once given or filled in from the head."""
-        if self.batch_size is None:
-            raise ValueError("data.batch_size is filled in from the head when the pipeline is resolved")
-        return self.batch_size
 
-    @property
-    def row_len(self) -> int:
-        """``seq_len``, once given or planned from the data."""
-        if self.seq_len is None:
-            raise ValueError("data.seq_len is planned from the training samples before rows are made")
-        return self.seq_len
+def settled_batch_size(data: DataConfig) -> int:
+    """``data.batch_size``, for code that runs once resolution has filled it in from the head."""
+    if data.batch_size is None:
+        raise ValueError("data.batch_size is filled in from the head when the pipeline is resolved")
+    return data.batch_size
+
+
+def settled_seq_len(data: DataConfig) -> int:
+    """``data.seq_len``, for code that runs once it is given or planned (a run reads
+    ``RunSettings.row_len``)."""
+    if data.seq_len is None:
+        raise ValueError("data.seq_len is planned from the training samples before rows are made")
+    return data.seq_len
 
 
 class TrainConfig(Strict):

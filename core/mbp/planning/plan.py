@@ -234,7 +234,8 @@ def plan_run(resolved: Resolved, probe: Probe, device: torch.device | None = Non
 def preview(resolved: Resolved, shards: list[str]) -> dict[str, Any]:
     """What ``mbp run`` would train on ``shards``: its rows and steps, given by the pipeline or planned,
     by the code that plans a run (``plan_run``) and in the words its first line uses."""
-    plan = plan_run(resolved, Probe(shards))
+    probe = Probe(shards)
+    plan = plan_run(resolved, probe)
     settings = plan.settings
     rows, steps = settings.row_len, settings.steps
     return {
@@ -254,4 +255,29 @@ def preview(resolved: Resolved, shards: list[str]) -> dict[str, Any]:
                 *([plan.variation.describe()] if plan.variation else []),
             ]
         ),
+        **({"data_path": rate} if (rate := data_path_rate(plan, probe)) else {}),
     }
+
+
+def data_path_rate(plan: RunPlan, probe: Probe) -> dict[str, Any] | None:
+    """The training stream's rate on this machine, timed on the samples the plan read (``Reading``),
+    beside what a step takes where the plan measured one: samples a step over its seconds. None where
+    the plan encoded no sample."""
+    read = probe.reading()
+    if read is None:
+        return None
+    reading, augmented = read
+    rate: dict[str, Any] = {
+        "samples_per_s": _figures(reading.samples / reading.seconds),
+        "mb_per_s": _figures(reading.tokens / reading.seconds / 1e6),  # a byte a token
+        "samples": reading.samples,
+        "augmented": augmented,
+    }
+    if plan.steps is not None and plan.steps.seconds > 0:
+        rate["step_samples_per_s"] = _figures(plan.steps.per_step / plan.steps.seconds)
+    return rate
+
+
+def _figures(value: float) -> float:
+    """``value`` to three significant figures: a rate of a small set is not rounded to 0."""
+    return float(f"{value:.3g}")

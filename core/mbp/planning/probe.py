@@ -11,9 +11,11 @@ from __future__ import annotations
 import itertools
 import math
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from mbp.config import settled_batch_size, settled_seq_len
 from mbp.data.batches import Batch, Position, batches
 from mbp.data.encode import SampleEncoder
 from mbp.data.read import RawSample, read_samples
@@ -57,6 +59,31 @@ class Counter:
         return self.counted if most is None else min(self.counted, most)
 
 
+@dataclass
+class Reading:
+    """The time spent drawing encoded samples from a training stream (reading, shuffling, decoding,
+    encoding), and what they held: the data path's rate on this machine, from samples the plan reads
+    anyway."""
+
+    seconds: float = 0.0
+    samples: int = 0
+    tokens: int = 0
+
+    def timed(
+        self, stream: Iterator[tuple[EncodedSample, Position]]
+    ) -> Iterator[tuple[EncodedSample, Position]]:
+        """``stream``, each draw timed and counted here."""
+        while True:
+            began = time.perf_counter()
+            read = next(stream, None)
+            self.seconds += time.perf_counter() - began
+            if read is None:
+                return
+            self.samples += 1
+            self.tokens += len(read[0].tokens)
+            yield read
+
+
 class Probe:
     """One run's look at its data before (and while) it trains, each part read at most once."""
 
@@ -68,6 +95,8 @@ class Probe:
         self.encoded: Encoded | None = None
         self._packed: dict[tuple[SampleEncoder, int, int, int, bool], list[Batch]] = {}
         """Batches packed, by the encoder and the rows they were packed for."""
+        self.readings = {False: Reading(), True: Reading()}
+        """The training stream's readings, unvaried (False) and varied as training varies it (True)."""
 
     def first_samples(self) -> list[RawSample]:
         """The training set's first ``FIRST_SAMPLES`` samples, in shard order."""
@@ -95,12 +124,15 @@ class Probe:
         """The training stream's first ``PROBE_ROWS`` rows, in batches as training packs them; ``augment``:
         varied and weighted as training's are (a ``ThinningHead`` thins them)."""
         data = resolved.pipeline.data
-        key = (resolved.encoder, data.row_len, data.batch_rows, align, augment)
+        seq_len = settled_seq_len(data)
+        key = (resolved.encoder, seq_len, settled_batch_size(data), align, augment)
         if key not in self._packed:
             if augment:
-                stream = training_order(resolved, self.shards, data.row_len, augment=True)
+                stream = self.readings[True].timed(
+                    training_order(resolved, self.shards, seq_len, augment=True)
+                )
             else:  # the samples the lengths were measured on, those too long for a row skipped
-                stream = self._encoded(resolved).samples(longest=data.row_len)
+                stream = self._encoded(resolved).samples(longest=seq_len)
             self._packed[key] = list(_packed(resolved, stream, align))
         return self._packed[key]
 
@@ -108,8 +140,17 @@ class Probe:
         """The training stream's samples as encoded for ``resolved`` (unvaried), kept as they are read."""
         if self.encoded is None or self.encoded.encoder is not resolved.encoder:
             stream = training_order(resolved, self.shards, sys.maxsize)  # nothing is too long to measure
+            stream = self.readings[False].timed(stream)
             self.encoded = Encoded(resolved.encoder, stream, resolved.split)
         return self.encoded
+
+    def reading(self) -> tuple[Reading, bool] | None:
+        """The training stream's reading so far and whether its samples were varied as training's are:
+        the varied one where planning read it, else the unvaried one; None where none was read."""
+        for augmented in (True, False):
+            if self.readings[augmented].samples and self.readings[augmented].seconds > 0:
+                return self.readings[augmented], augmented
+        return None
 
     def timing_batches(self, resolved: Resolved, align: int) -> list[Batch]:
         """The batches a step is timed on: weighted as training weights them (thinned where the head
@@ -123,7 +164,7 @@ class Probe:
         rows = sum(len(batch.rows) for batch in probed)
         samples = sum(batch.samples_started for batch in probed)
         per_row = samples / rows if rows else 1.0
-        return per_row * resolved.pipeline.data.batch_rows * resolved.pipeline.train.grad_accum
+        return per_row * settled_batch_size(resolved.pipeline.data) * resolved.pipeline.train.grad_accum
 
 
 @dataclass
@@ -157,8 +198,9 @@ def _packed(
     resolved: Resolved, stream: Iterator[tuple[EncodedSample, Position]], align: int
 ) -> Iterator[Batch]:
     data = resolved.pipeline.data
-    packed = batches(stream, data.batch_rows, data.row_len, pack=data.pack, align=align, split=resolved.split)
-    for batch, _ in itertools.islice(packed, math.ceil(PROBE_ROWS / data.batch_rows)):
+    rows = settled_batch_size(data)
+    packed = batches(stream, rows, settled_seq_len(data), pack=data.pack, align=align, split=resolved.split)
+    for batch, _ in itertools.islice(packed, math.ceil(PROBE_ROWS / rows)):
         yield batch
 
 

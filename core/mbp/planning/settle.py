@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from mbp.config import settled_batch_size
 from mbp.errors import ConfigError
 from mbp.planning.plan import RunPlan, plan_run
 from mbp.planning.precision_plan import as_rank_zero_chose
@@ -32,7 +33,7 @@ def settle(resolved: Resolved, probe: Probe, world: distributed.World) -> RunPla
     plan = plan_run(settled_optimizer(resolved), probe, world.device)
     if world.size > 1:
         plan = plan.settled(agreed(plan, world, asked))
-    rows = resolved.pipeline.data.batch_rows
+    rows = settled_batch_size(resolved.pipeline.data)
     if rows % world.size:
         raise ConfigError(
             f"data.batch_size {rows} must divide evenly over {world.size} processes: "

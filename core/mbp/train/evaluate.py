@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mbp.config import settled_batch_size, settled_seq_len
 from mbp.data.batches import Batch, batches, spread
 from mbp.data.read import read_samples
 from mbp.data.skips import SkipLog
@@ -39,7 +40,15 @@ def eval_batches(resolved: Resolved, shards: list[str], log: SkipLog, align: int
     stream = resolved.stream(training=False, repeat=False).samples(shards, log, picked=picked)
     # packed like training (one short sample per row would spend most of the work on padding), but a
     # text that fits a row is scored whole: cut to fill a row, its second piece would lose its context
-    packed = batches(stream, data.batch_rows, data.row_len, pack=True, align=align, split=split, fill=False)
+    packed = batches(
+        stream,
+        settled_batch_size(data),
+        settled_seq_len(data),
+        pack=True,
+        align=align,
+        split=split,
+        fill=False,
+    )
     return [b for b, _ in packed]
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from mbp.config import TrainConfig
+from mbp.config import TrainConfig, settled_batch_size
 from mbp.model.build import build_model
 from mbp.model.checkpoint_files import checkpoint_document
 from mbp.model.decoder import MultiscaleDecoder
@@ -122,7 +122,7 @@ class Trainer:
             f"training {resolved.name}: precision {self.settings.precision.describe()}, "
             f"{self.world.device.type}, {parameters:.2f}M parameters, "
             f"dropout {resolved.pipeline.model.dropout or 0:g}, {optimizer}, "
-            + self.plan.describe(resolved.pipeline.data.batch_rows)
+            + self.plan.describe(settled_batch_size(resolved.pipeline.data))
         )
         if self.plan.steps is not None and not self.request.resume and (advice := self.plan.steps.advice()):
             warn(advice)

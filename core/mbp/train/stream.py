@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 
+from mbp.config import settled_batch_size, settled_seq_len
 from mbp.data.batches import Batch, Position, batches, prefetch, prefetch_helps
 from mbp.data.ranks import gather_positions, resumed_at, splits_shards, whole_run_log
 from mbp.data.skips import SkipLog
@@ -27,7 +28,7 @@ class TrainingStream:
         # the run's count so far is rank 0's to carry: the others count what they skip from here
         self.log.samples_skipped = state.samples_skipped if world.is_main else 0
         self.batches = _train_batches(resolved, shards, self.log, state, world, align)
-        self.padding = PaddingWatch(resolved.pipeline.data.row_len, resolved.pipeline.data.pack)
+        self.padding = PaddingWatch(settled_seq_len(resolved.pipeline.data), resolved.pipeline.data.pack)
 
     def draw(self) -> Batch:
         """The next batch of this process, counted in the run's state as it is drawn."""
@@ -75,6 +76,11 @@ def _train_batches(
         workers=planned_workers(data.workers, world.device),
     )
     rows = batches(
-        stream, data.batch_rows // world.size, data.row_len, pack=data.pack, align=align, split=split
+        stream,
+        settled_batch_size(data) // world.size,
+        settled_seq_len(data),
+        pack=data.pack,
+        align=align,
+        split=split,
     )
     return prefetch(rows) if prefetch_helps(world.device) else rows
