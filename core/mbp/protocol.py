@@ -119,17 +119,9 @@ def decode_stream(tokens: Sequence[int] | np.ndarray) -> DecodedStream:
     a header, a token outside the vocabulary) raises :class:`ProtocolError` naming the position.
     Leading PAD tokens and everything after EOS are ignored.
     """
-    array = np.asarray(tokens, dtype=np.int64).reshape(-1)
-    if array.size and (array.min() < 0 or array.max() >= VOCAB_SIZE):
-        bad = int(np.flatnonzero((array < 0) | (array >= VOCAB_SIZE))[0])
-        raise _BreakError(f"token {int(array[bad])} at position {bad} is outside the vocabulary", bad)
-    start = 0
-    while start < array.size and array[start] == PAD:
-        start += 1
-    if start < array.size and array[start] == BOS:
-        start += 1
+    array = _in_vocabulary(tokens)
     segments: list[Segment] = []
-    pos = start
+    pos = _body_start(array)
     n = array.size
     while pos < n:
         token = int(array[pos])
@@ -164,6 +156,25 @@ def decode_stream(tokens: Sequence[int] | np.ndarray) -> DecodedStream:
         segments.append(Segment(codec, array[header_end + 1 : payload_end].astype(np.uint8).tobytes(), meta))
         pos = payload_end + 1
     return DecodedStream(segments, None)
+
+
+def _in_vocabulary(tokens: Sequence[int] | np.ndarray) -> np.ndarray:
+    """``tokens`` as a flat int64 array; a token outside the vocabulary breaks the grammar."""
+    array = np.asarray(tokens, dtype=np.int64).reshape(-1)
+    if array.size and (array.min() < 0 or array.max() >= VOCAB_SIZE):
+        bad = int(np.flatnonzero((array < 0) | (array >= VOCAB_SIZE))[0])
+        raise _BreakError(f"token {int(array[bad])} at position {bad} is outside the vocabulary", bad)
+    return array
+
+
+def _body_start(array: np.ndarray) -> int:
+    """Where a stream's segments begin: after its leading PAD tokens and its BOS, if any."""
+    start = 0
+    while start < array.size and array[start] == PAD:
+        start += 1
+    if start < array.size and array[start] == BOS:
+        start += 1
+    return start
 
 
 def decode_lenient(tokens: Sequence[int] | np.ndarray) -> DecodedStream:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 if TYPE_CHECKING:
     from mbp.resolve import Resolved
+    from mbp.train.rundir import RunRequest
 
 Settings = Mapping[str, object] | Sequence[str]
 """Pipeline overrides by dotted path: values by key (``{"train.steps": 50}``), or ``KEY=VALUE`` strings
@@ -90,14 +91,34 @@ def run(
     from mbp.train.distributed import speaks_for_run
     from mbp.train.loop import run as train
     from mbp.train.outlock import holding
-    from mbp.train.rundir import RunRequest
 
     if init_from is not None and resume:
         raise ConfigError("give --init-from (start from a checkpoint's weights) or --resume, not both")
     resolved = resolved_with(pipeline, registry, setting_lines(settings))
-    train_shards, evals = shard_lists(resolved, shards, eval_shards)
     out_dir = Path(out) if out is not None else Path("mbp-runs") / resolved.name
-    request = RunRequest(
+    request = _request(resolved, out_dir, shards, eval_shards, resume, resume_intact, init_from, overwrite)
+    if overwrite:
+        refuse_unsafe_output(out_dir, "--out")
+    # under torchrun, rank 0 holds the folder
+    with holding(out_dir) if speaks_for_run() else nullcontext():
+        return cast(RunSummary, train(resolved, request))
+
+
+def _request(
+    resolved: Resolved,
+    out_dir: Path,
+    shards: Sequence[str | Path],
+    eval_shards: Sequence[str | Path],
+    resume: bool,
+    resume_intact: bool,
+    init_from: str | Path | None,
+    overwrite: bool,
+) -> RunRequest:
+    """What ``run`` asks of the training loop: ``run``'s arguments with the pipeline's defaults filled in."""
+    from mbp.train.rundir import RunRequest
+
+    train_shards, evals = shard_lists(resolved, shards, eval_shards)
+    return RunRequest(
         out_dir,
         train_shards,
         evals,
@@ -106,11 +127,6 @@ def run(
         overwrite=overwrite,
         take_intact=resume_intact,
     )
-    if overwrite:
-        refuse_unsafe_output(out_dir, "--out")
-    # under torchrun, rank 0 holds the folder
-    with holding(out_dir) if speaks_for_run() else nullcontext():
-        return cast(RunSummary, train(resolved, request))
 
 
 def resolved_with(pipeline: str | None, registry: str | Path | None, overrides: list[str]) -> Resolved:

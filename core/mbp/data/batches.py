@@ -121,24 +121,27 @@ def encoded_stream(
     for (position, read_whole), outcome in encode_in_order(jobs, encoder, workers):
         if outcome is None:  # an epoch's end
             if not yielded_any and read_whole is not None:
-                whose = f", read by process {rank} of {world}" if len(read_whole) < len(shards) else ""
-                raise DataError(f"no usable sample in {_why_none(read_whole, log, seq_len)}{whose}")
+                raise _none_usable(read_whole, len(shards), log, seq_len, rank, world)
             yielded_any = False
             continue
         if isinstance(outcome, DataError):
             log.sample(str(outcome), skip_kind(outcome))
             continue
-        sample = outcome
-        log.encoded(len(sample.tokens))
-        if taken:  # the sample a resumed stream stopped inside: its untrained rest
-            sample, taken = sample.piece(taken), 0
-        if len(sample.tokens) > seq_len and not split:
-            log.sample(
-                f"{sample.where}: {len(sample.tokens)} tokens, over data.seq_len {seq_len}", "too long"
-            )
-            continue
-        yielded_any = True
-        yield sample, position
+        log.encoded(len(outcome.tokens))
+        sample = outcome.piece(taken) if taken else outcome  # a resumed stream's: its untrained rest
+        taken = 0
+        if _fits(sample, seq_len, split, log):
+            yielded_any = True
+            yield sample, position
+
+
+def _fits(sample: EncodedSample, seq_len: int, split: bool, log: SkipLog) -> bool:
+    """Whether ``sample`` may go into rows of ``seq_len`` tokens (``split`` cuts a longer one); a
+    sample that may not is logged as skipped."""
+    if len(sample.tokens) > seq_len and not split:
+        log.sample(f"{sample.where}: {len(sample.tokens)} tokens, over data.seq_len {seq_len}", "too long")
+        return False
+    return True
 
 
 def _jobs(
@@ -188,6 +191,14 @@ def _variation(seed: int, epoch: int, index: int, rank: int | None) -> tuple[int
     """The seed of a sample's training variation; a process reading shards of its own counts its own
     samples, so its rank keeps its variations apart from another's sample of the same index."""
     return (seed, epoch, index) if rank is None else (seed, epoch, index, rank)
+
+
+def _none_usable(
+    read: list[str], shards: int, log: SkipLog, seq_len: int, rank: int, world: int
+) -> DataError:
+    """The error of an epoch that yielded nothing from the shards ``read`` (of ``shards`` in all)."""
+    whose = f", read by process {rank} of {world}" if len(read) < shards else ""
+    return DataError(f"no usable sample in {_why_none(read, log, seq_len)}{whose}")
 
 
 def _why_none(shards: list[str], log: SkipLog, seq_len: int) -> str:
@@ -258,38 +269,59 @@ def batches(
 
     The position after a batch is that of its last sample, so a resumed stream starts with the next one.
     """
-    fill = fill and split and pack
-    rows: list[list[EncodedSample]] = []
-    row: list[EncodedSample] = []
-    used = 0
-    last = Position()
+    packer = _Packer(batch_size, seq_len, align, pack, split, fill and split and pack)
     for sample, position in stream:
+        for rows, last in packer.place(sample, position):
+            yield collate(rows, seq_len, align), last
+    if packer.row:
+        packer.rows.append(packer.row)
+    if packer.rows:
+        yield collate(packer.rows, seq_len, align), packer.last
+
+
+class _Packer:
+    """The rows ``batches`` fills: those closed, the open one and the tokens it holds, and the position
+    after the last sample (or piece of one) placed."""
+
+    def __init__(
+        self, batch_size: int, seq_len: int, align: int, pack: bool, split: bool, fill: bool
+    ) -> None:
+        self.batch_size, self.seq_len, self.align = batch_size, seq_len, align
+        self.pack, self.split, self.fill = pack, split, fill
+        self.rows: list[list[EncodedSample]] = []
+        self.row: list[EncodedSample] = []
+        self.used = 0
+        self.last = Position()
+
+    def place(
+        self, sample: EncodedSample, position: Position
+    ) -> Iterator[tuple[list[list[EncodedSample]], Position]]:
+        """Lay ``sample`` into rows; each time ``batch_size`` rows are closed, those rows and the
+        position after them."""
         rest: EncodedSample | None = sample
         while rest is not None:
-            start = aligned(used, align) if row else 0
-            room = seq_len - start
-            if row and len(rest.tokens) > room and not (fill and room > 0):
-                closed = True  # the row ends before this sample, which opens the next row
-            else:
-                closed = split and len(rest.tokens) > room
-                if closed:  # its head fills this row; the position is inside the sample
-                    row.append(rest.piece(0, room))
-                    rest = rest.piece(room)
-                    last = Position(position.epoch, position.consumed - 1, rest.first)
-                else:
-                    row.append(rest)
-                    used, rest, last = start + len(rest.tokens), None, position
-                    closed = not pack
-            if closed and row:
-                rows.append(row)
-                row, used = [], 0
-                if len(rows) == batch_size:
-                    yield collate(rows, seq_len, align), last
-                    rows = []
-    if row:
-        rows.append(row)
-    if rows:
-        yield collate(rows, seq_len, align), last
+            rest, closed = self._put(rest, position)
+            if closed and self.row:
+                self.rows.append(self.row)
+                self.row, self.used = [], 0
+                if len(self.rows) == self.batch_size:
+                    yield self.rows, self.last
+                    self.rows = []
+
+    def _put(self, rest: EncodedSample, position: Position) -> tuple[EncodedSample | None, bool]:
+        """Put what of ``rest`` fits into the open row: what is left of it, and whether the row closes."""
+        start = aligned(self.used, self.align) if self.row else 0
+        room = self.seq_len - start
+        if self.row and len(rest.tokens) > room and not (self.fill and room > 0):
+            return rest, True  # the row ends before this sample, which opens the next row
+        if self.split and len(rest.tokens) > room:  # its head fills this row; the position is inside it
+            self.row.append(rest.piece(0, room))
+            rest = rest.piece(room)
+            self.last = Position(position.epoch, position.consumed - 1, rest.first)
+            return rest, True
+        self.row.append(rest)
+        self.used, self.last = start + len(rest.tokens), position
+        return None, not self.pack
 
 
 def prefetch(items: Iterator[T], depth: int = 2) -> Generator[T, None, None]:

@@ -26,12 +26,13 @@ from torch.utils.checkpoint import checkpoint
 
 from mbp.boundaries import BoundaryRule, patch_starts
 from mbp.errors import ConfigError
-from mbp.model.backbone import Backbone, prefill, run_segments
+from mbp.model import decoder_steps
+from mbp.model.backbone import Backbone, run_segments
 from mbp.model.decoder_cache import DecoderCache
 from mbp.model.kept_rows import kept_rows
 from mbp.model.parts import LossOutput, ParamGroups, UnitEmbedding
 from mbp.model.varying_patches import varying_hidden
-from mbp.model.varying_steps import end_placed_patches, grid_capacity, grid_prompts, placers
+from mbp.model.varying_steps import grid_capacity, grid_prompts, placers
 from mbp.protocol import PAD, VOCAB_SIZE
 
 CHECKPOINT_POSITIONS = 1 << 14
@@ -323,11 +324,7 @@ class MultiscaleDecoder(nn.Module):
         """What FSDP shards one by one before the rest: each stage's backbone."""
         return list(self.backbones)
 
-    # Inference: the wiring of ``stage_outputs`` one position at a time, as in state-spaces/mamba every
-    # level owns its cache. The last stage advances on every token; a coarser stage advances only for
-    # the rows whose unit below it just completed, and a fresh unit starts by stepping its start token,
-    # exactly as the parallel forward wires it. Rows are independent: prompts of different lengths sit
-    # at different phases of their patches, and masked backbone steps keep them apart.
+    # Inference (``mbp.model.decoder_steps``): the wiring of ``stage_outputs`` one position at a time.
 
     def allocate_cache(
         self, batch: int, max_len: int, rules: Mapping[str, BoundaryRule] | None = None
@@ -374,92 +371,12 @@ class MultiscaleDecoder(nn.Module):
         prompt is prefilled without its last token and no full forward over it is needed.
         """
         if cache.placers is None:
-            return self._prefill(ids, cache, rows)
+            return decoder_steps.prefill_rows(self, ids, cache, rows)
+        # varying patches: each row's prompt laid out in its grid
         for grid, row in grid_prompts(ids, rows, cache.placers, self.patch_sizes[-1], self.units[0]):
-            self._prefill(grid, cache, row)  # varying patches: each row's prompt laid out in its grid
-
-    def _prefill(self, ids: torch.Tensor, cache: DecoderCache, rows: torch.Tensor) -> None:
-        count, length = ids.shape
-        cache.history[rows, :length] = ids
-        cache.lengths[rows] = length
-        for s in range(self.num_stages):
-            unit = self.units[s]
-            begin = 0 if s == 0 else length - length % self.units[s - 1]
-            done = (length - begin) // unit
-            units = ids[:, begin : begin + done * unit]
-            # the last stage embeds single bytes; earlier stages embed units of U_s bytes
-            if s < self.num_stages - 1:
-                units = units.reshape(count, done, unit)
-            inputs = self.embeddings[s](units)
-            if s > 0:
-                inputs = inputs + cache.projected[s - 1][rows, :done]
-            x = torch.cat((self._start(s, count)[:, None], inputs), dim=1)
-            out = prefill(self._backbone(s), x, cache.caches[s], rows)
-            cache.counts[s][rows] = done
-            if s < self.num_stages - 1:
-                projected = cache.projected[s]  # the weights' dtype; bf16 comes out under autocast
-                projected[rows] = self._to_next_stage(s, out[:, -1]).to(projected.dtype)
+            decoder_steps.prefill_rows(self, grid, cache, row)
 
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
         """Consume one token per row, ``tokens: (B,)``; return the next token's logits (B, V)."""
-        last = self.num_stages - 1
-        cache.history[cache.rows, cache.lengths] = tokens
-        cache.lengths = cache.lengths + 1
-        x = self.embeddings[last](tokens)
-        if last > 0:
-            x = x + cache.projected[last - 1][cache.rows, cache.counts[last]]
-        out = self._backbone(last).step(x, cache.caches[last], cache.everyone)
-        head = self.to_logits
-        logits = torch.addmm(head.bias, out, head.weight.t())  # 2-D: cheaper than a Linear call
-        if last > 0:
-            cache.counts[last] = cache.counts[last] + 1
-            completed = cache.counts[last] == self.patch_sizes[last]
-            if cache.placers is not None:  # varying patches: the next token may start a patch
-                completed, cache.lengths = end_placed_patches(
-                    tokens, completed, cache.placers, cache.lengths, self.patch_sizes[last]
-                )
-            if bool(completed.any()):  # most steps end here: no row finished a patch
-                self._advance_coarse_stages(completed, cache)
-        return logits
-
-    def _advance_coarse_stages(self, completed_last: torch.Tensor, cache: DecoderCache) -> None:
-        last = self.num_stages - 1
-        completed = [torch.zeros_like(completed_last) for _ in range(self.num_stages)]
-        completed[last] = completed_last
-        for s in range(last, 0, -1):  # upwards: a completed unit is one more input for the stage above
-            if not bool(completed[s].any()):
-                break
-            above = s - 1
-            x = self._unit_input(above, cache)
-            cache.counts[above] = cache.counts[above] + completed[s].long()
-            if above > 0:
-                completed[above] = completed[s] & (cache.counts[above] == self.patch_sizes[above])
-            advance = completed[s] & ~completed[above]
-            if bool(advance.any()):
-                out = self._backbone(above).step(x, cache.caches[above], advance)
-                self._project_rows(above, out, advance, cache)
-        for s in range(1, self.num_stages):  # downwards: fresh units start with their start token
-            fresh = completed[s]
-            if not bool(fresh.any()):
-                continue
-            cache.caches[s].reset(fresh)
-            cache.counts[s] = torch.where(fresh, torch.zeros_like(cache.counts[s]), cache.counts[s])
-            out = self._backbone(s).step(self._start(s, len(fresh)), cache.caches[s], fresh)
-            if s < last:
-                self._project_rows(s, out, fresh, cache)
-
-    def _unit_input(self, s: int, cache: DecoderCache) -> torch.Tensor:
-        """Stage s's input for the unit that just completed in each row (rows that completed none: junk)."""
-        unit = self.units[s]
-        index = (cache.lengths[:, None] - unit + torch.arange(unit, device=cache.history.device)).clamp_min(0)
-        x = self.embeddings[s](cache.history.gather(1, index))
-        if s > 0:
-            slot = cache.counts[s].clamp(max=self.patch_sizes[s] - 1)
-            x = x + cache.projected[s - 1][cache.rows, slot]
-        return x
-
-    def _project_rows(self, s: int, out: torch.Tensor, rows: torch.Tensor, cache: DecoderCache) -> None:
-        """Stage s's outputs ``out: (B, D_s)`` become stage s+1's inputs for the ``rows: (B,)`` mask only."""
-        fresh = self._to_next_stage(s, out)
-        cache.projected[s] = torch.where(rows[:, None, None], fresh, cache.projected[s])
+        return decoder_steps.step(self, tokens, cache)
