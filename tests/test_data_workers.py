@@ -17,11 +17,10 @@ from mbp.data.encode import SampleEncoder
 from mbp.data.skips import SkipLog
 from mbp.data.workers import planned_workers
 from mbp.errors import DataError
-from mbp.plugins import get_platform
-from mbp.resolve import resolve
 
 from tests.shardkit import write_tar
-from tests.test_augment import REGISTRY, glyph
+from tests.test_augment import glyph
+from tests.test_rank_shards import encoder_in
 
 
 def make_shards(folder: Path) -> list[str]:
@@ -36,12 +35,6 @@ def make_shards(folder: Path) -> list[str]:
         write_tar(folder / f"train-{shard}.tar", samples)
         paths.append(str(folder / f"train-{shard}.tar"))
     return paths
-
-
-def encoder_in(folder: Path) -> SampleEncoder:
-    registry = folder / "registry.yaml"
-    registry.write_text(REGISTRY)
-    return resolve(str(registry), "digits", components=get_platform().components).encoder
 
 
 def drawn(
