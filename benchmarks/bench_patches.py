@@ -3,9 +3,9 @@ defaults, ``train.minutes`` given, one seed), once with fixed byte-level patches
 boundaries its codecs declare, alternating which goes first round by round, on the same machine.
 
 The fixed arm sets the last stage's ``patch`` (``--fixed 8``, or ``--fixed row``: the row of the
-probed samples where every field has one length, else 8); the boundaries arm leaves it unset, so the
-run plans its boundary rules (``mbp.planning.patch_plan``). ``--explicit`` passes the planned rules to the
-run through ``--set model.boundaries=...`` instead, for a checkout whose run plans only a fixed patch.
+probed samples where every field has one length, else 8); the boundaries arm leaves it unset and sets
+``model.boundaries: codecs``, so the run plans its boundary rules (``mbp.planning.boundary_plan``).
+``--explicit`` passes the planned rules through ``--set model.boundaries=...`` instead.
 Prints each arm's held-out bits per byte (``loss_bpb``) and accuracy where the head reports one, and
 the ratios boundaries / fixed (bits per byte under 1 and accuracy over 1 favour the boundaries).
 
@@ -44,8 +44,8 @@ def fixed_patch(resolved: Any, shards: list[str], fixed: str) -> int:
     """``fixed`` as a number; ``row``: the probed samples' one row length as a patch, else 8."""
     if fixed != "row":
         return int(fixed)
+    from mbp.planning.boundary_plan import PROBE_SAMPLES, field_rows, row_patch
     from mbp.planning.constants import DEFAULT_PATCH
-    from mbp.planning.patch_plan import PROBE_SAMPLES, field_rows, row_patch
     from mbp.planning.probe import Probe
 
     rows = field_rows(resolved, Probe(shards).samples(resolved, PROBE_SAMPLES))
@@ -55,7 +55,7 @@ def fixed_patch(resolved: Any, shards: list[str], fixed: str) -> int:
 def explicit_rules(resolved: Any, shards: list[str]) -> list[str]:
     """``--set`` settings that give the run the rules a run would plan for ``resolved``."""
     from mbp.config.boundary_rules import to_config
-    from mbp.planning.patch_plan import with_planned_boundaries
+    from mbp.planning.boundary_plan import with_planned_boundaries
     from mbp.planning.probe import Probe
 
     model = resolved.pipeline.model
@@ -130,7 +130,7 @@ def main() -> None:
         "fixed": [f"model.stages.{stage}.patch={fixed_patch(resolved, shards, args.fixed)}"],
         "boundaries": explicit_rules(resolved, shards)
         if args.explicit
-        else [f"model.stages.{stage}.patch=null"],
+        else [f"model.stages.{stage}.patch=null", "model.boundaries=codecs"],
     }
     with tempfile.TemporaryDirectory(prefix="bench_patches-") as work:
         rounds = [one_round(args, arms, index, Path(work)) for index in range(args.rounds)]

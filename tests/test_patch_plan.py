@@ -1,6 +1,5 @@
-"""A byte-level stage without a patch gets patches that follow the data: one row of a field's rows (an
-image's pixels, a spectrogram's frames), each field its own, planned by ``mbp run`` from the training
-samples and recorded in its checkpoints."""
+"""Issue 14: a byte-level stage without a patch gets one row of the data's rows (an image's pixels, a
+spectrogram's frames), planned by ``mbp run`` and recorded in its checkpoints."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 from mbp.api import build_model
 from mbp.config import ModelConfig
-from mbp.planning.patch_plan import row_patch, with_planned_boundaries
+from mbp.planning.patch_plan import patch_for_row, plan_patch
 from mbp.planning.probe import Probe
 from mbp.resolve import resolve
 from mbp.traits import codec_traits
@@ -66,10 +65,10 @@ def shard(path: Path, width: int, height: int, count: int = 6, **extra: bytes) -
 
 
 @pytest.mark.parametrize(
-    ("row", "patch"), [(28, 28), (8, 8), (128, 128), (4, 8), (3, 9), (96, 96), (192, 96), (131, 8)]
+    ("row", "patch"), [(28, 28), (8, 8), (128, 128), (4, 8), (3, 9), (96, 96), (192, 96), (131, None)]
 )
-def test_a_patch_is_one_row_or_whole_rows_or_an_even_part_of_one(row: int, patch: int) -> None:
-    assert row_patch(row) == patch
+def test_a_patch_is_one_row_or_whole_rows_or_an_even_part_of_one(row: int, patch: int | None) -> None:
+    assert patch_for_row(row) == patch
 
 
 def test_only_the_byte_level_stage_may_leave_its_patch_to_the_run(components) -> None:
@@ -92,28 +91,31 @@ def test_pixels_and_spectrograms_say_how_long_their_rows_are(components) -> None
     assert sound.for_reading().row_bytes(sound.for_reading().encode(wav())) == 16  # log-mel bands
 
 
-def plan(tmp_path: Path, fields: str, shards: list[str], patch: str = "") -> tuple[int, str]:
-    """The byte-level patch (the longest) and the plan's words for the fields, or "given"."""
-    (tmp_path / "registry.yaml").write_text(registry(fields, patch))
+def plan(tmp_path: Path, fields: str, shards: list[str], patch: str = "", data: str = "") -> tuple[int, str]:
+    (tmp_path / "registry.yaml").write_text(registry(fields, patch, data))
     from mbp.plugins import get_platform
 
     resolved = resolve(str(tmp_path / "registry.yaml"), "ask", components=get_platform().components)
-    planned, made = with_planned_boundaries(resolved, Probe(shards))
+    planned, made = plan_patch(resolved, Probe(shards))
     assert planned.encoder.row == planned.pipeline.model.patches[-1]  # the encoder packs for it
-    words = made.describe().split("; mean")[0] if made else "given"
-    return planned.pipeline.model.patches[-1], words
+    return planned.pipeline.model.patches[-1], made.reason if made else "given"
 
 
-def test_each_field_gets_its_own_row_and_text_its_words(tmp_path: Path) -> None:
+def test_the_run_plans_one_row_and_falls_back_to_eight(tmp_path: Path) -> None:
     grey = shard(tmp_path / "grey.tar", 28, 28)
-    answer = "answer word starts (longest 16)"
-    assert plan(tmp_path, PIXELS, [grey]) == (28, f"boundaries: image one 28-byte row, {answer}")
-    assert plan(tmp_path, RGB, [grey]) == (84, f"boundaries: image one 84-byte row, {answer}")
+    assert plan(tmp_path, PIXELS, [grey]) == (28, "one 28-byte row of image")
+    assert plan(tmp_path, RGB, [grey]) == (84, "one 84-byte row of image")
     assert plan(tmp_path, PIXELS, [grey], patch=", patch: 4") == (4, "given")
-    # images beside sounds: each field its own row, where one patch length used to serve both
+    # a given seq_len must hold whole rows: 1,024 holds no 28-byte patches, the default's 8 it does
+    patch, reason = plan(tmp_path, PIXELS, [grey], data=", seq_len: 1024")
+    assert patch == 8 and "holds no whole 28-byte patches" in reason
+    # images of two sizes, or images beside sounds: no one row, so the default
+    wide = shard(tmp_path / "wide.tar", 16, 4)
+    assert plan(tmp_path, PIXELS, [grey, wide]) == (8, "rows of several lengths: 16, 28")
     sounds = shard(tmp_path / "sounds.tar", 16, 16, **{"tone.wav": wav()})  # RGB rows of 48, frames of 16
-    patch, words = plan(tmp_path, MIXED, [sounds])
-    assert patch == 48 and "image one 48-byte row" in words and "tone one 16-byte row" in words
+    assert plan(tmp_path, MIXED, [sounds]) == (8, "rows of several lengths: 16, 48")
+    text = "      question: {type: text}"
+    assert plan(tmp_path, text, [grey]) == (8, "no field in rows")
 
 
 def test_a_run_records_the_planned_patch_and_evaluates_with_it(tmp_path: Path) -> None:
@@ -123,11 +125,10 @@ def test_a_run_records_the_planned_patch_and_evaluates_with_it(tmp_path: Path) -
     args = ["run", "ask", train, "--registry", str(tmp_path / "registry.yaml"), "--out", str(out)]
     result = invoke_mbp(*args)
     assert result.returncode == 0, result.stderr
-    assert "boundaries: image one 12-byte row, answer word starts (longest 16); mean patch" in result.stderr
+    assert "patch 12 (one 12-byte row of image)" in result.stderr
     checkpoint = out / "checkpoints" / "step-00000002"
     document = json.loads((checkpoint / "config.json").read_text())
-    assert document["model"]["stages"][-1]["patch"] == 16  # the longest: a word of the answer
-    assert document["model"]["boundaries"]["pixels"] == {"rule": "fixed", "length": 12}
+    assert document["model"]["stages"][-1]["patch"] == 12
     resumed = invoke_mbp(*args, "--resume", "--set", "train.steps=4")  # planned again: the same patch
     assert resumed.returncode == 0, resumed.stderr
     last = str(out / "checkpoints" / "step-00000004")
@@ -149,6 +150,6 @@ def test_damaged_shards_do_not_stop_the_plan(tmp_path: Path) -> None:
     from mbp.plugins import get_platform
 
     resolved = resolve(str(tmp_path / "registry.yaml"), "ask", components=get_platform().components)
-    _, made = with_planned_boundaries(resolved, Probe(shards))
-    assert made is not None  # 4x4 RGB scenes, log-mel frames
-    assert made.fields["scene"] == "one 12-byte row" and made.fields["tone"] == "one 16-byte row"
+    _, made = plan_patch(resolved, Probe(shards))
+    assert made is not None and made.rows == {12: ["scene"], 16: ["tone"]}  # 4x4 RGB scenes, log-mel frames
+    assert made.patch == 8

@@ -1,6 +1,6 @@
-"""Issue 45: a pipeline whose byte-level patch is unset gets its patches from its codecs' boundaries
-(text at word starts, one row of an image or spectrogram, fixed lengths elsewhere), recorded in the
-model config, and ``patch: N`` still fixes one length."""
+"""A pipeline that asks for patches that follow the data (``model.boundaries: codecs``, byte-level patch
+unset) gets them from its codecs' boundaries (text at word starts, one row of an image or spectrogram,
+fixed lengths elsewhere), recorded in the model config; without it, or with ``patch: N``, one length."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from mbp.boundaries import patch_starts
 from mbp.components import ComponentTable
 from mbp.config import ModelConfig
 from mbp.errors import PluginError
-from mbp.planning.patch_plan import (
+from mbp.planning.boundary_plan import (
     WORD_LONGEST,
     BoundaryPlan,
     mean_patch,
@@ -24,6 +24,9 @@ from mbp.planning.patch_plan import (
     with_planned_boundaries,
     with_trained_boundaries,
 )
+from mbp.planning.patch_plan import PatchPlan
+from mbp.planning.plan import plan_byte_patches
+from mbp.planning.probe import Probe
 from mbp.protocol import Segment, encode_sample
 from mbp.resolve import Resolved, resolve
 from mbp.traits import codec_traits
@@ -141,7 +144,12 @@ def test_the_model_places_its_patches_by_the_rules_it_records(components: Compon
 def test_a_run_plans_the_rules_from_its_training_samples(components: ComponentTable) -> None:
     run = resolve(None, "vqa-mixed", components=components)
     shards = sorted(str(p) for p in (Path(mbp.__file__).parent / "bundled").glob("train-*.tar.gz"))
-    planned, plan = with_planned_boundaries(run, shards)
+    fixed_plan = plan_byte_patches(run, Probe(shards))[1]  # not asked for: one patch, 8 for this mix
+    assert isinstance(fixed_plan, PatchPlan) and fixed_plan.patch == 8
+    asked = run.pipeline.model.model_copy(update={"boundaries": "codecs"})
+    run = resolve(None, "vqa-mixed", run.pipeline.model_copy(update={"model": asked}), components=components)
+    planned, plan = plan_byte_patches(run, Probe(shards))
+    assert isinstance(plan, BoundaryPlan)
     assert plan is not None and plan.mean is not None and 1 < plan.mean < 48
     # the bundled demo: 48-byte scene rows (16 RGB pixels) and 16-band log-mel tone frames
     assert plan.rules["pixels"] == FixedLength(48) and plan.rules["wav"] == FixedLength(16)
@@ -149,7 +157,9 @@ def test_a_run_plans_the_rules_from_its_training_samples(components: ComponentTa
     assert model.stages[-1].patch == 48 and model.boundary_rules == plan.rules and model.pack_align == 1
     assert plan.describe().endswith(f"; mean patch {plan.mean:.1f} bytes")
     fixed = resolve(None, "lm-text", components=components)
-    assert with_planned_boundaries(fixed, shards) == (fixed, None)
+    assert with_planned_boundaries(fixed, Probe(shards)) == (fixed, None)
+    with pytest.raises(ValueError, match="boundaries: codecs places the byte-level patches"):
+        ModelConfig.model_validate({**fixed.pipeline.model.model_dump(), "boundaries": "codecs"})
 
 
 def test_a_checkpoints_rules_serve_the_pipeline_that_left_them_unset(components: ComponentTable) -> None:

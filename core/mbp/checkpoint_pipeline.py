@@ -61,7 +61,8 @@ def given_pipeline(
 ) -> tuple[MultiscaleDecoder, dict[str, Any], Resolved]:
     """The model and ``name`` from ``registry`` (default: the pipeline the checkpoint names), checked
     to fit it; a byte-level patch the pipeline leaves to the run is the one the checkpoint trained."""
-    from mbp.planning.patch_plan import with_trained_boundaries, with_trained_patch
+    from mbp.planning.boundary_plan import with_trained_boundaries
+    from mbp.planning.patch_plan import with_trained_patch
     from mbp.train.rundir import check_belongs
 
     if name is None:

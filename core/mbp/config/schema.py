@@ -92,13 +92,16 @@ class ModelConfig(Strict):
     )
     """Dropout of every stage whose backbone takes a ``dropout`` parameter and does not set one. None: the
     head's (``HeadDefaults.dropout``): 0.1 for ``vqa``/``classify``, 0 for ``lm``."""
-    boundaries: dict[str, RuleConfig] | None = Field(
-        default=None, description="where byte-level patches start, by codec; unset: fixed patches"
+    boundaries: dict[str, RuleConfig] | Literal["codecs"] | None = Field(
+        default=None,
+        description="where byte-level patches start, by codec; codecs: as each codec declares (planned "
+        "by mbp run where the byte-level patch is unset); unset: fixed patches",
     )
     """Where the byte-level patches of each codec's payloads start (``mbp.config.boundary_rules``), the
     last stage's ``patch`` the longest; codecs not named get fixed patches of that length, and segment
-    headers and markers patches of their own. None: every patch is the last stage's ``patch`` long.
-    ``mbp run`` sets it from the codecs' declared boundaries where the byte-level patch is unset."""
+    headers and markers patches of their own. ``"codecs"``: ``mbp run`` plans the rules from the codecs'
+    declared boundaries (``mbp.planning.boundary_plan``) where the byte-level patch is unset. None:
+    every patch is the last stage's ``patch`` long."""
 
     @field_validator("stages")
     @classmethod
@@ -119,6 +122,16 @@ class ModelConfig(Strict):
             out.append(stage.model_copy(update={"patch": size, "seq_len": None}))
         return out
 
+    @model_validator(mode="after")
+    def _codecs_place_unset_patches(self) -> ModelConfig:
+        """``boundaries: codecs`` plans where patches start in place of a fixed byte-level patch."""
+        if self.boundaries == "codecs" and not self.leaves_byte_patch:
+            raise ValueError(
+                "boundaries: codecs places the byte-level patches: leave the last stage's patch unset "
+                "(or drop boundaries for patches of one length)"
+            )
+        return self
+
     @property
     def patches(self) -> list[int]:
         """Each later stage's patch; the byte-level stage's ``DEFAULT_PATCH`` while it is unset."""
@@ -136,17 +149,24 @@ class ModelConfig(Strict):
     @property
     def pack_align(self) -> int:
         """Where packed samples may start: any token with boundary rules, else a multiple of the patch."""
-        return 1 if self.boundaries is not None else self.patch_len
+        return 1 if self.boundary_rules is not None else self.patch_len
 
     @property
     def boundary_rules(self) -> dict[str, BoundaryRule] | None:
-        """``boundaries`` as ``mbp.boundaries`` rules by codec (None: fixed patches)."""
-        return rules_of(self.boundaries)
+        """``boundaries`` as ``mbp.boundaries`` rules by codec (None: fixed patches, or ``"codecs"`` not
+        yet planned)."""
+        return rules_of(self.boundaries) if isinstance(self.boundaries, dict) else None
 
     def with_boundaries(self, rules: dict[str, BoundaryRule], longest: int) -> ModelConfig:
         """This model with byte-level patches placed by ``rules``, none longer than ``longest``."""
         configs = {codec: to_config(rule) for codec, rule in rules.items()}
         return self.with_byte_patch(longest).model_copy(update={"boundaries": configs})
+
+    @property
+    def plans_boundaries(self) -> bool:
+        """Whether ``mbp run`` plans boundary rules from the codecs (``boundaries: codecs`` with the
+        byte-level patch unset)."""
+        return self.boundaries == "codecs" and self.leaves_byte_patch
 
     def with_byte_patch(self, patch: int) -> ModelConfig:
         """This model with the byte-level stage's patch set to ``patch`` (a run's planned one)."""

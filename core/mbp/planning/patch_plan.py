@@ -1,192 +1,111 @@
-"""The byte-level patches, where a pipeline leaves the byte-level ``patch`` unset: each field's
-patches placed as its codec declares (``CodecTraits.boundaries``), one row where it lays its payload
-out in rows, a fixed length otherwise; the longest of them is the byte-level stage's patch.
+"""The byte-level stage's patch, where the pipeline leaves it unset: one row of the data's rows.
 
-A patch that follows the data's structure is what pays. With a patch of one row the global stage sees
-an image as its column of rows and every patch covers the same pixels of its row; with 8-byte patches
-a 28-pixel row straddles patches differently from row to row, and the global stage has four times the
-positions to relate. Measured on 28x28 lowercase glyphs from held-out fonts (9-minute runs on a 2-core
-EPYC, BENCHMARKS.md): patch 8 0.887 and 0.899 (seeds 0, 1), 16 0.924, 28 (a row) 0.971, 32 on rows
-padded to 32 pixels 0.973; rows padded to 32 at patch 8 (aligned, four patches a row) 0.871: the row
-per position is what pays, not the alignment. Fixed patches cut text anywhere in a word, where
-SpaceByte's word starts do not. The rules become part of the model config (``model.boundaries``), so
-training, evaluation and generation all place patches alike.
+A patch is what the global stage sees as one position, and the byte-level stage reads one patch at a
+time. Images and spectrograms come in rows (``CodecTraits.rows``: an image's pixels, a spectrogram's
+frames).
+With a patch of one row the global stage sees an image as its column of rows and every patch covers
+the same pixels of its row; with 8-byte patches a 28-pixel row straddles patches differently from row
+to row, and the global stage has four times the positions to relate. Measured on 28x28 lowercase
+glyphs from held-out fonts (9-minute runs on a 2-core EPYC, BENCHMARKS.md): patch 8 0.887 and 0.899
+(seeds 0, 1), 16 0.924, 28 (a row) 0.971, 32 on rows padded to 32 pixels 0.973; rows padded to 32 at
+patch 8 (aligned, four patches a row) 0.871: the row per position is what pays, not the alignment.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-import numpy as np
-
-from mbp.boundaries import BoundaryRule, FixedLength, WordStarts, patch_starts
 from mbp.config import ModelConfig
+from mbp.data.encode import match_field
 from mbp.planning.constants import DEFAULT_PATCH
 from mbp.planning.probe import Probe
-from mbp.protocol import decode_stream
 from mbp.resolve import Resolved
-from mbp.sample import EncodedSample
-from mbp.traits import FieldCodec
 
-WORD_LONGEST = 16
-"""The longest word patch where a codec's ``WordStarts`` names none: a longer word is cut (SpaceByte
-and BLT patches of English text average 4 to 8 bytes; 16 keeps all but the rarest words whole)."""
-PROBE_SAMPLES = 64
-"""Training samples read for their rows and patches, in the training stream's shuffled order (a set
-written one kind of sample at a time would otherwise show one modality only)."""
-LONGEST_ROW = 128
-"""The longest row taken whole as a patch; a longer one is cut into its largest part up to this."""
+LARGEST = 128
+"""The longest row taken whole: the global stage maps each position to patch x byte-stage width."""
 
 
 @dataclass(frozen=True)
-class BoundaryPlan:
-    """Where a model's byte-level patches start: ``rules`` by codec (``model.boundaries``), none longer
-    than ``longest`` (the byte-level stage's patch)."""
+class PatchPlan:
+    patch: int
+    rows: dict[int, list[str]]
+    """Each row length seen in the probed samples, with the fields it came from."""
+    reason: str
 
-    rules: dict[str, BoundaryRule]
-    longest: int
-    fields: dict[str, str]
-    """Each field's rule in words, for the run's first line."""
-    mean: float | None = None
-    """The mean patch, in tokens, of the probed samples (None: not measured)."""
-
-    def describe(self, mean: float | None = None) -> str:
-        """``boundaries: txt word starts (longest 16), image one 32-byte row; mean patch 5.3 bytes``."""
-        mean = self.mean if mean is None else mean
-        text = "boundaries: " + ", ".join(f"{name} {words}" for name, words in self.fields.items())
-        return text if mean is None else f"{text}; mean patch {mean:.1f} bytes"
-
-    def apply(self, model: ModelConfig) -> ModelConfig:
-        """``model`` with these rules and its byte-level patch set to the longest."""
-        return model.with_boundaries(self.rules, self.longest)
+    def describe(self) -> str:
+        return f"patch {self.patch} ({self.reason})"
 
 
-def plan_boundaries(
-    model: ModelConfig, fields: Mapping[str, FieldCodec], rows: Mapping[int, list[str]]
-) -> BoundaryPlan | None:
-    """The rules for ``model``'s pipeline, from its ``fields`` as the run encodes them and ``rows``:
-    each row length seen in the probed training samples with the fields it came from. None where the
-    byte-level ``patch`` is set (``patch: N`` fixes one length) or the model has one stage."""
+def plan_patch(resolved: Resolved, probe: Probe) -> tuple[Resolved, PatchPlan | None]:
+    """``resolved`` with the byte-level stage's patch planned where the pipeline leaves it unset (None:
+    given, or a model of one stage): one row where the probed samples' rows share one length, and
+    ``DEFAULT_PATCH`` where they have none or several (a mix of images and sounds)."""
+    model = resolved.pipeline.model
     if not model.leaves_byte_patch:
-        return None
-    row_of = {name: row for row, names in rows.items() for name in names}
-    chosen = {name: _field_rule(field, row_of.get(name)) for name, field in fields.items()}
-    by_codec: dict[str, BoundaryRule] = {}
-    for name, (rule, _) in chosen.items():
-        codec = fields[name].codec.name
-        by_codec[codec] = _merged(by_codec[codec], rule) if codec in by_codec else rule
-    longest = max([DEFAULT_PATCH if not by_codec else 1, *(_length(rule) for rule in by_codec.values())])
-    described = {name: words for name, (_, words) in chosen.items()}
-    for name, field in fields.items():
-        if by_codec[field.codec.name] != chosen[name][0]:  # two fields of one codec share a rule
-            described[name] = _words(by_codec[field.codec.name])
-    return BoundaryPlan(by_codec, longest, described)
+        return resolved, None
+    rows = row_lengths(resolved, probe)
+    patch, reason = _patch_of(rows, resolved.pipeline.data.seq_len, model.patch_len // model.patches[-1])
+    return with_byte_patch(resolved, patch), PatchPlan(patch, rows, reason)
 
 
-def _field_rule(field: FieldCodec, row: int | None) -> tuple[BoundaryRule, str]:
-    """One field's rule and its description: the codec's declared one, else one row, else fixed."""
-    declared = field.traits.boundaries
-    if isinstance(declared, WordStarts):
-        rule: BoundaryRule = WordStarts(declared.longest or WORD_LONGEST)
-        return rule, _words(rule)
-    if declared is not None:
-        return declared, _words(declared)
-    if field.traits.rows and row is not None:
-        patch = row_patch(row)
-        if patch == row:
-            return FixedLength(row), f"one {row}-byte row"
-        return FixedLength(patch), f"{patch} bytes of {row}-byte rows"
-    return FixedLength(DEFAULT_PATCH), _words(FixedLength(DEFAULT_PATCH))
+def _patch_of(rows: dict[int, list[str]], seq_len: int | None, outer: int) -> tuple[int, str]:
+    """The patch for ``rows`` and why; ``outer``: the patches of the stages above the byte-level one,
+    which a given ``seq_len`` must hold whole."""
+    if not rows:
+        return DEFAULT_PATCH, "no field in rows"
+    if len(rows) > 1:
+        return DEFAULT_PATCH, "rows of several lengths: " + ", ".join(map(str, sorted(rows)))
+    row, fields = next(iter(rows.items()))
+    named = "/".join(sorted(fields))
+    patch = patch_for_row(row)
+    if patch is None:
+        reason = f"{named} rows of {row} bytes have no part from {DEFAULT_PATCH} to {LARGEST} bytes"
+        return DEFAULT_PATCH, reason
+    if seq_len is not None and seq_len % (patch * outer):
+        return DEFAULT_PATCH, f"data.seq_len {seq_len} holds no whole {patch}-byte patches of {named}'s rows"
+    return patch, (f"one {row}-byte row of {named}" if patch == row else f"{named} rows of {row} bytes")
 
 
-def row_patch(row: int) -> int:
-    """The patch for rows of ``row`` bytes: the row itself up to ``LONGEST_ROW``, whole rows where one is
-    shorter than ``DEFAULT_PATCH``, else the largest part of a row from ``DEFAULT_PATCH`` to
-    ``LONGEST_ROW`` bytes (``DEFAULT_PATCH`` where it has none)."""
+def patch_for_row(row: int) -> int | None:
+    """The patch for rows of ``row`` bytes: the row itself from 8 to ``LARGEST`` bytes, whole rows where
+    they are shorter, else the largest part of a row in that range (None: a row with no such part)."""
     if row < DEFAULT_PATCH:
         return -(-DEFAULT_PATCH // row) * row
-    if row <= LONGEST_ROW:
+    if row <= LARGEST:
         return row
-    parts = [size for size in range(LONGEST_ROW, DEFAULT_PATCH - 1, -1) if row % size == 0]
-    return parts[0] if parts else DEFAULT_PATCH
+    parts = [size for size in range(LARGEST, DEFAULT_PATCH - 1, -1) if row % size == 0]
+    return parts[0] if parts else None
 
 
-def _merged(first: BoundaryRule, second: BoundaryRule) -> BoundaryRule:
-    """One rule for two fields of one codec (a segment header names the codec, not the field): fixed
-    lengths meet at their greatest common divisor, so each field's patches still tile its rows."""
-    if isinstance(first, FixedLength) and isinstance(second, FixedLength):
-        return FixedLength(math.gcd(first.length, second.length))
-    return first
-
-
-def _length(rule: BoundaryRule) -> int:
-    return rule.length if isinstance(rule, FixedLength) else rule.longest or WORD_LONGEST
-
-
-def _words(rule: BoundaryRule) -> str:
-    if isinstance(rule, FixedLength):
-        return f"fixed {rule.length} bytes"
-    return f"word starts (longest {rule.longest or WORD_LONGEST})"
-
-
-def mean_patch(plan: BoundaryPlan, samples: Iterable[np.ndarray]) -> float | None:
-    """The mean byte-level patch, in tokens, of ``samples`` (token sequences) under ``plan``; None for
-    no samples."""
-    tokens = patches = 0
-    for sample in samples:
-        tokens += len(sample)
-        patches += int(patch_starts(sample, plan.rules, plan.longest).sum())
-    return tokens / patches if patches else None
-
-
-def with_planned_boundaries(resolved: Resolved, probe: Probe) -> tuple[Resolved, BoundaryPlan | None]:
-    """``resolved`` with its model's boundary rules planned from the first training samples of
-    ``probe`` where the pipeline leaves the byte-level patch unset (``plan_boundaries``), and the plan;
-    else unchanged and None."""
-    if not resolved.pipeline.model.leaves_byte_patch:
-        return resolved, None
-    samples = probe.samples(resolved, PROBE_SAMPLES)
-    plan = plan_boundaries(resolved.pipeline.model, resolved.encoder.fields, field_rows(resolved, samples))
-    if plan is None:
-        return resolved, None
-    plan = replace(plan, mean=mean_patch(plan, (sample.tokens for sample in samples)))
-    pipeline = resolved.pipeline.model_copy(update={"model": plan.apply(resolved.pipeline.model)})
-    return resolved.with_encoding(pipeline), plan
-
-
-def with_trained_boundaries(resolved: Resolved, trained: ModelConfig) -> Resolved:
-    """For a checkpoint's pipeline: the boundary rules and byte-level patch its run planned, where the
-    pipeline leaves them unset (evaluation, ``mbp.load`` and generation then patch as training did)."""
-    model = resolved.pipeline.model
-    if trained.boundaries is None or model.boundaries is not None or len(model.stages) < 2:
-        return resolved
-    configured = model.with_byte_patch(trained.patches[-1]).model_copy(
-        update={"boundaries": trained.boundaries}
-    )
-    return resolved.with_encoding(resolved.pipeline.model_copy(update={"model": configured}))
-
-
-def field_rows(resolved: Resolved, samples: Iterable[EncodedSample]) -> dict[int, list[str]]:
-    """Each row length of ``samples``' fields whose codec lays them out in rows, with its fields."""
-    fields = resolved.encoder.fields
+def row_lengths(resolved: Resolved, probe: Probe) -> dict[int, list[str]]:
+    """The row lengths of the first training samples' fields whose codec lays them out in rows (as the
+    run encodes them: a context field through its reading view), each with its fields; a sample that
+    fails is the run's to report."""
+    codecs = resolved.encoder.codecs
+    layouts = {n: f for n, f in resolved.encoder.fields.items() if f.traits.rows}
     seen: dict[int, list[str]] = {}
-    for sample in samples:
-        for span in sample.spans:
-            field = fields.get(span.field)
-            if field is None or not field.traits.rows or sample.first != 0:
+    if not layouts:
+        return seen
+    for raw in probe.first_samples():
+        for name, layout in layouts.items():
+            field = match_field(raw.fields, name)
+            try:
+                row = None if field is None else layout.row_bytes(codecs[name].encode(raw.fields[field]))
+            except Exception:  # a bad sample, or a codec's bug: the run skips and names it
                 continue
-            segments = decode_stream(sample.tokens[span.start : span.end]).segments
-            row = field.row_bytes(segments[0]) if segments else None
-            if row is not None and span.field not in seen.setdefault(row, []):
-                seen[row].append(span.field)
+            if row is not None and name not in seen.setdefault(row, []):
+                seen[row].append(name)
     return seen
+
+
+def with_byte_patch(resolved: Resolved, patch: int) -> Resolved:
+    """``resolved`` with the byte-level stage's patch set, and an encoder that packs for it."""
+    model = resolved.pipeline.model.with_byte_patch(patch)
+    return resolved.with_encoding(resolved.pipeline.model_copy(update={"model": model}))
 
 
 def with_trained_patch(resolved: Resolved, trained: ModelConfig) -> Resolved:
     """For evaluating a checkpoint: a byte-level patch the pipeline leaves unset, as its run planned it."""
     if not resolved.pipeline.model.leaves_byte_patch or not trained.patches:
         return resolved
-    model = resolved.pipeline.model.with_byte_patch(trained.patches[-1])
-    return resolved.with_encoding(resolved.pipeline.model_copy(update={"model": model}))
+    return with_byte_patch(resolved, trained.patches[-1])

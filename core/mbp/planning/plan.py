@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
+from mbp.planning.boundary_plan import BoundaryPlan, with_planned_boundaries
 from mbp.planning.budget import RUN_SECONDS, EvalLoad, ceiling, evaluations, training_seconds
 from mbp.planning.constants import FEWEST_STEPS, PASSES
-from mbp.planning.patch_plan import BoundaryPlan, with_planned_boundaries
+from mbp.planning.patch_plan import PatchPlan, plan_patch
 from mbp.planning.precision_plan import PrecisionPlan, plan_precision, with_precision
 from mbp.planning.probe import Probe
 from mbp.planning.rows import RowPlan, plan_rows
@@ -172,7 +173,7 @@ class RunPlan:
     precision: PrecisionPlan
     variation: VariationPlan | None = None
     """None where the pipeline sets ``data.augment`` or no field's codec leaves it to the run."""
-    patch: BoundaryPlan | None = None
+    patch: PatchPlan | BoundaryPlan | None = None
     """None where the pipeline gives the byte-level stage's patch."""
 
     def settled(self, settings: RunSettings) -> RunPlan:
@@ -210,7 +211,7 @@ def plan_run(resolved: Resolved, probe: Probe, device: torch.device | None = Non
     ceiling follow measured step times, so a resumed run takes those, and the variation that follows
     from the steps, from its checkpoint (``mbp.planning.settle``), not from planning again."""
     device = device or torch.device("cpu")
-    planned, patch = with_planned_boundaries(resolved, probe)
+    planned, patch = plan_byte_patches(resolved, probe)
     planned, rows = plan_rows(planned, probe)
     align = planned.pipeline.model.pack_align
     precision = plan_precision(planned, lambda: probe.timing_batches(planned, align), device)
@@ -229,6 +230,14 @@ def plan_run(resolved: Resolved, probe: Probe, device: torch.device | None = Non
     planned, variation = plan_variation(planned, probe, total, per_step, known)
     settings = RunSettings.of(planned, precision.choice)
     return RunPlan(settings, rows, steps, precision, variation, patch)
+
+
+def plan_byte_patches(resolved: Resolved, probe: Probe) -> tuple[Resolved, PatchPlan | BoundaryPlan | None]:
+    """Where the pipeline leaves the byte-level patch unset: boundary rules from the codecs where it asks
+    for them (``model.boundaries: codecs``), else one fixed patch, a row of the data's rows."""
+    if resolved.pipeline.model.plans_boundaries:
+        return with_planned_boundaries(resolved, probe)
+    return plan_patch(resolved, probe)
 
 
 def preview(resolved: Resolved, shards: list[str]) -> dict[str, Any]:

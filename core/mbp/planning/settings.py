@@ -47,7 +47,7 @@ class RunSettings:
         return cls(
             row_len=data.seq_len,
             patch=model.patches[-1] if model.patches else None,
-            boundaries=model.boundaries,
+            boundaries=model.boundaries if isinstance(model.boundaries, dict) else None,
             precision=precision,
             steps=train.steps,
             eval_samples=data.max_eval_samples,
@@ -65,7 +65,7 @@ class RunSettings:
         model = pipeline.model
         if self.patch is not None and model.leaves_byte_patch:
             model = model.with_byte_patch(self.patch)
-            if model.boundaries is None and self.boundaries is not None:
+            if model.boundary_rules is None and self.boundaries is not None:
                 model = model.model_copy(update={"boundaries": self.boundaries})
         data = pipeline.data.model_copy(
             update={"seq_len": self.row_len, "max_eval_samples": self.eval_samples, "augment": self.augment}

@@ -1,0 +1,173 @@
+"""Patches that follow the data, for a pipeline that asks for them (``model.boundaries: codecs``)
+and leaves the byte-level ``patch`` unset: each field's patches placed as its codec declares
+(``CodecTraits.boundaries``: text at word starts), one row where it lays its payload out in rows, a
+fixed length otherwise; the longest of them is the byte-level stage's patch. The rules become part of
+the model config (``model.boundaries``), so training, evaluation and generation place patches alike.
+
+Not the default: at equal minutes on 2 CPU cores a step with varying patches costs 2.6 times a fixed
+one on the bundled demo (coarse stages run a slot of the longest patch), which outweighs what the
+boundaries teach in a run of minutes (BENCHMARKS.md, patches that follow the data).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from mbp.boundaries import BoundaryRule, FixedLength, WordStarts, patch_starts
+from mbp.config import ModelConfig
+from mbp.planning.constants import DEFAULT_PATCH
+from mbp.planning.patch_plan import patch_for_row
+from mbp.planning.probe import Probe
+from mbp.protocol import decode_stream
+from mbp.resolve import Resolved
+from mbp.sample import EncodedSample
+from mbp.traits import FieldCodec
+
+WORD_LONGEST = 16
+"""The longest word patch where a codec's ``WordStarts`` names none: a longer word is cut (SpaceByte
+and BLT patches of English text average 4 to 8 bytes; 16 keeps all but the rarest words whole)."""
+PROBE_SAMPLES = 64
+"""Training samples read for their rows and patches, in the training stream's shuffled order (a set
+written one kind of sample at a time would otherwise show one modality only)."""
+
+
+@dataclass(frozen=True)
+class BoundaryPlan:
+    """Where a model's byte-level patches start: ``rules`` by codec (``model.boundaries``), none longer
+    than ``longest`` (the byte-level stage's patch)."""
+
+    rules: dict[str, BoundaryRule]
+    longest: int
+    fields: dict[str, str]
+    """Each field's rule in words, for the run's first line."""
+    mean: float | None = None
+    """The mean patch, in tokens, of the probed samples (None: not measured)."""
+
+    def describe(self, mean: float | None = None) -> str:
+        """``boundaries: txt word starts (longest 16), image one 32-byte row; mean patch 5.3 bytes``."""
+        mean = self.mean if mean is None else mean
+        text = "boundaries: " + ", ".join(f"{name} {words}" for name, words in self.fields.items())
+        return text if mean is None else f"{text}; mean patch {mean:.1f} bytes"
+
+    def apply(self, model: ModelConfig) -> ModelConfig:
+        """``model`` with these rules and its byte-level patch set to the longest."""
+        return model.with_boundaries(self.rules, self.longest)
+
+
+def plan_boundaries(
+    model: ModelConfig, fields: Mapping[str, FieldCodec], rows: Mapping[int, list[str]]
+) -> BoundaryPlan | None:
+    """The rules for ``model``'s pipeline, from its ``fields`` as the run encodes them and ``rows``:
+    each row length seen in the probed training samples with the fields it came from. None where the
+    byte-level ``patch`` is set (``patch: N`` fixes one length) or the model has one stage."""
+    if not model.leaves_byte_patch:
+        return None
+    row_of = {name: row for row, names in rows.items() for name in names}
+    chosen = {name: _field_rule(field, row_of.get(name)) for name, field in fields.items()}
+    by_codec: dict[str, BoundaryRule] = {}
+    for name, (rule, _) in chosen.items():
+        codec = fields[name].codec.name
+        by_codec[codec] = _merged(by_codec[codec], rule) if codec in by_codec else rule
+    longest = max([DEFAULT_PATCH if not by_codec else 1, *(_length(rule) for rule in by_codec.values())])
+    described = {name: words for name, (_, words) in chosen.items()}
+    for name, field in fields.items():
+        if by_codec[field.codec.name] != chosen[name][0]:  # two fields of one codec share a rule
+            described[name] = _words(by_codec[field.codec.name])
+    return BoundaryPlan(by_codec, longest, described)
+
+
+def _field_rule(field: FieldCodec, row: int | None) -> tuple[BoundaryRule, str]:
+    """One field's rule and its description: the codec's declared one, else one row, else fixed."""
+    declared = field.traits.boundaries
+    if isinstance(declared, WordStarts):
+        rule: BoundaryRule = WordStarts(declared.longest or WORD_LONGEST)
+        return rule, _words(rule)
+    if declared is not None:
+        return declared, _words(declared)
+    if field.traits.rows and row is not None:
+        patch = row_patch(row)
+        if patch == row:
+            return FixedLength(row), f"one {row}-byte row"
+        return FixedLength(patch), f"{patch} bytes of {row}-byte rows"
+    return FixedLength(DEFAULT_PATCH), _words(FixedLength(DEFAULT_PATCH))
+
+
+def row_patch(row: int) -> int:
+    """The patch for rows of ``row`` bytes (``patch_for_row``), ``DEFAULT_PATCH`` where a row has no part
+    that makes one."""
+    return patch_for_row(row) or DEFAULT_PATCH
+
+
+def _merged(first: BoundaryRule, second: BoundaryRule) -> BoundaryRule:
+    """One rule for two fields of one codec (a segment header names the codec, not the field): fixed
+    lengths meet at their greatest common divisor, so each field's patches still tile its rows."""
+    if isinstance(first, FixedLength) and isinstance(second, FixedLength):
+        return FixedLength(math.gcd(first.length, second.length))
+    return first
+
+
+def _length(rule: BoundaryRule) -> int:
+    return rule.length if isinstance(rule, FixedLength) else rule.longest or WORD_LONGEST
+
+
+def _words(rule: BoundaryRule) -> str:
+    if isinstance(rule, FixedLength):
+        return f"fixed {rule.length} bytes"
+    return f"word starts (longest {rule.longest or WORD_LONGEST})"
+
+
+def mean_patch(plan: BoundaryPlan, samples: Iterable[np.ndarray]) -> float | None:
+    """The mean byte-level patch, in tokens, of ``samples`` (token sequences) under ``plan``; None for
+    no samples."""
+    tokens = patches = 0
+    for sample in samples:
+        tokens += len(sample)
+        patches += int(patch_starts(sample, plan.rules, plan.longest).sum())
+    return tokens / patches if patches else None
+
+
+def with_planned_boundaries(resolved: Resolved, probe: Probe) -> tuple[Resolved, BoundaryPlan | None]:
+    """``resolved`` with its model's boundary rules planned from the first training samples of
+    ``probe`` where the pipeline leaves the byte-level patch unset (``plan_boundaries``), and the plan;
+    else unchanged and None."""
+    if not resolved.pipeline.model.leaves_byte_patch:
+        return resolved, None
+    samples = probe.samples(resolved, PROBE_SAMPLES)
+    plan = plan_boundaries(resolved.pipeline.model, resolved.encoder.fields, field_rows(resolved, samples))
+    if plan is None:
+        return resolved, None
+    plan = replace(plan, mean=mean_patch(plan, (sample.tokens for sample in samples)))
+    pipeline = resolved.pipeline.model_copy(update={"model": plan.apply(resolved.pipeline.model)})
+    return resolved.with_encoding(pipeline), plan
+
+
+def with_trained_boundaries(resolved: Resolved, trained: ModelConfig) -> Resolved:
+    """For a checkpoint's pipeline: the boundary rules and byte-level patch its run planned, where the
+    pipeline leaves them unset (evaluation, ``mbp.load`` and generation then patch as training did)."""
+    model = resolved.pipeline.model
+    if trained.boundary_rules is None or model.boundary_rules is not None or len(model.stages) < 2:
+        return resolved
+    configured = model.with_byte_patch(trained.patches[-1]).model_copy(
+        update={"boundaries": trained.boundaries}
+    )
+    return resolved.with_encoding(resolved.pipeline.model_copy(update={"model": configured}))
+
+
+def field_rows(resolved: Resolved, samples: Iterable[EncodedSample]) -> dict[int, list[str]]:
+    """Each row length of ``samples``' fields whose codec lays them out in rows, with its fields."""
+    fields = resolved.encoder.fields
+    seen: dict[int, list[str]] = {}
+    for sample in samples:
+        for span in sample.spans:
+            field = fields.get(span.field)
+            if field is None or not field.traits.rows or sample.first != 0:
+                continue
+            segments = decode_stream(sample.tokens[span.start : span.end]).segments
+            row = field.row_bytes(segments[0]) if segments else None
+            if row is not None and span.field not in seen.setdefault(row, []):
+                seen[row].append(span.field)
+    return seen
