@@ -3,7 +3,7 @@ run, alternating rounds, each measurement in its own process with that checkout'
 
 Measures, per round and checkout (``benchmarks/mbp_worker.py`` of each checkout, the benchmark
 architecture: 2 stages, widths [256, 128]): the training step at 2 x 8,192 bytes in fp32 and at the
-precision ``auto`` picks here, and bytes/s of 256 new bytes after a 1,000-byte prompt. Reports the
+precision ``auto`` picks here, and bytes/s of 1,024 new bytes after a 1,000-byte prompt. Reports the
 medians of each and of the per-round ratios new / old (a step-time ratio under 1 is faster; a
 bytes/s ratio over 1 is faster).
 
@@ -25,7 +25,7 @@ from benchmarks.common import save
 MEASURES: dict[str, tuple[tuple[str, ...], str]] = {
     "step_fp32_s": (("train_step", "8192", "2", "3", "fp32"), "step_s"),
     "step_auto_s": (("train_step", "8192", "2", "3", "auto"), "step_s"),
-    "generate_bytes_per_s": (("generate", "1000", "256"), "bytes_per_s"),
+    "generate_bytes_per_s": (("generate", "1000", "1024"), "bytes_per_s"),
 }
 
 

@@ -13,7 +13,7 @@
 4. A shard set of ``--gb`` GB (default 1) read from a local HTTP server (127.0.0.1) and from disk: MB/s
    of raw samples (no decoding), written under /tmp and removed afterwards.
 
-Run: python benchmarks/bench_data_path.py [--gb 1] [--samples 600] [--registry R --pipeline P SHARDS...]
+Run: python -m benchmarks.bench_data_path [--gb 1] [--samples 600] [--registry R --pipeline P SHARDS...]
 """
 
 from __future__ import annotations
