@@ -25,11 +25,13 @@ from mbp.planning.boundary_plan import (
     with_trained_boundaries,
 )
 from mbp.planning.patch_plan import PatchPlan
-from mbp.planning.plan import plan_byte_patches
+from mbp.planning.plan import plan_byte_patches, sample_patches
 from mbp.planning.probe import Probe
 from mbp.protocol import Segment, encode_sample
 from mbp.resolve import Resolved, resolve
 from mbp.traits import codec_traits
+
+from tests.shardkit import write_tar
 
 
 def resolved(name: str, components: ComponentTable, patch: int | None = None) -> Resolved:
@@ -160,6 +162,19 @@ def test_a_run_plans_the_rules_from_its_training_samples(components: ComponentTa
     assert with_planned_boundaries(fixed, Probe(shards)) == (fixed, None)
     with pytest.raises(ValueError, match="boundaries: codecs places the byte-level patches"):
         ModelConfig.model_validate({**fixed.pipeline.model.model_dump(), "boundaries": "codecs"})
+
+
+def test_inspect_shows_one_samples_patches_where_the_rules_place_them(
+    components: ComponentTable, tmp_path: Path
+) -> None:
+    lm = resolved("lm-text", components)
+    asked = lm.pipeline.model.model_copy(update={"boundaries": "codecs"})
+    lm = resolve(None, "lm-text", lm.pipeline.model_copy(update={"model": asked}), components=components)
+    write_tar(tmp_path / "t.tar", [{"__key__": b"a", "txt": b"the cat, sat down"}])
+    planned, _ = plan_byte_patches(lm, Probe([str(tmp_path / "t.tar")]))
+    patches = sample_patches(planned, Probe([str(tmp_path / "t.tar")]))
+    # markers alone, the header its own, then a word a patch (a space after punctuation opens the next)
+    assert patches == ["<BOS>", "<SEG>text<HDR>", "the ", "cat,", " sat ", "down<END>", "<EOS>"]
 
 
 def test_a_checkpoints_rules_serve_the_pipeline_that_left_them_unset(components: ComponentTable) -> None:

@@ -254,6 +254,10 @@ def test_shards_inspect_previews_what_a_run_would_plan(
     report = json.loads(invoke_mbp(*args, "--json").stdout)
     described = report["run"].pop("describe")
     rate = report["run"].pop("data_path")  # timed on the samples the plan read: numbers, not their size
+    patches = report["run"].pop("sample_patches")  # the first sample's, 8 tokens each, BOS first
+    assert patches[0].startswith("<BOS>") and len(patches) == min(
+        24, math.ceil(tokens(photos(tmp_path), 32) / 8)
+    )
     assert rate["samples"] > 0 and isinstance(rate["augmented"], bool)
     for name in ("samples_per_s", "mb_per_s", "step_samples_per_s"):
         assert isinstance(rate[name], float) and rate[name] > 0, name
@@ -270,6 +274,7 @@ def test_shards_inspect_previews_what_a_run_would_plan(
     assert described.endswith(", image varied (400.0 passes; data.augment)")  # from 15 passes
     shown = invoke_mbp(*args).stdout
     assert f"  mbp run would train: rows of {row} tokens" in shown
+    assert "\n  byte-level patches of the first sample: <BOS>" in shown
     assert re.search(
         r"\n  data path on this machine: [\d,.]+ encoded samples/s, [\d.e+-]+ MB/s of tokens \(the first \d+ "
         r"training samples, shuffled[^)]*\); a step takes [\d,.]+ samples/s\n",

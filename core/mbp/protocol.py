@@ -196,3 +196,12 @@ def _find_marker(array: np.ndarray, start: int) -> int | None:
 
 def _name(token: int) -> str:
     return MARKER_NAMES.get(token, f"byte {token}")
+
+
+def token_text(tokens: Sequence[int] | np.ndarray) -> str:
+    """Tokens in words, for a reader: printable ASCII as itself, other bytes as ``\\xNN``, markers by
+    name in angle brackets (``<BOS>``)."""
+    return "".join(
+        f"<{MARKER_NAMES[t]}>" if t in MARKER_NAMES else chr(t) if 32 <= t < 127 else f"\\x{t:02x}"
+        for t in map(int, tokens)
+    )

@@ -157,6 +157,8 @@ def inspect_command(
         click.echo(f"  mbp run would train: {report['run']['describe']}")
         if rate := report["run"].get("data_path"):
             click.echo(f"  data path on this machine: {_describe_rate(rate)}")
+        if patches := report["run"].get("sample_patches"):
+            click.echo(f"  byte-level patches of the first sample: {' | '.join(patches)}")
     click.echo(f"  samples skipped: {report['samples_skipped']}, shards failed: {report['shards_failed']}")
     if report["failed_shards"]:
         click.echo(f"  failed: {', '.join(report['failed_shards'])}")

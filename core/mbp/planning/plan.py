@@ -12,12 +12,15 @@ step time measured on this machine, at the run's precision (:mod:`mbp.planning.s
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
+from mbp.boundaries import patch_starts
 from mbp.planning.boundary_plan import BoundaryPlan, with_planned_boundaries
 from mbp.planning.budget import RUN_SECONDS, EvalLoad, ceiling, evaluations, training_seconds
 from mbp.planning.constants import FEWEST_STEPS, PASSES
@@ -28,6 +31,7 @@ from mbp.planning.rows import RowPlan, plan_rows
 from mbp.planning.settings import RunSettings
 from mbp.planning.steptime import step_seconds
 from mbp.planning.variation import VariationPlan, plan_variation
+from mbp.protocol import token_text
 from mbp.resolve import Resolved
 
 # The ceiling is time: the steps that fit the run's budget (``mbp.planning.budget``) at the step time
@@ -265,7 +269,29 @@ def preview(resolved: Resolved, shards: list[str]) -> dict[str, Any]:
             ]
         ),
         **({"data_path": rate} if (rate := data_path_rate(plan, probe)) else {}),
+        **({"sample_patches": shown} if (shown := sample_patches(settings.applied(resolved), probe)) else {}),
     }
+
+
+SHOWN_PATCHES = 24
+"""Patches of one sample ``mbp shards inspect --pipeline`` shows: enough to see where they fall."""
+
+
+def sample_patches(resolved: Resolved, probe: Probe) -> list[str]:
+    """The first training sample's first byte-level patches as the run places them, each in words
+    (``mbp.protocol.token_text``); none for a model of one stage or where no sample encodes."""
+    model = resolved.pipeline.model
+    samples = probe.samples(resolved, 1) if len(model.stages) > 1 else []
+    if not samples:
+        return []
+    tokens = samples[0].tokens
+    rules = model.boundary_rules
+    if rules is None:
+        starts = np.arange(len(tokens)) % model.patches[-1] == 0
+    else:
+        starts = patch_starts(tokens, rules, model.patches[-1])
+    edges = [*np.flatnonzero(starts).tolist(), len(tokens)]
+    return [token_text(tokens[a:b]) for a, b in itertools.pairwise(edges)][:SHOWN_PATCHES]
 
 
 def data_path_rate(plan: RunPlan, probe: Probe) -> dict[str, Any] | None:
