@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mbp.api import CodecTraits, HeadDefaults, PluginDeprecationWarning, Segment, hookimpl
+from mbp.api import CodecTraits, HeadDefaults, PluginDeprecationWarning, Segment, WordStarts, hookimpl
 from mbp.data.read import RawSample
 from mbp.plugins import new_platform
 from mbp.resolve import Resolved, resolve
@@ -111,7 +111,7 @@ def test_an_old_plugin_resolves_to_its_new_style_twin_with_one_warning_each(tmp_
         again, new = resolved(tmp_path, "old"), resolved(tmp_path, "new")
     assert old.defaults == again.defaults == new.defaults == NewAnswer.defaults
     assert old.encoder.fields["grid"].traits == new.encoder.fields["grid"].traits == NewGrid.traits
-    assert old.encoder.fields["answer"].traits == CodecTraits()  # text declares nothing: the defaults
+    assert old.encoder.fields["answer"].traits == CodecTraits(boundaries=WordStarts())  # text: words only
     assert old.pipeline.data.batch_size == new.pipeline.data.batch_size == 3
     raw = RawSample("s.tar", "0", {"grid.bin": bytes(range(8)), "answer.txt": b"yes"})
     a, b = old.encoder.encode(raw), new.encoder.encode(raw)
