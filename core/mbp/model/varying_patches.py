@@ -209,15 +209,14 @@ def byte_stage(
     model: MultiscaleDecoder, grid: torch.Tensor, previous: torch.Tensor, sizes: torch.Tensor
 ) -> torch.Tensor:
     """The byte-level stage's outputs (B * K, P + 1, D_n) over the patches of ``grid``, each run as a
-    sequence of its own and about as long as it is (``sizes: (B * K,)``): patches whose lengths share a
-    ``width_class`` in one batch, run to the class's width (the grid's padding after a patch changes
-    none of its outputs, the backbones being causal, and its own outputs are never read); zeros where
-    nothing ran. The first patch always runs: its start position predicts the first token."""
+    sequence of its own and only as long as it is (``sizes: (B * K,)``), patches of one length in one
+    batch; zeros where nothing ran. The first patch always runs: its start position predicts the
+    first token."""
     last = model.num_stages - 1
     longest = model.patch_sizes[last]
     tokens = model.embeddings[last](grid.view(-1, longest)) + previous  # (B * K, P, D_n)
     x = torch.cat((model._start(last, tokens.shape[0])[:, None], tokens), dim=1)
-    widths = width_class(patch_widths(sizes), longest + 1)
+    widths = patch_widths(sizes)
     widths[0] = widths[0].clamp_min(1)
     places, values = [], []
     for width in widths[widths > 0].unique().tolist():
@@ -238,15 +237,6 @@ def _few_shapes(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return rows
     missing = -len(rows) % kept_rows.KEPT_ROWS_MULTIPLE
     return torch.cat((rows, rows[:1].expand(missing)))
-
-
-def width_class(widths: torch.Tensor, most: int) -> torch.Tensor:
-    """``widths`` rounded up to one more than a power of two (2, 3, 5, 9, 17, ...), at most ``most``; 0
-    stays 0. A backbone call per distinct width costs more than the positions a class adds on a CPU's
-    small byte-level stage: word patches of 1 to 16 bytes make 5 calls instead of 16."""
-    bytes_run = (widths - 1).clamp_min(1)
-    powers = torch.where(widths > 1, 2 ** torch.ceil(torch.log2(bytes_run)).long() + 1, widths)
-    return torch.minimum(powers, torch.full_like(widths, most))
 
 
 def patch_widths(sizes: torch.Tensor) -> torch.Tensor:
