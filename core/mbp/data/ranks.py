@@ -98,6 +98,8 @@ def resumed_at(
     by rank; None where one process wrote the checkpoint, whose position is ``own``). A checkpoint from
     another world size whose shards were split, or are split now, cannot be mapped onto this one: every
     process starts the earliest recorded epoch over, and rank 0 says so."""
+    if recorded is None and not any(own):  # a fresh start: every process at its stream's beginning
+        return own
     positions = recorded if recorded is not None else [list(own)]
     if len(positions) == world:
         epoch, consumed, taken = positions[rank]
