@@ -41,6 +41,7 @@ def test_two_processes_split_the_shards_count_every_skip_and_resume_exactly(tmp_
     write_tar(tmp_path / "train-1.tar", good_samples("b", 40))
     whole = torchrun(tmp_path, "whole", "--set", "train.steps=6")
     assert whole.returncode == 0, whole.stderr
+    assert "data positions" not in whole.stderr  # a fresh run has no checkpoint to speak of
     summary = json.loads(whole.stdout)
     assert summary["samples_skipped"] == 4 and sorted(summary["failed_shards"]) == [
         "b-truncated.tar",
