@@ -186,17 +186,29 @@ class MultiscaleDecoder(nn.Module):
             if s == last and keep is not None and s > 0:
                 units = units.view(-1, seq, self.units[s])[keep].flatten(0, 1)
                 previous = previous[keep] if previous is not None else None
-            tokens = self.embeddings[s](units).view(-1, seq, self.dims[s])  # (N_s, P_s, D_s)
-            if previous is not None:
-                tokens = tokens + previous
-            x = torch.cat((self._start(s, tokens.shape[0])[:, None], tokens), dim=1)
-            segments = None
-            if s == 0 and first is not None:
-                x, segments = self._restart(x, first)
-            x = self._run(s, x, segments)
+            x = self._stage(s, units, seq, previous, first)
             if s < self.num_stages - 1:
                 previous = self._to_next_stage(s, x[:, :-1])
         return x
+
+    def _stage(
+        self,
+        s: int,
+        units: torch.Tensor,
+        seq: int,
+        previous: torch.Tensor | None,
+        first: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Stage ``s`` over ``units`` (N_s * P_s units of the stage's tokens, ``seq`` a sequence), each
+        position given the stage above's projected output ``previous``; its outputs (N_s, P_s + 1, D_s)."""
+        tokens = self.embeddings[s](units).view(-1, seq, self.dims[s])  # (N_s, P_s, D_s)
+        if previous is not None:
+            tokens = tokens + previous
+        x = torch.cat((self._start(s, tokens.shape[0])[:, None], tokens), dim=1)
+        segments = None
+        if s == 0 and first is not None:
+            x, segments = self._restart(x, first)
+        return self._run(s, x, segments)
 
     def _restart(self, x: torch.Tensor, first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Stage 1's inputs ``x: (B, P_1 + 1, D_1)`` with each packed sample made a sequence of its own:

@@ -49,6 +49,14 @@ class MultiscaleDecoder(Protocol):
     def _restart(self, x: torch.Tensor, first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
     def _run(self, s: int, x: torch.Tensor, segments: torch.Tensor | None = None) -> torch.Tensor: ...
     def _to_next_stage(self, s: int, out: torch.Tensor) -> torch.Tensor: ...
+    def _stage(
+        self,
+        s: int,
+        units: torch.Tensor,
+        seq: int,
+        previous: torch.Tensor | None,
+        first: torch.Tensor | None,
+    ) -> torch.Tensor: ...
 
 
 GRID_PATCHES_MULTIPLE = 16
@@ -193,14 +201,7 @@ def coarse_inputs(model: MultiscaleDecoder, grid: torch.Tensor, first: torch.Ten
     for s in range(model.num_stages - 1):
         units = grid.view(-1, model.units[s])
         seq = model.patch_sizes[s] if s > 0 else grid.shape[1] // model.units[0]
-        tokens = model.embeddings[s](units).view(-1, seq, model.dims[s])
-        if previous is not None:
-            tokens = tokens + previous
-        x = torch.cat((model._start(s, tokens.shape[0])[:, None], tokens), dim=1)
-        segments = None
-        if s == 0 and first is not None:
-            x, segments = model._restart(x, first)
-        previous = model._to_next_stage(s, model._run(s, x, segments)[:, :-1])
+        previous = model._to_next_stage(s, model._stage(s, units, seq, previous, first)[:, :-1])
     assert previous is not None  # at least two stages
     return previous
 
