@@ -117,4 +117,25 @@ _register_commands()
 
 
 def main() -> None:
-    cli(prog_name="mbp")
+    try:
+        cli(prog_name="mbp")
+    except SystemExit as ended:
+        if _joined_a_process_group():
+            _end_now(ended.code)
+        raise
+
+
+def _joined_a_process_group() -> bool:
+    distributed = sys.modules.get("mbp.train.distributed")  # only a run that imported it can have joined
+    return distributed is not None and bool(distributed.joined_a_process_group())
+
+
+def _end_now(code: object) -> NoReturn:
+    """Exit with ``code`` without Python's finalization, once every file is closed and the output is
+    flushed (see ``mbp.train.distributed.joined_a_process_group`` for why)."""
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)

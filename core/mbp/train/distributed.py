@@ -66,7 +66,22 @@ def init_world() -> World:
         return World(0, 1, device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        global _joined
+        _joined = True
     return World(dist.get_rank(), size, device)
+
+
+_joined = False
+"""Whether this process has created a process group; see ``joined_a_process_group``."""
+
+
+def joined_a_process_group() -> bool:
+    """Whether this process created a process group. Such a process must end without Python's
+    finalization: the group's worker threads outlive ``destroy_process_group`` while a ``DeviceMesh``
+    (which FSDP and DTensor's caches keep) still holds the group, and a thread that takes the GIL to free
+    a finished collective's tensors during finalization aborts the process (SIGABRT, "terminate called
+    without an active exception")."""
+    return _joined
 
 
 def wrap(model: nn.Module, world: World, strategy: str, units: Sequence[nn.Module]) -> nn.Module:
