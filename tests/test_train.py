@@ -86,9 +86,15 @@ def test_run_prints_one_summary_and_writes_metrics_plot_checkpoint(setup, tmp_pa
     assert "\r" not in result.stderr  # progress is hidden when stderr is not a terminal
 
 
-def test_resume_after_kill_9_reaches_the_same_weights(setup, tmp_path: Path) -> None:
+BOUNDARIES = ["--set", "model.boundaries=codecs", "--set", "model.stages.1.patch=null"]
+"""Byte-level patches that follow the data (words, rows, frames) instead of the pipeline's fixed 4."""
+
+
+@pytest.mark.parametrize("patches", ["fixed", "boundaries"])
+def test_resume_after_kill_9_reaches_the_same_weights(setup, tmp_path: Path, patches: str) -> None:
     registry, shards, _ = setup
     settings = [
+        *(BOUNDARIES if patches == "boundaries" else []),
         "--set",
         "train.steps=30",
         "--set",
@@ -100,6 +106,7 @@ def test_resume_after_kill_9_reaches_the_same_weights(setup, tmp_path: Path) -> 
     ]
     straight = run_here(registry, shards, tmp_path / "straight", *settings)  # the killed one: a process
     assert straight.returncode == 0, straight.stderr
+    assert ("boundaries: " in straight.stderr) == (patches == "boundaries")
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", *run_args(registry, shards, out, *settings)]
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -194,10 +201,13 @@ def test_a_stray_rank_variable_leaves_a_plain_run_its_summary(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_process_gloo_matches_one_process(setup, tmp_path: Path, strategy: str) -> None:
+@pytest.mark.parametrize(
+    ("strategy", "patches"), [("ddp", "fixed"), ("fsdp", "fixed"), ("fsdp", "boundaries")]
+)
+def test_two_process_gloo_matches_one_process(setup, tmp_path: Path, strategy: str, patches: str) -> None:
     registry, shards, _ = setup
     settings = [
+        *(BOUNDARIES if patches == "boundaries" else []),
         "--set",
         "train.steps=4",
         "--set",
@@ -207,6 +217,7 @@ def test_two_process_gloo_matches_one_process(setup, tmp_path: Path, strategy: s
     ]
     single = run_here(registry, shards, tmp_path / "one", *settings)  # a world of one: no process group
     assert single.returncode == 0, single.stderr
+    assert ("boundaries: " in single.stderr) == (patches == "boundaries")
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     double = subprocess.run(
         [

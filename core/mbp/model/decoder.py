@@ -333,8 +333,12 @@ class MultiscaleDecoder(nn.Module):
         return ParamGroups.of(self, skip_decay=self.start_tokens, byte_level=self.backbones[-1])
 
     def sharding_units(self) -> list[nn.Module]:
-        """What FSDP shards one by one before the rest: each stage's backbone."""
-        return list(self.backbones)
+        """What FSDP shards one by one before the rest: each stage's backbone, but for the byte-level
+        stage's under boundary rules. That stage then runs once per patch length in the batch, a count
+        that differs between processes, and a unit of its own gathers its shards at every call: the
+        processes' collectives would not match. With the rest, it is gathered once a forward."""
+        units = list(self.backbones)
+        return units[:-1] if self.rules is not None else units
 
     # Inference (``mbp.model.decoder_steps``): the wiring of ``stage_outputs`` one position at a time.
 
