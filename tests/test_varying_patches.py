@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from mbp.boundaries import WordStarts, patch_starts
 from mbp.generate import Sampling, sample_next
-from mbp.model import kept_rows
+from mbp.model import kept_rows, varying_patches
 from mbp.model.build import build_model
 from mbp.model.decoder import MultiscaleDecoder
-from mbp.model.varying_patches import cut_long_patches, patch_layout
+from mbp.model.varying_patches import cut_long_patches, pack_patches, patch_layout
 from mbp.protocol import HDR, SEG
 from mbp.testing import assert_model_causal, generate_uncached
 
@@ -64,6 +64,37 @@ def test_layout_puts_each_patch_at_a_grid_slot_and_aligns_samples_to_stage_one_u
     assert layout.slots.tolist() == [[0, 1, 6, 7, 8, 9, 12, 13, 14]]
     assert layout.sizes.tolist() == [2, 0, 3, 1, 3, 0] and layout.width == 18
     assert layout.begins is not None and layout.begins.nonzero()[:, 1].tolist() == [6]
+
+
+def test_patches_pack_into_rows_in_order_each_a_segment_of_its_own() -> None:
+    widths = torch.tensor([3, 0, 4, 2, 5, 1])  # patches 5 positions apart; the second does not run
+    packing = pack_patches(widths, stride=5, row=6)
+    # next fit: [3] + [4] does not fit a row of 6, [4, 2] does, [5] and [1] share the last
+    assert packing.segments.tolist() == [[0, 0, 0, 5, 5, 5], [1, 1, 1, 1, 2, 2], [3, 3, 3, 3, 3, 4]]
+    assert packing.sources.tolist() == [0, 1, 2, 10, 11, 12, 13, 15, 16, 20, 21, 22, 23, 24, 25]
+    assert packing.places.tolist() == [0, 1, 2, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]
+    assert pack_patches(widths, stride=5, row=6, multiple=4).segments.shape == (4, 6)
+
+
+@pytest.mark.parametrize("stages", [2, 3])
+def test_packed_patches_give_what_patches_run_alone_give(components, stages: int, monkeypatch) -> None:
+    """A backbone that keeps segments apart runs the patches packed in rows; each patch's outputs are
+    those of the patch run alone (batched by width), in loss and gradients."""
+    model = tiny_model(components, stages).double().train()
+    ids = text_tokens(3, 60)
+    starts = starts_by_rule(model)(ids)
+    results = []
+    for packed in (True, False):
+        if not packed:
+            monkeypatch.setattr(varying_patches, "_run_packed", varying_patches._run_by_width)
+        model.zero_grad()
+        loss = model.loss(ids, starts=starts).loss
+        loss.backward()
+        results.append((loss.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (packed_loss, packed_grads), (alone_loss, alone_grads) = results
+    assert packed_loss == pytest.approx(alone_loss, rel=1e-12)
+    for a, b in zip(packed_grads, alone_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("backbones", STACKS, ids="-".join)
@@ -207,8 +238,8 @@ def test_mblm_stages_take_varying_patches(components, stages: int) -> None:
 
 
 def test_cpu_autocast_rounds_patch_batches_up_and_keeps_the_loss(components, monkeypatch) -> None:
-    """Under CPU bf16 autocast each batch of same-length patches is topped up to a multiple of
-    ``KEPT_ROWS_MULTIPLE`` rows (few shapes, kernels reused); the extra rows' outputs are dropped."""
+    """Under CPU bf16 autocast the packed rows of patches are topped up to a multiple of
+    ``KEPT_ROWS_MULTIPLE`` rows (few shapes, kernels reused); the extra rows run nothing that counts."""
     model = tiny_model(components, 2).eval()
     ids = text_tokens(3, 50)
     starts = starts_by_rule(model)(ids)

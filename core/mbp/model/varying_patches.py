@@ -28,6 +28,7 @@ from torch import nn
 
 from mbp.errors import ConfigError
 from mbp.model import kept_rows
+from mbp.model.backbone import SegmentedBackbone
 from mbp.protocol import PAD
 
 
@@ -39,6 +40,7 @@ class MultiscaleDecoder(Protocol):
     units: list[int]
     dims: list[int]
     embeddings: nn.ModuleList
+    backbones: nn.ModuleList
 
     @property
     def max_len(self) -> int | None: ...
@@ -209,35 +211,99 @@ def coarse_inputs(model: MultiscaleDecoder, grid: torch.Tensor, first: torch.Ten
 def byte_stage(
     model: MultiscaleDecoder, grid: torch.Tensor, previous: torch.Tensor, sizes: torch.Tensor
 ) -> torch.Tensor:
-    """The byte-level stage's outputs (B * K, P + 1, D_n) over the patches of ``grid``, each run as a
-    sequence of its own and only as long as it is (``sizes: (B * K,)``), patches of one length in one
-    batch; zeros where nothing ran. The first patch always runs: its start position predicts the
-    first token."""
+    """The byte-level stage's outputs (B * K, P + 1, D_n) over the patches of ``grid``, each run only
+    as long as it is (``sizes: (B * K,)``) and apart from the others; zeros where nothing ran. The
+    first patch always runs: its start position predicts the first token. A backbone that keeps
+    segments apart runs the patches side by side in rows of ``PACKED_ROW`` positions, one segment each,
+    as packed samples are; any other runs the patches of each length as a batch of their own."""
     last = model.num_stages - 1
     longest = model.patch_sizes[last]
     tokens = model.embeddings[last](grid.view(-1, longest)) + previous  # (B * K, P, D_n)
     x = torch.cat((model._start(last, tokens.shape[0])[:, None], tokens), dim=1)
     widths = patch_widths(sizes)
     widths[0] = widths[0].clamp_min(1)
-    places, values = [], []
-    for width in widths[widths > 0].unique().tolist():
-        rows = (widths == width).nonzero().flatten()
-        part = model._run(last, x[_few_shapes(rows, x), :width])[: len(rows)]
-        places.append((rows[:, None] * (longest + 1) + torch.arange(width, device=rows.device)).flatten())
-        values.append(part.flatten(0, 1))
-    flat = torch.cat(values)
-    out = flat.new_zeros(x.shape[0] * (longest + 1), flat.shape[-1]).index_put((torch.cat(places),), flat)
+    if isinstance(model.backbones[last], SegmentedBackbone):
+        out = _run_packed(model, x, widths)
+    else:
+        out = _run_by_width(model, x, widths)
     return out.view(x.shape[0], longest + 1, -1)
 
 
-def _few_shapes(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``rows`` with its first repeated up to a multiple of ``KEPT_ROWS_MULTIPLE`` under CPU autocast
-    (the extra outputs are dropped): bf16 products on CPU make a kernel per shape, and a batch's count
-    of patches of each length changes every step (see ``mbp.model.kept_rows``)."""
-    if not (like.device.type == "cpu" and torch.is_autocast_enabled("cpu")):
-        return rows
-    missing = -len(rows) % kept_rows.KEPT_ROWS_MULTIPLE
-    return torch.cat((rows, rows[:1].expand(missing)))
+PACKED_ROW = 64
+"""Positions in a row of packed byte-level patches (or the longest patch and its start, if more). One
+backbone call over rows of one width, instead of one per patch length: a step of 1 row of 2,016 text
+bytes at word starts ran 1.2x the fixed patch's time packed, 2.2x by length (BENCHMARKS.md)."""
+
+
+def _run_packed(model: MultiscaleDecoder, x: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
+    """(M * (P + 1), D) outputs of the last stage over ``x: (M, P + 1, D)``, each patch's first
+    ``widths`` positions run in packed rows, a segment each."""
+    stride = x.shape[1]
+    packing = pack_patches(widths, stride, max(PACKED_ROW, stride), _shape_multiple(x))
+    flat = x.flatten(0, 1)
+    rows = flat.new_zeros(packing.segments.numel(), flat.shape[-1])
+    rows = rows.index_put((packing.places,), flat[packing.sources]).view(*packing.segments.shape, -1)
+    ran = model._run(model.num_stages - 1, rows, packing.segments).flatten(0, 1)[packing.places]
+    return ran.new_zeros(flat.shape[0], ran.shape[-1]).index_put((packing.sources,), ran)
+
+
+def _run_by_width(model: MultiscaleDecoder, x: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
+    """What ``_run_packed`` returns, from one batch of the patches of each width."""
+    stride = x.shape[1]
+    places, values = [], []
+    for width in widths[widths > 0].unique().tolist():
+        rows = (widths == width).nonzero().flatten()
+        multiple = _shape_multiple(x)
+        chosen = torch.cat((rows, rows[:1].expand(-len(rows) % multiple)))  # extra outputs dropped
+        part = model._run(model.num_stages - 1, x[chosen, :width])[: len(rows)]
+        places.append((rows[:, None] * stride + torch.arange(width, device=rows.device)).flatten())
+        values.append(part.flatten(0, 1))
+    flat = torch.cat(values)
+    return flat.new_zeros(x.shape[0] * stride, flat.shape[-1]).index_put((torch.cat(places),), flat)
+
+
+@dataclass(frozen=True)
+class PatchPacking:
+    """Where each position of the patches that run goes in the packed rows."""
+
+    sources: torch.Tensor
+    """(T,) long: the positions that run, into the flattened (M * stride,) patches."""
+    places: torch.Tensor
+    """(T,) long: where each goes in the flattened packed rows."""
+    segments: torch.Tensor
+    """(R, W) long: each packed position's patch (numbers rise along a row; padding after the last)."""
+
+
+def pack_patches(widths: torch.Tensor, stride: int, row: int, multiple: int = 1) -> PatchPacking:
+    """``widths: (M,)`` positions of each of M patches ``stride`` apart (0: it does not run; none over
+    ``row``), in order, each patch in the row of the one before where it fits, else in a new row (next
+    fit); the rows' count rounded up to a multiple of ``multiple``."""
+    ran = (widths > 0).nonzero().flatten()
+    counts = widths[ran]
+    row_of, offset_of, used, rows = [], [], row, -1
+    for width in counts.tolist():
+        if used + width > row:
+            rows, used = rows + 1, 0
+        row_of.append(rows)
+        offset_of.append(used)
+        used += width
+    rows = -(-(rows + 1) // multiple) * multiple
+    device = widths.device
+    patch_of = torch.repeat_interleave(torch.arange(len(ran), device=device), counts)
+    within = torch.arange(len(patch_of), device=device) - (counts.cumsum(0) - counts)[patch_of]
+    starts = torch.tensor(row_of, device=device) * row + torch.tensor(offset_of, device=device)
+    places = starts[patch_of] + within
+    segments = torch.full((rows * row,), len(ran), dtype=torch.long, device=device)
+    segments[places] = patch_of
+    return PatchPacking(ran[patch_of] * stride + within, places, segments.view(rows, row))
+
+
+def _shape_multiple(like: torch.Tensor) -> int:
+    """``KEPT_ROWS_MULTIPLE`` under CPU autocast, else 1: bf16 products on CPU make a kernel per shape,
+    and the count of rows a batch's patches take changes every step (see ``mbp.model.kept_rows``)."""
+    if like.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        return kept_rows.KEPT_ROWS_MULTIPLE
+    return 1
 
 
 def patch_widths(sizes: torch.Tensor) -> torch.Tensor:
