@@ -9,9 +9,11 @@ Measures, in alternating rounds (the machine's speed drifts between minutes; rat
   cost of placing boundaries online alone), and the word rule. The goal is at most 1.10x fixed.
 - a training step (forward and backward) over a batch of text, fixed against the word rule, and the
   positions the byte-level stage runs under each (a patch's start and its bytes: fixed patches run 9
-  positions per 8 bytes).
+  positions per 8 bytes). The word rule's patches run packed in rows, a segment each (what a
+  Transformer gets), and ``by_width``: one batch per patch length (what a backbone without
+  ``forward_segments`` gets).
 
-Run: python -m benchmarks.bench_varpatch [--rounds N] [--smoke]
+Run: python -m benchmarks.bench_varpatch [--rounds N] [--batch 4] [--length 2048] [--smoke]
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ import argparse
 import random
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from mbp.boundaries import FixedLength, WordStarts, patch_starts
+from mbp.model import varying_patches
 from mbp.model.build import build_model
 from mbp.model.decoder import MultiscaleDecoder
 from mbp.model.varying_patches import patch_widths
@@ -59,7 +64,7 @@ def model(smoke: bool) -> MultiscaleDecoder:
 def text(length: int, seed: int) -> torch.Tensor:
     """A text sample of ``length`` tokens: ``BOS SEG text HDR`` and words."""
     rng = random.Random(seed)
-    words = []
+    words: list[str] = []
     while sum(len(w) for w in words) < length:
         word = "".join(rng.choice("etaoinshrdlucmfw") for _ in range(rng.randint(1, 12)))
         words.append(word + rng.choice("     ,.\n"))
@@ -91,6 +96,16 @@ def training_step(net: MultiscaleDecoder, rules: dict | None, batch: int, length
     return time.perf_counter() - start
 
 
+def by_width(measure: Callable[..., float], *args: Any) -> float:
+    """``measure(*args)`` with the byte-level stage's patches run in one batch per length."""
+    packed = varying_patches._run_packed
+    varying_patches._run_packed = varying_patches._run_by_width
+    try:
+        return measure(*args)
+    finally:
+        varying_patches._run_packed = packed
+
+
 def byte_stage_positions(rules: dict, batch: int, length: int) -> int:
     """Positions the byte-level stage runs under ``rules``: each patch's start and bytes."""
     total = 0
@@ -101,10 +116,10 @@ def byte_stage_positions(rules: dict, batch: int, length: int) -> int:
     return total
 
 
-def main(rounds: int, smoke: bool) -> None:
+def main(rounds: int, smoke: bool, batch: int, length: int) -> None:
     torch.manual_seed(0)
     net = model(smoke).eval()
-    new, batch, length = (16, 2, 64) if smoke else (512, 4, 2048)
+    new, batch, length = (16, 2, 64) if smoke else (512, batch, length)
     rows = []
     for _ in range(rounds + 1):  # the first round warms up (kernels, caches) and is dropped
         fixed = generation_per_byte(net, None, new)
@@ -113,6 +128,7 @@ def main(rounds: int, smoke: bool) -> None:
         net.train()
         step_fixed = training_step(net, None, batch, length)
         step_words = training_step(net, WORDS, batch, length)
+        step_by_width = by_width(training_step, net, WORDS, batch, length)
         net.eval()
         rows.append(
             {
@@ -121,12 +137,13 @@ def main(rounds: int, smoke: bool) -> None:
                 "generate_words_over_fixed": words / fixed,
                 "train_step_fixed_s": step_fixed,
                 "train_step_words_over_fixed": step_words / step_fixed,
+                "train_step_words_by_width_over_fixed": step_by_width / step_fixed,
             }
         )
     rows = rows[1:]
     medians = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
     save(
-        "bench_varpatch_smoke" if smoke else "bench_varpatch",
+        "bench_varpatch_smoke" if smoke else f"bench_varpatch_{batch}x{length}",
         {
             "rounds": rows,
             "median": medians,
@@ -145,5 +162,7 @@ if __name__ == "__main__":
     parser.add_argument(
         "--smoke", action="store_true", help="a tiny model and a few bytes: checks the script runs"
     )
+    parser.add_argument("--batch", type=int, default=4, help="rows of a training step")
+    parser.add_argument("--length", type=int, default=2048, help="tokens in a row")
     args = parser.parse_args()
-    main(args.rounds, args.smoke)
+    main(args.rounds, args.smoke, args.batch, args.length)
