@@ -230,9 +230,10 @@ def byte_stage(
 
 
 PACKED_ROW = 64
-"""Positions in a row of packed byte-level patches (or the longest patch and its start, if more). One
-backbone call over rows of one width, instead of one per patch length: a step of 1 row of 2,016 text
-bytes at word starts ran 1.2x the fixed patch's time packed, 2.2x by length (BENCHMARKS.md)."""
+"""Positions in a row of packed byte-level patches (or the longest patch and its start, if more): one
+backbone call over rows of one width instead of one per patch length, which is what a step of a few
+rows spends its time on (a training step of 1 row of 2,016 text bytes at word starts: 1.35x the fixed
+patch's packed, 1.57x by length; BENCHMARKS.md)."""
 
 
 def _run_packed(model: MultiscaleDecoder, x: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
