@@ -334,9 +334,10 @@ class MultiscaleDecoder(nn.Module):
 
     def sharding_units(self) -> list[nn.Module]:
         """What FSDP shards one by one before the rest: each stage's backbone, but for the byte-level
-        stage's under boundary rules. That stage then runs once per patch length in the batch, a count
-        that differs between processes, and a unit of its own gathers its shards at every call: the
-        processes' collectives would not match. With the rest, it is gathered once a forward."""
+        stage's under boundary rules. That stage then runs a number of times that differs between
+        processes (once per patch length, or per chunk of packed rows a checkpointed stage takes), and
+        a unit of its own gathers its shards at every call: the processes' collectives would not
+        match. With the rest, it is gathered once a forward."""
         units = list(self.backbones)
         return units[:-1] if self.rules is not None else units
 
