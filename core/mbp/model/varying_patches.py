@@ -250,11 +250,10 @@ def _run_packed(model: MultiscaleDecoder, x: torch.Tensor, widths: torch.Tensor)
 
 def _run_by_width(model: MultiscaleDecoder, x: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
     """What ``_run_packed`` returns, from one batch of the patches of each width."""
-    stride = x.shape[1]
+    stride, multiple = x.shape[1], _shape_multiple(x)
     places, values = [], []
     for width in widths[widths > 0].unique().tolist():
         rows = (widths == width).nonzero().flatten()
-        multiple = _shape_multiple(x)
         chosen = torch.cat((rows, rows[:1].expand(-len(rows) % multiple)))  # extra outputs dropped
         part = model._run(model.num_stages - 1, x[chosen, :width])[: len(rows)]
         places.append((rows[:, None] * stride + torch.arange(width, device=rows.device)).flatten())
