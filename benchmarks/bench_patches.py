@@ -3,18 +3,22 @@ defaults, ``train.minutes`` given, one seed), once with fixed byte-level patches
 boundaries its codecs declare, alternating which goes first round by round, on the same machine.
 
 The fixed arm sets the last stage's ``patch`` (``--fixed 8``, or ``--fixed row``: the row of the
-probed samples where every field has one length, else 8); the boundaries arm leaves it unset and sets
-``model.boundaries: codecs``, so the run plans its boundary rules (``mbp.planning.boundary_plan``).
-``--explicit`` passes the planned rules through ``--set model.boundaries=...`` instead.
-Prints each arm's held-out bits per byte (``loss_bpb``) and accuracy where the head reports one, and
-the ratios boundaries / fixed (bits per byte under 1 and accuracy over 1 favour the boundaries).
+probed samples where every field has one length, else 8); the ``codecs`` arm (named ``boundaries``)
+leaves it unset and sets ``model.boundaries: codecs``, so the run plans its boundary rules
+(``mbp.planning.boundary_plan``); ``--entropy`` adds an arm with ``model.boundaries: entropy`` (text
+patches where a byte model trained in the run is uncertain). ``--explicit`` passes the planned codec
+rules through ``--set model.boundaries=...`` instead. Prints each arm's held-out bits per byte
+(``loss_bpb``) and accuracy where the head reports one, and each arm's ratios to the fixed arm (bits per
+byte under 1 and accuracy over 1 favour the arm), in ``summary`` as ``<metric>_ratio`` for the
+boundaries arm and ``entropy_<metric>_ratio`` for the entropy arm.
 
-Run: python -m benchmarks.bench_patches PIPELINE [--registry FILE] [--minutes 9] [--rounds 1]
+Run: python -m benchmarks.bench_patches PIPELINE [--registry FILE] [--minutes 9] [--rounds 1] [--entropy]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
@@ -100,11 +104,15 @@ def run_arm(args: argparse.Namespace, settings: list[str], out: Path) -> dict[st
 def one_round(args: argparse.Namespace, arms: dict[str, list[str]], index: int, work: Path) -> dict[str, Any]:
     order = list(arms) if index % 2 == 0 else list(reversed(arms))
     row = {name: run_arm(args, arms[name], work / f"{name}-{index}") for name in order}
-    for key in METRICS:
-        fixed, boundaries = row["fixed"]["metrics"].get(key), row["boundaries"]["metrics"].get(key)
-        if fixed and boundaries is not None:  # no ratio to a fixed arm that scored 0
-            row[f"{key}_ratio"] = boundaries / fixed
+    for name, key in itertools.product(arms, METRICS):
+        fixed, other = row["fixed"]["metrics"].get(key), row[name]["metrics"].get(key)
+        if name != "fixed" and fixed and other is not None:  # no ratio to a fixed arm that scored 0
+            row[ratio_name(name, key)] = other / fixed
     return row
+
+
+def ratio_name(arm: str, metric: str) -> str:
+    return f"{metric}_ratio" if arm == "boundaries" else f"{arm}_{metric}_ratio"
 
 
 def main() -> None:
@@ -118,6 +126,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fixed", default="8", help="the fixed arm's patch: a number, or row")
     parser.add_argument("--explicit", action="store_true", help="pass the planned rules by --set")
+    parser.add_argument("--entropy", action="store_true", help="add an arm with model.boundaries: entropy")
     parser.add_argument("--set", action="append", default=[], help="a further --set for both arms")
     args = parser.parse_args()
     resolved = resolved_pipeline(args.pipeline, args.registry)
@@ -132,12 +141,13 @@ def main() -> None:
         if args.explicit
         else [f"model.stages.{stage}.patch=null", "model.boundaries=codecs"],
     }
+    if args.entropy:
+        arms["entropy"] = [f"model.stages.{stage}.patch=null", "model.boundaries=entropy"]
     with tempfile.TemporaryDirectory(prefix="bench_patches-") as work:
         rounds = [one_round(args, arms, index, Path(work)) for index in range(args.rounds)]
+    names = [ratio_name(arm, key) for arm, key in itertools.product(arms, METRICS) if arm != "fixed"]
     summary = {
-        f"{key}_ratio": statistics.median(r[f"{key}_ratio"] for r in rounds)
-        for key in METRICS
-        if all(f"{key}_ratio" in r for r in rounds)
+        name: statistics.median(r[name] for r in rounds) for name in names if all(name in r for r in rounds)
     }
     save(
         f"bench_patches_{args.pipeline}",

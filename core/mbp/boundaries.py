@@ -13,9 +13,11 @@ longest length. Nowhere does a patch grow past ``longest``: a longer run is cut 
 
 from __future__ import annotations
 
+import base64
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -49,7 +51,36 @@ class WordStarts:
             raise ValueError(f"a word's longest patch must be at least 1, got {self.longest}")
 
 
-BoundaryRule = FixedLength | WordStarts
+@dataclass(frozen=True)
+class EntropyStarts:
+    """A patch starts at a byte a small byte model finds hard to predict, as BLT places its patches:
+    the model is an order-2 byte n-gram trained on the run's training data
+    (``mbp.planning.entropy_fit``), and ``uncertain`` marks the two-byte contexts whose next-byte
+    entropy is above the run's threshold (a bitset over the 65,536 contexts ``payload_contexts``
+    numbers, 8,192 bytes). Patches longer than ``longest`` (None: the model's longest patch) are cut."""
+
+    uncertain: bytes
+    longest: int | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.uncertain) != CONTEXTS // 8:
+            raise ValueError(
+                f"an entropy rule marks {CONTEXTS} contexts in {CONTEXTS // 8} bytes, "
+                f"got {len(self.uncertain)}"
+            )
+        if self.longest is not None and self.longest < 1:
+            raise ValueError(f"an entropy rule's longest patch must be at least 1, got {self.longest}")
+
+    @cached_property
+    def marks(self) -> np.ndarray:
+        """(CONTEXTS,) bool: ``uncertain`` unpacked."""
+        return np.unpackbits(np.frombuffer(self.uncertain, dtype=np.uint8)).astype(bool)
+
+
+BoundaryRule = FixedLength | WordStarts | EntropyStarts
+
+CONTEXTS = 256 * 256
+"""The contexts of an ``EntropyStarts`` model: the two payload bytes before a byte."""
 
 DELIMITERS = frozenset((string.whitespace + string.punctuation).encode("ascii"))
 """ASCII whitespace and punctuation: the bytes after which ``WordStarts`` begins a patch. Bytes of
@@ -65,7 +96,7 @@ only the longest cut splits (a patch of every padding token would be pure waste)
 
 def rule_longest(rule: BoundaryRule, longest: int) -> int:
     """The longest patch ``rule`` allows inside a model whose longest patch is ``longest``."""
-    if isinstance(rule, WordStarts) and rule.longest is not None:
+    if not isinstance(rule, FixedLength) and rule.longest is not None:
         return min(rule.longest, longest)
     return longest
 
@@ -76,11 +107,23 @@ def payload_starts(payload: np.ndarray, rule: BoundaryRule) -> np.ndarray:
     index = np.arange(len(payload))
     if isinstance(rule, FixedLength):
         return np.asarray(index % rule.length == 0)
+    if isinstance(rule, EntropyStarts):
+        return np.asarray((index == 0) | rule.marks[payload_contexts(payload)])
     values = np.asarray(payload, dtype=np.int64)
     delimiter = _IS_DELIMITER[values.clip(0, PAD)]
     after = np.concatenate(([False], delimiter[:-1]))  # the byte before is a delimiter
     after_word = np.concatenate(([False], after[:-1]))  # ... and the one before that is too
     return np.asarray((index == 0) | (after & ~after_word))
+
+
+def payload_contexts(payload: np.ndarray) -> np.ndarray:
+    """(N,) int: each byte's context for an ``EntropyStarts`` model, the two payload bytes before it as
+    ``256 * second-last + last`` (0 where the payload has no such byte). The last position may be the
+    marker that ends the payload: its context is still the bytes before it."""
+    values = np.asarray(payload, dtype=np.int64).clip(0, 255)
+    last = np.concatenate(([0], values[:-1]))
+    second_last = np.concatenate(([0, 0], values[:-2]))[: len(values)]
+    return np.asarray(second_last * 256 + last)
 
 
 def cut_long(starts: np.ndarray, longest: np.ndarray | int) -> np.ndarray:
@@ -150,6 +193,13 @@ def _payloads(tokens: np.ndarray) -> list[tuple[int, int, str | None]]:
     return found
 
 
+def codec_payloads(tokens: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """``(codec, payload bytes)`` of every payload of a sample's ``tokens`` whose header names a codec."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    found = [(codec, tokens[first:stop]) for first, stop, codec in _payloads(tokens) if codec is not None]
+    return [(codec, payload[payload < PAD]) for codec, payload in found]
+
+
 def header_codec(header: np.ndarray | list[int]) -> str:
     """The codec a segment header names: its text up to the first space."""
     return bytes(int(t) for t in header).split(b" ", 1)[0].decode("ascii", errors="replace")
@@ -175,6 +225,7 @@ class PatchPlacer:
         self._rule: BoundaryRule | None = None  # the payload rule in force, None outside a payload
         self._index = 0  # payload bytes consumed
         self._previous = False  # whether the payload byte before the last one is a delimiter
+        self._context = 0  # the last two payload bytes, as payload_contexts numbers them
 
     def push(self, token: int) -> bool:
         """Consume ``token``; return whether the token after it starts a patch."""
@@ -198,15 +249,18 @@ class PatchPlacer:
                 codec = header_codec(opened) if opened is not None else None
                 fixed = FixedLength(self.longest)
                 self._rule = fixed if codec is None else self.rules.get(codec, fixed)
-                self._index, self._previous = 0, False
+                self._index, self._previous, self._context = 0, False, 0
             return token not in _NO_START_AFTER
         if self._header is not None:
             self._header.append(token)
         if self._rule is None:
             return False
         self._index += 1
+        self._context = (self._context % 256) * 256 + token
         if isinstance(self._rule, FixedLength):
             start = self._index % self._rule.length == 0
+        elif isinstance(self._rule, EntropyStarts):
+            start = bool(self._rule.marks[self._context])
         else:
             start = token in DELIMITERS and not self._previous
         self._previous = token in DELIMITERS
@@ -214,9 +268,13 @@ class PatchPlacer:
 
 
 def rule_to_json(rule: BoundaryRule) -> dict[str, int | str | None]:
-    """``rule`` as a JSON-ready dict, for a checkpoint's record of where its patches fell."""
+    """``rule`` as a JSON-ready dict, for a checkpoint's record of where its patches fell (an entropy
+    rule's contexts in base64)."""
     if isinstance(rule, FixedLength):
         return {"rule": "fixed", "length": rule.length}
+    if isinstance(rule, EntropyStarts):
+        uncertain = base64.b64encode(rule.uncertain).decode("ascii")
+        return {"rule": "entropy", "uncertain": uncertain, "longest": rule.longest}
     return {"rule": "words", "longest": rule.longest}
 
 
@@ -227,11 +285,19 @@ def rule_from_json(data: Mapping[str, object]) -> BoundaryRule:
         return FixedLength(length)
     if kind == "words" and (longest is None or isinstance(longest, int)):
         return WordStarts(longest)
-    raise ValueError(f"not a boundary rule: {dict(data)!r} (expected rule: fixed with a length, or words)")
+    uncertain = data.get("uncertain")
+    if kind == "entropy" and isinstance(uncertain, str) and (longest is None or isinstance(longest, int)):
+        return EntropyStarts(base64.b64decode(uncertain, validate=True), longest)
+    raise ValueError(
+        f"not a boundary rule: {str(dict(data))[:200]} (expected rule: fixed with a length, words, or "
+        "entropy with its uncertain contexts)"
+    )
 
 
 def describe(rule: BoundaryRule) -> str:
     """``rule`` in a few words, for a run's first line: ``fixed 28``, ``words``, ``words (cut at 12)``."""
     if isinstance(rule, FixedLength):
         return f"fixed {rule.length}"
+    if isinstance(rule, EntropyStarts):
+        return "entropy" if rule.longest is None else f"entropy (cut at {rule.longest})"
     return "words" if rule.longest is None else f"words (cut at {rule.longest})"

@@ -1,18 +1,25 @@
 """A model's boundary rules as configuration: where its byte-level patches start, per codec, as data.
 
 A rule is one of the declarative ``mbp.boundaries`` rules written as a mapping (``{rule: fixed, length:
-28}``, ``{rule: words, longest: 16}``), the form ``rule_to_json`` writes into a checkpoint's config:
-validated like every model setting, never code. ``model.boundaries`` maps a codec name to its rule.
+28}``, ``{rule: words, longest: 16}``, ``{rule: entropy, uncertain: <base64>, longest: 16}``), the form
+``rule_to_json`` writes into a checkpoint's config: validated like every model setting, never code.
+``model.boundaries`` maps a codec name to its rule.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import math
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
-from mbp.boundaries import BoundaryRule, FixedLength, WordStarts
+from mbp.boundaries import CONTEXTS, BoundaryRule, EntropyStarts, FixedLength, WordStarts
+
+UNCERTAIN_CHARS = 4 * math.ceil(CONTEXTS // 8 / 3)
+"""The base64 length of an entropy rule's contexts (a bit each)."""
 
 
 class FixedRule(BaseModel):
@@ -31,24 +38,49 @@ class WordsRule(BaseModel):
     longest: StrictInt | None = Field(default=None, gt=0)
 
 
-RuleConfig = Annotated[FixedRule | WordsRule, Field(discriminator="rule")]
+class EntropyRule(BaseModel):
+    """A patch where a small byte model's next-byte entropy is high (``mbp.boundaries.EntropyStarts``):
+    ``uncertain``, the contexts it marks, as base64 (a run trains it: ``model.boundaries: entropy``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    rule: Literal["entropy"]
+    uncertain: str = Field(min_length=UNCERTAIN_CHARS, max_length=UNCERTAIN_CHARS)
+    longest: StrictInt | None = Field(default=None, gt=0)
+
+    @field_validator("uncertain")
+    @classmethod
+    def _is_base64(cls, uncertain: str) -> str:
+        try:
+            base64.b64decode(uncertain, validate=True)
+        except binascii.Error as error:
+            raise ValueError(f"uncertain is not base64: {error}") from None
+        return uncertain
+
+
+Config = FixedRule | WordsRule | EntropyRule
+RuleConfig = Annotated[Config, Field(discriminator="rule")]
 """One codec's rule in a model config."""
 
 
-def to_rule(config: FixedRule | WordsRule) -> BoundaryRule:
+def to_rule(config: Config) -> BoundaryRule:
     """The ``mbp.boundaries`` rule ``config`` describes."""
     if isinstance(config, FixedRule):
         return FixedLength(config.length)
+    if isinstance(config, EntropyRule):
+        return EntropyStarts(base64.b64decode(config.uncertain), config.longest)
     return WordStarts(config.longest)
 
 
-def to_config(rule: BoundaryRule) -> FixedRule | WordsRule:
+def to_config(rule: BoundaryRule) -> Config:
     """``rule`` as model configuration."""
     if isinstance(rule, FixedLength):
         return FixedRule(rule="fixed", length=rule.length)
+    if isinstance(rule, EntropyStarts):
+        uncertain = base64.b64encode(rule.uncertain).decode("ascii")
+        return EntropyRule(rule="entropy", uncertain=uncertain, longest=rule.longest)
     return WordsRule(rule="words", longest=rule.longest)
 
 
-def rules_of(configs: Mapping[str, FixedRule | WordsRule] | None) -> dict[str, BoundaryRule] | None:
+def rules_of(configs: Mapping[str, Config] | None) -> dict[str, BoundaryRule] | None:
     """The rules by codec of a model's ``boundaries`` (None: fixed patches, none set)."""
     return None if configs is None else {codec: to_rule(config) for codec, config in configs.items()}

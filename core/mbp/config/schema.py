@@ -92,16 +92,18 @@ class ModelConfig(Strict):
     )
     """Dropout of every stage whose backbone takes a ``dropout`` parameter and does not set one. None: the
     head's (``HeadDefaults.dropout``): 0.1 for ``vqa``/``classify``, 0 for ``lm``."""
-    boundaries: dict[str, RuleConfig] | Literal["codecs"] | None = Field(
+    boundaries: dict[str, RuleConfig] | Literal["codecs", "entropy"] | None = Field(
         default=None,
         description="where byte-level patches start, by codec; codecs: as each codec declares (planned "
-        "by mbp run where the byte-level patch is unset); unset: fixed patches",
+        "by mbp run where the byte-level patch is unset); entropy: codecs, with text where a byte model "
+        "trained on the run's data is uncertain; unset: fixed patches",
     )
     """Where the byte-level patches of each codec's payloads start (``mbp.config.boundary_rules``), the
     last stage's ``patch`` the longest; codecs not named get fixed patches of that length, and segment
     headers and markers patches of their own. ``"codecs"``: ``mbp run`` plans the rules from the codecs'
-    declared boundaries (``mbp.planning.boundary_plan``) where the byte-level patch is unset. None:
-    every patch is the last stage's ``patch`` long."""
+    declared boundaries (``mbp.planning.boundary_plan``) where the byte-level patch is unset;
+    ``"entropy"``: the same, but a codec declaring word starts gets an entropy rule trained on the run's
+    training data (``mbp.planning.entropy_fit``). None: every patch is the last stage's ``patch`` long."""
 
     @field_validator("stages")
     @classmethod
@@ -125,10 +127,10 @@ class ModelConfig(Strict):
     @model_validator(mode="after")
     def _codecs_place_unset_patches(self) -> ModelConfig:
         """``boundaries: codecs`` plans where patches start in place of a fixed byte-level patch."""
-        if self.boundaries == "codecs" and not self.leaves_byte_patch:
+        if self.boundaries in ("codecs", "entropy") and not self.leaves_byte_patch:
             raise ValueError(
-                "boundaries: codecs places the byte-level patches: leave the last stage's patch unset "
-                "(or drop boundaries for patches of one length)"
+                f"boundaries: {self.boundaries} places the byte-level patches: leave the last stage's patch "
+                "unset (or drop boundaries for patches of one length)"
             )
         return self
 
@@ -153,8 +155,8 @@ class ModelConfig(Strict):
 
     @property
     def boundary_rules(self) -> dict[str, BoundaryRule] | None:
-        """``boundaries`` as ``mbp.boundaries`` rules by codec (None: fixed patches, or ``"codecs"`` not
-        yet planned)."""
+        """``boundaries`` as ``mbp.boundaries`` rules by codec (None: fixed patches, or ``"codecs"`` or
+        ``"entropy"`` not yet planned)."""
         return rules_of(self.boundaries) if isinstance(self.boundaries, dict) else None
 
     def with_boundaries(self, rules: dict[str, BoundaryRule], longest: int) -> ModelConfig:
@@ -164,9 +166,9 @@ class ModelConfig(Strict):
 
     @property
     def plans_boundaries(self) -> bool:
-        """Whether ``mbp run`` plans boundary rules from the codecs (``boundaries: codecs`` with the
-        byte-level patch unset)."""
-        return self.boundaries == "codecs" and self.leaves_byte_patch
+        """Whether ``mbp run`` plans boundary rules from the codecs (``boundaries: codecs`` or ``entropy``
+        with the byte-level patch unset)."""
+        return self.boundaries in ("codecs", "entropy") and self.leaves_byte_patch
 
     def with_byte_patch(self, patch: int) -> ModelConfig:
         """This model with the byte-level stage's patch set to ``patch`` (a run's planned one)."""

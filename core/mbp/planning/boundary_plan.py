@@ -12,21 +12,25 @@ Not the default yet: in nine-minute runs on 2 CPU cores they beat patch 8 on thr
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from mbp.boundaries import BoundaryRule, FixedLength, WordStarts, patch_starts
+from mbp.boundaries import BoundaryRule, EntropyStarts, FixedLength, WordStarts, codec_payloads, patch_starts
 from mbp.config import ModelConfig
 from mbp.planning.constants import DEFAULT_PATCH
+from mbp.planning.entropy_fit import fit_entropy_starts
 from mbp.planning.patch_plan import patch_for_row
-from mbp.planning.probe import Probe
+from mbp.planning.probe import LENGTH_SAMPLES, Probe
 from mbp.protocol import decode_stream
 from mbp.resolve import Resolved
 from mbp.sample import EncodedSample
 from mbp.traits import FieldCodec
 
+ENTROPY_SAMPLES = LENGTH_SAMPLES
+"""Training samples an entropy rule's byte model is trained on: those the run's row lengths are measured
+on, read once."""
 WORD_LONGEST = 16
 """The longest word patch where a codec's ``WordStarts`` names none: a longer word is cut (SpaceByte
 and BLT patches of English text average 4 to 8 bytes; 16 keeps all but the rarest words whole)."""
@@ -117,6 +121,8 @@ def _length(rule: BoundaryRule) -> int:
 def _words(rule: BoundaryRule) -> str:
     if isinstance(rule, FixedLength):
         return f"fixed {rule.length} bytes"
+    if isinstance(rule, EntropyStarts):
+        return f"high byte entropy (longest {rule.longest or WORD_LONGEST})"
     return f"word starts (longest {rule.longest or WORD_LONGEST})"
 
 
@@ -140,6 +146,9 @@ def with_planned_boundaries(resolved: Resolved, probe: Probe) -> tuple[Resolved,
     plan = plan_boundaries(resolved.pipeline.model, resolved.encoder.fields, field_rows(resolved, samples))
     if plan is None:
         return resolved, None
+    if resolved.pipeline.model.boundaries == "entropy":
+        fields = resolved.encoder.fields
+        plan = with_entropy_rules(plan, fields, probe.samples(resolved, ENTROPY_SAMPLES))
     plan = replace(plan, mean=mean_patch(plan, (sample.tokens for sample in samples)))
     pipeline = resolved.pipeline.model_copy(update={"model": plan.apply(resolved.pipeline.model)})
     return resolved.with_encoding(pipeline), plan
@@ -155,6 +164,28 @@ def with_trained_boundaries(resolved: Resolved, trained: ModelConfig) -> Resolve
         update={"boundaries": trained.boundaries}
     )
     return resolved.with_encoding(resolved.pipeline.model_copy(update={"model": configured}))
+
+
+def with_entropy_rules(
+    plan: BoundaryPlan, fields: Mapping[str, FieldCodec], samples: Sequence[EncodedSample]
+) -> BoundaryPlan:
+    """``plan`` with every word rule replaced by an entropy rule of the same longest patch, its byte model
+    trained on that codec's payloads in ``samples`` (``fit_entropy_starts``); a codec without payloads
+    there keeps its word rule."""
+    rules = dict(plan.rules)
+    payloads: dict[str, list[np.ndarray]] = {}
+    for sample in samples:
+        for codec, payload in codec_payloads(sample.tokens):
+            payloads.setdefault(codec, []).append(payload)
+    for codec, rule in plan.rules.items():
+        if isinstance(rule, WordStarts) and sum(map(len, payloads.get(codec, []))) > 1:
+            rules[codec] = fit_entropy_starts(payloads[codec], rule.longest or WORD_LONGEST)
+    changed = {codec for codec, rule in rules.items() if rule != plan.rules[codec]}
+    described = {
+        name: _words(rules[fields[name].codec.name]) if fields[name].codec.name in changed else words
+        for name, words in plan.fields.items()
+    }
+    return replace(plan, rules=rules, fields=described)
 
 
 def field_rows(resolved: Resolved, samples: Iterable[EncodedSample]) -> dict[int, list[str]]:
