@@ -48,8 +48,9 @@ def fixed_patch(resolved: Any, shards: list[str], fixed: str) -> int:
     """``fixed`` as a number; ``row``: the probed samples' one row length as a patch, else 8."""
     if fixed != "row":
         return int(fixed)
-    from mbp.planning.boundary_plan import PROBE_SAMPLES, field_rows, row_patch
+    from mbp.planning.boundary_plan import row_patch
     from mbp.planning.constants import DEFAULT_PATCH
+    from mbp.planning.patch_plan import PROBE_SAMPLES, field_rows
     from mbp.planning.probe import Probe
 
     rows = field_rows(resolved, Probe(shards).samples(resolved, PROBE_SAMPLES))

@@ -21,9 +21,8 @@ from mbp.boundaries import BoundaryRule, EntropyStarts, FixedLength, WordStarts,
 from mbp.config import ModelConfig
 from mbp.planning.constants import DEFAULT_PATCH
 from mbp.planning.entropy_fit import fit_entropy_starts
-from mbp.planning.patch_plan import patch_for_row
+from mbp.planning.patch_plan import PROBE_SAMPLES, field_rows, patch_for_row
 from mbp.planning.probe import LENGTH_SAMPLES, Probe
-from mbp.protocol import decode_stream
 from mbp.resolve import Resolved
 from mbp.sample import EncodedSample
 from mbp.traits import FieldCodec
@@ -34,9 +33,6 @@ on, read once."""
 WORD_LONGEST = 16
 """The longest word patch where a codec's ``WordStarts`` names none: a longer word is cut (SpaceByte
 and BLT patches of English text average 4 to 8 bytes; 16 keeps all but the rarest words whole)."""
-PROBE_SAMPLES = 64
-"""Training samples read for their rows and patches, in the training stream's shuffled order (a set
-written one kind of sample at a time would otherwise show one modality only)."""
 
 
 @dataclass(frozen=True)
@@ -186,19 +182,3 @@ def with_entropy_rules(
         for name, words in plan.fields.items()
     }
     return replace(plan, rules=rules, fields=described)
-
-
-def field_rows(resolved: Resolved, samples: Iterable[EncodedSample]) -> dict[int, list[str]]:
-    """Each row length of ``samples``' fields whose codec lays them out in rows, with its fields."""
-    fields = resolved.encoder.fields
-    seen: dict[int, list[str]] = {}
-    for sample in samples:
-        for span in sample.spans:
-            field = fields.get(span.field)
-            if field is None or not field.traits.rows or sample.first != 0:
-                continue
-            segments = decode_stream(sample.tokens[span.start : span.end]).segments
-            row = field.row_bytes(segments[0]) if segments else None
-            if row is not None and span.field not in seen.setdefault(row, []):
-                seen[row].append(span.field)
-    return seen

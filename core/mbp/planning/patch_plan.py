@@ -13,14 +13,19 @@ patch 8 (aligned, four patches a row) 0.871: the row per position is what pays, 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from mbp.config import ModelConfig
-from mbp.data.encode import match_field
 from mbp.planning.constants import DEFAULT_PATCH
 from mbp.planning.probe import Probe
+from mbp.protocol import decode_stream
 from mbp.resolve import Resolved
+from mbp.sample import EncodedSample
 
+PROBE_SAMPLES = 64
+"""Training samples read for their rows and patches, in the training stream's shuffled order (a set
+written one kind of sample at a time would otherwise show one modality only)."""
 LARGEST = 128
 """The longest row taken whole: the global stage maps each position to patch x byte-stage width."""
 
@@ -43,7 +48,7 @@ def plan_patch(resolved: Resolved, probe: Probe) -> tuple[Resolved, PatchPlan | 
     model = resolved.pipeline.model
     if not model.leaves_byte_patch:
         return resolved, None
-    rows = row_lengths(resolved, probe)
+    rows = field_rows(resolved, probe.samples(resolved, PROBE_SAMPLES))
     patch, reason = _patch_of(rows, resolved.pipeline.data.seq_len, model.patch_len // model.patches[-1])
     return with_byte_patch(resolved, patch), PatchPlan(patch, rows, reason)
 
@@ -77,24 +82,19 @@ def patch_for_row(row: int) -> int | None:
     return parts[0] if parts else None
 
 
-def row_lengths(resolved: Resolved, probe: Probe) -> dict[int, list[str]]:
-    """The row lengths of the first training samples' fields whose codec lays them out in rows (as the
-    run encodes them: a context field through its reading view), each with its fields; a sample that
-    fails is the run's to report."""
-    codecs = resolved.encoder.codecs
-    layouts = {n: f for n, f in resolved.encoder.fields.items() if f.traits.rows}
+def field_rows(resolved: Resolved, samples: Iterable[EncodedSample]) -> dict[int, list[str]]:
+    """Each row length of ``samples``' fields whose codec lays them out in rows, with its fields."""
+    fields = resolved.encoder.fields
     seen: dict[int, list[str]] = {}
-    if not layouts:
-        return seen
-    for raw in probe.first_samples():
-        for name, layout in layouts.items():
-            field = match_field(raw.fields, name)
-            try:
-                row = None if field is None else layout.row_bytes(codecs[name].encode(raw.fields[field]))
-            except Exception:  # a bad sample, or a codec's bug: the run skips and names it
+    for sample in samples:
+        for span in sample.spans:
+            field = fields.get(span.field)
+            if field is None or not field.traits.rows or sample.first != 0:
                 continue
-            if row is not None and name not in seen.setdefault(row, []):
-                seen[row].append(name)
+            segments = decode_stream(sample.tokens[span.start : span.end]).segments
+            row = field.row_bytes(segments[0]) if segments else None
+            if row is not None and span.field not in seen.setdefault(row, []):
+                seen[row].append(span.field)
     return seen
 
 
