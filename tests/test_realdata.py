@@ -11,7 +11,14 @@ from mbp.data.read import read_samples
 from mbp.data.skips import SkipLog
 
 from benchmarks.realdata import baselines, build, images, speech, text
-from benchmarks.realdata.shards import MissingPrerequisiteError, Sample, stable_hash, write_split
+from benchmarks.realdata.mixed import _relabelled, _side_by_side
+from benchmarks.realdata.shards import (
+    MissingPrerequisiteError,
+    Sample,
+    classification_sample,
+    stable_hash,
+    write_split,
+)
 
 
 def test_shards_are_byte_identical_and_readable(tmp_path: Path) -> None:
@@ -168,3 +175,14 @@ def test_missing_changelogs_are_named(monkeypatch: pytest.MonkeyPatch, tmp_path:
     monkeypatch.setattr(text, "DOC_ROOT", tmp_path)
     with pytest.raises(MissingPrerequisiteError, match="no Debian changelogs"):
         text.build_changelogs()
+
+
+def test_the_mixed_set_keeps_each_modality_in_its_own_columns_and_answers_with_digits() -> None:
+    image, spoken = np.ones((2, 3)), np.full((4, 5), 2.0)
+    both = _side_by_side(image, spoken)
+    assert both.shape == (6, 8)
+    assert both[:2, :3].sum() == 6 and both[:2, 3:].sum() == 0
+    assert both[2:, 3:].sum() == 40 and both[2:, :3].sum() == 0
+    sample = classification_sample("k", "speech.wav", b"RIFF", "which digit was spoken?", "three")
+    relabelled = _relabelled(sample, {"three": "3"})
+    assert relabelled.fields["answer.txt"] == b"3" and relabelled.fields["speech.wav"] == b"RIFF"

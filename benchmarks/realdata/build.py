@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.realdata import baselines, images, speech, text
+from benchmarks.realdata import baselines, images, mixed, speech, text
 from benchmarks.realdata.shards import (
     BuiltSet,
     MissingPrerequisiteError,
@@ -40,6 +40,7 @@ BUILDERS: dict[str, Callable[[], BuiltSet]] = {
     "speech-digits": lambda: speech.build_digits(baselines.log_mel_features),
     "speech-commands": lambda: speech.build_commands(baselines.log_mel_features),
     "speech-letters": lambda: speech.build_letters(baselines.log_mel_features),
+    "mixed-digits": lambda: mixed.build_digits(baselines.log_mel_features),
     "text-fortunes": text.build_fortunes,
     "text-kjv": text.build_kjv,
     "text-changelogs": text.build_changelogs,
@@ -54,6 +55,7 @@ PIPELINES = {
     "speech-digits": "real-speech-digits",
     "speech-commands": "real-speech-commands",
     "speech-letters": "real-speech-letters",
+    "mixed-digits": "real-mixed-digits",
     "text-fortunes": "real-text-fortunes",
     "text-kjv": "real-text-kjv, real-text-kjv-defaults",
     "text-changelogs": "real-text-changelogs",
@@ -66,14 +68,14 @@ def check_prerequisites(names: list[str]) -> list[str]:
     """Every missing package, named, before any work is done."""
     missing: list[str] = []
     checks: list[Callable[[], object]] = []
-    if any(n.startswith(("image", "speech")) for n in names):
+    if any(n.startswith(("image", "speech", "mixed")) for n in names):
         checks.append(lambda: __import__("sklearn"))
     if {"image-glyphs", "image-letters"} & set(names):
         checks += [
             lambda: require_path(Path("/usr/share/fonts/truetype/liberation"), "fonts-liberation"),
             lambda: require_path(Path("/usr/share/fonts/opentype/urw-base35"), "fonts-urw-base35"),
         ]
-    if any(n.startswith("speech") for n in names):
+    if any(n.startswith(("speech", "mixed")) for n in names):
         checks.append(lambda: require_command("espeak-ng", "espeak-ng"))
     if "speech-commands" in names:
         checks.append(lambda: require_command("flite", "flite"))
