@@ -16,7 +16,6 @@ from mbp.cli.common import say
 from mbp.errors import ConfigError
 
 if TYPE_CHECKING:
-    from mbp.codec import Codec
     from mbp.prompting import FieldValue
 
 
@@ -70,16 +69,10 @@ def generate_command(
     from mbp.prompting import check_codec, check_field, sampling_of
     from mbp.segment_files import write_segments
 
-    if prompt is not None and prompt_file is not None:
-        raise ConfigError("give --prompt or --prompt-file, not both")
+    prompt = _prompt_text(prompt, prompt_file)
     sampling_of(temperature, top_k, top_p, seed, flag="--")
     if out_dir is not None:  # before generating: output that cannot be written would be lost
         check_writable(out_dir)
-    if prompt_file is not None:
-        try:
-            prompt = prompt_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise ConfigError(f"--prompt-file {prompt_file}: {error}") from None
     components = get_platform().components
     check_codec(open_codec, components, flag="--")
     loaded = load(checkpoint)
@@ -87,16 +80,7 @@ def generate_command(
         _field_value(setting, lambda name: check_field(loaded.resolved, name, flag="--"))
         for setting in fields
     ]
-    decoder = textcodecs.getincrementaldecoder("utf-8")("replace")
-    streaming = out_dir is None and open_codec == "text"
-    if streaming and prompt:
-        sys.stdout.write(prompt)
-
-    def stream(token: int) -> None:
-        if streaming and token < 256:
-            sys.stdout.write(decoder.decode(bytes([token])))
-            sys.stdout.flush()
-
+    shown = _TextStream(out_dir is None and open_codec == "text", prompt or "")
     continued = loaded.continuation(
         prompt or "",
         fields=values,
@@ -107,20 +91,48 @@ def generate_command(
         top_p=top_p,
         seed=seed,
         whole_sample=out_dir is not None,
-        on_token=stream,
+        on_token=shown.write,
         flag="--",
     )
-    if streaming:
-        sys.stdout.write(decoder.decode(b"", final=True) + "\n")
-    if out_dir is not None:
-
-        def codec_for(name: str) -> Codec:
-            return components.build("codecs", {"type": name})
-
-        written = write_segments(continued.tokens, len(fields), out_dir, codec_for, say)
-        sys.stdout.write(json.dumps({"files": written}, indent=2) + "\n")
-    else:
+    shown.close()
+    if out_dir is None:
         say(f"generated {len(continued.generated)} tokens")
+        return
+    written = write_segments(
+        continued.tokens, len(fields), out_dir, lambda name: components.build("codecs", {"type": name}), say
+    )
+    sys.stdout.write(json.dumps({"files": written}, indent=2) + "\n")
+
+
+def _prompt_text(prompt: str | None, prompt_file: Path | None) -> str | None:
+    """The prompt ``--prompt`` gives, or ``--prompt-file``'s UTF-8 text (ConfigError naming the file)."""
+    if prompt is not None and prompt_file is not None:
+        raise ConfigError("give --prompt or --prompt-file, not both")
+    if prompt_file is None:
+        return prompt
+    try:
+        return prompt_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"--prompt-file {prompt_file}: {error}") from None
+
+
+class _TextStream:
+    """Generated text written to stdout as it comes (after the prompt), where ``shown``; else nothing."""
+
+    def __init__(self, shown: bool, prompt: str) -> None:
+        self.shown = shown
+        self.decoder = textcodecs.getincrementaldecoder("utf-8")("replace")
+        if shown and prompt:
+            sys.stdout.write(prompt)
+
+    def write(self, token: int) -> None:
+        if self.shown and token < 256:
+            sys.stdout.write(self.decoder.decode(bytes([token])))
+            sys.stdout.flush()
+
+    def close(self) -> None:
+        if self.shown:
+            sys.stdout.write(self.decoder.decode(b"", final=True) + "\n")
 
 
 def _field_value(setting: str, check: Callable[[str], None]) -> FieldValue:
