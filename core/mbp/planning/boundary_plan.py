@@ -4,9 +4,11 @@ and leaves the byte-level ``patch`` unset: each field's patches placed as its co
 fixed length otherwise; the longest of them is the byte-level stage's patch. The rules become part of
 the model config (``model.boundaries``), so training, evaluation and generation place patches alike.
 
-Not the default yet: in nine-minute runs on 2 CPU cores they beat patch 8 on three text sets (0.88x to
-0.99x its bits per byte) and on the bundled demo, measured on one seed and one round each
-(BENCHMARKS.md, patches that follow the data).
+Not the default: in nine-minute runs on 2 CPU cores they beat patch 8 on three text sets (0.88x to
+0.99x its bits per byte) and on the bundled demo, but end within 1% of fixed patches on real images and
+speech (a mix of both, each alone), one seed each (BENCHMARKS.md, patches that follow the data).
+``boundaries: entropy`` swaps the word rule for one trained on the run's data
+(``mbp.planning.entropy_fit``).
 """
 
 from __future__ import annotations
