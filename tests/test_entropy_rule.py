@@ -27,11 +27,13 @@ from mbp.boundaries import (
 )
 from mbp.components import ComponentTable
 from mbp.config import ModelConfig
-from mbp.planning.boundary_plan import BoundaryPlan
+from mbp.planning.boundary_plan import BoundaryPlan, with_entropy_rules
 from mbp.planning.entropy_fit import SMOOTHING, context_entropy, fit_entropy_starts
 from mbp.planning.plan import plan_byte_patches
 from mbp.planning.probe import Probe
+from mbp.protocol import Segment, encode_sample
 from mbp.resolve import resolve
+from mbp.sample import EncodedSample
 from mbp.testing import generate_uncached
 
 from tests.conftest import tiny_model
@@ -151,3 +153,12 @@ def test_cached_generation_with_an_entropy_rule_equals_uncached(components: Comp
             assert tokens == generate_uncached(model, prompt, 16, rules)
     placed = patch_starts(np.array(prompts[-1].tolist() + cached[-1]), rules, model.patch_sizes[-1])
     assert len(set(np.diff(np.flatnonzero(placed)).tolist())) > 2, "generated patches of one length"
+
+
+def test_a_codec_without_bytes_to_learn_from_keeps_its_word_rule(components: ComponentTable) -> None:
+    run = resolve(None, "lm-text", components=components)
+    plan = BoundaryPlan({"text": WordStarts(16)}, 16, {"txt": "word starts (longest 16)"})
+    one_byte = [encode_sample([Segment("text", b"a")]) for _ in range(3)]
+    samples = [EncodedSample("s.tar", str(n), tokens, []) for n, tokens in enumerate(one_byte)]
+    kept = with_entropy_rules(plan, run.encoder.fields, samples)
+    assert kept.rules == plan.rules and kept.fields == plan.fields

@@ -168,15 +168,15 @@ def with_entropy_rules(
     plan: BoundaryPlan, fields: Mapping[str, FieldCodec], samples: Sequence[EncodedSample]
 ) -> BoundaryPlan:
     """``plan`` with every word rule replaced by an entropy rule of the same longest patch, its byte model
-    trained on that codec's payloads in ``samples`` (``fit_entropy_starts``); a codec without payloads
-    there keeps its word rule."""
+    trained on that codec's payloads in ``samples`` (``fit_entropy_starts``); a codec with no payload of
+    two bytes or more there keeps its word rule."""
     rules = dict(plan.rules)
     payloads: dict[str, list[np.ndarray]] = {}
     for sample in samples:
         for codec, payload in codec_payloads(sample.tokens):
             payloads.setdefault(codec, []).append(payload)
     for codec, rule in plan.rules.items():
-        if isinstance(rule, WordStarts) and sum(map(len, payloads.get(codec, []))) > 1:
+        if isinstance(rule, WordStarts) and any(len(p) > 1 for p in payloads.get(codec, [])):
             rules[codec] = fit_entropy_starts(payloads[codec], rule.longest or WORD_LONGEST)
     changed = {codec for codec, rule in rules.items() if rule != plan.rules[codec]}
     described = {
