@@ -44,7 +44,6 @@ def test_a_count_goes_on_from_where_the_last_stopped(tmp_path: Path, monkeypatch
     probe = Probe(shards)
     counted = [probe.count(most) for most in (5, 3, 30, None, 100)]
     assert counted == [5, 3, 30, 40, 40]
-    assert [sample.key for sample in probe.first_samples()][:2] == ["00000", "00001"]  # in shard order
     assert counts == {shards[0]: 1, shards[1]: 1}
 
 

@@ -23,9 +23,6 @@ from mbp.data.skips import SkipLog
 from mbp.resolve import Resolved
 from mbp.sample import EncodedSample
 
-FIRST_SAMPLES = 64
-"""Raw samples kept from the start of the training set (in shard order) for the patch's rows: a set's
-images share one size."""
 LENGTH_SAMPLES = 512
 """Samples encoded from the start of the (shuffled) training stream to measure their lengths."""
 PROBE_ROWS = 64
@@ -37,9 +34,6 @@ class Counter:
     """Samples of a shard list counted as far as asked, the reading kept open to go on from there."""
 
     shards: list[str]
-    kept: int = 0
-    """Samples from the start kept whole (``first``)."""
-    first: list[RawSample] = field(default_factory=list)
     counted: int = 0
     ended: bool = False
     reading: Iterator[RawSample] | None = None
@@ -53,8 +47,6 @@ class Counter:
             if sample is None:
                 self.ended, self.reading = True, None
                 break
-            if self.counted < self.kept:
-                self.first.append(sample)
             self.counted += 1
         return self.counted if most is None else min(self.counted, most)
 
@@ -89,7 +81,7 @@ class Probe:
 
     def __init__(self, shards: list[str], eval_shards: list[str] | None = None) -> None:
         self.shards = shards
-        self.training = Counter(shards, kept=FIRST_SAMPLES)
+        self.training = Counter(shards)
         self.held_out = Counter(eval_shards or [])
         self.has_held_out = bool(eval_shards)
         self.encoded: Encoded | None = None
@@ -97,11 +89,6 @@ class Probe:
         """Batches packed, by the encoder and the rows they were packed for."""
         self.readings = {False: Reading(), True: Reading()}
         """The training stream's readings, unvaried (False) and varied as training varies it (True)."""
-
-    def first_samples(self) -> list[RawSample]:
-        """The training set's first ``FIRST_SAMPLES`` samples, in shard order."""
-        self.training.count(FIRST_SAMPLES)
-        return self.training.first
 
     def count(self, most: int | None) -> int:
         """Training samples, counted up to ``most``."""
