@@ -15,9 +15,8 @@ from mbp.boundaries import (
     describe,
     patch_starts,
     payload_starts,
-    rule_from_json,
-    rule_to_json,
 )
+from mbp.config.boundary_rules import rule_from_json, rule_to_json
 from mbp.protocol import BOS, END, EOS, HDR, PAD, SEG, Segment, encode_sample
 
 

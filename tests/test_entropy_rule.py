@@ -22,11 +22,10 @@ from mbp.boundaries import (
     patch_starts,
     payload_contexts,
     payload_starts,
-    rule_from_json,
-    rule_to_json,
 )
 from mbp.components import ComponentTable
 from mbp.config import ModelConfig
+from mbp.config.boundary_rules import rule_from_json, rule_to_json
 from mbp.planning.boundary_plan import BoundaryPlan, with_entropy_rules
 from mbp.planning.entropy_fit import SMOOTHING, context_entropy, fit_entropy_starts
 from mbp.planning.plan import plan_byte_patches

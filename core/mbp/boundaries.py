@@ -13,7 +13,6 @@ longest length. Nowhere does a patch grow past ``longest``: a longer run is cut 
 
 from __future__ import annotations
 
-import base64
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -265,33 +264,6 @@ class PatchPlacer:
             start = token in DELIMITERS and not self._previous
         self._previous = token in DELIMITERS
         return start
-
-
-def rule_to_json(rule: BoundaryRule) -> dict[str, int | str | None]:
-    """``rule`` as a JSON-ready dict, for a checkpoint's record of where its patches fell (an entropy
-    rule's contexts in base64)."""
-    if isinstance(rule, FixedLength):
-        return {"rule": "fixed", "length": rule.length}
-    if isinstance(rule, EntropyStarts):
-        uncertain = base64.b64encode(rule.uncertain).decode("ascii")
-        return {"rule": "entropy", "uncertain": uncertain, "longest": rule.longest}
-    return {"rule": "words", "longest": rule.longest}
-
-
-def rule_from_json(data: Mapping[str, object]) -> BoundaryRule:
-    """The rule ``rule_to_json`` wrote; ValueError naming what is wrong otherwise."""
-    kind, length, longest = data.get("rule"), data.get("length"), data.get("longest")
-    if kind == "fixed" and isinstance(length, int):
-        return FixedLength(length)
-    if kind == "words" and (longest is None or isinstance(longest, int)):
-        return WordStarts(longest)
-    uncertain = data.get("uncertain")
-    if kind == "entropy" and isinstance(uncertain, str) and (longest is None or isinstance(longest, int)):
-        return EntropyStarts(base64.b64decode(uncertain, validate=True), longest)
-    raise ValueError(
-        f"not a boundary rule: {str(dict(data))[:200]} (expected rule: fixed with a length, words, or "
-        "entropy with its uncertain contexts)"
-    )
 
 
 def describe(rule: BoundaryRule) -> str:

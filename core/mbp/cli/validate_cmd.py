@@ -90,7 +90,7 @@ def declared(components: ComponentTable, kind: Kind, name: str) -> dict[str, Any
 
 def _traits_document(traits: CodecTraits) -> dict[str, Any]:
     """``traits`` as JSON: a boundary rule as its checkpoint record (``{"rule": "words", ...}``)."""
-    from mbp.boundaries import rule_to_json
+    from mbp.config.boundary_rules import rule_to_json
 
     document = dataclasses.asdict(traits)
     if traits.boundaries is not None:

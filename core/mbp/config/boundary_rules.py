@@ -2,7 +2,7 @@
 
 A rule is one of the declarative ``mbp.boundaries`` rules written as a mapping (``{rule: fixed, length:
 28}``, ``{rule: words, longest: 16}``, ``{rule: entropy, uncertain: <base64>, longest: 16}``), the form
-``rule_to_json`` writes into a checkpoint's config: validated like every model setting, never code.
+``rule_to_json`` writes and a checkpoint's config holds: validated like every model setting, never code.
 ``model.boundaries`` maps a codec name to its rule.
 """
 
@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError, field_validator
 
 from mbp.boundaries import CONTEXTS, BoundaryRule, EntropyStarts, FixedLength, WordStarts
 
@@ -84,3 +84,23 @@ def to_config(rule: BoundaryRule) -> Config:
 def rules_of(configs: Mapping[str, Config] | None) -> dict[str, BoundaryRule] | None:
     """The rules by codec of a model's ``boundaries`` (None: fixed patches, none set)."""
     return None if configs is None else {codec: to_rule(config) for codec, config in configs.items()}
+
+
+_RULE = TypeAdapter(RuleConfig)
+
+
+def rule_to_json(rule: BoundaryRule) -> dict[str, object]:
+    """``rule`` as a JSON-ready dict: the form ``model.boundaries`` holds for it."""
+    return to_config(rule).model_dump()
+
+
+def rule_from_json(data: Mapping[str, object]) -> BoundaryRule:
+    """The rule ``rule_to_json`` wrote; ValueError naming what is wrong otherwise."""
+    try:
+        return to_rule(_RULE.validate_python(dict(data)))
+    except ValidationError as error:
+        problem = error.errors()[0]["msg"] if error.errors() else str(error)
+        raise ValueError(
+            f"not a boundary rule: {str(dict(data))[:200]} ({problem}; expected rule: fixed with a length, "
+            "words, or entropy with its uncertain contexts)"
+        ) from None
