@@ -88,19 +88,26 @@ def ssd_chunked(
     # the state each chunk leaves behind, from its own inputs only: sum_l exp(da over (l, end]) x_l B_l^T
     to_end = torch.exp(cum[..., -1:] - cum)  # (B, C, G, R, T)
     chunk_states = (xs * to_end[..., None]).transpose(-1, -2) @ bs.unsqueeze(3)  # (B, C, G, R, P, N)
-    # carry states across chunks: the state entering chunk k
     state = (x.new_zeros(batch, heads, width, state_width) if initial is None else initial).unflatten(
         1, (groups, per_group)
     )
-    chunk_decay = torch.exp(cum[..., -1])  # (B, C, G, R)
-    entering = []
-    for k in range(n_chunks):
-        entering.append(state)
-        state = state * chunk_decay[:, k, ..., None, None] + chunk_states[:, k]
-    states = torch.stack(entering, dim=1)  # (B, C, G, R, P, N)
+    states, state = _carry_states(state, torch.exp(cum[..., -1]), chunk_states)
     y = y + (cs.unsqueeze(3) @ states.transpose(-1, -2)) * torch.exp(cum)[..., None]
     y = y.permute(0, 1, 4, 2, 3, 5).reshape(batch, n_chunks * chunk, heads, width)[:, :length]
     return y, state.flatten(1, 2)
+
+
+def _carry_states(
+    state: torch.Tensor, chunk_decay: torch.Tensor, chunk_states: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The state entering each chunk (B, C, G, R, P, N) and the one after the last (B, G, R, P, N), from
+    the state before the first (B, G, R, P, N), each chunk's decay over its length (B, C, G, R) and the
+    state each chunk leaves from its own inputs (B, C, G, R, P, N)."""
+    entering = []
+    for k in range(chunk_states.shape[1]):
+        entering.append(state)
+        state = state * chunk_decay[:, k, ..., None, None] + chunk_states[:, k]
+    return torch.stack(entering, dim=1), state
 
 
 def ssd_sequential(

@@ -106,32 +106,43 @@ def _backbone(block: dict[str, Any], s: int, seq_len: int, where: str) -> dict[s
             f"{key}.{unknown[0]}: unknown key of an mblm {kind} block (known: {', '.join(sorted(allowed))})"
         )
     if kind == "transformer":
-        missing = [k for k in ("attn_head_dims", "attn_num_heads", "attn_use_rot_embs") if k not in block]
-        if missing:
-            raise ConfigError(f"{key}.{missing[0]}: required key of an mblm transformer block is missing")
-        if pos == "rope" and s > 0:
-            # mblm rotates stage s's byte embeddings before adding the stage above's output; mbp's wiring
-            # adds first and the backbone sees only the sum, so the rotation cannot be reproduced.
-            raise ConfigError(
-                f"{key}.pos_emb_type: 'rope' on stage {s + 1} is not importable (mblm rotates the embeddings "
-                "before adding the previous stage's output; only stage 1 has none)"
-            )
-        ref: dict[str, Any] = {
-            "type": "mblm-transformer",
-            "heads": block["attn_num_heads"],
-            "head_dim": block["attn_head_dims"],
-            "rotary": bool(block["attn_use_rot_embs"]),
-            "ff_mult": block.get("ff_multiplier", 2),
-            "attn_dropout": block.get("attn_dropout", 0.0),
-            "ff_dropout": block.get("ff_dropout", 0.0),
-            "pos_emb": pos,
-        }
-        if pos == "fixed":
-            ref["max_positions"] = seq_len
-        return ref
-    if kind == "mamba1":
+        return _transformer(block, s, seq_len, key)
+    return _mamba(block, key)
+
+
+def _transformer(block: dict[str, Any], s: int, seq_len: int, key: str) -> dict[str, Any]:
+    """The ``mblm-transformer`` reference for an mblm transformer block (``key`` names it in errors)."""
+    missing = [k for k in ("attn_head_dims", "attn_num_heads", "attn_use_rot_embs") if k not in block]
+    if missing:
+        raise ConfigError(f"{key}.{missing[0]}: required key of an mblm transformer block is missing")
+    pos = block.get("pos_emb_type")
+    if pos == "rope" and s > 0:
+        # mblm rotates stage s's byte embeddings before adding the stage above's output; mbp's wiring
+        # adds first and the backbone sees only the sum, so the rotation cannot be reproduced.
+        raise ConfigError(
+            f"{key}.pos_emb_type: 'rope' on stage {s + 1} is not importable (mblm rotates the embeddings "
+            "before adding the previous stage's output; only stage 1 has none)"
+        )
+    ref: dict[str, Any] = {
+        "type": "mblm-transformer",
+        "heads": block["attn_num_heads"],
+        "head_dim": block["attn_head_dims"],
+        "rotary": bool(block["attn_use_rot_embs"]),
+        "ff_mult": block.get("ff_multiplier", 2),
+        "attn_dropout": block.get("attn_dropout", 0.0),
+        "ff_dropout": block.get("ff_dropout", 0.0),
+        "pos_emb": pos,
+    }
+    if pos == "fixed":
+        ref["max_positions"] = seq_len
+    return ref
+
+
+def _mamba(block: dict[str, Any], key: str) -> dict[str, Any]:
+    """The ``mamba`` reference for an mblm Mamba-2 block (``key`` names it in errors)."""
+    if block.get("block_type") == "mamba1":
         raise ConfigError(f"{key}.block_type: {MAMBA1_REASON}")
-    if pos is not None:
+    if block.get("pos_emb_type") is not None:
         raise ConfigError(f"{key}.pos_emb_type: mbp's mamba backbone takes no positional embedding")
     for name in ("d_state", "d_conv", "expand", "headdim"):
         _int(block, name, key, 1)

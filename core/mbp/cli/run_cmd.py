@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from mbp.cli.common import emit_json, json_option, registry_option, say
+
+if TYPE_CHECKING:
+    from mbp.running import RunSummary
 
 
 @click.command("run")
@@ -87,7 +91,12 @@ def run_command(
         return  # under torchrun, rank 0 speaks for the run
     if as_json:
         emit_json(summary)
-        return
+    else:
+        _say_summary(summary)
+
+
+def _say_summary(summary: RunSummary) -> None:
+    """The finished run's lines: steps and samples, held-out metrics, and where its files are."""
     m = summary["metrics"]
     shown = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float))
     failed = summary["failed_shards"]
