@@ -32,24 +32,31 @@ def fit_entropy_starts(payloads: Sequence[np.ndarray], longest: int) -> EntropyS
     if not pieces:
         raise ValueError("an entropy rule needs training bytes: the probed samples have no such payloads")
     entropy = context_entropy(pieces)
-    words = _patches(pieces, WordStarts(longest), longest)
+    words = sum(int(cut_long(payload_starts(piece, WordStarts(longest)), longest).sum()) for piece in pieces)
+    count = _PatchCount(pieces, entropy, longest)
     low, high = float(entropy.min()) - 1.0, float(entropy.max())  # low starts every byte, high the fewest
     for _ in range(SEARCH_STEPS):
         middle = (low + high) / 2
-        if _patches(pieces, _rule(entropy, middle, longest), longest) > words:
+        if count.at(middle) > words:
             low = middle
         else:
             high = middle
-    return _rule(entropy, high, longest)
+    return EntropyStarts(np.packbits(entropy > high).tobytes(), longest)
 
 
-def _rule(entropy: np.ndarray, threshold: float, longest: int) -> EntropyStarts:
-    return EntropyStarts(np.packbits(entropy > threshold).tobytes(), longest)
+class _PatchCount:
+    """The patches an entropy rule makes of ``pieces`` at a threshold, as ``payload_starts`` and
+    ``cut_long`` place them piece by piece: the pieces laid end to end, each byte's context entropy
+    looked up once (a piece's first byte starts, so a cut never runs across pieces)."""
 
+    def __init__(self, pieces: Sequence[np.ndarray], entropy: np.ndarray, longest: int) -> None:
+        self.entropy = np.concatenate([entropy[payload_contexts(piece)] for piece in pieces])
+        self.firsts = np.zeros(len(self.entropy), dtype=bool)
+        self.firsts[np.cumsum([0] + [len(piece) for piece in pieces[:-1]])] = True
+        self.longest = longest
 
-def _patches(pieces: Sequence[np.ndarray], rule: WordStarts | EntropyStarts, longest: int) -> int:
-    """The patches ``rule`` makes of ``pieces``, none longer than ``longest``."""
-    return sum(int(cut_long(payload_starts(piece, rule), longest).sum()) for piece in pieces)
+    def at(self, threshold: float) -> int:
+        return int(cut_long(self.firsts | (self.entropy > threshold), self.longest).sum())
 
 
 def context_entropy(payloads: Sequence[np.ndarray]) -> np.ndarray:
