@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from mbp.boundaries import WordStarts, patch_starts
 from mbp.generate import Sampling, sample_next
-from mbp.model import kept_rows, varying_patches
+from mbp.model import varying_patches
 from mbp.model.build import build_model
 from mbp.model.decoder import MultiscaleDecoder
 from mbp.model.varying_patches import cut_long_patches, pack_patches, patch_layout
@@ -239,16 +239,26 @@ def test_mblm_stages_take_varying_patches(components, stages: int) -> None:
 
 def test_cpu_autocast_rounds_patch_batches_up_and_keeps_the_loss(components, monkeypatch) -> None:
     """Under CPU bf16 autocast the packed rows of patches are topped up to a multiple of
-    ``KEPT_ROWS_MULTIPLE`` rows (few shapes, kernels reused); the extra rows run nothing that counts."""
+    ``PACKED_ROWS_MULTIPLE`` rows (few shapes, kernels reused); the extra rows run nothing that counts."""
     model = tiny_model(components, 2).eval()
     ids = text_tokens(3, 50)
     starts = starts_by_rule(model)(ids)
     full = model.loss(ids, starts=starts).loss.item()
+    packed_rows: list[int] = []
+
+    def counted(*args: int | torch.Tensor) -> varying_patches.PatchPacking:
+        packing = pack_patches(*args)
+        packed_rows.append(packing.segments.shape[0])
+        return packing
+
+    monkeypatch.setattr(varying_patches, "pack_patches", counted)
     losses = {}
     for multiple in (1, 8):
-        monkeypatch.setattr(kept_rows, "KEPT_ROWS_MULTIPLE", multiple)
+        monkeypatch.setattr(varying_patches, "PACKED_ROWS_MULTIPLE", multiple)
         with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
             losses[multiple] = model.loss(ids, starts=starts).loss.item()
+    unrounded, rounded = packed_rows[-2:]
+    assert unrounded % 8 != 0 and rounded == -(-unrounded // 8) * 8
     assert losses[8] == pytest.approx(losses[1], rel=1e-2)
     assert losses[1] == pytest.approx(full, rel=0.05)  # bf16 keeps ~3 significant digits
 

@@ -240,7 +240,7 @@ def _run_packed(model: MultiscaleDecoder, x: torch.Tensor, widths: torch.Tensor)
     """(M * (P + 1), D) outputs of the last stage over ``x: (M, P + 1, D)``, each patch's first
     ``widths`` positions run in packed rows, a segment each."""
     stride = x.shape[1]
-    packing = pack_patches(widths, stride, max(PACKED_ROW, stride), _shape_multiple(x))
+    packing = pack_patches(widths, stride, max(PACKED_ROW, stride), _shape_multiple(x, PACKED_ROWS_MULTIPLE))
     flat = x.flatten(0, 1)
     rows = flat.new_zeros(packing.segments.numel(), flat.shape[-1])
     rows = rows.index_put((packing.places,), flat[packing.sources]).view(*packing.segments.shape, -1)
@@ -260,6 +260,13 @@ def _run_by_width(model: MultiscaleDecoder, x: torch.Tensor, widths: torch.Tenso
         values.append(part.flatten(0, 1))
     flat = torch.cat(values)
     return flat.new_zeros(x.shape[0] * stride, flat.shape[-1]).index_put((torch.cat(places),), flat)
+
+
+PACKED_ROWS_MULTIPLE = 4
+"""Under CPU autocast, packed rows are rounded up to a multiple of this: 4 rows of ``PACKED_ROW``
+positions are about the 288 positions that ``KEPT_ROWS_MULTIPLE`` rows of a fixed 8-byte patch's 9 round
+to, so a batch's count of shapes stays as small; rounded to 32 rows, a row of 2,016 text bytes at word
+starts (about 40 packed rows) ran 64."""
 
 
 @dataclass(frozen=True)
@@ -298,11 +305,12 @@ def pack_patches(widths: torch.Tensor, stride: int, row: int, multiple: int = 1)
     return PatchPacking(ran[patch_of] * stride + within, places, segments.view(rows, row))
 
 
-def _shape_multiple(like: torch.Tensor) -> int:
-    """``KEPT_ROWS_MULTIPLE`` under CPU autocast, else 1: bf16 products on CPU make a kernel per shape,
-    and the count of rows a batch's patches take changes every step (see ``mbp.model.kept_rows``)."""
+def _shape_multiple(like: torch.Tensor, multiple: int | None = None) -> int:
+    """``multiple`` (default ``KEPT_ROWS_MULTIPLE``) under CPU autocast, else 1: bf16 products on CPU
+    make a kernel per shape, and the count of rows a batch's patches take changes every step (see
+    ``mbp.model.kept_rows``)."""
     if like.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-        return kept_rows.KEPT_ROWS_MULTIPLE
+        return kept_rows.KEPT_ROWS_MULTIPLE if multiple is None else multiple
     return 1
 
 
