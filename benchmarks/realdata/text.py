@@ -34,6 +34,7 @@ import gzip
 import re
 import subprocess
 import sysconfig
+from collections.abc import Iterable
 from pathlib import Path
 
 from benchmarks.realdata.shards import (
@@ -263,17 +264,24 @@ def build_changelogs() -> BuiltSet:
     )
 
 
+def held_out_tenth(documents: Iterable[tuple[str, str]], salt: str) -> tuple[list[Sample], list[Sample]]:
+    """Training and held-out samples of ``(name, text)`` documents, each cut to fit (``fitted``) and
+    keyed ``NAME-PART``; a document is held out where its name's stable hash (``salt``) ends in 0."""
+    train: list[Sample] = []
+    held: list[Sample] = []
+    for name, text in documents:
+        side = held if stable_hash(name, salt) % 10 == 0 else train
+        for part, piece in enumerate(fitted(text)):
+            side.append(text_sample(f"{key_of(name)}-{part:04d}", piece))
+    return train, held
+
+
 def build_python() -> BuiltSet:
     root = Path(sysconfig.get_paths()["stdlib"])
     files = sorted(root.glob("*.py"))
     if not files:
         raise MissingPrerequisiteError(f"no Python modules in {root}")
-    train: list[Sample] = []
-    held: list[Sample] = []
-    for path in files:
-        side = held if stable_hash(path.stem, "python") % 10 == 0 else train
-        for part, piece in enumerate(fitted(decode(path.read_bytes()))):
-            side.append(text_sample(f"{key_of(path.stem)}-{part:04d}", piece))
+    train, held = held_out_tenth(((path.stem, decode(path.read_bytes())) for path in files), "python")
     return finish(
         "text-python",
         f"the Python {sysconfig.get_python_version()} standard library's {len(files)} top-level modules, "
@@ -301,13 +309,8 @@ def build_manpages_de() -> BuiltSet:
     pages = sorted(GERMAN_MAN.glob("man*/*.gz"))
     if not pages:
         raise MissingPrerequisiteError(f"no German manual pages in {GERMAN_MAN}: apt-get install manpages-de")
-    train: list[Sample] = []
-    held: list[Sample] = []
-    for path in pages:
-        name = path.name.removesuffix(".gz")
-        side = held if stable_hash(name, "manpage-de") % 10 == 0 else train
-        for part, piece in enumerate(fitted(rendered_page(path))):
-            side.append(text_sample(f"{key_of(name)}-{part:04d}", piece))
+    named = ((path.name.removesuffix(".gz"), rendered_page(path)) for path in pages)
+    train, held = held_out_tenth(named, "manpage-de")
     return finish(
         "text-manpages-de",
         f"the {len(pages)} German manual pages under {GERMAN_MAN}, rendered by man, cut at line ends "
