@@ -24,7 +24,7 @@ from mbp.planning.boundary_plan import (
     with_planned_boundaries,
     with_trained_boundaries,
 )
-from mbp.planning.patch_plan import PatchPlan
+from mbp.planning.patch_plan import PROBE_SAMPLES, PatchPlan
 from mbp.planning.plan import plan_byte_patches, sample_patches
 from mbp.planning.probe import Probe
 from mbp.protocol import Segment, encode_sample
@@ -162,6 +162,23 @@ def test_a_run_plans_the_rules_from_its_training_samples(components: ComponentTa
     assert with_planned_boundaries(fixed, Probe(shards)) == (fixed, None)
     with pytest.raises(ValueError, match="boundaries: codecs places the byte-level patches"):
         ModelConfig.model_validate({**fixed.pipeline.model.model_dump(), "boundaries": "codecs"})
+
+
+def test_rules_a_pipeline_gives_are_described_not_planned(components: ComponentTable) -> None:
+    run = resolve(None, "vqa-mixed", components=components)
+    given = run.pipeline.model.with_boundaries({"text": WordStarts(8), "pixels": FixedLength(4)}, 8)
+    run = resolve(None, "vqa-mixed", run.pipeline.model_copy(update={"model": given}), components=components)
+    shards = sorted(str(p) for p in (Path(mbp.__file__).parent / "bundled").glob("train-*.tar.gz"))
+    kept, plan = plan_byte_patches(run, Probe(shards))
+    assert kept is run and isinstance(plan, BoundaryPlan) and plan.given
+    assert plan.rules == given.boundary_rules
+    # each field by its codec's rule, a codec not named (wav) at the given patch
+    assert plan.fields["scene"] == "fixed 4 bytes" and plan.fields["tone"] == "fixed 8 bytes"
+    assert plan.fields["question"] == "word starts (longest 8)"
+    samples = Probe(shards).samples(run, PROBE_SAMPLES)
+    assert plan.mean == mean_patch(plan, (sample.tokens for sample in samples))
+    assert plan.mean is not None and 1 < plan.mean < 8
+    assert plan.describe().startswith("boundaries (given): ")
 
 
 def test_inspect_shows_one_samples_patches_where_the_rules_place_them(

@@ -49,11 +49,14 @@ class BoundaryPlan:
     """Each field's rule in words, for the run's first line."""
     mean: float | None = None
     """The mean patch, in tokens, of the probed samples (None: not measured)."""
+    given: bool = False
+    """The pipeline gave these rules (``model.boundaries`` by codec, with ``patch``): only described."""
 
     def describe(self, mean: float | None = None) -> str:
         """``boundaries: txt word starts (longest 16), image one 32-byte row; mean patch 5.3 bytes``."""
         mean = self.mean if mean is None else mean
-        text = "boundaries: " + ", ".join(f"{name} {words}" for name, words in self.fields.items())
+        fields = ", ".join(f"{name} {words}" for name, words in self.fields.items())
+        text = f"boundaries{' (given)' if self.given else ''}: {fields}"
         return text if mean is None else f"{text}; mean patch {mean:.1f} bytes"
 
     def apply(self, model: ModelConfig) -> ModelConfig:
@@ -151,6 +154,24 @@ def with_planned_boundaries(resolved: Resolved, probe: Probe) -> tuple[Resolved,
     plan = replace(plan, mean=mean_patch(plan, (sample.tokens for sample in samples)))
     pipeline = resolved.pipeline.model_copy(update={"model": plan.apply(resolved.pipeline.model)})
     return resolved.with_encoding(pipeline), plan
+
+
+def given_boundaries(resolved: Resolved, probe: Probe) -> BoundaryPlan | None:
+    """What the rules a pipeline gives (``model.boundaries`` by codec, the byte-level ``patch`` set) do
+    to its fields, for the run's first line: each field's rule in words (a codec not named: fixed
+    patches of ``patch``) and the mean patch of the probed samples. None where it gives none."""
+    model = resolved.pipeline.model
+    rules = model.boundary_rules
+    if rules is None or model.leaves_byte_patch or len(model.stages) < 2:
+        return None
+    longest = model.patches[-1]
+    fields = {
+        name: _words(rules.get(field.codec.name, FixedLength(longest)))
+        for name, field in resolved.encoder.fields.items()
+    }
+    plan = BoundaryPlan(dict(rules), longest, fields, given=True)
+    samples = probe.samples(resolved, PROBE_SAMPLES)
+    return replace(plan, mean=mean_patch(plan, (sample.tokens for sample in samples)))
 
 
 def with_trained_boundaries(resolved: Resolved, trained: ModelConfig) -> Resolved:

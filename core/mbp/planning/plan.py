@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from mbp.boundaries import patch_starts
-from mbp.planning.boundary_plan import BoundaryPlan, with_planned_boundaries
+from mbp.planning.boundary_plan import BoundaryPlan, given_boundaries, with_planned_boundaries
 from mbp.planning.budget import RUN_SECONDS, EvalLoad, ceiling, evaluations, training_seconds
 from mbp.planning.constants import FEWEST_STEPS, PASSES
 from mbp.planning.patch_plan import PatchPlan, plan_patch
@@ -178,7 +178,8 @@ class RunPlan:
     variation: VariationPlan | None = None
     """None where the pipeline sets ``data.augment`` or no field's codec leaves it to the run."""
     patch: PatchPlan | BoundaryPlan | None = None
-    """None where the pipeline gives the byte-level stage's patch."""
+    """None where the pipeline gives the byte-level stage's patch (a ``BoundaryPlan.given`` where it
+    gives boundary rules too)."""
 
     def settled(self, settings: RunSettings) -> RunPlan:
         """This plan with ``settings`` as the run's (agreed, or recorded on resume): its step plan then
@@ -238,9 +239,12 @@ def plan_run(resolved: Resolved, probe: Probe, device: torch.device | None = Non
 
 def plan_byte_patches(resolved: Resolved, probe: Probe) -> tuple[Resolved, PatchPlan | BoundaryPlan | None]:
     """Where the pipeline leaves the byte-level patch unset: boundary rules from the codecs where it asks
-    for them (``model.boundaries: codecs``), else one fixed patch, a row of the data's rows."""
+    for them (``model.boundaries: codecs``), else one fixed patch, a row of the data's rows. Rules the
+    pipeline gives come back as they are, described (``BoundaryPlan.given``)."""
     if resolved.pipeline.model.plans_boundaries:
         return with_planned_boundaries(resolved, probe)
+    if (given := given_boundaries(resolved, probe)) is not None:
+        return resolved, given
     return plan_patch(resolved, probe)
 
 
@@ -258,7 +262,7 @@ def preview(resolved: Resolved, shards: list[str]) -> dict[str, Any]:
         "planned": [
             name
             for name, part in (("patch", plan.patch), ("seq_len", plan.rows), ("steps", plan.steps))
-            if part is not None
+            if part is not None and not (isinstance(part, BoundaryPlan) and part.given)
         ],
         "describe": ", ".join(
             [
