@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 from mbp.cli import cli
+from mbp.data.skips import SkipLog
+from mbp.train.watch import warn
 
 from tests.conftest import invoke_mbp
 
@@ -46,3 +49,27 @@ def test_every_command_takes_debug(command: str) -> None:
     result = invoke_mbp(*command.split(), "--debug", "--help")
     assert result.returncode == 0, result.stderr
     assert "--debug" in result.stdout
+
+
+def test_a_warning_reaches_stderr_in_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Processes of one run share stderr: a line and its newline go in one write, so another process's
+    line cannot land between them (two warnings on one line)."""
+    writes: list[str] = []
+
+    class Recorder:
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            writes.append("<flush>")
+
+    monkeypatch.setattr(sys, "stderr", Recorder())
+    warn("shard x.tar: damaged")
+    SkipLog().sample("x.tar:sample a: missing field 'answer'", "missing field")
+    assert writes == [
+        "mbp: warning: shard x.tar: damaged\n",
+        "<flush>",
+        "mbp: warning: skipped x.tar:sample a: missing field 'answer'\n",
+        "<flush>",
+    ]

@@ -6,6 +6,8 @@ with ``--debug``. Messages name the culprit (file, location, sample, field, plug
 
 from __future__ import annotations
 
+import sys
+
 
 class MbpError(Exception):
     """Base class of errors a user can act on."""
@@ -57,3 +59,11 @@ def skip_kind(error: DataError) -> str:
 
 class CheckpointError(MbpError):
     """A checkpoint is missing, incomplete or does not match the model."""
+
+
+def stderr_line(line: str) -> None:
+    """Write ``line`` and its newline to stderr in one write: the processes of one run share stderr, and
+    a line written in two pieces (as ``print`` writes it where stderr is unbuffered, as under torchrun)
+    let another process's line in between (two warnings on one line, the second lost to a reader)."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()

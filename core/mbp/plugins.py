@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.metadata as md
 import math
 import os
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,7 +25,7 @@ import pluggy
 
 from mbp import hookspecs
 from mbp.components import KINDS, ComponentTable, Kind
-from mbp.errors import ConfigError, MbpError, PluginError
+from mbp.errors import ConfigError, MbpError, PluginError, stderr_line
 from mbp.interrupts import from_user, what_it_did
 
 HOOKS: dict[Kind, str] = {
@@ -82,7 +81,7 @@ def strict() -> bool:
 def _report(message: str) -> None:
     if strict():
         raise PluginError(message)
-    print(f"mbp: {message}", file=sys.stderr)
+    stderr_line(f"mbp: {message}")
 
 
 def _entry_points() -> list[md.EntryPoint]:

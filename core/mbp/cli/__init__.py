@@ -17,7 +17,7 @@ import click
 
 from mbp import __version__
 from mbp.cli.common import DEBUG_HELP, add_debug_option, debugging, set_debug
-from mbp.errors import MbpError
+from mbp.errors import MbpError, stderr_line
 from mbp.interrupts import Terminated, from_user, telling_user_interrupts, what_it_did
 
 HINT = "(run with --debug for a traceback)"
@@ -134,7 +134,7 @@ def _end_now(code: object) -> NoReturn:
     """Exit with ``code`` without Python's finalization, once every file is closed and the output is
     flushed (see ``mbp.train.distributed.joined_a_process_group`` for why)."""
     if code is not None and not isinstance(code, int):
-        print(code, file=sys.stderr)
+        stderr_line(str(code))
         code = 1
     sys.stdout.flush()
     sys.stderr.flush()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import TypedDict
 
 from mbp.data.write_shards import Sample, drop_stale, pack, refuse_existing
-from mbp.errors import DataError
+from mbp.errors import DataError, stderr_line
 
 KINDS = {
     **dict.fromkeys((".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"), "image"),
@@ -71,7 +70,7 @@ class ClassFile:
 
 
 def warn(line: str) -> None:
-    print(f"mbp: warning: {line}", file=sys.stderr)
+    stderr_line(f"mbp: warning: {line}")
 
 
 def pack_by_folder(request: FolderPack) -> PackReport:

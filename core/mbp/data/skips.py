@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
+
+from mbp.errors import stderr_line
 
 
 @dataclass
@@ -55,7 +56,7 @@ class SkipLog:
         if self.quiet or total > self.max_lines:
             return
         suffix = " (further skips are counted, not printed)" if total == self.max_lines else ""
-        print(f"mbp: warning: {line}{suffix}", file=sys.stderr)
+        stderr_line(f"mbp: warning: {line}{suffix}")
 
     def why_none(self, shards: list[str], none: str = "no sample in them") -> str:
         """Why ``shards`` gave no usable sample, for the one line that says so: ``N shard(s) (the first

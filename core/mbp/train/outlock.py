@@ -13,14 +13,13 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
-from mbp.errors import MbpError
+from mbp.errors import MbpError, stderr_line
 from mbp.interrupts import Terminated
 from mbp.outdir import check_writable
 
@@ -67,10 +66,7 @@ def _acquire(out: Path) -> int:
         os.close(fd)  # the holder removed the file between our open and our lock: lock the new one
     stale = _read(fd)
     if stale:
-        print(
-            f"mbp: --out {out}: process {stale} ended without releasing its lock; taking it over",
-            file=sys.stderr,
-        )
+        stderr_line(f"mbp: --out {out}: process {stale} ended without releasing its lock; taking it over")
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from safetensors import safe_open
 from torch import nn
 
 from mbp.config import Pipeline
-from mbp.errors import CheckpointError, ConfigError
+from mbp.errors import CheckpointError, ConfigError, stderr_line
 from mbp.model.checkpoint_files import CONFIG, WEIGHTS, checkpoint_document, describe_model
 from mbp.outdir import remove_owned
 from mbp.train.checkpoint import OPTIMIZER, STEP_DIR, list_checkpoints
@@ -114,7 +113,7 @@ def remove_run(out: Path) -> None:
     if kept:
         shown = ", ".join(kept[:3]) + (f" and {len(kept) - 3} more" if len(kept) > 3 else "")
         note = f"mbp: --overwrite kept {len(kept)} item(s) in {folder} that a run does not write: {shown}"
-        print(note, file=sys.stderr)
+        stderr_line(note)
 
 
 def remove_leftovers(out: Path) -> list[str]:
@@ -128,7 +127,7 @@ def remove_leftovers(out: Path) -> list[str]:
         if _own_folder(path, LEFTOVER) and not remove_owned(path, CHECKPOINT_FILES):
             removed.append(path.name)
     if removed:
-        print(f"mbp: removed {len(removed)} unfinished checkpoint folder(s) in {folder}", file=sys.stderr)
+        stderr_line(f"mbp: removed {len(removed)} unfinished checkpoint folder(s) in {folder}")
     return removed
 
 
@@ -171,7 +170,7 @@ def resume_point(out: Path, *, take_intact: bool, main: bool = True) -> Path:
             f"--resume: {newest} is damaged ({problem}); the newest intact checkpoint is {intact.name}: "
             "pass --resume-intact to continue from it"
         )
-    print(f"mbp: warning: {newest} is damaged ({problem}); resuming from {intact.name}", file=sys.stderr)
+    stderr_line(f"mbp: warning: {newest} is damaged ({problem}); resuming from {intact.name}")
     for later in existing[existing.index(intact) + 1 :]:
         if main:
             later.rename(later.with_name(f"damaged-{later.name}"))

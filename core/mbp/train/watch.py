@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 from mbp.config import Pipeline
-from mbp.errors import MbpError
+from mbp.errors import MbpError, stderr_line
 from mbp.model.checkpoint_files import CONFIG, save_model
 
 BEST = "best"
@@ -42,11 +41,11 @@ def diverged(step: int, what: str, checkpoint: Path | None, lr: float) -> Diverg
 
 
 def warn(line: str) -> None:
-    print(f"mbp: warning: {line}", file=sys.stderr)
+    stderr_line(f"mbp: warning: {line}")
 
 
 def note(line: str) -> None:
-    print(f"mbp: {line}", file=sys.stderr)
+    stderr_line(f"mbp: {line}")
 
 
 class BestKeeper:
