@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mbp.cli import cli
 from mbp.data.skips import SkipLog
-from mbp.train.watch import warn
+from mbp.errors import warn
 
 from tests.conftest import invoke_mbp
 

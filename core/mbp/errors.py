@@ -67,3 +67,8 @@ def stderr_line(line: str) -> None:
     let another process's line in between (two warnings on one line, the second lost to a reader)."""
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
+
+
+def warn(line: str) -> None:
+    """``line`` on stderr as a warning: ``mbp: warning: LINE``."""
+    stderr_line(f"mbp: warning: {line}")

@@ -17,7 +17,7 @@ import click
 
 from mbp import __version__
 from mbp.cli.common import DEBUG_HELP, add_debug_option, debugging, set_debug
-from mbp.errors import MbpError, stderr_line
+from mbp.errors import MbpError, stderr_line, warn
 from mbp.interrupts import Terminated, from_user, telling_user_interrupts, what_it_did
 
 HINT = "(run with --debug for a traceback)"
@@ -97,7 +97,7 @@ def _plugin_warnings_in_one_line(show: Any) -> Any:
         from mbp.traits import PluginDeprecationWarning
 
         if issubclass(category, PluginDeprecationWarning):
-            click.echo(f"mbp: warning: {message}", err=True)
+            warn(str(message))
         else:
             show(message, category, filename, lineno, file, line)
 

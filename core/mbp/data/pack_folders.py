@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TypedDict
 
 from mbp.data.write_shards import Sample, drop_stale, pack, refuse_existing
-from mbp.errors import DataError, stderr_line
+from mbp.errors import DataError, warn
 
 KINDS = {
     **dict.fromkeys((".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"), "image"),
@@ -67,10 +67,6 @@ class ClassFile:
     """The path under the source folder, as messages show it."""
     kind: str
     digest: str
-
-
-def warn(line: str) -> None:
-    stderr_line(f"mbp: warning: {line}")
 
 
 def pack_by_folder(request: FolderPack) -> PackReport:

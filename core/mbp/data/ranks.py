@@ -28,7 +28,7 @@ import torch
 
 from mbp.data.skips import SkipLog
 from mbp.data.sources import is_stream
-from mbp.errors import stderr_line
+from mbp.errors import warn
 
 
 def splits_shards(shards: Sequence[str], world: int) -> bool:
@@ -73,8 +73,8 @@ def deal(order: Sequence[str], weights: dict[str, int], world: int) -> list[list
 
 def warn_unsplit(shards: Sequence[str], world: int) -> None:
     """The one line saying that ``world`` processes all read every shard, since there are too few."""
-    stderr_line(
-        f"mbp: warning: {len(shards)} training shard(s) for {world} processes: every process reads every "
+    warn(
+        f"{len(shards)} training shard(s) for {world} processes: every process reads every "
         f"shard and keeps its share of the samples; write at least {world} shards (ideally many more) so "
         "that each process reads only its own"
     )
@@ -108,8 +108,8 @@ def resumed_at(
         return epoch, consumed, taken
     epoch = min(position[0] for position in positions)
     if rank == 0:
-        stderr_line(
-            f"mbp: warning: the checkpoint's data positions are those of {len(positions)} process(es), and "
+        warn(
+            f"the checkpoint's data positions are those of {len(positions)} process(es), and "
             f"{world} split the shards differently: the data stream starts epoch {epoch} over"
         )
     return epoch, 0, 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from mbp.errors import stderr_line
+from mbp.errors import warn
 
 
 @dataclass
@@ -56,7 +56,7 @@ class SkipLog:
         if self.quiet or total > self.max_lines:
             return
         suffix = " (further skips are counted, not printed)" if total == self.max_lines else ""
-        stderr_line(f"mbp: warning: {line}{suffix}")
+        warn(f"{line}{suffix}")
 
     def why_none(self, shards: list[str], none: str = "no sample in them") -> str:
         """Why ``shards`` gave no usable sample, for the one line that says so: ``N shard(s) (the first

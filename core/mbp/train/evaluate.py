@@ -13,13 +13,13 @@ from mbp.config import settled_batch_size, settled_seq_len
 from mbp.data.batches import Batch, batches, spread
 from mbp.data.read import read_samples
 from mbp.data.skips import SkipLog
+from mbp.errors import warn
 from mbp.heads import TaskHead
 from mbp.model.decoder import MultiscaleDecoder
 from mbp.protocol import END, EOS
 from mbp.resolve import Resolved
 from mbp.sample import EncodedSample, payload_bytes, payload_range, prompt_length
 from mbp.train.precision import PrecisionChoice
-from mbp.train.watch import warn
 
 FP32 = PrecisionChoice("fp32", "evaluation default")
 

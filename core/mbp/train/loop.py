@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from mbp.config import TrainConfig, settled_batch_size
+from mbp.errors import warn
 from mbp.model.build import build_model
 from mbp.model.checkpoint_files import checkpoint_document
 from mbp.model.decoder import MultiscaleDecoder
@@ -35,7 +36,7 @@ from mbp.train.rundir import RunRequest, check_belongs, prepare_out, remove_left
 from mbp.train.schedule import lr_factor
 from mbp.train.step import LossStep, train_step
 from mbp.train.stream import TrainingStream
-from mbp.train.watch import DivergedError, diverged, length_advice, note, warn
+from mbp.train.watch import DivergedError, diverged, length_advice, note
 
 
 def run(resolved: Resolved, request: RunRequest) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from safetensors import safe_open
 from torch import nn
 
 from mbp.config import Pipeline
-from mbp.errors import CheckpointError, ConfigError, stderr_line
+from mbp.errors import CheckpointError, ConfigError, stderr_line, warn
 from mbp.model.checkpoint_files import CONFIG, WEIGHTS, checkpoint_document, describe_model
 from mbp.outdir import remove_owned
 from mbp.train.checkpoint import OPTIMIZER, STEP_DIR, list_checkpoints
@@ -170,7 +170,7 @@ def resume_point(out: Path, *, take_intact: bool, main: bool = True) -> Path:
             f"--resume: {newest} is damaged ({problem}); the newest intact checkpoint is {intact.name}: "
             "pass --resume-intact to continue from it"
         )
-    stderr_line(f"mbp: warning: {newest} is damaged ({problem}); resuming from {intact.name}")
+    warn(f"{newest} is damaged ({problem}); resuming from {intact.name}")
     for later in existing[existing.index(intact) + 1 :]:
         if main:
             later.rename(later.with_name(f"damaged-{later.name}"))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from mbp.config import Pipeline
-from mbp.errors import MbpError, stderr_line
+from mbp.errors import MbpError, stderr_line, warn
 from mbp.model.checkpoint_files import CONFIG, save_model
 
 BEST = "best"
@@ -38,10 +38,6 @@ def diverged(step: int, what: str, checkpoint: Path | None, lr: float) -> Diverg
     return DivergedError(
         f"training diverged at step {step} ({what}): {back}; a lower train.lr (now {lr:g}) may help"
     )
-
-
-def warn(line: str) -> None:
-    stderr_line(f"mbp: warning: {line}")
 
 
 def note(line: str) -> None:
