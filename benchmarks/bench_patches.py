@@ -133,6 +133,7 @@ def main() -> None:
     parser.add_argument("--explicit", action="store_true", help="pass the planned rules by --set")
     parser.add_argument("--entropy", action="store_true", help="add an arm with model.boundaries: entropy")
     parser.add_argument("--set", action="append", default=[], help="a further --set for both arms")
+    parser.add_argument("--keep", type=Path, default=None, help="keep each run's folder (metrics, plot) here")
     args = parser.parse_args()
     resolved = resolved_pipeline(args.pipeline, args.registry)
     shards = resolved.pipeline.data.train_shards
@@ -148,8 +149,9 @@ def main() -> None:
     }
     if args.entropy:
         arms["entropy"] = [f"model.stages.{stage}.patch=null", "model.boundaries=entropy"]
-    with tempfile.TemporaryDirectory(prefix="bench_patches-") as work:
-        rounds = [one_round(args, arms, index, Path(work)) for index in range(args.rounds)]
+    with tempfile.TemporaryDirectory(prefix="bench_patches-") as temporary:
+        work = args.keep or Path(temporary)
+        rounds = [one_round(args, arms, index, work) for index in range(args.rounds)]
     names = [ratio_name(arm, key) for arm, key in itertools.product(arms, METRICS) if arm != "fixed"]
     summary = {
         name: statistics.median(r[name] for r in rounds) for name in names if all(name in r for r in rounds)
