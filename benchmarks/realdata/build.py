@@ -45,6 +45,7 @@ BUILDERS: dict[str, Callable[[], BuiltSet]] = {
     "text-kjv": text.build_kjv,
     "text-changelogs": text.build_changelogs,
     "text-python": text.build_python,
+    "text-python-all": text.build_python_all,
     "text-manpages-de": text.build_manpages_de,
 }
 PIPELINES = {
@@ -60,6 +61,7 @@ PIPELINES = {
     "text-kjv": "real-text-kjv, real-text-kjv-defaults",
     "text-changelogs": "real-text-changelogs",
     "text-python": "real-text-python",
+    "text-python-all": "real-text-python-all",
     "text-manpages-de": "real-text-manpages-de",
 }
 
