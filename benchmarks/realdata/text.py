@@ -14,8 +14,8 @@
   of the interpreter running the build, cut at line ends into documents that fit; split by **module**
   (a stable-hash tenth held out). Source code, not English: a kind of text the recipe was not made for.
 - ``text-python-all``: as ``text-python``, over every library module (packages' modules too; test
-  suites left out), training capped at 16 MB instead of 2: more than a 9-minute run reads, so that a
-  comparison there is not decided by which model memorises the set later.
+  suites left out), training capped at 16 MB instead of 2 (the library holds about 11 MB): a 9-minute
+  run reads it about once, so that a comparison there is not decided by which model memorises later.
 - ``text-manpages-de`` (a check, as ``text-changelogs``): the German manual pages installed under
   ``/usr/share/man/de`` (man-db's and the base system's translations), rendered to plain UTF-8 text
   by ``man``, cut at line ends into documents that fit; split by **page** (a stable-hash tenth held
@@ -291,8 +291,8 @@ def build_python_all() -> BuiltSet:
 
 
 PYTHON_ALL_TRAIN_BYTES = 16_000_000
-"""More code than a 9-minute run reads (about 15 MB on an AMX CPU): ``text-python``'s 2 MB is read
-seven times over in that run, and its held-out loss turns up in a longer one."""
+"""Above the library's 11 MB of code, which a 9-minute run reads about once (15 MB on an AMX CPU):
+``text-python``'s 2 MB is read seven times in that run, and its held-out loss turns up within it."""
 NOT_LIBRARY = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
 """Folders of the standard library's tree that are not its library code."""
 
