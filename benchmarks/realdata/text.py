@@ -302,9 +302,9 @@ def stdlib_root() -> Path:
 
 
 def _python_set(name: str, what: str, files: list[Path], train_bytes: int) -> BuiltSet:
-    if not files:
-        raise MissingPrerequisiteError(f"no Python modules in {stdlib_root()}")
     root = stdlib_root()
+    if not files:
+        raise MissingPrerequisiteError(f"no Python modules in {root}")
     names = (path.relative_to(root).with_suffix("").as_posix() for path in files)  # top level: the stem
     modules = ((name, decode(path.read_bytes())) for name, path in zip(names, files, strict=True))
     train, held = held_out_tenth(modules, "python")
