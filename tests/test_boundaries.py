@@ -35,11 +35,18 @@ def test_fixed_length_starts_every_n_bytes() -> None:
         FixedLength(0)
 
 
-def test_word_starts_follow_a_words_delimiter_and_runs_lead_the_next_word() -> None:
+def test_a_word_starts_a_patch_and_keeps_the_delimiters_that_follow_it() -> None:
     text = _text("hi, you  all\n\n    x.y")
     starts = payload_starts(text, WordStarts())
     words = [bytes(p).decode() for p in _pieces(text, starts)]
-    assert words == ["hi,", " you ", " all\n", "\n    x.", "y"]
+    assert words == ["hi, ", "you  ", "all\n\n    ", "x.", "y"]
+
+
+def test_an_indented_keyword_stays_whole() -> None:
+    """The indentation ends the line before it: twelve spaces and ``return`` do not share 16 bytes."""
+    text = _text("f(x)\n            return x\n")
+    pieces = _pieces(text, cut_long(payload_starts(text, WordStarts()), 16))
+    assert [bytes(p).decode() for p in pieces] == ["f(", "x)\n            ", "return ", "x\n"]
 
 
 def test_words_in_other_scripts_stay_whole() -> None:
@@ -108,14 +115,14 @@ def test_the_online_placer_places_what_the_whole_stream_places(seed: int) -> Non
     rules = {"text": WordStarts(longest=5), "pix": FixedLength(3)}
     offline = patch_starts(tokens, rules, longest=7)
     placer = PatchPlacer(rules, longest=7)
-    online = [placer.next_starts] + [placer.push(int(t)) for t in tokens[:-1]]
+    online = [placer.push(int(t)) for t in tokens]
     assert online == offline.tolist()
     lengths = np.diff(np.flatnonzero(np.append(offline, True)))
     assert lengths.max() <= 7 and 0.15 < offline.mean() < 0.8  # not trivially all or none
 
 
 def test_starts_of_a_prefix_are_the_prefix_of_the_starts() -> None:
-    """Online: a boundary never depends on the tokens at or after it."""
+    """Online: a boundary never depends on the tokens after it."""
     tokens = _random_stream(np.random.default_rng(7), 300)
     rules = {"text": WordStarts()}
     whole = patch_starts(tokens, rules, longest=6)

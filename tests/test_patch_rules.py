@@ -190,8 +190,8 @@ def test_inspect_shows_one_samples_patches_where_the_rules_place_them(
     write_tar(tmp_path / "t.tar", [{"__key__": b"a", "txt": b"the cat, sat down"}])
     planned, _ = plan_byte_patches(lm, Probe([str(tmp_path / "t.tar")]))
     patches = sample_patches(planned, Probe([str(tmp_path / "t.tar")]))
-    # markers alone, the header its own, then a word a patch (a space after punctuation opens the next)
-    assert patches == ["<BOS>", "<SEG>text<HDR>", "the ", "cat,", " sat ", "down<END>", "<EOS>"]
+    # markers alone, the header its own, then a word a patch with the delimiters after it
+    assert patches == ["<BOS>", "<SEG>text<HDR>", "the ", "cat, ", "sat ", "down<END>", "<EOS>"]
 
 
 def test_a_checkpoints_rules_serve_the_pipeline_that_left_them_unset(components: ComponentTable) -> None:

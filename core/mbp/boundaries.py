@@ -1,8 +1,9 @@
 """Where byte-level patches start: declarative boundary rules, and the patch starts of a token stream.
 
-Every rule is online: whether token ``i`` starts a patch follows from tokens ``< i`` alone, so generation
-places boundaries as it goes exactly where training saw them (``PatchPlacer``), and a causal model never
-learns from a boundary that reveals the byte it predicts.
+Every rule is online: whether token ``i`` starts a patch follows from tokens ``<= i`` alone, so generation
+places boundaries as each token arrives exactly where training saw them (``PatchPlacer``). That is as
+causal as deciding before token ``i``: token ``i`` is predicted from the state after token ``i - 1``, in
+the patch before (``mbp.model.varying_patches``), and only what follows sees where a patch starts.
 
 The stream's own structure places boundaries too: after every marker but ``SEG`` and ``PAD`` a patch
 starts, so ``BOS`` is a patch of its own, ``SEG header HDR`` is one (cut where it is long), a payload
@@ -37,11 +38,14 @@ class FixedLength:
 
 @dataclass(frozen=True)
 class WordStarts:
-    """A patch starts at the byte after a space, newline or punctuation byte (``DELIMITERS``) that
-    follows a word, as SpaceByte places its global blocks: a word keeps the delimiter that ends it, and
-    the rest of a run of delimiters (indentation, blank lines, ``, ``) leads the next word's patch
-    instead of making a patch of every byte. Words longer than ``longest`` (None: the model's longest
-    patch) are cut every ``longest`` bytes."""
+    """A patch starts at the first byte of a word, the first byte that is no space, newline or punctuation
+    (``DELIMITERS``) after one that is: a word keeps the run of delimiters that ends it (``, ``, a line
+    break and the next line's indentation), as SpaceByte's patches keep the space after a word. Words
+    longer than ``longest`` (None: the model's longest patch) are cut every ``longest`` bytes.
+
+    Starting the patch after a delimiter run's first byte instead (SpaceByte's rule, decided before the
+    word's first byte is seen) makes the run lead the next word: on code, an indentation of 12 spaces
+    and ``return `` fill a 16-byte patch and cut the keyword."""
 
     longest: int | None = None
 
@@ -109,10 +113,9 @@ def payload_starts(payload: np.ndarray, rule: BoundaryRule) -> np.ndarray:
     if isinstance(rule, EntropyStarts):
         return np.asarray((index == 0) | rule.marks[payload_contexts(payload)])
     values = np.asarray(payload, dtype=np.int64)
-    delimiter = _IS_DELIMITER[values.clip(0, PAD)]
+    delimiter = _IS_DELIMITER[values.clip(0, PAD)]  # a marker is none: after a delimiter, END starts
     after = np.concatenate(([False], delimiter[:-1]))  # the byte before is a delimiter
-    after_word = np.concatenate(([False], after[:-1]))  # ... and the one before that is too
-    return np.asarray((index == 0) | (after & ~after_word))
+    return np.asarray((index == 0) | (after & ~delimiter))
 
 
 def payload_contexts(payload: np.ndarray) -> np.ndarray:
@@ -178,8 +181,8 @@ def _limits_by_patch(starts: np.ndarray, limit: np.ndarray) -> np.ndarray:
 def _payloads(tokens: np.ndarray) -> list[tuple[int, int, str | None]]:
     """``(first, stop, codec)`` of every payload in ``tokens``: the positions ``first:stop`` its rule
     places, from the byte after ``HDR`` to the marker that ends it (included: the rule says whether that
-    marker starts a patch, as it must before seeing it), and the codec its header names (None when the
-    ``HDR`` follows no ``SEG`` header)."""
+    marker starts a patch), and the codec its header names (None when the ``HDR`` follows no ``SEG``
+    header)."""
     markers = np.flatnonzero(tokens >= PAD)
     found: list[tuple[int, int, str | None]] = []
     for place, hdr in enumerate(markers.tolist()):
@@ -205,8 +208,8 @@ def header_codec(header: np.ndarray | list[int]) -> str:
 
 
 class PatchPlacer:
-    """``patch_starts`` one token at a time, for generation: after each token it says whether the next
-    one starts a patch. One placer follows one row; ``reset`` starts it over for a new sequence."""
+    """``patch_starts`` one token at a time, for generation: as each token arrives it says whether that
+    token starts a patch. One placer follows one row; ``reset`` starts it over for a new sequence."""
 
     def __init__(self, rules: Mapping[str, BoundaryRule], longest: int) -> None:
         self.rules = dict(rules)
@@ -214,32 +217,30 @@ class PatchPlacer:
         self.reset()
 
     def reset(self) -> None:
-        self.next_starts = True
-        """Whether the next token starts a patch (the first one does)."""
-        self._rule_start = True  # whether a rule (not a cut) starts the next token's patch
-        self._next_limit = self.longest
-        self._limit = self.longest
+        self._pending = True  # a start decided before the next token arrives (the first token starts)
+        self._limit = self.longest  # the longest cut of the current patch
         self._count = 0  # tokens of the current patch consumed
         self._header: list[int] | None = None  # a SEG header being read
         self._rule: BoundaryRule | None = None  # the payload rule in force, None outside a payload
         self._index = 0  # payload bytes consumed
-        self._previous = False  # whether the payload byte before the last one is a delimiter
+        self._previous = False  # whether the last payload byte is a delimiter
         self._context = 0  # the last two payload bytes, as payload_contexts numbers them
 
     def push(self, token: int) -> bool:
-        """Consume ``token``; return whether the token after it starts a patch."""
-        if self.next_starts:
-            self._count = 0
-        if self._rule_start:  # a patch a cut starts keeps the limit of the one it was cut from
-            self._limit = self._next_limit
-        self._count += 1
-        self._rule_start = self._advance(token)
-        self._next_limit = self.longest if self._rule is None else rule_longest(self._rule, self.longest)
-        self.next_starts = self._rule_start or self._count == self._limit
-        return self.next_starts
+        """Consume ``token``; return whether it starts a patch."""
+        ruled = self._pending or (
+            isinstance(self._rule, WordStarts) and self._previous and token not in DELIMITERS
+        )
+        starts = ruled or self._count == self._limit
+        if ruled:  # a patch a cut starts keeps the limit of the one it was cut from
+            self._limit = self.longest if self._rule is None else rule_longest(self._rule, self.longest)
+        self._count = 1 if starts else self._count + 1
+        self._pending = self._advance(token)
+        return starts
 
     def _advance(self, token: int) -> bool:
-        """Follow the stream's grammar through ``token``; whether a boundary rule starts the next one."""
+        """Follow the stream's grammar through ``token``; whether a rule starts the next token's patch
+        before it arrives (after a marker, by a fixed length or by the entropy model)."""
         if token >= PAD:
             opened = self._header
             self._header = [] if token == SEG else None
@@ -261,7 +262,7 @@ class PatchPlacer:
         elif isinstance(self._rule, EntropyStarts):
             start = bool(self._rule.marks[self._context])
         else:
-            start = token in DELIMITERS and not self._previous
+            start = False  # a word starts at its own first byte (``push``)
         self._previous = token in DELIMITERS
         return start
 

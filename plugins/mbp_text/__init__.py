@@ -15,7 +15,7 @@ class TextCodec:
     name = "text"
     extension = "txt"
     traits = CodecTraits(boundaries=WordStarts())
-    """A byte-level patch a word (SpaceByte's placement), where the pipeline leaves the patch unset."""
+    """A byte-level patch a word and the delimiters after it, where the pipeline leaves the patch unset."""
 
     def __init__(self, params: TextParams) -> None:
         self.strip = params.strip

@@ -16,7 +16,7 @@ from torch import nn
 
 from mbp.model.backbone import Backbone, prefill
 from mbp.model.decoder_cache import DecoderCache
-from mbp.model.varying_steps import end_placed_patches
+from mbp.model.varying_steps import start_placed_patches
 
 
 class MultiscaleDecoder(Protocol):
@@ -63,6 +63,12 @@ def prefill_rows(
 def step(model: MultiscaleDecoder, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
     """Consume one token per row, ``tokens: (B,)``; return the next token's logits (B, V)."""
     last = model.num_stages - 1
+    if cache.placers is not None and last > 0:  # varying patches: a token may close the patch before it
+        closed, cache.lengths = start_placed_patches(
+            tokens, cache.counts[last], cache.placers, cache.lengths, model.patch_sizes[last]
+        )
+        if bool(closed.any()):
+            _advance_coarse_stages(model, closed, cache)
     cache.history[cache.rows, cache.lengths] = tokens
     cache.lengths = cache.lengths + 1
     x = model.embeddings[last](tokens)
@@ -74,11 +80,7 @@ def step(model: MultiscaleDecoder, tokens: torch.Tensor, cache: DecoderCache) ->
     if last > 0:
         cache.counts[last] = cache.counts[last] + 1
         completed = cache.counts[last] == model.patch_sizes[last]
-        if cache.placers is not None:  # varying patches: the next token may start a patch
-            completed, cache.lengths = end_placed_patches(
-                tokens, completed, cache.placers, cache.lengths, model.patch_sizes[last]
-            )
-        if bool(completed.any()):  # most steps end here: no row finished a patch
+        if bool(completed.any()):  # most steps end here: no row filled a patch
             _advance_coarse_stages(model, completed, cache)
     return logits
 

@@ -12,7 +12,7 @@ stage's projected output for its patch and position), patches of one length batc
 byte-level stage runs bytes + patches positions, no padding.
 
 Position t's state has seen tokens < t only when every start at position j is decided by tokens up to
-j (``mbp.boundaries`` decides by tokens before j): the state predicting token j is the output after
+j, as ``mbp.boundaries`` decides them: the state predicting token j is the output after
 token j - 1 whether a patch starts at j or not, and what follows sees the start only after token j.
 """
 

@@ -2,9 +2,9 @@
 
 Legend as in ``mbp.model.varying_patches``. A cache made with boundary rules keeps each row's tokens in
 grid positions (each patch at the start of a slot of P), so the coarse stages embed exactly the units
-the parallel forward embeds, and one ``PatchPlacer`` per row says after every token whether the next
-starts a patch: then the current patch completes early, the row's grid length jumps to the next slot,
-and the coarse stages advance as they do when a fixed patch fills up.
+the parallel forward embeds, and one ``PatchPlacer`` per row says of every token as it arrives whether it
+starts a patch: then the patch before it completes early, the row's grid length jumps to the next slot,
+and the coarse stages advance as they do when a fixed patch fills up, before the token is stepped.
 """
 
 from __future__ import annotations
@@ -32,34 +32,32 @@ def grid_prompts(
     ids: torch.Tensor, rows: torch.Tensor, row_placers: Sequence[PatchPlacer], longest: int, group: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Each row's prompt ``ids: (R, L)`` in its grid, ``((1, G_r) grid ids, (1,) row)``, its placer fed
-    with the prompt; the grid ends at the next slot when the next token starts a patch."""
+    with the prompt; the grid ends after the prompt's last token, whose patch the next token may close."""
     for prompt, row in zip(ids, rows.tolist(), strict=True):
         placer = row_placers[row]
         placer.reset()
-        starts = [placer.next_starts] + [placer.push(int(t)) for t in prompt.tolist()]
         if len(prompt) == 0:
             yield prompt[None], rows.new_tensor([row])
             continue
-        flags = torch.from_numpy(np.array(starts[:-1]))[None].to(ids.device)
+        starts = [placer.push(int(t)) for t in prompt.tolist()]
+        flags = torch.from_numpy(np.array(starts))[None].to(ids.device)
         layout = patch_layout(flags, None, longest, group)
-        length = int(layout.slots[0, -1]) + 1
-        if placer.next_starts:
-            length = -(-length // longest) * longest
-        yield to_grid(prompt[None], layout)[:, :length], rows.new_tensor([row])
+        yield to_grid(prompt[None], layout)[:, : int(layout.slots[0, -1]) + 1], rows.new_tensor([row])
 
 
-def end_placed_patches(
+def start_placed_patches(
     tokens: torch.Tensor,
-    completed: torch.Tensor,
+    counts: torch.Tensor,
     row_placers: Sequence[PatchPlacer],
     lengths: torch.Tensor,
     longest: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """After a step consumed ``tokens: (B,)``: the rows whose patch is complete (``completed: (B,)``,
-    full ones, or ones whose next token starts a patch) and their grid ``lengths: (B,)``, moved to the
-    next slot where a patch ends early."""
-    ends = [placer.push(token) for placer, token in zip(row_placers, tokens.tolist(), strict=True)]
-    if not any(ends):  # most steps: no patch ends, nothing to change on the device
-        return completed, lengths
-    early = torch.tensor(ends, device=completed.device)
-    return completed | early, torch.where(early, -(-lengths // longest) * longest, lengths)
+    """Before a step consumes ``tokens: (B,)``: the rows whose patch the token closes (it starts a patch
+    and the current one holds tokens, ``counts: (B,)``), and their grid ``lengths: (B,)``, moved to the
+    next slot there."""
+    starts = [placer.push(token) for placer, token in zip(row_placers, tokens.tolist(), strict=True)]
+    closed = torch.zeros_like(counts, dtype=torch.bool)
+    if not any(starts):  # most steps: no patch starts, nothing to change on the device
+        return closed, lengths
+    closed = torch.tensor(starts, device=counts.device) & (counts > 0)
+    return closed, torch.where(closed, -(-lengths // longest) * longest, lengths)
