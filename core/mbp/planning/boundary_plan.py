@@ -4,10 +4,10 @@ and leaves the byte-level ``patch`` unset: each field's patches placed as its co
 fixed length otherwise; the longest of them is the byte-level stage's patch. The rules become part of
 the model config (``model.boundaries``), so training, evaluation and generation place patches alike.
 
-Not the default: in nine-minute runs on 2 CPU cores they beat patch 8 on three text sets (0.88x to
-0.99x its bits per byte) and on the bundled demo, but trail fixed patches on a real mix of images and
-speech (0.55 points of accuracy on average over four runs) and on spoken digits alone, and miss 0.95x
-on code (BENCHMARKS.md, patches that follow the data).
+Not the default: in nine-minute runs on 2 CPU cores they beat patch 8 on three text sets (0.84x to
+0.95x its bits per byte, code the closest) and on the bundled demo, but trail fixed patches on a real
+mix of images and speech (0.55 points of accuracy on average over four runs) and on spoken digits
+alone (BENCHMARKS.md, patches that follow the data).
 ``boundaries: entropy`` swaps the word rule for one trained on the run's data
 (``mbp.planning.entropy_fit``).
 """
