@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -71,9 +72,10 @@ def test_a_diverging_run_stops_at_its_step_and_names_the_last_finite_checkpoint(
 def test_every_process_of_a_diverging_run_stops_at_the_same_step(
     setup, tmp_path: Path, strategy: str
 ) -> None:
-    """The step's health is agreed over the processes: none waits forever for one that stopped."""
+    """The step's health is agreed over the processes: none waits forever for one that stopped. The
+    two processes are started as torchrun starts them, but without its agent, which stops the other
+    process as soon as one exits, sometimes before that one could say why."""
     registry, shard = setup
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     args = ["run", "qa", shard, "--registry", registry, "--out", str(tmp_path / "out"), "--json"]
     settings = [
         "train.lr=1e6",
@@ -81,17 +83,35 @@ def test_every_process_of_a_diverging_run_stops_at_the_same_step(
         "train.checkpoint_every=1",
         f"train.strategy={strategy}",
     ]
-    result = subprocess.run(
-        [torchrun, "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "mbp.cli", *args]
-        + [word for setting in settings for word in ("--set", setting)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode != 0 and result.stdout == ""
-    stops = re.findall(r"mbp: error: training diverged at step (\d+)", result.stderr)
-    assert len(stops) == 2 and len(set(stops)) == 1, result.stderr  # both processes, the same step
+    command = [sys.executable, "-m", "mbp.cli", *args] + [w for s in settings for w in ("--set", s)]
+    port = str(free_port())
+    processes = [
+        subprocess.Popen(
+            command,
+            env={**os.environ, **rendezvous(rank, 2, port)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    try:
+        results = [(process.communicate(timeout=300), process.returncode) for process in processes]
+    finally:
+        for process in processes:
+            process.kill()  # one that hangs must not outlive the test
+    for (stdout, stderr), code in results:
+        assert code == 1 and stdout == "", stderr
+    stops = [re.findall(r"mbp: error: training diverged at step (\d+)", err) for (_, err), _ in results]
+    assert [len(found) for found in stops] == [1, 1] and stops[0] == stops[1], stops  # the same step
     assert all(finite_files(tmp_path / "out").values())
+
+
+def rendezvous(rank: int, world: int, port: str) -> dict[str, str]:
+    """The environment torchrun gives process ``rank`` of ``world`` on one machine."""
+    ranks = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world)}
+    place = {"LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+    return {**ranks, **place, "OMP_NUM_THREADS": "1"}
 
 
 def test_a_checkpoint_is_never_written_with_a_non_finite_tensor(tmp_path: Path) -> None:
