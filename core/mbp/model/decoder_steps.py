@@ -67,7 +67,7 @@ def step(model: MultiscaleDecoder, tokens: torch.Tensor, cache: DecoderCache) ->
         closed, cache.lengths = start_placed_patches(
             tokens, cache.counts[last], cache.placers, cache.lengths, model.patch_sizes[last]
         )
-        if bool(closed.any()):
+        if closed is not None and bool(closed.any()):
             _advance_coarse_stages(model, closed, cache)
     cache.history[cache.rows, cache.lengths] = tokens
     cache.lengths = cache.lengths + 1

@@ -51,13 +51,12 @@ def start_placed_patches(
     row_placers: Sequence[PatchPlacer],
     lengths: torch.Tensor,
     longest: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Before a step consumes ``tokens: (B,)``: the rows whose patch the token closes (it starts a patch
-    and the current one holds tokens, ``counts: (B,)``), and their grid ``lengths: (B,)``, moved to the
-    next slot there."""
+    and the current one holds tokens, ``counts: (B,)``; None where no token starts one), and their grid
+    ``lengths: (B,)``, moved to the next slot there."""
     starts = [placer.push(token) for placer, token in zip(row_placers, tokens.tolist(), strict=True)]
-    closed = torch.zeros_like(counts, dtype=torch.bool)
-    if not any(starts):  # most steps: no patch starts, nothing to change on the device
-        return closed, lengths
+    if not any(starts):  # most steps: no patch starts, nothing to ask of the device
+        return None, lengths
     closed = torch.tensor(starts, device=counts.device) & (counts > 0)
     return closed, torch.where(closed, -(-lengths // longest) * longest, lengths)
