@@ -12,7 +12,14 @@ rules through ``--set model.boundaries=...`` instead. Prints each arm's held-out
 byte under 1 and accuracy over 1 favour the arm), in ``summary`` as ``<metric>_ratio`` for the
 boundaries arm and ``entropy_<metric>_ratio`` for the entropy arm.
 
-Run: python -m benchmarks.bench_patches PIPELINE [--registry FILE] [--minutes 9] [--rounds 1] [--entropy]
+Differences between arms on the small labelled sets are the size of the seed-to-seed spread, so
+``--seeds 0 1 2 ...`` runs one round per seed and adds ``summary.paired``: per metric, the mean of each
+arm's difference from the fixed arm at the same seed, its 95% interval and the count of seeds it was
+better and worse at. ``answer_bits`` (an answer head's held-out bits per answer) moves less from seed to
+seed than accuracy.
+
+Run: python -m benchmarks.bench_patches PIPELINE [--registry FILE] [--minutes 9] [--rounds 1 | --seeds S ...]
+    [--entropy]
 """
 
 from __future__ import annotations
@@ -29,7 +36,10 @@ from typing import Any
 
 from benchmarks.common import save
 
-METRICS = ("loss_bpb", "accuracy")
+METRICS = ("loss_bpb", "accuracy", "answer_bits")
+HIGHER_IS_BETTER = ("accuracy",)
+T_975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23, 11: 2.20}
+"""Student's t at 97.5% by degrees of freedom, for the paired differences' 95% interval (1.96 past 11)."""
 
 
 def resolved_pipeline(name: str, registry: str | None) -> Any:
@@ -78,7 +88,7 @@ def explicit_rules(resolved: Any, shards: list[str]) -> list[str]:
     ]
 
 
-def run_arm(args: argparse.Namespace, settings: list[str], out: Path) -> dict[str, Any]:
+def run_arm(args: argparse.Namespace, settings: list[str], out: Path, seed: int) -> dict[str, Any]:
     command = [
         sys.executable,
         "-m",
@@ -91,7 +101,7 @@ def run_arm(args: argparse.Namespace, settings: list[str], out: Path) -> dict[st
         "--overwrite",
     ]
     command += ["--registry", args.registry] if args.registry else []
-    for setting in [f"train.minutes={args.minutes}", f"train.seed={args.seed}", *args.set, *settings]:
+    for setting in [f"train.minutes={args.minutes}", f"train.seed={seed}", *args.set, *settings]:
         command += ["--set", setting]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
@@ -106,14 +116,40 @@ def run_arm(args: argparse.Namespace, settings: list[str], out: Path) -> dict[st
     return {"metrics": kept, "steps": summary["steps"], "first_line": first}
 
 
-def one_round(args: argparse.Namespace, arms: dict[str, list[str]], index: int, work: Path) -> dict[str, Any]:
+def one_round(
+    args: argparse.Namespace, arms: dict[str, list[str]], index: int, seed: int, work: Path
+) -> dict[str, Any]:
     order = list(arms) if index % 2 == 0 else list(reversed(arms))
-    row = {name: run_arm(args, arms[name], work / f"{name}-{index}") for name in order}
+    row: dict[str, Any] = {"seed": seed}
+    row.update({name: run_arm(args, arms[name], work / f"{name}-{index}", seed) for name in order})
     for name, key in itertools.product(arms, METRICS):
         fixed, other = row["fixed"]["metrics"].get(key), row[name]["metrics"].get(key)
         if name != "fixed" and fixed and other is not None:  # no ratio to a fixed arm that scored 0
             row[ratio_name(name, key)] = other / fixed
     return row
+
+
+def paired(rounds: list[dict[str, Any]], arm: str) -> dict[str, Any]:
+    """Per metric (and per modality's accuracy), ``arm`` minus the fixed arm over rounds of the same
+    seed: the mean difference, its 95% interval (Student's t) and in how many rounds ``arm`` was
+    better, worse or equal."""
+    out: dict[str, Any] = {}
+    for key in rounds[0]["fixed"]["metrics"]:
+        pairs = [(r[arm]["metrics"].get(key), r["fixed"]["metrics"][key]) for r in rounds]
+        diffs = [a - b for a, b in pairs if a is not None]
+        if len(diffs) < 2:
+            continue
+        sign = 1 if key in HIGHER_IS_BETTER or key.startswith("accuracy[") else -1
+        half = T_975.get(len(diffs) - 1, 1.96) * statistics.stdev(diffs) / len(diffs) ** 0.5
+        mean = statistics.mean(diffs)
+        out[key] = {
+            "mean_difference": mean,
+            "interval_95": [mean - half, mean + half],
+            "better": sum(sign * d > 0 for d in diffs),
+            "worse": sum(sign * d < 0 for d in diffs),
+            "equal": sum(d == 0 for d in diffs),
+        }
+    return out
 
 
 def ratio_name(arm: str, metric: str) -> str:
@@ -129,6 +165,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=9.0, help="train.minutes of each run")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="one round per seed, with paired differences"
+    )
     parser.add_argument("--fixed", default="8", help="the fixed arm's patch: a number, or row")
     parser.add_argument("--explicit", action="store_true", help="pass the planned rules by --set")
     parser.add_argument("--entropy", action="store_true", help="add an arm with model.boundaries: entropy")
@@ -151,11 +190,14 @@ def main() -> None:
         arms["entropy"] = [f"model.stages.{stage}.patch=null", "model.boundaries=entropy"]
     with tempfile.TemporaryDirectory(prefix="bench_patches-") as temporary:
         work = args.keep or Path(temporary)
-        rounds = [one_round(args, arms, index, work) for index in range(args.rounds)]
+        seeds = args.seeds or [args.seed] * args.rounds
+        rounds = [one_round(args, arms, index, seed, work) for index, seed in enumerate(seeds)]
     names = [ratio_name(arm, key) for arm, key in itertools.product(arms, METRICS) if arm != "fixed"]
     summary = {
         name: statistics.median(r[name] for r in rounds) for name in names if all(name in r for r in rounds)
     }
+    if args.seeds:
+        summary["paired"] = {arm: paired(rounds, arm) for arm in arms if arm != "fixed"}
     save(
         f"bench_patches_{args.pipeline}",
         {"pipeline": args.pipeline, "arms": arms, "summary": summary, "rounds": rounds},

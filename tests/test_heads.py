@@ -92,7 +92,19 @@ def test_accuracy_majority_and_confusion(components) -> None:
         metrics.update(s, np.zeros(len(s.tokens)), correct, generated)
     result = metrics.result()
     assert result["accuracy"] == pytest.approx(2 / 3) and result["majority_baseline"] == pytest.approx(2 / 3)
+    assert result["answer_bits"] == 0.0
     assert result["confusion"] == {"high": {"high": 1}, "low": {"low": 1, "high": 1}}
+
+
+def test_answer_bits_sum_the_answer_and_its_end_per_sample(components) -> None:
+    metrics = head(components, "vqa").metrics()
+    for answer in (b"no", b"maybe"):
+        s = sample(b"is it?", answer)
+        nats = np.full(len(s.tokens), math.log(2))  # 1 bit per token, context included
+        first, last = payload_range(s, s.span("answer"))
+        nats[first:last] = 2 * math.log(2)
+        metrics.update(s, nats, np.ones(len(s.tokens), bool))
+    assert metrics.result()["answer_bits"] == pytest.approx(2 * ((2 + 1) + (5 + 1)) / 2)
 
 
 def test_teacher_forced_exact_match_equals_greedy_generation(components) -> None:

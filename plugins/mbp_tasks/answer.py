@@ -17,6 +17,7 @@ other rows exactly (``HeadDefaults.thins_context``).
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -56,11 +57,15 @@ class ClassifyParams(ContextParams):
 
 
 class AnswerMetrics:
+    """Exact match of the answer, the most common answer's share, the answer's mean bits (its payload
+    and END: a finer measure than a match, which a few wrong samples move), bits per byte, confusion."""
+
     def __init__(self, field: str, confusion: bool) -> None:
         self.field = field
         self.confusion = confusion
         self.correct = 0
         self.total = 0
+        self.answer_nats = 0.0
         self.answers: Counter[str] = Counter()
         self.pairs: dict[str, Counter[str]] = defaultdict(Counter)
         self.bpb = BitsPerByte()
@@ -73,6 +78,7 @@ class AnswerMetrics:
         hit = bool(correct[first:last].all())
         self.correct += hit
         self.total += 1
+        self.answer_nats += float(nats[first:last].sum())
         self.answers[truth] += 1
         self.bpb.update(sample, nats, correct)
         if self.confusion:
@@ -84,6 +90,7 @@ class AnswerMetrics:
             "accuracy": self.correct / max(self.total, 1),
             "majority_baseline": max(self.answers.values(), default=0) / max(self.total, 1),
             "eval_samples": self.total,
+            "answer_bits": self.answer_nats / max(self.total, 1) / math.log(2),
         }
         out.update(self.bpb.result())
         if self.confusion:
