@@ -62,31 +62,30 @@ def test_cut_long_splits_runs_every_longest_tokens() -> None:
 
 
 def test_stream_markers_place_boundaries_of_their_own() -> None:
-    tokens = encode_sample([Segment("text", b"ab cd"), Segment("wav", bytes(range(7)))]).astype(np.int64)
-    starts = patch_starts(tokens, {"text": WordStarts()}, longest=4)
+    tokens = encode_sample([Segment("text", b"a cd"), Segment("wav", bytes(range(10)))]).astype(np.int64)
+    starts = patch_starts(tokens, {"text": WordStarts()}, longest=8)
     pieces = _pieces(tokens, starts)
-    header = [SEG, *b"text", HDR]
-    assert (
-        pieces
-        == [
-            [BOS],
-            header[:4],  # the header patch, cut at the longest 4
-            header[4:],
-            [*b"ab "],  # the payload starts a patch; words by the text rule
-            [*b"cd", END],  # END closes the payload's last patch
-            [SEG, *b"wav"],
-            [HDR],
-            [0, 1, 2, 3],  # a codec without a rule: fixed patches of the longest length
-            [4, 5, 6, END],
-            [EOS],
-        ]
-    )
+    assert pieces == [
+        [BOS],
+        [SEG, *b"text", HDR, *b"a "],  # a text payload's first word shares its header's patch
+        [*b"cd", END],  # words by the text rule; END closes the payload's last patch
+        [SEG, *b"wav", HDR],  # a header patch
+        [*range(8)],  # a codec without a rule: fixed patches of the longest length, from its first byte
+        [8, 9, END],
+        [EOS],
+    ]
+
+
+def test_a_header_and_first_word_are_cut_at_the_longest() -> None:
+    tokens = np.array([SEG, *b"text", HDR, *b"abcdefgh"], dtype=np.int64)
+    pieces = _pieces(tokens, patch_starts(tokens, {"text": WordStarts()}, longest=8))
+    assert pieces == [[SEG, *b"text", HDR, *b"ab"], [*b"cdefgh"]]
 
 
 def test_long_words_are_cut_at_the_rules_longest() -> None:
-    tokens = np.array([SEG, *b"t", HDR, *b"abcdefg hi", END], dtype=np.int64)
+    tokens = np.array([SEG, *b"t", HDR, *b"x abcdefg hi", END], dtype=np.int64)
     pieces = _pieces(tokens, patch_starts(tokens, {"t": WordStarts(longest=3)}, longest=8))
-    assert pieces == [[SEG, *b"t", HDR], [*b"abc"], [*b"def"], [*b"g "], [*b"hi", END]]
+    assert pieces == [[SEG, *b"t", HDR, *b"x "], [*b"abc"], [*b"def"], [*b"g "], [*b"hi", END]]
 
 
 def test_padding_runs_are_cut_only_at_the_longest() -> None:

@@ -102,11 +102,11 @@ def test_row_patch(row: int, patch: int) -> None:
 
 
 def test_mean_patch_counts_the_rule_patches() -> None:
-    # BOS | SEG text HDR | "ab " | "cd" END | EOS: 14 tokens in 5 patches
+    # BOS | SEG text HDR "ab " | "cd" END | EOS: 14 tokens in 4 patches
     sample = encode_sample([Segment("text", b"ab cd")])
     plan = BoundaryPlan({"text": WordStarts(16)}, 16, {"txt": "words"})
-    assert mean_patch(plan, [sample]) == pytest.approx(14 / 5)
-    assert mean_patch(plan, [sample, sample[:7]]) == pytest.approx(21 / 7)  # the header cut at 7
+    assert mean_patch(plan, [sample]) == pytest.approx(14 / 4)
+    assert mean_patch(plan, [sample, sample[:7]]) == pytest.approx(21 / 6)  # the header cut at 7
     assert mean_patch(plan, []) is None
 
 
@@ -190,8 +190,8 @@ def test_inspect_shows_one_samples_patches_where_the_rules_place_them(
     write_tar(tmp_path / "t.tar", [{"__key__": b"a", "txt": b"the cat, sat down"}])
     planned, _ = plan_byte_patches(lm, Probe([str(tmp_path / "t.tar")]))
     patches = sample_patches(planned, Probe([str(tmp_path / "t.tar")]))
-    # markers alone, the header its own, then a word a patch with the delimiters after it
-    assert patches == ["<BOS>", "<SEG>text<HDR>", "the ", "cat, ", "sat ", "down<END>", "<EOS>"]
+    # markers alone, the header with the first word, then a word a patch with the delimiters after it
+    assert patches == ["<BOS>", "<SEG>text<HDR>the ", "cat, ", "sat ", "down<END>", "<EOS>"]
 
 
 def test_a_checkpoints_rules_serve_the_pipeline_that_left_them_unset(components: ComponentTable) -> None:

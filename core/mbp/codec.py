@@ -50,7 +50,8 @@ class CodecTraits:
     fixed structure. None: one row where the codec has ``rows`` (the row ``row_bytes`` gives on the
     data, the same for every row of a pipeline's field), else fixed patches of the default length (raw
     PCM, file bytes). A rule is online, decided by the bytes before each position, so generation places
-    boundaries where training saw them; segment headers and markers get patches of their own."""
+    boundaries where training saw them; segment headers and markers start patches of their own (a text
+    payload's first word shares its header's)."""
 
 
 @runtime_checkable

@@ -100,10 +100,11 @@ class ModelConfig(Strict):
     )
     """Where the byte-level patches of each codec's payloads start (``mbp.config.boundary_rules``), the
     last stage's ``patch`` the longest; codecs not named get fixed patches of that length, and segment
-    headers and markers patches of their own. ``"codecs"``: ``mbp run`` plans the rules from the codecs'
-    declared boundaries (``mbp.planning.boundary_plan``) where the byte-level patch is unset;
-    ``"entropy"``: the same, but a codec declaring word starts gets an entropy rule trained on the run's
-    training data (``mbp.planning.entropy_fit``). None: every patch is the last stage's ``patch`` long."""
+    headers and markers start patches of their own (a text payload's first word shares its header's).
+    ``"codecs"``: ``mbp run`` plans the rules from the codecs' declared boundaries
+    (``mbp.planning.boundary_plan``) where the byte-level patch is unset; ``"entropy"``: the same, but
+    a codec declaring word starts gets an entropy rule trained on the run's training data
+    (``mbp.planning.entropy_fit``). None: every patch is the last stage's ``patch`` long."""
 
     @field_validator("stages")
     @classmethod
