@@ -110,9 +110,10 @@ def header_leads(rule: BoundaryRule) -> bool:
     """Whether a payload under ``rule`` continues its header's patch instead of starting its own: yes
     for text (words, entropy), whose first word is then predicted with the header in view, inside one
     patch, as fixed patches see it. A short field (an answer, a label) is then one patch with its
-    header: as a patch of its own, its second byte was predicted from a patch's first position, and
-    on spoken digits the answer's second byte cost 0.04-0.08 bits against 0.003-0.014 under fixed
-    patches (``BENCHMARKS.md``). Rows and frames start their own patch, to stay aligned."""
+    header. As a patch of its own, its second byte would be predicted from a patch's first position,
+    which sees its own byte, the start token and the coarse stage: on spoken digits that position costs
+    0.04-0.08 bits at the answer's second byte, against 0.003-0.014 under fixed patches and 0.003-0.011
+    with the header leading (``BENCHMARKS.md``). Rows and frames start their own patch, to stay aligned."""
     return not isinstance(rule, FixedLength)
 
 
