@@ -5,9 +5,9 @@ fixed length otherwise; the longest of them is the byte-level stage's patch. The
 the model config (``model.boundaries``), so training, evaluation and generation place patches alike.
 
 Not the default: in nine-minute runs on 2 CPU cores they beat patch 8 on three text sets (0.84x to
-0.95x its bits per byte, code the closest) and on the bundled demo, but trail fixed patches on a real
-mix of images and speech (0.55 points of accuracy on average over four runs) and on spoken digits
-alone (BENCHMARKS.md, patches that follow the data).
+0.95x its bits per byte, code the closest) and on the bundled demo, and match one frame on spoken
+digits (eight seeds), but only tie patch 8 on a real mix of images and speech (three seeds), and they
+change every pipeline's patches (BENCHMARKS.md, patches that follow the data).
 ``boundaries: entropy`` swaps the word rule for one trained on the run's data
 (``mbp.planning.entropy_fit``).
 """
