@@ -41,6 +41,7 @@ BUILDERS: dict[str, Callable[[], BuiltSet]] = {
     "speech-commands": lambda: speech.build_commands(baselines.log_mel_features),
     "speech-letters": lambda: speech.build_letters(baselines.log_mel_features),
     "mixed-digits": lambda: mixed.build_digits(baselines.log_mel_features),
+    "mixed-letters": lambda: mixed.build_letters(baselines.log_mel_features),
     "text-fortunes": text.build_fortunes,
     "text-kjv": text.build_kjv,
     "text-changelogs": text.build_changelogs,
@@ -57,6 +58,7 @@ PIPELINES = {
     "speech-commands": "real-speech-commands",
     "speech-letters": "real-speech-letters",
     "mixed-digits": "real-mixed-digits",
+    "mixed-letters": "real-mixed-letters",
     "text-fortunes": "real-text-fortunes",
     "text-kjv": "real-text-kjv, real-text-kjv-defaults",
     "text-changelogs": "real-text-changelogs",
@@ -72,7 +74,7 @@ def check_prerequisites(names: list[str]) -> list[str]:
     checks: list[Callable[[], object]] = []
     if any(n.startswith(("image", "speech", "mixed")) for n in names):
         checks.append(lambda: __import__("sklearn"))
-    if {"image-glyphs", "image-letters"} & set(names):
+    if {"image-glyphs", "image-letters", "image-lowercase", "mixed-letters"} & set(names):
         checks += [
             lambda: require_path(Path("/usr/share/fonts/truetype/liberation"), "fonts-liberation"),
             lambda: require_path(Path("/usr/share/fonts/opentype/urw-base35"), "fonts-urw-base35"),
