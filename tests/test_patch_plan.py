@@ -1,5 +1,6 @@
-"""Issue 14: a byte-level stage without a patch gets one row of the data's rows (an image's pixels, a
-spectrogram's frames), planned by ``mbp run`` and recorded in its checkpoints."""
+"""A byte-level stage without a patch gives each field laid out in rows (an image's pixels, a
+spectrogram's frames) patches of one row, planned by ``mbp run`` from the data and recorded in its
+checkpoints; a given patch fixes one length."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 from mbp.api import build_model
 from mbp.config import ModelConfig
-from mbp.planning.patch_plan import patch_for_row, plan_patch
+from mbp.planning.patch_plan import PROBE_SAMPLES, field_rows, patch_for_row
+from mbp.planning.plan import plan_byte_patches
 from mbp.planning.probe import Probe
 from mbp.resolve import resolve
 from mbp.traits import codec_traits
@@ -92,30 +94,34 @@ def test_pixels_and_spectrograms_say_how_long_their_rows_are(components) -> None
 
 
 def plan(tmp_path: Path, fields: str, shards: list[str], patch: str = "", data: str = "") -> tuple[int, str]:
+    """The byte-level patch ``mbp run`` settles on for ``shards`` (the longest where it places them) and
+    its account of the fields (``given`` where the pipeline gives the patch)."""
     (tmp_path / "registry.yaml").write_text(registry(fields, patch, data))
     from mbp.plugins import get_platform
 
     resolved = resolve(str(tmp_path / "registry.yaml"), "ask", components=get_platform().components)
-    planned, made = plan_patch(resolved, Probe(shards))
+    planned, made = plan_byte_patches(resolved, Probe(shards))
     assert planned.encoder.row == planned.pipeline.model.patches[-1]  # the encoder packs for it
-    return planned.pipeline.model.patches[-1], made.reason if made else "given"
+    return planned.pipeline.model.patches[-1], made.describe().split("; ")[0] if made else "given"
 
 
-def test_the_run_plans_one_row_and_falls_back_to_eight(tmp_path: Path) -> None:
+def test_the_run_gives_each_field_one_row_and_falls_back_to_eight(tmp_path: Path) -> None:
     grey = shard(tmp_path / "grey.tar", 28, 28)
-    assert plan(tmp_path, PIXELS, [grey]) == (28, "one 28-byte row of image")
-    assert plan(tmp_path, RGB, [grey]) == (84, "one 84-byte row of image")
+    words = "answer word starts (longest 16)"
+    assert plan(tmp_path, PIXELS, [grey]) == (28, f"boundaries: image one 28-byte row, {words}")
+    assert plan(tmp_path, RGB, [grey]) == (84, f"boundaries: image one 84-byte row, {words}")
     assert plan(tmp_path, PIXELS, [grey], patch=", patch: 4") == (4, "given")
-    # a given seq_len must hold whole rows: 1,024 holds no 28-byte patches, the default's 8 it does
-    patch, reason = plan(tmp_path, PIXELS, [grey], data=", seq_len: 1024")
-    assert patch == 8 and "holds no whole 28-byte patches" in reason
-    # images of two sizes, or images beside sounds: no one row, so the default
+    # samples packed at any token: a given seq_len need not hold whole rows
+    _, fields = plan(tmp_path, PIXELS, [grey], data=", seq_len: 1024")
+    assert fields.startswith("boundaries: image one 28-byte row")
+    # images of two sizes in one field: no one row tiles both, so fixed patches of the default
     wide = shard(tmp_path / "wide.tar", 16, 4)
-    assert plan(tmp_path, PIXELS, [grey, wide]) == (8, "rows of several lengths: 16, 28")
+    assert plan(tmp_path, PIXELS, [grey, wide]) == (16, f"boundaries: image fixed 8 bytes, {words}")
     sounds = shard(tmp_path / "sounds.tar", 16, 16, **{"tone.wav": wav()})  # RGB rows of 48, frames of 16
-    assert plan(tmp_path, MIXED, [sounds]) == (8, "rows of several lengths: 16, 48")
+    mixed = f"boundaries: image one 48-byte row, tone one 16-byte row, {words}"
+    assert plan(tmp_path, MIXED, [sounds]) == (48, mixed)
     text = "      question: {type: text}"
-    assert plan(tmp_path, text, [grey]) == (8, "no field in rows")
+    assert plan(tmp_path, text, [grey]) == (16, f"boundaries: question word starts (longest 16), {words}")
 
 
 def test_a_run_records_the_planned_patch_and_evaluates_with_it(tmp_path: Path) -> None:
@@ -125,10 +131,11 @@ def test_a_run_records_the_planned_patch_and_evaluates_with_it(tmp_path: Path) -
     args = ["run", "ask", train, "--registry", str(tmp_path / "registry.yaml"), "--out", str(out)]
     result = invoke_mbp(*args)
     assert result.returncode == 0, result.stderr
-    assert "patch 12 (one 12-byte row of image)" in result.stderr
+    assert "boundaries: image one 12-byte row, answer word starts (longest 16)" in result.stderr
     checkpoint = out / "checkpoints" / "step-00000002"
     document = json.loads((checkpoint / "config.json").read_text())
-    assert document["model"]["stages"][-1]["patch"] == 12
+    assert document["model"]["stages"][-1]["patch"] == 16  # the longest: a word of the answer
+    assert document["model"]["boundaries"]["pixels"] == {"rule": "fixed", "length": 12}
     resumed = invoke_mbp(*args, "--resume", "--set", "train.steps=4")  # planned again: the same patch
     assert resumed.returncode == 0, resumed.stderr
     last = str(out / "checkpoints" / "step-00000004")
@@ -150,6 +157,8 @@ def test_damaged_shards_do_not_stop_the_plan(tmp_path: Path) -> None:
     from mbp.plugins import get_platform
 
     resolved = resolve(str(tmp_path / "registry.yaml"), "ask", components=get_platform().components)
-    _, made = plan_patch(resolved, Probe(shards))
-    assert made is not None and made.rows == {12: ["scene"], 16: ["tone"]}  # 4x4 RGB scenes, log-mel frames
-    assert made.patch == 8
+    rows = field_rows(resolved, Probe(shards).samples(resolved, PROBE_SAMPLES))
+    assert rows == {12: ["scene"], 16: ["tone"]}  # 4x4 RGB scenes, log-mel frames
+    _, made = plan_byte_patches(resolved, Probe(shards))
+    assert made is not None and made.longest == 16
+    assert made.fields["scene"] == "one 12-byte row" and made.fields["tone"] == "one 16-byte row"

@@ -1,6 +1,6 @@
-"""A pipeline that asks for patches that follow the data (``model.boundaries: codecs``, byte-level patch
-unset) gets them from its codecs' boundaries (text at word starts, one row of an image or spectrogram,
-fixed lengths elsewhere), recorded in the model config; without it, or with ``patch: N``, one length."""
+"""A pipeline that leaves the byte-level patch unset gets patches that follow the data from its codecs'
+boundaries (text at word starts, one row of an image or spectrogram, fixed lengths elsewhere), recorded
+in the model config; with ``patch: N``, one length."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from mbp.planning.boundary_plan import (
     with_planned_boundaries,
     with_trained_boundaries,
 )
-from mbp.planning.patch_plan import PROBE_SAMPLES, PatchPlan
+from mbp.planning.patch_plan import PROBE_SAMPLES
 from mbp.planning.plan import plan_byte_patches, sample_patches
 from mbp.planning.probe import Probe
 from mbp.protocol import Segment, encode_sample
@@ -146,10 +146,13 @@ def test_the_model_places_its_patches_by_the_rules_it_records(components: Compon
 def test_a_run_plans_the_rules_from_its_training_samples(components: ComponentTable) -> None:
     run = resolve(None, "vqa-mixed", components=components)
     shards = sorted(str(p) for p in (Path(mbp.__file__).parent / "bundled").glob("train-*.tar.gz"))
-    fixed_plan = plan_byte_patches(run, Probe(shards))[1]  # not asked for: one patch, 8 for this mix
-    assert isinstance(fixed_plan, PatchPlan) and fixed_plan.patch == 8
-    asked = run.pipeline.model.model_copy(update={"boundaries": "codecs"})
-    run = resolve(None, "vqa-mixed", run.pipeline.model_copy(update={"model": asked}), components=components)
+    demo = run.pipeline
+    given = demo.model.with_byte_patch(8)  # a given patch: one length, nothing planned
+    fixed = resolve(None, "vqa-mixed", demo.model_copy(update={"model": given}), components=components)
+    assert plan_byte_patches(fixed, Probe(shards))[1] is None
+    asked = demo.model.model_copy(update={"boundaries": "codecs"})  # as unset: the default
+    named = resolve(None, "vqa-mixed", demo.model_copy(update={"model": asked}), components=components)
+    assert plan_byte_patches(named, Probe(shards))[1] == plan_byte_patches(run, Probe(shards))[1]
     planned, plan = plan_byte_patches(run, Probe(shards))
     assert isinstance(plan, BoundaryPlan)
     assert plan is not None and plan.mean is not None and 1 < plan.mean < 48

@@ -94,17 +94,18 @@ class ModelConfig(Strict):
     head's (``HeadDefaults.dropout``): 0.1 for ``vqa``/``classify``, 0 for ``lm``."""
     boundaries: dict[str, RuleConfig] | Literal["codecs", "entropy"] | None = Field(
         default=None,
-        description="where byte-level patches start, by codec; codecs: as each codec declares (planned "
-        "by mbp run where the byte-level patch is unset); entropy: codecs, with text where a byte model "
-        "trained on the run's data is uncertain; unset: fixed patches",
+        description="where byte-level patches start, by codec; unset or codecs: as each codec declares, "
+        "planned by mbp run where the byte-level patch is unset (a given patch fixes one length); entropy: "
+        "codecs, with text where a byte model trained on the run's data is uncertain",
     )
     """Where the byte-level patches of each codec's payloads start (``mbp.config.boundary_rules``), the
     last stage's ``patch`` the longest; codecs not named get fixed patches of that length, and segment
     headers and markers start patches of their own (a text payload's first word shares its header's).
-    ``"codecs"``: ``mbp run`` plans the rules from the codecs' declared boundaries
-    (``mbp.planning.boundary_plan``) where the byte-level patch is unset; ``"entropy"``: the same, but
-    a codec declaring word starts gets an entropy rule trained on the run's training data
-    (``mbp.planning.entropy_fit``). None: every patch is the last stage's ``patch`` long."""
+    None or ``"codecs"``: ``mbp run`` plans the rules from the codecs' declared boundaries
+    (``mbp.planning.boundary_plan``) where the byte-level patch is unset, and every patch is the last
+    stage's ``patch`` long where it is given; ``"entropy"``: planned as ``"codecs"``, but a codec
+    declaring word starts gets an entropy rule trained on the run's training data
+    (``mbp.planning.entropy_fit``)."""
 
     @field_validator("stages")
     @classmethod
@@ -131,7 +132,7 @@ class ModelConfig(Strict):
         if self.boundaries in ("codecs", "entropy") and not self.leaves_byte_patch:
             raise ValueError(
                 f"boundaries: {self.boundaries} places the byte-level patches: leave the last stage's patch "
-                "unset (or drop boundaries for patches of one length)"
+                "unset (or drop boundaries for patches of that one length)"
             )
         return self
 
@@ -167,9 +168,9 @@ class ModelConfig(Strict):
 
     @property
     def plans_boundaries(self) -> bool:
-        """Whether ``mbp run`` plans boundary rules from the codecs (``boundaries: codecs`` or ``entropy``
-        with the byte-level patch unset)."""
-        return self.boundaries in ("codecs", "entropy") and self.leaves_byte_patch
+        """Whether ``mbp run`` plans boundary rules from the codecs: ``boundaries`` unset, ``codecs`` or
+        ``entropy``, with the byte-level patch unset."""
+        return self.boundaries in (None, "codecs", "entropy") and self.leaves_byte_patch
 
     def with_byte_patch(self, patch: int) -> ModelConfig:
         """This model with the byte-level stage's patch set to ``patch`` (a run's planned one)."""

@@ -1,13 +1,14 @@
-"""Patches that follow the data, for a pipeline that asks for them (``model.boundaries: codecs``)
-and leaves the byte-level ``patch`` unset: each field's patches placed as its codec declares
-(``CodecTraits.boundaries``: text at word starts), one row where it lays its payload out in rows, a
-fixed length otherwise; the longest of them is the byte-level stage's patch. The rules become part of
-the model config (``model.boundaries``), so training, evaluation and generation place patches alike.
+"""Patches that follow the data, where a pipeline leaves the byte-level ``patch`` unset
+(``model.boundaries`` unset, ``codecs`` or ``entropy``): each field's patches placed as its codec
+declares (``CodecTraits.boundaries``: text at word starts), one row where it lays its payload out in
+rows, a fixed length otherwise; the longest of them is the byte-level stage's patch. The rules become
+part of the model config (``model.boundaries``), so training, evaluation and generation place patches
+alike. ``patch: N`` fixes one length instead.
 
-Not the default: in nine-minute runs on 2 CPU cores they beat patch 8 on three text sets (0.84x to
-0.95x its bits per byte, code the closest) and on the bundled demo, and match one frame on spoken
-digits (eight seeds), but only tie patch 8 on a real mix of images and speech (three seeds), and they
-change every pipeline's patches (BENCHMARKS.md, patches that follow the data).
+The default because, in nine-minute runs on 2 CPU cores against patch 8, 28x28 glyphs beside spoken
+letters score 4.9 points higher (three seeds), the bundled demo 3 to 6, and text takes 0.84x to 0.95x
+the bits per byte, while sets of one kind of row stay level with their one-row patch and a mix whose
+images' row is 8 bytes ties (BENCHMARKS.md, patches that follow the data).
 ``boundaries: entropy`` swaps the word rule for one trained on the run's data
 (``mbp.planning.entropy_fit``).
 """
@@ -72,7 +73,7 @@ def plan_boundaries(
     byte-level ``patch`` is set (``patch: N`` fixes one length) or the model has one stage."""
     if not model.leaves_byte_patch:
         return None
-    row_of = {name: row for row, names in rows.items() for name in names}
+    row_of = _one_row_each(rows)
     chosen = {name: _field_rule(field, row_of.get(name)) for name, field in fields.items()}
     by_codec: dict[str, BoundaryRule] = {}
     for name, (rule, _) in chosen.items():
@@ -84,6 +85,16 @@ def plan_boundaries(
         if by_codec[field.codec.name] != chosen[name][0]:  # two fields of one codec share a rule
             described[name] = _words(by_codec[field.codec.name])
     return BoundaryPlan(by_codec, longest, described)
+
+
+def _one_row_each(rows: Mapping[int, list[str]]) -> dict[str, int]:
+    """Each field's row length, for the fields whose probed rows have one length (images of several
+    sizes in one field get fixed patches: no one row tiles them all)."""
+    lengths: dict[str, set[int]] = {}
+    for row, names in rows.items():
+        for name in names:
+            lengths.setdefault(name, set()).add(row)
+    return {name: min(seen) for name, seen in lengths.items() if len(seen) == 1}
 
 
 def _field_rule(field: FieldCodec, row: int | None) -> tuple[BoundaryRule, str]:

@@ -1,4 +1,5 @@
-"""The byte-level stage's patch, where the pipeline leaves it unset: one row of the data's rows.
+"""Rows, and the patch of one row: what ``mbp.planning.boundary_plan`` gives a field laid out in rows
+where the pipeline leaves the byte-level patch unset.
 
 A patch is what the global stage sees as one position, and the byte-level stage reads one patch at a
 time. Images and spectrograms come in rows (``CodecTraits.rows``: an image's pixels, a spectrogram's
@@ -14,11 +15,9 @@ patch 8 (aligned, four patches a row) 0.871: the row per position is what pays, 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from mbp.config import ModelConfig
 from mbp.planning.constants import DEFAULT_PATCH
-from mbp.planning.probe import Probe
 from mbp.protocol import decode_stream
 from mbp.resolve import Resolved
 from mbp.sample import EncodedSample
@@ -28,47 +27,6 @@ PROBE_SAMPLES = 64
 written one kind of sample at a time would otherwise show one modality only)."""
 LARGEST = 128
 """The longest row taken whole: the global stage maps each position to patch x byte-stage width."""
-
-
-@dataclass(frozen=True)
-class PatchPlan:
-    patch: int
-    rows: dict[int, list[str]]
-    """Each row length seen in the probed samples, with the fields it came from."""
-    reason: str
-
-    def describe(self) -> str:
-        return f"patch {self.patch} ({self.reason})"
-
-
-def plan_patch(resolved: Resolved, probe: Probe) -> tuple[Resolved, PatchPlan | None]:
-    """``resolved`` with the byte-level stage's patch planned where the pipeline leaves it unset (None:
-    given, or a model of one stage): one row where the probed samples' rows share one length, and
-    ``DEFAULT_PATCH`` where they have none or several (a mix of images and sounds)."""
-    model = resolved.pipeline.model
-    if not model.leaves_byte_patch:
-        return resolved, None
-    rows = field_rows(resolved, probe.samples(resolved, PROBE_SAMPLES))
-    patch, reason = _patch_of(rows, resolved.pipeline.data.seq_len, model.patch_len // model.patches[-1])
-    return with_byte_patch(resolved, patch), PatchPlan(patch, rows, reason)
-
-
-def _patch_of(rows: dict[int, list[str]], seq_len: int | None, outer: int) -> tuple[int, str]:
-    """The patch for ``rows`` and why; ``outer``: the patches of the stages above the byte-level one,
-    which a given ``seq_len`` must hold whole."""
-    if not rows:
-        return DEFAULT_PATCH, "no field in rows"
-    if len(rows) > 1:
-        return DEFAULT_PATCH, "rows of several lengths: " + ", ".join(map(str, sorted(rows)))
-    row, fields = next(iter(rows.items()))
-    named = "/".join(sorted(fields))
-    patch = patch_for_row(row)
-    if patch is None:
-        reason = f"{named} rows of {row} bytes have no part from {DEFAULT_PATCH} to {LARGEST} bytes"
-        return DEFAULT_PATCH, reason
-    if seq_len is not None and seq_len % (patch * outer):
-        return DEFAULT_PATCH, f"data.seq_len {seq_len} holds no whole {patch}-byte patches of {named}'s rows"
-    return patch, (f"one {row}-byte row of {named}" if patch == row else f"{named} rows of {row} bytes")
 
 
 def patch_for_row(row: int) -> int | None:

@@ -24,7 +24,6 @@ from mbp.boundaries import patch_starts
 from mbp.planning.boundary_plan import BoundaryPlan, given_boundaries, with_planned_boundaries
 from mbp.planning.budget import RUN_SECONDS, EvalLoad, ceiling, evaluations, training_seconds
 from mbp.planning.constants import FEWEST_STEPS, PASSES
-from mbp.planning.patch_plan import PatchPlan, plan_patch
 from mbp.planning.precision_plan import PrecisionPlan, plan_precision, with_precision
 from mbp.planning.probe import Probe
 from mbp.planning.rows import RowPlan, plan_rows
@@ -177,7 +176,7 @@ class RunPlan:
     precision: PrecisionPlan
     variation: VariationPlan | None = None
     """None where the pipeline sets ``data.augment`` or no field's codec leaves it to the run."""
-    patch: PatchPlan | BoundaryPlan | None = None
+    patch: BoundaryPlan | None = None
     """None where the pipeline gives the byte-level stage's patch (a ``BoundaryPlan.given`` where it
     gives boundary rules too)."""
 
@@ -237,15 +236,13 @@ def plan_run(resolved: Resolved, probe: Probe, device: torch.device | None = Non
     return RunPlan(settings, rows, steps, precision, variation, patch)
 
 
-def plan_byte_patches(resolved: Resolved, probe: Probe) -> tuple[Resolved, PatchPlan | BoundaryPlan | None]:
-    """Where the pipeline leaves the byte-level patch unset: boundary rules from the codecs where it asks
-    for them (``model.boundaries: codecs``), else one fixed patch, a row of the data's rows. Rules the
-    pipeline gives come back as they are, described (``BoundaryPlan.given``)."""
+def plan_byte_patches(resolved: Resolved, probe: Probe) -> tuple[Resolved, BoundaryPlan | None]:
+    """Where the pipeline leaves the byte-level patch unset: boundary rules from the codecs. Rules the
+    pipeline gives come back as they are, described (``BoundaryPlan.given``); None where it gives one
+    patch length and no rules, or the model has one stage."""
     if resolved.pipeline.model.plans_boundaries:
         return with_planned_boundaries(resolved, probe)
-    if (given := given_boundaries(resolved, probe)) is not None:
-        return resolved, given
-    return plan_patch(resolved, probe)
+    return resolved, given_boundaries(resolved, probe)
 
 
 def preview(resolved: Resolved, shards: list[str]) -> dict[str, Any]:
