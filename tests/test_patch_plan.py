@@ -146,6 +146,22 @@ def test_a_run_records_the_planned_patch_and_evaluates_with_it(tmp_path: Path) -
     assert "accuracy" in scored.stdout
 
 
+def test_a_resume_keeps_the_patches_its_checkpoint_was_trained_with(tmp_path: Path) -> None:
+    (tmp_path / "registry.yaml").write_text(registry(PIXELS))
+    train = shard(tmp_path / "train.tar", 12, 12)
+    out = tmp_path / "run"
+    args = ["run", "ask", train, "--registry", str(tmp_path / "registry.yaml"), "--out", str(out)]
+    # one patch of one row, as a pipeline that left the patch unset was planned before rules
+    assert invoke_mbp(*args, "--set", "model.stages.1.patch=12").returncode == 0
+    refused = invoke_mbp(*args, "--resume", "--set", "train.steps=4")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "placed its byte-level patches 12 bytes long, this run would place them by rules" in refused.stderr
+    assert "give --set model.stages.1.patch=12 to resume it" in refused.stderr
+    kept = invoke_mbp(*args, "--resume", "--set", "train.steps=4", "--set", "model.stages.1.patch=12")
+    assert kept.returncode == 0, kept.stderr
+    assert (out / "checkpoints" / "step-00000004").is_dir()
+
+
 def test_damaged_shards_do_not_stop_the_plan(tmp_path: Path) -> None:
     from tests.shardkit import corrupt_set
 

@@ -96,5 +96,33 @@ def resume_changes(directory: Path, document: dict[str, Any], pipeline: Pipeline
     )
 
 
+def check_patches(directory: Path, document: dict[str, Any], pipeline: Pipeline) -> None:
+    """A resumed run places its byte-level patches as its checkpoint's run did. Where the two differ (a
+    pipeline that leaves the patch unset, planned another way by another version of mbp), resuming would
+    train on with patches the weights never saw: a ``ConfigError`` naming the setting that keeps them."""
+    recorded = (document.get("pipeline") or {}).get("model")
+    stages = recorded.get("stages") if isinstance(recorded, dict) else None
+    if not isinstance(recorded, dict) or not isinstance(stages, list) or len(stages) < 2:
+        return  # saved without its pipeline, or one stage: no byte-level patch to compare
+    theirs = (recorded.get("boundaries"), stages[-1].get("patch"))
+    ours = (pipeline.model.model_dump(mode="json")["boundaries"], pipeline.model.patches[-1])
+    if theirs == ours:
+        return
+    stage = len(stages) - 1
+    kept = (
+        f"--set model.stages.{stage}.patch={theirs[1]}"
+        if theirs[0] is None
+        else f"the model.boundaries and patch {theirs[1]} its config.json records"
+    )
+    raise ConfigError(
+        f"--resume: {directory.name} placed its byte-level patches {_patches(*theirs)}, this run would place "
+        f"them {_patches(*ours)}: give {kept} to resume it"
+    )
+
+
+def _patches(boundaries: Any, patch: Any) -> str:
+    return f"{patch} bytes long" if boundaries is None else f"by rules (longest {patch})"
+
+
 def _shown(value: Any) -> str:
     return "unset" if value is None else value if isinstance(value, str) else json.dumps(value)

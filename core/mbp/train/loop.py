@@ -18,7 +18,7 @@ from mbp.outdir import check_writable
 from mbp.planning.deadline import deadline_of
 from mbp.planning.plan import RunPlan
 from mbp.planning.probe import Probe
-from mbp.planning.recorded import recorded_optimizer, resume_changes
+from mbp.planning.recorded import check_patches, recorded_optimizer, resume_changes
 from mbp.planning.recount import NewTotal, Recount
 from mbp.planning.settle import as_recorded, settle
 from mbp.resolve import Resolved
@@ -99,6 +99,7 @@ class Trainer:
         resolved, main = self.resolved, self.world.is_main
         checkpoint = resume_point(self.out, take_intact=self.request.take_intact, main=main)
         document = checkpoint_document(checkpoint, training=True)
+        check_patches(checkpoint, document, resolved.pipeline)
         check_belongs(checkpoint, resolved.name, resolved.pipeline, document, self.model)
         self._take(as_recorded(self.plan, resolved, document, self.asked.precision), resolved)
         changes = resume_changes(checkpoint, document, self.resolved.pipeline, self.settings.steps)
