@@ -100,11 +100,10 @@ def check_patches(directory: Path, document: dict[str, Any], pipeline: Pipeline)
     """A resumed run places its byte-level patches as its checkpoint's run did. Where the two differ (a
     pipeline that leaves the patch unset, planned another way by another version of mbp), resuming would
     train on with patches the weights never saw: a ``ConfigError`` naming the setting that keeps them."""
-    recorded = (document.get("pipeline") or {}).get("model")
-    stages = recorded.get("stages") if isinstance(recorded, dict) else None
-    if not isinstance(recorded, dict) or not isinstance(stages, list) or len(stages) < 2:
+    stages = _setting(document, "model", "stages")
+    if not isinstance(stages, list) or len(stages) < 2:
         return  # saved without its pipeline, or one stage: no byte-level patch to compare
-    theirs = (recorded.get("boundaries"), stages[-1].get("patch"))
+    theirs = (_setting(document, "model", "boundaries"), stages[-1].get("patch"))
     ours = (pipeline.model.model_dump(mode="json")["boundaries"], pipeline.model.patches[-1])
     if theirs == ours:
         return
